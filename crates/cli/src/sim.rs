@@ -1,0 +1,111 @@
+//! `scoreland sim`: serve a platform directory, or generate one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use scoreland_platform_sim::{GenerateOptions, SimConfig};
+
+use crate::args::{parse_duration, parse_rate};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub command: Option<SimCommand>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Write a sample Customer AI platform into an empty directory.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The platform directory to serve (made by `scoreland sim generate`).
+    #[arg(long, default_value = "sample-data/platform")]
+    pub data: PathBuf,
+    /// Address to listen on. Only loopback is sensible: the simulator has no TLS.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free one (printed on start).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Added to every request, e.g. `50ms`, to simulate a WAN round trip.
+    #[arg(long, value_parser = parse_duration)]
+    pub latency: Option<Duration>,
+    /// Body bytes per second per connection, e.g. `25MiB/s`.
+    #[arg(long, value_parser = parse_rate)]
+    pub bandwidth_per_connection: Option<u64>,
+    /// Largest Data Access listing page (AEP's is 100), to force paging.
+    #[arg(long)]
+    pub page_size: Option<usize>,
+    /// Lifetime of issued tokens, e.g. `24h` or `30s`.
+    #[arg(long, value_parser = parse_duration, default_value = "86399s")]
+    pub token_lifetime: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write the platform into (must not already hold one).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rows per scoring batch.
+    #[arg(long, default_value_t = 2_000)]
+    pub rows: u64,
+    /// Parquet parts per scoring batch.
+    #[arg(long, default_value_t = 4)]
+    pub parts: u32,
+    /// Weekly scoring batches (each replaces the one before).
+    #[arg(long, default_value_t = 4)]
+    pub batches: u32,
+    /// Seed: the same seed gives the same platform, byte for byte.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub async fn run(args: SimArgs) -> Result<()> {
+    match args.command {
+        Some(SimCommand::Generate(g)) => {
+            let opts = GenerateOptions {
+                out: g.out,
+                rows: g.rows,
+                parts: g.parts,
+                batches: g.batches,
+                seed: g.seed,
+                ..GenerateOptions::default()
+            };
+            let summary = scoreland_platform_sim::generate(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        None => serve(args.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = SimConfig {
+        token_lifetime: args.token_lifetime,
+        latency: args.latency.unwrap_or_default(),
+        bandwidth_per_connection: args.bandwidth_per_connection,
+        page_size: args.page_size,
+    };
+    let handle = scoreland_platform_sim::serve_dir(
+        &args.data,
+        config,
+        SocketAddr::new(args.host, args.port),
+    )
+    .await
+    .with_context(|| format!("cannot serve the platform in {}", args.data.display()))?;
+    println!("{}", handle.announcement());
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    handle.stop().await;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! A faithful local simulator of the Adobe Experience Platform endpoints scoreland calls (IMS
+//! token, Catalog, Data Access), serving batches from a data directory, with scripted faults;
+//! and the generator of sample Customer AI platforms it serves.
+//!
+//! Tests start it in process on `127.0.0.1:0` with [`start`]; users run `scoreland sim`.
+//! Behaviour follows `shared/aep-api.md`; where the simulator differs from AEP, the
+//! difference is listed in `docs/simulator.md`.
+
+mod data;
+mod faults;
+pub mod generate;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbox};
+pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
+pub use generate::{GenerateOptions, GenerateSummary, generate};
+pub use server::{SimConfig, SimHandle, start};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON for the simulator")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} is not a readable parquet file")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot generate the sample platform: {0}")]
+    Generate(String),
+}
+
+impl SimError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        SimError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Loads `dir` and serves it on `addr` (port 0 picks a free port).
+pub async fn serve_dir(
+    dir: &Path,
+    config: SimConfig,
+    addr: SocketAddr,
+) -> Result<SimHandle, SimError> {
+    let platform = Platform::load(dir)?;
+    start(platform, config, addr).await
+}
