@@ -1,1 +1,26 @@
-//! placeholder
+//! Everything that talks to Adobe Experience Platform: IMS server-to-server auth, Catalog batch
+//! discovery, Data Access listing, and parallel, resumable, verified downloads of every part of a
+//! batch into local staging.
+//!
+//! A batch is handed on only when complete: each part is streamed to a temporary name, checked
+//! (bytes against the listing and `Content-Length`, parquet footer readable), renamed, and the
+//! batch's rows are checked against Catalog's `metrics.outputRecordCount` before its
+//! `manifest.json` is written. The manifest is the mark of a complete batch.
+
+mod auth;
+mod catalog;
+mod client;
+mod config;
+mod download;
+mod error;
+mod listing;
+mod manifest;
+
+pub use auth::{Credentials, Secret};
+pub use catalog::{BatchSelection, CatalogBatch, SCORING_CLIENT};
+pub use client::AepClient;
+pub use config::{DownloadOptions, PlatformConfig, RetryPolicy, RowCountCheck};
+pub use download::{DownloadObserver, DownloadReport, NoProgress};
+pub use error::IngestError;
+pub use listing::RemotePart;
+pub use manifest::{Manifest, ManifestPart};

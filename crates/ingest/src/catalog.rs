@@ -1,0 +1,255 @@
+//! Catalog: which batches to land.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::client::AepClient;
+use crate::error::IngestError;
+
+/// Customer AI writes its scoring batches as this IMS client.
+pub const SCORING_CLIENT: &str = "acp_foundation_push";
+
+/// A Catalog batch, reduced to what landing needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogBatch {
+    pub id: String,
+    pub status: String,
+    /// Epoch milliseconds.
+    pub created: i64,
+    pub created_client: String,
+    pub dataset_id: Option<String>,
+    /// `metrics.outputRecordCount`.
+    pub records: Option<u64>,
+    /// `metrics.outputByteSize`.
+    pub bytes: Option<u64>,
+    /// `metrics.outputFileCount`.
+    pub files: Option<u64>,
+    /// `replay.predecessors`: the batches this one replaces.
+    pub replaces: Vec<String>,
+    /// `tags.acp_successor`: the batch that replaced this one.
+    pub replaced_by: Option<String>,
+}
+
+impl CatalogBatch {
+    fn from_json(id: &str, v: &Value) -> Self {
+        let str_of = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let metric = |k: &str| {
+            v.get("metrics")
+                .and_then(|m| m.get(k))
+                .and_then(Value::as_u64)
+        };
+        let dataset_id = v
+            .get("relatedObjects")
+            .and_then(Value::as_array)
+            .and_then(|objs| {
+                objs.iter()
+                    .find(|o| o.get("type").and_then(Value::as_str) == Some("dataSet"))
+            })
+            .and_then(|o| o.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        CatalogBatch {
+            id: id.to_string(),
+            status: str_of("status"),
+            created: v.get("created").and_then(Value::as_i64).unwrap_or(0),
+            created_client: str_of("createdClient"),
+            dataset_id,
+            records: metric("outputRecordCount"),
+            bytes: metric("outputByteSize"),
+            files: metric("outputFileCount"),
+            replaces: strings(v.get("replay").and_then(|r| r.get("predecessors"))),
+            replaced_by: strings(v.get("tags").and_then(|t| t.get("acp_successor")))
+                .into_iter()
+                .next(),
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "active")
+    }
+}
+
+/// Which batches of a dataset to land.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BatchSelection {
+    /// The newest successful batch from the client (seed 001's query).
+    Newest,
+    /// Exactly this batch.
+    Batch { id: String },
+    /// Every successful batch created after `after` (oldest first), without the ones a later
+    /// batch replaced. With no `after`, the newest batch alone.
+    CatchUp { after: Option<String> },
+}
+
+/// Catalog answers are objects keyed by batch id; order by creation, then id, ourselves.
+fn parse_keyed(map: BTreeMap<String, Value>) -> Vec<CatalogBatch> {
+    let mut batches: Vec<CatalogBatch> = map
+        .iter()
+        .map(|(id, v)| CatalogBatch::from_json(id, v))
+        .collect();
+    batches.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+    batches
+}
+
+impl AepClient {
+    /// One batch by id.
+    pub async fn batch(&self, id: &str) -> Result<CatalogBatch, IngestError> {
+        let url = self.url(&format!("/data/foundation/catalog/batches/{id}"))?;
+        let map: BTreeMap<String, Value> = match self.get_json(&url).await {
+            Err(IngestError::Status { status: 404, .. }) => {
+                return Err(IngestError::BatchNotFound { batch: id.into() });
+            }
+            other => other?,
+        };
+        let v = map
+            .get(id)
+            .ok_or_else(|| IngestError::BatchNotFound { batch: id.into() })?;
+        Ok(CatalogBatch::from_json(id, v))
+    }
+
+    /// Batches of a dataset, newest first; `filters` are extra Catalog query parameters.
+    pub async fn list_batches(
+        &self,
+        dataset: &str,
+        filters: &[(&str, &str)],
+        limit: usize,
+    ) -> Result<Vec<CatalogBatch>, IngestError> {
+        let mut out = Vec::new();
+        let page = limit.clamp(1, 100);
+        let mut start = 0usize;
+        loop {
+            let mut url = self.url("/data/foundation/catalog/batches")?;
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("dataSet", dataset);
+                for (k, v) in filters {
+                    q.append_pair(k, v);
+                }
+                q.append_pair("orderBy", "desc:created")
+                    .append_pair("limit", &page.min(limit - out.len()).to_string())
+                    .append_pair("start", &start.to_string());
+            }
+            let map: BTreeMap<String, Value> = self.get_json(&url).await?;
+            let n = map.len();
+            let mut batches = parse_keyed(map);
+            batches.reverse();
+            out.extend(batches);
+            start += n;
+            if n < page || out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The batches `selection` names, oldest first, each checked to be a successful batch of
+    /// `dataset`.
+    pub async fn select_batches(
+        &self,
+        dataset: &str,
+        client: &str,
+        selection: &BatchSelection,
+    ) -> Result<Vec<CatalogBatch>, IngestError> {
+        match selection {
+            BatchSelection::Newest | BatchSelection::CatchUp { after: None } => {
+                // Exactly the query of Adobe's "Download scores" guide.
+                let found = self
+                    .list_batches(
+                        dataset,
+                        &[("createdClient", client), ("status", "success")],
+                        1,
+                    )
+                    .await?;
+                match found.into_iter().next() {
+                    Some(b) => Ok(vec![b]),
+                    None => Err(IngestError::NoSuccessfulBatch {
+                        dataset: dataset.into(),
+                        client: client.into(),
+                    }),
+                }
+            }
+            BatchSelection::Batch { id } => {
+                let b = self.batch(id).await?;
+                check_batch(&b, dataset)?;
+                Ok(vec![b])
+            }
+            BatchSelection::CatchUp { after: Some(after) } => {
+                let after = self.batch(after).await?;
+                self.batches_after(dataset, client, &after).await
+            }
+        }
+    }
+
+    /// Successful batches created after `after`, oldest first, less those replaced by a later
+    /// batch (replay), since landing a replaced batch would double-count its rows.
+    async fn batches_after(
+        &self,
+        dataset: &str,
+        client: &str,
+        after: &CatalogBatch,
+    ) -> Result<Vec<CatalogBatch>, IngestError> {
+        let mut seen = HashSet::new();
+        let mut all = Vec::new();
+        let mut start = 0usize;
+        loop {
+            let mut url = self.url("/data/foundation/catalog/batches")?;
+            url.query_pairs_mut()
+                .append_pair("dataSet", dataset)
+                .append_pair("createdClient", client)
+                .append_pair("status", "success")
+                .append_pair("createdAfter", &after.created.to_string())
+                .append_pair("orderBy", "asc:created")
+                .append_pair("limit", "100")
+                .append_pair("start", &start.to_string());
+            let map: BTreeMap<String, Value> = self.get_json(&url).await?;
+            let n = map.len();
+            // Pages can shift while we read them; keep each batch once.
+            for b in parse_keyed(map) {
+                if seen.insert(b.id.clone()) {
+                    all.push(b);
+                }
+            }
+            start += n;
+            if n < 100 {
+                break;
+            }
+        }
+        let replaced: HashSet<String> = all.iter().flat_map(|b| b.replaces.clone()).collect();
+        let mut kept: Vec<CatalogBatch> = all
+            .into_iter()
+            .filter(|b| !replaced.contains(&b.id) && b.replaced_by.is_none() && b.id != after.id)
+            .collect();
+        kept.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(kept)
+    }
+}
+
+fn check_batch(b: &CatalogBatch, dataset: &str) -> Result<(), IngestError> {
+    if !b.is_success() {
+        return Err(IngestError::BatchNotUsable {
+            batch: b.id.clone(),
+            status: b.status.clone(),
+        });
+    }
+    match &b.dataset_id {
+        Some(d) if d != dataset => Err(IngestError::BatchDatasetMismatch {
+            batch: b.id.clone(),
+            expected: dataset.into(),
+            actual: d.clone(),
+        }),
+        _ => Ok(()),
+    }
+}

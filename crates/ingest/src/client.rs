@@ -1,0 +1,361 @@
+//! The HTTP client for Platform calls: the four AEP headers, the origin rule, token renewal on
+//! 401, error bodies in every AEP style, and bounded retries with backoff.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::auth::TokenCache;
+use crate::config::{DownloadOptions, PlatformConfig, RetryPolicy, check_url_security};
+use crate::error::IngestError;
+
+/// A client for one platform org and sandbox. Cheap to clone; clones share the token cache.
+#[derive(Debug, Clone)]
+pub struct AepClient {
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: Arc<PlatformConfig>,
+    pub(crate) options: DownloadOptions,
+    tokens: TokenCache,
+    retries: Arc<AtomicU64>,
+    jitter: Arc<AtomicU64>,
+}
+
+impl AepClient {
+    pub fn new(config: PlatformConfig, options: DownloadOptions) -> Result<Self, IngestError> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("scoreland/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.stall_timeout)
+            // Redirects could carry the token elsewhere; AEP does not redirect these calls.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| IngestError::Config {
+                field: "http client",
+                message: e.to_string(),
+            })?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9);
+        Ok(AepClient {
+            http,
+            config: Arc::new(config),
+            options,
+            tokens: TokenCache::new(),
+            retries: Arc::new(AtomicU64::new(0)),
+            jitter: Arc::new(AtomicU64::new(seed | 1)),
+        })
+    }
+
+    pub fn config(&self) -> &PlatformConfig {
+        &self.config
+    }
+
+    /// Retries made so far by this client and its clones.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// A Platform URL from a path such as `/data/foundation/catalog/batches`.
+    pub(crate) fn url(&self, path: &str) -> Result<Url, IngestError> {
+        self.config
+            .platform_url
+            .join(path)
+            .map_err(|e| IngestError::Config {
+                field: "platform_url",
+                message: e.to_string(),
+            })
+    }
+
+    /// Every URL we send the token to must be on the platform origin (hrefs in listings are
+    /// followed only after this check).
+    pub(crate) fn check_origin(&self, url: &Url) -> Result<(), IngestError> {
+        check_url_security(url)?;
+        if url.origin() != self.config.platform_url.origin() {
+            return Err(IngestError::ForeignOrigin {
+                url: url.to_string(),
+                expected: self.config.platform_url.origin().ascii_serialization(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One request with the AEP headers; renews the token and repeats once after a 401 (or a
+    /// 403 `403010`, token missing). Non-success statuses become [`IngestError::Status`].
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        extra: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, IngestError> {
+        self.check_origin(url)?;
+        let cfg = &self.config;
+        let attempt = |token: &str| {
+            let req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token)
+                .header("x-api-key", cfg.credentials.api_key())
+                .header("x-gw-ims-org-id", &cfg.org_id)
+                .header("x-sandbox-name", &cfg.sandbox)
+                .header("accept", "application/json");
+            extra(req).send()
+        };
+        let method_name = method_name(&method);
+        let transport = |source: reqwest::Error| IngestError::Http {
+            method: method_name,
+            url: url.to_string(),
+            source: source.without_url(),
+        };
+        let (token, generation) = self
+            .tokens
+            .get(&self.http, &cfg.ims_url, &cfg.credentials)
+            .await?;
+        let resp = attempt(token.expose()).await.map_err(transport)?;
+        let resp = match self.refused_token(resp, method_name, url).await? {
+            Ok(resp) => return Ok(resp),
+            Err(()) => {
+                tracing::info!(url = %url, "token refused; renewing it once");
+                self.tokens.invalidate(generation).await;
+                let (token, _) = self
+                    .tokens
+                    .get(&self.http, &cfg.ims_url, &cfg.credentials)
+                    .await?;
+                attempt(token.expose()).await.map_err(transport)?
+            }
+        };
+        match self.refused_token(resp, method_name, url).await? {
+            Ok(resp) => Ok(resp),
+            Err(()) => Err(IngestError::Status {
+                method: method_name,
+                url: url.to_string(),
+                status: 401,
+                code: Some("401013".into()),
+                message: "the token was refused again right after renewal".into(),
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// `Ok(Ok(resp))` for a success, `Ok(Err(()))` when the token was refused, and the error
+    /// for any other failure status.
+    async fn refused_token(
+        &self,
+        resp: Response,
+        method: &'static str,
+        url: &Url,
+    ) -> Result<Result<Response, ()>, IngestError> {
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::PARTIAL_CONTENT {
+            return Ok(Ok(resp));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Ok(Err(()));
+        }
+        let err = status_error(resp, method, url).await;
+        if let IngestError::Status {
+            status: 403,
+            code: Some(code),
+            ..
+        } = &err
+            && code == "403010"
+        {
+            return Ok(Err(()));
+        }
+        Err(err)
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
+    pub(crate) async fn with_retry<T, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, IngestError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, IngestError>>,
+    {
+        let policy: RetryPolicy = self.options.retry;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let err = match op(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let delay = err
+                .retry_after()
+                .unwrap_or_else(|| self.backoff(&policy, attempt));
+            let elapsed = started.elapsed();
+            if attempt >= policy.max_attempts || elapsed + delay > policy.max_elapsed {
+                return Err(IngestError::GaveUp {
+                    url: what.to_string(),
+                    attempts: attempt,
+                    elapsed,
+                    source: Box::new(err),
+                });
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "scoreland::retry", what, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff(&self, policy: &RetryPolicy, attempt: u32) -> Duration {
+        let exp = policy
+            .initial_backoff
+            .saturating_mul(1u32 << (attempt - 1).min(20))
+            .min(policy.max_backoff);
+        // splitmix64 step: jitter needs spread, not secrecy.
+        let mut z = self
+            .jitter
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let fraction = (z >> 11) as f64 / (1u64 << 53) as f64;
+        exp.mul_f64(0.5 + fraction / 2.0)
+    }
+
+    /// GET a JSON document, with retries.
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IngestError> {
+        self.with_retry(url.as_str(), |_| async {
+            let resp = self.send(Method::GET, url, |r| r).await?;
+            let body = resp.bytes().await.map_err(|source| IngestError::Http {
+                method: "GET",
+                url: url.to_string(),
+                source: source.without_url(),
+            })?;
+            serde_json::from_slice(&body).map_err(|source| IngestError::Json {
+                url: url.to_string(),
+                source,
+            })
+        })
+        .await
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "REQUEST",
+    }
+}
+
+/// Reads an error response in any of AEP's body styles (aep-api.md §7.1).
+pub(crate) async fn status_error(resp: Response, method: &'static str, url: &Url) -> IngestError {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = resp.bytes().await.unwrap_or_default();
+    let (code, message) = describe_error_body(&body);
+    IngestError::Status {
+        method,
+        url: url.to_string(),
+        status: status.as_u16(),
+        code,
+        message: message.unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("no description")
+                .to_string()
+        }),
+        retry_after,
+    }
+}
+
+fn describe_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        let text = String::from_utf8_lossy(body)
+            .trim()
+            .chars()
+            .take(200)
+            .collect::<String>();
+        return (None, (!text.is_empty()).then_some(text));
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    if let Some(code) = s("error_code") {
+        return (Some(code), s("message"));
+    }
+    if let Some(title) = s("title") {
+        let code = s("type").and_then(|t| t.rsplit('/').next().map(str::to_string));
+        let message = match s("detail") {
+            Some(d) => format!("{title}: {d}"),
+            None => title,
+        };
+        return (code, Some(message));
+    }
+    if let Some(m) = s("errorMessage") {
+        return (None, Some(m));
+    }
+    if let Some(e) = s("error") {
+        return (Some(e), s("error_description"));
+    }
+    (None, None)
+}
+
+/// `Retry-After` is integer seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    let wait = when.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(wait.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(
+            describe_error_body(br#"{"error_code":"401013","message":"Oauth token is not valid"}"#),
+            (
+                Some("401013".into()),
+                Some("Oauth token is not valid".into())
+            )
+        );
+        assert_eq!(
+            describe_error_body(
+                br#"{"type":"http://ns.adobe.com/aep/errors/CAT-1400-400","title":"Bad Request","status":400,"detail":"limit"}"#
+            ),
+            (Some("CAT-1400-400".into()), Some("Bad Request: limit".into()))
+        );
+        assert_eq!(describe_error_body(b""), (None, None));
+        assert_eq!(
+            describe_error_body(br#"{"errorMessage":"stale etag"}"#),
+            (None, Some("stale etag".into()))
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! The one error type of the ingest crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What went wrong talking to AEP or staging a batch.
+///
+/// [`IngestError::is_user_error`] separates the user's mistakes (bad configuration, unknown
+/// dataset, wrong credentials) from remote faults, so a caller can say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid platform configuration: {field}: {message}")]
+    Config {
+        field: &'static str,
+        message: String,
+    },
+    #[error("refusing plain http to {url}: only loopback may be reached without TLS; use https://")]
+    InsecureUrl { url: String },
+    #[error(
+        "refusing to follow {url}: it is not on the configured platform origin {expected}, and the token is only ever sent there"
+    )]
+    ForeignOrigin { url: String, expected: String },
+    #[error(
+        "IMS refused the credentials ({status}): {error}: {description}; check SCORELAND_CLIENT_ID and SCORELAND_CLIENT_SECRET"
+    )]
+    Auth {
+        status: u16,
+        error: String,
+        description: String,
+    },
+    #[error("{method} {url} failed")]
+    Http {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{method} {url} answered {status}{}: {message}", code.as_ref().map(|c| format!(" (error {c})")).unwrap_or_default())]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("gave up on {url} after {attempts} attempts in {elapsed:?}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        source: Box<IngestError>,
+    },
+    #[error("the body of {url} ended after {received} of {expected} bytes")]
+    CutShort {
+        url: String,
+        expected: u64,
+        received: u64,
+    },
+    #[error("{url} returned a body that is not the expected JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "dataset {dataset} has no successful batch from client '{client}'; check the dataset id and the createdClient (`scoreland batches --dataset {dataset}` lists what is there)"
+    )]
+    NoSuccessfulBatch { dataset: String, client: String },
+    #[error("batch {batch} is not in Catalog")]
+    BatchNotFound { batch: String },
+    #[error("batch {batch} has status '{status}'; only successful batches can be downloaded")]
+    BatchNotUsable { batch: String, status: String },
+    #[error("batch {batch} belongs to dataset {actual}, not {expected}")]
+    BatchDatasetMismatch {
+        batch: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the listing at {url} links to itself as its next page; refusing to loop")]
+    RepeatedNextLink { url: String },
+    #[error(
+        "batch {batch} lists a file named {name:?}, which is not a safe file name; nothing was written for it"
+    )]
+    UnsafeName { batch: String, name: String },
+    #[error("part {name} of batch {batch} failed verification: {reason}")]
+    Verify {
+        batch: String,
+        name: String,
+        reason: String,
+    },
+    #[error("part {path} is not a readable parquet file")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error(
+        "batch {batch} has {actual} rows in its parts but Catalog says {expected} (metrics.outputRecordCount); set row_count_check = \"warn\" to land it anyway"
+    )]
+    RowCountMismatch {
+        batch: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl IngestError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        IngestError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A mistake the user can fix in configuration or arguments (as opposed to a remote fault).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            IngestError::Config { .. }
+            | IngestError::InsecureUrl { .. }
+            | IngestError::Auth { .. }
+            | IngestError::NoSuccessfulBatch { .. }
+            | IngestError::BatchNotFound { .. }
+            | IngestError::BatchNotUsable { .. }
+            | IngestError::BatchDatasetMismatch { .. } => true,
+            IngestError::Status { status, .. } => matches!(status, 400 | 401 | 403 | 404),
+            IngestError::GaveUp { source, .. } => source.is_user_error(),
+            _ => false,
+        }
+    }
+
+    /// Worth another attempt: 429, 5xx, connection faults and bodies cut short.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Status { status, .. } => *status == 429 || *status >= 500,
+            IngestError::Http { source, .. } => {
+                source.is_connect()
+                    || source.is_timeout()
+                    || source.is_body()
+                    || source.is_decode()
+                    || source.is_request()
+            }
+            IngestError::Verify { .. } => false,
+            IngestError::Json { .. } | IngestError::CutShort { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Data Access listings: every dataSetFile of a batch and every part of each, every page.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::client::AepClient;
+use crate::error::IngestError;
+
+/// One downloadable part of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePart {
+    pub dataset_file_id: String,
+    pub name: String,
+    pub length: u64,
+    pub href: Url,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    data: Vec<Entry>,
+    #[serde(default, rename = "_links")]
+    links: Option<Links>,
+}
+
+#[derive(Deserialize)]
+struct Links {
+    next: Option<Href>,
+}
+
+#[derive(Deserialize)]
+struct Href {
+    href: String,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "dataSetFileId")]
+    dataset_file_id: Option<String>,
+    name: Option<String>,
+    /// A string of bytes in AEP's answers; a number is accepted too.
+    length: Option<serde_json::Value>,
+    #[serde(rename = "_links")]
+    links: Option<SelfLinks>,
+}
+
+#[derive(Deserialize)]
+struct SelfLinks {
+    #[serde(rename = "self")]
+    this: Option<Href>,
+}
+
+/// A file or directory name from a listing that is safe to use as one path component.
+pub(crate) fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', ':'])
+        && !name.chars().any(char::is_control)
+}
+
+impl AepClient {
+    /// Follows `_links.next` from `first` until it is absent; a link or an entry seen before is
+    /// an error.
+    async fn pages(&self, first: Url) -> Result<Vec<Entry>, IngestError> {
+        let mut seen = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut url = first;
+        let mut entries = Vec::new();
+        loop {
+            if !seen.insert(url.to_string()) {
+                return Err(IngestError::RepeatedNextLink {
+                    url: url.to_string(),
+                });
+            }
+            let page: Page = self.get_json(&url).await?;
+            // A next link that serves entries already listed loops just the same, even when
+            // its URL differs (cursor and offset links for one page).
+            for e in &page.data {
+                let key = (e.dataset_file_id.clone(), e.name.clone());
+                if !keys.insert(key) {
+                    return Err(IngestError::RepeatedNextLink {
+                        url: url.to_string(),
+                    });
+                }
+            }
+            entries.extend(page.data);
+            match page.links.and_then(|l| l.next) {
+                Some(next) => {
+                    let next = url.join(&next.href).map_err(|e| IngestError::Verify {
+                        batch: String::new(),
+                        name: next.href.clone(),
+                        reason: format!("next link is not a URL: {e}"),
+                    })?;
+                    self.check_origin(&next)?;
+                    url = next;
+                }
+                None => return Ok(entries),
+            }
+        }
+    }
+
+    /// Every part of every dataSetFile of `batch`, in listing order. Names are checked here,
+    /// before anything is written.
+    pub async fn list_parts(&self, batch: &str) -> Result<Vec<RemotePart>, IngestError> {
+        let first = self.url(&format!("/data/foundation/export/batches/{batch}/files"))?;
+        let mut parts = Vec::new();
+        let mut pending: Vec<(String, Url)> = Vec::new();
+        for e in self.pages(first).await? {
+            let Some(id) = e.dataset_file_id else {
+                continue;
+            };
+            let href = match e.links.and_then(|l| l.this) {
+                Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
+                    batch: batch.into(),
+                    name: id.clone(),
+                    reason: format!("self link is not a URL: {err}"),
+                })?,
+                None => self.url(&format!("/data/foundation/export/files/{id}"))?,
+            };
+            self.check_origin(&href)?;
+            pending.push((id, href));
+        }
+        let mut visited = HashSet::new();
+        while let Some((dsf, url)) = pending.pop() {
+            if !visited.insert(dsf.clone()) {
+                continue;
+            }
+            if !is_safe_name(&dsf) {
+                return Err(IngestError::UnsafeName {
+                    batch: batch.into(),
+                    name: dsf,
+                });
+            }
+            for e in self.pages(url).await? {
+                // Older directory listings nest further dataSetFiles; newer ones list leaves.
+                if let (Some(nested), None) = (&e.dataset_file_id, &e.name) {
+                    let href = match e.links.and_then(|l| l.this) {
+                        Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
+                            batch: batch.into(),
+                            name: nested.clone(),
+                            reason: format!("self link is not a URL: {err}"),
+                        })?,
+                        None => self.url(&format!("/data/foundation/export/files/{nested}"))?,
+                    };
+                    self.check_origin(&href)?;
+                    pending.push((nested.clone(), href));
+                    continue;
+                }
+                let Some(name) = e.name else { continue };
+                if !is_safe_name(&name) {
+                    return Err(IngestError::UnsafeName {
+                        batch: batch.into(),
+                        name,
+                    });
+                }
+                let length = match &e.length {
+                    Some(serde_json::Value::String(s)) => s.parse::<u64>().ok(),
+                    Some(serde_json::Value::Number(n)) => n.as_u64(),
+                    _ => None,
+                }
+                .ok_or_else(|| IngestError::Verify {
+                    batch: batch.into(),
+                    name: name.clone(),
+                    reason: "the listing gives no usable length".into(),
+                })?;
+                let href = match e.links.and_then(|l| l.this) {
+                    Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
+                        batch: batch.into(),
+                        name: name.clone(),
+                        reason: format!("self link is not a URL: {err}"),
+                    })?,
+                    None => {
+                        let mut u = self.url(&format!("/data/foundation/export/files/{dsf}"))?;
+                        u.query_pairs_mut().append_pair("path", &name);
+                        u
+                    }
+                };
+                self.check_origin(&href)?;
+                parts.push(RemotePart {
+                    dataset_file_id: dsf.clone(),
+                    name,
+                    length,
+                    href,
+                });
+            }
+        }
+        parts.sort_by(|a, b| {
+            (a.dataset_file_id.as_str(), a.name.as_str())
+                .cmp(&(b.dataset_file_id.as_str(), b.name.as_str()))
+        });
+        Ok(parts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names() {
+        assert!(is_safe_name("part-00000-tid-1-c000.snappy.parquet"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "c:x",
+            "a\nb",
+        ] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+}

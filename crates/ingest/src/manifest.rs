@@ -1,0 +1,77 @@
+//! `manifest.json`: the record of a complete, verified staged batch. It is written last, so a
+//! batch directory without one is incomplete and is never handed on.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::CatalogBatch;
+use crate::error::IngestError;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    pub dataset_file_id: String,
+    pub name: String,
+    /// Relative to the batch directory.
+    pub path: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub dataset_id: String,
+    pub batch: CatalogBatch,
+    pub parts: Vec<ManifestPart>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// `true` when the rows differed from Catalog's count and the check was set to warn.
+    pub row_count_mismatch: bool,
+    /// RFC 3339.
+    pub verified_at: String,
+}
+
+impl Manifest {
+    /// `staging/<dataset>/<batch>`.
+    pub fn batch_dir(staging: &Path, dataset: &str, batch: &str) -> PathBuf {
+        staging.join(dataset).join(batch)
+    }
+
+    /// The manifest of a complete staged batch, or `None` when the batch is not (yet) complete.
+    pub fn read(batch_dir: &Path) -> Result<Option<Manifest>, IngestError> {
+        let path = batch_dir.join(MANIFEST_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IngestError::io(path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            IngestError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    /// Absolute paths of the parts.
+    pub fn part_paths(&self, batch_dir: &Path) -> Vec<PathBuf> {
+        self.parts.iter().map(|p| batch_dir.join(&p.path)).collect()
+    }
+
+    /// Writes the manifest under a temporary name and renames it into place.
+    pub(crate) fn write(&self, batch_dir: &Path) -> Result<(), IngestError> {
+        let path = batch_dir.join(MANIFEST_FILE);
+        let tmp = batch_dir.join(".manifest.json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| {
+            IngestError::io(
+                &tmp,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        std::fs::write(&tmp, text).map_err(|e| IngestError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| IngestError::io(&path, e))
+    }
+}

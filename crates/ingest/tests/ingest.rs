@@ -1,0 +1,580 @@
+//! Ingest against the in-process simulator: discovery, listing, downloads, every fault kind.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use scoreland_ingest::{
+    AepClient, BatchSelection, Credentials, DownloadOptions, IngestError, Manifest, NoProgress,
+    PlatformConfig, RetryPolicy, RowCountCheck, SCORING_CLIENT, Secret,
+};
+use scoreland_platform_sim::{
+    ErrorBodyStyle, Fault, GenerateOptions, GenerateSummary, Route, SimConfig, SimHandle,
+};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    sim: SimHandle,
+    summary: GenerateSummary,
+    staging: PathBuf,
+}
+
+async fn env_with(rows: u64, parts: u32, tweak: impl FnOnce(&Path, &GenerateSummary)) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("platform");
+    let summary = scoreland_platform_sim::generate(&GenerateOptions {
+        out: out.clone(),
+        rows,
+        parts,
+        batches: 3,
+        seed: 7,
+        ..Default::default()
+    })
+    .unwrap();
+    tweak(&out, &summary);
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = scoreland_platform_sim::serve_dir(&out, SimConfig::default(), addr)
+        .await
+        .unwrap();
+    let staging = tmp.path().join("staging");
+    Env {
+        _tmp: tmp,
+        sim,
+        summary,
+        staging,
+    }
+}
+
+async fn env() -> Env {
+    env_with(400, 4, |_, _| {}).await
+}
+
+fn options() -> DownloadOptions {
+    DownloadOptions {
+        concurrency: 4,
+        retry: RetryPolicy {
+            max_attempts: 6,
+            max_elapsed: Duration::from_secs(20),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+        },
+        ..Default::default()
+    }
+}
+
+fn client_with(env: &Env, options: DownloadOptions) -> AepClient {
+    let info = &env.sim.platform().info;
+    AepClient::new(
+        PlatformConfig {
+            platform_url: env.sim.base_url().parse().unwrap(),
+            ims_url: env.sim.ims_url().parse().unwrap(),
+            org_id: info.org_id.clone(),
+            sandbox: "prod".into(),
+            credentials: Credentials::OAuth {
+                client_id: info.client_id.clone(),
+                client_secret: Secret::new(info.client_secret.clone()),
+                scopes: PlatformConfig::DEFAULT_SCOPES.into(),
+            },
+        },
+        options,
+    )
+    .unwrap()
+}
+
+fn client(env: &Env) -> AepClient {
+    client_with(env, options())
+}
+
+fn newest_scoring(summary: &GenerateSummary) -> &scoreland_platform_sim::generate::GeneratedBatch {
+    summary
+        .batches
+        .iter()
+        .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
+        .max_by_key(|b| b.created)
+        .unwrap()
+}
+
+async fn download_newest(
+    env: &Env,
+    c: &AepClient,
+) -> Result<scoreland_ingest::DownloadReport, IngestError> {
+    let ds = &env.summary.dataset_id;
+    let batches = c
+        .select_batches(ds, SCORING_CLIENT, &BatchSelection::Newest)
+        .await?;
+    c.download_batch(ds, &batches[0], &env.staging, &NoProgress)
+        .await
+}
+
+mod discovery {
+    use super::*;
+
+    #[tokio::test]
+    async fn newest_skips_failed_and_other_clients() {
+        let env = env().await;
+        let c = client(&env);
+        let got = c
+            .select_batches(
+                &env.summary.dataset_id,
+                SCORING_CLIENT,
+                &BatchSelection::Newest,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, newest_scoring(&env.summary).id);
+        assert_eq!(got[0].records, Some(400));
+        // Every batch is listed, newest first, with the other client's batch on top.
+        let all = c
+            .list_batches(&env.summary.dataset_id, &[], 100)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), env.summary.batches.len());
+        assert_eq!(all[0].created_client, "mlops_backfill");
+        assert!(all.iter().any(|b| b.status == "failure"));
+    }
+
+    #[tokio::test]
+    async fn catch_up_skips_replaced_batches() {
+        let env = env().await;
+        let c = client(&env);
+        let scoring: Vec<_> = env
+            .summary
+            .batches
+            .iter()
+            .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
+            .collect();
+        let got = c
+            .select_batches(
+                &env.summary.dataset_id,
+                SCORING_CLIENT,
+                &BatchSelection::CatchUp {
+                    after: Some(scoring[0].id.clone()),
+                },
+            )
+            .await
+            .unwrap();
+        // Batches 2 and 3 came after 1, but 3 replaced 2: only 3 is worth landing.
+        assert_eq!(
+            got.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            vec![scoring[2].id.as_str()]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_successful_batch_names_the_dataset() {
+        let env = env().await;
+        let err = client(&env)
+            .select_batches(
+                "0000000000000000deadbeef",
+                SCORING_CLIENT,
+                &BatchSelection::Newest,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::NoSuccessfulBatch { .. }));
+        assert!(err.to_string().contains("0000000000000000deadbeef"));
+        assert!(err.is_user_error());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_failed_batch_is_refused() {
+        let env = env().await;
+        let failed = env
+            .summary
+            .batches
+            .iter()
+            .find(|b| b.status == "failure")
+            .unwrap();
+        let err = client(&env)
+            .select_batches(
+                &env.summary.dataset_id,
+                SCORING_CLIENT,
+                &BatchSelection::Batch {
+                    id: failed.id.clone(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, IngestError::BatchNotUsable { ref status, .. } if status == "failure"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_a_clear_auth_error() {
+        let env = env().await;
+        let info = &env.sim.platform().info;
+        let c = AepClient::new(
+            PlatformConfig {
+                platform_url: env.sim.base_url().parse().unwrap(),
+                ims_url: env.sim.ims_url().parse().unwrap(),
+                org_id: info.org_id.clone(),
+                sandbox: "prod".into(),
+                credentials: Credentials::OAuth {
+                    client_id: info.client_id.clone(),
+                    client_secret: Secret::new("not-the-secret"),
+                    scopes: "openid".into(),
+                },
+            },
+            options(),
+        )
+        .unwrap();
+        let err = c
+            .list_batches(&env.summary.dataset_id, &[], 5)
+            .await
+            .unwrap_err();
+        let text = format!("{err:#?} {err}");
+        assert!(
+            matches!(err, IngestError::Auth { status: 401, .. }),
+            "{text}"
+        );
+        assert!(
+            !text.contains("not-the-secret"),
+            "the secret leaked: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_off_loopback() {
+        let err = AepClient::new(
+            PlatformConfig {
+                platform_url: "http://platform.example.com".parse().unwrap(),
+                ims_url: "https://ims.example.com".parse().unwrap(),
+                org_id: "x@AdobeOrg".into(),
+                sandbox: "prod".into(),
+                credentials: Credentials::StaticToken {
+                    api_key: "k".into(),
+                    token: Secret::new("t"),
+                },
+            },
+            options(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, IngestError::InsecureUrl { .. }), "{err}");
+    }
+}
+
+mod download {
+    use super::*;
+
+    #[tokio::test]
+    async fn stages_verified_parts_and_a_manifest_then_skips_on_rerun() {
+        let env = env().await;
+        let c = client(&env);
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(report.manifest.rows, 400);
+        assert_eq!(report.manifest.parts.len(), 4);
+        assert_eq!(report.downloaded_parts, 4);
+        let on_disk: u64 = report
+            .manifest
+            .part_paths(&report.batch_dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(on_disk, report.manifest.bytes);
+        assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+        assert!(Manifest::read(&report.batch_dir).unwrap().is_some());
+        // The same bytes the simulator serves.
+        let batch = &env.sim.platform().sandboxes["prod"].batches[&report.manifest.batch.id];
+        for part in &batch.files[0].parts {
+            let staged = report.batch_dir.join(&batch.files[0].id).join(&part.name);
+            assert_eq!(
+                std::fs::read(&staged).unwrap(),
+                std::fs::read(&part.path).unwrap()
+            );
+        }
+        let before = env.sim.request_count(Route::Download);
+        let again = download_newest(&env, &c).await.unwrap();
+        assert_eq!(again.skipped_parts, 4);
+        assert_eq!(again.bytes_downloaded, 0);
+        assert_eq!(env.sim.request_count(Route::Download), before);
+    }
+
+    #[tokio::test]
+    async fn more_than_100_parts_with_small_pages() {
+        let env = env_with(260, 130, |_, _| {}).await;
+        env.sim.set_page_size(Some(7));
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        assert_eq!(report.manifest.parts.len(), 130);
+        assert_eq!(report.manifest.rows, 260);
+        assert!(env.sim.request_count(Route::FileListing) >= 19);
+    }
+
+    #[tokio::test]
+    async fn every_retryable_fault_is_survived() {
+        let env = env().await;
+        let s = &env.sim;
+        s.push_fault(
+            Route::CatalogBatches,
+            Fault::Status {
+                status: 429,
+                retry_after: Some("0".into()),
+                body: ErrorBodyStyle::Problem,
+            },
+            1,
+        );
+        s.push_fault(
+            Route::CatalogBatches,
+            Fault::Status {
+                status: 429,
+                retry_after: None,
+                body: ErrorBodyStyle::Gateway,
+            },
+            1,
+        );
+        s.push_fault(
+            Route::BatchFiles,
+            Fault::Status {
+                status: 500,
+                retry_after: None,
+                body: ErrorBodyStyle::Empty,
+            },
+            1,
+        );
+        s.push_fault(
+            Route::FileListing,
+            Fault::Status {
+                status: 502,
+                retry_after: None,
+                body: ErrorBodyStyle::Gateway,
+            },
+            1,
+        );
+        s.push_fault(
+            Route::FileListing,
+            Fault::TruncateBody { after_bytes: 40 },
+            1,
+        );
+        s.push_fault(
+            Route::Download,
+            Fault::Status {
+                status: 503,
+                retry_after: Some("1".into()),
+                body: ErrorBodyStyle::Gateway,
+            },
+            1,
+        );
+        s.push_fault(
+            Route::Download,
+            Fault::ResetMidBody { after_bytes: 5_000 },
+            1,
+        );
+        s.push_fault(
+            Route::Download,
+            Fault::TruncateBody { after_bytes: 3_000 },
+            1,
+        );
+        s.push_fault(
+            Route::Download,
+            Fault::Latency {
+                delay: Duration::from_millis(200),
+            },
+            1,
+        );
+        s.push_fault(
+            Route::Download,
+            Fault::Bandwidth {
+                bytes_per_sec: 200_000,
+            },
+            1,
+        );
+        let c = client(&env);
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(report.manifest.rows, 400);
+        assert!(c.retries() >= 7, "retries: {}", c.retries());
+        for route in [
+            Route::CatalogBatches,
+            Route::BatchFiles,
+            Route::FileListing,
+            Route::Download,
+        ] {
+            assert_eq!(s.pending_faults(route), 0, "{route:?}");
+        }
+        // Resumed parts did not fetch their first bytes twice.
+        assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_part_resumes_with_range() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::ResetMidBody {
+                after_bytes: 100_000,
+            },
+            1,
+        );
+        let c = client(&env);
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(env.sim.request_count(Route::Download), 2);
+        assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+        assert_eq!(report.manifest.rows, 4000);
+    }
+
+    #[tokio::test]
+    async fn other_4xx_fail_at_once() {
+        let env = env().await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::Status {
+                status: 404,
+                retry_after: None,
+                body: ErrorBodyStyle::Gateway,
+            },
+            1,
+        );
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                concurrency: 1,
+                ..options()
+            },
+        );
+        let err = download_newest(&env, &c).await.unwrap_err();
+        assert!(
+            matches!(err, IngestError::Status { status: 404, .. }),
+            "{err}"
+        );
+        assert_eq!(c.retries(), 0);
+        assert!(
+            !Manifest::batch_dir(
+                &env.staging,
+                &env.summary.dataset_id,
+                &newest_scoring(&env.summary).id
+            )
+            .join("manifest.json")
+            .exists()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_platform_that_keeps_failing_gives_up_within_its_budget() {
+        let env = env().await;
+        env.sim.push_fault(
+            Route::BatchFiles,
+            Fault::Status {
+                status: 503,
+                retry_after: None,
+                body: ErrorBodyStyle::Gateway,
+            },
+            1000,
+        );
+        let c = client(&env);
+        let err = download_newest(&env, &c).await.unwrap_err();
+        assert!(
+            matches!(err, IngestError::GaveUp { attempts: 6, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_expiring_mid_download_is_renewed() {
+        let env = env().await;
+        env.sim.push_fault(Route::Download, Fault::ExpireTokens, 1);
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                concurrency: 1,
+                ..options()
+            },
+        );
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(report.manifest.rows, 400);
+        assert_eq!(env.sim.request_count(Route::Ims), 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeating_next_link_is_an_error_not_a_loop() {
+        let env = env().await;
+        env.sim.set_page_size(Some(2));
+        env.sim
+            .push_fault(Route::FileListing, Fault::RepeatNextLink, 1);
+        let err = download_newest(&env, &client(&env)).await.unwrap_err();
+        assert!(matches!(err, IngestError::RepeatedNextLink { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_href_is_refused() {
+        let env = env().await;
+        env.sim.push_fault(
+            Route::FileListing,
+            Fault::ForeignHrefs {
+                origin: "https://evil.example.com".into(),
+            },
+            1,
+        );
+        let err = download_newest(&env, &client(&env)).await.unwrap_err();
+        assert!(matches!(err, IngestError::ForeignOrigin { .. }), "{err}");
+        assert!(err.to_string().contains("evil.example.com"));
+    }
+
+    #[tokio::test]
+    async fn unsafe_part_names_are_refused_before_writing() {
+        let env = env_with(400, 2, |out, summary| {
+            let newest = newest_scoring(summary);
+            let dir = out
+                .join("prod")
+                .join(&summary.dataset_id)
+                .join(&newest.id)
+                .join(format!("{}-1", newest.id));
+            let first = std::fs::read_dir(&dir)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            std::fs::rename(&first, dir.join("evil\\..\\name.parquet")).unwrap();
+        })
+        .await;
+        let err = download_newest(&env, &client(&env)).await.unwrap_err();
+        assert!(matches!(err, IngestError::UnsafeName { .. }), "{err}");
+        let batch_dir = Manifest::batch_dir(
+            &env.staging,
+            &env.summary.dataset_id,
+            &newest_scoring(&env.summary).id,
+        );
+        assert!(!batch_dir.exists() || std::fs::read_dir(&batch_dir).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_row_count_mismatch_fails_unless_configured_to_warn() {
+        let env = env_with(400, 2, |out, summary| {
+            let newest = newest_scoring(summary);
+            let path = out
+                .join("prod")
+                .join(&summary.dataset_id)
+                .join(&newest.id)
+                .join("batch.json");
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            v["metrics"] = serde_json::json!({"outputRecordCount": 401});
+            std::fs::write(&path, v.to_string()).unwrap();
+        })
+        .await;
+        let err = download_newest(&env, &client(&env)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IngestError::RowCountMismatch {
+                    expected: 401,
+                    actual: 400,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let warn = client_with(
+            &env,
+            DownloadOptions {
+                row_count_check: RowCountCheck::Warn,
+                ..options()
+            },
+        );
+        let report = download_newest(&env, &warn).await.unwrap();
+        assert!(report.manifest.row_count_mismatch);
+        // The verified parts of the failed attempt were kept and not fetched again.
+        assert_eq!(report.skipped_parts, 2);
+    }
+}
