@@ -1,1 +1,14 @@
-//! placeholder
+//! Pipeline files (TOML: source, transform, sink), the wiring of ingest ▸ transform ▸ sink
+//! under one run id, the per-pipeline state and lock kept with the warehouse, and JSON run
+//! records. ingest, transform and sink never depend on each other; this crate joins them.
+
+mod config;
+mod error;
+mod run;
+
+pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpolate};
+pub use error::PipelineError;
+pub use run::{
+    DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
+    TableRecord, error_chain, run,
+};

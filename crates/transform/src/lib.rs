@@ -1,1 +1,25 @@
-//! placeholder
+//! The DataFusion stage: staged parts of one or more batches become two clean tables, one row
+//! per identity and model with flat typed columns (`scores`), and score summaries per model and
+//! score date (`summary`); plus population-stability drift against the previous run (`drift`).
+//!
+//! Parts are read as one union (schemas merged by column name: parts are grouped by schema and
+//! each group flattened to the same flat columns, so a field only some parts have is null
+//! elsewhere). Memory is bounded by a DataFusion memory pool that spills to disk. The tables are
+//! written by DataFusion into a local work directory (scores Hive-partitioned by `score_date`),
+//! from where the sink publishes them.
+
+mod config;
+mod drift;
+mod error;
+mod flatten;
+mod run;
+mod sql;
+
+pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
+pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
+pub use error::TransformError;
+pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};
+pub use sql::{QueryOutput, query_files};
+
+/// Re-exported so callers can name record batches without their own arrow dependency.
+pub use datafusion::arrow;

@@ -1,0 +1,45 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read pipeline file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid pipeline file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot start the simulator for the pipeline")]
+    Simulator(#[source] scoreland_platform_sim::SimError),
+    #[error("ingest failed")]
+    Ingest(#[source] scoreland_ingest::IngestError),
+    #[error("transform failed")]
+    Transform(#[source] scoreland_transform::TransformError),
+    #[error("landing failed")]
+    Sink(#[source] scoreland_sink::SinkError),
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted (Ctrl-C); nothing of this run was published")]
+    Interrupted,
+}
+
+impl PipelineError {
+    /// Bad configuration or usage (exit code 2) rather than a failed run (exit code 1).
+    pub fn is_config(&self) -> bool {
+        match self {
+            PipelineError::Read { .. } | PipelineError::Invalid { .. } => true,
+            PipelineError::Ingest(e) => e.is_user_error(),
+            PipelineError::Transform(scoreland_transform::TransformError::Config(_)) => true,
+            PipelineError::Sink(
+                scoreland_sink::SinkError::Url { .. }
+                | scoreland_sink::SinkError::NotWritable { .. },
+            ) => true,
+            _ => false,
+        }
+    }
+}

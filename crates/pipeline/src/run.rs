@@ -1,0 +1,514 @@
+//! `scoreland run`: ingest ▸ transform ▸ sink under one run id, with state and run records.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scoreland_ingest::{
+    AepClient, BatchSelection, CatalogBatch, Credentials, DownloadObserver, DownloadOptions,
+    PlatformConfig, RetryPolicy, SCORING_CLIENT, Secret,
+};
+use scoreland_platform_sim::{SimConfig, SimHandle};
+use scoreland_sink::Warehouse;
+use scoreland_transform::{ModelHistogram, StagedBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{PipelineFile, SourceCommon, SourceConfig};
+use crate::error::PipelineError;
+
+/// The tables a run lands.
+pub const TABLES: [&str; 3] = ["scores", "summary", "drift"];
+
+#[derive(Clone)]
+pub struct RunOptions {
+    pub force: bool,
+    pub dry_run: bool,
+    pub observer: Arc<dyn DownloadObserver>,
+    /// A lock older than this is taken over.
+    pub stale_lock_after: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            force: false,
+            dry_run: false,
+            observer: Arc::new(scoreland_ingest::NoProgress),
+            stale_lock_after: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// Kept in the warehouse at `_state/<pipeline>.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PipelineState {
+    pub last_run_id: Option<String>,
+    /// The batches the last landing run landed (the newest last).
+    pub landed_batches: Vec<String>,
+    pub histograms: Vec<ModelHistogram>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Landed,
+    NothingNew,
+    DryRun,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageTimings {
+    pub discover_ms: u64,
+    pub ingest_ms: u64,
+    pub transform_ms: u64,
+    pub sink_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub table: String,
+    pub commit: u64,
+    pub files_added: usize,
+    pub rows_added: u64,
+    pub rows_live: u64,
+}
+
+/// The JSON run record, stored at `_runs/<pipeline>/<run_id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub pipeline: String,
+    pub status: RunStatus,
+    pub started_at: String,
+    pub finished_at: String,
+    pub dataset: String,
+    pub batches: Vec<String>,
+    pub parts: usize,
+    pub parts_skipped: usize,
+    pub bytes: u64,
+    pub bytes_downloaded: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub duplicates_dropped: u64,
+    pub null_identity_dropped: u64,
+    pub retries: u64,
+    pub timings: StageTimings,
+    /// Staged megabytes per second of ingest.
+    pub ingest_mb_per_s: f64,
+    pub tables: Vec<TableRecord>,
+    pub drift: Vec<DriftRecord>,
+    pub error: Option<String>,
+    pub warehouse: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftRecord {
+    pub model: String,
+    pub psi: Option<f64>,
+}
+
+/// A connected source: the client, the dataset and client id to select batches with, and the
+/// simulator when the source runs one (kept alive for the run).
+struct Source {
+    client: AepClient,
+    dataset: String,
+    created_client: String,
+    selection: Option<BatchSelection>,
+    _sim: Option<SimHandle>,
+}
+
+fn download_options(common: &SourceCommon) -> DownloadOptions {
+    let mut o = DownloadOptions::default();
+    if let Some(c) = common.concurrency {
+        o.concurrency = c;
+    }
+    if let Some(r) = common.row_count_check {
+        o.row_count_check = r;
+    }
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = common.max_attempts {
+        retry.max_attempts = n;
+    }
+    if let Some(t) = common
+        .max_retry_time
+        .as_deref()
+        .and_then(|t| humantime::parse_duration(t).ok())
+    {
+        retry.max_elapsed = t;
+    }
+    o.retry = retry;
+    o
+}
+
+async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
+    let invalid = |message: String| PipelineError::Invalid {
+        path: PathBuf::from(file.name()),
+        message,
+    };
+    match &file.source {
+        SourceConfig::Aep {
+            platform_url,
+            ims_url,
+            org_id,
+            sandbox,
+            client_id,
+            client_secret,
+            scopes,
+            access_token,
+            api_key,
+            dataset,
+            common,
+        } => {
+            let credentials = match (access_token, api_key) {
+                (Some(token), Some(key)) => Credentials::StaticToken {
+                    api_key: key.clone(),
+                    token: Secret::new(token.clone()),
+                },
+                _ => Credentials::OAuth {
+                    client_id: client_id.clone().unwrap_or_default(),
+                    client_secret: Secret::new(client_secret.clone().unwrap_or_default()),
+                    scopes: scopes
+                        .clone()
+                        .unwrap_or_else(|| PlatformConfig::DEFAULT_SCOPES.into()),
+                },
+            };
+            let config = PlatformConfig {
+                platform_url: platform_url
+                    .parse()
+                    .map_err(|e| invalid(format!("source.platform_url: {e}")))?,
+                ims_url: ims_url
+                    .parse()
+                    .map_err(|e| invalid(format!("source.ims_url: {e}")))?,
+                org_id: org_id.clone(),
+                sandbox: sandbox.clone(),
+                credentials,
+            };
+            Ok(Source {
+                client: AepClient::new(config, download_options(common))
+                    .map_err(PipelineError::Ingest)?,
+                dataset: dataset.clone(),
+                created_client: common
+                    .created_client
+                    .clone()
+                    .unwrap_or_else(|| SCORING_CLIENT.into()),
+                selection: common.batches.clone(),
+                _sim: None,
+            })
+        }
+        SourceConfig::Simulator {
+            data,
+            dataset,
+            common,
+        } => {
+            let sim = scoreland_platform_sim::serve_dir(
+                data,
+                SimConfig::default(),
+                ([127, 0, 0, 1], 0).into(),
+            )
+            .await
+            .map_err(PipelineError::Simulator)?;
+            let info = sim.platform().info.clone();
+            let (sandbox, first_dataset) = sim
+                .platform()
+                .sandboxes
+                .iter()
+                .next()
+                .map(|(name, sb)| (name.clone(), sb.datasets.keys().next().cloned()))
+                .unwrap_or_default();
+            let dataset = dataset.clone().or(first_dataset).ok_or_else(|| {
+                invalid(format!("the platform in {} has no dataset", data.display()))
+            })?;
+            let config = PlatformConfig {
+                platform_url: sim
+                    .base_url()
+                    .parse()
+                    .map_err(|e| invalid(format!("{e}")))?,
+                ims_url: sim.ims_url().parse().map_err(|e| invalid(format!("{e}")))?,
+                org_id: info.org_id,
+                sandbox,
+                credentials: Credentials::OAuth {
+                    client_id: info.client_id,
+                    client_secret: Secret::new(info.client_secret),
+                    scopes: PlatformConfig::DEFAULT_SCOPES.into(),
+                },
+            };
+            Ok(Source {
+                client: AepClient::new(config, download_options(common))
+                    .map_err(PipelineError::Ingest)?,
+                dataset,
+                created_client: common
+                    .created_client
+                    .clone()
+                    .unwrap_or_else(|| SCORING_CLIENT.into()),
+                selection: common.batches.clone(),
+                _sim: Some(sim),
+            })
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Runs the pipeline once. The run record is returned (and stored in the warehouse) for
+/// landed, nothing-new and failed runs alike; `Err` carries the record of a failed run.
+pub async fn run(
+    file: &PipelineFile,
+    options: &RunOptions,
+) -> Result<RunRecord, (PipelineError, Option<Box<RunRecord>>)> {
+    let started = chrono::Utc::now();
+    let run_id = format!(
+        "{}-{}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let name = file.name().to_string();
+    let sink = file.sink.sink_config();
+    let warehouse = match if options.dry_run {
+        sink.open()
+    } else {
+        sink.build().await
+    } {
+        Ok(w) => w,
+        Err(e) => return Err((PipelineError::Sink(e), None)),
+    };
+    let mut record = RunRecord {
+        run_id: run_id.clone(),
+        pipeline: name.clone(),
+        status: RunStatus::Failed,
+        started_at: started.to_rfc3339(),
+        finished_at: String::new(),
+        dataset: String::new(),
+        batches: Vec::new(),
+        parts: 0,
+        parts_skipped: 0,
+        bytes: 0,
+        bytes_downloaded: 0,
+        rows_in: 0,
+        rows_out: 0,
+        duplicates_dropped: 0,
+        null_identity_dropped: 0,
+        retries: 0,
+        timings: StageTimings::default(),
+        ingest_mb_per_s: 0.0,
+        tables: Vec::new(),
+        drift: Vec::new(),
+        error: None,
+        warehouse: warehouse.url().to_string(),
+    };
+    let lock = if options.dry_run {
+        None
+    } else {
+        match warehouse
+            .lock(&name, &run_id, options.stale_lock_after)
+            .await
+        {
+            Ok(l) => Some(l),
+            Err(e) => return Err((PipelineError::Sink(e), None)),
+        }
+    };
+    let outcome = tokio::select! {
+        r = run_locked(file, options, &warehouse, &mut record) => r,
+        _ = tokio::signal::ctrl_c() => Err(PipelineError::Interrupted),
+    };
+    record.finished_at = chrono::Utc::now().to_rfc3339();
+    if let Err(e) = &outcome {
+        record.status = RunStatus::Failed;
+        record.error = Some(error_chain(e));
+    }
+    if !options.dry_run {
+        let rel = format!("_runs/{name}/{run_id}.json");
+        if let Err(e) = warehouse.put_json(&rel, &record).await {
+            tracing::error!(error = %e, "cannot store the run record");
+        }
+    }
+    if let Some(lock) = lock
+        && let Err(e) = lock.release().await
+    {
+        tracing::error!(error = %e, "cannot release the pipeline lock");
+    }
+    match outcome {
+        Ok(()) => Ok(record),
+        Err(e) => Err((e, Some(Box::new(record)))),
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn run_locked(
+    file: &PipelineFile,
+    options: &RunOptions,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+) -> Result<(), PipelineError> {
+    let name = file.name();
+    let state_rel = format!("_state/{name}.json");
+    let state: PipelineState = warehouse
+        .get_json(&state_rel)
+        .await
+        .map_err(PipelineError::Sink)?
+        .unwrap_or_default();
+    if !options.dry_run {
+        // Files of runs that died before their commit.
+        for table in TABLES {
+            let report = warehouse
+                .vacuum(table, false)
+                .await
+                .map_err(PipelineError::Sink)?;
+            if !report.deleted.is_empty() {
+                tracing::info!(
+                    table,
+                    files = report.deleted.len(),
+                    "removed files of an earlier failed run"
+                );
+            }
+        }
+    }
+
+    let t = Instant::now();
+    let source = connect(file).await?;
+    record.dataset = source.dataset.clone();
+    let selection = match source.selection.clone().unwrap_or(BatchSelection::Newest) {
+        BatchSelection::CatchUp { after: None } => BatchSelection::CatchUp {
+            after: state.landed_batches.last().cloned(),
+        },
+        s => s,
+    };
+    let batches: Vec<CatalogBatch> = source
+        .client
+        .select_batches(&source.dataset, &source.created_client, &selection)
+        .await
+        .map_err(PipelineError::Ingest)?;
+    record.batches = batches.iter().map(|b| b.id.clone()).collect();
+    record.timings.discover_ms = ms(t.elapsed());
+    let already =
+        !batches.is_empty() && batches.iter().all(|b| state.landed_batches.contains(&b.id));
+    if batches.is_empty() || (already && !options.force) {
+        record.status = RunStatus::NothingNew;
+        tracing::info!(batches = ?record.batches, "nothing new to land");
+        return Ok(());
+    }
+    if options.dry_run {
+        for b in &batches {
+            let parts = source
+                .client
+                .list_parts(&b.id)
+                .await
+                .map_err(PipelineError::Ingest)?;
+            record.parts += parts.len();
+            record.bytes += parts.iter().map(|p| p.length).sum::<u64>();
+            record.rows_in += b.records.unwrap_or(0);
+        }
+        record.status = RunStatus::DryRun;
+        return Ok(());
+    }
+
+    let t = Instant::now();
+    let staging = file
+        .staging
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("staging"));
+    let mut staged = Vec::new();
+    for b in &batches {
+        let report = source
+            .client
+            .download_batch(&source.dataset, b, &staging, options.observer.as_ref())
+            .await
+            .map_err(PipelineError::Ingest)?;
+        record.parts += report.manifest.parts.len();
+        record.parts_skipped += report.skipped_parts;
+        record.bytes += report.manifest.bytes;
+        record.bytes_downloaded += report.bytes_downloaded;
+        staged.push(StagedBatch {
+            batch_id: b.id.clone(),
+            created_ms: b.created,
+            files: report.manifest.part_paths(&report.batch_dir),
+        });
+    }
+    record.retries = source.client.retries();
+    let ingest = t.elapsed();
+    record.timings.ingest_ms = ms(ingest);
+    record.ingest_mb_per_s = record.bytes_downloaded as f64 / 1e6 / ingest.as_secs_f64().max(1e-3);
+    drop(source);
+
+    let t = Instant::now();
+    let work = staging.join(".work").join(&record.run_id);
+    let format = file
+        .sink
+        .output_format()
+        .map_err(|message| PipelineError::Invalid {
+            path: PathBuf::from(name),
+            message,
+        })?;
+    let transformer = file
+        .transform
+        .build(&work.join("spill"))
+        .map_err(PipelineError::Transform)?;
+    let output = transformer
+        .run(&staged, &format, &state.histograms, &work)
+        .await
+        .map_err(PipelineError::Transform)?;
+    record.rows_in = output.stats.rows_in;
+    record.rows_out = output.stats.rows_out;
+    record.duplicates_dropped = output.stats.duplicates_dropped;
+    record.null_identity_dropped = output.stats.null_identity_dropped;
+    record.drift = output
+        .histograms
+        .iter()
+        .map(|h| DriftRecord {
+            model: h.model.clone(),
+            psi: state
+                .histograms
+                .iter()
+                .find(|p| p.model == h.model)
+                .and_then(|p| scoreland_transform::psi(&h.buckets, &p.buckets)),
+        })
+        .collect();
+    record.timings.transform_ms = ms(t.elapsed());
+
+    let t = Instant::now();
+    for (table, dir) in [
+        ("scores", &output.scores_dir),
+        ("summary", &output.summary_dir),
+        ("drift", &output.drift_dir),
+    ] {
+        let commit = warehouse
+            .publish(table, dir, &record.run_id, &record.batches)
+            .await
+            .map_err(PipelineError::Sink)?;
+        record.tables.push(TableRecord {
+            table: table.to_string(),
+            commit: commit.seq,
+            files_added: commit.added.len(),
+            rows_added: commit.added.iter().map(|f| f.rows).sum(),
+            rows_live: commit.rows(),
+        });
+    }
+    let new_state = PipelineState {
+        last_run_id: Some(record.run_id.clone()),
+        landed_batches: record.batches.clone(),
+        histograms: output.histograms.clone(),
+    };
+    warehouse
+        .put_json(&state_rel, &new_state)
+        .await
+        .map_err(PipelineError::Sink)?;
+    record.timings.sink_ms = ms(t.elapsed());
+    record.status = RunStatus::Landed;
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        tracing::warn!(dir = %work.display(), error = %e, "cannot remove the work directory");
+    }
+    Ok(())
+}

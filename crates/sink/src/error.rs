@@ -1,0 +1,59 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("invalid warehouse URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot open the warehouse at {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error(
+        "cannot write to the warehouse at {url}: check that the bucket or container exists and the credentials may write to it"
+    )]
+    NotWritable {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{op} {path} in the warehouse failed")]
+    Store {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error(
+        "another run committed table {table} at the same time (commit {seq} exists); rerun to land on top of it"
+    )]
+    CommitConflict { table: String, seq: u64 },
+    #[error(
+        "pipeline {pipeline} is already running (run {run_id}, started {started_at}); if that run is dead, remove {path} or wait until it is stale"
+    )]
+    Locked {
+        pipeline: String,
+        run_id: String,
+        started_at: String,
+        path: String,
+    },
+    #[error("{path} in the warehouse is not valid JSON")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot read {path}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable parquet file")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}

@@ -1,0 +1,331 @@
+//! Opening a warehouse URL, small JSON objects in it, and the pipeline lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::SinkError;
+
+/// The `[sink]` section of a pipeline: where tables land.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// A local path, `file://…`, `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`.
+    pub url: String,
+    /// object_store options (e.g. `aws_endpoint`, `aws_allow_http`, `azure_storage_account_name`);
+    /// the standard `AWS_*`, `GOOGLE_*` and `AZURE_*` variables are read as well.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl SinkConfig {
+    /// Parses the URL (a bare path is made absolute) without touching the store.
+    pub fn url(&self) -> Result<Url, SinkError> {
+        let raw = self.url.trim();
+        let bad = |message: String| SinkError::Url {
+            url: raw.to_string(),
+            message,
+        };
+        match Url::parse(raw) {
+            Ok(u) if u.scheme().len() > 1 => Ok(u),
+            _ => {
+                let path = std::path::Path::new(raw);
+                let abs = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| bad(e.to_string()))?
+                        .join(path)
+                };
+                Url::from_directory_path(&abs).map_err(|_| bad("not a usable path".into()))
+            }
+        }
+    }
+
+    /// Opens the warehouse and checks that it can be written, before any data is.
+    pub async fn build(&self) -> Result<Warehouse, SinkError> {
+        let wh = self.open()?;
+        wh.check_writable().await?;
+        Ok(wh)
+    }
+
+    /// Opens the warehouse without writing (for readers).
+    pub fn open(&self) -> Result<Warehouse, SinkError> {
+        let url = self.url()?;
+        let open_err = |source| SinkError::Open {
+            url: url.to_string(),
+            source,
+        };
+        let (store, root): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
+            "file" => {
+                let dir = url.to_file_path().map_err(|_| SinkError::Url {
+                    url: url.to_string(),
+                    message: "not a local path".into(),
+                })?;
+                std::fs::create_dir_all(&dir).map_err(|source| SinkError::Local {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(&dir).map_err(open_err)?;
+                (Arc::new(fs), Path::default())
+            }
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env().with_url(url.as_str());
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(open_err)?, v);
+                }
+                (
+                    Arc::new(b.build().map_err(open_err)?),
+                    Path::from(url.path()),
+                )
+            }
+            "gs" => {
+                let mut b = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(open_err)?, v);
+                }
+                (
+                    Arc::new(b.build().map_err(open_err)?),
+                    Path::from(url.path()),
+                )
+            }
+            "az" | "azure" | "abfs" | "abfss" | "adl" => {
+                let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(open_err)?, v);
+                }
+                (
+                    Arc::new(b.build().map_err(open_err)?),
+                    Path::from(url.path()),
+                )
+            }
+            other => {
+                return Err(SinkError::Url {
+                    url: url.to_string(),
+                    message: format!(
+                        "scheme '{other}' is not supported; use a path, file://, s3://, gs://, az:// or abfss://"
+                    ),
+                });
+            }
+        };
+        Ok(Warehouse { store, root, url })
+    }
+}
+
+/// An opened warehouse: an object store and the prefix tables live under.
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) root: Path,
+    url: Url,
+}
+
+impl Warehouse {
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The object path of `rel` (slash-separated) under the warehouse root.
+    pub(crate) fn path(&self, rel: &str) -> Path {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.root.clone(), |p, part| p.clone().join(part))
+    }
+
+    /// A full URL for `rel`, for engines that read the files.
+    pub fn file_url(&self, rel: &str) -> Url {
+        let mut u = self.url.clone();
+        let base = u.path().trim_end_matches('/').to_string();
+        u.set_path(&format!("{base}/{}", rel.trim_start_matches('/')));
+        u
+    }
+
+    async fn check_writable(&self) -> Result<(), SinkError> {
+        let probe = self.path("_scoreland_probe");
+        let not_writable = |source| SinkError::NotWritable {
+            url: self.url.to_string(),
+            source,
+        };
+        self.store
+            .put(&probe, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(not_writable)?;
+        self.store.delete(&probe).await.map_err(not_writable)?;
+        Ok(())
+    }
+
+    /// Reads a JSON object; `None` when absent.
+    pub async fn get_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, SinkError> {
+        let path = self.path(rel);
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|source| SinkError::Store {
+                op: "read",
+                path: path.to_string(),
+                source,
+            })?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(SinkError::Store {
+                    op: "read",
+                    path: path.to_string(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| SinkError::Json {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Writes a JSON object (replacing it). Object stores make single puts atomic.
+    pub async fn put_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<(), SinkError> {
+        let path = self.path(rel);
+        let body = serde_json::to_vec_pretty(value).map_err(|source| SinkError::Json {
+            path: path.to_string(),
+            source,
+        })?;
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map(|_| ())
+            .map_err(|source| SinkError::Store {
+                op: "write",
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Takes the pipeline's lock, or says who holds it. A lock older than `stale_after`, or
+    /// held by a process of this host that no longer runs, is stale and taken over.
+    pub async fn lock(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        stale_after: Duration,
+    ) -> Result<Lock, SinkError> {
+        let rel = format!("_locks/{pipeline}.lock");
+        let path = self.path(&rel);
+        let info = LockInfo {
+            run_id: run_id.to_string(),
+            pid: std::process::id(),
+            host: hostname(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let body = serde_json::to_vec(&info).map_err(|source| SinkError::Json {
+            path: path.to_string(),
+            source,
+        })?;
+        for _ in 0..2 {
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(body.clone()), create)
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Lock {
+                        warehouse: self.clone(),
+                        path,
+                    });
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let held: Option<LockInfo> = self.get_json(&rel).await?;
+                    let Some(held) = held else { continue };
+                    if held.is_stale(stale_after) {
+                        tracing::warn!(pipeline, holder = %held.run_id, "taking over a stale lock");
+                        let _ = self.store.delete(&path).await;
+                        continue;
+                    }
+                    return Err(SinkError::Locked {
+                        pipeline: pipeline.to_string(),
+                        run_id: held.run_id,
+                        started_at: held.started_at,
+                        path: self.file_url(&rel).to_string(),
+                    });
+                }
+                Err(source) => {
+                    return Err(SinkError::Store {
+                        op: "lock",
+                        path: path.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(SinkError::Locked {
+            pipeline: pipeline.to_string(),
+            run_id: "unknown".into(),
+            started_at: "unknown".into(),
+            path: self.file_url(&rel).to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockInfo {
+    run_id: String,
+    pid: u32,
+    host: String,
+    started_at: String,
+}
+
+impl LockInfo {
+    fn is_stale(&self, stale_after: Duration) -> bool {
+        let age = chrono::DateTime::parse_from_rfc3339(&self.started_at)
+            .map(|t| chrono::Utc::now().signed_duration_since(t))
+            .ok()
+            .and_then(|d| d.to_std().ok());
+        if age.is_none_or(|a| a > stale_after) {
+            return true;
+        }
+        // Same host: a lock of a process that is gone is stale at once.
+        self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A held pipeline lock; [`Lock::release`] removes it (a crash leaves it to go stale).
+pub struct Lock {
+    warehouse: Warehouse,
+    path: Path,
+}
+
+impl Lock {
+    pub async fn release(self) -> Result<(), SinkError> {
+        self.warehouse
+            .store
+            .delete(&self.path)
+            .await
+            .map_err(|source| SinkError::Store {
+                op: "unlock",
+                path: self.path.to_string(),
+                source,
+            })
+    }
+}

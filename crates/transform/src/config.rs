@@ -1,0 +1,155 @@
+//! The `[transform]` section of a pipeline.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TransformError;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Where scores live in the XDM rows. Without it, Customer AI's layout is discovered from
+    /// the schema (`_<tenant>.CustomerAI.<instance>.*`, identity at `_<tenant>.identity`).
+    #[serde(default)]
+    pub mapping: Option<Mapping>,
+    /// Keep rows that have no identity (they are never deduplicated); dropped by default.
+    #[serde(default)]
+    pub keep_null_identities: bool,
+    /// Memory for DataFusion, e.g. "2GiB"; beyond it sorts and aggregations spill to disk.
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+    /// Parallelism; all cores by default.
+    #[serde(default)]
+    pub target_partitions: Option<usize>,
+    /// How many of the most frequent influential factor codes each summary row lists.
+    #[serde(default)]
+    pub top_factors: Option<usize>,
+}
+
+impl TransformConfig {
+    pub fn memory_limit_bytes(&self) -> Result<Option<usize>, TransformError> {
+        self.memory_limit
+            .as_deref()
+            .map(|s| {
+                s.parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64() as usize)
+                    .map_err(|e| {
+                        TransformError::Config(format!(
+                            "memory_limit = {s:?} is not a size like \"2GiB\": {e}"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn validate(&self) -> Result<(), TransformError> {
+        self.memory_limit_bytes()?;
+        if let Some(m) = &self.mapping {
+            if m.models.is_empty() {
+                return Err(TransformError::Config(
+                    "mapping.models is empty; list at least one model".into(),
+                ));
+            }
+            for model in &m.models {
+                if model.name.trim().is_empty() {
+                    return Err(TransformError::Config("a mapping model has no name".into()));
+                }
+            }
+        }
+        if self.target_partitions == Some(0) {
+            return Err(TransformError::Config(
+                "target_partitions must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dotted XDM paths (`_tenant.identity.id`) of the identity and of each model's columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub identity: String,
+    #[serde(default)]
+    pub identity_namespace: Option<String>,
+    /// Row id used as the last, deterministic tie-break (default `_id`).
+    #[serde(default)]
+    pub record_id: Option<String>,
+    pub models: Vec<ModelMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMapping {
+    /// The value of the `model` column.
+    pub name: String,
+    pub score: String,
+    #[serde(default)]
+    pub probability: Option<String>,
+    #[serde(default)]
+    pub percentile: Option<String>,
+    #[serde(default)]
+    pub propensity_type: Option<String>,
+    #[serde(default)]
+    pub score_date: Option<String>,
+    #[serde(default)]
+    pub influential_factors: Option<String>,
+    /// A row belongs to this model when this path is not null (default: the score's).
+    #[serde(default)]
+    pub present: Option<String>,
+}
+
+/// File format of the landed tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputFormat {
+    Parquet {
+        #[serde(default = "default_codec")]
+        compression: String,
+        #[serde(default)]
+        compression_level: Option<i32>,
+        #[serde(default)]
+        row_group_size: Option<usize>,
+    },
+    Csv,
+    Ndjson,
+}
+
+fn default_codec() -> String {
+    "zstd".into()
+}
+
+impl Default for OutputFormat {
+    fn default() -> Self {
+        OutputFormat::Parquet {
+            compression: default_codec(),
+            compression_level: None,
+            row_group_size: None,
+        }
+    }
+}
+
+impl OutputFormat {
+    pub fn extension(&self) -> &'static str {
+        match self {
+            OutputFormat::Parquet { .. } => "parquet",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Ndjson => "json",
+        }
+    }
+
+    /// DataFusion's `compression` setting, e.g. `zstd(3)`.
+    pub(crate) fn parquet_compression(&self) -> Option<String> {
+        match self {
+            OutputFormat::Parquet {
+                compression,
+                compression_level,
+                ..
+            } => Some(match (compression.as_str(), compression_level) {
+                ("zstd", None) => "zstd(3)".to_string(),
+                (c, Some(l)) => format!("{c}({l})"),
+                (c, None) => c.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}

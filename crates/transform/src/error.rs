@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("invalid transform configuration: {0}")]
+    Config(String),
+    #[error("no staged parts to transform")]
+    NoInput,
+    #[error(
+        "cannot find Customer AI scores in {file}: no `_<tenant>.CustomerAI.<instance>` struct; give an explicit [transform.mapping]"
+    )]
+    NoScores { file: PathBuf },
+    #[error("column {column} is missing from {file}, which the mapping needs")]
+    MissingColumn { file: PathBuf, column: String },
+    #[error(
+        "column {column} is {found} in {file} but {expected} in {other}; an incompatible type change between parts"
+    )]
+    IncompatibleColumn {
+        column: String,
+        file: PathBuf,
+        found: String,
+        other: PathBuf,
+        expected: String,
+    },
+    #[error("cannot read the parquet footer of {file}")]
+    Footer {
+        file: PathBuf,
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("query failed while {context}")]
+    DataFusion {
+        context: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+pub(crate) trait Context<T> {
+    fn context(self, what: impl Into<String>) -> Result<T, TransformError>;
+}
+
+impl<T> Context<T> for Result<T, datafusion::error::DataFusionError> {
+    fn context(self, what: impl Into<String>) -> Result<T, TransformError> {
+        self.map_err(|source| TransformError::DataFusion {
+            context: what.into(),
+            source,
+        })
+    }
+}

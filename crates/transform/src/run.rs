@@ -1,0 +1,591 @@
+//! Running the transform: union ▸ flatten ▸ dedupe ▸ summaries ▸ drift.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
+use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
+use datafusion::datasource::MemTable;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use serde::Serialize;
+
+use crate::config::{OutputFormat, TransformConfig};
+use crate::drift::{ModelHistogram, drift_table};
+use crate::error::{Context, TransformError};
+use crate::flatten::{self, FLAT_COLUMNS};
+
+/// One staged batch: its id, creation time (epoch ms) and verified parquet parts.
+#[derive(Debug, Clone)]
+pub struct StagedBatch {
+    pub batch_id: String,
+    pub created_ms: i64,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TransformStats {
+    /// Flat rows (one per scored identity and model) before deduplication.
+    pub rows_in: u64,
+    /// Rows in the scores table.
+    pub rows_out: u64,
+    /// Older scores of an (identity, model) that a newer one replaced.
+    pub duplicates_dropped: u64,
+    pub null_identity_dropped: u64,
+    pub null_identity_kept: u64,
+    pub models: Vec<String>,
+}
+
+/// The three tables, written under `work_dir` in the output format.
+#[derive(Debug)]
+pub struct TransformOutput {
+    /// Hive-partitioned by `score_date`.
+    pub scores_dir: PathBuf,
+    pub summary_dir: PathBuf,
+    pub drift_dir: PathBuf,
+    /// Per model, over this run's rows: the baseline for the next run's drift.
+    pub histograms: Vec<ModelHistogram>,
+    pub summary: Vec<RecordBatch>,
+    pub drift: Vec<RecordBatch>,
+    pub stats: TransformStats,
+}
+
+/// A configured DataFusion session; [`TransformConfig::build`] makes one.
+pub struct Transformer {
+    ctx: SessionContext,
+    config: TransformConfig,
+}
+
+impl TransformConfig {
+    /// A transformer that spills to `spill_dir` beyond the memory limit.
+    pub fn build(&self, spill_dir: &Path) -> Result<Transformer, TransformError> {
+        self.validate()?;
+        let partitions = self
+            .target_partitions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let mut config = SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_information_schema(false);
+        // Files keep their partition column so each one is self-describing (and so
+        // `scoreland sql` can read exactly the committed files).
+        config.options_mut().execution.keep_partition_by_columns = true;
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = self.memory_limit_bytes()? {
+            std::fs::create_dir_all(spill_dir).map_err(|source| TransformError::Io {
+                path: spill_dir.to_path_buf(),
+                source,
+            })?;
+            runtime = runtime
+                .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+                .with_temp_file_path(spill_dir);
+        }
+        let runtime = runtime.build_arc().context("building the runtime")?;
+        Ok(Transformer {
+            ctx: SessionContext::new_with_config_rt(config, runtime),
+            config: self.clone(),
+        })
+    }
+}
+
+impl Transformer {
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Transforms `batches` and writes the tables under `work_dir/{scores,summary,drift}`.
+    /// `previous` is the last landed run's histograms, for drift.
+    pub async fn run(
+        &self,
+        batches: &[StagedBatch],
+        format: &OutputFormat,
+        previous: &[ModelHistogram],
+        work_dir: &Path,
+    ) -> Result<TransformOutput, TransformError> {
+        if batches.iter().all(|b| b.files.is_empty()) {
+            return Err(TransformError::NoInput);
+        }
+        let flat = self.flat_frame(batches).await?;
+        self.ctx
+            .register_table("flat", flat.into_view())
+            .context("registering the flat view")?;
+
+        let scores_dir = work_dir.join("scores");
+        let summary_dir = work_dir.join("summary");
+        let drift_dir = work_dir.join("drift");
+        for d in [&scores_dir, &summary_dir, &drift_dir] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|source| TransformError::Io {
+                    path: d.clone(),
+                    source,
+                })?;
+            }
+        }
+        // Always land an internal parquet copy first: the summaries read it back.
+        let internal_parquet = OutputFormat::default();
+        let parquet_format = match format {
+            OutputFormat::Parquet { .. } => format,
+            _ => &internal_parquet,
+        };
+        let parquet_dir = match format {
+            OutputFormat::Parquet { .. } => scores_dir.clone(),
+            _ => work_dir.join("scores-parquet"),
+        };
+        let dedupe = self.dedupe_sql();
+        let deduped = self.ctx.sql(&dedupe).await.context("planning the dedupe")?;
+        write(deduped, &parquet_dir, parquet_format, Some("score_date")).await?;
+
+        let counts = self
+            .ctx
+            .sql("SELECT count(*) AS n, count(identity) AS with_identity FROM flat")
+            .await
+            .context("planning the input counts")?
+            .collect()
+            .await
+            .context("counting the input rows")?;
+        let rows_in = int_at(&counts, 0);
+        let with_identity = int_at(&counts, 1);
+
+        self.ctx
+            .register_parquet(
+                "scores",
+                dir_url(&parquet_dir),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .context("reading back the scores")?;
+        let rows_out = int_at(
+            &self
+                .ctx
+                .sql("SELECT count(*) FROM scores")
+                .await
+                .context("planning the output count")?
+                .collect()
+                .await
+                .context("counting the output rows")?,
+            0,
+        );
+        let null_identity = rows_in - with_identity;
+        let kept_nulls = if self.config.keep_null_identities {
+            null_identity
+        } else {
+            0
+        };
+        let stats = TransformStats {
+            rows_in,
+            rows_out,
+            duplicates_dropped: (rows_in - null_identity).saturating_sub(rows_out - kept_nulls),
+            null_identity_dropped: null_identity - kept_nulls,
+            null_identity_kept: kept_nulls,
+            models: Vec::new(),
+        };
+
+        if !matches!(format, OutputFormat::Parquet { .. }) {
+            let df = self
+                .ctx
+                .table("scores")
+                .await
+                .context("reading the scores")?;
+            let df = df
+                .drop_columns(&["influential_factors"])
+                .context("dropping nested columns for a text format")?;
+            write(df, &scores_dir, format, Some("score_date")).await?;
+            let _ = std::fs::remove_dir_all(&parquet_dir);
+        }
+
+        let summary = self.summaries().await?;
+        let histograms = crate::drift::histograms(&summary);
+        let drift = drift_table(&histograms, previous);
+        write_batches(&self.ctx, summary.clone(), &summary_dir, format).await?;
+        write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format).await?;
+        let mut stats = stats;
+        stats.models = histograms.iter().map(|h| h.model.clone()).collect();
+        for t in ["flat", "scores"] {
+            let _ = self.ctx.deregister_table(t);
+        }
+        Ok(TransformOutput {
+            scores_dir,
+            summary_dir,
+            drift_dir,
+            histograms,
+            summary,
+            drift: vec![drift],
+            stats,
+        })
+    }
+
+    /// The union of every batch's parts, flattened: one row per scored (row, model).
+    async fn flat_frame(&self, batches: &[StagedBatch]) -> Result<DataFrame, TransformError> {
+        // Group each batch's files by schema: a group reads as one table on all cores, and
+        // groups are flattened to the same columns, so drift between parts is merged by name.
+        struct Group {
+            batch: usize,
+            schema: SchemaRef,
+            files: Vec<PathBuf>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for (bi, batch) in batches.iter().enumerate() {
+            for file in &batch.files {
+                let schema = file_schema(file)?;
+                match groups
+                    .iter_mut()
+                    .find(|g| g.batch == bi && g.schema.fields() == schema.fields())
+                {
+                    Some(g) => g.files.push(file.clone()),
+                    None => groups.push(Group {
+                        batch: bi,
+                        schema,
+                        files: vec![file.clone()],
+                    }),
+                }
+            }
+        }
+        let mapping = match &self.config.mapping {
+            Some(m) => m.clone(),
+            None => {
+                let found = groups
+                    .iter()
+                    .map(|g| flatten::discover(&g.schema, &g.files[0]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                flatten::merge_mappings(found).ok_or(TransformError::NoInput)?
+            }
+        };
+        // The identity and score must exist; other columns may be absent (null).
+        for g in &groups {
+            if flatten::path_type(&g.schema, &mapping.identity).is_none() {
+                return Err(TransformError::MissingColumn {
+                    file: g.files[0].clone(),
+                    column: mapping.identity.clone(),
+                });
+            }
+        }
+        let mut seen: HashMap<String, (DataType, PathBuf)> = HashMap::new();
+        for path in flatten::mapped_paths(&mapping) {
+            for g in &groups {
+                let Some(ty) = flatten::path_type(&g.schema, &path) else {
+                    continue;
+                };
+                match seen.get(&path) {
+                    Some((first, file)) if !flatten::compatible(first, &ty) => {
+                        return Err(TransformError::IncompatibleColumn {
+                            column: path.clone(),
+                            file: g.files[0].clone(),
+                            found: ty.to_string(),
+                            other: file.clone(),
+                            expected: first.to_string(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(path.clone(), (ty, g.files[0].clone()));
+                    }
+                }
+            }
+        }
+        let factors_type = mapping
+            .models
+            .iter()
+            .filter_map(|m| m.influential_factors.as_ref())
+            .find_map(|p| seen.get(p).map(|(t, _)| t.clone()));
+        let mut union: Option<DataFrame> = None;
+        for g in &groups {
+            let batch = &batches[g.batch];
+            let paths: Vec<String> = g.files.iter().map(|f| f.display().to_string()).collect();
+            let source = self
+                .ctx
+                .read_parquet(paths, ParquetReadOptions::default())
+                .await
+                .context(format!("reading the parts of batch {}", batch.batch_id))?;
+            for model in &mapping.models {
+                let (exprs, filter) = flatten::model_select(
+                    &g.schema,
+                    &mapping,
+                    model,
+                    &factors_type,
+                    &batch.batch_id,
+                    batch.created_ms,
+                );
+                let mut df = source.clone();
+                if let Some(f) = filter {
+                    df = df.filter(f).context("filtering a model's rows")?;
+                }
+                let df = df
+                    .select(exprs)
+                    .context(format!("flattening model {}", model.name))?;
+                union = Some(match union {
+                    None => df,
+                    Some(u) => u.union(df).context("combining parts")?,
+                });
+            }
+        }
+        union.ok_or(TransformError::NoInput)
+    }
+
+    /// One row per (identity, model): the newest score date, then the newest batch, then the
+    /// smallest batch id and record id (a deterministic tie-break).
+    fn dedupe_sql(&self) -> String {
+        let cols = output_columns().join(", ");
+        let kept = format!(
+            "SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY identity, model \
+             ORDER BY score_date DESC NULLS LAST, batch_created DESC, batch_id DESC, record_id ASC NULLS LAST) AS rn \
+             FROM flat WHERE identity IS NOT NULL) WHERE rn = 1"
+        );
+        if self.config.keep_null_identities {
+            format!("{kept} UNION ALL SELECT {cols} FROM flat WHERE identity IS NULL")
+        } else {
+            kept
+        }
+    }
+
+    /// Per (model, score_date): counts, nulls, moments, exact deciles, histogram, tiers, and
+    /// the most frequent influential factors.
+    async fn summaries(&self) -> Result<Vec<RecordBatch>, TransformError> {
+        let mut select = vec![
+            "model".to_string(),
+            "score_date".into(),
+            "count(*) AS rows".into(),
+            "count(DISTINCT identity) AS distinct_identities".into(),
+            "count(*) - count(identity) AS identity_nulls".into(),
+            "count(*) - count(score) AS score_nulls".into(),
+            "count(*) - count(probability) AS probability_nulls".into(),
+        ];
+        for c in ["score", "probability"] {
+            select.push(format!("min({c}) AS {c}_min"));
+            select.push(format!("max({c}) AS {c}_max"));
+            select.push(format!("avg({c}) AS {c}_mean"));
+            select.push(format!("stddev_pop({c}) AS {c}_stddev"));
+        }
+        for p in 1..=9 {
+            let name = if p == 5 {
+                "score_median".to_string()
+            } else {
+                format!("score_p{}", p * 10)
+            };
+            select.push(format!(
+                "percentile_cont(0.{p}) WITHIN GROUP (ORDER BY score) AS {name}"
+            ));
+        }
+        for b in 0..10 {
+            let (lo, hi) = (b * 10, b * 10 + 10);
+            let cond = if b == 9 {
+                format!("score >= {lo} AND score <= {hi}")
+            } else {
+                format!("score >= {lo} AND score < {hi}")
+            };
+            select.push(format!(
+                "CAST(sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS BIGINT) AS hist_{lo:02}_{hi:02}",
+                hi = hi.min(100)
+            ));
+        }
+        select
+            .push("CAST(sum(CASE WHEN score < 25 THEN 1 ELSE 0 END) AS BIGINT) AS tier_low".into());
+        select.push(
+            "CAST(sum(CASE WHEN score >= 25 AND score < 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_medium"
+                .into(),
+        );
+        select.push(
+            "CAST(sum(CASE WHEN score >= 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_high".into(),
+        );
+        let sql = format!(
+            "SELECT {} FROM scores GROUP BY model, score_date ORDER BY model, score_date",
+            select.join(", ")
+        );
+        let batches = self
+            .ctx
+            .sql(&sql)
+            .await
+            .context("planning the summaries")?
+            .collect()
+            .await
+            .context("computing the summaries")?;
+        let top = self.top_factors().await?;
+        batches
+            .into_iter()
+            .map(|b| add_top_factors(b, &top))
+            .collect()
+    }
+
+    async fn top_factors(&self) -> Result<HashMap<(String, Option<i32>), String>, TransformError> {
+        let schema = self
+            .ctx
+            .table("scores")
+            .await
+            .context("reading the scores")?
+            .schema()
+            .clone();
+        let is_list = schema
+            .field_with_unqualified_name("influential_factors")
+            .map(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_)))
+            .unwrap_or(false);
+        if !is_list {
+            return Ok(HashMap::new());
+        }
+        let sql = "SELECT model, score_date, get_field(f, 'code') AS code, count(*) AS n \
+                   FROM (SELECT model, score_date, unnest(influential_factors) AS f FROM scores) \
+                   GROUP BY 1, 2, 3 ORDER BY 1, 2, n DESC, code";
+        let rows = self
+            .ctx
+            .sql(sql)
+            .await
+            .context("planning the factor counts")?
+            .collect()
+            .await
+            .context("counting influential factors")?;
+        let keep = self.config.top_factors.unwrap_or(3);
+        let mut out: HashMap<(String, Option<i32>), Vec<String>> = HashMap::new();
+        for b in &rows {
+            let model = b.column(0).as_string::<i32>();
+            let date = b.column(1).as_primitive::<Date32Type>();
+            let code = b.column(2).as_string::<i32>();
+            let n = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                if code.is_null(i) {
+                    continue;
+                }
+                let key = (
+                    model.value(i).to_string(),
+                    (!date.is_null(i)).then(|| date.value(i)),
+                );
+                let list = out.entry(key).or_default();
+                if list.len() < keep {
+                    list.push(format!("{}:{}", code.value(i), n.value(i)));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(k, v)| (k, v.join(","))).collect())
+    }
+}
+
+fn add_top_factors(
+    batch: RecordBatch,
+    top: &HashMap<(String, Option<i32>), String>,
+) -> Result<RecordBatch, TransformError> {
+    let model = batch.column(0).as_string::<i32>();
+    let date = batch.column(1).as_primitive::<Date32Type>();
+    let values: StringArray = (0..batch.num_rows())
+        .map(|i| {
+            let key = (
+                model.value(i).to_string(),
+                (!date.is_null(i)).then(|| date.value(i)),
+            );
+            top.get(&key).cloned()
+        })
+        .collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("top_factors", DataType::Utf8, true));
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(values));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+        TransformError::DataFusion {
+            context: "adding top factors".into(),
+            source: e.into(),
+        }
+    })
+}
+
+/// The scores table's columns, in order.
+pub(crate) fn output_columns() -> Vec<String> {
+    let mut cols = vec!["model".to_string()];
+    cols.extend(FLAT_COLUMNS.iter().map(|(n, _)| n.to_string()));
+    cols.extend(
+        [
+            "influential_factors",
+            "record_id",
+            "batch_id",
+            "batch_created",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    cols
+}
+
+fn file_schema(file: &Path) -> Result<SchemaRef, TransformError> {
+    let f = std::fs::File::open(file).map_err(|source| TransformError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| TransformError::Footer {
+            file: file.to_path_buf(),
+            source,
+        })?;
+    Ok(builder.schema().clone())
+}
+
+fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
+    batches
+        .first()
+        .and_then(|b| b.column(col).as_any().downcast_ref::<Int64Array>())
+        .map(|a| a.value(0).max(0) as u64)
+        .unwrap_or(0)
+}
+
+/// `dir` as a directory URL DataFusion lists recursively.
+pub(crate) fn dir_url(dir: &Path) -> String {
+    let mut s = dir.display().to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    s
+}
+
+/// Writes a frame into `dir` in `format`, optionally Hive-partitioned.
+async fn write(
+    df: DataFrame,
+    dir: &Path,
+    format: &OutputFormat,
+    partition: Option<&str>,
+) -> Result<(), TransformError> {
+    std::fs::create_dir_all(dir).map_err(|source| TransformError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut opts = DataFrameWriteOptions::new();
+    if let Some(p) = partition {
+        opts = opts.with_partition_by(vec![p.to_string()]);
+    }
+    let url = dir_url(dir);
+    let what = format!("writing {}", dir.display());
+    match format {
+        OutputFormat::Parquet { row_group_size, .. } => {
+            let mut po = datafusion::config::TableParquetOptions::default();
+            po.global.compression = format.parquet_compression();
+            if let Some(n) = row_group_size {
+                po.global.max_row_group_size = *n;
+            }
+            df.write_parquet(&url, opts, Some(po)).await.context(what)?;
+        }
+        OutputFormat::Csv => {
+            df.write_csv(&url, opts, None).await.context(what)?;
+        }
+        OutputFormat::Ndjson => {
+            df.write_json(&url, opts, None).await.context(what)?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_batches(
+    ctx: &SessionContext,
+    batches: Vec<RecordBatch>,
+    dir: &Path,
+    format: &OutputFormat,
+) -> Result<(), TransformError> {
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return Ok(());
+    };
+    let table = MemTable::try_new(schema, vec![batches]).context("staging a small table")?;
+    let df = ctx
+        .read_table(Arc::new(table))
+        .context("reading a small table")?;
+    write(df, dir, format, None).await
+}
