@@ -1,29 +1,108 @@
 //! `scoreland`: lands machine-learning scores from Adobe Experience Platform into analytics
 //! storage. This crate is argument handling and output only; the work lives in the library
 //! crates.
+//!
+//! Exit codes: 0 success, 1 the run failed, 2 bad configuration or usage, 3 nothing new to
+//! land (`run`).
 
 mod args;
+mod platform;
+mod progress;
+mod run;
 mod sim;
+mod sql;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "scoreland", version, about)]
+#[command(name = "scoreland", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log format on stderr: text for people, json for schedulers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a pipeline: ingest ▸ transform ▸ land.
+    Run(run::RunArgs),
+    /// Check pipeline files without running them.
+    Validate(run::ValidateArgs),
+    /// List the batches of a dataset.
+    Batches(platform::BatchesArgs),
+    /// Download one batch (the newest successful one by default) into a directory.
+    Download(platform::DownloadArgs),
+    /// Query landed tables with SQL.
+    Sql(sql::SqlArgs),
+    /// Remove files no commit references from a warehouse.
+    Vacuum(sql::VacuumArgs),
     /// Serve a simulated AEP platform, or generate one (`sim generate`).
     Sim(sim::SimArgs),
 }
 
+/// An error with the exit code it deserves.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => {
+            "warn,scoreland=info,scoreland_ingest=info,scoreland_pipeline=info,scoreland_sink=info,scoreland_transform=info"
+        }
+        (false, 1) => {
+            "info,scoreland=debug,scoreland_ingest=debug,scoreland_pipeline=debug,scoreland_sink=debug,scoreland_transform=debug"
+        }
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SCORELAND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,16 +113,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
+    let quiet = cli.quiet;
+    let result: Result<u8, Failure> = runtime.block_on(async move {
         match cli.command {
-            Command::Sim(args) => sim::run(args).await,
+            Command::Run(a) => run::run(a, quiet).await,
+            Command::Validate(a) => run::validate(a),
+            Command::Batches(a) => platform::batches(a).await,
+            Command::Download(a) => platform::download(a, quiet).await,
+            Command::Sql(a) => sql::sql(a).await,
+            Command::Vacuum(a) => sql::vacuum(a).await,
+            Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
         }
     }
 }

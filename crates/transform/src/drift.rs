@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 pub const DRIFT_EPSILON: f64 = 1e-4;
@@ -59,7 +60,10 @@ pub(crate) fn histograms(summary: &[RecordBatch]) -> Vec<ModelHistogram> {
         let Ok(model_idx) = schema.index_of("model") else {
             continue;
         };
-        let models = batch.column(model_idx).as_string::<i32>();
+        let Ok(models) = crate::run::utf8(batch.column(model_idx)) else {
+            continue;
+        };
+        let models = models.as_string::<i32>();
         let cols: Vec<_> = (0..10)
             .filter_map(|b| {
                 let name = format!("hist_{:02}_{:02}", b * 10, (b * 10 + 10).min(100));
@@ -97,7 +101,11 @@ fn status(psi: Option<f64>) -> &'static str {
 }
 
 /// The drift table: one row per model of this run.
-pub(crate) fn drift_table(current: &[ModelHistogram], previous: &[ModelHistogram]) -> RecordBatch {
+pub(crate) fn drift_table(
+    current: &[ModelHistogram],
+    previous: &[ModelHistogram],
+    batches: &str,
+) -> RecordBatch {
     let values: Vec<(String, u64, Option<u64>, Option<f64>)> = current
         .iter()
         .map(|c| {
@@ -117,7 +125,18 @@ pub(crate) fn drift_table(current: &[ModelHistogram], previous: &[ModelHistogram
         Field::new("baseline_rows", DataType::UInt64, true),
         Field::new("psi", DataType::Float64, true),
         Field::new("status", DataType::Utf8, false),
+        Field::new("batches", DataType::Utf8, false),
+        Field::new(
+            "computed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let n = values.len();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             values.iter().map(|v| v.0.clone()),

@@ -73,6 +73,12 @@ impl TransformConfig {
         // Files keep their partition column so each one is self-describing (and so
         // `scoreland sql` can read exactly the committed files).
         config.options_mut().execution.keep_partition_by_columns = true;
+        // Plain strings rather than string views: what every writer and reader handles.
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = self.memory_limit_bytes()? {
             std::fs::create_dir_all(spill_dir).map_err(|source| TransformError::Io {
@@ -198,9 +204,19 @@ impl Transformer {
 
         let summary = self.summaries().await?;
         let histograms = crate::drift::histograms(&summary);
-        let drift = drift_table(&histograms, previous);
-        write_batches(&self.ctx, summary.clone(), &summary_dir, format).await?;
-        write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format).await?;
+        let batch_ids: Vec<&str> = batches.iter().map(|b| b.batch_id.as_str()).collect();
+        let drift = drift_table(&histograms, previous, &batch_ids.join(","));
+        // Summaries are per score date: a re-landed date replaces its partition. Drift rows
+        // are a log, one per model and run.
+        write_batches(
+            &self.ctx,
+            summary.clone(),
+            &summary_dir,
+            format,
+            Some("score_date"),
+        )
+        .await?;
+        write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format, None).await?;
         let mut stats = stats;
         stats.models = histograms.iter().map(|h| h.model.clone()).collect();
         for t in ["flat", "scores"] {
@@ -437,9 +453,11 @@ impl Transformer {
         let keep = self.config.top_factors.unwrap_or(3);
         let mut out: HashMap<(String, Option<i32>), Vec<String>> = HashMap::new();
         for b in &rows {
-            let model = b.column(0).as_string::<i32>();
+            let model = utf8(b.column(0))?;
+            let model = model.as_string::<i32>();
             let date = b.column(1).as_primitive::<Date32Type>();
-            let code = b.column(2).as_string::<i32>();
+            let code = utf8(b.column(2))?;
+            let code = code.as_string::<i32>();
             let n = b.column(3).as_primitive::<Int64Type>();
             for i in 0..b.num_rows() {
                 if code.is_null(i) {
@@ -463,7 +481,8 @@ fn add_top_factors(
     batch: RecordBatch,
     top: &HashMap<(String, Option<i32>), String>,
 ) -> Result<RecordBatch, TransformError> {
-    let model = batch.column(0).as_string::<i32>();
+    let model = utf8(batch.column(0))?;
+    let model = model.as_string::<i32>();
     let date = batch.column(1).as_primitive::<Date32Type>();
     let values: StringArray = (0..batch.num_rows())
         .map(|i| {
@@ -488,6 +507,14 @@ fn add_top_factors(
             context: "adding top factors".into(),
             source: e.into(),
         }
+    })
+}
+
+/// A string column as `Utf8`, whatever string type DataFusion chose.
+pub(crate) fn utf8(col: &ArrayRef) -> Result<ArrayRef, TransformError> {
+    datafusion::arrow::compute::cast(col, &DataType::Utf8).map_err(|e| TransformError::DataFusion {
+        context: "reading a string column".into(),
+        source: e.into(),
     })
 }
 
@@ -579,6 +606,7 @@ async fn write_batches(
     batches: Vec<RecordBatch>,
     dir: &Path,
     format: &OutputFormat,
+    partition: Option<&str>,
 ) -> Result<(), TransformError> {
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return Ok(());
@@ -587,5 +615,5 @@ async fn write_batches(
     let df = ctx
         .read_table(Arc::new(table))
         .context("reading a small table")?;
-    write(df, dir, format, None).await
+    write(df, dir, format, partition).await
 }

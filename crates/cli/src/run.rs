@@ -1,0 +1,147 @@
+//! `scoreland run` and `scoreland validate`.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Args;
+use scoreland_pipeline::{PipelineFile, RunOptions, RunRecord, RunStatus};
+
+use crate::{Failure, progress, usage};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Land again even when the selected batches were already landed.
+    #[arg(long)]
+    pub force: bool,
+    /// Say what would be downloaded and written, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the run record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Pipeline files to check.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
+    let file = PipelineFile::load(&args.pipeline).map_err(usage)?;
+    let options = RunOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        observer: progress::observer(quiet),
+        ..RunOptions::default()
+    };
+    match scoreland_pipeline::run(&file, &options).await {
+        Ok(record) => {
+            report(&record, args.json, quiet);
+            Ok(match record.status {
+                RunStatus::NothingNew => 3,
+                _ => 0,
+            })
+        }
+        Err((error, record)) => {
+            if let Some(r) = &record {
+                report(r, args.json, true);
+            }
+            let code = if error.is_config() { 2 } else { 1 };
+            Err(Failure {
+                code,
+                error: anyhow::Error::new(error),
+            })
+        }
+    }
+}
+
+fn report(r: &RunRecord, json: bool, quiet: bool) {
+    if json {
+        match serde_json::to_string_pretty(r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot print the run record: {e}"),
+        }
+    }
+    if quiet {
+        return;
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    match r.status {
+        RunStatus::NothingNew => eprintln!(
+            "nothing new: batch {} is already landed in {} (use --force to land it again)",
+            r.batches.join(", "),
+            r.warehouse
+        ),
+        RunStatus::DryRun => eprintln!(
+            "dry run: would download batch {} of dataset {} ({} parts, {:.1} MB, {} records) and land scores, summary and drift in {}",
+            r.batches.join(", "),
+            r.dataset,
+            r.parts,
+            mb(r.bytes),
+            r.rows_in,
+            r.warehouse
+        ),
+        RunStatus::Landed => {
+            eprintln!(
+                "landed batch {} of dataset {} into {} (run {})",
+                r.batches.join(", "),
+                r.dataset,
+                r.warehouse,
+                r.run_id
+            );
+            eprintln!(
+                "  ingest    {} parts ({} already staged), {:.1} MB downloaded, {} retries, {:.1} s",
+                r.parts,
+                r.parts_skipped,
+                mb(r.bytes_downloaded),
+                r.retries,
+                r.timings.ingest_ms as f64 / 1e3
+            );
+            eprintln!(
+                "  transform {} rows in, {} rows out, {} duplicates and {} rows without identity dropped, {:.1} s",
+                r.rows_in,
+                r.rows_out,
+                r.duplicates_dropped,
+                r.null_identity_dropped,
+                r.timings.transform_ms as f64 / 1e3
+            );
+            for t in &r.tables {
+                eprintln!(
+                    "  {:<9} commit {}, {} files, {} rows added, {} rows live",
+                    t.table, t.commit, t.files_added, t.rows_added, t.rows_live
+                );
+            }
+            for d in &r.drift {
+                match d.psi {
+                    Some(p) => eprintln!("  drift     {}: PSI {p:.4}", d.model),
+                    None => eprintln!("  drift     {}: no baseline yet", d.model),
+                }
+            }
+        }
+        RunStatus::Failed => {}
+    }
+}
+
+pub fn validate(args: ValidateArgs) -> Result<u8, Failure> {
+    let mut bad = 0;
+    for f in &args.files {
+        match PipelineFile::load(f) {
+            Ok(p) => println!("ok: {} (pipeline {})", f.display(), p.name()),
+            Err(e) => {
+                bad += 1;
+                eprintln!("invalid: {e}");
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(usage(anyhow!(
+            "{bad} of {} pipeline files are invalid",
+            args.files.len()
+        )));
+    }
+    Ok(0)
+}
