@@ -147,6 +147,10 @@ pub(crate) fn drift_table(
         Arc::new(StringArray::from_iter_values(
             values.iter().map(|v| status(v.3)),
         )),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            batches, n,
+        ))),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
     ];
     RecordBatch::try_new(schema, columns).expect("columns are built to the schema above")
 }
