@@ -394,6 +394,12 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
             .entry(header::CONTENT_LENGTH)
             .or_insert_with(|| HeaderValue::from(len));
     }
+    if cut.is_some() {
+        // The connection dies with this body; say so, as a server closing it would.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let chunk = match rate {
         // About twenty pauses a second keep pacing smooth without tiny writes.
         Some(r) => ((r / 20) as usize).clamp(1024, 64 * 1024),

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# install|start|stop the real storage servers the sink's conformance suite runs against, on
+# loopback: S3 (moto server) and Azure Blob (azurite). GCS has no emulator here that accepts
+# object_store's writes (see docs/sinks.md), so it is not started.
+# State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
+set -euo pipefail
+SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
+mkdir -p "$SVC"
+cd "$SVC"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null -m 1 "$1" && return 0; sleep 0.1; done; echo "not ready: $1" >&2; return 1; }
+bg() { local name=$1; shift; "$@" > "$name.log" 2>&1 & echo $! > "$name.pid"; }
+
+install() {
+  if [ ! -x venv/bin/moto_server ] || [ ! -f venv/.complete ]; then
+    rm -rf venv
+    python3 -m venv venv
+    venv/bin/pip install -q 'moto[s3]==5.2.5' flask flask-cors boto3 'azure-storage-blob==12.31.1'
+    touch venv/.complete
+  fi
+  if [ ! -x node/node_modules/.bin/azurite-blob ]; then
+    npm install --prefix node --no-audit --no-fund --silent azurite@3.35.0
+  fi
+}
+
+start() {
+  stop
+  local s3_port az_port
+  s3_port=$(free_port); az_port=$(free_port)
+  bg moto venv/bin/moto_server -H 127.0.0.1 -p "$s3_port"
+  bg azurite node/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$az_port" \
+    --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --silent
+  wait_http "http://127.0.0.1:$s3_port/"
+  wait_http "http://127.0.0.1:$az_port/"
+  for n in moto azurite; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
+  S3_PORT=$s3_port AZ_PORT=$az_port venv/bin/python - <<'PY'
+import os, boto3
+from azure.storage.blob import BlobServiceClient
+boto3.client("s3", endpoint_url=f"http://127.0.0.1:{os.environ['S3_PORT']}", aws_access_key_id="test",
+             aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="scoreland-test")
+BlobServiceClient.from_connection_string(
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    f"BlobEndpoint=http://127.0.0.1:{os.environ['AZ_PORT']}/devstoreaccount1;",
+    api_version="2023-11-03").create_container("scoreland-test")
+PY
+  cat > env.sh <<ENV
+export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
+export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
+ENV
+  echo "test services up: S3 on $s3_port, Azure Blob on $az_port"
+}
+
+stop() {
+  for n in moto azurite; do
+    if [ -f "$n.pid" ]; then kill "$(cat "$n.pid")" 2>/dev/null || true; rm -f "$n.pid"; fi
+  done
+}
+
+case ${1:-} in install) install;; start) start;; stop) stop;; *) echo "usage: $0 install|start|stop" >&2; exit 2;; esac

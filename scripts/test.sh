@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README, and CI through .ci/run): formatting, lints, every
+# test (the object-store conformance suite runs against S3 and Azure emulators that
+# scripts/test-services.sh installs and starts on loopback), and `validate` of every pipeline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# Real S3 (moto) and Azure Blob (azurite) servers for the sink's conformance suite.
+export SCORELAND_SVC_DIR=${SCORELAND_SVC_DIR:-$HOME/.cache/scoreland-test-services}
+scripts/test-services.sh install
+scripts/test-services.sh start
+trap 'scripts/test-services.sh stop' EXIT
+source "$SCORELAND_SVC_DIR/env.sh"
+
+cargo test --workspace
+cargo run --quiet -p scoreland -- validate pipelines/*.toml
