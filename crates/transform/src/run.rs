@@ -8,7 +8,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch
 use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -18,6 +18,9 @@ use crate::config::{OutputFormat, TransformConfig};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten::{self, FLAT_COLUMNS};
+
+/// Parquet row group size (rows) when a memory limit is set and none is configured.
+const LIMITED_ROW_GROUP: usize = 65_536;
 
 /// One staged batch: its id, creation time (epoch ms) and verified parquet parts.
 #[derive(Debug, Clone)]
@@ -85,8 +88,24 @@ impl TransformConfig {
                 path: spill_dir.to_path_buf(),
                 source,
             })?;
+            // Each sorting partition reserves this much up front to merge its spills; keep
+            // it a small share of a small pool.
+            let reservation = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+            *reservation = (*reservation).min(limit / (4 * partitions.max(1)));
+            // Parallel column encoding buffers whole row groups per column, outside what can
+            // spill; under a limit, encode serially.
+            config
+                .options_mut()
+                .execution
+                .parquet
+                .allow_single_file_parallelism = false;
+            // Merging spilled runs holds one batch per run: smaller batches, more runs fit.
+            config = config.with_batch_size(2048);
             runtime = runtime
-                .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+                .with_memory_pool(Arc::new(TrackConsumersPool::new(
+                    GreedyMemoryPool::new(limit),
+                    std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+                )))
                 .with_temp_file_path(spill_dir);
         }
         let runtime = runtime.build_arc().context("building the runtime")?;
@@ -114,6 +133,24 @@ impl Transformer {
         if batches.iter().all(|b| b.files.is_empty()) {
             return Err(TransformError::NoInput);
         }
+        // Each open parquet writer buffers a row group in memory, outside what can spill:
+        // under a memory limit, keep row groups small unless configured.
+        let limited;
+        let format = match format {
+            OutputFormat::Parquet {
+                compression,
+                compression_level,
+                row_group_size: None,
+            } if self.config.memory_limit.is_some() => {
+                limited = OutputFormat::Parquet {
+                    compression: compression.clone(),
+                    compression_level: *compression_level,
+                    row_group_size: Some(LIMITED_ROW_GROUP),
+                };
+                &limited
+            }
+            f => f,
+        };
         let flat = self.flat_frame(batches).await?;
         self.ctx
             .register_table("flat", flat.into_view())
@@ -142,6 +179,7 @@ impl Transformer {
         };
         let dedupe = self.dedupe_sql();
         let deduped = self.ctx.sql(&dedupe).await.context("planning the dedupe")?;
+        let scores_schema = Arc::new(deduped.schema().as_arrow().clone());
         write(deduped, &parquet_dir, parquet_format, Some("score_date")).await?;
 
         let counts = self
@@ -155,14 +193,23 @@ impl Transformer {
         let rows_in = int_at(&counts, 0);
         let with_identity = int_at(&counts, 1);
 
-        self.ctx
-            .register_parquet(
-                "scores",
-                dir_url(&parquet_dir),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .context("reading back the scores")?;
+        if has_files(&parquet_dir) {
+            self.ctx
+                .register_parquet(
+                    "scores",
+                    dir_url(&parquet_dir),
+                    ParquetReadOptions::default(),
+                )
+                .await
+                .context("reading back the scores")?;
+        } else {
+            // Nothing scored (an empty batch): empty tables, not an error.
+            let empty = MemTable::try_new(scores_schema, vec![vec![]])
+                .context("registering empty scores")?;
+            self.ctx
+                .register_table("scores", Arc::new(empty))
+                .context("registering empty scores")?;
+        }
         let rows_out = int_at(
             &self
                 .ctx
@@ -546,6 +593,16 @@ fn file_schema(file: &Path) -> Result<SchemaRef, TransformError> {
             source,
         })?;
     Ok(builder.schema().clone())
+}
+
+fn has_files(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() { has_files(&p) } else { true }
+    })
 }
 
 fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
