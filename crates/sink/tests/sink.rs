@@ -1,0 +1,273 @@
+//! One conformance suite for the commit protocol, run against local disk and against real S3
+//! (moto) and Azure Blob (azurite) servers that scripts/test-services.sh starts on loopback.
+//! Without those servers (a plain `cargo test`), the remote runs are skipped with a note;
+//! under CI (`CI` set) their absence is a failure.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use scoreland_sink::{SinkConfig, SinkError, Warehouse};
+
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn write_parquet(path: &Path, rows: i64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows)),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("v{i}")),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A run's local output: `score_date=…/x.parquet` files with the given row counts.
+fn local_run(dir: &Path, parts: &[(&str, i64)]) {
+    for (i, (partition, rows)) in parts.iter().enumerate() {
+        write_parquet(&dir.join(partition).join(format!("f{i}.parquet")), *rows);
+    }
+}
+
+fn remote(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "{var} is not set: run the tests through scripts/test.sh, which starts the servers"
+            )
+        }
+        Err(_) => {
+            eprintln!("skipped: {var} is not set (scripts/test.sh starts the test servers)");
+            None
+        }
+    }
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn s3(prefix: &str) -> Option<SinkConfig> {
+    let endpoint = remote("SCORELAND_TEST_S3_ENDPOINT")?;
+    let options: BTreeMap<String, String> = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Some(SinkConfig {
+        url: format!("s3://scoreland-test/{prefix}"),
+        options,
+    })
+}
+
+fn azure(prefix: &str) -> Option<SinkConfig> {
+    let url = remote("SCORELAND_TEST_AZURITE_URL")?;
+    let options: BTreeMap<String, String> = [
+        ("azure_storage_account_name", "devstoreaccount1".to_string()),
+        ("azure_storage_account_key", AZURITE_KEY.to_string()),
+        ("azure_storage_endpoint", format!("{url}/devstoreaccount1")),
+        ("azure_allow_http", "true".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Some(SinkConfig {
+        url: format!("az://scoreland-test/{prefix}"),
+        options,
+    })
+}
+
+/// The whole protocol against one warehouse.
+async fn conformance(wh: Warehouse) {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(wh.latest_commit("scores").await.unwrap().is_none());
+    assert!(wh.live_files("scores").await.unwrap().is_empty());
+
+    // Run 1: two partitions.
+    let run1 = tmp.path().join("run1");
+    local_run(
+        &run1,
+        &[
+            ("score_date=2026-11-15", 10),
+            ("score_date=2026-11-16", 20),
+            ("score_date=2026-11-16", 5),
+        ],
+    );
+    let c1 = wh
+        .publish("scores", &run1, "r1", &["B1".into()])
+        .await
+        .unwrap();
+    assert_eq!(c1.seq, 0);
+    assert_eq!(c1.added.len(), 3);
+    assert_eq!(c1.rows(), 35);
+    assert!(c1.added.iter().all(|f| f.path.contains("part-r1-")));
+    let latest: serde_json::Value = wh.get_json("scores/_latest.json").await.unwrap().unwrap();
+    assert_eq!(latest["rows"], 35);
+    assert_eq!(latest["files"].as_array().unwrap().len(), 3);
+    assert!(
+        latest["files"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(wh.url().as_str().trim_end_matches('/'))
+    );
+
+    // Run 2 re-lands 2026-11-16 only: that partition is replaced, 2026-11-15 stays.
+    let run2 = tmp.path().join("run2");
+    local_run(&run2, &[("score_date=2026-11-16", 7)]);
+    let c2 = wh
+        .publish("scores", &run2, "r2", &["B2".into()])
+        .await
+        .unwrap();
+    assert_eq!(c2.seq, 1);
+    assert_eq!(c2.rows(), 17);
+    assert_eq!(c2.removed.len(), 2);
+    let live = wh.live_files("scores").await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert_eq!(wh.latest_commit("scores").await.unwrap().unwrap(), c2);
+
+    // A crash between data files and commit: files are uploaded, no commit record. Readers
+    // still see commit 1; vacuum removes the orphans and nothing live.
+    let crashed = tmp.path().join("crashed");
+    local_run(&crashed, &[("score_date=2026-11-16", 3)]);
+    let orphan = wh.store();
+    // Local warehouses are rooted at their directory; object stores at the URL's path.
+    let root = if wh.url().scheme() == "file" {
+        String::new()
+    } else {
+        format!("{}/", wh.url().path().trim_matches('/'))
+    };
+    let orphan_path = object_store::path::Path::from(format!(
+        "{root}scores/score_date=2026-11-16/part-dead-00000.parquet"
+    ));
+    object_store::ObjectStoreExt::put(
+        orphan.as_ref(),
+        &orphan_path,
+        std::fs::read(crashed.join("score_date=2026-11-16/f0.parquet"))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wh.live_files("scores").await.unwrap(), live);
+    let report = wh.vacuum("scores", false).await.unwrap();
+    assert_eq!(
+        report.deleted,
+        vec!["score_date=2026-11-16/part-dead-00000.parquet".to_string()]
+    );
+    // Replaced files go only when asked.
+    let report = wh.vacuum("scores", true).await.unwrap();
+    assert_eq!(report.deleted.len(), 2);
+    assert_eq!(wh.live_files("scores").await.unwrap(), live);
+
+    // Two writers racing for the same commit: exactly one wins.
+    let run3 = tmp.path().join("run3");
+    local_run(&run3, &[("score_date=2026-11-17", 1)]);
+    let (a, b) = tokio::join!(
+        wh.publish("scores", &run3, "r3a", &[]),
+        wh.publish("scores", &run3, "r3b", &[])
+    );
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(SinkError::CommitConflict { .. })))
+        .count();
+    assert_eq!(conflicts + [&a, &b].iter().filter(|r| r.is_ok()).count(), 2);
+    assert!(conflicts <= 1, "never two commits with the same number");
+
+    // Locks: one holder at a time; a stale lock is taken over.
+    let lock = wh
+        .lock("nightly", "run-1", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let err = wh
+        .lock("nightly", "run-2", Duration::from_secs(3600))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, SinkError::Locked { ref run_id, .. } if run_id == "run-1"),
+        "{err}"
+    );
+    lock.release().await.unwrap();
+    let _held = wh
+        .lock("nightly", "run-3", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let taken = wh.lock("nightly", "run-4", Duration::ZERO).await.unwrap();
+    taken.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn local_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wh = SinkConfig {
+        url: tmp.path().join("wh").display().to_string(),
+        options: Default::default(),
+    }
+    .build()
+    .await
+    .unwrap();
+    conformance(wh).await;
+}
+
+#[tokio::test]
+async fn s3_moto() {
+    let Some(cfg) = s3(&unique()) else { return };
+    conformance(cfg.build().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn azure_azurite() {
+    let Some(cfg) = azure(&unique()) else { return };
+    conformance(cfg.build().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_missing_bucket_fails_before_any_data() {
+    if let Some(mut cfg) = s3("x") {
+        cfg.url = "s3://no-such-bucket-scoreland/x".into();
+        let err = cfg.build().await.unwrap_err();
+        assert!(matches!(err, SinkError::NotWritable { .. }), "{err}");
+        assert!(err.to_string().contains("bucket"), "{err}");
+    }
+    let err = SinkConfig {
+        url: "/proc/scoreland-cannot-write-here".into(),
+        options: Default::default(),
+    }
+    .build()
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Local { .. } | SinkError::NotWritable { .. }),
+        "{err}"
+    );
+    let err = SinkConfig {
+        url: "ftp://host/x".into(),
+        options: Default::default(),
+    }
+    .build()
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SinkError::Url { .. }), "{err}");
+}
