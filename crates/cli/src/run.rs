@@ -129,8 +129,16 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
 pub fn validate(args: ValidateArgs) -> Result<u8, Failure> {
     let mut bad = 0;
     for f in &args.files {
-        match PipelineFile::load(f) {
-            Ok(p) => println!("ok: {} (pipeline {})", f.display(), p.name()),
+        match PipelineFile::check_file(f) {
+            Ok((p, unset)) if unset.is_empty() => {
+                println!("ok: {} (pipeline {})", f.display(), p.name())
+            }
+            Ok((p, unset)) => println!(
+                "ok: {} (pipeline {}); set at run time: {}",
+                f.display(),
+                p.name(),
+                unset.join(", ")
+            ),
             Err(e) => {
                 bad += 1;
                 eprintln!("invalid: {e}");

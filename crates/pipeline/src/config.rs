@@ -151,7 +151,36 @@ impl PipelineFile {
         Self::parse(&raw, path)
     }
 
+    /// For `validate`: like [`Self::load`], but a variable that is not set is only noted (it
+    /// may be set where the pipeline runs); the names of those variables are returned.
+    pub fn check_file(path: &Path) -> Result<(Self, Vec<String>), PipelineError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let unset = std::cell::RefCell::new(Vec::new());
+        let lookup = |name: &str| std::env::var(name).ok();
+        let missing = |name: &str| {
+            unset.borrow_mut().push(name.to_string());
+            format!("unset-{name}")
+        };
+        let file = Self::parse_with(&raw, path, &lookup, Some(&missing))?;
+        let mut unset = unset.into_inner();
+        unset.sort();
+        unset.dedup();
+        Ok((file, unset))
+    }
+
     pub fn parse(raw: &str, path: &Path) -> Result<Self, PipelineError> {
+        Self::parse_with(raw, path, &|name| std::env::var(name).ok(), None)
+    }
+
+    fn parse_with(
+        raw: &str,
+        path: &Path,
+        lookup: Lookup,
+        missing: Option<Missing>,
+    ) -> Result<Self, PipelineError> {
         let invalid = |message: String| PipelineError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -159,7 +188,7 @@ impl PipelineFile {
         // As written: locations for unknown fields and wrong types.
         toml::from_str::<PipelineFile>(raw).map_err(|e| invalid(e.to_string()))?;
         let mut table: toml::Table = toml::from_str(raw).map_err(|e| invalid(e.to_string()))?;
-        interpolate_table(&mut table, &mut Vec::new()).map_err(invalid)?;
+        interpolate_table(&mut table, &mut Vec::new(), lookup, missing).map_err(invalid)?;
         let mut file: PipelineFile = table
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
@@ -225,25 +254,38 @@ impl PipelineFile {
     }
 }
 
-fn interpolate_table(table: &mut toml::Table, path: &mut Vec<String>) -> Result<(), String> {
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+/// What a required variable that is not set becomes (for `validate`); `None` makes it an error.
+type Missing<'a> = &'a dyn Fn(&str) -> String;
+
+fn interpolate_table(
+    table: &mut toml::Table,
+    path: &mut Vec<String>,
+    lookup: Lookup,
+    missing: Option<Missing>,
+) -> Result<(), String> {
     for (k, v) in table.iter_mut() {
         path.push(k.clone());
-        interpolate_value(v, path)?;
+        interpolate_value(v, path, lookup, missing)?;
         path.pop();
     }
     Ok(())
 }
 
-fn interpolate_value(v: &mut toml::Value, path: &mut Vec<String>) -> Result<(), String> {
+fn interpolate_value(
+    v: &mut toml::Value,
+    path: &mut Vec<String>,
+    lookup: Lookup,
+    missing: Option<Missing>,
+) -> Result<(), String> {
     match v {
         toml::Value::String(s) => {
-            *s = interpolate(s, &|name| std::env::var(name).ok())
-                .map_err(|e| format!("{}: {e}", path.join(".")))?;
+            *s = expand(s, lookup, missing).map_err(|e| format!("{}: {e}", path.join(".")))?;
         }
-        toml::Value::Table(t) => interpolate_table(t, path)?,
+        toml::Value::Table(t) => interpolate_table(t, path, lookup, missing)?,
         toml::Value::Array(items) => {
             for item in items {
-                interpolate_value(item, path)?;
+                interpolate_value(item, path, lookup, missing)?;
             }
         }
         _ => {}
@@ -252,7 +294,11 @@ fn interpolate_value(v: &mut toml::Value, path: &mut Vec<String>) -> Result<(), 
 }
 
 /// Expands `${VAR}`, `${VAR:-default}` and `${VAR:?message}`; `$$` is a literal `$`.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(s: &str, lookup: Lookup) -> Result<String, String> {
+    expand(s, lookup, None)
+}
+
+fn expand(s: &str, lookup: Lookup, missing: Option<Missing>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -284,6 +330,9 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
         match (value, op) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(op)) if op.starts_with(":-") => out.push_str(&op[2..]),
+            (None, _) if missing.is_some() => {
+                out.push_str(&missing.map(|m| m(name)).unwrap_or_default())
+            }
             (None, Some(op)) if op.starts_with(":?") => {
                 let msg = &op[2..];
                 return Err(if msg.is_empty() {

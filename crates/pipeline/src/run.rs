@@ -248,6 +248,16 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
     }
 }
 
+/// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
+/// a power cut or `kill -9` would. Points: `before_commit` (data files are uploaded, no commit
+/// record is written yet) is checked by the end-to-end tests.
+fn crash_point(point: &str) {
+    if std::env::var("SCORELAND_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("SCORELAND_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -478,18 +488,30 @@ async fn run_locked(
         .collect();
     record.timings.transform_ms = ms(t.elapsed());
 
+    // Every table's data first, then the commit records: a crash in between leaves the
+    // previous night readable, and the next run removes the orphans.
     let t = Instant::now();
+    let mut uploaded = Vec::new();
     for (table, dir) in [
         ("scores", &output.scores_dir),
         ("summary", &output.summary_dir),
         ("drift", &output.drift_dir),
     ] {
+        uploaded.push(
+            warehouse
+                .upload_table(table, dir, &record.run_id)
+                .await
+                .map_err(PipelineError::Sink)?,
+        );
+    }
+    crash_point("before_commit");
+    for up in uploaded {
         let commit = warehouse
-            .publish(table, dir, &record.run_id, &record.batches)
+            .commit(up, &record.batches)
             .await
             .map_err(PipelineError::Sink)?;
         record.tables.push(TableRecord {
-            table: table.to_string(),
+            table: commit.table.clone(),
             commit: commit.seq,
             files_added: commit.added.len(),
             rows_added: commit.added.iter().map(|f| f.rows).sum(),

@@ -42,6 +42,14 @@ impl Commit {
     }
 }
 
+/// Data files uploaded for a table and not yet committed.
+#[derive(Debug, Clone)]
+pub struct UploadedTable {
+    pub table: String,
+    pub run_id: String,
+    pub added: Vec<CommitFile>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VacuumReport {
     pub deleted: Vec<String>,
@@ -87,7 +95,18 @@ impl Warehouse {
         run_id: &str,
         batches: &[String],
     ) -> Result<Commit, SinkError> {
-        let previous = self.latest_commit(table).await?;
+        let staged = self.upload_table(table, local_dir, run_id).await?;
+        self.commit(staged, batches).await
+    }
+
+    /// Step one: uploads the data files under names unique to the run. Until
+    /// [`Warehouse::commit`], no reader sees them.
+    pub async fn upload_table(
+        &self,
+        table: &str,
+        local_dir: &LocalPath,
+        run_id: &str,
+    ) -> Result<UploadedTable, SinkError> {
         let mut files = Vec::new();
         collect_files(local_dir, local_dir, &mut files)?;
         files.sort();
@@ -109,6 +128,26 @@ impl Warehouse {
                 bytes,
             });
         }
+        Ok(UploadedTable {
+            table: table.to_string(),
+            run_id: run_id.to_string(),
+            added,
+        })
+    }
+
+    /// Step two: writes the commit record that makes an uploaded table live.
+    pub async fn commit(
+        &self,
+        uploaded: UploadedTable,
+        batches: &[String],
+    ) -> Result<Commit, SinkError> {
+        let UploadedTable {
+            table,
+            run_id,
+            added,
+        } = uploaded;
+        let table = table.as_str();
+        let previous = self.latest_commit(table).await?;
         let touched: HashSet<Option<String>> = added.iter().map(|f| f.partition.clone()).collect();
         let (kept, removed): (Vec<CommitFile>, Vec<CommitFile>) = previous
             .as_ref()
@@ -121,7 +160,7 @@ impl Warehouse {
         let commit = Commit {
             table: table.to_string(),
             seq: previous.as_ref().map_or(0, |c| c.seq + 1),
-            run_id: run_id.to_string(),
+            run_id,
             batches: batches.to_vec(),
             committed_at: chrono::Utc::now().to_rfc3339(),
             added,

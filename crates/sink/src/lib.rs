@@ -15,6 +15,6 @@ mod commit;
 mod error;
 mod store;
 
-pub use commit::{Commit, CommitFile, VacuumReport};
+pub use commit::{Commit, CommitFile, UploadedTable, VacuumReport};
 pub use error::SinkError;
 pub use store::{Lock, SinkConfig, Warehouse};
