@@ -159,10 +159,10 @@ impl TokenCache {
     /// Forget the token of `generation` (it was refused); a newer one is kept.
     pub(crate) async fn invalidate(&self, generation: u64) {
         let mut guard = self.inner.lock().await;
-        if guard.as_ref().is_some_and(|t| t.generation == generation) {
-            if let Some(t) = guard.as_mut() {
-                t.renew_at = Instant::now();
-            }
+        if let Some(t) = guard.as_mut()
+            && t.generation == generation
+        {
+            t.renew_at = Instant::now();
         }
     }
 }
