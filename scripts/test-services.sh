@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install|start|stop the real storage servers the sink's conformance suite runs against, on
-# loopback: S3 (moto server) and Azure Blob (azurite). GCS has no emulator here that accepts
+# loopback: S3 (moto server) and Azure Blob (azurite); `install` also brings the readers
+# (DuckDB, Spark) that check a landed warehouse. GCS has no emulator here that accepts
 # object_store's writes (see docs/sinks.md), so it is not started.
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
@@ -13,11 +14,12 @@ wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null -m 1 "$1" && return
 bg() { local name=$1; shift; "$@" > "$name.log" 2>&1 & echo $! > "$name.pid"; }
 
 install() {
-  if [ ! -x venv/bin/moto_server ] || [ ! -f venv/.complete ]; then
+  if [ ! -x venv/bin/moto_server ] || [ ! -f venv/.complete-2 ]; then
     rm -rf venv
     python3 -m venv venv
-    venv/bin/pip install -q 'moto[s3]==5.2.5' flask flask-cors boto3 'azure-storage-blob==12.31.1'
-    touch venv/.complete
+    venv/bin/pip install -q 'moto[s3]==5.2.5' flask flask-cors boto3 'azure-storage-blob==12.31.1' \
+      'duckdb==2.0.0' 'pyspark==4.3.0'
+    touch venv/.complete-2
   fi
   if [ ! -x node/node_modules/.bin/azurite-blob ]; then
     npm install --prefix node --no-audit --no-fund --silent azurite@3.35.0

@@ -15,5 +15,12 @@ scripts/test-services.sh start
 trap 'scripts/test-services.sh stop' EXIT
 source "$SCORELAND_SVC_DIR/env.sh"
 
-cargo test --workspace
 cargo run --quiet -p scoreland -- validate pipelines/*.toml
+cargo test --workspace
+
+# DuckDB and Spark read what the demo lands, partition column inferred.
+READERS=$(mktemp -d)
+trap 'scripts/test-services.sh stop; rm -rf "$READERS"' EXIT
+SCORELAND_WAREHOUSE="$READERS/wh" SCORELAND_STAGING="$READERS/staging" \
+  cargo run --quiet -p scoreland -- -q run pipelines/demo.toml
+SPARK_LOCAL_IP=127.0.0.1 "$SCORELAND_SVC_DIR/venv/bin/python" tests/readers/read_landed.py "$READERS/wh" 2>/dev/null

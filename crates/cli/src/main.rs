@@ -11,6 +11,7 @@ mod progress;
 mod run;
 mod sim;
 mod sql;
+mod transform;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,8 @@ enum Command {
     Batches(platform::BatchesArgs),
     /// Download one batch (the newest successful one by default) into a directory.
     Download(platform::DownloadArgs),
+    /// Transform batches already staged by `download` into local tables.
+    Transform(transform::TransformArgs),
     /// Query landed tables with SQL.
     Sql(sql::SqlArgs),
     /// Remove files no commit references from a warehouse.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             Command::Validate(a) => run::validate(a),
             Command::Batches(a) => platform::batches(a).await,
             Command::Download(a) => platform::download(a, quiet).await,
+            Command::Transform(a) => transform::transform(a).await,
             Command::Sql(a) => sql::sql(a).await,
             Command::Vacuum(a) => sql::vacuum(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Download benchmark (release build): a 64-part batch of about 1 GB served by the simulator
+# with 50 ms added per request and a 25 MiB/s cap per connection. Measures, in one run,
+# one-part-at-a-time (the baseline) against scoreland's concurrency, with wall time and peak
+# RSS of each, and the limit bytes / (concurrency × per-connection cap).
+#   benches/download.sh [ROWS] [CONCURRENCY...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-11000000}
+shift || true
+CONCS=${*:-8 16 32}
+LAT=50ms
+CAP=25MiB/s
+CAP_BYTES=$((25 * 1024 * 1024))
+WORK=${SCORELAND_BENCH_DIR:-target/bench}
+BIN=target/release/scoreland
+cargo build --release --quiet -p scoreland
+
+PLATFORM="$WORK/platform-dl-$ROWS"
+if [ ! -f "$PLATFORM/platform.json" ]; then
+  rm -rf "$PLATFORM"
+  echo "generating $ROWS rows in 64 parts…" >&2
+  "$BIN" sim generate --out "$PLATFORM" --rows "$ROWS" --parts 64 --batches 1 --seed 1 > /dev/null
+fi
+
+"$BIN" sim --data "$PLATFORM" --latency "$LAT" --bandwidth-per-connection "$CAP" > "$WORK/sim.json" &
+SIM=$!
+trap 'kill $SIM 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do [ -s "$WORK/sim.json" ] && break; sleep 0.1; done
+field() { python3 -c "import json,sys; print(json.load(open('$WORK/sim.json'))$1)"; }
+export SCORELAND_PLATFORM_URL=$(field '["base_url"]') SCORELAND_IMS_URL=$(field '["ims_url"]')
+export SCORELAND_ORG_ID=$(field '["org_id"]') SCORELAND_SANDBOX=$(field '["sandbox"]')
+export SCORELAND_CLIENT_ID=$(field '["client_id"]') SCORELAND_CLIENT_SECRET=$(field '["client_secret"]')
+DATASET=$(field '["datasets"][0]["id"]')
+BYTES=$(find "$PLATFORM" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}')
+
+calc() { awk "BEGIN { print $* }"; }
+
+run() { # concurrency -> "seconds peak_kib"
+  local c=$1 out="$WORK/dl-$1"
+  rm -rf "$out"
+  /usr/bin/time -f '%e %M' -o "$WORK/time-$c" "$BIN" -q download --dataset "$DATASET" --out "$out" --concurrency "$c" > /dev/null
+  cat "$WORK/time-$c"
+}
+
+printf 'batch: 64 parts, %.1f MB; simulator: %s per request, %s per connection\n' "$(calc "$BYTES/1000000")" "$LAT" "$CAP"
+read -r base_s base_kib < <(run 1)
+printf '%-22s %8.1f s %8.1f MB/s  peak RSS %6.1f MB\n' "one at a time" "$base_s" "$(calc "$BYTES/1000000/$base_s")" "$(calc "$base_kib/1024")"
+for c in $CONCS; do
+  read -r s kib < <(run "$c")
+  limit=$(calc "$BYTES/($c*$CAP_BYTES)")
+  printf '%-22s %8.1f s %8.1f MB/s  peak RSS %6.1f MB  speed-up %5.1fx  vs limit %.2fx (limit %.1f s)\n' \
+    "concurrency $c" "$s" "$(calc "$BYTES/1000000/$s")" "$(calc "$kib/1024")" \
+    "$(calc "$base_s/$s")" "$(calc "$s/$limit")" "$limit"
+done

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Transform benchmark (release build): ROWS rows (default 20 M) in 40 parts from the sample
+# generator; scoreland's union + flatten + dedupe + summaries against DuckDB and Polars doing
+# the same work on the same staged files, in the same run, with wall time and peak RSS; then
+# scoreland again under a 1 GiB memory limit.
+#   benches/transform.sh [ROWS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-20000000}
+WORK=$(realpath -m "${SCORELAND_BENCH_DIR:-target/bench}")
+BIN=target/release/scoreland
+mkdir -p "$WORK"
+cargo build --release --quiet -p scoreland
+[ -x "$WORK/venv/bin/python" ] || { python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q duckdb polars pyarrow; }
+
+PLATFORM="$WORK/platform-tf-$ROWS"
+STAGING="$WORK/staging-tf-$ROWS"
+if [ ! -f "$PLATFORM/platform.json" ]; then
+  rm -rf "$PLATFORM" "$STAGING"
+  echo "generating $ROWS rows in 40 parts…" >&2
+  "$BIN" sim generate --out "$PLATFORM" --rows "$ROWS" --parts 40 --batches 1 --seed 2 > /dev/null
+fi
+# Stage the batch once, through the simulator at full speed (not timed).
+"$BIN" sim --data "$PLATFORM" > "$WORK/sim.json" &
+SIM=$!
+trap 'kill $SIM 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do [ -s "$WORK/sim.json" ] && break; sleep 0.1; done
+field() { python3 -c "import json; print(json.load(open('$WORK/sim.json'))$1)"; }
+export SCORELAND_PLATFORM_URL=$(field '["base_url"]') SCORELAND_IMS_URL=$(field '["ims_url"]')
+export SCORELAND_ORG_ID=$(field '["org_id"]') SCORELAND_SANDBOX=$(field '["sandbox"]')
+export SCORELAND_CLIENT_ID=$(field '["client_id"]') SCORELAND_CLIENT_SECRET=$(field '["client_secret"]')
+DATASET=$(field '["datasets"][0]["id"]')
+"$BIN" -q download --dataset "$DATASET" --out "$STAGING" > /dev/null
+kill $SIM
+mapfile -t PARTS < <(find "$STAGING/$DATASET" -name '*.parquet' | sort)
+BYTES=$(du -cb "${PARTS[@]}" | tail -1 | cut -f1)
+
+calc() { awk "BEGIN { print $* }"; }
+# Each engine reads PARTS and writes into the directory it is given.
+run_duckdb() { "$WORK/venv/bin/python" benches/engines.py duckdb "$1" "${PARTS[@]}"; }
+run_polars() { "$WORK/venv/bin/python" benches/engines.py polars "$1" "${PARTS[@]}"; }
+run_scoreland() { "$BIN" -q transform --staging "$STAGING" --dataset "$DATASET" --out "$1"; }
+run_scoreland_1gib() { "$BIN" -q transform --staging "$STAGING" --dataset "$DATASET" --out "$1" --memory-limit 1GiB; }
+export -f run_duckdb run_polars run_scoreland run_scoreland_1gib
+export WORK BIN STAGING DATASET
+export PARTS_LIST="${PARTS[*]}"
+
+measure() { # name -> "seconds peak_mb"
+  local name=$1 out="$WORK/out-$1"
+  rm -rf "$out"; mkdir -p "$out"
+  /usr/bin/time -f '%e %M' -o "$WORK/time-$name" bash -c "PARTS=(\$PARTS_LIST); run_$name '$out'" \
+    > "$WORK/log-$name" 2>&1 || { cat "$WORK/log-$name" >&2; echo "failed 0"; return; }
+  read -r s kib < "$WORK/time-$name"
+  echo "$s $(calc "$kib/1024")"
+}
+
+echo "input: ${#PARTS[@]} parts, $(calc "$BYTES/1000000") MB, $ROWS rows; $(nproc) cores"
+read -r base_s base_mb < <(measure duckdb)
+printf '%-24s %8s s  peak RSS %7s MB\n' "duckdb (baseline)" "$base_s" "$base_mb"
+for e in polars scoreland scoreland_1gib; do
+  read -r s mb < <(measure "$e")
+  if [ "$s" = failed ]; then printf '%-24s failed (see %s)\n' "$e" "$WORK/log-$e"; continue; fi
+  printf '%-24s %8s s  peak RSS %7s MB  %.2fx duckdb time\n' "$e" "$s" "$mb" "$(calc "$s/$base_s")"
+done
+grep -h "rows in" "$WORK"/log-* >&2 || true

@@ -1,0 +1,84 @@
+//! `scoreland transform`: the transform alone, over batches already staged by `download`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use scoreland_ingest::Manifest;
+use scoreland_transform::{OutputFormat, StagedBatch, TransformConfig};
+
+use crate::{Failure, usage};
+
+#[derive(Debug, Args)]
+pub struct TransformArgs {
+    /// The staging directory `download` wrote (holds <dataset>/<batch>/manifest.json).
+    #[arg(long)]
+    pub staging: PathBuf,
+    #[arg(long)]
+    pub dataset: String,
+    /// Batches to read; every complete staged batch of the dataset by default.
+    #[arg(long)]
+    pub batch: Vec<String>,
+    /// Where the scores, summary and drift tables are written (parquet, zstd).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DataFusion memory limit, e.g. 1GiB; beyond it, work spills to disk.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+}
+
+pub async fn transform(args: TransformArgs) -> Result<u8, Failure> {
+    let dataset_dir = args.staging.join(&args.dataset);
+    let mut batches = Vec::new();
+    let entries = std::fs::read_dir(&dataset_dir)
+        .with_context(|| format!("cannot read staged batches in {}", dataset_dir.display()))
+        .map_err(usage)?;
+    for entry in entries {
+        let dir = entry?.path();
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !args.batch.is_empty() && !args.batch.contains(&id) {
+            continue;
+        }
+        // Only complete, verified batches have a manifest.
+        if let Some(m) = Manifest::read(&dir)? {
+            batches.push(StagedBatch {
+                batch_id: m.batch.id.clone(),
+                created_ms: m.batch.created,
+                files: m.part_paths(&dir),
+            });
+        }
+    }
+    if batches.is_empty() {
+        return Err(usage(anyhow!(
+            "no complete staged batch of dataset {} in {}; run `scoreland download` first",
+            args.dataset,
+            args.staging.display()
+        )));
+    }
+    batches.sort_by_key(|b| b.created_ms);
+    let config = TransformConfig {
+        memory_limit: args.memory_limit,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let transformer = config.build(&args.out.join("spill")).map_err(usage)?;
+    let out = transformer
+        .run(&batches, &OutputFormat::default(), &[], &args.out)
+        .await?;
+    let _ = std::fs::remove_dir_all(args.out.join("spill"));
+    let s = &out.stats;
+    println!(
+        "{} batches: {} rows in, {} rows out, {} duplicates and {} rows without identity dropped, in {:.2} s -> {}",
+        batches.len(),
+        s.rows_in,
+        s.rows_out,
+        s.duplicates_dropped,
+        s.null_identity_dropped,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(0)
+}
