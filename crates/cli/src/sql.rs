@@ -147,6 +147,17 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
     .build()
     .await
     .map_err(usage)?;
+    // A running pipeline's uploads are not committed yet: vacuum would take them for orphans.
+    let running = wh
+        .active_locks(std::time::Duration::from_secs(6 * 3600))
+        .await?;
+    if !running.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "pipeline {} is running on {}; vacuum when it has finished",
+            running.join(", "),
+            wh.url()
+        )));
+    }
     for t in TABLES {
         let report = wh.vacuum(t, args.replaced).await?;
         println!("{t}: {} files deleted", report.deleted.len());

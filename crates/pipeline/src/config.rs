@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use scoreland_ingest::{BatchSelection, RowCountCheck};
+use scoreland_ingest::{BatchSelection, RowCountCheck, Secret};
 use scoreland_sink::SinkConfig;
 use scoreland_transform::{OutputFormat, TransformConfig};
 use serde::{Deserialize, Serialize};
@@ -44,12 +44,12 @@ pub enum SourceConfig {
         #[serde(default)]
         client_id: Option<String>,
         #[serde(default)]
-        client_secret: Option<String>,
+        client_secret: Option<Secret>,
         #[serde(default)]
         scopes: Option<String>,
         /// A static token instead of client credentials (testing).
         #[serde(default)]
-        access_token: Option<String>,
+        access_token: Option<Secret>,
         #[serde(default)]
         api_key: Option<String>,
         dataset: String,

@@ -163,11 +163,11 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
             let credentials = match (access_token, api_key) {
                 (Some(token), Some(key)) => Credentials::StaticToken {
                     api_key: key.clone(),
-                    token: Secret::new(token.clone()),
+                    token: token.clone(),
                 },
                 _ => Credentials::OAuth {
                     client_id: client_id.clone().unwrap_or_default(),
-                    client_secret: Secret::new(client_secret.clone().unwrap_or_default()),
+                    client_secret: client_secret.clone().unwrap_or_else(|| Secret::new("")),
                     scopes: scopes
                         .clone()
                         .unwrap_or_else(|| PlatformConfig::DEFAULT_SCOPES.into()),

@@ -213,6 +213,37 @@ impl Warehouse {
             })
     }
 
+    /// Pipelines holding a lock on this warehouse now (stale locks are not counted).
+    pub async fn active_locks(&self, stale_after: Duration) -> Result<Vec<String>, SinkError> {
+        use futures::TryStreamExt;
+        let prefix = self.path("_locks");
+        let listed: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "list",
+                    path: prefix.to_string(),
+                    source,
+                })?;
+        let mut active = Vec::new();
+        for meta in listed {
+            let Some(name) = meta
+                .location
+                .filename()
+                .and_then(|n| n.strip_suffix(".lock"))
+            else {
+                continue;
+            };
+            let held: Option<LockInfo> = self.get_json(&format!("_locks/{name}.lock")).await?;
+            if held.is_some_and(|h| !h.is_stale(stale_after)) {
+                active.push(name.to_string());
+            }
+        }
+        Ok(active)
+    }
+
     /// Takes the pipeline's lock, or says who holds it. A lock older than `stale_after`, or
     /// held by a process of this host that no longer runs, is stale and taken over.
     pub async fn lock(
