@@ -104,6 +104,27 @@ impl AepClient {
         }
     }
 
+    /// An entry's `_links.self.href` (or `fallback` when it has none), checked to be on the
+    /// platform origin before anything is sent to it.
+    fn entry_href(
+        &self,
+        batch: &str,
+        name: &str,
+        links: Option<SelfLinks>,
+        fallback: Url,
+    ) -> Result<Url, IngestError> {
+        let href = match links.and_then(|l| l.this) {
+            Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
+                batch: batch.into(),
+                name: name.into(),
+                reason: format!("self link is not a URL: {err}"),
+            })?,
+            None => fallback,
+        };
+        self.check_origin(&href)?;
+        Ok(href)
+    }
+
     /// Every part of every dataSetFile of `batch`, in listing order. Names are checked here,
     /// before anything is written.
     pub async fn list_parts(&self, batch: &str) -> Result<Vec<RemotePart>, IngestError> {
@@ -139,15 +160,8 @@ impl AepClient {
             for e in self.pages(url).await? {
                 // Older directory listings nest further dataSetFiles; newer ones list leaves.
                 if let (Some(nested), None) = (&e.dataset_file_id, &e.name) {
-                    let href = match e.links.and_then(|l| l.this) {
-                        Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
-                            batch: batch.into(),
-                            name: nested.clone(),
-                            reason: format!("self link is not a URL: {err}"),
-                        })?,
-                        None => self.url(&format!("/data/foundation/export/files/{nested}"))?,
-                    };
-                    self.check_origin(&href)?;
+                    let fallback = self.url(&format!("/data/foundation/export/files/{nested}"))?;
+                    let href = self.entry_href(batch, nested, e.links, fallback)?;
                     pending.push((nested.clone(), href));
                     continue;
                 }
@@ -168,19 +182,9 @@ impl AepClient {
                     name: name.clone(),
                     reason: "the listing gives no usable length".into(),
                 })?;
-                let href = match e.links.and_then(|l| l.this) {
-                    Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
-                        batch: batch.into(),
-                        name: name.clone(),
-                        reason: format!("self link is not a URL: {err}"),
-                    })?,
-                    None => {
-                        let mut u = self.url(&format!("/data/foundation/export/files/{dsf}"))?;
-                        u.query_pairs_mut().append_pair("path", &name);
-                        u
-                    }
-                };
-                self.check_origin(&href)?;
+                let mut fallback = self.url(&format!("/data/foundation/export/files/{dsf}"))?;
+                fallback.query_pairs_mut().append_pair("path", &name);
+                let href = self.entry_href(batch, &name, e.links, fallback)?;
                 parts.push(RemotePart {
                     dataset_file_id: dsf.clone(),
                     name,
