@@ -3,7 +3,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path as LocalPath, PathBuf};
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -62,16 +61,7 @@ impl Warehouse {
     /// The newest commit of `table`, if any.
     pub async fn latest_commit(&self, table: &str) -> Result<Option<Commit>, SinkError> {
         let prefix = self.path(&format!("{table}/{COMMITS}"));
-        let listed: Vec<_> =
-            self.store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| SinkError::Store {
-                    op: "list",
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let listed = self.list(&prefix).await?;
         let newest = listed
             .iter()
             .filter_map(|m| {
@@ -260,16 +250,7 @@ impl Warehouse {
             }
         }
         let prefix = self.path(table);
-        let listed: Vec<_> =
-            self.store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| SinkError::Store {
-                    op: "list",
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let listed = self.list(&prefix).await?;
         let mut report = VacuumReport::default();
         for meta in listed {
             let Some(rel) = meta.location.prefix_match(&prefix) else {

@@ -9,7 +9,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -213,20 +213,24 @@ impl Warehouse {
             })
     }
 
+    /// Every object under `prefix`.
+    pub(crate) async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, SinkError> {
+        use futures::TryStreamExt;
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|source| SinkError::Store {
+                op: "list",
+                path: prefix.to_string(),
+                source,
+            })
+    }
+
     /// Pipelines holding a lock on this warehouse now (stale locks are not counted).
     pub async fn active_locks(&self, stale_after: Duration) -> Result<Vec<String>, SinkError> {
-        use futures::TryStreamExt;
         let prefix = self.path("_locks");
-        let listed: Vec<_> =
-            self.store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| SinkError::Store {
-                    op: "list",
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let listed = self.list(&prefix).await?;
         let mut active = Vec::new();
         for meta in listed {
             let Some(name) = meta
