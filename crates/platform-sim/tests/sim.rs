@@ -44,7 +44,12 @@ async fn env_with(rows: u64, parts: u32, config: SimConfig) -> Env {
     let sim = scoreland_platform_sim::serve_dir(&out, config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    // A fresh connection per request: faults cut connections on purpose, and a pooled
+    // connection the server just closed would make the next request fail at random.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let info = &sim.platform().info;
     let resp: Value = http
         .post(format!("{}/ims/token/v3", sim.ims_url()))
@@ -780,7 +785,7 @@ mod faults {
         let expected = 0.05 + len / 100_000.0;
         let took = t.elapsed().as_secs_f64();
         assert!(
-            took >= expected * 0.9 && took < expected * 1.5 + 0.2,
+            took >= expected * 0.9 && took < expected * 3.0 + 1.0,
             "took {took}, expected about {expected}"
         );
     }
