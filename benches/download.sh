@@ -15,6 +15,7 @@ CAP_BYTES=$((25 * 1024 * 1024))
 WORK=${SCORELAND_BENCH_DIR:-target/bench}
 BIN=target/release/scoreland
 cargo build --release --quiet -p scoreland
+source benches/sim-env.sh
 
 PLATFORM="$WORK/platform-dl-$ROWS"
 if [ ! -f "$PLATFORM/platform.json" ]; then
@@ -23,15 +24,7 @@ if [ ! -f "$PLATFORM/platform.json" ]; then
   "$BIN" sim generate --out "$PLATFORM" --rows "$ROWS" --parts 64 --batches 1 --seed 1 > /dev/null
 fi
 
-"$BIN" sim --data "$PLATFORM" --latency "$LAT" --bandwidth-per-connection "$CAP" > "$WORK/sim.json" &
-SIM=$!
-trap 'kill $SIM 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do [ -s "$WORK/sim.json" ] && break; sleep 0.1; done
-field() { python3 -c "import json,sys; print(json.load(open('$WORK/sim.json'))$1)"; }
-export SCORELAND_PLATFORM_URL=$(field '["base_url"]') SCORELAND_IMS_URL=$(field '["ims_url"]')
-export SCORELAND_ORG_ID=$(field '["org_id"]') SCORELAND_SANDBOX=$(field '["sandbox"]')
-export SCORELAND_CLIENT_ID=$(field '["client_id"]') SCORELAND_CLIENT_SECRET=$(field '["client_secret"]')
-DATASET=$(field '["datasets"][0]["id"]')
+start_sim "$PLATFORM" --latency "$LAT" --bandwidth-per-connection "$CAP"
 BYTES=$(find "$PLATFORM" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}')
 
 calc() { awk "BEGIN { print $* }"; }

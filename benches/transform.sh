@@ -11,6 +11,7 @@ WORK=$(realpath -m "${SCORELAND_BENCH_DIR:-target/bench}")
 BIN=target/release/scoreland
 mkdir -p "$WORK"
 cargo build --release --quiet -p scoreland
+source benches/sim-env.sh
 [ -x "$WORK/venv/bin/python" ] || { python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q duckdb polars pyarrow; }
 
 PLATFORM="$WORK/platform-tf-$ROWS"
@@ -21,15 +22,7 @@ if [ ! -f "$PLATFORM/platform.json" ]; then
   "$BIN" sim generate --out "$PLATFORM" --rows "$ROWS" --parts 40 --batches 1 --seed 2 > /dev/null
 fi
 # Stage the batch once, through the simulator at full speed (not timed).
-"$BIN" sim --data "$PLATFORM" > "$WORK/sim.json" &
-SIM=$!
-trap 'kill $SIM 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do [ -s "$WORK/sim.json" ] && break; sleep 0.1; done
-field() { python3 -c "import json; print(json.load(open('$WORK/sim.json'))$1)"; }
-export SCORELAND_PLATFORM_URL=$(field '["base_url"]') SCORELAND_IMS_URL=$(field '["ims_url"]')
-export SCORELAND_ORG_ID=$(field '["org_id"]') SCORELAND_SANDBOX=$(field '["sandbox"]')
-export SCORELAND_CLIENT_ID=$(field '["client_id"]') SCORELAND_CLIENT_SECRET=$(field '["client_secret"]')
-DATASET=$(field '["datasets"][0]["id"]')
+start_sim "$PLATFORM"
 "$BIN" -q download --dataset "$DATASET" --out "$STAGING" > /dev/null
 kill $SIM
 mapfile -t PARTS < <(find "$STAGING/$DATASET" -name '*.parquet' | sort)

@@ -18,12 +18,6 @@ pub enum PipelineError {
     Transform(#[source] scoreland_transform::TransformError),
     #[error("landing failed")]
     Sink(#[source] scoreland_sink::SinkError),
-    #[error("cannot read or write {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("interrupted (Ctrl-C); nothing of this run was published")]
     Interrupted,
 }

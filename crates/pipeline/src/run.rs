@@ -146,7 +146,7 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
         path: PathBuf::from(file.name()),
         message,
     };
-    match &file.source {
+    let (config, dataset, common, sim) = match &file.source {
         SourceConfig::Aep {
             platform_url,
             ims_url,
@@ -184,17 +184,7 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
                 sandbox: sandbox.clone(),
                 credentials,
             };
-            Ok(Source {
-                client: AepClient::new(config, download_options(common))
-                    .map_err(PipelineError::Ingest)?,
-                dataset: dataset.clone(),
-                created_client: common
-                    .created_client
-                    .clone()
-                    .unwrap_or_else(|| SCORING_CLIENT.into()),
-                selection: common.batches.clone(),
-                _sim: None,
-            })
+            (config, dataset.clone(), common, None)
         }
         SourceConfig::Simulator {
             data,
@@ -233,19 +223,19 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
                     scopes: PlatformConfig::DEFAULT_SCOPES.into(),
                 },
             };
-            Ok(Source {
-                client: AepClient::new(config, download_options(common))
-                    .map_err(PipelineError::Ingest)?,
-                dataset,
-                created_client: common
-                    .created_client
-                    .clone()
-                    .unwrap_or_else(|| SCORING_CLIENT.into()),
-                selection: common.batches.clone(),
-                _sim: Some(sim),
-            })
+            (config, dataset, common, Some(sim))
         }
-    }
+    };
+    Ok(Source {
+        client: AepClient::new(config, download_options(common)).map_err(PipelineError::Ingest)?,
+        dataset,
+        created_client: common
+            .created_client
+            .clone()
+            .unwrap_or_else(|| SCORING_CLIENT.into()),
+        selection: common.batches.clone(),
+        _sim: sim,
+    })
 }
 
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as

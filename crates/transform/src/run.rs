@@ -117,10 +117,6 @@ impl TransformConfig {
 }
 
 impl Transformer {
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
     /// Transforms `batches` and writes the tables under `work_dir/{scores,summary,drift}`.
     /// `previous` is the last landed run's histograms, for drift.
     pub async fn run(
