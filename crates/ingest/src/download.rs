@@ -151,17 +151,20 @@ impl AepClient {
         let final_path = dir.join(&part.name);
         let relative = format!("{}/{}", part.dataset_file_id, part.name);
         if file_len(&final_path) == Some(part.length) {
-            // Renamed into place only after verification by an earlier run.
-            let entry = verify_part(batch, part, &final_path, relative).await?;
+            // Renamed into place only after verification by an earlier run: hash it again, as
+            // the manifest records what is on disk now.
+            let sha256 = hash_prefix(&final_path, part.length).await?;
+            let entry = verify_part(batch, part, &final_path, relative, sha256).await?;
             observer.on_part_done(&part.name, true);
             return Ok((entry, true));
         }
         let partial = dir.join(format!(".{}.partial", part.name));
-        self.with_retry(part.href.as_str(), |_| {
-            self.fetch_into(batch, part, &partial, observer, written)
-        })
-        .await?;
-        let entry = verify_part(batch, part, &partial, relative).await?;
+        let sha256 = self
+            .with_retry(part.href.as_str(), |_| {
+                self.fetch_into(batch, part, &partial, observer, written)
+            })
+            .await?;
+        let entry = verify_part(batch, part, &partial, relative, sha256).await?;
         tokio::fs::rename(&partial, &final_path)
             .await
             .map_err(|e| IngestError::io(&final_path, e))?;
@@ -169,7 +172,9 @@ impl AepClient {
         Ok((entry, false))
     }
 
-    /// One attempt: asks for the bytes not yet in `partial` and appends them.
+    /// One attempt: asks for the bytes not yet in `partial` and appends them, hashing as they
+    /// arrive. Returns the SHA-256 state of the whole file (bytes kept from an earlier attempt
+    /// are read back and hashed first).
     async fn fetch_into(
         &self,
         batch: &str,
@@ -177,13 +182,13 @@ impl AepClient {
         partial: &Path,
         observer: &dyn DownloadObserver,
         written: &AtomicU64,
-    ) -> Result<(), IngestError> {
+    ) -> Result<Sha256, IngestError> {
         let mut have = file_len(partial).unwrap_or(0);
         if have > part.length {
             have = 0;
         }
         if have == part.length && have > 0 {
-            return Ok(());
+            return hash_prefix(partial, have).await;
         }
         let resp = self
             .send(Method::GET, &part.href, |r| {
@@ -241,6 +246,7 @@ impl AepClient {
         file.set_len(start)
             .await
             .map_err(|e| IngestError::io(partial, e))?;
+        let mut hasher = hash_prefix(partial, start).await?;
         let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         use tokio::io::AsyncSeekExt;
         file.seek(std::io::SeekFrom::Start(start))
@@ -261,6 +267,7 @@ impl AepClient {
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| IngestError::io(partial, e))?;
+                hasher.update(&chunk);
                 received += chunk.len() as u64;
                 written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 observer.on_bytes(chunk.len() as u64);
@@ -284,7 +291,7 @@ impl AepClient {
                 received,
             });
         }
-        Ok(())
+        Ok(hasher)
     }
 }
 
@@ -300,30 +307,46 @@ fn file_len(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
 }
 
-/// Size, checksum and parquet footer of a staged part.
+/// SHA-256 state over the first `len` bytes of `path` (all of a part staged by an earlier run,
+/// or the bytes an interrupted attempt kept).
+async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, IngestError> {
+    let mut hasher = Sha256::new();
+    if len == 0 {
+        return Ok(hasher);
+    }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let file = std::fs::File::open(&path).map_err(|e| IngestError::io(&path, e))?;
+        let mut reader = file.take(len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| IngestError::io(&path, e))?;
+            if n == 0 {
+                return Ok(hasher);
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| IngestError::io("hash task", std::io::Error::other(e)))?
+}
+
+/// Checks the size and parquet footer of a staged part and makes its manifest entry.
 async fn verify_part(
     batch: &str,
     part: &RemotePart,
     path: &Path,
     relative: String,
+    sha256: Sha256,
 ) -> Result<ManifestPart, IngestError> {
     let path = path.to_path_buf();
     let batch = batch.to_string();
     let part = part.clone();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&path).map_err(|e| IngestError::io(&path, e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(|e| IngestError::io(&path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            bytes += n as u64;
-        }
+        let bytes = file_len(&path).unwrap_or(0);
         if bytes != part.length {
             return Err(IngestError::Verify {
                 batch,
@@ -348,7 +371,7 @@ async fn verify_part(
             path: relative,
             bytes,
             rows,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: hex::encode(sha256.finalize()),
         })
     })
     .await

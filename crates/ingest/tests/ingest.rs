@@ -106,6 +106,20 @@ async fn download_newest(
         .await
 }
 
+/// Every manifest checksum is the SHA-256 of the staged file, computed here from the file.
+fn assert_checksums(report: &scoreland_ingest::DownloadReport) {
+    use sha2::{Digest, Sha256};
+    for part in &report.manifest.parts {
+        let bytes = std::fs::read(report.batch_dir.join(&part.path)).unwrap();
+        assert_eq!(
+            part.sha256,
+            hex::encode(Sha256::digest(&bytes)),
+            "{}",
+            part.path
+        );
+    }
+}
+
 mod discovery {
     use super::*;
 
@@ -289,6 +303,8 @@ mod download {
         let again = download_newest(&env, &c).await.unwrap();
         assert_eq!(again.skipped_parts, 4);
         assert_eq!(again.bytes_downloaded, 0);
+        assert_checksums(&report);
+        assert_checksums(&again);
         assert_eq!(env.sim.request_count(Route::Download), before);
     }
 
@@ -394,6 +410,7 @@ mod download {
         }
         // Resumed parts did not fetch their first bytes twice.
         assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+        assert_checksums(&report);
     }
 
     #[tokio::test]
@@ -411,6 +428,8 @@ mod download {
         assert_eq!(env.sim.request_count(Route::Download), 2);
         assert_eq!(report.bytes_downloaded, report.manifest.bytes);
         assert_eq!(report.manifest.rows, 4000);
+        // The checksum covers the bytes kept from the cut attempt too.
+        assert_checksums(&report);
     }
 
     #[tokio::test]
