@@ -2,7 +2,9 @@
 # Download benchmark (release build): a 64-part batch of about 1 GB served by the simulator
 # with 50 ms added per request and a 25 MiB/s cap per connection. Measures, in one run,
 # one-part-at-a-time (the baseline) against scoreland's concurrency, with wall time and peak
-# RSS of each, and the limit bytes / (concurrency × per-connection cap).
+# RSS of each, and the limit bytes / (concurrency × per-connection cap). Last, the same
+# download from an unpaced simulator: what this machine can move at all, with the simulator
+# sharing its cores.
 #   benches/download.sh [ROWS] [CONCURRENCY...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,7 @@ calc() { awk "BEGIN { print $* }"; }
 
 run() { # concurrency -> "seconds peak_kib"
   local c=$1 out="$WORK/dl-$1"
-  rm -rf "$out"
+  rm -rf "$out"; sync  # start each run on a quiet disk
   /usr/bin/time -f '%e %M' -o "$WORK/time-$c" "$BIN" -q download --dataset "$DATASET" --out "$out" --concurrency "$c" > /dev/null
   cat "$WORK/time-$c"
 }
@@ -46,3 +48,8 @@ for c in $CONCS; do
     "concurrency $c" "$s" "$(calc "$BYTES/1000000/$s")" "$(calc "$kib/1024")" \
     "$(calc "$base_s/$s")" "$(calc "$s/$limit")" "$limit"
 done
+kill $SIM
+start_sim "$PLATFORM"
+read -r s kib < <(run 16)
+printf '%-22s %8.1f s %8.1f MB/s  peak RSS %6.1f MB  (no latency, no cap)\n' \
+  "unpaced, concurrency 16" "$s" "$(calc "$BYTES/1000000/$s")" "$(calc "$kib/1024")"

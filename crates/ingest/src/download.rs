@@ -83,15 +83,23 @@ impl AepClient {
         observer.on_start(&batch.id, parts.len(), total);
         tracing::info!(batch = %batch.id, parts = parts.len(), bytes = total, "downloading batch");
         let written = AtomicU64::new(0);
+        let flushing = Flushing::default();
         let results: Vec<(ManifestPart, bool)> = futures::stream::iter(parts.iter())
-            .map(|part| self.stage_part(&batch.id, &batch_dir, part, observer, &written))
+            .map(|part| {
+                self.stage_part(&batch.id, &batch_dir, part, observer, &written, &flushing)
+            })
             .buffer_unordered(self.options.concurrency.max(1))
             .try_collect()
             .await?;
         let mut manifest_parts: Vec<ManifestPart> = Vec::with_capacity(results.len());
+        let mut unsynced: Vec<PathBuf> = Vec::new();
         let mut skipped = 0;
         for (p, was_skipped) in results {
-            skipped += usize::from(was_skipped);
+            if was_skipped {
+                // Staged by a run that may have stopped before making it durable.
+                skipped += 1;
+                unsynced.push(batch_dir.join(&p.path));
+            }
             manifest_parts.push(p);
         }
         manifest_parts.sort_by(|a, b| a.path.cmp(&b.path));
@@ -114,6 +122,7 @@ impl AepClient {
                 }
             }
         }
+        flushing.finish(&batch_dir, &manifest_parts, unsynced).await?;
         let manifest = Manifest {
             dataset_id: dataset.to_string(),
             batch: batch.clone(),
@@ -143,6 +152,7 @@ impl AepClient {
         part: &RemotePart,
         observer: &dyn DownloadObserver,
         written: &AtomicU64,
+        flushing: &Flushing,
     ) -> Result<(ManifestPart, bool), IngestError> {
         let dir = batch_dir.join(&part.dataset_file_id);
         tokio::fs::create_dir_all(&dir)
@@ -168,6 +178,7 @@ impl AepClient {
         tokio::fs::rename(&partial, &final_path)
             .await
             .map_err(|e| IngestError::io(&final_path, e))?;
+        flushing.start(final_path);
         observer.on_part_done(&part.name, false);
         Ok((entry, false))
     }
@@ -275,12 +286,10 @@ impl AepClient {
             Ok(())
         }
         .await;
-        // Keep what arrived, even on error: the next attempt resumes after it.
+        // Keep what arrived, even on error: the next attempt resumes after it. Parts are made
+        // durable in the background once verified (see `Flushing`), so a slot is not held
+        // while the disk catches up.
         file.flush()
-            .await
-            .map_err(|e| IngestError::io(partial, e))?;
-        file.get_ref()
-            .sync_all()
             .await
             .map_err(|e| IngestError::io(partial, e))?;
         outcome?;
@@ -305,6 +314,52 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 
 fn file_len(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Makes staged parts durable before the manifest promises a complete batch, even across a
+/// power loss: each downloaded part is flushed in the background as soon as it is in place,
+/// and [`Flushing::finish`] waits for those, then flushes the rest and the directories.
+#[derive(Default)]
+struct Flushing(std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), IngestError>>>>);
+
+impl Flushing {
+    fn start(&self, path: PathBuf) {
+        let task = tokio::task::spawn_blocking(move || fsync(&path));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    }
+
+    async fn finish(
+        self,
+        batch_dir: &Path,
+        parts: &[ManifestPart],
+        mut paths: Vec<PathBuf>,
+    ) -> Result<(), IngestError> {
+        let joined = |r: Result<Result<(), IngestError>, tokio::task::JoinError>| {
+            r.map_err(|e| IngestError::io("flush task", std::io::Error::other(e)))?
+        };
+        for task in self.0.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            joined(task.await)?;
+        }
+        let mut dirs: Vec<PathBuf> = parts
+            .iter()
+            .filter_map(|p| batch_dir.join(&p.path).parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        paths.extend(dirs);
+        futures::stream::iter(paths)
+            .map(|path| tokio::task::spawn_blocking(move || fsync(&path)))
+            .buffer_unordered(8)
+            .map(joined)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+fn fsync(path: &Path) -> Result<(), IngestError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IngestError::io(path, e))
 }
 
 /// SHA-256 state over the first `len` bytes of `path` (all of a part staged by an earlier run,

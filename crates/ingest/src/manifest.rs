@@ -71,7 +71,15 @@ impl Manifest {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         })?;
-        std::fs::write(&tmp, text).map_err(|e| IngestError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| IngestError::io(&path, e))
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+        written.map_err(|e| IngestError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| IngestError::io(&path, e))?;
+        std::fs::File::open(batch_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| IngestError::io(batch_dir, e))
     }
 }
