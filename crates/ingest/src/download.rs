@@ -85,9 +85,7 @@ impl AepClient {
         let written = AtomicU64::new(0);
         let flushing = Flushing::default();
         let results: Vec<(ManifestPart, bool)> = futures::stream::iter(parts.iter())
-            .map(|part| {
-                self.stage_part(&batch.id, &batch_dir, part, observer, &written, &flushing)
-            })
+            .map(|part| self.stage_part(&batch.id, &batch_dir, part, observer, &written, &flushing))
             .buffer_unordered(self.options.concurrency.max(1))
             .try_collect()
             .await?;
@@ -122,7 +120,9 @@ impl AepClient {
                 }
             }
         }
-        flushing.finish(&batch_dir, &manifest_parts, unsynced).await?;
+        flushing
+            .finish(&batch_dir, &manifest_parts, unsynced)
+            .await?;
         let manifest = Manifest {
             dataset_id: dataset.to_string(),
             batch: batch.clone(),

@@ -9,9 +9,11 @@
 //! from where the sink publishes them.
 
 mod config;
+mod dedupe;
 mod drift;
 mod error;
 mod flatten;
+mod memory;
 mod run;
 mod sql;
 

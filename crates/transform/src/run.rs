@@ -3,21 +3,24 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
-use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
+use crate::dedupe::{self, DedupeCounts};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
-use crate::flatten::{self, FLAT_COLUMNS};
+use crate::flatten;
+use crate::memory::HeadroomPool;
 
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
 const LIMITED_ROW_GROUP: usize = 65_536;
@@ -88,10 +91,14 @@ impl TransformConfig {
                 path: spill_dir.to_path_buf(),
                 source,
             })?;
-            // Each sorting partition reserves this much up front to merge its spills; keep
-            // it a small share of a small pool.
-            let reservation = &mut config.options_mut().execution.sort_spill_reservation_bytes;
-            *reservation = (*reservation).min(limit / (4 * partitions.max(1)));
+            // Each sorting partition keeps this much aside for merging: when it spills, it
+            // releases it to merge its sorted in-memory runs, which needs the sort keys of every
+            // buffered row in row format (about a third of the rows' size here); at the end,
+            // the same reservation starts the merge of the spill files. The sorts buffer at
+            // most half the pool together (see `HeadroomPool`), so a quarter of the pool across
+            // the sorting partitions covers both merges.
+            config.options_mut().execution.sort_spill_reservation_bytes =
+                limit / (4 * partitions.max(1));
             // Parallel column encoding buffers whole row groups per column, outside what can
             // spill; under a limit, encode serially.
             config
@@ -103,7 +110,7 @@ impl TransformConfig {
             config = config.with_batch_size(2048);
             runtime = runtime
                 .with_memory_pool(Arc::new(TrackConsumersPool::new(
-                    GreedyMemoryPool::new(limit),
+                    HeadroomPool::new(limit),
                     std::num::NonZeroUsize::new(5).expect("5 is not zero"),
                 )))
                 .with_temp_file_path(spill_dir);
@@ -148,9 +155,6 @@ impl Transformer {
             f => f,
         };
         let flat = self.flat_frame(batches).await?;
-        self.ctx
-            .register_table("flat", flat.into_view())
-            .context("registering the flat view")?;
 
         let scores_dir = work_dir.join("scores");
         let summary_dir = work_dir.join("summary");
@@ -173,21 +177,24 @@ impl Transformer {
             OutputFormat::Parquet { .. } => scores_dir.clone(),
             _ => work_dir.join("scores-parquet"),
         };
-        let dedupe = self.dedupe_sql();
-        let deduped = self.ctx.sql(&dedupe).await.context("planning the dedupe")?;
+        let counts = Arc::new(DedupeCounts::default());
+        let deduped = dedupe::deduplicated(
+            &self.ctx,
+            flat,
+            self.config.keep_null_identities,
+            counts.clone(),
+        )
+        .await?;
         let scores_schema = Arc::new(deduped.schema().as_arrow().clone());
+        let stage = Instant::now();
         write(deduped, &parquet_dir, parquet_format, Some("score_date")).await?;
-
-        let counts = self
-            .ctx
-            .sql("SELECT count(*) AS n, count(identity) AS with_identity FROM flat")
-            .await
-            .context("planning the input counts")?
-            .collect()
-            .await
-            .context("counting the input rows")?;
-        let rows_in = int_at(&counts, 0);
-        let with_identity = int_at(&counts, 1);
+        let (rows_in, null_identity, rows_out) = counts.get();
+        tracing::info!(
+            seconds = stage.elapsed().as_secs_f64(),
+            rows_in,
+            rows_out,
+            "scores deduplicated and written"
+        );
 
         if has_files(&parquet_dir) {
             self.ctx
@@ -206,18 +213,6 @@ impl Transformer {
                 .register_table("scores", Arc::new(empty))
                 .context("registering empty scores")?;
         }
-        let rows_out = int_at(
-            &self
-                .ctx
-                .sql("SELECT count(*) FROM scores")
-                .await
-                .context("planning the output count")?
-                .collect()
-                .await
-                .context("counting the output rows")?,
-            0,
-        );
-        let null_identity = rows_in - with_identity;
         let kept_nulls = if self.config.keep_null_identities {
             null_identity
         } else {
@@ -245,7 +240,12 @@ impl Transformer {
             let _ = std::fs::remove_dir_all(&parquet_dir);
         }
 
+        let stage = Instant::now();
         let summary = self.summaries().await?;
+        tracing::info!(
+            seconds = stage.elapsed().as_secs_f64(),
+            "summaries computed"
+        );
         let histograms = crate::drift::histograms(&summary);
         let batch_ids: Vec<&str> = batches.iter().map(|b| b.batch_id.as_str()).collect();
         let drift = drift_table(&histograms, previous, &batch_ids.join(","));
@@ -262,9 +262,7 @@ impl Transformer {
         write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format, None).await?;
         let mut stats = stats;
         stats.models = histograms.iter().map(|h| h.model.clone()).collect();
-        for t in ["flat", "scores"] {
-            let _ = self.ctx.deregister_table(t);
-        }
+        let _ = self.ctx.deregister_table("scores");
         Ok(TransformOutput {
             scores_dir,
             summary_dir,
@@ -383,22 +381,6 @@ impl Transformer {
         union.ok_or(TransformError::NoInput)
     }
 
-    /// One row per (identity, model): the newest score date, then the newest batch, then the
-    /// smallest batch id and record id (a deterministic tie-break).
-    fn dedupe_sql(&self) -> String {
-        let cols = output_columns().join(", ");
-        let kept = format!(
-            "SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY identity, model \
-             ORDER BY score_date DESC NULLS LAST, batch_created DESC, batch_id DESC, record_id ASC NULLS LAST) AS rn \
-             FROM flat WHERE identity IS NOT NULL) WHERE rn = 1"
-        );
-        if self.config.keep_null_identities {
-            format!("{kept} UNION ALL SELECT {cols} FROM flat WHERE identity IS NULL")
-        } else {
-            kept
-        }
-    }
-
     /// Per (model, score_date): counts, nulls, moments, exact deciles, histogram, tiers, and
     /// the most frequent influential factors.
     async fn summaries(&self) -> Result<Vec<RecordBatch>, TransformError> {
@@ -406,7 +388,9 @@ impl Transformer {
             "model".to_string(),
             "score_date".into(),
             "count(*) AS rows".into(),
-            "count(DISTINCT identity) AS distinct_identities".into(),
+            // The scores hold one row per (identity, model), so within a (model, score_date)
+            // every identity is distinct: no need for a hash set of 30 M strings.
+            "count(identity) AS distinct_identities".into(),
             "count(*) - count(identity) AS identity_nulls".into(),
             "count(*) - count(score) AS score_nulls".into(),
             "count(*) - count(probability) AS probability_nulls".into(),
@@ -460,7 +444,12 @@ impl Transformer {
             .collect()
             .await
             .context("computing the summaries")?;
+        let stage = Instant::now();
         let top = self.top_factors().await?;
+        tracing::info!(
+            seconds = stage.elapsed().as_secs_f64(),
+            "influential factors counted"
+        );
         batches
             .into_iter()
             .map(|b| add_top_factors(b, &top))
@@ -561,23 +550,6 @@ pub(crate) fn utf8(col: &ArrayRef) -> Result<ArrayRef, TransformError> {
     })
 }
 
-/// The scores table's columns, in order.
-pub(crate) fn output_columns() -> Vec<String> {
-    let mut cols = vec!["model".to_string()];
-    cols.extend(FLAT_COLUMNS.iter().map(|(n, _)| n.to_string()));
-    cols.extend(
-        [
-            "influential_factors",
-            "record_id",
-            "batch_id",
-            "batch_created",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    cols
-}
-
 fn file_schema(file: &Path) -> Result<SchemaRef, TransformError> {
     let f = std::fs::File::open(file).map_err(|source| TransformError::Io {
         path: file.to_path_buf(),
@@ -599,14 +571,6 @@ fn has_files(dir: &Path) -> bool {
         let p = e.path();
         if p.is_dir() { has_files(&p) } else { true }
     })
-}
-
-fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
-    batches
-        .first()
-        .and_then(|b| b.column(col).as_any().downcast_ref::<Int64Array>())
-        .map(|a| a.value(0).max(0) as u64)
-        .unwrap_or(0)
 }
 
 /// `dir` as a directory URL DataFusion lists recursively.
