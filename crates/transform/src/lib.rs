@@ -16,6 +16,7 @@ mod flatten;
 mod memory;
 mod run;
 mod sql;
+mod summary;
 
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};

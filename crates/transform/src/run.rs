@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
@@ -62,8 +62,8 @@ pub struct TransformOutput {
 
 /// A configured DataFusion session; [`TransformConfig::build`] makes one.
 pub struct Transformer {
-    ctx: SessionContext,
-    config: TransformConfig,
+    pub(crate) ctx: SessionContext,
+    pub(crate) config: TransformConfig,
 }
 
 impl TransformConfig {
@@ -274,6 +274,24 @@ impl Transformer {
         })
     }
 
+    /// Rewrites the parquet table under `source` into `out_dir` in `format`, optionally
+    /// Hive-partitioned: the write the transform ends with, without the dedupe before it (the
+    /// sink benchmark measures it).
+    pub async fn write_table(
+        &self,
+        source: &Path,
+        format: &OutputFormat,
+        out_dir: &Path,
+        partition_by: Option<&str>,
+    ) -> Result<(), TransformError> {
+        let df = self
+            .ctx
+            .read_parquet(dir_url(source), ParquetReadOptions::default())
+            .await
+            .context(format!("reading {}", source.display()))?;
+        write(df, out_dir, format, partition_by).await
+    }
+
     /// The union of every batch's parts, flattened: one row per scored (row, model).
     async fn flat_frame(&self, batches: &[StagedBatch]) -> Result<DataFrame, TransformError> {
         // Group each batch's files by schema: a group reads as one table on all cores, and
@@ -380,166 +398,6 @@ impl Transformer {
         }
         union.ok_or(TransformError::NoInput)
     }
-
-    /// Per (model, score_date): counts, nulls, moments, exact deciles, histogram, tiers, and
-    /// the most frequent influential factors.
-    async fn summaries(&self) -> Result<Vec<RecordBatch>, TransformError> {
-        let mut select = vec![
-            "model".to_string(),
-            "score_date".into(),
-            "count(*) AS rows".into(),
-            // The scores hold one row per (identity, model), so within a (model, score_date)
-            // every identity is distinct: no need for a hash set of 30 M strings.
-            "count(identity) AS distinct_identities".into(),
-            "count(*) - count(identity) AS identity_nulls".into(),
-            "count(*) - count(score) AS score_nulls".into(),
-            "count(*) - count(probability) AS probability_nulls".into(),
-        ];
-        for c in ["score", "probability"] {
-            select.push(format!("min({c}) AS {c}_min"));
-            select.push(format!("max({c}) AS {c}_max"));
-            select.push(format!("avg({c}) AS {c}_mean"));
-            select.push(format!("stddev_pop({c}) AS {c}_stddev"));
-        }
-        for p in 1..=9 {
-            let name = if p == 5 {
-                "score_median".to_string()
-            } else {
-                format!("score_p{}", p * 10)
-            };
-            select.push(format!(
-                "percentile_cont(0.{p}) WITHIN GROUP (ORDER BY score) AS {name}"
-            ));
-        }
-        for b in 0..10 {
-            let (lo, hi) = (b * 10, b * 10 + 10);
-            let cond = if b == 9 {
-                format!("score >= {lo} AND score <= {hi}")
-            } else {
-                format!("score >= {lo} AND score < {hi}")
-            };
-            select.push(format!(
-                "CAST(sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS BIGINT) AS hist_{lo:02}_{hi:02}",
-                hi = hi.min(100)
-            ));
-        }
-        select
-            .push("CAST(sum(CASE WHEN score < 25 THEN 1 ELSE 0 END) AS BIGINT) AS tier_low".into());
-        select.push(
-            "CAST(sum(CASE WHEN score >= 25 AND score < 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_medium"
-                .into(),
-        );
-        select.push(
-            "CAST(sum(CASE WHEN score >= 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_high".into(),
-        );
-        let sql = format!(
-            "SELECT {} FROM scores GROUP BY model, score_date ORDER BY model, score_date",
-            select.join(", ")
-        );
-        let batches = self
-            .ctx
-            .sql(&sql)
-            .await
-            .context("planning the summaries")?
-            .collect()
-            .await
-            .context("computing the summaries")?;
-        let stage = Instant::now();
-        let top = self.top_factors().await?;
-        tracing::info!(
-            seconds = stage.elapsed().as_secs_f64(),
-            "influential factors counted"
-        );
-        batches
-            .into_iter()
-            .map(|b| add_top_factors(b, &top))
-            .collect()
-    }
-
-    async fn top_factors(&self) -> Result<HashMap<(String, Option<i32>), String>, TransformError> {
-        let schema = self
-            .ctx
-            .table("scores")
-            .await
-            .context("reading the scores")?
-            .schema()
-            .clone();
-        let is_list = schema
-            .field_with_unqualified_name("influential_factors")
-            .map(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_)))
-            .unwrap_or(false);
-        if !is_list {
-            return Ok(HashMap::new());
-        }
-        let sql = "SELECT model, score_date, get_field(f, 'code') AS code, count(*) AS n \
-                   FROM (SELECT model, score_date, unnest(influential_factors) AS f FROM scores) \
-                   GROUP BY 1, 2, 3 ORDER BY 1, 2, n DESC, code";
-        let rows = self
-            .ctx
-            .sql(sql)
-            .await
-            .context("planning the factor counts")?
-            .collect()
-            .await
-            .context("counting influential factors")?;
-        let keep = self.config.top_factors.unwrap_or(3);
-        let mut out: HashMap<(String, Option<i32>), Vec<String>> = HashMap::new();
-        for b in &rows {
-            let model = utf8(b.column(0))?;
-            let model = model.as_string::<i32>();
-            let date = b.column(1).as_primitive::<Date32Type>();
-            let code = utf8(b.column(2))?;
-            let code = code.as_string::<i32>();
-            let n = b.column(3).as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                if code.is_null(i) {
-                    continue;
-                }
-                let key = (
-                    model.value(i).to_string(),
-                    (!date.is_null(i)).then(|| date.value(i)),
-                );
-                let list = out.entry(key).or_default();
-                if list.len() < keep {
-                    list.push(format!("{}:{}", code.value(i), n.value(i)));
-                }
-            }
-        }
-        Ok(out.into_iter().map(|(k, v)| (k, v.join(","))).collect())
-    }
-}
-
-fn add_top_factors(
-    batch: RecordBatch,
-    top: &HashMap<(String, Option<i32>), String>,
-) -> Result<RecordBatch, TransformError> {
-    let model = utf8(batch.column(0))?;
-    let model = model.as_string::<i32>();
-    let date = batch.column(1).as_primitive::<Date32Type>();
-    let values: StringArray = (0..batch.num_rows())
-        .map(|i| {
-            let key = (
-                model.value(i).to_string(),
-                (!date.is_null(i)).then(|| date.value(i)),
-            );
-            top.get(&key).cloned()
-        })
-        .collect();
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("top_factors", DataType::Utf8, true));
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    columns.push(Arc::new(values));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
-        TransformError::DataFusion {
-            context: "adding top factors".into(),
-            source: e.into(),
-        }
-    })
 }
 
 /// A string column as `Utf8`, whatever string type DataFusion chose.

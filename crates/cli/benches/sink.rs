@@ -1,0 +1,57 @@
+//! The sink benchmark's scoreland side (run by `benches/sink.sh`): lands an already
+//! deduplicated scores table into a warehouse, exactly as `scoreland run` lands its scores —
+//! zstd parquet Hive-partitioned by `score_date` into a local work directory, then uploaded under
+//! run-unique names and committed — and prints one JSON line of timings.
+//!
+//!     cargo bench -p scoreland --bench sink -- SOURCE_DIR WAREHOUSE WORK_DIR
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use scoreland_sink::SinkConfig;
+use scoreland_transform::{OutputFormat, TransformConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let [source, warehouse, work] = args.as_slice() else {
+        return Err("usage: sink SOURCE_DIR WAREHOUSE WORK_DIR".into());
+    };
+    let (source, work) = (PathBuf::from(source), PathBuf::from(work));
+    let local = work.join("scores");
+    let started = Instant::now();
+    TransformConfig::default()
+        .build(&work.join("spill"))?
+        .write_table(
+            &source,
+            &OutputFormat::default(),
+            &local,
+            Some("score_date"),
+        )
+        .await?;
+    let written = started.elapsed().as_secs_f64();
+    let wh = SinkConfig {
+        url: warehouse.clone(),
+        options: Default::default(),
+    }
+    .build()
+    .await?;
+    let commit = wh.publish("scores", &local, "bench", &[]).await?;
+    let total = started.elapsed().as_secs_f64();
+    let bytes: u64 = commit.added.iter().map(|f| f.bytes).sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "rows": commit.rows(),
+            "bytes": bytes,
+            "files": commit.added.len(),
+            "write_s": written,
+            "publish_s": total - written,
+            "total_s": total,
+        })
+    );
+    Ok(())
+}
