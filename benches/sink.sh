@@ -16,12 +16,13 @@ BENCH=$(cargo bench -p scoreland --bench sink --no-run --message-format=json 2>/
   | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "sink"][0])')
 
 calc() { awk "BEGIN { print $* }"; }
-rows=$("$WORK/venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('$SOURCE/**/*.parquet')\").fetchone()[0])")
+rows=$("$WORK/venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('$SOURCE/**/*.parquet')\").fetchall()[0][0])")
 echo "table: $rows rows, $(du -sb "$SOURCE" | cut -f1 | xargs -I{} awk 'BEGIN { print {}/1e6 }') MB of zstd parquet in $SOURCE; $(nproc) cores"
 
 rm -rf "$WORK/sink-duckdb"; mkdir -p "$WORK/sink-duckdb"; sync
 /usr/bin/time -f '%e %M' -o "$WORK/time-sink-duckdb" "$WORK/venv/bin/python" -c "
 import duckdb
+duckdb.sql('SET enable_progress_bar = false')
 duckdb.sql(\"COPY (SELECT * FROM read_parquet('$SOURCE/**/*.parquet')) TO '$WORK/sink-duckdb/scores' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (score_date))\")"
 read -r d_s d_kib < "$WORK/time-sink-duckdb"
 d_bytes=$(du -sb "$WORK/sink-duckdb" | cut -f1)
