@@ -23,6 +23,10 @@ pub struct TransformConfig {
     /// How many of the most frequent influential factor codes each summary row lists.
     #[serde(default)]
     pub top_factors: Option<usize>,
+    /// Write `influential_factors` as JSON text rather than a list of structs, for readers
+    /// without nested types. CSV and NDJSON output always write it as JSON text.
+    #[serde(default)]
+    pub factors_as_json: bool,
 }
 
 impl TransformConfig {

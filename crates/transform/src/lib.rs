@@ -13,6 +13,7 @@ mod dedupe;
 mod drift;
 mod error;
 mod flatten;
+mod json;
 mod memory;
 mod run;
 mod sql;

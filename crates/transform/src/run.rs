@@ -12,7 +12,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col};
 use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
@@ -20,6 +20,7 @@ use crate::dedupe::{self, DedupeCounts};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
+use crate::json::to_json;
 use crate::memory::HeadroomPool;
 
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
@@ -167,15 +168,19 @@ impl Transformer {
                 })?;
             }
         }
-        // Always land an internal parquet copy first: the summaries read it back.
+        // The summaries read the scores back as parquet with their nested columns: a text
+        // format, or factors as JSON text, are written from that copy at the end.
+        let rewrite =
+            !matches!(format, OutputFormat::Parquet { .. }) || self.config.factors_as_json;
         let internal_parquet = OutputFormat::default();
         let parquet_format = match format {
             OutputFormat::Parquet { .. } => format,
             _ => &internal_parquet,
         };
-        let parquet_dir = match format {
-            OutputFormat::Parquet { .. } => scores_dir.clone(),
-            _ => work_dir.join("scores-parquet"),
+        let parquet_dir = if rewrite {
+            work_dir.join("scores-internal")
+        } else {
+            scores_dir.clone()
         };
         let counts = Arc::new(DedupeCounts::default());
         let deduped = dedupe::deduplicated(
@@ -227,19 +232,6 @@ impl Transformer {
             models: Vec::new(),
         };
 
-        if !matches!(format, OutputFormat::Parquet { .. }) {
-            let df = self
-                .ctx
-                .table("scores")
-                .await
-                .context("reading the scores")?;
-            let df = df
-                .drop_columns(&["influential_factors"])
-                .context("dropping nested columns for a text format")?;
-            write(df, &scores_dir, format, Some("score_date")).await?;
-            let _ = std::fs::remove_dir_all(&parquet_dir);
-        }
-
         let stage = Instant::now();
         let summary = self.summaries().await?;
         tracing::info!(
@@ -260,6 +252,25 @@ impl Transformer {
         )
         .await?;
         write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format, None).await?;
+        if rewrite {
+            let df = self
+                .ctx
+                .table("scores")
+                .await
+                .context("reading the scores")?;
+            let nested = df
+                .schema()
+                .field_with_unqualified_name("influential_factors")
+                .is_ok_and(|f| f.data_type().is_nested());
+            let df = if nested {
+                df.with_column("influential_factors", to_json(col("influential_factors")))
+                    .context("writing influential factors as JSON text")?
+            } else {
+                df
+            };
+            write(df, &scores_dir, format, Some("score_date")).await?;
+            let _ = std::fs::remove_dir_all(&parquet_dir);
+        }
         let mut stats = stats;
         stats.models = histograms.iter().map(|h| h.model.clone()).collect();
         let _ = self.ctx.deregister_table("scores");

@@ -286,6 +286,85 @@ mod scores {
         assert_eq!(out.stats.rows_out, dedupe(&rows).len() as u64 + nulls);
     }
 
+    /// `factors_as_json` writes each row's factors as a JSON array of the same structs; CSV
+    /// output carries them as JSON text too, and its summaries equal the parquet run's.
+    #[tokio::test]
+    async fn influential_factors_as_json_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let summary = generate(tmp.path(), 2000, 2, 7);
+        let ids = scoring_ids(&summary);
+        let batches = staged(&tmp.path().join("p"), &summary, &[ids[2]]);
+        let run = |cfg: TransformConfig, format: OutputFormat, dir: &str| {
+            let (batches, tmp) = (batches.clone(), tmp.path().to_path_buf());
+            let dir = dir.to_string();
+            async move {
+                cfg.build(&tmp.join("spill"))
+                    .unwrap()
+                    .run(&batches, &format, &[], &tmp.join(dir))
+                    .await
+                    .unwrap()
+            }
+        };
+        let lists = run(TransformConfig::default(), OutputFormat::default(), "a").await;
+        let json_cfg = TransformConfig {
+            factors_as_json: true,
+            ..Default::default()
+        };
+        let texts = run(json_cfg, OutputFormat::default(), "b").await;
+        let csv = run(TransformConfig::default(), OutputFormat::Csv, "c").await;
+
+        let key = |b: &RecordBatch, i: usize| {
+            (
+                col(b, "identity").as_string::<i32>().value(i).to_string(),
+                col(b, "model").as_string::<i32>().value(i).to_string(),
+            )
+        };
+        let mut expected: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for b in read_output(&lists.scores_dir) {
+            let factors = col(&b, "influential_factors").as_list::<i32>();
+            for i in 0..b.num_rows() {
+                let list = factors.value(i);
+                let codes = list.as_struct().column_by_name("code").unwrap().clone();
+                let codes = codes.as_string::<i32>();
+                let codes = (0..codes.len()).map(|j| codes.value(j).to_string());
+                expected.insert(key(&b, i), codes.collect());
+            }
+        }
+        let mut seen = 0;
+        for b in read_output(&texts.scores_dir) {
+            let text = col(&b, "influential_factors").as_string::<i32>();
+            for i in 0..b.num_rows() {
+                let parsed: Vec<serde_json::Value> = serde_json::from_str(text.value(i)).unwrap();
+                let codes: Vec<String> = parsed
+                    .iter()
+                    .map(|f| f["code"].as_str().unwrap().to_string())
+                    .collect();
+                assert_eq!(codes, expected[&key(&b, i)]);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, expected.len());
+        assert!(expected.values().any(|c| !c.is_empty()));
+
+        let mut csv_rows = 0;
+        let mut stack = vec![csv.scores_dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                assert_eq!(p.extension().unwrap(), "csv");
+                let text = std::fs::read_to_string(&p).unwrap();
+                assert!(text.lines().next().unwrap().contains("influential_factors"));
+                csv_rows += text.lines().count() - 1;
+            }
+        }
+        assert_eq!(csv_rows as u64, csv.stats.rows_out);
+        assert_eq!(csv.summary, lists.summary);
+    }
+
     #[tokio::test]
     async fn more_data_than_the_memory_limit_completes() {
         let tmp = tempfile::tempdir().unwrap();
