@@ -441,6 +441,10 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
             let remaining = limit.saturating_sub(s.sent);
             if remaining == 0 {
                 s.done = true;
+                // Let the server flush the head and the bytes sent so far before the cut: ended
+                // at once, hyper may drop its unflushed buffer with the connection, and the
+                // client sees no response at all instead of a short one.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 if reset {
                     let err = std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,
