@@ -11,7 +11,7 @@ WORK=$(realpath -m "${SCORELAND_BENCH_DIR:-target/bench}")
 SOURCE=$(realpath -m "${1:-$WORK/out-scoreland/scores}")
 [ -d "$SOURCE" ] || { echo "no table at $SOURCE: run benches/transform.sh first" >&2; exit 2; }
 [ -x "$WORK/venv/bin/python" ] || { python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q duckdb polars pyarrow; }
-cargo bench --quiet -p scoreland --bench sink --no-run 2>/dev/null
+# Builds the bench target (release) and names its executable.
 BENCH=$(cargo bench -p scoreland --bench sink --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "sink"][0])')
 
