@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::catalog::CatalogBatch;
 use crate::client::AepClient;
@@ -247,22 +246,7 @@ impl AepClient {
                 "Content-Length is {cl}, expected {expected} bytes"
             )));
         }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(partial)
-            .await
-            .map_err(|e| IngestError::io(partial, e))?;
-        file.set_len(start)
-            .await
-            .map_err(|e| IngestError::io(partial, e))?;
-        let mut hasher = hash_prefix(partial, start).await?;
-        let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-        use tokio::io::AsyncSeekExt;
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| IngestError::io(partial, e))?;
+        let writer = PartWriter::open(partial, start);
         let mut received = 0u64;
         let mut body = resp.bytes_stream();
         let outcome = async {
@@ -272,26 +256,24 @@ impl AepClient {
                     url: part.href.to_string(),
                     source: source.without_url(),
                 })?;
-                if received + chunk.len() as u64 > expected {
+                let n = chunk.len() as u64;
+                if received + n > expected {
                     return Err(verify("the body is longer than the file".into()));
                 }
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| IngestError::io(partial, e))?;
-                hasher.update(&chunk);
-                received += chunk.len() as u64;
-                written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                observer.on_bytes(chunk.len() as u64);
+                if !writer.write(chunk).await {
+                    break; // the writer stopped on a disk error, which `finish` returns
+                }
+                received += n;
+                written.fetch_add(n, Ordering::Relaxed);
+                observer.on_bytes(n);
             }
             Ok(())
         }
         .await;
-        // Keep what arrived, even on error: the next attempt resumes after it. Parts are made
+        // What arrived is kept, even on error: the next attempt resumes after it. Parts are made
         // durable in the background once verified (see `Flushing`), so a slot is not held
         // while the disk catches up.
-        file.flush()
-            .await
-            .map_err(|e| IngestError::io(partial, e))?;
+        let hasher = writer.finish().await?;
         outcome?;
         if received != expected {
             return Err(IngestError::CutShort {
@@ -314,6 +296,56 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 
 fn file_len(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Appends a part's bytes to its partial file and hashes them on a blocking thread of its own:
+/// the copy into the page cache and the SHA-256 of every part in flight then run beside the
+/// network, not on the one task that polls all the downloads.
+struct PartWriter {
+    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    done: tokio::task::JoinHandle<Result<Sha256, IngestError>>,
+}
+
+impl PartWriter {
+    /// Keeps the first `keep` bytes of `path` (hashing them again) and appends after them.
+    fn open(path: &Path, keep: u64) -> Self {
+        // A few chunks in hand per part: enough to ride out a slow write, small enough that
+        // memory follows the concurrency and not the part size.
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let path = path.to_path_buf();
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::{Seek, Write};
+            let io = |e| IngestError::io(&path, e);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            file.set_len(keep).map_err(io)?;
+            let mut hasher = hash_first(&path, keep)?;
+            file.seek(std::io::SeekFrom::Start(keep)).map_err(io)?;
+            while let Some(chunk) = incoming.blocking_recv() {
+                file.write_all(&chunk).map_err(io)?;
+                hasher.update(&chunk);
+            }
+            Ok(hasher)
+        });
+        Self { chunks, done }
+    }
+
+    /// Hands a chunk to the writer; false if it has stopped (`finish` says why).
+    async fn write(&self, chunk: bytes::Bytes) -> bool {
+        self.chunks.send(chunk).await.is_ok()
+    }
+
+    /// Waits for every chunk handed over to be written; the SHA-256 of the whole file so far.
+    async fn finish(self) -> Result<Sha256, IngestError> {
+        drop(self.chunks);
+        self.done
+            .await
+            .map_err(|e| IngestError::io("write task", std::io::Error::other(e)))?
+    }
 }
 
 /// Makes staged parts durable before the manifest promises a complete batch, even across a
@@ -365,28 +397,28 @@ fn fsync(path: &Path) -> Result<(), IngestError> {
 /// SHA-256 state over the first `len` bytes of `path` (all of a part staged by an earlier run,
 /// or the bytes an interrupted attempt kept).
 async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, IngestError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || hash_first(&path, len))
+        .await
+        .map_err(|e| IngestError::io("hash task", std::io::Error::other(e)))?
+}
+
+fn hash_first(path: &Path, len: u64) -> Result<Sha256, IngestError> {
+    use std::io::Read;
     let mut hasher = Sha256::new();
     if len == 0 {
         return Ok(hasher);
     }
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let file = std::fs::File::open(&path).map_err(|e| IngestError::io(&path, e))?;
-        let mut reader = file.take(len);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| IngestError::io(&path, e))?;
-            if n == 0 {
-                return Ok(hasher);
-            }
-            hasher.update(&buf[..n]);
+    let file = std::fs::File::open(path).map_err(|e| IngestError::io(path, e))?;
+    let mut reader = file.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| IngestError::io(path, e))?;
+        if n == 0 {
+            return Ok(hasher);
         }
-    })
-    .await
-    .map_err(|e| IngestError::io("hash task", std::io::Error::other(e)))?
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Checks the size and parquet footer of a staged part and makes its manifest entry.
