@@ -5,7 +5,7 @@
 # RSS of each, and the limit bytes / (concurrency × per-connection cap). Last, the same
 # download from an unpaced simulator: what this machine can move at all, with the simulator
 # sharing its cores.
-#   benches/download.sh [ROWS] [CONCURRENCY...]
+#   [REPS=3] benches/download.sh [ROWS] [CONCURRENCY...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-11000000}
@@ -27,7 +27,6 @@ if [ ! -f "$PLATFORM/platform.json" ]; then
 fi
 
 start_sim "$PLATFORM" --latency "$LAT" --bandwidth-per-connection "$CAP"
-BYTES=$(find "$PLATFORM" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}')
 
 calc() { awk "BEGIN { print $* }"; }
 
@@ -38,15 +37,19 @@ run() { # concurrency -> "seconds peak_kib"
   cat "$WORK/time-$c"
 }
 
-printf 'batch: 64 parts, %.1f MB; simulator: %s per request, %s per connection\n' "$(calc "$BYTES/1000000")" "$LAT" "$CAP"
 read -r base_s base_kib < <(run 1)
+# The bytes of the batch downloaded (the platform holds other batches too).
+BYTES=$(find "$WORK/dl-1" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}')
+printf 'batch: 64 parts, %.1f MB; simulator: %s per request, %s per connection\n' "$(calc "$BYTES/1000000")" "$LAT" "$CAP"
 printf '%-22s %8.1f s %8.1f MB/s  peak RSS %6.1f MB\n' "one at a time" "$base_s" "$(calc "$BYTES/1000000/$base_s")" "$(calc "$base_kib/1024")"
 for c in $CONCS; do
-  read -r s kib < <(run "$c")
+  # Each concurrency REPS times (default 3): the median run is reported, the others shown.
+  runs=$(for _ in $(seq 1 "${REPS:-3}"); do run "$c"; done | sort -n)
+  read -r s kib < <(sed -n "$(( (${REPS:-3} + 1) / 2 ))p" <<< "$runs")
   limit=$(calc "$BYTES/($c*$CAP_BYTES)")
-  printf '%-22s %8.1f s %8.1f MB/s  peak RSS %6.1f MB  speed-up %5.1fx  vs limit %.2fx (limit %.1f s)\n' \
+  printf '%-22s %8.2f s %8.1f MB/s  peak RSS %6.1f MB  speed-up %5.1fx  vs limit %.2fx (limit %.2f s)  runs: %s\n' \
     "concurrency $c" "$s" "$(calc "$BYTES/1000000/$s")" "$(calc "$kib/1024")" \
-    "$(calc "$base_s/$s")" "$(calc "$s/$limit")" "$limit"
+    "$(calc "$base_s/$s")" "$(calc "$s/$limit")" "$limit" "$(awk '{printf "%s%s s", (NR>1 ? ", " : ""), $1}' <<< "$runs")"
 done
 kill $SIM
 start_sim "$PLATFORM"

@@ -89,13 +89,10 @@ impl AepClient {
             .try_collect()
             .await?;
         let mut manifest_parts: Vec<ManifestPart> = Vec::with_capacity(results.len());
-        let mut unsynced: Vec<PathBuf> = Vec::new();
         let mut skipped = 0;
         for (p, was_skipped) in results {
             if was_skipped {
-                // Staged by a run that may have stopped before making it durable.
                 skipped += 1;
-                unsynced.push(batch_dir.join(&p.path));
             }
             manifest_parts.push(p);
         }
@@ -119,9 +116,7 @@ impl AepClient {
                 }
             }
         }
-        flushing
-            .finish(&batch_dir, &manifest_parts, unsynced)
-            .await?;
+        flushing.finish(&batch_dir, &manifest_parts).await?;
         let manifest = Manifest {
             dataset_id: dataset.to_string(),
             batch: batch.clone(),
@@ -168,6 +163,7 @@ impl AepClient {
             return Ok((entry, true));
         }
         let partial = dir.join(format!(".{}.partial", part.name));
+        let started = Instant::now();
         let sha256 = self
             .with_retry(part.href.as_str(), |_| {
                 self.fetch_into(batch, part, &partial, observer, written)
@@ -178,6 +174,7 @@ impl AepClient {
             .await
             .map_err(|e| IngestError::io(&final_path, e))?;
         flushing.start(final_path);
+        tracing::debug!(part = %entry.path, bytes = part.length, ms = started.elapsed().as_millis() as u64, "part staged");
         observer.on_part_done(&part.name, false);
         Ok((entry, false))
     }
@@ -349,32 +346,29 @@ impl PartWriter {
 }
 
 /// Makes staged parts durable before the manifest promises a complete batch, even across a
-/// power loss: each downloaded part is flushed in the background as soon as it is in place,
-/// and [`Flushing::finish`] waits for those, then flushes the rest and the directories.
+/// power loss, without holding up the parts still downloading. As each part is in place its
+/// write-out to disk is started (`sync_file_range`: it neither waits for the disk nor commits
+/// the file system's journal; an `fsync` at that point stalled the other parts' writes by up to
+/// 70 ms), and [`Flushing::finish`] fsyncs every part and directory once, when most of the bytes
+/// are already on disk.
 #[derive(Default)]
-struct Flushing(std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<(), IngestError>>>>);
+struct Flushing(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
 
 impl Flushing {
     fn start(&self, path: PathBuf) {
-        let task = tokio::task::spawn_blocking(move || fsync(&path));
+        let task = tokio::task::spawn_blocking(move || start_writeback(&path));
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(task);
     }
 
-    async fn finish(
-        self,
-        batch_dir: &Path,
-        parts: &[ManifestPart],
-        mut paths: Vec<PathBuf>,
-    ) -> Result<(), IngestError> {
-        let joined = |r: Result<Result<(), IngestError>, tokio::task::JoinError>| {
-            r.map_err(|e| IngestError::io("flush task", std::io::Error::other(e)))?
-        };
+    async fn finish(self, batch_dir: &Path, parts: &[ManifestPart]) -> Result<(), IngestError> {
         for task in self.0.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            joined(task.await)?;
+            // Only a head start: whatever it did or did not do, the fsyncs below decide.
+            let _ = task.await;
         }
-        let mut dirs: Vec<PathBuf> = parts
+        let mut paths: Vec<PathBuf> = parts.iter().map(|p| batch_dir.join(&p.path)).collect();
+        let mut dirs: Vec<PathBuf> = paths
             .iter()
-            .filter_map(|p| batch_dir.join(&p.path).parent().map(Path::to_path_buf))
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -382,11 +376,25 @@ impl Flushing {
         futures::stream::iter(paths)
             .map(|path| tokio::task::spawn_blocking(move || fsync(&path)))
             .buffer_unordered(8)
-            .map(joined)
+            .map(|r| r.map_err(|e| IngestError::io("flush task", std::io::Error::other(e)))?)
             .try_collect::<()>()
             .await
     }
 }
+
+/// Asks the kernel to start writing `path`'s dirty pages to disk, and returns at once.
+#[cfg(target_os = "linux")]
+fn start_writeback(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(file) = std::fs::File::open(path) {
+        // SAFETY: `file` is open for the whole call; SYNC_FILE_RANGE_WRITE only starts write-out
+        // of the whole file (offset 0, length 0 = to the end) and does not wait for it.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_path: &Path) {}
 
 fn fsync(path: &Path) -> Result<(), IngestError> {
     std::fs::File::open(path)
@@ -413,7 +421,9 @@ fn hash_first(path: &Path, len: u64) -> Result<Sha256, IngestError> {
     let mut reader = file.take(len);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| IngestError::io(path, e))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| IngestError::io(path, e))?;
         if n == 0 {
             return Ok(hasher);
         }

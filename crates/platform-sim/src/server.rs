@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
@@ -235,6 +236,13 @@ pub async fn start(
     });
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // As servers in front of real APIs do: without TCP_NODELAY, a small write that follows
+    // another (a body after its head) waits for the client's delayed ACK, up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.await;
@@ -387,6 +395,10 @@ async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
     shape_body(resp, cut, rate)
 }
 
+/// Bytes read from a part file at a time. Each read is a trip to tokio's blocking pool, so larger
+/// reads leave more of the machine to the client under test.
+const PART_READ: usize = 256 * 1024;
+
 /// Re-streams a response body, cutting it short or pacing it.
 fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Response {
     use axum::body::HttpBody as _;
@@ -404,9 +416,10 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let chunk = match rate {
-        // About twenty pauses a second keep pacing smooth without tiny writes.
-        Some(r) => ((r / 20) as usize).clamp(1024, 64 * 1024),
-        None => 64 * 1024,
+        // About twenty pauses a second keep pacing smooth without tiny writes; at most one read
+        // of a part file (see `PART_READ`) at a time.
+        Some(r) => ((r / 20) as usize).clamp(1024, PART_READ),
+        None => PART_READ,
     };
     struct Shaper {
         inner: axum::body::BodyDataStream,
@@ -1125,7 +1138,7 @@ async fn download(path: &std::path::Path, name: &str, size: u64, headers: &Heade
     }
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
         file.take(len),
-        64 * 1024,
+        PART_READ,
     ));
     let mut builder = Response::builder()
         .status(status)
