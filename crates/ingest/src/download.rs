@@ -306,9 +306,10 @@ struct PartWriter {
 impl PartWriter {
     /// Keeps the first `keep` bytes of `path` (hashing them again) and appends after them.
     fn open(path: &Path, keep: u64) -> Self {
-        // A few chunks in hand per part: enough to ride out a slow write, small enough that
-        // memory follows the concurrency and not the part size.
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        // A few chunks in hand per part (hyper's are up to ~400 KB): enough to ride out a slow
+        // write, few enough that memory follows the concurrency, not the part size, when the disk
+        // falls behind (16 in hand: 105 MB peak on a 1.8 GB batch).
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let path = path.to_path_buf();
         let done = tokio::task::spawn_blocking(move || {
             use std::io::{Seek, Write};
