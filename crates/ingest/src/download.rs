@@ -267,9 +267,8 @@ impl AepClient {
             Ok(())
         }
         .await;
-        // What arrived is kept, even on error: the next attempt resumes after it. Parts are made
-        // durable in the background once verified (see `Flushing`), so a slot is not held
-        // while the disk catches up.
+        // What arrived is kept, even on error: the next attempt resumes after it. The part is
+        // made durable later (see `Flushing`), so a slot is not held while the disk catches up.
         let hasher = writer.finish().await?;
         outcome?;
         if received != expected {
