@@ -433,6 +433,38 @@ mod download {
     }
 
     #[tokio::test]
+    async fn a_part_that_cannot_be_written_fails_at_once_naming_its_file() {
+        let env = env_with(400, 1, |_, _| {}).await;
+        let ds = &env.summary.dataset_id;
+        let batch = newest_scoring(&env.summary);
+        // The simulator keeps the batch's one part as <sandbox>/<dataset>/<batch>/<file>/<part>.
+        let served = env.summary.out.join("prod").join(ds).join(&batch.id);
+        let file = std::fs::read_dir(&served)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir())
+            .unwrap();
+        let part = std::fs::read_dir(&file).unwrap().next().unwrap().unwrap();
+        // A directory where the part's partial file has to go: every write to it fails.
+        let partial = Manifest::batch_dir(&env.staging, ds, &batch.id)
+            .join(file.file_name().unwrap())
+            .join(format!(".{}.partial", part.file_name().to_str().unwrap()));
+        std::fs::create_dir_all(&partial).unwrap();
+        let c = client(&env);
+        let err = download_newest(&env, &c).await.unwrap_err();
+        match &err {
+            IngestError::Io { path, .. } => assert_eq!(path, &partial),
+            other => panic!("expected a disk error, got {other}"),
+        }
+        assert_eq!(c.retries(), 0);
+        assert!(
+            !Manifest::batch_dir(&env.staging, ds, &batch.id)
+                .join("manifest.json")
+                .exists()
+        );
+    }
+
+    #[tokio::test]
     async fn other_4xx_fail_at_once() {
         let env = env().await;
         env.sim.push_fault(
