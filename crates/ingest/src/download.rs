@@ -348,9 +348,9 @@ impl PartWriter {
 /// Makes staged parts durable before the manifest promises a complete batch, even across a
 /// power loss, without holding up the parts still downloading. As each part is in place its
 /// write-out to disk is started (`sync_file_range`: it neither waits for the disk nor commits
-/// the file system's journal; an `fsync` at that point stalled the other parts' writes by up to
-/// 70 ms), and [`Flushing::finish`] fsyncs every part and directory once, when most of the bytes
-/// are already on disk.
+/// the file system's journal, which an `fsync` would do while other parts are still being
+/// written), and [`Flushing::finish`] fsyncs every part and directory once, when most of the
+/// bytes are already on disk.
 #[derive(Default)]
 struct Flushing(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
 
