@@ -324,6 +324,32 @@ fn an_invalid_pipeline_exits_2_with_its_location() {
         "{}",
         text(&o)
     );
+    let out = tmp.path().join("staging").display().to_string();
+    let o = scoreland(
+        &[
+            "download",
+            "--dataset",
+            "d",
+            "--out",
+            &out,
+            "--concurrency",
+            "0",
+        ],
+        &[
+            ("SCORELAND_PLATFORM_URL", "http://127.0.0.1:9"),
+            ("SCORELAND_IMS_URL", "http://127.0.0.1:9"),
+            ("SCORELAND_ORG_ID", "org"),
+            ("SCORELAND_SANDBOX", "prod"),
+            ("SCORELAND_ACCESS_TOKEN", "token"),
+            ("SCORELAND_API_KEY", "key"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--concurrency 0: must be from 1 to 256"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

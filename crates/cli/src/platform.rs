@@ -171,7 +171,13 @@ pub struct DownloadArgs {
 pub async fn download(args: DownloadArgs, quiet: bool) -> Result<u8, Failure> {
     let mut options = DownloadOptions::default();
     if let Some(c) = args.concurrency {
-        options.concurrency = c.max(1);
+        if !(1..=scoreland_ingest::MAX_CONCURRENCY).contains(&c) {
+            return Err(usage(anyhow::anyhow!(
+                "--concurrency {c}: must be from 1 to {}",
+                scoreland_ingest::MAX_CONCURRENCY
+            )));
+        }
+        options.concurrency = c;
     }
     let client = args.platform.client(options)?;
     let selection = match args.batch {

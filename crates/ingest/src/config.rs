@@ -102,9 +102,13 @@ pub enum RowCountCheck {
     Warn,
 }
 
+/// The most parts downloaded at once: each holds one of tokio's blocking threads (512 at most)
+/// for its writer, and the rest of the pool is kept for verifying and flushing parts.
+pub const MAX_CONCURRENCY: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
-    /// Parts downloaded at once.
+    /// Parts downloaded at once, 1 to [`MAX_CONCURRENCY`].
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,

@@ -247,8 +247,13 @@ impl PipelineFile {
             humantime::parse_duration(t)
                 .map_err(|e| format!("source.max_retry_time = {t:?}: {e}"))?;
         }
-        if common.concurrency == Some(0) {
-            return Err("source.concurrency must be at least 1".into());
+        if let Some(c) = common.concurrency
+            && !(1..=scoreland_ingest::MAX_CONCURRENCY).contains(&c)
+        {
+            return Err(format!(
+                "source.concurrency = {c}: must be from 1 to {}",
+                scoreland_ingest::MAX_CONCURRENCY
+            ));
         }
         Ok(())
     }
@@ -382,6 +387,24 @@ mod tests {
                 .contains("set it")
         );
         assert!(interpolate("${A", &env).is_err());
+    }
+
+    #[test]
+    fn concurrency_is_bounded() {
+        let parse = |c: usize| {
+            let raw = format!(
+                "[source]\ntype = \"simulator\"\ndata = \"x\"\nconcurrency = {c}\n[sink]\nurl = \"w\"\n"
+            );
+            PipelineFile::parse(&raw, Path::new("p.toml"))
+        };
+        for ok in [1, 16, scoreland_ingest::MAX_CONCURRENCY] {
+            assert!(parse(ok).is_ok(), "{ok}: {:?}", parse(ok).err());
+        }
+        for bad in [0, scoreland_ingest::MAX_CONCURRENCY + 1] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("source.concurrency"), "{err}");
+            assert!(err.contains("from 1 to 256"), "{err}");
+        }
     }
 
     #[test]
