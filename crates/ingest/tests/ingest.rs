@@ -94,6 +94,33 @@ fn newest_scoring(summary: &GenerateSummary) -> &scoreland_platform_sim::generat
         .unwrap()
 }
 
+/// The newest scoring batch's only part: where the simulator serves it from, and where its
+/// partial file goes in staging.
+fn only_part(env: &Env) -> (PathBuf, PathBuf) {
+    let ds = &env.summary.dataset_id;
+    let batch = newest_scoring(&env.summary);
+    // The simulator keeps a part as <sandbox>/<dataset>/<batch>/<file>/<part>.
+    let served = env.summary.out.join("prod").join(ds).join(&batch.id);
+    let file = std::fs::read_dir(&served)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let part = std::fs::read_dir(&file)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let partial = Manifest::batch_dir(&env.staging, ds, &batch.id)
+        .join(file.file_name().unwrap())
+        .join(format!(
+            ".{}.partial",
+            part.file_name().unwrap().to_str().unwrap()
+        ));
+    (part, partial)
+}
+
 async fn download_newest(
     env: &Env,
     c: &AepClient,
@@ -433,22 +460,30 @@ mod download {
     }
 
     #[tokio::test]
+    async fn a_leftover_partial_longer_than_the_part_is_started_over() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        let (served, partial) = only_part(&env);
+        let len = std::fs::metadata(&served).unwrap().len() as usize;
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, vec![7u8; len + 10]).unwrap();
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        let staged = report.batch_dir.join(&report.manifest.parts[0].path);
+        assert_eq!(
+            std::fs::read(staged).unwrap(),
+            std::fs::read(&served).unwrap()
+        );
+        assert_eq!(report.bytes_downloaded, len as u64);
+        assert!(!partial.exists());
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
     async fn a_part_that_cannot_be_written_fails_at_once_naming_its_file() {
         let env = env_with(400, 1, |_, _| {}).await;
         let ds = &env.summary.dataset_id;
         let batch = newest_scoring(&env.summary);
-        // The simulator keeps the batch's one part as <sandbox>/<dataset>/<batch>/<file>/<part>.
-        let served = env.summary.out.join("prod").join(ds).join(&batch.id);
-        let file = std::fs::read_dir(&served)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.is_dir())
-            .unwrap();
-        let part = std::fs::read_dir(&file).unwrap().next().unwrap().unwrap();
+        let (_, partial) = only_part(&env);
         // A directory where the part's partial file has to go: every write to it fails.
-        let partial = Manifest::batch_dir(&env.staging, ds, &batch.id)
-            .join(file.file_name().unwrap())
-            .join(format!(".{}.partial", part.file_name().to_str().unwrap()));
         std::fs::create_dir_all(&partial).unwrap();
         let c = client(&env);
         let err = download_newest(&env, &c).await.unwrap_err();
