@@ -77,7 +77,9 @@ impl AepClient {
                 elapsed: started.elapsed(),
             });
         }
-        let parts = self.list_parts(&batch.id).await?;
+        let mut parts = self.list_parts(&batch.id).await?;
+        // Largest first, so that no big part starts last and runs on alone at the end.
+        parts.sort_by_key(|p| std::cmp::Reverse(p.length));
         let total: u64 = parts.iter().map(|p| p.length).sum();
         observer.on_start(&batch.id, parts.len(), total);
         tracing::info!(batch = %batch.id, parts = parts.len(), bytes = total, "downloading batch");

@@ -336,6 +336,40 @@ mod download {
     }
 
     #[tokio::test]
+    async fn the_largest_parts_go_first() {
+        #[derive(Default)]
+        struct Order(std::sync::Mutex<Vec<String>>);
+        impl scoreland_ingest::DownloadObserver for Order {
+            fn on_part_done(&self, name: &str, _skipped: bool) {
+                self.0.lock().unwrap().push(name.to_string());
+            }
+        }
+        let env = env_with(3000, 6, |_, _| {}).await;
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                concurrency: 1,
+                ..options()
+            },
+        );
+        let ds = &env.summary.dataset_id;
+        let batches = c
+            .select_batches(ds, SCORING_CLIENT, &BatchSelection::Newest)
+            .await
+            .unwrap();
+        let order = Order::default();
+        let report = c
+            .download_batch(ds, &batches[0], &env.staging, &order)
+            .await
+            .unwrap();
+        let mut by_size = report.manifest.parts.clone();
+        by_size.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+        assert!(by_size.first().unwrap().bytes > by_size.last().unwrap().bytes);
+        let expected: Vec<String> = by_size.into_iter().map(|p| p.name).collect();
+        assert_eq!(*order.0.lock().unwrap(), expected);
+    }
+
+    #[tokio::test]
     async fn more_than_100_parts_with_small_pages() {
         let env = env_with(260, 130, |_, _| {}).await;
         env.sim.set_page_size(Some(7));
