@@ -108,7 +108,8 @@ pub const MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
-    /// Parts downloaded at once, 1 to [`MAX_CONCURRENCY`].
+    /// Parts downloaded at once, 1 to [`MAX_CONCURRENCY`]. The default, 16, is the largest the
+    /// download benchmark keeps within 1.25× of its limit (docs/benchmarks.md).
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
