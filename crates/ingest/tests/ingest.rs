@@ -494,6 +494,38 @@ mod download {
     }
 
     #[tokio::test]
+    async fn a_stalled_body_times_out_and_resumes() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::StallMidBody {
+                after_bytes: 20_000,
+                delay: Duration::from_secs(5),
+            },
+            1,
+        );
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                stall_timeout: Duration::from_millis(300),
+                ..options()
+            },
+        );
+        let started = std::time::Instant::now();
+        let report = download_newest(&env, &c).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(env.sim.request_count(Route::Download), 2);
+        assert_eq!(c.retries(), 1);
+        // The second request asked only for what the first did not bring.
+        assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
     async fn a_leftover_partial_longer_than_the_part_is_started_over() {
         let env = env_with(4000, 1, |_, _| {}).await;
         let (served, partial) = only_part(&env);

@@ -71,6 +71,13 @@ pub enum Fault {
     ResetMidBody { after_bytes: u64 },
     /// Serve `after_bytes` of the body and end it, while `Content-Length` claims the whole.
     TruncateBody { after_bytes: u64 },
+    /// Serve `after_bytes` of the body, send nothing for `delay`, then serve the rest: a stalled
+    /// connection, for a client's stalled-body timeout.
+    StallMidBody {
+        after_bytes: u64,
+        #[serde(with = "humantime_serde_ms")]
+        delay: Duration,
+    },
     /// Wait this long before answering.
     Latency {
         #[serde(with = "humantime_serde_ms")]

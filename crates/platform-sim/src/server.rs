@@ -368,6 +368,7 @@ async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
         tokio::time::sleep(st.config.latency).await;
     }
     let mut cut = None;
+    let mut stall = None;
     let mut rate = st.config.bandwidth_per_connection;
     match fault {
         Some(Fault::Status {
@@ -385,22 +386,28 @@ async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
         }
         Some(Fault::ResetMidBody { after_bytes }) => cut = Some((after_bytes, true)),
         Some(Fault::TruncateBody { after_bytes }) => cut = Some((after_bytes, false)),
+        Some(Fault::StallMidBody { after_bytes, delay }) => stall = Some((after_bytes, delay)),
         Some(Fault::Bandwidth { bytes_per_sec }) => rate = Some(bytes_per_sec),
         None => {}
     }
     let resp = next.run(req).await;
-    if cut.is_none() && rate.is_none() {
+    if cut.is_none() && stall.is_none() && rate.is_none() {
         return resp;
     }
-    shape_body(resp, cut, rate)
+    shape_body(resp, cut, stall, rate)
 }
 
 /// Bytes read from a part file at a time. Each read is a trip to tokio's blocking pool, so larger
 /// reads leave more of the machine to the client under test.
 const PART_READ: usize = 256 * 1024;
 
-/// Re-streams a response body, cutting it short or pacing it.
-fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Response {
+/// Re-streams a response body, cutting it short, stalling it once or pacing it.
+fn shape_body(
+    resp: Response,
+    cut: Option<(u64, bool)>,
+    stall: Option<(u64, Duration)>,
+    rate: Option<u64>,
+) -> Response {
     use axum::body::HttpBody as _;
     let (mut parts, body) = resp.into_parts();
     if let Some(len) = body.size_hint().exact() {
@@ -426,6 +433,7 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
         buf: Bytes,
         sent: u64,
         started: Instant,
+        stall: Option<(u64, Duration)>,
         done: bool,
     }
     let shaper = Shaper {
@@ -433,6 +441,7 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
         buf: Bytes::new(),
         sent: 0,
         started: Instant::now(),
+        stall,
         done: false,
     };
     let stream = futures::stream::unfold(shaper, move |mut s| async move {
@@ -468,6 +477,14 @@ fn shape_body(resp: Response, cut: Option<(u64, bool)>, rate: Option<u64>) -> Re
                 return None;
             }
             n = n.min(remaining as usize);
+        }
+        if let Some((at, delay)) = s.stall {
+            if s.sent >= at {
+                s.stall = None;
+                tokio::time::sleep(delay).await;
+            } else {
+                n = n.min((at - s.sent) as usize);
+            }
         }
         let piece = s.buf.split_to(n);
         s.sent += n as u64;

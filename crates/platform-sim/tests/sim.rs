@@ -742,6 +742,26 @@ mod faults {
             t.elapsed()
         );
 
+        s.push_fault(
+            Route::Download,
+            Fault::StallMidBody {
+                after_bytes: 1000,
+                delay: Duration::from_millis(300),
+            },
+            1,
+        );
+        let t = Instant::now();
+        let mut r = env.req(&href).send().await.unwrap();
+        let (mut before, mut after) = (0, 0);
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            if t.elapsed() < Duration::from_millis(250) {
+                before += chunk.len();
+            } else {
+                after += chunk.len();
+            }
+        }
+        assert_eq!((before, after), (1000, len - 1000), "then the rest, whole");
+
         s.push_fault(Route::Download, Fault::ExpireTokens, 1);
         assert_eq!(
             env.req(&href).send().await.unwrap().status(),
