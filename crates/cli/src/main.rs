@@ -32,12 +32,14 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) }
 }
 
-/// Turns transparent huge pages off for this process, for the commands that only move bytes.
-/// mimalloc asks for huge pages on its arena, so each of a download's few dozen threads, holding
-/// a little memory each, takes 2 MiB at a time: `scoreland download` peaked at 150 MB with them
-/// and 65 MB without. The transform keeps them: on 20 M rows it ran 129 s with huge pages and
-/// 154 s without (the kernel faulting 16 GB in 4 KiB pages).
-fn without_huge_pages() {
+/// Turns transparent huge pages off for this process, for the commands that only move bytes and
+/// for a transform under a memory limit. mimalloc asks for huge pages on its arena, so each of a
+/// download's few dozen threads, holding a little memory each, takes 2 MiB at a time:
+/// `scoreland download` peaked at 150 MB with them and 65 MB without. An unlimited transform
+/// keeps them: on 20 M rows it ran 129 s with huge pages and 154 s without (the kernel faulting
+/// 16 GB in 4 KiB pages); under `--memory-limit 1GiB` they mostly cost memory (105–112 s and
+/// peak RSS 2.0–3.2 GB with them, 112–113 s and 1.8–2.0 GB without).
+pub(crate) fn without_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integers only and changes this process's future faults.
     #[cfg(target_os = "linux")]
     unsafe {
@@ -136,10 +138,12 @@ fn init_logging(cli: &Cli) {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Download(_) | Command::Batches(_) | Command::Sim(_)
-    ) {
+    // `scoreland run` decides once it has read its pipeline's memory limit (run.rs).
+    if match &cli.command {
+        Command::Download(_) | Command::Batches(_) | Command::Sim(_) => true,
+        Command::Transform(a) => a.memory_limit.is_some(),
+        _ => false,
+    } {
         without_huge_pages();
     }
     init_logging(&cli);

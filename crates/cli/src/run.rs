@@ -32,6 +32,9 @@ pub struct ValidateArgs {
 
 pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     let file = PipelineFile::load(&args.pipeline).map_err(usage)?;
+    if file.transform.memory_limit.is_some() {
+        crate::without_huge_pages();
+    }
     let options = RunOptions {
         force: args.force,
         dry_run: args.dry_run,
