@@ -139,11 +139,11 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     // `scoreland run` decides once it has read its pipeline's memory limit (run.rs).
-    if match &cli.command {
-        Command::Download(_) | Command::Batches(_) | Command::Sim(_) => true,
-        Command::Transform(a) => a.memory_limit.is_some(),
-        _ => false,
-    } {
+    let moves_bytes = matches!(
+        cli.command,
+        Command::Download(_) | Command::Batches(_) | Command::Sim(_)
+    );
+    if moves_bytes || matches!(&cli.command, Command::Transform(a) if a.memory_limit.is_some()) {
         without_huge_pages();
     }
     init_logging(&cli);

@@ -171,12 +171,8 @@ pub struct DownloadArgs {
 pub async fn download(args: DownloadArgs, quiet: bool) -> Result<u8, Failure> {
     let mut options = DownloadOptions::default();
     if let Some(c) = args.concurrency {
-        if !(1..=scoreland_ingest::MAX_CONCURRENCY).contains(&c) {
-            return Err(usage(anyhow::anyhow!(
-                "--concurrency {c}: must be from 1 to {}",
-                scoreland_ingest::MAX_CONCURRENCY
-            )));
-        }
+        scoreland_ingest::check_concurrency(c)
+            .map_err(|why| usage(anyhow::anyhow!("--concurrency {c}: {why}")))?;
         options.concurrency = c;
     }
     let client = args.platform.client(options)?;

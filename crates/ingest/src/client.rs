@@ -28,6 +28,12 @@ pub struct AepClient {
 impl AepClient {
     pub fn new(config: PlatformConfig, options: DownloadOptions) -> Result<Self, IngestError> {
         config.validate()?;
+        crate::config::check_concurrency(options.concurrency).map_err(|message| {
+            IngestError::Config {
+                field: "concurrency",
+                message,
+            }
+        })?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("scoreland/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)

@@ -106,6 +106,15 @@ pub enum RowCountCheck {
 /// for its writer, and the rest of the pool is kept for verifying and flushing parts.
 pub const MAX_CONCURRENCY: usize = 256;
 
+/// Whether `c` parts at once is allowed; if not, why (each caller names where `c` came from).
+pub fn check_concurrency(c: usize) -> Result<(), String> {
+    if (1..=MAX_CONCURRENCY).contains(&c) {
+        Ok(())
+    } else {
+        Err(format!("must be from 1 to {MAX_CONCURRENCY}"))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     /// Parts downloaded at once, 1 to [`MAX_CONCURRENCY`]. The default, 16, is the largest the

@@ -86,7 +86,7 @@ impl AepClient {
         let written = AtomicU64::new(0);
         let results: Vec<(ManifestPart, bool)> = futures::stream::iter(parts.iter())
             .map(|part| self.stage_part(&batch.id, &batch_dir, part, observer, &written))
-            .buffer_unordered(self.options.concurrency.max(1))
+            .buffer_unordered(self.options.concurrency)
             .try_collect()
             .await?;
         let mut manifest_parts: Vec<ManifestPart> = Vec::with_capacity(results.len());

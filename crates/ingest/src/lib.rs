@@ -19,7 +19,9 @@ mod manifest;
 pub use auth::{Credentials, Secret};
 pub use catalog::{BatchSelection, CatalogBatch, SCORING_CLIENT};
 pub use client::AepClient;
-pub use config::{DownloadOptions, MAX_CONCURRENCY, PlatformConfig, RetryPolicy, RowCountCheck};
+pub use config::{
+    DownloadOptions, MAX_CONCURRENCY, PlatformConfig, RetryPolicy, RowCountCheck, check_concurrency,
+};
 pub use download::{DownloadObserver, DownloadReport, NoProgress};
 pub use error::IngestError;
 pub use listing::RemotePart;

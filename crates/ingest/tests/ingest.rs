@@ -63,6 +63,10 @@ fn options() -> DownloadOptions {
 }
 
 fn client_with(env: &Env, options: DownloadOptions) -> AepClient {
+    try_client(env, options).unwrap()
+}
+
+fn try_client(env: &Env, options: DownloadOptions) -> Result<AepClient, IngestError> {
     let info = &env.sim.platform().info;
     AepClient::new(
         PlatformConfig {
@@ -78,7 +82,6 @@ fn client_with(env: &Env, options: DownloadOptions) -> AepClient {
         },
         options,
     )
-    .unwrap()
 }
 
 fn client(env: &Env) -> AepClient {
@@ -125,11 +128,19 @@ async fn download_newest(
     env: &Env,
     c: &AepClient,
 ) -> Result<scoreland_ingest::DownloadReport, IngestError> {
+    download_newest_observed(env, c, &NoProgress).await
+}
+
+async fn download_newest_observed(
+    env: &Env,
+    c: &AepClient,
+    observer: &dyn scoreland_ingest::DownloadObserver,
+) -> Result<scoreland_ingest::DownloadReport, IngestError> {
     let ds = &env.summary.dataset_id;
     let batches = c
         .select_batches(ds, SCORING_CLIENT, &BatchSelection::Newest)
         .await?;
-    c.download_batch(ds, &batches[0], &env.staging, &NoProgress)
+    c.download_batch(ds, &batches[0], &env.staging, observer)
         .await
 }
 
@@ -352,21 +363,34 @@ mod download {
                 ..options()
             },
         );
-        let ds = &env.summary.dataset_id;
-        let batches = c
-            .select_batches(ds, SCORING_CLIENT, &BatchSelection::Newest)
-            .await
-            .unwrap();
         let order = Order::default();
-        let report = c
-            .download_batch(ds, &batches[0], &env.staging, &order)
-            .await
-            .unwrap();
+        let report = download_newest_observed(&env, &c, &order).await.unwrap();
         let mut by_size = report.manifest.parts.clone();
         by_size.sort_by_key(|p| std::cmp::Reverse(p.bytes));
         assert!(by_size.first().unwrap().bytes > by_size.last().unwrap().bytes);
         let expected: Vec<String> = by_size.into_iter().map(|p| p.name).collect();
         assert_eq!(*order.0.lock().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn concurrency_outside_1_to_256_is_refused() {
+        let env = env().await;
+        for bad in [0, scoreland_ingest::MAX_CONCURRENCY + 1] {
+            let options = DownloadOptions {
+                concurrency: bad,
+                ..options()
+            };
+            match try_client(&env, options) {
+                Err(IngestError::Config { field, message }) => {
+                    assert_eq!(field, "concurrency");
+                    assert_eq!(message, "must be from 1 to 256");
+                }
+                other => panic!(
+                    "{bad}: expected a configuration error, got {:?}",
+                    other.err()
+                ),
+            }
+        }
     }
 
     #[tokio::test]

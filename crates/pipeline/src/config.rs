@@ -247,13 +247,9 @@ impl PipelineFile {
             humantime::parse_duration(t)
                 .map_err(|e| format!("source.max_retry_time = {t:?}: {e}"))?;
         }
-        if let Some(c) = common.concurrency
-            && !(1..=scoreland_ingest::MAX_CONCURRENCY).contains(&c)
-        {
-            return Err(format!(
-                "source.concurrency = {c}: must be from 1 to {}",
-                scoreland_ingest::MAX_CONCURRENCY
-            ));
+        if let Some(c) = common.concurrency {
+            scoreland_ingest::check_concurrency(c)
+                .map_err(|why| format!("source.concurrency = {c}: {why}"))?;
         }
         Ok(())
     }
