@@ -69,9 +69,9 @@ impl Credentials {
     }
 
     pub(crate) fn validate(&self) -> Result<(), IngestError> {
-        let missing = |field: &'static str, env: &str| IngestError::Config {
+        let missing = |field: &'static str| IngestError::Config {
             field,
-            message: format!("is empty; set {env}"),
+            message: "is empty".into(),
         };
         match self {
             Credentials::OAuth {
@@ -80,18 +80,18 @@ impl Credentials {
                 ..
             } => {
                 if client_id.trim().is_empty() {
-                    return Err(missing("client_id", "SCORELAND_CLIENT_ID"));
+                    return Err(missing("client_id"));
                 }
                 if client_secret.is_empty() {
-                    return Err(missing("client_secret", "SCORELAND_CLIENT_SECRET"));
+                    return Err(missing("client_secret"));
                 }
             }
             Credentials::StaticToken { api_key, token } => {
                 if api_key.trim().is_empty() {
-                    return Err(missing("api_key", "SCORELAND_API_KEY"));
+                    return Err(missing("api_key"));
                 }
                 if token.is_empty() {
-                    return Err(missing("access_token", "SCORELAND_ACCESS_TOKEN"));
+                    return Err(missing("access_token"));
                 }
             }
         }
@@ -115,6 +115,9 @@ pub(crate) struct TokenCache {
 
 /// Renew this long before IMS says the token expires (aepp uses 500 s).
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
+
+/// A token is renewed at least this often, whatever `expires_in` says (IMS gives 24 hours).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -154,14 +157,19 @@ impl TokenCache {
         }
         let generation = guard.as_ref().map(|t| t.generation + 1).unwrap_or(0);
         let (token, lifetime) = match credentials {
-            Credentials::StaticToken { token, .. } => (token.clone(), Duration::MAX / 4),
+            Credentials::StaticToken { token, .. } => (token.clone(), MAX_TOKEN_LIFETIME),
             Credentials::OAuth {
                 client_id,
                 client_secret,
                 scopes,
             } => fetch_token(http, ims, client_id, client_secret, scopes).await?,
         };
-        let renew_at = Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
+        // `expires_in` comes from the network: a huge value must not overflow the clock.
+        let now = Instant::now();
+        let renew_in = lifetime
+            .saturating_sub(RENEW_MARGIN.min(lifetime / 2))
+            .min(MAX_TOKEN_LIFETIME);
+        let renew_at = now.checked_add(renew_in).unwrap_or(now);
         *guard = Some(CachedToken {
             token: token.clone(),
             renew_at,
@@ -209,11 +217,8 @@ async fn fetch_token(
             source: source.without_url(),
         })?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|source| IngestError::Http {
-        method: "POST",
-        url: url.to_string(),
-        source: source.without_url(),
-    })?;
+    let retry_after = crate::client::retry_after_header(&resp);
+    let body = crate::client::read_capped(resp, "POST", &url).await?;
     if !status.is_success() {
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(IngestError::Status {
@@ -222,7 +227,7 @@ async fn fetch_token(
                 status: status.as_u16(),
                 code: None,
                 message: "IMS is unavailable".into(),
-                retry_after: None,
+                retry_after,
             });
         }
         let err: OAuthError = serde_json::from_slice(&body).unwrap_or_default();

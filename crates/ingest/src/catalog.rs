@@ -128,6 +128,7 @@ impl AepClient {
         limit: usize,
     ) -> Result<Vec<CatalogBatch>, IngestError> {
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         let page = limit.clamp(1, 100);
         let mut start = 0usize;
         loop {
@@ -145,6 +146,10 @@ impl AepClient {
             let map: BTreeMap<String, Value> = self.get_json(&url).await?;
             let n = map.len();
             let mut batches = parse_keyed(map);
+            batches.retain(|b| seen.insert(b.id.clone()));
+            if n > 0 && batches.is_empty() {
+                return Err(catalog_not_advancing(&url));
+            }
             batches.reverse();
             out.extend(batches);
             start += n;
@@ -188,18 +193,22 @@ impl AepClient {
             }
             BatchSelection::CatchUp { after: Some(after) } => {
                 let after = self.batch(after).await?;
-                self.batches_after(dataset, client, &after).await
+                self.batches_after(dataset, client, &after.id, after.created)
+                    .await
             }
         }
     }
 
-    /// Successful batches created after `after`, oldest first, less those replaced by a later
-    /// batch (replay), since landing a replaced batch would double-count its rows.
-    async fn batches_after(
+    /// Successful batches created after batch `after_id` (created at `after_created`, epoch
+    /// ms), oldest first, less those replaced by a later batch (replay), since landing a
+    /// replaced batch would double-count its rows. The caller keeps `after_created`, so a
+    /// batch that Catalog no longer returns (expired, deleted) does not stop the catch-up.
+    pub async fn batches_after(
         &self,
         dataset: &str,
         client: &str,
-        after: &CatalogBatch,
+        after_id: &str,
+        after_created: i64,
     ) -> Result<Vec<CatalogBatch>, IngestError> {
         let mut seen = HashSet::new();
         let mut all = Vec::new();
@@ -210,30 +219,57 @@ impl AepClient {
                 .append_pair("dataSet", dataset)
                 .append_pair("createdClient", client)
                 .append_pair("status", "success")
-                .append_pair("createdAfter", &after.created.to_string())
+                .append_pair("createdAfter", &after_created.to_string())
                 .append_pair("orderBy", "asc:created")
                 .append_pair("limit", "100")
                 .append_pair("start", &start.to_string());
             let map: BTreeMap<String, Value> = self.get_json(&url).await?;
             let n = map.len();
             // Pages can shift while we read them; keep each batch once.
+            let before = all.len();
             for b in parse_keyed(map) {
                 if seen.insert(b.id.clone()) {
                     all.push(b);
                 }
+            }
+            if n > 0 && all.len() == before {
+                return Err(catalog_not_advancing(&url));
             }
             start += n;
             if n < 100 {
                 break;
             }
         }
-        let replaced: HashSet<String> = all.iter().flat_map(|b| b.replaces.clone()).collect();
-        let mut kept: Vec<CatalogBatch> = all
-            .into_iter()
-            .filter(|b| !replaced.contains(&b.id) && b.replaced_by.is_none() && b.id != after.id)
-            .collect();
-        kept.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
-        Ok(kept)
+        Ok(without_replaced(all, after_id))
+    }
+}
+
+/// The batches of `all` (successful, from the scoring client, newer than `after_id`) worth
+/// landing, oldest first. A batch is skipped as replaced only when what replaces it is landed
+/// with it (it is in `all`) or already landed (`after_id`): a successor outside the query
+/// (another client, not successful) must not make the batch's rows disappear.
+fn without_replaced(all: Vec<CatalogBatch>, after_id: &str) -> Vec<CatalogBatch> {
+    let landable: HashSet<String> = all.iter().map(|b| b.id.clone()).collect();
+    let replaced: HashSet<String> = all.iter().flat_map(|b| b.replaces.clone()).collect();
+    let superseded = |b: &CatalogBatch| {
+        replaced.contains(&b.id)
+            || b.replaced_by
+                .as_ref()
+                .is_some_and(|s| landable.contains(s) || s == after_id)
+    };
+    let mut kept: Vec<CatalogBatch> = all
+        .into_iter()
+        .filter(|b| !superseded(b) && b.id != after_id)
+        .collect();
+    kept.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+    kept
+}
+
+/// A full Catalog page that brought no batch we had not seen: the server ignores `start`.
+fn catalog_not_advancing(url: &url::Url) -> IngestError {
+    IngestError::ListingNotAdvancing {
+        url: url.to_string(),
+        pages: 1,
     }
 }
 
@@ -251,5 +287,48 @@ fn check_batch(b: &CatalogBatch, dataset: &str) -> Result<(), IngestError> {
             actual: d.clone(),
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: &str, created: i64, replaced_by: Option<&str>, replaces: &[&str]) -> CatalogBatch {
+        CatalogBatch {
+            id: id.into(),
+            status: "success".into(),
+            created,
+            created_client: SCORING_CLIENT.into(),
+            dataset_id: None,
+            records: None,
+            bytes: None,
+            files: None,
+            replaces: replaces.iter().map(|s| s.to_string()).collect(),
+            replaced_by: replaced_by.map(str::to_string),
+        }
+    }
+
+    fn ids(v: Vec<CatalogBatch>) -> Vec<String> {
+        v.into_iter().map(|b| b.id).collect()
+    }
+
+    #[test]
+    fn a_batch_is_skipped_only_for_a_successor_that_lands() {
+        // b2 names a successor outside the query (another client, or failed): b2 stays.
+        let all = vec![
+            batch("b2", 2, Some("elsewhere"), &[]),
+            batch("b3", 3, None, &[]),
+        ];
+        assert_eq!(ids(without_replaced(all, "b1")), ["b2", "b3"]);
+        // b2 is replaced by b3, which lands with it: only b3.
+        let all = vec![
+            batch("b2", 2, Some("b3"), &[]),
+            batch("b3", 3, None, &["b2"]),
+        ];
+        assert_eq!(ids(without_replaced(all, "b1")), ["b3"]);
+        // Replaced by the batch already landed: nothing to add.
+        let all = vec![batch("b2", 2, Some("b1"), &[])];
+        assert!(without_replaced(all, "b1").is_empty());
     }
 }

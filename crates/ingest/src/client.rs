@@ -34,17 +34,26 @@ impl AepClient {
                 message,
             }
         })?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("scoreland/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.stall_timeout)
+            // One TCP connection per part in flight. Over HTTP/2 the gateway may put every
+            // parallel part on one connection, whose flow-control window (hyper's default is
+            // 5 MiB) then caps the whole batch at one connection's throughput; separate
+            // HTTP/1.1 connections each get a window of their own (docs/benchmarks.md).
+            .http1_only()
             // Redirects could carry the token elsewhere; AEP does not redirect these calls.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| IngestError::Config {
-                field: "http client",
-                message: e.to_string(),
-            })?;
+            .redirect(reqwest::redirect::Policy::none());
+        if is_loopback(&config.platform_url) && is_loopback(&config.ims_url) {
+            // A proxy from HTTP_PROXY/HTTPS_PROXY must never see the token or the client secret
+            // meant for a platform on this machine.
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|e| IngestError::Config {
+            field: "http client",
+            message: e.to_string(),
+        })?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -178,9 +187,23 @@ impl AepClient {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    pub(crate) async fn with_retry<T, F, Fut>(
+    pub(crate) async fn with_retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, IngestError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, IngestError>>,
+    {
+        self.with_retry_progress(what, || 0, op).await
+    }
+
+    /// Like [`Self::with_retry`], for work that can move forward between failures (a part
+    /// resumed with `Range`): an attempt after which `progress()` has grown, and that did not
+    /// end for being too slow, starts the budget again. So `max_attempts` and `max_elapsed`
+    /// bound the attempts and the time spent *without progress*, and a large part on a link
+    /// that is cut every minute still finishes.
+    pub(crate) async fn with_retry_progress<T, F, Fut>(
         &self,
         what: &str,
+        progress: impl Fn() -> u64,
         mut op: F,
     ) -> Result<T, IngestError>
     where
@@ -188,31 +211,57 @@ impl AepClient {
         Fut: Future<Output = Result<T, IngestError>>,
     {
         let policy: RetryPolicy = self.options.retry;
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut attempt = 0u32;
+        let mut total_attempts = 0u32;
+        let mut done = progress();
         loop {
-            attempt += 1;
-            let err = match op(attempt).await {
+            attempt = attempt.saturating_add(1);
+            total_attempts = total_attempts.saturating_add(1);
+            let err = match op(total_attempts).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
             if !err.is_retryable() {
                 return Err(err);
             }
+            let now_done = progress();
+            if now_done > done && !matches!(err, IngestError::TooSlow { .. }) {
+                tracing::debug!(
+                    what,
+                    bytes = now_done - done,
+                    "the attempt made progress; the retry budget starts again"
+                );
+                attempt = 1;
+                started = Instant::now();
+            }
+            done = now_done;
+            let elapsed = started.elapsed();
+            let remaining = policy.max_elapsed.saturating_sub(elapsed);
+            if let Some(asked) = err.retry_after()
+                && asked > remaining
+            {
+                return Err(IngestError::RetryAfterTooLong {
+                    url: what.to_string(),
+                    asked,
+                    remaining,
+                    source: Box::new(err),
+                });
+            }
             let delay = err
                 .retry_after()
                 .unwrap_or_else(|| self.backoff(&policy, attempt));
-            let elapsed = started.elapsed();
-            if attempt >= policy.max_attempts || elapsed + delay > policy.max_elapsed {
+            if attempt >= policy.max_attempts || elapsed.saturating_add(delay) > policy.max_elapsed
+            {
                 return Err(IngestError::GaveUp {
                     url: what.to_string(),
-                    attempts: attempt,
+                    attempts: total_attempts,
                     elapsed,
                     source: Box::new(err),
                 });
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "scoreland::retry", what, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
+            tracing::warn!(target: "scoreland::retry", what, attempt = total_attempts, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
             tokio::time::sleep(delay).await;
         }
     }
@@ -238,11 +287,7 @@ impl AepClient {
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IngestError> {
         self.with_retry(url.as_str(), |_| async {
             let resp = self.send(Method::GET, url, |r| r).await?;
-            let body = resp.bytes().await.map_err(|source| IngestError::Http {
-                method: "GET",
-                url: url.to_string(),
-                source: source.without_url(),
-            })?;
+            let body = read_capped(resp, "GET", url).await?;
             serde_json::from_slice(&body).map_err(|source| IngestError::Json {
                 url: url.to_string(),
                 source,
@@ -264,15 +309,56 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
+/// The most of a JSON document or an error body read into memory. Catalog pages and listings
+/// are kilobytes; anything near this is not an answer we can use.
+pub(crate) const MAX_BODY: u64 = 16 << 20;
+
+/// Reads a whole response body of at most [`MAX_BODY`] bytes.
+pub(crate) async fn read_capped(
+    mut resp: Response,
+    method: &'static str,
+    url: &Url,
+) -> Result<Vec<u8>, IngestError> {
+    let too_large = |size: u64| IngestError::BodyTooLarge {
+        url: url.path().to_string(),
+        size,
+        limit: MAX_BODY,
+    };
+    if let Some(len) = resp.content_length()
+        && len > MAX_BODY
+    {
+        return Err(too_large(len));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|source| IngestError::Http {
+        method,
+        url: url.to_string(),
+        source: source.without_url(),
+    })? {
+        if (body.len() + chunk.len()) as u64 > MAX_BODY {
+            return Err(too_large((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether a URL's host is this machine.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// Reads an error response in any of AEP's body styles (aep-api.md §7.1).
 pub(crate) async fn status_error(resp: Response, method: &'static str, url: &Url) -> IngestError {
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let body = resp.bytes().await.unwrap_or_default();
+    let retry_after = retry_after_header(&resp);
+    // An error body is only read for its description: a short one is enough.
+    let body = read_capped(resp, method, url).await.unwrap_or_default();
     let (code, message) = describe_error_body(&body);
     IngestError::Status {
         method,
@@ -316,7 +402,18 @@ fn describe_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     if let Some(e) = s("error") {
         return (Some(e), s("error_description"));
     }
+    if let Some(m) = s("message") {
+        return (None, Some(m));
+    }
     (None, None)
+}
+
+/// The delay a response's `Retry-After` asks for, if it has a usable one.
+pub(crate) fn retry_after_header(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
 }
 
 /// `Retry-After` is integer seconds or an HTTP date.
@@ -359,6 +456,13 @@ mod tests {
             (Some("CAT-1400-400".into()), Some("Bad Request: limit".into()))
         );
         assert_eq!(describe_error_body(b""), (None, None));
+        assert_eq!(
+            describe_error_body(br#"{"message":"Export job has been marked for cancelling"}"#),
+            (
+                None,
+                Some("Export job has been marked for cancelling".into())
+            )
+        );
         assert_eq!(
             describe_error_body(br#"{"errorMessage":"stale etag"}"#),
             (None, Some("stale etag".into()))

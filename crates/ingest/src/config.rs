@@ -33,13 +33,13 @@ impl PlatformConfig {
         if self.org_id.trim().is_empty() {
             return Err(IngestError::Config {
                 field: "org_id",
-                message: "is empty; set SCORELAND_ORG_ID (it ends in @AdobeOrg)".into(),
+                message: "is empty; give the IMS organization, which ends in @AdobeOrg".into(),
             });
         }
         if self.sandbox.trim().is_empty() {
             return Err(IngestError::Config {
                 field: "sandbox",
-                message: "is empty; set SCORELAND_SANDBOX (e.g. prod)".into(),
+                message: "is empty; give the sandbox name (e.g. prod)".into(),
             });
         }
         self.credentials.validate()
@@ -51,13 +51,7 @@ pub(crate) fn check_url_security(url: &Url) -> Result<(), IngestError> {
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                None => false,
-            };
-            if loopback {
+            if crate::client::is_loopback(url) {
                 Ok(())
             } else {
                 Err(IngestError::InsecureUrl {
@@ -124,6 +118,11 @@ pub struct DownloadOptions {
     pub connect_timeout: Duration,
     /// A body that sends nothing for this long is abandoned (and resumed on retry).
     pub stall_timeout: Duration,
+    /// A body slower than this many bytes per second over a whole `min_speed_window` is
+    /// abandoned and resumed (as curl's `--speed-limit`/`--speed-time`): a connection that
+    /// dribbles a few bytes now and then never trips `stall_timeout`. 0 turns it off.
+    pub min_speed: u64,
+    pub min_speed_window: Duration,
     pub row_count_check: RowCountCheck,
 }
 
@@ -135,6 +134,8 @@ impl Default for DownloadOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
+            min_speed: 16 * 1024,
+            min_speed_window: Duration::from_secs(30),
             row_count_check: RowCountCheck::Fail,
         }
     }

@@ -162,13 +162,23 @@ impl AepClient {
             observer.on_part_done(&part.name, true);
             return Ok((entry, true));
         }
-        let partial = dir.join(format!(".{}.partial", part.name));
+        let partial = dir.join(partial_name(&part.name));
         let started = Instant::now();
-        let sha256 = self
-            .with_retry(part.href.as_str(), |_| {
-                self.fetch_into(batch, part, &partial, observer, written)
-            })
-            .await?;
+        // The bytes kept in the partial file and their SHA-256 so far, carried from one request
+        // to the next so that a resume never reads them back.
+        let kept: std::sync::Mutex<Option<Kept>> = std::sync::Mutex::new(None);
+        let kept_len = || lock(&kept).as_ref().map_or(0, |k| k.len);
+        let sha256 = loop {
+            let got = self
+                .with_retry_progress(part.href.as_str(), kept_len, |_| {
+                    self.fetch_into(batch, part, &partial, observer, written, &kept)
+                })
+                .await?;
+            if let Some(hasher) = got {
+                break hasher;
+            }
+            // A shorter range than asked for arrived whole: ask for the rest.
+        };
         let entry = verify_part(batch, part, &partial, relative, sha256).await?;
         tokio::fs::rename(&partial, &final_path)
             .await
@@ -178,9 +188,10 @@ impl AepClient {
         Ok((entry, false))
     }
 
-    /// One attempt: asks for the bytes not yet in `partial` and appends them, hashing as they
-    /// arrive. Returns the SHA-256 state of the whole file (bytes kept from an earlier attempt
-    /// are read back and hashed first).
+    /// One request: asks for the bytes not yet in `partial` and appends them, hashing as they
+    /// arrive. Returns the SHA-256 of the whole part once it is complete, or `None` when the
+    /// server answered a shorter range than asked (which is legal) and sent it whole. What
+    /// arrived is recorded in `kept` either way, even when the request fails.
     async fn fetch_into(
         &self,
         batch: &str,
@@ -188,16 +199,25 @@ impl AepClient {
         partial: &Path,
         observer: &dyn DownloadObserver,
         written: &AtomicU64,
-    ) -> Result<Sha256, IngestError> {
-        let mut have = file_len(partial).unwrap_or(0);
+        kept: &std::sync::Mutex<Option<Kept>>,
+    ) -> Result<Option<Sha256>, IngestError> {
+        let prior = lock(kept).take();
+        let mut have = match &prior {
+            Some(k) => k.len,
+            None => file_len(partial).unwrap_or(0),
+        };
         if have > part.length {
             have = 0;
         }
         if have == part.length && have > 0 {
-            return hash_prefix(partial, have).await;
+            let hasher = match prior {
+                Some(k) => k.hasher,
+                None => hash_prefix(partial, have).await?,
+            };
+            return Ok(Some(hasher));
         }
         let asked = Instant::now();
-        let resp = self
+        let resp = match self
             .send(Method::GET, &part.href, |r| {
                 if have > 0 {
                     r.header("range", format!("bytes={have}-"))
@@ -205,13 +225,21 @@ impl AepClient {
                     r
                 }
             })
-            .await?;
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                *lock(kept) = prior;
+                return Err(e);
+            }
+        };
         let verify = |reason: String| IngestError::Verify {
             batch: batch.into(),
             name: part.name.clone(),
             reason,
         };
-        let start = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+        // (first byte, one past the last byte) of what this answer carries.
+        let (start, end) = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
             let range = resp
                 .headers()
                 .get("content-range")
@@ -224,18 +252,19 @@ impl AepClient {
                     range.2, part.length
                 )));
             }
-            // The server may answer a different range than asked; take it if we can use it.
-            if range.0 > have {
+            // The server may answer a different range than asked (AEP says so); take it if it
+            // starts within what we have and ends within the file.
+            if range.0 > have || range.1 < range.0 || range.1 >= part.length {
                 return Err(verify(format!(
-                    "asked for bytes from {have}, got a range from {}",
-                    range.0
+                    "asked for bytes from {have}, got the range {}-{}",
+                    range.0, range.1
                 )));
             }
-            range.0
+            (range.0, range.1 + 1)
         } else {
-            0
+            (0, part.length)
         };
-        let expected = part.length - start;
+        let expected = end - start;
         if let Some(cl) = resp.content_length()
             && cl != expected
         {
@@ -244,11 +273,24 @@ impl AepClient {
             )));
         }
         let head_ms = asked.elapsed().as_millis() as u64;
-        let writer = PartWriter::open(partial, start);
+        let prior = prior.filter(|k| k.len == start).map(|k| k.hasher);
+        let writer = PartWriter::open(partial, start, prior);
         let mut received = 0u64;
         let mut body = resp.bytes_stream();
+        let mut speed = SpeedCheck::new(self.options.min_speed, self.options.min_speed_window);
         let outcome = async {
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = match speed.deadline() {
+                    Some(at) => match tokio::time::timeout_at(at, body.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            speed.check(&part.href)?;
+                            continue;
+                        }
+                    },
+                    None => body.next().await,
+                };
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|source| IngestError::Http {
                     method: "GET",
                     url: part.href.to_string(),
@@ -262,6 +304,7 @@ impl AepClient {
                     break; // the writer stopped on a disk error, which `finish` returns
                 }
                 received += n;
+                speed.add(n);
                 written.fetch_add(n, Ordering::Relaxed);
                 observer.on_bytes(n);
             }
@@ -273,6 +316,10 @@ impl AepClient {
         let body_ms = asked.elapsed().as_millis() as u64;
         let hasher = writer.finish().await?;
         tracing::debug!(part = %part.name, head_ms, body_ms, written_ms = asked.elapsed().as_millis() as u64, "part received");
+        *lock(kept) = Some(Kept {
+            len: start + received,
+            hasher: hasher.clone(),
+        });
         outcome?;
         if received != expected {
             return Err(IngestError::CutShort {
@@ -281,7 +328,73 @@ impl AepClient {
                 received,
             });
         }
-        Ok(hasher)
+        if end < part.length {
+            tracing::debug!(part = %part.name, first = start, end, length = part.length, "a shorter range than asked; asking for the rest");
+            return Ok(None);
+        }
+        *lock(kept) = None;
+        Ok(Some(hasher))
+    }
+}
+
+/// The bytes of a part already in its partial file, and their SHA-256 state.
+struct Kept {
+    len: u64,
+    hasher: Sha256,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The partial file of a part: a fixed-length name, so that a part whose name is near the file
+/// system's 255-byte limit still has one, and no part name can collide with it.
+pub fn partial_name(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    format!(".partial-{}", hex::encode(&digest[..16]))
+}
+
+/// The low-speed limit: a body must bring at least `min` bytes per second over each window.
+struct SpeedCheck {
+    min: u64,
+    window: Duration,
+    window_start: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl SpeedCheck {
+    fn new(min: u64, window: Duration) -> Self {
+        SpeedCheck {
+            min,
+            window,
+            window_start: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// When the current window closes; `None` when the limit is off.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        (self.min > 0 && !self.window.is_zero()).then(|| self.window_start + self.window)
+    }
+
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
+    /// At the end of a window: an error if it brought too little, else a new window.
+    fn check(&mut self, url: &url::Url) -> Result<(), IngestError> {
+        let needed = (self.min as f64 * self.window.as_secs_f64()) as u64;
+        if self.bytes < needed {
+            return Err(IngestError::TooSlow {
+                url: url.to_string(),
+                received: self.bytes,
+                window: self.window,
+                min_bytes_per_sec: self.min,
+            });
+        }
+        self.window_start = tokio::time::Instant::now();
+        self.bytes = 0;
+        Ok(())
     }
 }
 
@@ -308,8 +421,9 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    /// Keeps the first `keep` bytes of `path` (hashing them again) and appends after them.
-    fn open(path: &Path, keep: u64) -> Self {
+    /// Keeps the first `keep` bytes of `path` and appends after them. `prior` is the SHA-256
+    /// state of those bytes when the caller has it; otherwise they are read back and hashed.
+    fn open(path: &Path, keep: u64, prior: Option<Sha256>) -> Self {
         // A few chunks in hand per part (hyper's are up to ~400 KB): enough to ride out a slow
         // write, few enough that memory follows the concurrency, not the part size, when the disk
         // falls behind (16 in hand: 105 MB peak on a 1.8 GB batch).
@@ -330,7 +444,10 @@ impl PartWriter {
             if file.metadata().map_err(io)?.len() != keep {
                 file.set_len(keep).map_err(io)?;
             }
-            let mut hasher = hash_first(&path, keep)?;
+            let mut hasher = match prior {
+                Some(h) => h,
+                None => hash_first(&path, keep)?,
+            };
             file.seek(std::io::SeekFrom::Start(keep)).map_err(io)?;
             let (mut end, mut flushed) = (keep, keep);
             while let Some(chunk) = incoming.blocking_recv() {

@@ -21,7 +21,8 @@ pub enum IngestError {
     )]
     ForeignOrigin { url: String, expected: String },
     #[error(
-        "IMS refused the credentials ({status}): {error}: {description}; check SCORELAND_CLIENT_ID and SCORELAND_CLIENT_SECRET"
+        "IMS refused the credentials ({status}): {error}: {description}; {}",
+        auth_hint(error)
     )]
     Auth {
         status: u16,
@@ -44,6 +45,34 @@ pub enum IngestError {
         message: String,
         retry_after: Option<Duration>,
     },
+    #[error(
+        "{url} asked to be retried after {}, more than the {} left of the retry budget (max_retry_time); giving up now",
+        humantime::format_duration(*asked),
+        humantime::format_duration(Duration::from_secs(remaining.as_secs()))
+    )]
+    RetryAfterTooLong {
+        url: String,
+        asked: Duration,
+        remaining: Duration,
+        #[source]
+        source: Box<IngestError>,
+    },
+    #[error(
+        "the body of {url} arrived at {received} bytes in the last {}, below the minimum speed of {min_bytes_per_sec} bytes/s (min_speed)",
+        humantime::format_duration(*window)
+    )]
+    TooSlow {
+        url: String,
+        received: u64,
+        window: Duration,
+        min_bytes_per_sec: u64,
+    },
+    #[error("the answer of {url} is {size} bytes, more than the {limit} bytes read into memory")]
+    BodyTooLarge { url: String, size: u64, limit: u64 },
+    #[error(
+        "the listing at {url} went on for {pages} pages in a row without a new entry; the server is not advancing its cursor"
+    )]
+    ListingNotAdvancing { url: String, pages: u32 },
     #[error("gave up on {url} after {attempts} attempts in {elapsed:?}")]
     GaveUp {
         url: String,
@@ -112,6 +141,17 @@ pub enum IngestError {
     },
 }
 
+/// What to check after IMS refused the credentials: scopes are their own mistake.
+fn auth_hint(error: &str) -> &'static str {
+    match error {
+        "invalid_scope" => {
+            "the scopes asked for are not granted to this client; add the APIs to the Developer Console project, or ask for fewer scopes"
+        }
+        "invalid_client" | "unauthorized_client" => "check the client id and client secret",
+        _ => "check the client id, client secret and scopes",
+    }
+}
+
 impl IngestError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         IngestError::Io {
@@ -148,7 +188,9 @@ impl IngestError {
                     || source.is_request()
             }
             IngestError::Verify { .. } => false,
-            IngestError::Json { .. } | IngestError::CutShort { .. } => true,
+            IngestError::Json { .. }
+            | IngestError::CutShort { .. }
+            | IngestError::TooSlow { .. } => true,
             _ => false,
         }
     }

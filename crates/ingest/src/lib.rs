@@ -22,7 +22,7 @@ pub use client::AepClient;
 pub use config::{
     DownloadOptions, MAX_CONCURRENCY, PlatformConfig, RetryPolicy, RowCountCheck, check_concurrency,
 };
-pub use download::{DownloadObserver, DownloadReport, NoProgress};
+pub use download::{DownloadObserver, DownloadReport, NoProgress, partial_name};
 pub use error::IngestError;
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};

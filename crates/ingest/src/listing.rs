@@ -44,12 +44,24 @@ struct Entry {
     length: Option<serde_json::Value>,
     #[serde(rename = "_links")]
     links: Option<SelfLinks>,
+    /// The page this entry was listed on: relative hrefs are resolved against it.
+    #[serde(skip)]
+    page: Option<Url>,
 }
 
 #[derive(Deserialize)]
 struct SelfLinks {
     #[serde(rename = "self")]
     this: Option<Href>,
+}
+
+/// Empty pages with a `next` link that we follow before calling the listing endless.
+const MAX_PAGES_WITHOUT_NEWS: u32 = 20;
+
+/// Marker files that writers such as Spark leave beside the data (`_SUCCESS`, `_started_*`,
+/// `_committed_*`) and hidden files: not parts of the batch.
+fn is_marker(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with('.')
 }
 
 /// A file or directory name from a listing that is safe to use as one path component.
@@ -64,13 +76,15 @@ pub(crate) fn is_safe_name(name: &str) -> bool {
 }
 
 impl AepClient {
-    /// Follows `_links.next` from `first` until it is absent; a link or an entry seen before is
-    /// an error.
+    /// Follows `_links.next` from `first` until it is absent. An entry a page repeats from an
+    /// earlier one (a name cursor that starts at the last name served) is dropped; a link seen
+    /// before, or [`MAX_PAGES_WITHOUT_NEWS`] pages in a row that add nothing, is an error.
     async fn pages(&self, first: Url) -> Result<Vec<Entry>, IngestError> {
         let mut seen = HashSet::new();
         let mut keys = HashSet::new();
         let mut url = first;
         let mut entries = Vec::new();
+        let mut without_news = 0u32;
         loop {
             if !seen.insert(url.to_string()) {
                 return Err(IngestError::RepeatedNextLink {
@@ -78,29 +92,46 @@ impl AepClient {
                 });
             }
             let page: Page = self.get_json(&url).await?;
-            // A next link that serves entries already listed loops just the same, even when
-            // its URL differs (cursor and offset links for one page).
-            for e in &page.data {
-                let key = (e.dataset_file_id.clone(), e.name.clone());
-                if !keys.insert(key) {
+            let listed = page.data.len();
+            let mut added = 0usize;
+            for mut e in page.data {
+                e.page = Some(url.clone());
+                if keys.insert((e.dataset_file_id.clone(), e.name.clone())) {
+                    entries.push(e);
+                    added += 1;
+                }
+            }
+            if added < listed {
+                tracing::debug!(url = %url, repeated = listed - added, "dropped entries an earlier page listed");
+            }
+            let Some(next) = page.links.and_then(|l| l.next) else {
+                return Ok(entries);
+            };
+            // A next link that serves only entries already listed, or nothing at all, loops
+            // just the same when its URL differs each time (cursor and offset links).
+            if added == 0 {
+                without_news += 1;
+                if listed > 0 {
                     return Err(IngestError::RepeatedNextLink {
                         url: url.to_string(),
                     });
                 }
-            }
-            entries.extend(page.data);
-            match page.links.and_then(|l| l.next) {
-                Some(next) => {
-                    let next = url.join(&next.href).map_err(|e| IngestError::Verify {
-                        batch: String::new(),
-                        name: next.href.clone(),
-                        reason: format!("next link is not a URL: {e}"),
-                    })?;
-                    self.check_origin(&next)?;
-                    url = next;
+                if without_news >= MAX_PAGES_WITHOUT_NEWS {
+                    return Err(IngestError::ListingNotAdvancing {
+                        url: url.to_string(),
+                        pages: without_news,
+                    });
                 }
-                None => return Ok(entries),
+            } else {
+                without_news = 0;
             }
+            let next = url.join(&next.href).map_err(|e| IngestError::Verify {
+                batch: String::new(),
+                name: next.href.clone(),
+                reason: format!("next link is not a URL: {e}"),
+            })?;
+            self.check_origin(&next)?;
+            url = next;
         }
     }
 
@@ -110,11 +141,14 @@ impl AepClient {
         &self,
         batch: &str,
         name: &str,
-        links: Option<SelfLinks>,
+        entry: (Option<SelfLinks>, Option<Url>),
         fallback: Url,
     ) -> Result<Url, IngestError> {
+        let (links, page) = entry;
+        let base = page.unwrap_or_else(|| fallback.clone());
         let href = match links.and_then(|l| l.this) {
-            Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
+            // Relative hrefs are resolved against the page that listed them.
+            Some(h) => base.join(&h.href).map_err(|err| IngestError::Verify {
                 batch: batch.into(),
                 name: name.into(),
                 reason: format!("self link is not a URL: {err}"),
@@ -135,15 +169,8 @@ impl AepClient {
             let Some(id) = e.dataset_file_id else {
                 continue;
             };
-            let href = match e.links.and_then(|l| l.this) {
-                Some(h) => Url::parse(&h.href).map_err(|err| IngestError::Verify {
-                    batch: batch.into(),
-                    name: id.clone(),
-                    reason: format!("self link is not a URL: {err}"),
-                })?,
-                None => self.url(&format!("/data/foundation/export/files/{id}"))?,
-            };
-            self.check_origin(&href)?;
+            let fallback = self.url(&format!("/data/foundation/export/files/{id}"))?;
+            let href = self.entry_href(batch, &id, (e.links, e.page), fallback)?;
             pending.push((id, href));
         }
         let mut visited = HashSet::new();
@@ -161,11 +188,15 @@ impl AepClient {
                 // Older directory listings nest further dataSetFiles; newer ones list leaves.
                 if let (Some(nested), None) = (&e.dataset_file_id, &e.name) {
                     let fallback = self.url(&format!("/data/foundation/export/files/{nested}"))?;
-                    let href = self.entry_href(batch, nested, e.links, fallback)?;
+                    let href = self.entry_href(batch, nested, (e.links, e.page), fallback)?;
                     pending.push((nested.clone(), href));
                     continue;
                 }
                 let Some(name) = e.name else { continue };
+                if is_marker(&name) {
+                    tracing::debug!(batch, file = %dsf, name, "skipping a marker file");
+                    continue;
+                }
                 if !is_safe_name(&name) {
                     return Err(IngestError::UnsafeName {
                         batch: batch.into(),
@@ -184,7 +215,7 @@ impl AepClient {
                 })?;
                 let mut fallback = self.url(&format!("/data/foundation/export/files/{dsf}"))?;
                 fallback.query_pairs_mut().append_pair("path", &name);
-                let href = self.entry_href(batch, &name, e.links, fallback)?;
+                let href = self.entry_href(batch, &name, (e.links, e.page), fallback)?;
                 parts.push(RemotePart {
                     dataset_file_id: dsf.clone(),
                     name,
@@ -204,6 +235,14 @@ impl AepClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers() {
+        for m in ["_SUCCESS", "_started_123", "_committed_123", ".crc"] {
+            assert!(is_marker(m), "{m}");
+        }
+        assert!(!is_marker("part-00000.parquet"));
+    }
 
     #[test]
     fn unsafe_names() {

@@ -20,20 +20,30 @@ struct Env {
 }
 
 async fn env_with(rows: u64, parts: u32, tweak: impl FnOnce(&Path, &GenerateSummary)) -> Env {
+    env_full(rows, parts, 3, SimConfig::default(), tweak).await
+}
+
+async fn env_full(
+    rows: u64,
+    parts: u32,
+    batches: u32,
+    config: SimConfig,
+    tweak: impl FnOnce(&Path, &GenerateSummary),
+) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("platform");
     let summary = scoreland_platform_sim::generate(&GenerateOptions {
         out: out.clone(),
         rows,
         parts,
-        batches: 3,
+        batches,
         seed: 7,
         ..Default::default()
     })
     .unwrap();
     tweak(&out, &summary);
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sim = scoreland_platform_sim::serve_dir(&out, SimConfig::default(), addr)
+    let sim = scoreland_platform_sim::serve_dir(&out, config, addr)
         .await
         .unwrap();
     let staging = tmp.path().join("staging");
@@ -117,9 +127,8 @@ fn only_part(env: &Env) -> (PathBuf, PathBuf) {
         .path();
     let partial = Manifest::batch_dir(&env.staging, ds, &batch.id)
         .join(file.file_name().unwrap())
-        .join(format!(
-            ".{}.partial",
-            part.file_name().unwrap().to_str().unwrap()
+        .join(scoreland_ingest::partial_name(
+            part.file_name().unwrap().to_str().unwrap(),
         ));
     (part, partial)
 }
@@ -752,5 +761,411 @@ mod download {
         assert!(report.manifest.row_count_mismatch);
         // The verified parts of the failed attempt were kept and not fetched again.
         assert_eq!(report.skipped_parts, 2);
+    }
+}
+
+/// What the simulator cannot be made to say: a bare HTTP/1.1 server on loopback that answers
+/// every request with what `answer` gives for its request line.
+async fn raw_server(answer: fn(&str) -> Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let line = text.lines().next().unwrap_or("").to_string();
+                let _ = sock.write_all(&answer(&line)).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn http_response(status: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn client_for(base: &str, credentials: Credentials, options: DownloadOptions) -> AepClient {
+    AepClient::new(
+        PlatformConfig {
+            platform_url: base.parse().unwrap(),
+            ims_url: base.parse().unwrap(),
+            org_id: "x@AdobeOrg".into(),
+            sandbox: "prod".into(),
+            credentials,
+        },
+        options,
+    )
+    .unwrap()
+}
+
+fn oauth() -> Credentials {
+    Credentials::OAuth {
+        client_id: "id".into(),
+        client_secret: Secret::new("s3cr3t-value"),
+        scopes: PlatformConfig::DEFAULT_SCOPES.into(),
+    }
+}
+
+/// Review findings: platform input that must neither crash, hang nor lose data.
+mod hardening {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_budget_ends_at_once() {
+        let env = env().await;
+        env.sim.push_fault(
+            Route::CatalogBatches,
+            Fault::Status {
+                status: 503,
+                retry_after: Some("18446744073709551615".into()),
+                body: ErrorBodyStyle::Gateway,
+            },
+            1,
+        );
+        let started = std::time::Instant::now();
+        let err = client(&env)
+            .list_batches(&env.summary.dataset_id, &[], 5)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, IngestError::RetryAfterTooLong { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_retry_time"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_huge_token_lifetime_does_not_overflow() {
+        let base = raw_server(|line| {
+            if line.starts_with("POST /ims/token/v3") {
+                http_response(
+                    "200 OK",
+                    "",
+                    br#"{"access_token":"t","token_type":"bearer","expires_in":18446744073709551615}"#,
+                )
+            } else {
+                http_response("200 OK", "", b"{}")
+            }
+        })
+        .await;
+        let c = client_for(&base, oauth(), options());
+        let got = c.list_batches("ds", &[], 5).await.unwrap();
+        assert!(got.is_empty());
+        // The token is cached: a second call works too.
+        c.list_batches("ds", &[], 5).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_invalid_scope_says_it_is_about_scopes() {
+        let base = raw_server(|_| {
+            http_response(
+                "400 Bad Request",
+                "",
+                br#"{"error":"invalid_scope","error_description":"Invalid scope (AdobeID)"}"#,
+            )
+        })
+        .await;
+        let err = client_for(&base, oauth(), options())
+            .list_batches("ds", &[], 5)
+            .await
+            .unwrap_err();
+        let text = format!("{err:#?} {err}");
+        assert!(text.contains("scopes"), "{text}");
+        assert!(!text.contains("SCORELAND_"), "{text}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(err.is_user_error());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_16_mib_is_refused_naming_its_path() {
+        let base = raw_server(|_| {
+            let mut head =
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                    .to_vec();
+            head.extend(std::iter::repeat_n(b' ', 17 << 20));
+            head
+        })
+        .await;
+        let token = Credentials::StaticToken {
+            api_key: "k".into(),
+            token: Secret::new("t"),
+        };
+        let err = client_for(&base, token, options())
+            .list_batches("ds", &[], 5)
+            .await
+            .unwrap_err();
+        match &err {
+            IngestError::BodyTooLarge { url, limit, .. } => {
+                assert_eq!(url, "/data/foundation/catalog/batches");
+                assert_eq!(*limit, 16 << 20);
+            }
+            other => panic!("expected BodyTooLarge, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dribbling_body_is_abandoned_and_resumed() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::Drip {
+                bytes: 200,
+                every: Duration::from_millis(20),
+            },
+            1,
+        );
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                min_speed: 64 * 1024,
+                min_speed_window: Duration::from_millis(300),
+                ..options()
+            },
+        );
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(c.retries(), 1);
+        assert_eq!(env.sim.request_count(Route::Download), 2);
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_only_ever_dribbles_gives_up_as_too_slow() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::Drip {
+                bytes: 100,
+                every: Duration::from_millis(20),
+            },
+            50,
+        );
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                min_speed: 64 * 1024,
+                min_speed_window: Duration::from_millis(200),
+                retry: RetryPolicy {
+                    max_attempts: 3,
+                    ..options().retry
+                },
+                ..options()
+            },
+        );
+        let err = download_newest(&env, &c).await.unwrap_err();
+        match &err {
+            IngestError::GaveUp {
+                attempts, source, ..
+            } => {
+                // Slow attempts move bytes, but do not count as progress.
+                assert_eq!(*attempts, 3);
+                assert!(matches!(**source, IngestError::TooSlow { .. }), "{source}");
+            }
+            other => panic!("expected GaveUp, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_cut_every_time_finishes_while_each_attempt_makes_progress() {
+        let config = SimConfig {
+            bandwidth_per_connection: Some(400_000),
+            ..SimConfig::default()
+        };
+        let env = env_full(20_000, 1, 3, config, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::ResponseCap {
+                after: Duration::from_millis(150),
+            },
+            1000,
+        );
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                retry: RetryPolicy {
+                    max_attempts: 3,
+                    ..options().retry
+                },
+                ..options()
+            },
+        );
+        let report = download_newest(&env, &c).await.unwrap();
+        // Many more attempts than max_attempts, each one resumed where the last was cut.
+        let attempts = env.sim.request_count(Route::Download);
+        assert!(attempts > 3, "{attempts} attempts");
+        assert_eq!(report.bytes_downloaded, report.manifest.bytes);
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
+    async fn a_shorter_range_than_asked_is_taken_and_the_rest_asked_for() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::ShortRange { max_bytes: 10_000 },
+            1000,
+        );
+        let c = client(&env);
+        let report = download_newest(&env, &c).await.unwrap();
+        let bytes = report.manifest.bytes;
+        assert!(
+            bytes > 30_000,
+            "a part of {bytes} bytes is too small for the test"
+        );
+        assert_eq!(
+            env.sim.request_count(Route::Download),
+            bytes.div_ceil(10_000)
+        );
+        assert_eq!(c.retries(), 0, "short ranges are not failures");
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
+    async fn a_200_to_a_ranged_request_starts_the_part_over() {
+        let env = env_with(4000, 1, |_, _| {}).await;
+        env.sim.push_fault(
+            Route::Download,
+            Fault::ResetMidBody {
+                after_bytes: 20_000,
+            },
+            1,
+        );
+        env.sim.push_fault(Route::Download, Fault::IgnoreRange, 1);
+        let c = client(&env);
+        let report = download_newest(&env, &c).await.unwrap();
+        assert_eq!(env.sim.request_count(Route::Download), 2);
+        assert_checksums(&report);
+    }
+
+    #[tokio::test]
+    async fn marker_files_in_listings_are_skipped() {
+        let env = env().await;
+        env.sim
+            .push_fault(Route::FileListing, Fault::MarkerFiles, 100);
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        assert_eq!(report.manifest.parts.len(), 4);
+        assert!(
+            report
+                .manifest
+                .parts
+                .iter()
+                .all(|p| !p.name.starts_with('_'))
+        );
+        assert_eq!(report.manifest.rows, 400);
+    }
+
+    #[tokio::test]
+    async fn an_overlapping_cursor_lists_each_part_once() {
+        let env = env_with(400, 9, |_, _| {}).await;
+        env.sim.set_page_size(Some(2));
+        env.sim
+            .push_fault(Route::FileListing, Fault::OverlappingCursor, 100);
+        env.sim
+            .push_fault(Route::BatchFiles, Fault::OverlappingCursor, 100);
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        assert_eq!(report.manifest.parts.len(), 9);
+        assert_eq!(report.manifest.rows, 400);
+        assert!(env.sim.request_count(Route::FileListing) >= 8);
+    }
+
+    #[tokio::test]
+    async fn empty_pages_are_followed_but_not_forever() {
+        let env = env().await;
+        env.sim.push_fault(Route::FileListing, Fault::EmptyPage, 3);
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        assert_eq!(report.manifest.parts.len(), 4);
+
+        let endless = super::env().await;
+        endless
+            .sim
+            .push_fault(Route::FileListing, Fault::EmptyPage, 1000);
+        let err = download_newest(&endless, &client(&endless))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, IngestError::ListingNotAdvancing { pages: 20, .. }),
+            "{err}"
+        );
+        assert!(endless.sim.request_count(Route::FileListing) <= 21);
+    }
+
+    #[tokio::test]
+    async fn a_catalog_that_ignores_start_is_an_error() {
+        let env = env_full(2, 1, 101, SimConfig::default(), |_, _| {}).await;
+        let c = client(&env);
+        let all = c
+            .list_batches(&env.summary.dataset_id, &[], 1000)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), env.summary.batches.len());
+        assert!(all.len() > 100);
+        env.sim
+            .push_fault(Route::CatalogBatches, Fault::CatalogIgnoresStart, 1000);
+        let err = c
+            .list_batches(&env.summary.dataset_id, &[], 1000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, IngestError::ListingNotAdvancing { .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn relative_hrefs_are_resolved_against_their_page() {
+        let env = env().await;
+        env.sim
+            .push_fault(Route::BatchFiles, Fault::RelativeHrefs, 100);
+        env.sim
+            .push_fault(Route::FileListing, Fault::RelativeHrefs, 100);
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        assert_eq!(report.manifest.parts.len(), 4);
+        assert_eq!(report.manifest.rows, 400);
+    }
+
+    #[tokio::test]
+    async fn catch_up_goes_on_when_the_last_landed_batch_is_gone_from_catalog() {
+        let env = env().await;
+        let c = client(&env);
+        let scoring: Vec<_> = env
+            .summary
+            .batches
+            .iter()
+            .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
+            .collect();
+        // The state keeps the last landed batch's creation time; its id need not exist.
+        let got = c
+            .batches_after(
+                &env.summary.dataset_id,
+                SCORING_CLIENT,
+                "batch-that-catalog-forgot",
+                scoring[0].created,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            vec![scoring[2].id.as_str()]
+        );
     }
 }

@@ -87,8 +87,39 @@ pub enum Fault {
     Bandwidth { bytes_per_sec: u64 },
     /// Every token issued so far expires now, before this request is checked.
     ExpireTokens,
+    /// Wait this long, then send `bytes` bytes of the body, again and again: a connection that
+    /// dribbles and never goes quiet long enough for a read timeout.
+    Drip {
+        bytes: u64,
+        #[serde(with = "humantime_serde_ms")]
+        every: Duration,
+    },
+    /// Reset the connection once the response has taken this long, as AEP's gateway does at
+    /// 60 s.
+    ResponseCap {
+        #[serde(with = "humantime_serde_ms")]
+        after: Duration,
+    },
+    /// Downloads: answer 206 with at most this many bytes from where the client asked (or from
+    /// the start), which RFC 9110 and AEP allow.
+    ShortRange { max_bytes: u64 },
+    /// Downloads: answer 200 with the whole file even to a ranged request.
+    IgnoreRange,
     /// Listing routes: the `next` link points back at the page just served.
     RepeatNextLink,
+    /// File listings: the next page starts at the last entry of this one, so it is listed
+    /// twice (a name cursor that is inclusive).
+    OverlappingCursor,
+    /// Listing routes: an empty page whose `next` link is new each time and serves the page
+    /// that was asked for.
+    EmptyPage,
+    /// File listings: Spark's `_SUCCESS`, `_started_*` and `_committed_*` marker files beside
+    /// the parts.
+    MarkerFiles,
+    /// Listing routes: every href is a path relative to the host (`/data/…`).
+    RelativeHrefs,
+    /// Catalog batch lists: `start` is ignored, so every page is the first.
+    CatalogIgnoresStart,
     /// Listing routes: every href in the body points at this other origin.
     ForeignHrefs { origin: String },
 }

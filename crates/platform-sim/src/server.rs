@@ -352,7 +352,22 @@ fn fault_response(status: u16, retry_after: Option<&str>, style: ErrorBodyStyle)
 enum ListingQuirk {
     RepeatNext,
     Foreign(String),
+    Overlap,
+    Empty,
+    Markers,
+    Relative,
 }
+
+/// Download quirks, for the `download` handler.
+#[derive(Debug, Clone, Copy)]
+enum RangeQuirk {
+    Short(u64),
+    Ignore,
+}
+
+/// Catalog quirks.
+#[derive(Debug, Clone, Copy)]
+struct IgnoreStart;
 
 async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let route = Route::classify(req.uri().path(), req.uri().query());
@@ -367,9 +382,10 @@ async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
     if !st.config.latency.is_zero() {
         tokio::time::sleep(st.config.latency).await;
     }
-    let mut cut = None;
-    let mut stall = None;
-    let mut rate = st.config.bandwidth_per_connection;
+    let mut shape = Shape {
+        rate: st.config.bandwidth_per_connection,
+        ..Shape::default()
+    };
     match fault {
         Some(Fault::Status {
             status,
@@ -384,30 +400,83 @@ async fn fault_layer(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
         Some(Fault::ForeignHrefs { origin }) => {
             req.extensions_mut().insert(ListingQuirk::Foreign(origin));
         }
-        Some(Fault::ResetMidBody { after_bytes }) => cut = Some((after_bytes, true)),
-        Some(Fault::TruncateBody { after_bytes }) => cut = Some((after_bytes, false)),
-        Some(Fault::StallMidBody { after_bytes, delay }) => stall = Some((after_bytes, delay)),
-        Some(Fault::Bandwidth { bytes_per_sec }) => rate = Some(bytes_per_sec),
+        Some(Fault::OverlappingCursor) => {
+            req.extensions_mut().insert(ListingQuirk::Overlap);
+        }
+        Some(Fault::EmptyPage) => {
+            req.extensions_mut().insert(ListingQuirk::Empty);
+        }
+        Some(Fault::MarkerFiles) => {
+            req.extensions_mut().insert(ListingQuirk::Markers);
+        }
+        Some(Fault::RelativeHrefs) => {
+            req.extensions_mut().insert(ListingQuirk::Relative);
+        }
+        Some(Fault::CatalogIgnoresStart) => {
+            req.extensions_mut().insert(IgnoreStart);
+        }
+        Some(Fault::ShortRange { max_bytes }) => {
+            req.extensions_mut().insert(RangeQuirk::Short(max_bytes));
+        }
+        Some(Fault::IgnoreRange) => {
+            req.extensions_mut().insert(RangeQuirk::Ignore);
+        }
+        Some(Fault::ResetMidBody { after_bytes }) => shape.cut = Some((after_bytes, true)),
+        Some(Fault::TruncateBody { after_bytes }) => shape.cut = Some((after_bytes, false)),
+        Some(Fault::StallMidBody { after_bytes, delay }) => {
+            shape.stall = Some((after_bytes, delay))
+        }
+        Some(Fault::Bandwidth { bytes_per_sec }) => shape.rate = Some(bytes_per_sec),
+        Some(Fault::Drip { bytes, every }) => shape.drip = Some((bytes.max(1), every)),
+        Some(Fault::ResponseCap { after }) => shape.cap = Some(after),
         None => {}
     }
     let resp = next.run(req).await;
-    if cut.is_none() && stall.is_none() && rate.is_none() {
+    if shape.is_plain() {
         return resp;
     }
-    shape_body(resp, cut, stall, rate)
+    shape_body(resp, shape)
+}
+
+/// How a response body is re-streamed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shape {
+    /// Bytes to send, then end (false) or reset (true).
+    cut: Option<(u64, bool)>,
+    /// Bytes to send, then a pause.
+    stall: Option<(u64, Duration)>,
+    /// Bytes per second.
+    rate: Option<u64>,
+    /// So many bytes every so often.
+    drip: Option<(u64, Duration)>,
+    /// Reset once the body has taken this long.
+    cap: Option<Duration>,
+}
+
+impl Shape {
+    fn is_plain(&self) -> bool {
+        self.cut.is_none()
+            && self.stall.is_none()
+            && self.rate.is_none()
+            && self.drip.is_none()
+            && self.cap.is_none()
+    }
 }
 
 /// Bytes read from a part file at a time. Each read is a trip to tokio's blocking pool, so larger
 /// reads leave more of the machine to the client under test.
 const PART_READ: usize = 256 * 1024;
 
-/// Re-streams a response body, cutting it short, stalling it once or pacing it.
-fn shape_body(
-    resp: Response,
-    cut: Option<(u64, bool)>,
-    stall: Option<(u64, Duration)>,
-    rate: Option<u64>,
-) -> Response {
+/// Re-streams a response body, cutting it short, stalling it once, pacing it, dripping it or
+/// resetting it after a time.
+fn shape_body(resp: Response, shape: Shape) -> Response {
+    let Shape {
+        cut,
+        stall,
+        rate,
+        drip,
+        cap,
+    } = shape;
     use axum::body::HttpBody as _;
     let (mut parts, body) = resp.into_parts();
     if let Some(len) = body.size_hint().exact() {
@@ -416,17 +485,18 @@ fn shape_body(
             .entry(header::CONTENT_LENGTH)
             .or_insert_with(|| HeaderValue::from(len));
     }
-    if cut.is_some() {
+    if cut.is_some() || cap.is_some() {
         // The connection dies with this body; say so, as a server closing it would.
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let chunk = match rate {
+    let chunk = match (drip, rate) {
+        (Some((bytes, _)), _) => (bytes as usize).min(PART_READ),
         // About twenty pauses a second keep pacing smooth without tiny writes; at most one read
         // of a part file (see `PART_READ`) at a time.
-        Some(r) => ((r / 20) as usize).clamp(1024, PART_READ),
-        None => PART_READ,
+        (None, Some(r)) => ((r / 20) as usize).clamp(1024, PART_READ),
+        (None, None) => PART_READ,
     };
     struct Shaper {
         inner: axum::body::BodyDataStream,
@@ -447,6 +517,19 @@ fn shape_body(
     let stream = futures::stream::unfold(shaper, move |mut s| async move {
         if s.done {
             return None;
+        }
+        if let Some(after) = cap
+            && s.started.elapsed() >= after
+        {
+            s.done = true;
+            let err = std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated gateway time limit",
+            );
+            return Some((Err(err), s));
+        }
+        if let Some((_, every)) = drip {
+            tokio::time::sleep(every).await;
         }
         if s.buf.is_empty() {
             match s.inner.next().await {
@@ -750,9 +833,11 @@ fn batch_dataset(batch: &Batch) -> Option<&str> {
 async fn list_batches(
     State(st): State<Arc<AppState>>,
     Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    ignore_start: Option<Extension<IgnoreStart>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let (limit, start) = match parse_limit_start(&q) {
+        Ok((limit, _)) if ignore_start.is_some() => (limit, 0),
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -891,8 +976,21 @@ async fn list_datasets(
 fn links_origin(st: &AppState, quirk: Option<&ListingQuirk>) -> String {
     match quirk {
         Some(ListingQuirk::Foreign(origin)) => origin.trim_end_matches('/').to_string(),
+        Some(ListingQuirk::Relative) => String::new(),
         _ => st.base_url.clone(),
     }
+}
+
+/// An empty listing page whose `next` link is new each time and serves `next_query` again.
+fn empty_page(base: &str, next_query: &str) -> Response {
+    static HOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let hop = HOPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    axum::Json(json!({
+        "data": [],
+        "_page": {"count": 0},
+        "_links": {"next": {"href": format!("{base}?{next_query}&hop={hop}")}},
+    }))
+    .into_response()
 }
 
 fn da_not_found(what: &str) -> Response {
@@ -958,12 +1056,19 @@ async fn batch_files(
         })
         .collect();
     let base = format!("{origin}{DA_PREFIX}/batches/{id}/files");
+    if matches!(quirk, Some(ListingQuirk::Empty)) {
+        return empty_page(&base, &format!("start={start}&limit={limit}"));
+    }
     let mut links = Map::new();
     let next_start = match quirk {
         Some(ListingQuirk::RepeatNext) => Some(start),
         _ if start + data.len() < files.len() => Some(start + data.len()),
         _ => None,
-    };
+    }
+    .map(|n| match quirk {
+        Some(ListingQuirk::Overlap) => n.saturating_sub(1).max(start),
+        _ => n,
+    });
     if let Some(n) = next_start {
         links.insert(
             "next".into(),
@@ -986,6 +1091,7 @@ async fn files(
     State(st): State<Arc<AppState>>,
     Extension(SandboxName(sandbox)): Extension<SandboxName>,
     quirk: Option<Extension<ListingQuirk>>,
+    range_quirk: Option<Extension<RangeQuirk>>,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -1005,7 +1111,14 @@ async fn files(
         let Some(part) = file.parts.iter().find(|p| &p.name == name) else {
             return da_not_found(&format!("file '{name}' in dataSetFile '{id}'"));
         };
-        return download(&part.path, &part.name, part.length, &headers).await;
+        return download(
+            &part.path,
+            &part.name,
+            part.length,
+            &headers,
+            range_quirk.map(|Extension(q)| q),
+        )
+        .await;
     }
     let limit = match st.page_limit(q.get("limit")) {
         Ok(l) => l,
@@ -1021,9 +1134,13 @@ async fn files(
     let quirk = quirk.map(|Extension(q)| q);
     let origin = links_origin(&st, quirk.as_ref());
     let base = format!("{origin}{DA_PREFIX}/files/{id}");
+    if matches!(quirk, Some(ListingQuirk::Empty)) {
+        let start = q.get("start").map(|s| encode(s)).unwrap_or_default();
+        return empty_page(&base, &format!("start={start}&limit={limit}"));
+    }
     let page = &file.parts[start_idx.min(file.parts.len())..];
     let page = &page[..page.len().min(limit)];
-    let data: Vec<Value> = page
+    let mut data: Vec<Value> = page
         .iter()
         .map(|p| {
             json!({
@@ -1033,9 +1150,26 @@ async fn files(
             })
         })
         .collect();
+    if matches!(quirk, Some(ListingQuirk::Markers)) {
+        for marker in [
+            "_SUCCESS",
+            "_started_5521860254457337425",
+            "_committed_5521860254457337425",
+        ] {
+            data.push(json!({
+                "name": marker,
+                "length": "0",
+                "_links": {"self": {"href": format!("{base}?path={marker}")}},
+            }));
+        }
+    }
     let mut links = Map::new();
     let next_name = match quirk {
         Some(ListingQuirk::RepeatNext) => page.first().map(|p| p.name.clone()),
+        // An inclusive cursor: the next page starts with this page's last entry.
+        Some(ListingQuirk::Overlap) if start_idx + page.len() < file.parts.len() => {
+            page.last().map(|p| p.name.clone())
+        }
         _ => file
             .parts
             .get(start_idx + page.len())
@@ -1110,11 +1244,27 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeAsk {
     }
 }
 
-async fn download(path: &std::path::Path, name: &str, size: u64, headers: &HeaderMap) -> Response {
-    let range = parse_range(
+async fn download(
+    path: &std::path::Path,
+    name: &str,
+    size: u64,
+    headers: &HeaderMap,
+    quirk: Option<RangeQuirk>,
+) -> Response {
+    let asked = parse_range(
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
         size,
     );
+    let range = match (quirk, asked) {
+        (Some(RangeQuirk::Ignore), _) => RangeAsk::Whole,
+        (Some(RangeQuirk::Short(max)), RangeAsk::Whole) if size > 0 => {
+            RangeAsk::Part(0, max.clamp(1, size) - 1)
+        }
+        (Some(RangeQuirk::Short(max)), RangeAsk::Part(a, b)) => {
+            RangeAsk::Part(a, b.min(a.saturating_add(max.max(1) - 1)))
+        }
+        (_, asked) => asked,
+    };
     let content_type = if name.ends_with(".parquet") {
         "application/parquet"
     } else {
