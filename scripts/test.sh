@@ -14,6 +14,8 @@ scripts/test-services.sh install
 scripts/test-services.sh start
 trap 'scripts/test-services.sh stop' EXIT
 source "$SCORELAND_SVC_DIR/env.sh"
+# A test whose server is missing fails rather than skips (crates/sink/tests/sink.rs).
+export SCORELAND_REQUIRE_SERVICES=1
 
 cargo run --quiet -p scoreland -- validate pipelines/*.toml
 cargo test --workspace
@@ -23,4 +25,9 @@ READERS=$(mktemp -d)
 trap 'scripts/test-services.sh stop; rm -rf "$READERS"' EXIT
 SCORELAND_WAREHOUSE="$READERS/wh" SCORELAND_STAGING="$READERS/staging" \
   cargo run --quiet -p scoreland -- -q run pipelines/demo.toml
-SPARK_LOCAL_IP=127.0.0.1 "$SCORELAND_SVC_DIR/venv/bin/python" tests/readers/read_landed.py "$READERS/wh" 2>/dev/null
+# The readers' stderr is kept aside and shown only when they fail (Spark is chatty).
+if ! SPARK_LOCAL_IP=127.0.0.1 "$SCORELAND_SVC_DIR/venv/bin/python" tests/readers/read_landed.py "$READERS/wh" 2> "$READERS/readers.err"; then
+  echo "the readers failed; their stderr:" >&2
+  cat "$READERS/readers.err" >&2
+  exit 1
+fi

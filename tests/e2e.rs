@@ -371,3 +371,394 @@ fn every_pipeline_file_validates() {
         files.len()
     );
 }
+
+/// A `scoreland` process left running, whose stderr is read line by line as it comes, so a
+/// test can act on an event (a log line) rather than after a sleep.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoreland"));
+        cmd.current_dir(repo())
+            .args(args)
+            .env_remove("SCORELAND_WAREHOUSE")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the scoreland binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits (at most a minute) for a stderr line containing `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.stderr.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} on stderr; got:\n{}",
+                    self.stderr.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Exit code, stdout, and all of stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        use std::io::Read;
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        self.stderr.extend(self.lines.iter());
+        (status.code(), stdout, self.stderr.join("\n"))
+    }
+}
+
+/// Operating the nightly job: locks, signals, exit codes, output for schedulers, state.
+mod operations {
+    use super::*;
+
+    fn write_lock(demo: &Demo, run_id: &str, started_at: &str) {
+        let dir = Path::new(&demo.wh()).join("_locks");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("demo.lock"),
+            format!(
+                r#"{{"run_id":"{run_id}","pid":1,"host":"elsewhere","started_at":"{started_at}"}}"#
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_exits_4_even_when_its_time_is_in_the_future() {
+        let demo = Demo::new();
+        write_lock(&demo, "run-from-2099", "2099-01-01T00:00:00+00:00");
+        let o = demo.run(&[], &[]);
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert!(text(&o).contains("run-from-2099"), "{}", text(&o));
+        write_lock(&demo, "run-unreadable", "not a time");
+        assert_eq!(demo.run(&[], &[]).status.code(), Some(4));
+        // A lock of 2000 is stale and taken over.
+        write_lock(&demo, "run-from-2000", "2000-01-01T00:00:00+00:00");
+        let o = demo.run(&[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!Path::new(&demo.wh()).join("_locks/demo.lock").exists());
+    }
+
+    #[test]
+    fn two_runs_taking_over_one_stale_lock_never_both_run() {
+        let demo = Demo::new();
+        write_lock(&demo, "run-long-dead", "2000-01-01T00:00:00+00:00");
+        let go_a = demo.tmp.path().join("go-a");
+        let go_b = demo.tmp.path().join("go-b");
+        let env = demo.env();
+        let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let pause_a = format!("lock_takeover:{}", go_a.display());
+        let pause_b = format!("before_commit:{}", go_b.display());
+        // A finds the lock stale and stops just before replacing it.
+        envs.push(("SCORELAND_PAUSE_AT", &pause_a));
+        let mut a = Running::start(&["run", "pipelines/demo.toml"], &envs);
+        a.wait_for("SCORELAND_PAUSE_AT=lock_takeover");
+        // B finds it stale too, takes it over and runs up to its commit.
+        envs.pop();
+        envs.push(("SCORELAND_PAUSE_AT", &pause_b));
+        let mut b = Running::start(&["run", "pipelines/demo.toml"], &envs);
+        b.wait_for("SCORELAND_PAUSE_AT=before_commit");
+        // A goes on: its swap must fail, as the lock is now B's.
+        std::fs::write(&go_a, "").unwrap();
+        let (code_a, _, err_a) = a.finish();
+        assert_eq!(code_a, Some(4), "{err_a}");
+        assert!(err_a.contains("is already running"), "{err_a}");
+        std::fs::write(&go_b, "").unwrap();
+        let (code_b, _, err_b) = b.finish();
+        assert_eq!(code_b, Some(0), "{err_b}");
+        assert!(demo.count("SELECT count(*) AS n FROM scores") > 0);
+    }
+
+    #[test]
+    fn sigterm_while_publishing_finishes_the_publish() {
+        let demo = Demo::new();
+        let go = demo.tmp.path().join("go");
+        let pause = format!("before_commit:{}", go.display());
+        let env = demo.env();
+        let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        envs.push(("SCORELAND_PAUSE_AT", &pause));
+        let mut run = Running::start(&["run", "pipelines/demo.toml", "--json"], &envs);
+        run.wait_for("SCORELAND_PAUSE_AT=before_commit");
+        run.signal("TERM");
+        std::fs::write(&go, "").unwrap();
+        let (code, stdout, stderr) = run.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stderr.contains("SIGTERM arrived while publishing; the publish was finished"),
+            "{stderr}"
+        );
+        let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(r["status"], "landed");
+        let rows = r["rows_out"].as_u64().unwrap();
+        assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), rows);
+        assert!(!Path::new(&demo.wh()).join("_locks/demo.lock").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_while_downloading_publishes_nothing_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Slow enough that the download is under way when the signal comes.
+        let sim = scoreland_platform_sim::serve_dir(
+            &repo().join("sample-data/platform"),
+            SimConfig {
+                bandwidth_per_connection: Some(20_000),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let env = sim_env(&sim, tmp.path());
+        let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut run = Running::start(
+                &["run", "pipelines/customer-ai-nightly.toml", "--json"],
+                &envs,
+            );
+            run.wait_for("downloading batch");
+            run.signal("TERM");
+            run.finish()
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(
+                "interrupted by SIGTERM before publishing; nothing of this run was published"
+            ),
+            "{stderr}"
+        );
+        let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(r["status"], "failed");
+        let wh = tmp.path().join("wh");
+        assert!(!wh.join("scores").exists(), "nothing was published");
+        assert!(!wh.join("_state").exists());
+        assert!(!wh.join("_locks/customer-ai-nightly.lock").exists());
+        let work = tmp.path().join("staging/.work");
+        assert!(
+            !work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(),
+            "the run's work directory is removed"
+        );
+    }
+
+    /// The variables `pipelines/customer-ai-nightly.toml` names, pointed at a simulator.
+    fn sim_env(sim: &scoreland_platform_sim::SimHandle, tmp: &Path) -> Vec<(&'static str, String)> {
+        let info = sim.platform().info.clone();
+        let dataset = sim.platform().sandboxes["prod"]
+            .datasets
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        vec![
+            ("SCORELAND_PLATFORM_URL", sim.base_url().to_string()),
+            ("SCORELAND_IMS_URL", sim.ims_url().to_string()),
+            ("SCORELAND_ORG_ID", info.org_id),
+            ("SCORELAND_SANDBOX", "prod".into()),
+            ("SCORELAND_CLIENT_ID", info.client_id),
+            ("SCORELAND_CLIENT_SECRET", info.client_secret),
+            ("SCORELAND_DATASET_ID", dataset),
+            ("SCORELAND_WAREHOUSE", tmp.join("wh").display().to_string()),
+            (
+                "SCORELAND_STAGING",
+                tmp.join("staging").display().to_string(),
+            ),
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_nightly_template_catches_up_from_its_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("platform");
+        let summary = scoreland_platform_sim::generate(&scoreland_platform_sim::GenerateOptions {
+            out: out.clone(),
+            rows: 300,
+            parts: 2,
+            batches: 3,
+            seed: 11,
+            ..Default::default()
+        })
+        .unwrap();
+        let scoring: Vec<_> = summary
+            .batches
+            .iter()
+            .filter(|b| b.created_client == "acp_foundation_push" && b.status == "success")
+            .map(|b| b.id.clone())
+            .collect();
+        assert_eq!(scoring.len(), 3);
+        let sim = scoreland_platform_sim::serve_dir(
+            &out,
+            SimConfig::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let env = sim_env(&sim, tmp.path());
+        let template =
+            std::fs::read_to_string(repo().join("pipelines/customer-ai-nightly.toml")).unwrap();
+        // Night one lands the oldest batch only; the template's catch-up does the rest.
+        let first_only = tmp.path().join("first.toml");
+        std::fs::write(
+            &first_only,
+            template.replace(
+                r#"batches = { mode = "catch_up" }"#,
+                &format!(r#"batches = {{ mode = "batch", id = "{}" }}"#, scoring[0]),
+            ),
+        )
+        .unwrap();
+        let run = |pipeline: PathBuf| {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || {
+                let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                scoreland(&["run", &pipeline.display().to_string(), "--json"], &envs)
+            })
+        };
+        let one = run(first_only).await.unwrap();
+        assert_eq!(one.status.code(), Some(0), "{}", text(&one));
+        assert_eq!(record(&one)["batches"][0], scoring[0].as_str());
+        let nightly = repo().join("pipelines/customer-ai-nightly.toml");
+        let two = run(nightly.clone()).await.unwrap();
+        assert_eq!(two.status.code(), Some(0), "{}", text(&two));
+        // The third batch replaced the second: landing both would count its rows twice.
+        assert_eq!(
+            record(&two)["batches"],
+            serde_json::json!([scoring[2].as_str()])
+        );
+        let state: Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join("wh/_state/customer-ai-nightly.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            state["landed_batches"],
+            serde_json::json!([scoring[2].as_str()])
+        );
+        assert!(state["last_batch_created"].as_i64().unwrap() > 0);
+        let three = run(nightly).await.unwrap();
+        assert_eq!(three.status.code(), Some(3), "{}", text(&three));
+    }
+
+    #[test]
+    fn dry_run_lands_nothing_and_run_json_is_one_line_without_colour() {
+        let demo = Demo::new();
+        let dry = demo.run(&["--dry-run", "--json"], &[]);
+        assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+        let r = record(&dry);
+        assert_eq!(r["status"], "dry_run");
+        assert_eq!(r["parts"], 4);
+        assert!(r["bytes"].as_u64().unwrap() > 0);
+        assert!(!Path::new(&demo.wh()).join("scores").exists());
+        assert!(!Path::new(&demo.wh()).join("_state").exists());
+
+        // Logs to a pipe: no colour, even without NO_COLOR.
+        let env = demo.env();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoreland"));
+        cmd.current_dir(repo())
+            .args(["run", "pipelines/demo.toml", "--json"])
+            .env_remove("NO_COLOR");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(stdout.lines().count(), 1, "JSON Lines: {stdout}");
+        let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(r["status"], "landed");
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains('\x1b'),
+            "colour codes in a pipe"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_from_the_environment_never_sees_a_loopback_platform() {
+        let sim = scoreland_platform_sim::serve_dir(
+            &repo().join("sample-data/platform"),
+            SimConfig::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        proxy.set_nonblocking(true).unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        let mut env = sim_env(&sim, tmp.path());
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            env.push((var, proxy_url.clone()));
+        }
+        let dataset = env
+            .iter()
+            .find(|(k, _)| *k == "SCORELAND_DATASET_ID")
+            .unwrap()
+            .1
+            .clone();
+        let o = tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            scoreland(&["batches", "--dataset", &dataset], &envs)
+        })
+        .await
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            proxy.accept().is_err(),
+            "the proxy was sent a request meant for the loopback platform"
+        );
+    }
+}

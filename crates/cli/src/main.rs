@@ -3,7 +3,7 @@
 //! crates.
 //!
 //! Exit codes: 0 success, 1 the run failed, 2 bad configuration or usage, 3 nothing new to
-//! land (`run`).
+//! land (`run`), 4 another run holds the pipeline's lock (`run`).
 
 mod args;
 mod platform;
@@ -126,8 +126,14 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCORELAND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org): log
+    // files and pipes get plain text.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
@@ -143,7 +149,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Download(_) | Command::Batches(_) | Command::Sim(_)
     );
-    if moves_bytes || matches!(&cli.command, Command::Transform(a) if a.memory_limit.is_some()) {
+    let pooled_transform = matches!(&cli.command, Command::Transform(a) if a.memory_limit.as_deref() != Some("unlimited"));
+    if moves_bytes || pooled_transform {
         without_huge_pages();
     }
     init_logging(&cli);

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use scoreland_ingest::{
-    AepClient, BatchSelection, Credentials, DownloadOptions, PlatformConfig, SCORING_CLIENT, Secret,
+    AepClient, BatchSelection, DownloadOptions, IngestError, PlatformConfig, PlatformSettings,
+    SCORING_CLIENT, Secret,
 };
 
 use crate::{Failure, progress, usage};
@@ -18,7 +19,7 @@ pub struct PlatformArgs {
     #[arg(long, env = "SCORELAND_IMS_URL", default_value = PlatformConfig::DEFAULT_IMS_URL)]
     pub ims_url: String,
     /// IMS organization, `…@AdobeOrg`.
-    #[arg(long, env = "SCORELAND_ORG_ID")]
+    #[arg(long, env = "SCORELAND_ORG_ID", default_value = "")]
     pub org_id: String,
     #[arg(long, env = "SCORELAND_SANDBOX", default_value = "prod")]
     pub sandbox: String,
@@ -39,43 +40,42 @@ pub struct PlatformArgs {
 }
 
 impl PlatformArgs {
+    /// The client, through the same construction a pipeline file uses; errors name the flag
+    /// and its environment variable.
     fn client(&self, options: DownloadOptions) -> Result<AepClient, Failure> {
-        let credentials = match (
-            &self.access_token,
-            &self.api_key,
-            &self.client_id,
-            &self.client_secret,
-        ) {
-            (Some(token), Some(key), _, _) => Credentials::StaticToken {
-                api_key: key.clone(),
-                token: Secret::new(token.clone()),
-            },
-            (_, _, Some(id), Some(secret)) => Credentials::OAuth {
-                client_id: id.clone(),
-                client_secret: Secret::new(secret.clone()),
-                scopes: self.scopes.clone(),
-            },
-            _ => {
-                return Err(usage(anyhow::anyhow!(
-                    "no credentials: set SCORELAND_CLIENT_ID and SCORELAND_CLIENT_SECRET (or SCORELAND_ACCESS_TOKEN and SCORELAND_API_KEY)"
-                )));
-            }
-        };
-        let parse = |what: &str, s: &str| {
-            s.parse()
-                .map_err(|e| usage(anyhow::anyhow!("{what} {s:?} is not a URL: {e}")))
-        };
-        let config = PlatformConfig {
-            platform_url: parse("--platform-url", &self.platform_url)?,
-            ims_url: parse("--ims-url", &self.ims_url)?,
+        let settings = PlatformSettings {
+            platform_url: self.platform_url.clone(),
+            ims_url: self.ims_url.clone(),
             org_id: self.org_id.clone(),
             sandbox: self.sandbox.clone(),
-            credentials,
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone().map(Secret::new),
+            scopes: Some(self.scopes.clone()),
+            access_token: self.access_token.clone().map(Secret::new),
+            api_key: self.api_key.clone(),
         };
-        AepClient::new(config, options).map_err(|e| Failure {
-            code: if e.is_user_error() { 2 } else { 1 },
-            error: e.into(),
-        })
+        let config = settings.build().map_err(|e| match e {
+            IngestError::Config { field, message } => {
+                usage(anyhow::anyhow!("{}: {message}", flag_of(field)))
+            }
+            other => ingest_failure(other),
+        })?;
+        AepClient::new(config, options).map_err(ingest_failure)
+    }
+}
+
+/// The flag and environment variable that set a platform setting.
+fn flag_of(field: &str) -> String {
+    match field {
+        "credentials" => {
+            "credentials (--client-id/SCORELAND_CLIENT_ID with --client-secret/SCORELAND_CLIENT_SECRET, or --access-token/SCORELAND_ACCESS_TOKEN with --api-key/SCORELAND_API_KEY)".into()
+        }
+        "concurrency" => "--concurrency".into(),
+        f => format!(
+            "--{} (SCORELAND_{})",
+            f.replace('_', "-"),
+            f.to_ascii_uppercase()
+        ),
     }
 }
 

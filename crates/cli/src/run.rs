@@ -18,7 +18,7 @@ pub struct RunArgs {
     /// Say what would be downloaded and written, without doing it.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the run record as JSON on stdout.
+    /// Print the run record on stdout as one line of JSON (JSON Lines).
     #[arg(long)]
     pub json: bool,
 }
@@ -32,7 +32,9 @@ pub struct ValidateArgs {
 
 pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     let file = PipelineFile::load(&args.pipeline).map_err(usage)?;
-    if file.transform.memory_limit.is_some() {
+    // Huge pages mostly cost memory under a pool (see `without_huge_pages`); an unlimited
+    // transform keeps them.
+    if file.transform.memory_limit.as_deref() != Some("unlimited") {
         crate::without_huge_pages();
     }
     let options = RunOptions {
@@ -53,7 +55,13 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
             if let Some(r) = &record {
                 report(r, args.json, true);
             }
-            let code = if error.is_config() { 2 } else { 1 };
+            let code = if error.is_locked() {
+                4
+            } else if error.is_config() {
+                2
+            } else {
+                1
+            };
             Err(Failure {
                 code,
                 error: anyhow::Error::new(error),
@@ -64,7 +72,8 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
 
 fn report(r: &RunRecord, json: bool, quiet: bool) {
     if json {
-        match serde_json::to_string_pretty(r) {
+        // One object per line (JSON Lines), so a nightly job can append to a .jsonl file.
+        match serde_json::to_string(r) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("error: cannot print the run record: {e}"),
         }

@@ -22,7 +22,8 @@ pub struct TransformArgs {
     /// Where the scores, summary and drift tables are written (parquet, zstd).
     #[arg(long)]
     pub out: PathBuf,
-    /// DataFusion memory limit, e.g. 1GiB; beyond it, work spills to disk.
+    /// DataFusion memory limit, e.g. 1GiB; beyond it, work spills to disk. Half of the
+    /// machine's memory by default; `unlimited` opts out.
     #[arg(long)]
     pub memory_limit: Option<String>,
 }

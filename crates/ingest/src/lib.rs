@@ -20,7 +20,8 @@ pub use auth::{Credentials, Secret};
 pub use catalog::{BatchSelection, CatalogBatch, SCORING_CLIENT};
 pub use client::AepClient;
 pub use config::{
-    DownloadOptions, MAX_CONCURRENCY, PlatformConfig, RetryPolicy, RowCountCheck, check_concurrency,
+    DownloadOptions, MAX_CONCURRENCY, PlatformConfig, PlatformSettings, RetryPolicy, RowCountCheck,
+    check_concurrency,
 };
 pub use download::{DownloadObserver, DownloadReport, NoProgress, partial_name};
 pub use error::IngestError;

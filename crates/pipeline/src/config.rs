@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use scoreland_ingest::{BatchSelection, RowCountCheck, Secret};
+use scoreland_ingest::{
+    BatchSelection, DownloadOptions, IngestError, PlatformSettings, RowCountCheck,
+};
 use scoreland_sink::SinkConfig;
 use scoreland_transform::{OutputFormat, TransformConfig};
 use serde::{Deserialize, Serialize};
@@ -34,24 +36,9 @@ pub struct PipelineFile {
 pub enum SourceConfig {
     /// A real AEP org (or anything that speaks its API).
     Aep {
-        #[serde(default = "default_platform_url")]
-        platform_url: String,
-        #[serde(default = "default_ims_url")]
-        ims_url: String,
-        org_id: String,
-        sandbox: String,
-        /// OAuth server-to-server credentials (use `${VAR}` to keep them out of the file).
-        #[serde(default)]
-        client_id: Option<String>,
-        #[serde(default)]
-        client_secret: Option<Secret>,
-        #[serde(default)]
-        scopes: Option<String>,
-        /// A static token instead of client credentials (testing).
-        #[serde(default)]
-        access_token: Option<Secret>,
-        #[serde(default)]
-        api_key: Option<String>,
+        /// URLs, org, sandbox and credentials (use `${VAR}` to keep secrets out of the file).
+        #[serde(flatten)]
+        platform: PlatformSettings,
         dataset: String,
         #[serde(flatten)]
         common: SourceCommon,
@@ -86,13 +73,61 @@ pub struct SourceCommon {
     pub max_retry_time: Option<String>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Bytes per second below which a download is abandoned and resumed, e.g. "16KiB".
+    #[serde(default)]
+    pub min_speed: Option<String>,
+    /// Over how long `min_speed` is measured, e.g. "30s".
+    #[serde(default)]
+    pub min_speed_time: Option<String>,
 }
 
-fn default_platform_url() -> String {
-    scoreland_ingest::PlatformConfig::DEFAULT_PLATFORM_URL.into()
+impl SourceCommon {
+    /// The download options these settings give; errors name the field.
+    pub fn download_options(&self) -> Result<DownloadOptions, String> {
+        let mut o = DownloadOptions::default();
+        if let Some(c) = self.concurrency {
+            scoreland_ingest::check_concurrency(c)
+                .map_err(|why| format!("source.concurrency = {c}: {why}"))?;
+            o.concurrency = c;
+        }
+        if let Some(r) = self.row_count_check {
+            o.row_count_check = r;
+        }
+        if let Some(n) = self.max_attempts {
+            if n == 0 {
+                return Err("source.max_attempts = 0: must be at least 1".into());
+            }
+            o.retry.max_attempts = n;
+        }
+        if let Some(t) = &self.max_retry_time {
+            o.retry.max_elapsed = duration("max_retry_time", t)?;
+        }
+        if let Some(t) = &self.min_speed_time {
+            o.min_speed_window = duration("min_speed_time", t)?;
+        }
+        if let Some(s) = &self.min_speed {
+            o.min_speed = s
+                .trim()
+                .trim_end_matches("/s")
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| format!("source.min_speed = {s:?} is not a size like \"16KiB\": {e}"))?
+                .as_u64();
+        }
+        Ok(o)
+    }
 }
-fn default_ims_url() -> String {
-    scoreland_ingest::PlatformConfig::DEFAULT_IMS_URL.into()
+
+fn duration(field: &str, t: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(t.trim())
+        .map_err(|e| format!("source.{field} = {t:?} is not a duration like \"5m\": {e}"))
+}
+
+/// A platform setting's error in the words of a pipeline file (`source.client_id: …`).
+pub(crate) fn source_error(e: IngestError) -> String {
+    match e {
+        IngestError::Config { field, message } => format!("source.{field}: {message}"),
+        other => format!("source: {other}"),
+    }
 }
 
 /// `[sink]`: where and how the tables land.
@@ -124,11 +159,18 @@ impl SinkSection {
 
     pub fn output_format(&self) -> Result<OutputFormat, String> {
         match self.format.as_deref().unwrap_or("parquet") {
-            "parquet" => Ok(OutputFormat::Parquet {
-                compression: self.compression.clone().unwrap_or_else(|| "zstd".into()),
-                compression_level: self.compression_level,
-                row_group_size: self.row_group_size,
-            }),
+            "parquet" => {
+                let compression = self.compression.clone().unwrap_or_else(|| "zstd".into());
+                check_codec(&compression, self.compression_level)?;
+                if self.row_group_size == Some(0) {
+                    return Err("row_group_size = 0: must be at least 1".into());
+                }
+                Ok(OutputFormat::Parquet {
+                    compression,
+                    compression_level: self.compression_level,
+                    row_group_size: self.row_group_size,
+                })
+            }
             "csv" | "ndjson" if self.compression.is_some() || self.row_group_size.is_some() => {
                 Err("compression and row_group_size apply to parquet only".into())
             }
@@ -138,6 +180,31 @@ impl SinkSection {
                 "format = {other:?} is not one of parquet, csv, ndjson"
             )),
         }
+    }
+}
+
+/// The parquet codecs DataFusion writes, and the levels each takes.
+fn check_codec(codec: &str, level: Option<i32>) -> Result<(), String> {
+    let levels = match codec {
+        "uncompressed" | "snappy" | "lz4" | "lz4_raw" => None,
+        "zstd" => Some(1..=22),
+        "gzip" => Some(0..=9),
+        "brotli" => Some(0..=11),
+        other => {
+            return Err(format!(
+                "compression = {other:?} is not one of zstd, snappy, gzip, brotli, lz4, lz4_raw, uncompressed"
+            ));
+        }
+    };
+    match (levels, level) {
+        (_, None) => Ok(()),
+        (None, Some(l)) => Err(format!("compression_level = {l}: {codec} takes no level")),
+        (Some(r), Some(l)) if !r.contains(&l) => Err(format!(
+            "compression_level = {l}: {codec} takes {} to {}",
+            r.start(),
+            r.end()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -186,12 +253,13 @@ impl PipelineFile {
             message,
         };
         // As written: locations for unknown fields and wrong types.
-        toml::from_str::<PipelineFile>(raw).map_err(|e| invalid(e.to_string()))?;
-        let mut table: toml::Table = toml::from_str(raw).map_err(|e| invalid(e.to_string()))?;
+        toml::from_str::<PipelineFile>(raw).map_err(|e| invalid(located(raw, &e)))?;
+        let mut table: toml::Table = toml::from_str(raw).map_err(|e| invalid(located(raw, &e)))?;
         interpolate_table(&mut table, &mut Vec::new(), lookup, missing).map_err(invalid)?;
+        // Interpolated values may be secrets: this error says what, never the value.
         let mut file: PipelineFile = table
             .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
         if file.name.is_none() {
             file.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
@@ -218,40 +286,28 @@ impl PipelineFile {
         self.transform.validate().map_err(|e| e.to_string())?;
         self.sink.output_format()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
-        if let SourceConfig::Aep {
-            platform_url,
-            ims_url,
-            client_id,
-            client_secret,
-            access_token,
-            api_key,
-            ..
-        } = &self.source
-        {
-            for (field, url) in [("platform_url", platform_url), ("ims_url", ims_url)] {
-                url::Url::parse(url).map_err(|e| format!("source.{field} = {url:?}: {e}"))?;
-            }
-            let oauth = client_id.is_some() || client_secret.is_some();
-            let token = access_token.is_some() || api_key.is_some();
-            if oauth == token {
-                return Err(
-                    "source: give client_id and client_secret (OAuth), or access_token and api_key (static token)"
-                        .into(),
-                );
-            }
+        if let SourceConfig::Aep { platform, .. } = &self.source {
+            platform.build().map_err(source_error)?;
         }
         let common = match &self.source {
             SourceConfig::Aep { common, .. } | SourceConfig::Simulator { common, .. } => common,
         };
-        if let Some(t) = &common.max_retry_time {
-            humantime::parse_duration(t)
-                .map_err(|e| format!("source.max_retry_time = {t:?}: {e}"))?;
-        }
-        if let Some(c) = common.concurrency {
-            scoreland_ingest::check_concurrency(c)
-                .map_err(|why| format!("source.concurrency = {c}: {why}"))?;
-        }
+        common.download_options()?;
         Ok(())
+    }
+}
+
+/// A TOML error as "line L, column C: what", without the quoted line that toml's own message
+/// carries: that line may hold a secret written into the file.
+fn located(raw: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &raw[..span.start.min(raw.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
     }
 }
 
@@ -401,6 +457,53 @@ mod tests {
             assert!(err.contains("source.concurrency"), "{err}");
             assert!(err.contains("from 1 to 256"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_echo_a_secret() {
+        let raw =
+            "[source]\ntype = \"aep\"\nclient_secret = \"hunter2-very-secret\nsandbox = \"prod\"\n";
+        let err = PipelineFile::parse(raw, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains("hunter2"), "the secret leaked: {err}");
+    }
+
+    #[test]
+    fn incomplete_credentials_and_plain_http_are_refused_before_running() {
+        let parse = |source: &str| {
+            let raw = format!(
+                "[source]\ntype = \"aep\"\norg_id = \"o@AdobeOrg\"\nsandbox = \"prod\"\ndataset = \"d\"\n{source}\n[sink]\nurl = \"w\"\n"
+            );
+            PipelineFile::parse(&raw, Path::new("p.toml")).map(|_| ())
+        };
+        let err = parse("access_token = \"t\"").unwrap_err().to_string();
+        assert!(err.contains("source.api_key"), "{err}");
+        assert!(!err.contains("SCORELAND_"), "{err}");
+        let err = parse("client_id = \"i\"\nclient_secret = \"s\"\nplatform_url = \"http://platform.example.com\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plain http"), "{err}");
+        let err = parse("client_id = \"i\"\nclient_secret = \"s\"\nmin_speed = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.min_speed"), "{err}");
+        assert!(parse("client_id = \"i\"\nclient_secret = \"s\"").is_ok());
+    }
+
+    #[test]
+    fn codecs_and_levels_are_checked() {
+        let sink = |extra: &str| {
+            let raw = format!(
+                "[source]\ntype = \"simulator\"\ndata = \"x\"\n[sink]\nurl = \"w\"\n{extra}\n"
+            );
+            PipelineFile::parse(&raw, Path::new("p.toml")).map(|_| ())
+        };
+        assert!(sink("compression = \"zstd\"\ncompression_level = 3").is_ok());
+        assert!(sink("compression = \"zstandard\"").is_err());
+        assert!(sink("compression = \"zstd\"\ncompression_level = 40").is_err());
+        assert!(sink("compression = \"snappy\"\ncompression_level = 1").is_err());
     }
 
     #[test]

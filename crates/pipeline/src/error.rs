@@ -18,11 +18,21 @@ pub enum PipelineError {
     Transform(#[source] scoreland_transform::TransformError),
     #[error("landing failed")]
     Sink(#[source] scoreland_sink::SinkError),
-    #[error("interrupted (Ctrl-C); nothing of this run was published")]
-    Interrupted,
+    #[error(
+        "interrupted by {signal} before publishing; nothing of this run was published (parts already staged are kept for the next run)"
+    )]
+    Interrupted { signal: &'static str },
 }
 
 impl PipelineError {
+    /// Another run holds the pipeline's lock (exit code 4).
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Sink(scoreland_sink::SinkError::Locked { .. })
+        )
+    }
+
     /// Bad configuration or usage (exit code 2) rather than a failed run (exit code 1).
     pub fn is_config(&self) -> bool {
         match self {

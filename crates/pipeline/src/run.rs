@@ -1,19 +1,19 @@
 //! `scoreland run`: ingest ▸ transform ▸ sink under one run id, with state and run records.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scoreland_ingest::{
-    AepClient, BatchSelection, CatalogBatch, Credentials, DownloadObserver, DownloadOptions,
-    PlatformConfig, RetryPolicy, SCORING_CLIENT, Secret,
+    AepClient, BatchSelection, CatalogBatch, Credentials, DownloadObserver, PlatformConfig,
+    SCORING_CLIENT, Secret,
 };
 use scoreland_platform_sim::{SimConfig, SimHandle};
 use scoreland_sink::Warehouse;
 use scoreland_transform::{ModelHistogram, StagedBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PipelineFile, SourceCommon, SourceConfig};
+use crate::config::{PipelineFile, SourceConfig, source_error};
 use crate::error::PipelineError;
 
 /// The tables a run lands.
@@ -45,6 +45,10 @@ pub struct PipelineState {
     pub last_run_id: Option<String>,
     /// The batches the last landing run landed (the newest last).
     pub landed_batches: Vec<String>,
+    /// When the newest landed batch was created (epoch ms): catch-up continues from here even
+    /// after Catalog stops returning that batch.
+    #[serde(default)]
+    pub last_batch_created: Option<i64>,
     pub histograms: Vec<ModelHistogram>,
 }
 
@@ -118,29 +122,6 @@ struct Source {
     _sim: Option<SimHandle>,
 }
 
-fn download_options(common: &SourceCommon) -> DownloadOptions {
-    let mut o = DownloadOptions::default();
-    if let Some(c) = common.concurrency {
-        o.concurrency = c;
-    }
-    if let Some(r) = common.row_count_check {
-        o.row_count_check = r;
-    }
-    let mut retry = RetryPolicy::default();
-    if let Some(n) = common.max_attempts {
-        retry.max_attempts = n;
-    }
-    if let Some(t) = common
-        .max_retry_time
-        .as_deref()
-        .and_then(|t| humantime::parse_duration(t).ok())
-    {
-        retry.max_elapsed = t;
-    }
-    o.retry = retry;
-    o
-}
-
 async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
     let invalid = |message: String| PipelineError::Invalid {
         path: PathBuf::from(file.name()),
@@ -148,42 +129,11 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
     };
     let (config, dataset, common, sim) = match &file.source {
         SourceConfig::Aep {
-            platform_url,
-            ims_url,
-            org_id,
-            sandbox,
-            client_id,
-            client_secret,
-            scopes,
-            access_token,
-            api_key,
+            platform,
             dataset,
             common,
         } => {
-            let credentials = match (access_token, api_key) {
-                (Some(token), Some(key)) => Credentials::StaticToken {
-                    api_key: key.clone(),
-                    token: token.clone(),
-                },
-                _ => Credentials::OAuth {
-                    client_id: client_id.clone().unwrap_or_default(),
-                    client_secret: client_secret.clone().unwrap_or_else(|| Secret::new("")),
-                    scopes: scopes
-                        .clone()
-                        .unwrap_or_else(|| PlatformConfig::DEFAULT_SCOPES.into()),
-                },
-            };
-            let config = PlatformConfig {
-                platform_url: platform_url
-                    .parse()
-                    .map_err(|e| invalid(format!("source.platform_url: {e}")))?,
-                ims_url: ims_url
-                    .parse()
-                    .map_err(|e| invalid(format!("source.ims_url: {e}")))?,
-                org_id: org_id.clone(),
-                sandbox: sandbox.clone(),
-                credentials,
-            };
+            let config = platform.build().map_err(|e| invalid(source_error(e)))?;
             (config, dataset.clone(), common, None)
         }
         SourceConfig::Simulator {
@@ -226,8 +176,9 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
             (config, dataset, common, Some(sim))
         }
     };
+    let options = common.download_options().map_err(invalid)?;
     Ok(Source {
-        client: AepClient::new(config, download_options(common)).map_err(PipelineError::Ingest)?,
+        client: AepClient::new(config, options).map_err(PipelineError::Ingest)?,
         dataset,
         created_client: common
             .created_client
@@ -246,6 +197,29 @@ fn crash_point(point: &str) {
         eprintln!("SCORELAND_CRASH_AT={point}: aborting");
         std::process::abort();
     }
+}
+
+/// For tests of signals: `SCORELAND_PAUSE_AT=<point>:<file>` stops the run at that point,
+/// says so on stderr, and waits (without blocking the runtime's other tasks) until `<file>`
+/// exists. Points: `lock_takeover` (a stale lock found, not yet replaced), `before_commit`
+/// (all tables uploaded, no commit yet).
+fn pause_point(point: &str) {
+    let Ok(spec) = std::env::var("SCORELAND_PAUSE_AT") else {
+        return;
+    };
+    let Some((at, file)) = spec.split_once(':') else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    eprintln!("SCORELAND_PAUSE_AT={point}: paused until {file} exists");
+    let file = PathBuf::from(file);
+    tokio::task::block_in_place(|| {
+        while !file.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
 }
 
 fn ms(d: Duration) -> u64 {
@@ -302,17 +276,46 @@ pub async fn run(
         None
     } else {
         match warehouse
-            .lock(&name, &run_id, options.stale_lock_after)
+            .lock(&name, &run_id, options.stale_lock_after, &|| {
+                pause_point("lock_takeover")
+            })
             .await
         {
             Ok(l) => Some(l),
             Err(e) => return Err((PipelineError::Sink(e), None)),
         }
     };
-    let outcome = tokio::select! {
-        r = run_locked(file, options, &warehouse, &mut record) => r,
-        _ = tokio::signal::ctrl_c() => Err(PipelineError::Interrupted),
+    let staging = file
+        .staging
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("staging"));
+    let work = staging.join(".work").join(&run_id);
+    // Until the publish starts, SIGINT or SIGTERM (what systemd sends) stops the run: nothing
+    // is published, and the partial work goes. Once it starts, the publish is finished.
+    let mut signal = std::pin::pin!(shutdown_signal());
+    let prepared = tokio::select! {
+        r = prepare(file, options, &warehouse, &mut record, &staging, &work) => r,
+        name = &mut signal => Err(PipelineError::Interrupted { signal: name }),
     };
+    let outcome = match prepared {
+        Ok(Some(prepared)) => {
+            let published = publish(file, &warehouse, &mut record, prepared).await;
+            if let Some(name) = futures::FutureExt::now_or_never(&mut signal) {
+                tracing::warn!(
+                    signal = name,
+                    "{name} arrived while publishing; the publish was finished first"
+                );
+            }
+            published
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if work.exists()
+        && let Err(e) = std::fs::remove_dir_all(&work)
+    {
+        tracing::warn!(dir = %work.display(), error = %e, "cannot remove the work directory");
+    }
     record.finished_at = chrono::Utc::now().to_rfc3339();
     if let Err(e) = &outcome {
         record.status = RunStatus::Failed;
@@ -347,12 +350,47 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn run_locked(
+/// Resolves on SIGINT or SIGTERM with the signal's name. If the handlers cannot be installed,
+/// it never resolves (and the signals keep their default effect).
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// What a run has ready to publish: the transform's tables, and the state to keep after.
+struct Prepared {
+    output: scoreland_transform::TransformOutput,
+    state: PipelineState,
+}
+
+/// Everything before the publish: select ▸ download ▸ transform. `None` when there is nothing
+/// to publish (nothing new, or a dry run).
+async fn prepare(
     file: &PipelineFile,
     options: &RunOptions,
     warehouse: &Warehouse,
     record: &mut RunRecord,
-) -> Result<(), PipelineError> {
+    staging: &Path,
+    work: &Path,
+) -> Result<Option<Prepared>, PipelineError> {
     let name = file.name();
     let state_rel = format!("_state/{name}.json");
     let state: PipelineState = warehouse
@@ -386,11 +424,21 @@ async fn run_locked(
         },
         s => s,
     };
-    let batches: Vec<CatalogBatch> = source
-        .client
-        .select_batches(&source.dataset, &source.created_client, &selection)
-        .await
-        .map_err(PipelineError::Ingest)?;
+    let batches: Vec<CatalogBatch> = match (&selection, state.last_batch_created) {
+        (BatchSelection::CatchUp { after: Some(after) }, Some(created)) => {
+            source
+                .client
+                .batches_after(&source.dataset, &source.created_client, after, created)
+                .await
+        }
+        _ => {
+            source
+                .client
+                .select_batches(&source.dataset, &source.created_client, &selection)
+                .await
+        }
+    }
+    .map_err(PipelineError::Ingest)?;
     record.batches = batches.iter().map(|b| b.id.clone()).collect();
     record.timings.discover_ms = ms(t.elapsed());
     let already =
@@ -398,7 +446,7 @@ async fn run_locked(
     if batches.is_empty() || (already && !options.force) {
         record.status = RunStatus::NothingNew;
         tracing::info!(batches = ?record.batches, "nothing new to land");
-        return Ok(());
+        return Ok(None);
     }
     if options.dry_run {
         for b in &batches {
@@ -412,19 +460,15 @@ async fn run_locked(
             record.rows_in += b.records.unwrap_or(0);
         }
         record.status = RunStatus::DryRun;
-        return Ok(());
+        return Ok(None);
     }
 
     let t = Instant::now();
-    let staging = file
-        .staging
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("staging"));
     let mut staged = Vec::new();
     for b in &batches {
         let report = source
             .client
-            .download_batch(&source.dataset, b, &staging, options.observer.as_ref())
+            .download_batch(&source.dataset, b, staging, options.observer.as_ref())
             .await
             .map_err(PipelineError::Ingest)?;
         record.parts += report.manifest.parts.len();
@@ -444,7 +488,6 @@ async fn run_locked(
     drop(source);
 
     let t = Instant::now();
-    let work = staging.join(".work").join(&record.run_id);
     let format = file
         .sink
         .output_format()
@@ -457,7 +500,7 @@ async fn run_locked(
         .build(&work.join("spill"))
         .map_err(PipelineError::Transform)?;
     let output = transformer
-        .run(&staged, &format, &state.histograms, &work)
+        .run(&staged, &format, &state.histograms, work)
         .await
         .map_err(PipelineError::Transform)?;
     record.rows_in = output.stats.rows_in;
@@ -478,6 +521,25 @@ async fn run_locked(
         .collect();
     record.timings.transform_ms = ms(t.elapsed());
 
+    let state = PipelineState {
+        last_run_id: Some(record.run_id.clone()),
+        landed_batches: record.batches.clone(),
+        last_batch_created: batches.iter().map(|b| b.created).max(),
+        histograms: output.histograms.clone(),
+    };
+    Ok(Some(Prepared { output, state }))
+}
+
+/// Uploads every table, commits them and keeps the state. Not interrupted by signals: a publish
+/// is finished once started.
+async fn publish(
+    file: &PipelineFile,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+    prepared: Prepared,
+) -> Result<(), PipelineError> {
+    let Prepared { output, state } = prepared;
+    let state_rel = format!("_state/{}.json", file.name());
     // Every table's data first, then the commit records: a crash in between leaves the
     // previous night readable, and the next run removes the orphans.
     let t = Instant::now();
@@ -495,6 +557,7 @@ async fn run_locked(
         );
     }
     crash_point("before_commit");
+    pause_point("before_commit");
     for up in uploaded {
         let commit = warehouse
             .commit(up, &record.batches)
@@ -508,19 +571,11 @@ async fn run_locked(
             rows_live: commit.rows(),
         });
     }
-    let new_state = PipelineState {
-        last_run_id: Some(record.run_id.clone()),
-        landed_batches: record.batches.clone(),
-        histograms: output.histograms.clone(),
-    };
     warehouse
-        .put_json(&state_rel, &new_state)
+        .put_json(&state_rel, &state)
         .await
         .map_err(PipelineError::Sink)?;
     record.timings.sink_ms = ms(t.elapsed());
     record.status = RunStatus::Landed;
-    if let Err(e) = std::fs::remove_dir_all(&work) {
-        tracing::warn!(dir = %work.display(), error = %e, "cannot remove the work directory");
-    }
     Ok(())
 }

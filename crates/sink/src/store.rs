@@ -1,6 +1,7 @@
 //! Opening a warehouse URL, small JSON objects in it, and the pipeline lock.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -249,26 +252,48 @@ impl Warehouse {
     }
 
     /// Takes the pipeline's lock, or says who holds it. A lock older than `stale_after`, or
-    /// held by a process of this host that no longer runs, is stale and taken over.
+    /// held by a process of this host (same boot) that no longer runs, is stale and taken over
+    /// by compare-and-swap: of two runs that find it stale at once, one wins. A lock whose
+    /// time is in the future or cannot be read is held. `before_takeover` runs between finding
+    /// a lock stale and replacing it (tests pause there).
     pub async fn lock(
         &self,
         pipeline: &str,
         run_id: &str,
         stale_after: Duration,
+        before_takeover: &(dyn Fn() + Sync),
     ) -> Result<Lock, SinkError> {
         let rel = format!("_locks/{pipeline}.lock");
         let path = self.path(&rel);
         let info = LockInfo {
             run_id: run_id.to_string(),
             pid: std::process::id(),
-            host: hostname(),
+            host: host_identity(),
             started_at: chrono::Utc::now().to_rfc3339(),
         };
         let body = serde_json::to_vec(&info).map_err(|source| SinkError::Json {
             path: path.to_string(),
             source,
         })?;
-        for _ in 0..2 {
+        let store_err = |source| SinkError::Store {
+            op: "lock",
+            path: path.to_string(),
+            source,
+        };
+        let locked = |held: &LockInfo| SinkError::Locked {
+            pipeline: pipeline.to_string(),
+            run_id: held.run_id.clone(),
+            started_at: held.started_at.clone(),
+            path: self.file_url(&rel).to_string(),
+        };
+        let acquired = || Lock {
+            warehouse: self.clone(),
+            path: path.clone(),
+            run_id: run_id.to_string(),
+        };
+        // A lock released between our create and our read makes another round; a few are
+        // plenty (each needs another run to take and release the lock meanwhile).
+        for _ in 0..4 {
             let create = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()
@@ -278,43 +303,140 @@ impl Warehouse {
                 .put_opts(&path, PutPayload::from(body.clone()), create)
                 .await
             {
-                Ok(_) => {
-                    return Ok(Lock {
-                        warehouse: self.clone(),
-                        path,
-                    });
-                }
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    let held: Option<LockInfo> = self.get_json(&rel).await?;
-                    let Some(held) = held else { continue };
-                    if held.is_stale(stale_after) {
-                        tracing::warn!(pipeline, holder = %held.run_id, "taking over a stale lock");
-                        let _ = self.store.delete(&path).await;
-                        continue;
-                    }
-                    return Err(SinkError::Locked {
-                        pipeline: pipeline.to_string(),
-                        run_id: held.run_id,
-                        started_at: held.started_at,
-                        path: self.file_url(&rel).to_string(),
-                    });
-                }
-                Err(source) => {
-                    return Err(SinkError::Store {
-                        op: "lock",
-                        path: path.to_string(),
-                        source,
-                    });
+                Ok(_) => return Ok(acquired()),
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(source) => return Err(store_err(source)),
+            }
+            let current = match self.store.get(&path).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(source) => return Err(store_err(source)),
+            };
+            let version = UpdateVersion {
+                e_tag: current.meta.e_tag.clone(),
+                version: current.meta.version.clone(),
+            };
+            let raw = current.bytes().await.map_err(store_err)?;
+            let held = serde_json::from_slice::<LockInfo>(&raw).unwrap_or_else(|_| LockInfo {
+                run_id: "unreadable".into(),
+                pid: 0,
+                host: String::new(),
+                started_at: "unreadable (delete the lock file if no run holds it)".into(),
+            });
+            if !held.is_stale(stale_after) {
+                return Err(locked(&held));
+            }
+            tracing::warn!(pipeline, holder = %held.run_id, started_at = %held.started_at, "taking over a stale lock");
+            before_takeover();
+            match self
+                .replace_if_unchanged(&path, &raw, version, &body)
+                .await?
+            {
+                Swap::Done => return Ok(acquired()),
+                Swap::Changed => {
+                    // Someone else took it over (or released it) first: look again.
+                    continue;
                 }
             }
         }
-        Err(SinkError::Locked {
-            pipeline: pipeline.to_string(),
+        let held: Option<LockInfo> = self.get_json(&rel).await?;
+        Err(locked(&held.unwrap_or(LockInfo {
             run_id: "unknown".into(),
+            pid: 0,
+            host: String::new(),
             started_at: "unknown".into(),
-            path: self.file_url(&rel).to_string(),
-        })
+        })))
     }
+
+    /// Writes `body` at `path` only if the object is still the one read as `seen` (at
+    /// `version`): a conditional put where the store has one, and on local disk a check and an
+    /// atomic rename under an exclusive file lock.
+    async fn replace_if_unchanged(
+        &self,
+        path: &Path,
+        seen: &[u8],
+        version: UpdateVersion,
+        body: &[u8],
+    ) -> Result<Swap, SinkError> {
+        let store_err = |source| SinkError::Store {
+            op: "lock",
+            path: path.to_string(),
+            source,
+        };
+        if let Some(dir) = self.local_root() {
+            let file = dir.join(path.as_ref());
+            let seen = seen.to_vec();
+            let body = body.to_vec();
+            return tokio::task::spawn_blocking(move || local_swap(&file, &seen, &body))
+                .await
+                .map_err(|e| SinkError::Local {
+                    path: PathBuf::from(path.as_ref()),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        let update = PutOptions {
+            mode: PutMode::Update(version),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(body.to_vec()), update)
+            .await
+        {
+            Ok(_) => Ok(Swap::Done),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Ok(Swap::Changed),
+            Err(source) => Err(store_err(source)),
+        }
+    }
+
+    /// The directory of a local warehouse.
+    fn local_root(&self) -> Option<PathBuf> {
+        (self.url.scheme() == "file")
+            .then(|| self.url.to_file_path().ok())
+            .flatten()
+    }
+}
+
+enum Swap {
+    Done,
+    Changed,
+}
+
+/// Compare-and-swap of a small local file: under an exclusive lock of a guard file beside it,
+/// replace `file` by `body` (written to a temporary name, synced, renamed) only if it still
+/// holds `seen`.
+fn local_swap(file: &std::path::Path, seen: &[u8], body: &[u8]) -> Result<Swap, SinkError> {
+    use std::io::Write;
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| SinkError::Local { path, source }
+    };
+    let guard_path = file.with_extension("lock.guard");
+    let guard = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&guard_path)
+        .map_err(io(&guard_path))?;
+    guard.lock().map_err(io(&guard_path))?;
+    let now = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Swap::Changed),
+        Err(e) => return Err(io(file)(e)),
+    };
+    if now != seen {
+        return Ok(Swap::Changed);
+    }
+    let tmp = file.with_extension(format!("lock.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, file).map_err(io(file))?;
+    Ok(Swap::Done)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -326,33 +448,67 @@ struct LockInfo {
 }
 
 impl LockInfo {
+    /// Stale when older than `stale_after`, or when it belongs to a process of this host and
+    /// boot that is gone. A start time in the future or unreadable is not stale: held.
     fn is_stale(&self, stale_after: Duration) -> bool {
-        let age = chrono::DateTime::parse_from_rfc3339(&self.started_at)
-            .map(|t| chrono::Utc::now().signed_duration_since(t))
-            .ok()
-            .and_then(|d| d.to_std().ok());
-        if age.is_none_or(|a| a > stale_after) {
+        let Ok(started) = chrono::DateTime::parse_from_rfc3339(&self.started_at) else {
+            return false;
+        };
+        let age = chrono::Utc::now().signed_duration_since(started);
+        let Ok(age) = age.to_std() else {
+            return false; // in the future
+        };
+        if age > stale_after {
             return true;
         }
-        // Same host: a lock of a process that is gone is stale at once.
-        self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.host == host_identity()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+/// This machine and boot: the host name and the kernel's boot id, so that a process id is
+/// only ever compared with processes of the same host since the same boot (two containers
+/// can share a host name, and ids start over after a reboot).
+fn host_identity() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let host = read("/proc/sys/kernel/hostname")
+        .or_else(|| read("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    match read("/proc/sys/kernel/random/boot_id") {
+        Some(boot) => format!("{host}/{boot}"),
+        None => host,
+    }
 }
 
 /// A held pipeline lock; [`Lock::release`] removes it (a crash leaves it to go stale).
 pub struct Lock {
     warehouse: Warehouse,
     path: Path,
+    run_id: String,
 }
 
 impl Lock {
+    /// Removes the lock if it is still ours; a lock another run took over is left alone.
     pub async fn release(self) -> Result<(), SinkError> {
+        let rel = self.path.as_ref().to_string();
+        let held: Option<LockInfo> = match self.warehouse.store.get(&self.path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(_) => None,
+        };
+        if held.as_ref().is_none_or(|h| h.run_id != self.run_id) {
+            tracing::warn!(lock = %rel, "the pipeline lock is no longer this run's; leaving it");
+            return Ok(());
+        }
         self.warehouse
             .store
             .delete(&self.path)

@@ -15,6 +15,8 @@ pub struct TransformConfig {
     #[serde(default)]
     pub keep_null_identities: bool,
     /// Memory for DataFusion, e.g. "2GiB"; beyond it sorts and aggregations spill to disk.
+    /// By default half of the machine's memory (or of the cgroup's limit, if lower);
+    /// `"unlimited"` opts out.
     #[serde(default)]
     pub memory_limit: Option<String>,
     /// Parallelism; all cores by default.
@@ -30,19 +32,22 @@ pub struct TransformConfig {
 }
 
 impl TransformConfig {
+    /// The memory pool's size: the configured one, else [`default_memory_limit`]; `None` for
+    /// `"unlimited"`.
     pub fn memory_limit_bytes(&self) -> Result<Option<usize>, TransformError> {
-        self.memory_limit
-            .as_deref()
-            .map(|s| {
-                s.parse::<bytesize::ByteSize>()
-                    .map(|b| b.as_u64() as usize)
-                    .map_err(|e| {
-                        TransformError::Config(format!(
-                            "memory_limit = {s:?} is not a size like \"2GiB\": {e}"
-                        ))
-                    })
-            })
-            .transpose()
+        match self.memory_limit.as_deref().map(str::trim) {
+            None => Ok(default_memory_limit()),
+            Some("unlimited") => Ok(None),
+            Some(s) => match s.parse::<bytesize::ByteSize>() {
+                Ok(b) if b.as_u64() > 0 => Ok(Some(b.as_u64() as usize)),
+                Ok(_) => Err(TransformError::Config(format!(
+                    "memory_limit = {s:?}: must be more than zero (or \"unlimited\")"
+                ))),
+                Err(e) => Err(TransformError::Config(format!(
+                    "memory_limit = {s:?} is not a size like \"2GiB\" or \"unlimited\": {e}"
+                ))),
+            },
+        }
     }
 
     pub fn validate(&self) -> Result<(), TransformError> {
@@ -66,6 +71,27 @@ impl TransformConfig {
         }
         Ok(())
     }
+}
+
+/// Half of the memory this process may use: the machine's (`MemTotal`), or its cgroup's
+/// limit when lower. An unlimited transform peaked at 17.5 GB on 20 M rows on a 24 GB machine;
+/// half leaves room for the page cache and whatever else runs beside it. `None` if neither
+/// can be read (not Linux).
+pub fn default_memory_limit() -> Option<usize> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let usable = match (total, cgroup) {
+        (Some(t), Some(c)) => t.min(c),
+        (t, c) => t.or(c)?,
+    };
+    Some((usable / 2) as usize)
 }
 
 /// Dotted XDM paths (`_tenant.identity.id`) of the identity and of each model's columns.

@@ -19,7 +19,7 @@ mod run;
 mod sql;
 mod summary;
 
-pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
+pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};

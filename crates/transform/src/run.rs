@@ -65,6 +65,8 @@ pub struct TransformOutput {
 pub struct Transformer {
     pub(crate) ctx: SessionContext,
     pub(crate) config: TransformConfig,
+    /// Whether a memory pool bounds it (the default), which also keeps row groups small.
+    limited: bool,
 }
 
 impl TransformConfig {
@@ -120,6 +122,7 @@ impl TransformConfig {
         Ok(Transformer {
             ctx: SessionContext::new_with_config_rt(config, runtime),
             config: self.clone(),
+            limited: self.memory_limit_bytes()?.is_some(),
         })
     }
 }
@@ -145,7 +148,7 @@ impl Transformer {
                 compression,
                 compression_level,
                 row_group_size: None,
-            } if self.config.memory_limit.is_some() => {
+            } if self.limited => {
                 limited = OutputFormat::Parquet {
                     compression: compression.clone(),
                     compression_level: *compression_level,
