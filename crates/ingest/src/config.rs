@@ -234,6 +234,8 @@ pub struct DownloadOptions {
     /// dribbles a few bytes now and then never trips `stall_timeout`. 0 turns it off.
     pub min_speed: u64,
     pub min_speed_window: Duration,
+    /// Bytes of staging's disk that a download must leave free.
+    pub keep_free: u64,
     pub row_count_check: RowCountCheck,
 }
 
@@ -247,6 +249,7 @@ impl Default for DownloadOptions {
             stall_timeout: Duration::from_secs(60),
             min_speed: 16 * 1024,
             min_speed_window: Duration::from_secs(30),
+            keep_free: 0,
             row_count_check: RowCountCheck::Fail,
         }
     }

@@ -1,5 +1,6 @@
 //! Parallel, resumable, verified download of every part of a batch into staging.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -57,12 +58,14 @@ impl AepClient {
             }
         }
         let batch_dir = Manifest::batch_dir(staging, dataset, &batch.id);
-        if let Some(manifest) = Manifest::read(&batch_dir)?
-            && manifest
-                .parts
-                .iter()
-                .all(|p| file_len(&batch_dir.join(&p.path)) == Some(p.bytes))
+        std::fs::create_dir_all(&batch_dir).map_err(|e| IngestError::io(&batch_dir, e))?;
+        // One process stages a batch at a time: a second one waits, then finds it complete.
+        let _staging_lock = lock_batch_dir(&batch_dir, &batch.id).await?;
+        let previous = Manifest::read(&batch_dir)?;
+        if let Some(manifest) = &previous
+            && staged_intact(&batch_dir, manifest).await?
         {
+            let manifest = manifest.clone();
             let n = manifest.parts.len();
             observer.on_start(&batch.id, n, manifest.bytes);
             for p in &manifest.parts {
@@ -77,15 +80,32 @@ impl AepClient {
                 elapsed: started.elapsed(),
             });
         }
+        // What an earlier run recorded of each part: a staged part is reused only if its bytes
+        // still hash to it.
+        let recorded: HashMap<String, String> = previous
+            .map(|m| m.parts.into_iter().map(|p| (p.path, p.sha256)).collect())
+            .unwrap_or_default();
         let mut parts = self.list_parts(&batch.id).await?;
         // Largest first, so that no big part starts last and runs on alone at the end.
         parts.sort_by_key(|p| std::cmp::Reverse(p.length));
+        let needed: u64 = parts
+            .iter()
+            .map(|p| {
+                let kept = file_len(&part_path(&batch_dir, p)).unwrap_or(0);
+                p.length.saturating_sub(kept)
+            })
+            .sum();
+        check_free_space(&batch_dir, needed, self.options.keep_free)?;
         let total: u64 = parts.iter().map(|p| p.length).sum();
         observer.on_start(&batch.id, parts.len(), total);
         tracing::info!(batch = %batch.id, parts = parts.len(), bytes = total, "downloading batch");
         let written = AtomicU64::new(0);
         let results: Vec<(ManifestPart, bool)> = futures::stream::iter(parts.iter())
-            .map(|part| self.stage_part(&batch.id, &batch_dir, part, observer, &written))
+            .map(|part| {
+                let relative = relative_path(part);
+                let recorded = recorded.get(&relative).map(String::as_str);
+                self.stage_part(&batch.id, &batch_dir, part, recorded, observer, &written)
+            })
             .buffer_unordered(self.options.concurrency)
             .try_collect()
             .await?;
@@ -145,22 +165,34 @@ impl AepClient {
         batch: &str,
         batch_dir: &Path,
         part: &RemotePart,
+        recorded: Option<&str>,
         observer: &dyn DownloadObserver,
         written: &AtomicU64,
     ) -> Result<(ManifestPart, bool), IngestError> {
-        let dir = batch_dir.join(&part.dataset_file_id);
+        let final_path = part_path(batch_dir, part);
+        let dir = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| batch_dir.to_path_buf());
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| IngestError::io(&dir, e))?;
-        let final_path = dir.join(&part.name);
-        let relative = format!("{}/{}", part.dataset_file_id, part.name);
+        let relative = relative_path(part);
         if file_len(&final_path) == Some(part.length) {
-            // Renamed into place only after verification by an earlier run: hash it again, as
-            // the manifest records what is on disk now.
+            // Renamed into place only after verification by an earlier run. Hash it again: the
+            // manifest records what is on disk now, and bytes changed since (same size, other
+            // content) are downloaded anew rather than trusted.
             let sha256 = hash_prefix(&final_path, part.length).await?;
-            let entry = verify_part(batch, part, &final_path, relative, sha256).await?;
-            observer.on_part_done(&part.name, true);
-            return Ok((entry, true));
+            let hex = hex::encode(sha256.clone().finalize());
+            if recorded.is_none_or(|r| r == hex) {
+                let entry = verify_part(batch, part, &final_path, relative, sha256).await?;
+                observer.on_part_done(&part.name, true);
+                return Ok((entry, true));
+            }
+            tracing::warn!(part = %relative, recorded = recorded.unwrap_or(""), found = %hex, "a staged part changed since it was verified; downloading it again");
+            tokio::fs::remove_file(&final_path)
+                .await
+                .map_err(|e| IngestError::io(&final_path, e))?;
         }
         let partial = dir.join(partial_name(&part.name));
         let started = Instant::now();
@@ -335,6 +367,93 @@ impl AepClient {
         *lock(kept) = None;
         Ok(Some(hasher))
     }
+}
+
+/// Parts live under `files/` in the batch directory, apart from scoreland's own files
+/// (`manifest.json`, `.lock`): no part or file id can collide with them.
+const PARTS_DIR: &str = "files";
+
+/// A part's path relative to its batch directory, as the manifest records it.
+fn relative_path(part: &RemotePart) -> String {
+    format!("{PARTS_DIR}/{}/{}", part.dataset_file_id, part.name)
+}
+
+fn part_path(batch_dir: &Path, part: &RemotePart) -> PathBuf {
+    batch_dir
+        .join(PARTS_DIR)
+        .join(&part.dataset_file_id)
+        .join(&part.name)
+}
+
+/// Whether every part a manifest lists is on disk with its recorded size and SHA-256.
+async fn staged_intact(batch_dir: &Path, manifest: &Manifest) -> Result<bool, IngestError> {
+    for p in &manifest.parts {
+        let path = batch_dir.join(&p.path);
+        if file_len(&path) != Some(p.bytes) {
+            return Ok(false);
+        }
+        let sha = hash_prefix(&path, p.bytes).await?;
+        if hex::encode(sha.finalize()) != p.sha256 {
+            tracing::warn!(part = %p.path, "a staged part no longer matches its manifest");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// An exclusive lock on a staged batch (`.lock` in its directory), held while it is staged, so
+/// two processes never append to the same partial files. Waits for another holder.
+async fn lock_batch_dir(batch_dir: &Path, batch: &str) -> Result<std::fs::File, IngestError> {
+    let path = batch_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| IngestError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(batch, "another process is staging this batch; waiting for it");
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(IngestError::io(&path, e)),
+    }
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| IngestError::io("lock task", std::io::Error::other(e)))?
+        .map_err(|e| IngestError::io(&path, e))
+}
+
+/// Refuses to start a download the disk cannot hold: `needed` bytes more, plus `keep_free`.
+fn check_free_space(dir: &Path, needed: u64, keep_free: u64) -> Result<(), IngestError> {
+    let Some(available) = free_space(dir) else {
+        return Ok(());
+    };
+    if needed.saturating_add(keep_free) > available {
+        return Err(IngestError::NoSpace {
+            dir: dir.to_path_buf(),
+            needed,
+            available,
+            keep_free,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+#[cfg(unix)]
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn free_space(_dir: &Path) -> Option<u64> {
+    None
 }
 
 /// The bytes of a part already in its partial file, and their SHA-256 state.

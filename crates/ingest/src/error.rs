@@ -133,6 +133,18 @@ pub enum IngestError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "staging {dir} has {} MB free, but the batch needs {} MB more{}; free some space (old batches in staging can go) or point staging at a larger disk",
+        available / 1_000_000,
+        needed.div_ceil(1_000_000),
+        if *keep_free > 0 { format!(" and keep_free asks for {} MB to stay free", keep_free / 1_000_000) } else { String::new() }
+    )]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+        keep_free: u64,
+    },
     #[error("cannot read or write {path}")]
     Io {
         path: PathBuf,

@@ -61,6 +61,56 @@ impl Manifest {
         self.parts.iter().map(|p| batch_dir.join(&p.path)).collect()
     }
 
+    /// Removes the staged batches of `dataset` verified longer than `older_than` ago (or, with
+    /// no manifest, last touched that long ago), except those in `keep`. Returns the batch ids
+    /// removed. This is the staging retention: staged parts are the resume cache and the audit
+    /// trail of recent nights, not an archive.
+    pub fn prune(
+        staging: &Path,
+        dataset: &str,
+        keep: &[String],
+        older_than: std::time::Duration,
+    ) -> Result<Vec<String>, IngestError> {
+        let dir = staging.join(dataset);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(IngestError::io(&dir, e)),
+        };
+        let now = chrono::Utc::now();
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| IngestError::io(&dir, e))?;
+            let path = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_dir() || keep.contains(&id) {
+                continue;
+            }
+            let verified = Manifest::read(&path).ok().flatten().and_then(|m| {
+                chrono::DateTime::parse_from_rfc3339(&m.verified_at)
+                    .ok()
+                    .map(|t| t.with_timezone(&chrono::Utc))
+            });
+            let touched = || {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .map(chrono::DateTime::<chrono::Utc>::from)
+            };
+            let Some(at) = verified.or_else(touched) else {
+                continue;
+            };
+            let age = now.signed_duration_since(at).to_std().unwrap_or_default();
+            if age > older_than {
+                std::fs::remove_dir_all(&path).map_err(|e| IngestError::io(&path, e))?;
+                removed.push(id);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     /// Writes the manifest under a temporary name and renames it into place.
     pub(crate) fn write(&self, batch_dir: &Path) -> Result<(), IngestError> {
         let path = batch_dir.join(MANIFEST_FILE);

@@ -126,6 +126,7 @@ fn only_part(env: &Env) -> (PathBuf, PathBuf) {
         .unwrap()
         .path();
     let partial = Manifest::batch_dir(&env.staging, ds, &batch.id)
+        .join("files")
         .join(file.file_name().unwrap())
         .join(scoreland_ingest::partial_name(
             part.file_name().unwrap().to_str().unwrap(),
@@ -340,7 +341,11 @@ mod download {
         // The same bytes the simulator serves.
         let batch = &env.sim.platform().sandboxes["prod"].batches[&report.manifest.batch.id];
         for part in &batch.files[0].parts {
-            let staged = report.batch_dir.join(&batch.files[0].id).join(&part.name);
+            let staged = report
+                .batch_dir
+                .join("files")
+                .join(&batch.files[0].id)
+                .join(&part.name);
             assert_eq!(
                 std::fs::read(&staged).unwrap(),
                 std::fs::read(&part.path).unwrap()
@@ -720,7 +725,11 @@ mod download {
             &env.summary.dataset_id,
             &newest_scoring(&env.summary).id,
         );
-        assert!(!batch_dir.exists() || std::fs::read_dir(&batch_dir).unwrap().next().is_none());
+        // Nothing but the staging lock.
+        let written: Vec<_> = std::fs::read_dir(&batch_dir)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(written.iter().all(|n| n == ".lock"), "{written:?}");
     }
 
     #[tokio::test]
@@ -1167,5 +1176,99 @@ mod hardening {
             got.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
             vec![scoring[2].id.as_str()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_staged_part_changed_since_it_was_verified_is_downloaded_again() {
+        let env = env().await;
+        let c = client(&env);
+        let first = download_newest(&env, &c).await.unwrap();
+        let victim = first.batch_dir.join(&first.manifest.parts[1].path);
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff; // same size, other content
+        std::fs::write(&victim, &bytes).unwrap();
+        let before = env.sim.request_count(Route::Download);
+        let again = download_newest(&env, &c).await.unwrap();
+        assert_eq!(env.sim.request_count(Route::Download), before + 1);
+        assert_eq!(again.downloaded_parts, 1);
+        assert_eq!(again.skipped_parts, 3);
+        assert_checksums(&again);
+        assert_eq!(again.manifest.parts, first.manifest.parts);
+    }
+
+    #[tokio::test]
+    async fn two_stagers_of_one_batch_take_turns() {
+        let env = env_with(4000, 4, |_, _| {}).await;
+        let (a, b) = (client(&env), client(&env));
+        let (ra, rb) = tokio::join!(download_newest(&env, &a), download_newest(&env, &b));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        // One downloaded every part; the other waited and found them staged.
+        assert_eq!(env.sim.request_count(Route::Download), 4);
+        assert_eq!(ra.downloaded_parts + rb.downloaded_parts, 4);
+        assert_checksums(&ra);
+        assert_checksums(&rb);
+    }
+
+    #[tokio::test]
+    async fn a_disk_without_room_for_the_batch_is_refused_before_downloading() {
+        let env = env().await;
+        let c = client_with(
+            &env,
+            DownloadOptions {
+                keep_free: u64::MAX / 2,
+                ..options()
+            },
+        );
+        let err = download_newest(&env, &c).await.unwrap_err();
+        assert!(matches!(err, IngestError::NoSpace { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("MB free") && text.contains("MB more"), "{text}");
+        assert_eq!(env.sim.request_count(Route::Download), 0);
+    }
+
+    #[tokio::test]
+    async fn parts_named_like_our_files_or_near_the_name_limit_are_staged() {
+        let long = format!("{}.parquet", "p".repeat(242));
+        assert_eq!(long.len(), 250);
+        let env = env_with(400, 2, |out, summary| {
+            let batch = newest_scoring(summary);
+            let served = out.join("prod").join(&summary.dataset_id).join(&batch.id);
+            let file = std::fs::read_dir(&served)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.is_dir())
+                .unwrap();
+            let mut parts: Vec<_> = std::fs::read_dir(&file)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            parts.sort();
+            std::fs::rename(&parts[0], file.join("manifest.json")).unwrap();
+            std::fs::rename(&parts[1], file.join(&long)).unwrap();
+        })
+        .await;
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        let mut names: Vec<_> = report.manifest.parts.iter().map(|p| p.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, vec!["manifest.json".to_string(), long]);
+        assert_eq!(report.manifest.rows, 400);
+        assert_checksums(&report);
+        assert!(Manifest::read(&report.batch_dir).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn staged_batches_past_the_retention_are_pruned() {
+        let env = env().await;
+        let report = download_newest(&env, &client(&env)).await.unwrap();
+        let id = report.manifest.batch.id.clone();
+        let ds = &env.summary.dataset_id;
+        let none = Manifest::prune(&env.staging, ds, &[], Duration::from_secs(3600)).unwrap();
+        assert!(none.is_empty(), "a batch verified just now is kept");
+        let kept = Manifest::prune(&env.staging, ds, &[id.clone()], Duration::ZERO).unwrap();
+        assert!(kept.is_empty(), "a batch the run landed is kept");
+        let gone = Manifest::prune(&env.staging, ds, &[], Duration::ZERO).unwrap();
+        assert_eq!(gone, vec![id]);
+        assert!(!report.batch_dir.exists());
     }
 }

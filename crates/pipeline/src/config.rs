@@ -25,6 +25,10 @@ pub struct PipelineFile {
     /// Local directory for staged batches (default `staging`, beside where scoreland runs).
     #[serde(default)]
     pub staging: Option<PathBuf>,
+    /// How long staged batches are kept after they were verified (default "7d"); older ones
+    /// are removed after each landing run. Batches of the run itself are always kept.
+    #[serde(default)]
+    pub staging_retention: Option<String>,
     pub source: SourceConfig,
     #[serde(default)]
     pub transform: TransformConfig,
@@ -79,6 +83,9 @@ pub struct SourceCommon {
     /// Over how long `min_speed` is measured, e.g. "30s".
     #[serde(default)]
     pub min_speed_time: Option<String>,
+    /// Disk space a download must leave free in staging, e.g. "5GiB" (default: none).
+    #[serde(default)]
+    pub keep_free: Option<String>,
 }
 
 impl SourceCommon {
@@ -104,6 +111,13 @@ impl SourceCommon {
         }
         if let Some(t) = &self.min_speed_time {
             o.min_speed_window = duration("min_speed_time", t)?;
+        }
+        if let Some(s) = &self.keep_free {
+            o.keep_free = s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| format!("source.keep_free = {s:?} is not a size like \"5GiB\": {e}"))?
+                .as_u64();
         }
         if let Some(s) = &self.min_speed {
             o.min_speed = s
@@ -267,6 +281,15 @@ impl PipelineFile {
         Ok(file)
     }
 
+    /// `staging_retention`, 7 days by default.
+    pub fn staging_retention(&self) -> Result<std::time::Duration, String> {
+        match &self.staging_retention {
+            None => Ok(std::time::Duration::from_secs(7 * 86_400)),
+            Some(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| format!("staging_retention = {t:?} is not a duration like \"7d\": {e}")),
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("pipeline")
     }
@@ -284,6 +307,7 @@ impl PipelineFile {
             ));
         }
         self.transform.validate().map_err(|e| e.to_string())?;
+        self.staging_retention()?;
         self.sink.output_format()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         if let SourceConfig::Aep { platform, .. } = &self.source {

@@ -300,6 +300,9 @@ pub async fn run(
     let outcome = match prepared {
         Ok(Some(prepared)) => {
             let published = publish(file, &warehouse, &mut record, prepared).await;
+            if published.is_ok() {
+                prune_staging(file, &staging, &record);
+            }
             if let Some(name) = futures::FutureExt::now_or_never(&mut signal) {
                 tracing::warn!(
                     signal = name,
@@ -578,4 +581,34 @@ async fn publish(
     record.timings.sink_ms = ms(t.elapsed());
     record.status = RunStatus::Landed;
     Ok(())
+}
+
+/// Staging retention, after a landing: staged batches older than `staging_retention` go (the
+/// ones just landed stay), and work directories that dead runs left behind for a day.
+fn prune_staging(file: &PipelineFile, staging: &Path, record: &RunRecord) {
+    let Ok(retention) = file.staging_retention() else {
+        return; // `validate` refused it already
+    };
+    match scoreland_ingest::Manifest::prune(staging, &record.dataset, &record.batches, retention) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(batches = ?removed, "removed staged batches older than staging_retention")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot prune staging"),
+    }
+    let work = staging.join(".work");
+    let Ok(entries) = std::fs::read_dir(&work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(86_400));
+        if old && entry.file_name() != record.run_id.as_str() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
