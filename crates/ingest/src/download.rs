@@ -414,7 +414,10 @@ async fn lock_batch_dir(batch_dir: &Path, batch: &str) -> Result<std::fs::File, 
     match file.try_lock() {
         Ok(()) => return Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
-            tracing::info!(batch, "another process is staging this batch; waiting for it");
+            tracing::info!(
+                batch,
+                "another process is staging this batch; waiting for it"
+            );
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(IngestError::io(&path, e)),
     }

@@ -1223,7 +1223,10 @@ mod hardening {
         let err = download_newest(&env, &c).await.unwrap_err();
         assert!(matches!(err, IngestError::NoSpace { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains("MB free") && text.contains("MB more"), "{text}");
+        assert!(
+            text.contains("MB free") && text.contains("MB more"),
+            "{text}"
+        );
         assert_eq!(env.sim.request_count(Route::Download), 0);
     }
 
@@ -1249,7 +1252,12 @@ mod hardening {
         })
         .await;
         let report = download_newest(&env, &client(&env)).await.unwrap();
-        let mut names: Vec<_> = report.manifest.parts.iter().map(|p| p.name.clone()).collect();
+        let mut names: Vec<_> = report
+            .manifest
+            .parts
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["manifest.json".to_string(), long]);
         assert_eq!(report.manifest.rows, 400);
@@ -1265,7 +1273,8 @@ mod hardening {
         let ds = &env.summary.dataset_id;
         let none = Manifest::prune(&env.staging, ds, &[], Duration::from_secs(3600)).unwrap();
         assert!(none.is_empty(), "a batch verified just now is kept");
-        let kept = Manifest::prune(&env.staging, ds, &[id.clone()], Duration::ZERO).unwrap();
+        let kept =
+            Manifest::prune(&env.staging, ds, std::slice::from_ref(&id), Duration::ZERO).unwrap();
         assert!(kept.is_empty(), "a batch the run landed is kept");
         let gone = Manifest::prune(&env.staging, ds, &[], Duration::ZERO).unwrap();
         assert_eq!(gone, vec![id]);

@@ -285,8 +285,9 @@ impl PipelineFile {
     pub fn staging_retention(&self) -> Result<std::time::Duration, String> {
         match &self.staging_retention {
             None => Ok(std::time::Duration::from_secs(7 * 86_400)),
-            Some(t) => humantime::parse_duration(t.trim())
-                .map_err(|e| format!("staging_retention = {t:?} is not a duration like \"7d\": {e}")),
+            Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                format!("staging_retention = {t:?} is not a duration like \"7d\": {e}")
+            }),
         }
     }
 

@@ -750,16 +750,18 @@ mod faults {
             },
             1,
         );
-        let t = Instant::now();
+        // The stall is where the longest gap between two chunks is, whenever it comes.
         let mut r = env.req(&href).send().await.unwrap();
-        let (mut before, mut after) = (0, 0);
+        let mut chunks: Vec<(Instant, usize)> = Vec::new();
         while let Some(chunk) = r.chunk().await.unwrap() {
-            if t.elapsed() < Duration::from_millis(250) {
-                before += chunk.len();
-            } else {
-                after += chunk.len();
-            }
+            chunks.push((Instant::now(), chunk.len()));
         }
+        let stall = (1..chunks.len())
+            .max_by_key(|&i| chunks[i].0 - chunks[i - 1].0)
+            .expect("more than one chunk");
+        assert!(chunks[stall].0 - chunks[stall - 1].0 >= Duration::from_millis(300));
+        let before: usize = chunks[..stall].iter().map(|c| c.1).sum();
+        let after: usize = chunks[stall..].iter().map(|c| c.1).sum();
         assert_eq!((before, after), (1000, len - 1000), "then the rest, whole");
 
         s.push_fault(Route::Download, Fault::ExpireTokens, 1);

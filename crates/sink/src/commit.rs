@@ -111,10 +111,18 @@ impl Warehouse {
             let bytes = self
                 .upload(local, &self.path(&format!("{table}/{rel}")))
                 .await?;
+            // The footer is read on a blocking thread, off the ones driving the uploads.
+            let path = local.clone();
+            let rows = tokio::task::spawn_blocking(move || count_rows(&path))
+                .await
+                .map_err(|e| SinkError::Local {
+                    path: local.clone(),
+                    source: std::io::Error::other(e),
+                })??;
             added.push(CommitFile {
                 path: rel,
                 partition: rel_dir.clone(),
-                rows: count_rows(local)?,
+                rows,
                 bytes,
             });
         }
@@ -127,6 +135,16 @@ impl Warehouse {
 
     /// Step two: writes the commit record that makes an uploaded table live.
     pub async fn commit(
+        &self,
+        uploaded: UploadedTable,
+        batches: &[String],
+    ) -> Result<Commit, SinkError> {
+        let commit = self.plan_commit(uploaded, batches).await?;
+        self.write_commit(commit).await
+    }
+
+    /// The commit record an uploaded table would make on top of the table's newest commit.
+    pub async fn plan_commit(
         &self,
         uploaded: UploadedTable,
         batches: &[String],
@@ -157,8 +175,14 @@ impl Warehouse {
             removed: removed.into_iter().map(|f| f.path).collect(),
             live,
         };
-        // The commit record is the one atomic step: create-if-absent, so two writers cannot
-        // both believe they made commit N.
+        Ok(commit)
+    }
+
+    /// Writes a planned commit record. This is the one atomic step: create-if-absent, so of two
+    /// writers that planned commit N on the same parent, the second gets
+    /// [`SinkError::CommitConflict`].
+    pub async fn write_commit(&self, commit: Commit) -> Result<Commit, SinkError> {
+        let table = commit.table.as_str();
         let path = self.path(&commit_rel(table, commit.seq));
         let body = serde_json::to_vec_pretty(&commit).map_err(|source| SinkError::Json {
             path: path.to_string(),

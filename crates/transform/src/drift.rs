@@ -165,18 +165,14 @@ mod tests {
         assert!(psi(&a, &a).unwrap().abs() < 1e-12);
         let b = [50, 40, 30, 20, 10, 10, 20, 30, 40, 50];
         let v = psi(&b, &a).unwrap();
-        // Computed by hand from the formula.
-        let (na, nb) = (300.0f64, 300.0f64);
-        let expected: f64 = a
-            .iter()
-            .zip(b.iter())
-            .map(|(&x, &y)| {
-                let p = y as f64 / nb;
-                let q = x as f64 / na;
-                (p - q) * (p / q).ln()
-            })
-            .sum();
-        assert!((v - expected).abs() < 1e-12);
+        // Worked independently in Python (no epsilon needed: no empty bucket):
+        //   p = b / 300, q = a / 300; sum((p - q) * log(p / q)) = 1.043206134780839
+        assert!((v - 1.043206134780839).abs() < 1e-12, "{v}");
+        // With empty buckets on both sides (each counted as 0.0001), also from Python:
+        let c = [0, 0, 5, 10, 20, 30, 20, 10, 5, 0];
+        let d = [1, 2, 3, 10, 20, 30, 20, 10, 3, 1];
+        let w = psi(&c, &d).unwrap();
+        assert!((w - 0.2170519102275098).abs() < 1e-12, "{w}");
         assert!(v > 0.25);
         assert_eq!(psi(&[0; 10], &a), None);
     }
@@ -186,8 +182,7 @@ mod tests {
         let a = [10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let b = [5, 5, 0, 0, 0, 0, 0, 0, 0, 0];
         let v = psi(&b, &a).unwrap();
-        let expected = (0.5f64 - 1.0) * (0.5f64 / 1.0).ln()
-            + (0.5 - DRIFT_EPSILON) * (0.5 / DRIFT_EPSILON).ln();
-        assert!((v - expected).abs() < 1e-9);
+        // By hand: (0.5 - 1) ln(0.5) + (0.5 - 0.0001) ln(0.5 / 0.0001) = 4.60431846666895
+        assert!((v - 4.60431846666895).abs() < 1e-9, "{v}");
     }
 }

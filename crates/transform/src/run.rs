@@ -316,20 +316,35 @@ impl Transformer {
             files: Vec<PathBuf>,
         }
         let mut groups: Vec<Group> = Vec::new();
-        for (bi, batch) in batches.iter().enumerate() {
-            for file in &batch.files {
-                let schema = file_schema(file)?;
-                match groups
-                    .iter_mut()
-                    .find(|g| g.batch == bi && g.schema.fields() == schema.fields())
-                {
-                    Some(g) => g.files.push(file.clone()),
-                    None => groups.push(Group {
-                        batch: bi,
-                        schema,
-                        files: vec![file.clone()],
-                    }),
-                }
+        // Footers are read on a blocking thread: file I/O and parsing stay off the threads
+        // that drive the async work.
+        let files: Vec<(usize, PathBuf)> = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(bi, b)| b.files.iter().map(move |f| (bi, f.clone())))
+            .collect();
+        let schemas = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|(bi, f)| file_schema(&f).map(|s| (bi, f, s)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| TransformError::Io {
+            path: PathBuf::from("reading parquet footers"),
+            source: std::io::Error::other(e),
+        })??;
+        for (bi, file, schema) in schemas {
+            match groups
+                .iter_mut()
+                .find(|g| g.batch == bi && g.schema.fields() == schema.fields())
+            {
+                Some(g) => g.files.push(file),
+                None => groups.push(Group {
+                    batch: bi,
+                    schema,
+                    files: vec![file],
+                }),
             }
         }
         let mapping = match &self.config.mapping {
