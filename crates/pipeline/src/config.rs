@@ -243,7 +243,7 @@ impl PipelineFile {
         let lookup = |name: &str| std::env::var(name).ok();
         let missing = |name: &str| {
             unset.borrow_mut().push(name.to_string());
-            format!("unset-{name}")
+            format!("{UNSET}{name}")
         };
         let file = Self::parse_with(&raw, path, &lookup, Some(&missing))?;
         let mut unset = unset.into_inner();
@@ -277,7 +277,7 @@ impl PipelineFile {
         if file.name.is_none() {
             file.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
-        file.check().map_err(invalid)?;
+        file.check(missing.is_some()).map_err(invalid)?;
         Ok(file)
     }
 
@@ -296,7 +296,9 @@ impl PipelineFile {
     }
 
     /// Everything that can be checked without running.
-    fn check(&self) -> Result<(), String> {
+    /// `placeholders`: for `validate`, variables not set here stand as `unset-NAME`; a URL made
+    /// of one is checked where the pipeline runs, not here.
+    fn check(&self, placeholders: bool) -> Result<(), String> {
         let name = self.name();
         if name.is_empty()
             || !name
@@ -312,6 +314,14 @@ impl PipelineFile {
         self.sink.output_format()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         if let SourceConfig::Aep { platform, .. } = &self.source {
+            let mut platform = platform.clone();
+            if placeholders {
+                for url in [&mut platform.platform_url, &mut platform.ims_url] {
+                    if url.contains(UNSET) {
+                        *url = "https://unset.invalid".into();
+                    }
+                }
+            }
             platform.build().map_err(source_error)?;
         }
         let common = match &self.source {
@@ -335,6 +345,9 @@ fn located(raw: &str, e: &toml::de::Error) -> String {
         None => e.message().to_string(),
     }
 }
+
+/// What a variable not set becomes under `validate`.
+const UNSET: &str = "unset-";
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// What a required variable that is not set becomes (for `validate`); `None` makes it an error.
@@ -515,6 +528,25 @@ mod tests {
             .to_string();
         assert!(err.contains("source.min_speed"), "{err}");
         assert!(parse("client_id = \"i\"\nclient_secret = \"s\"").is_ok());
+    }
+
+    #[test]
+    fn validate_leaves_a_url_from_an_unset_variable_to_run_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(
+            &p,
+            "[source]\ntype = \"aep\"\nplatform_url = \"${SCORELAND_TEST_NEVER_SET_URL}\"\norg_id = \"o@AdobeOrg\"\nsandbox = \"prod\"\ndataset = \"d\"\nclient_id = \"i\"\nclient_secret = \"${SCORELAND_TEST_NEVER_SET_SECRET}\"\n[sink]\nurl = \"w\"\n",
+        )
+        .unwrap();
+        let (_, unset) = PipelineFile::check_file(&p).unwrap();
+        assert_eq!(
+            unset,
+            [
+                "SCORELAND_TEST_NEVER_SET_SECRET",
+                "SCORELAND_TEST_NEVER_SET_URL"
+            ]
+        );
     }
 
     #[test]
