@@ -56,6 +56,7 @@ PY
   cat > env.sh <<ENV
 export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
+export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$az_port
 export SCORELAND_TEST_GCS_URL=http://127.0.0.1:$gcs_port
 ENV
   echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port"

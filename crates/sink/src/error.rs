@@ -38,6 +38,13 @@ pub enum SinkError {
         started_at: String,
         path: String,
     },
+    #[error("Delta table {table}: {op} failed")]
+    Delta {
+        table: String,
+        op: &'static str,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
     #[error("{path} in the warehouse is not valid JSON")]
     Json {
         path: String,

@@ -12,9 +12,11 @@
 //! The warehouse also keeps `_state/`, `_runs/` and `_locks/` objects for the pipeline.
 
 mod commit;
+mod delta;
 mod error;
 mod store;
 
 pub use commit::{Commit, CommitFile, UploadedTable, VacuumReport};
+pub use delta::{TableCommit, TableWrite};
 pub use error::SinkError;
 pub use store::{Lock, SinkConfig, Warehouse};
