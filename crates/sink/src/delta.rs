@@ -132,12 +132,24 @@ impl Warehouse {
             .with_storage_backend(root, url))
     }
 
+    /// Whether `table` has a Delta log yet. Asked first so that a first run does not make
+    /// delta-rs log an error for a table it is about to create.
+    async fn has_log(&self, table: &str) -> Result<bool, SinkError> {
+        Ok(!self
+            .list(&self.path(&format!("{table}/_delta_log")))
+            .await?
+            .is_empty())
+    }
+
     /// A table at its newest version, or at `version`; `None` when it does not exist yet.
     pub async fn delta_table(
         &self,
         table: &str,
         version: Option<u64>,
     ) -> Result<Option<DeltaTable>, SinkError> {
+        if !self.has_log(table).await? {
+            return Ok(None);
+        }
         let mut t = self
             .delta_builder(table)?
             .build()
@@ -162,11 +174,12 @@ impl Warehouse {
             .delta_builder(table)?
             .build()
             .map_err(delta_err(table, "open"))?;
-        let exists = match current.load().await {
-            Ok(()) => true,
-            Err(DeltaTableError::NotATable(_)) => false,
-            Err(e) => return Err(delta_err(table, "open")(e)),
-        };
+        let exists = self.has_log(table).await?
+            && match current.load().await {
+                Ok(()) => true,
+                Err(DeltaTableError::NotATable(_)) => false,
+                Err(e) => return Err(delta_err(table, "open")(e)),
+            };
         let dates = score_dates(w.local_dir)?;
         if exists {
             let state = current.snapshot().map_err(&err)?;
@@ -240,6 +253,294 @@ impl Warehouse {
             committed: true,
             replaced_dates: if w.by_score_date { dates } else { Vec::new() },
         })
+    }
+}
+
+/// Which snapshot of each table a reader sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The versions the newest complete runs published (`_published/`), or the newest
+    /// version of a table no run has published.
+    Published,
+    /// This version of every table.
+    Version(u64),
+    /// Every table as it was at this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// What a run published: the version of each table its commits made, written once all of
+/// them are committed. Readers take these versions, so a crash between two tables' commits is
+/// invisible to them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub run_id: String,
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+/// The result of a query.
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: deltalake::arrow::datatypes::SchemaRef,
+    pub batches: Vec<deltalake::arrow::array::RecordBatch>,
+}
+
+/// One version of a table, for `scoreland history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVersion {
+    pub version: Option<u64>,
+    pub timestamp: Option<i64>,
+    pub operation: Option<String>,
+    /// The commit info a run added: run id, batches, rows.
+    pub run: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Warehouse {
+    /// The version of each table that readers see: per table, the newest version any
+    /// pipeline published (`_published/<pipeline>.json`).
+    pub async fn published_versions(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SinkError> {
+        let mut out = std::collections::BTreeMap::new();
+        for meta in self.list(&self.path("_published")).await? {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let published: Option<Published> = self.get_json(&format!("_published/{name}")).await?;
+            for (table, v) in published.map(|p| p.versions).unwrap_or_default() {
+                let e = out.entry(table).or_insert(v);
+                *e = (*e).max(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist
+    /// (yet) is not registered.
+    pub async fn query(
+        &self,
+        tables: &[&str],
+        as_of: AsOf,
+        sql: &str,
+    ) -> Result<QueryOutput, SinkError> {
+        let published = match as_of {
+            AsOf::Published => self.published_versions().await?,
+            _ => Default::default(),
+        };
+        let ctx: SessionContext = DeltaSessionContext::new().into_inner();
+        let mut registered = 0;
+        for &name in tables {
+            let table = match as_of {
+                AsOf::Published => self.delta_table(name, published.get(name).copied()).await?,
+                AsOf::Version(v) => self.delta_table(name, Some(v)).await?,
+                AsOf::Time(t) => {
+                    let Some(mut table) = self.delta_table(name, None).await? else {
+                        continue;
+                    };
+                    table
+                        .load_with_datetime(t)
+                        .await
+                        .map_err(delta_err(name, "time travel"))?;
+                    Some(table)
+                }
+            };
+            let Some(table) = table else { continue };
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(delta_err(name, "read"))?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            ctx.register_table(name, provider)
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            registered += 1;
+        }
+        if registered == 0 {
+            return Err(SinkError::NoTables {
+                url: self.url().to_string(),
+            });
+        }
+        let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+            message: e.to_string(),
+        };
+        let df = ctx.sql(sql).await.map_err(query_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(query_err)?;
+        Ok(QueryOutput { schema, batches })
+    }
+
+    /// Deletes the files no version within `retention` needs (Delta's vacuum). Returns the
+    /// files deleted.
+    pub async fn vacuum_table(
+        &self,
+        table: &str,
+        retention: std::time::Duration,
+    ) -> Result<Vec<String>, SinkError> {
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let (_, metrics) = t
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err(table, "vacuum"))?;
+        Ok(metrics.files_deleted)
+    }
+
+    /// The versions of a table, newest first.
+    pub async fn history(
+        &self,
+        table: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<TableVersion>, SinkError> {
+        use futures::StreamExt;
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut stream = t.history(limit);
+        while let Some(info) = stream.next().await {
+            let info = info.map_err(delta_err(table, "history"))?;
+            let run = info
+                .info
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "run_id" | "batches" | "rows" | "pipeline"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            out.push(TableVersion {
+                version: None,
+                timestamp: info.timestamp,
+                operation: info.operation.clone(),
+                run,
+            });
+        }
+        // History comes newest first; number the versions from the newest down.
+        let newest = t.version().unwrap_or(0);
+        for (i, v) in out.iter_mut().enumerate() {
+            v.version = newest.checked_sub(i as u64);
+        }
+        Ok(out)
+    }
+}
+
+impl Warehouse {
+    /// The datasets that landed runs recorded (`_runs/<pipeline>/<run>.json`), sorted.
+    pub async fn landed_datasets(&self) -> Result<Vec<String>, SinkError> {
+        let mut found = BTreeSet::new();
+        for meta in self.list(&self.path("_runs")).await? {
+            let rel = meta
+                .location
+                .as_ref()
+                .strip_prefix(self.root.as_ref())
+                .unwrap_or(meta.location.as_ref())
+                .trim_start_matches('/')
+                .to_string();
+            let record: Option<serde_json::Value> = self.get_json(&rel).await?;
+            if let Some(r) = record
+                && r.get("status").and_then(|s| s.as_str()) == Some("landed")
+                && let Some(d) = r.get("dataset").and_then(|d| d.as_str())
+            {
+                found.insert(d.to_string());
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Whether a table is still in scoreland's old layout (`<table>/_commits/`).
+    pub async fn is_legacy(&self, table: &str) -> Result<bool, SinkError> {
+        Ok(!self
+            .list(&self.path(&format!("{table}/_commits")))
+            .await?
+            .is_empty())
+    }
+
+    /// Turns a table of the old layout into a Delta table holding the same rows (its live
+    /// files, as the newest commit record lists them), then removes the old commit records.
+    /// The old data files stay until `vacuum` (Delta does not reference them). Returns the
+    /// rows' score dates, or `None` when the table had nothing committed.
+    pub async fn convert_legacy(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        by_score_date: bool,
+        scratch: &LocalPath,
+    ) -> Result<Option<TableCommit>, SinkError> {
+        use object_store::ObjectStoreExt;
+        let Some(latest) = self.latest_commit(table).await? else {
+            return Ok(None);
+        };
+        let local = scratch.join(table);
+        for f in &latest.live {
+            let path = self.path(&format!("{table}/{}", f.path));
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "read",
+                    path: path.to_string(),
+                    source,
+                })?
+                .bytes()
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "read",
+                    path: path.to_string(),
+                    source,
+                })?;
+            let to = local.join(&f.path);
+            let io = |source| SinkError::Local {
+                path: to.clone(),
+                source,
+            };
+            std::fs::create_dir_all(to.parent().unwrap_or(&local)).map_err(io)?;
+            std::fs::write(&to, &bytes).map_err(io)?;
+        }
+        let commit = self
+            .write_table(&TableWrite {
+                table,
+                local_dir: &local,
+                dataset_id,
+                run_id: &latest.run_id,
+                by_score_date,
+                app_id: "scoreland-convert",
+                app_version: latest.seq as i64 + 1,
+                metadata: serde_json::Map::from_iter([
+                    ("run_id".to_string(), serde_json::json!(latest.run_id)),
+                    ("batches".to_string(), serde_json::json!(latest.batches)),
+                    ("rows".to_string(), serde_json::json!(latest.rows())),
+                    (
+                        "converted_from_commit".to_string(),
+                        serde_json::json!(latest.seq),
+                    ),
+                ]),
+            })
+            .await?;
+        // The rows are in Delta now: the old records go, so the table is no longer "legacy".
+        for meta in self.list(&self.path(&format!("{table}/_commits"))).await? {
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "delete",
+                    path: meta.location.to_string(),
+                    source,
+                })?;
+        }
+        let latest_json = self.path(&format!("{table}/_latest.json"));
+        match self.store.delete(&latest_json).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(SinkError::Store {
+                    op: "delete",
+                    path: latest_json.to_string(),
+                    source,
+                });
+            }
+        }
+        Ok(Some(commit))
     }
 }
 

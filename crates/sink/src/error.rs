@@ -45,6 +45,10 @@ pub enum SinkError {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
+    #[error("no landed tables in {url}; run a pipeline first (scoreland run pipelines/demo.toml)")]
+    NoTables { url: String },
+    #[error("the query failed: {message}")]
+    Query { message: String },
     #[error("{path} in the warehouse is not valid JSON")]
     Json {
         path: String,
