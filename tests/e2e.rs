@@ -823,3 +823,118 @@ mod operations {
         );
     }
 }
+
+/// Two pipelines, two datasets, one warehouse.
+mod shared_warehouse {
+    use super::*;
+
+    fn platform(dir: &Path, seed: u64) -> String {
+        let summary = scoreland_platform_sim::generate(&scoreland_platform_sim::GenerateOptions {
+            out: dir.to_path_buf(),
+            rows: 400,
+            parts: 2,
+            batches: 1,
+            seed,
+            ..Default::default()
+        })
+        .unwrap();
+        summary.dataset_id
+    }
+
+    fn pipeline(tmp: &Path, name: &str, data: &Path) -> PathBuf {
+        let p = tmp.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\nstaging = \"{}\"\n[source]\ntype = \"simulator\"\ndata = \"{}\"\n[sink]\nurl = \"{}\"\n",
+                tmp.join(format!("staging-{name}")).display(),
+                data.display(),
+                tmp.join("wh").display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn two_pipelines_landing_at_the_same_moment_keep_each_others_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
+        let (ds_a, ds_b) = (platform(&da, 1), platform(&db, 2));
+        assert_ne!(ds_a, ds_b);
+        let (pa, pb) = (
+            pipeline(tmp.path(), "a", &da),
+            pipeline(tmp.path(), "b", &db),
+        );
+        // a stops with its tables ready and uncommitted; b lands all of its own meanwhile;
+        // then a commits on top of b's versions.
+        let go = tmp.path().join("go");
+        let pause = format!("before_commit:{}", go.display());
+        let mut a = Running::start(
+            &["run", &pa.display().to_string(), "--json"],
+            &[("SCORELAND_PAUSE_AT", &pause)],
+        );
+        a.wait_for("SCORELAND_PAUSE_AT=before_commit");
+        let b = scoreland(&["run", &pb.display().to_string(), "--json"], &[]);
+        assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+        std::fs::write(&go, "").unwrap();
+        let (code, stdout, stderr) = a.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        let ra: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let rb = record(&b);
+        let wh = tmp.path().join("wh").display().to_string();
+        let count = |sql: &str| {
+            let o = scoreland(&["sql", sql, "--warehouse", &wh, "--format", "json"], &[]);
+            assert!(o.status.success(), "{}", text(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["n"].as_u64().unwrap()
+        };
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_a}'"
+            )),
+            ra["rows_out"].as_u64().unwrap()
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_b}'"
+            )),
+            rb["rows_out"].as_u64().unwrap()
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(DISTINCT run_id) AS n FROM scores WHERE dataset_id = '{ds_a}'"
+            )),
+            1
+        );
+        // a committed after b: its versions are the newer ones, and both runs' rows are there.
+        assert!(ra["tables"][0]["version"].as_u64() > rb["tables"][0]["version"].as_u64());
+    }
+}
+
+#[test]
+fn a_warehouse_of_the_old_layout_is_refused_until_converted() {
+    let demo = Demo::new();
+    let commits = Path::new(&demo.wh()).join("scores/_commits");
+    std::fs::create_dir_all(&commits).unwrap();
+    std::fs::write(
+        commits.join("00000000000000000000.json"),
+        r#"{"table":"scores","seq":0,"run_id":"old","batches":[],"committed_at":"2026-11-01T00:00:00Z","added":[],"removed":[],"live":[]}"#,
+    )
+    .unwrap();
+    let refused = demo.run(&[], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("scoreland convert --warehouse"),
+        "{}",
+        text(&refused)
+    );
+    let convert = scoreland(
+        &["convert", "--warehouse", &demo.wh(), "--dataset", "d"],
+        &[],
+    );
+    assert!(convert.status.success(), "{}", text(&convert));
+    assert!(text(&convert).contains("scores: nothing committed; old records removed"));
+    let landed = demo.run(&[], &[]);
+    assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
+}

@@ -471,6 +471,46 @@ impl Warehouse {
         let Some(latest) = self.latest_commit(table).await? else {
             return Ok(None);
         };
+        let commit = if latest.live.is_empty() {
+            None
+        } else {
+            Some(
+                self.convert_files(table, dataset_id, by_score_date, scratch, &latest)
+                    .await?,
+            )
+        };
+        // The rows are in Delta now: the old records go, so the table is no longer "legacy".
+        for meta in self.list(&self.path(&format!("{table}/_commits"))).await? {
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "delete",
+                    path: meta.location.to_string(),
+                    source,
+                })?;
+        }
+        let latest_json = self.path(&format!("{table}/_latest.json"));
+        match self.store.delete(&latest_json).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(commit),
+            Err(source) => Err(SinkError::Store {
+                op: "delete",
+                path: latest_json.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Copies an old commit's live files to `scratch` and commits them as a Delta table.
+    async fn convert_files(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        by_score_date: bool,
+        scratch: &LocalPath,
+        latest: &crate::legacy::Commit,
+    ) -> Result<TableCommit, SinkError> {
+        use object_store::ObjectStoreExt;
         let local = scratch.join(table);
         for f in &latest.live {
             let path = self.path(&format!("{table}/{}", f.path));
@@ -518,29 +558,7 @@ impl Warehouse {
                 ]),
             })
             .await?;
-        // The rows are in Delta now: the old records go, so the table is no longer "legacy".
-        for meta in self.list(&self.path(&format!("{table}/_commits"))).await? {
-            self.store
-                .delete(&meta.location)
-                .await
-                .map_err(|source| SinkError::Store {
-                    op: "delete",
-                    path: meta.location.to_string(),
-                    source,
-                })?;
-        }
-        let latest_json = self.path(&format!("{table}/_latest.json"));
-        match self.store.delete(&latest_json).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) => {
-                return Err(SinkError::Store {
-                    op: "delete",
-                    path: latest_json.to_string(),
-                    source,
-                });
-            }
-        }
-        Ok(Some(commit))
+        Ok(commit)
     }
 }
 
