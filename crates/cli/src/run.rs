@@ -122,10 +122,12 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
                 r.timings.transform_ms as f64 / 1e3
             );
             for t in &r.tables {
-                eprintln!(
-                    "  {:<9} commit {}, {} files, {} rows added, {} rows live",
-                    t.table, t.commit, t.files_added, t.rows_added, t.rows_live
-                );
+                let what = match (t.committed, t.replaced_dates.as_slice()) {
+                    (false, _) => "already held this run's commit".to_string(),
+                    (true, []) => "rows appended".to_string(),
+                    (true, dates) => format!("replaced {}", dates.join(", ")),
+                };
+                eprintln!("  {:<9} Delta version {}, {what}", t.table, t.version);
             }
             for d in &r.drift {
                 match d.psi {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
 use scoreland_pipeline::TABLES;
-use scoreland_sink::SinkConfig;
+use scoreland_sink::{AsOf, SinkConfig, SinkError};
 
 use crate::{Failure, usage};
 
@@ -20,12 +20,16 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// The query; tables `scores`, `summary` and `drift` are registered from their latest
-    /// commit (committed files only).
+    /// The query; the Delta tables `scores`, `summary` and `drift` are registered as the
+    /// newest complete runs published them.
     pub query: String,
     /// Warehouse URL or path.
     #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
     pub warehouse: String,
+    /// Read an earlier night: a Delta version (`12`) or a time (`2026-11-20T06:00:00Z`, or a
+    /// date for its midnight UTC).
+    #[arg(long)]
+    pub as_of: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Write to this file instead of stdout (required for parquet).
@@ -33,36 +37,48 @@ pub struct SqlArgs {
     pub output: Option<PathBuf>,
 }
 
-pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
-    let wh = SinkConfig {
-        url: args.warehouse.clone(),
+/// `--as-of`: a version number, an RFC 3339 time, or a date.
+fn parse_as_of(s: &str) -> Result<AsOf, Failure> {
+    let s = s.trim();
+    if let Ok(v) = s.parse::<u64>() {
+        return Ok(AsOf::Version(v));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(AsOf::Time(t.with_timezone(&chrono::Utc)));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let t = d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+        if let Some(t) = t {
+            return Ok(AsOf::Time(t));
+        }
+    }
+    Err(usage(anyhow::anyhow!(
+        "--as-of {s:?}: give a Delta version (12), a time (2026-11-20T06:00:00Z) or a date (2026-11-20)"
+    )))
+}
+
+fn open(url: &str) -> Result<scoreland_sink::Warehouse, Failure> {
+    SinkConfig {
+        url: url.to_string(),
         options: Default::default(),
     }
     .open()
-    .map_err(usage)?;
-    let mut tables = Vec::new();
-    for t in TABLES {
-        let files = wh.live_files(t).await?;
-        let ext = files
-            .first()
-            .and_then(|u| u.path().rsplit('.').next().map(str::to_string))
-            .unwrap_or_else(|| "parquet".into());
-        tables.push((t.to_string(), ext, files));
-    }
-    if tables.iter().all(|(_, _, f)| f.is_empty()) {
-        return Err(usage(anyhow::anyhow!(
-            "no landed tables in {}; run a pipeline first (scoreland run pipelines/demo.toml)",
-            wh.url()
-        )));
-    }
-    let mut store_url = wh.url().clone();
-    store_url.set_path("/");
-    let stores = if wh.url().scheme() == "file" {
-        Vec::new()
-    } else {
-        vec![(store_url, wh.store())]
+    .map_err(usage)
+}
+
+pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
+    let wh = open(&args.warehouse)?;
+    let as_of = match &args.as_of {
+        Some(s) => parse_as_of(s)?,
+        None => AsOf::Published,
     };
-    let out = scoreland_transform::query_files(&tables, &stores, &args.query).await?;
+    let out = wh
+        .query(&TABLES, as_of, &args.query)
+        .await
+        .map_err(|e| match e {
+            SinkError::NoTables { .. } => usage(e),
+            other => Failure::from(other),
+        })?;
     let mut sink: Box<dyn std::io::Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p)
@@ -134,35 +150,148 @@ pub struct VacuumArgs {
     /// Warehouse URL or path.
     #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
     pub warehouse: String,
-    /// Also delete files that older commits had live but the newest replaced.
-    #[arg(long)]
-    pub replaced: bool,
+    /// Files that versions younger than this still need are kept: time travel (`sql
+    /// --as-of`) reaches back this far.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
 }
 
 pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
+    let wh = open(&args.warehouse)?;
+    for t in TABLES {
+        let deleted = wh.vacuum_table(t, args.retention).await?;
+        println!("{t}: {} files deleted", deleted.len());
+        for f in deleted {
+            println!("  {f}");
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// scores, summary or drift.
+    pub table: String,
+    /// Warehouse URL or path.
+    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
+    pub warehouse: String,
+    /// At most this many versions, newest first.
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+    /// One JSON object per version.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
+    if !TABLES.contains(&args.table.as_str()) {
+        return Err(usage(anyhow::anyhow!(
+            "unknown table {:?}; the tables are {}",
+            args.table,
+            TABLES.join(", ")
+        )));
+    }
+    let wh = open(&args.warehouse)?;
+    let versions = wh.history(&args.table, Some(args.limit)).await?;
+    if args.json {
+        for v in &versions {
+            println!("{}", serde_json::to_string(v)?);
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:>7}  {:<20}  {:<10}  {:<28}  {:>9}  BATCHES",
+        "VERSION", "TIME (UTC)", "OPERATION", "RUN", "ROWS"
+    );
+    for v in &versions {
+        let time = v
+            .timestamp
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let field = |k: &str| {
+            v.run
+                .get(k)
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "{:>7}  {:<20}  {:<10}  {:<28}  {:>9}  {}",
+            v.version.map(|n| n.to_string()).unwrap_or_default(),
+            time,
+            v.operation.clone().unwrap_or_default(),
+            field("run_id"),
+            field("rows"),
+            field("batches")
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Warehouse URL or path.
+    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
+    pub warehouse: String,
+    /// The dataset the old tables hold; by default the one the warehouse's run records name.
+    #[arg(long)]
+    pub dataset: Option<String>,
+}
+
+/// Turns a warehouse of the old layout into Delta tables, table by table.
+pub async fn convert(args: ConvertArgs) -> Result<u8, Failure> {
     let wh = SinkConfig {
-        url: args.warehouse,
+        url: args.warehouse.clone(),
         options: Default::default(),
     }
     .build()
     .await
     .map_err(usage)?;
-    // A running pipeline's uploads are not committed yet: vacuum would take them for orphans.
-    let running = wh
-        .active_locks(std::time::Duration::from_secs(6 * 3600))
-        .await?;
-    if !running.is_empty() {
-        return Err(usage(anyhow::anyhow!(
-            "pipeline {} is running on {}; vacuum when it has finished",
-            running.join(", "),
-            wh.url()
-        )));
-    }
-    for t in TABLES {
-        let report = wh.vacuum(t, args.replaced).await?;
-        println!("{t}: {} files deleted", report.deleted.len());
-        for f in report.deleted {
-            println!("  {f}");
+    let dataset = match args.dataset {
+        Some(d) => d,
+        None => {
+            let found = wh.landed_datasets().await?;
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(usage(anyhow::anyhow!(
+                        "no run record in {} names a dataset; give --dataset ID",
+                        wh.url()
+                    )));
+                }
+                many => {
+                    return Err(usage(anyhow::anyhow!(
+                        "the run records in {} name several datasets ({}); the old layout kept one table for all, so give the dataset its rows belong to with --dataset ID",
+                        wh.url(),
+                        many.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let scratch = tempfile::tempdir()?;
+    for (table, by_date) in [("scores", true), ("summary", true), ("drift", false)] {
+        if !wh.is_legacy(table).await? {
+            println!("{table}: not in the old layout; left as it is");
+            continue;
+        }
+        match wh
+            .convert_legacy(table, &dataset, by_date, scratch.path())
+            .await?
+        {
+            Some(c) => println!(
+                "{table}: converted to a Delta table (version {}) for dataset {dataset}",
+                c.version
+            ),
+            None => println!("{table}: nothing committed; old records removed"),
         }
     }
     Ok(0)

@@ -149,7 +149,7 @@ pub(crate) fn source_error(e: IngestError) -> String {
 #[serde(deny_unknown_fields)]
 pub struct SinkSection {
     pub url: String,
-    /// `parquet` (default), `csv` or `ndjson`.
+    /// `parquet`, the only format of Delta tables (kept so that files that say so stay valid).
     #[serde(default)]
     pub format: Option<String>,
     /// Parquet codec (default `zstd`).
@@ -185,11 +185,10 @@ impl SinkSection {
                     row_group_size: self.row_group_size,
                 })
             }
-            "csv" | "ndjson" if self.compression.is_some() || self.row_group_size.is_some() => {
-                Err("compression and row_group_size apply to parquet only".into())
-            }
-            "csv" => Ok(OutputFormat::Csv),
-            "ndjson" => Ok(OutputFormat::Ndjson),
+            f @ ("csv" | "ndjson") => Err(format!(
+                "format = {f:?}: the tables are Delta Lake tables, whose files are parquet; CSV and NDJSON copies (extracts) are not available yet, so read the tables with `scoreland sql --format {}` or a Delta reader",
+                if f == "csv" { "csv" } else { "json" }
+            )),
             other => Err(format!(
                 "format = {other:?} is not one of parquet, csv, ndjson"
             )),

@@ -19,6 +19,20 @@ pub enum PipelineError {
     #[error("landing failed")]
     Sink(#[source] scoreland_sink::SinkError),
     #[error(
+        "the warehouse {url} is in scoreland's old layout (_commits/, _latest.json); turn its tables into Delta tables with `scoreland convert --warehouse {url}`, then run again"
+    )]
+    LegacyWarehouse { url: String },
+    #[error(
+        "publishing table {table} failed; {}; the next run completes the rest",
+        if published.is_empty() { "no table of this run was published".to_string() } else { format!("already published: {}", published.join(", ")) }
+    )]
+    Publish {
+        table: String,
+        published: Vec<String>,
+        #[source]
+        source: Box<scoreland_sink::SinkError>,
+    },
+    #[error(
         "interrupted by {signal} before publishing; nothing of this run was published (parts already staged are kept for the next run)"
     )]
     Interrupted { signal: &'static str },
@@ -36,7 +50,9 @@ impl PipelineError {
     /// Bad configuration or usage (exit code 2) rather than a failed run (exit code 1).
     pub fn is_config(&self) -> bool {
         match self {
-            PipelineError::Read { .. } | PipelineError::Invalid { .. } => true,
+            PipelineError::Read { .. }
+            | PipelineError::Invalid { .. }
+            | PipelineError::LegacyWarehouse { .. } => true,
             PipelineError::Ingest(e) => e.is_user_error(),
             PipelineError::Transform(scoreland_transform::TransformError::Config(_)) => true,
             PipelineError::Sink(

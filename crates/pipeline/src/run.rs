@@ -49,6 +49,11 @@ pub struct PipelineState {
     /// after Catalog stops returning that batch.
     #[serde(default)]
     pub last_batch_created: Option<i64>,
+    /// Runs of this pipeline that landed: the next run's sequence number, which is its Delta
+    /// transaction version (a rerun after a crash has the same one, so nothing is committed
+    /// twice).
+    #[serde(default)]
+    pub runs_landed: i64,
     pub histograms: Vec<ModelHistogram>,
 }
 
@@ -72,10 +77,12 @@ pub struct StageTimings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableRecord {
     pub table: String,
-    pub commit: u64,
-    pub files_added: usize,
-    pub rows_added: u64,
-    pub rows_live: u64,
+    /// The Delta version that holds this run's rows.
+    pub version: u64,
+    /// False when the table already held this run's commit (a rerun after a crash).
+    pub committed: bool,
+    /// The score dates whose partitions this run replaced (none for `drift`, which appends).
+    pub replaced_dates: Vec<String>,
 }
 
 /// The JSON run record, stored at `_runs/<pipeline>/<run_id>.json`.
@@ -190,8 +197,9 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
 }
 
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
-/// a power cut or `kill -9` would. Points: `before_commit` (data files are uploaded, no commit
-/// record is written yet) is checked by the end-to-end tests.
+/// a power cut or `kill -9` would. Points, checked by the end-to-end tests: `before_commit`
+/// (the transform is done, no table committed yet), `between_tables` (`scores` committed,
+/// `summary` and `drift` not).
 fn crash_point(point: &str) {
     if std::env::var("SCORELAND_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("SCORELAND_CRASH_AT={point}: aborting");
@@ -272,6 +280,20 @@ pub async fn run(
         error: None,
         warehouse: warehouse.url().to_string(),
     };
+    for table in TABLES {
+        match warehouse.is_legacy(table).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err((
+                    PipelineError::LegacyWarehouse {
+                        url: warehouse.url().to_string(),
+                    },
+                    None,
+                ));
+            }
+            Err(e) => return Err((PipelineError::Sink(e), None)),
+        }
+    }
     let lock = if options.dry_run {
         None
     } else {
@@ -401,23 +423,6 @@ async fn prepare(
         .await
         .map_err(PipelineError::Sink)?
         .unwrap_or_default();
-    if !options.dry_run {
-        // Files of runs that died before their commit.
-        for table in TABLES {
-            let report = warehouse
-                .vacuum(table, false)
-                .await
-                .map_err(PipelineError::Sink)?;
-            if !report.deleted.is_empty() {
-                tracing::info!(
-                    table,
-                    files = report.deleted.len(),
-                    "removed files of an earlier failed run"
-                );
-            }
-        }
-    }
-
     let t = Instant::now();
     let source = connect(file).await?;
     record.dataset = source.dataset.clone();
@@ -528,6 +533,7 @@ async fn prepare(
         last_run_id: Some(record.run_id.clone()),
         landed_batches: record.batches.clone(),
         last_batch_created: batches.iter().map(|b| b.created).max(),
+        runs_landed: state.runs_landed + 1,
         histograms: output.histograms.clone(),
     };
     Ok(Some(Prepared { output, state }))
@@ -542,40 +548,63 @@ async fn publish(
     prepared: Prepared,
 ) -> Result<(), PipelineError> {
     let Prepared { output, state } = prepared;
-    let state_rel = format!("_state/{}.json", file.name());
-    // Every table's data first, then the commit records: a crash in between leaves the
-    // previous night readable, and the next run removes the orphans.
+    let name = file.name();
+    // One Delta commit per table, each replacing exactly this run's (dataset, score date)
+    // partitions (drift appends its rows), and carrying the run's transaction identifier.
+    // Readers follow `_published/`, written once all three are committed: a crash in between
+    // is invisible to them, and the rerun commits only the tables still missing.
     let t = Instant::now();
-    let mut uploaded = Vec::new();
-    for (table, dir) in [
-        ("scores", &output.scores_dir),
-        ("summary", &output.summary_dir),
-        ("drift", &output.drift_dir),
-    ] {
-        uploaded.push(
-            warehouse
-                .upload_table(table, dir, &record.run_id)
-                .await
-                .map_err(PipelineError::Sink)?,
-        );
-    }
+    let metadata: serde_json::Map<String, serde_json::Value> = serde_json::Map::from_iter([
+        ("pipeline".to_string(), serde_json::json!(name)),
+        ("run_id".to_string(), serde_json::json!(record.run_id)),
+        ("batches".to_string(), serde_json::json!(record.batches)),
+        ("rows".to_string(), serde_json::json!(record.rows_out)),
+    ]);
     crash_point("before_commit");
     pause_point("before_commit");
-    for up in uploaded {
+    let mut published = scoreland_sink::Published {
+        run_id: record.run_id.clone(),
+        versions: Default::default(),
+    };
+    for (table, dir, by_score_date) in [
+        ("scores", &output.scores_dir, true),
+        ("summary", &output.summary_dir, true),
+        ("drift", &output.drift_dir, false),
+    ] {
         let commit = warehouse
-            .commit(up, &record.batches)
+            .write_table(&scoreland_sink::TableWrite {
+                table,
+                local_dir: dir,
+                dataset_id: &record.dataset,
+                run_id: &record.run_id,
+                by_score_date,
+                app_id: name,
+                app_version: state.runs_landed,
+                metadata: metadata.clone(),
+            })
             .await
-            .map_err(PipelineError::Sink)?;
+            .map_err(|source| PipelineError::Publish {
+                table: table.to_string(),
+                published: record.tables.iter().map(|t| t.table.clone()).collect(),
+                source: Box::new(source),
+            })?;
+        published.versions.insert(table.to_string(), commit.version);
         record.tables.push(TableRecord {
-            table: commit.table.clone(),
-            commit: commit.seq,
-            files_added: commit.added.len(),
-            rows_added: commit.added.iter().map(|f| f.rows).sum(),
-            rows_live: commit.rows(),
+            table: table.to_string(),
+            version: commit.version,
+            committed: commit.committed,
+            replaced_dates: commit.replaced_dates,
         });
+        if table == "scores" {
+            crash_point("between_tables");
+        }
     }
     warehouse
-        .put_json(&state_rel, &state)
+        .put_json(&format!("_published/{name}.json"), &published)
+        .await
+        .map_err(PipelineError::Sink)?;
+    warehouse
+        .put_json(&format!("_state/{name}.json"), &state)
         .await
         .map_err(PipelineError::Sink)?;
     record.timings.sink_ms = ms(t.elapsed());

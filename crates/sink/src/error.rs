@@ -38,6 +38,17 @@ pub enum SinkError {
         started_at: String,
         path: String,
     },
+    #[error("Delta table {table}: {op} failed")]
+    Delta {
+        table: String,
+        op: &'static str,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    #[error("no landed tables in {url}; run a pipeline first (scoreland run pipelines/demo.toml)")]
+    NoTables { url: String },
+    #[error("the query failed: {message}")]
+    Query { message: String },
     #[error("{path} in the warehouse is not valid JSON")]
     Json {
         path: String,

@@ -1,20 +1,24 @@
-//! Publishes tables to any object_store URL (local path, `file://`, `s3://`, `gs://`, `az://`,
-//! `abfss://`) atomically: data files first, under names unique to the run, then one commit
-//! record per table, written last with a create-if-absent put. Readers that follow the commit
-//! records (`scoreland sql`, or the `_latest.json` manifest) never see a half-landed night.
+//! The warehouse: Delta Lake tables on any object_store URL (local path, `file://`, `s3://`,
+//! `gs://`, `az://`, `abfss://`), written by delta-rs through the stores this crate opens, with
+//! one commit per table per run; and the pipeline's own small objects beside them.
 //!
-//! Layout of a table in the warehouse:
+//! Layout of a warehouse:
 //! ```text
-//! <table>/score_date=2026-11-16/part-<run>-00000.parquet   data (Hive-partitioned)
-//! <table>/_commits/00000000000000000007.json              commit records, one per run
-//! <table>/_latest.json                                    the live files, for other readers
+//! <table>/_delta_log/…                                     the Delta log
+//! <table>/dataset_id=…/score_date=2026-11-16/part-….parquet data (scores, summary)
+//! _published/<pipeline>.json   the table versions the pipeline's last complete run made
+//! _state/<pipeline>.json       what the pipeline landed last (batches, histograms)
+//! _runs/<pipeline>/<run>.json  run records
+//! _locks/<pipeline>.lock       the pipeline lock
 //! ```
-//! The warehouse also keeps `_state/`, `_runs/` and `_locks/` objects for the pipeline.
+//! Warehouses of the old layout (`_commits/`, `_latest.json`) are read only to convert them.
 
-mod commit;
+mod delta;
 mod error;
+mod legacy;
 mod store;
 
-pub use commit::{Commit, CommitFile, UploadedTable, VacuumReport};
+pub use delta::{AsOf, Published, QueryOutput, TableCommit, TableVersion, TableWrite};
 pub use error::SinkError;
+pub use legacy::{Commit, CommitFile};
 pub use store::{Lock, SinkConfig, Warehouse};

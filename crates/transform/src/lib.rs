@@ -16,14 +16,12 @@ mod flatten;
 mod json;
 mod memory;
 mod run;
-mod sql;
 mod summary;
 
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};
-pub use sql::{QueryOutput, query_files};
 
 /// Re-exported so callers can name record batches without their own arrow dependency.
 pub use datafusion::arrow;

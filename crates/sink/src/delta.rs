@@ -1,0 +1,606 @@
+//! Delta Lake tables on the warehouse's own object store.
+//!
+//! Every table is a Delta table written with delta-rs through the store the warehouse opened
+//! (one set of options, `[sink.options]`, for our files and Delta's), committed with the
+//! put-if-absent log store: a commit is one create-if-absent put of `_delta_log/<version>.json`,
+//! so of two writers of version N one wins and the other retries on top of it.
+
+use std::collections::BTreeSet;
+use std::path::Path as LocalPath;
+use std::sync::{Arc, Once};
+
+use deltalake::datafusion::prelude::{ParquetReadOptions, SessionContext, lit};
+use deltalake::delta_datafusion::DeltaSessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::logstore::{LogStore, LogStoreFactory, StorageConfig, default_logstore};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use serde::Serialize;
+use url::Url;
+
+use crate::error::SinkError;
+use crate::store::Warehouse;
+
+/// One table's part of a run: the files the transform wrote, and how they land.
+#[derive(Debug, Clone)]
+pub struct TableWrite<'a> {
+    pub table: &'a str,
+    /// Parquet files, Hive-partitioned by `score_date` (the column kept in the files) or not.
+    pub local_dir: &'a LocalPath,
+    /// The source dataset: a column of every row and the first partition column.
+    pub dataset_id: &'a str,
+    pub run_id: &'a str,
+    /// Whether the table is partitioned by `score_date` under `dataset_id`; its score dates in
+    /// this run are then replaced as a whole. Otherwise rows are appended.
+    pub by_score_date: bool,
+    /// Delta's transaction identifier: the pipeline, and the run's sequence number. A commit
+    /// whose (app id, version) the table already holds is not made twice.
+    pub app_id: &'a str,
+    pub app_version: i64,
+    /// Commit info: run id, batches, rows.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What one table's commit did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableCommit {
+    pub table: String,
+    /// The Delta version that holds this run's rows.
+    pub version: u64,
+    /// False when the table already held this run's transaction (a rerun after a crash).
+    pub committed: bool,
+    /// Score dates replaced (empty for an appended table).
+    pub replaced_dates: Vec<String>,
+}
+
+/// Delta's own put-if-absent log store over a store we built, for the cloud schemes (delta-rs
+/// registers only `file://` and `memory://` without its AWS, Azure and GCP crates).
+struct OwnStoreLogStores;
+
+impl LogStoreFactory for OwnStoreLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: Arc<dyn ObjectStore>,
+        root_store: Arc<dyn ObjectStore>,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_log_stores() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for scheme in [
+            "s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "adl://",
+        ] {
+            if let Ok(url) = Url::parse(scheme) {
+                deltalake::logstore::logstore_factories().insert(url, Arc::new(OwnStoreLogStores));
+            }
+        }
+    });
+}
+
+fn delta_err<'a>(table: &'a str, op: &'static str) -> impl Fn(DeltaTableError) -> SinkError + 'a {
+    move |source| SinkError::Delta {
+        table: table.to_string(),
+        op,
+        source: Box::new(source),
+    }
+}
+
+impl Warehouse {
+    /// The URL of a table's directory (with a trailing slash).
+    pub fn table_url(&self, table: &str) -> Url {
+        let mut u = self.file_url(table);
+        if !u.path().ends_with('/') {
+            let p = format!("{}/", u.path());
+            u.set_path(&p);
+        }
+        u
+    }
+
+    /// A builder for a table on this warehouse's store.
+    fn delta_builder(&self, table: &str) -> Result<DeltaTableBuilder, SinkError> {
+        register_log_stores();
+        let url = self.table_url(table);
+        // Delta takes the store at the root of the bucket (or of the file system) and finds the
+        // table under it by the URL's path.
+        let root: Arc<dyn ObjectStore> = if url.scheme() == "file" {
+            // delta-rs wants a local table's directory to exist, even to create the table.
+            if let Ok(dir) = url.to_file_path() {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|source| SinkError::Local { path: dir, source })?;
+            }
+            Arc::new(LocalFileSystem::new())
+        } else {
+            self.store.clone()
+        };
+        Ok(DeltaTableBuilder::from_url(url.clone())
+            .map_err(delta_err(table, "open"))?
+            .with_storage_backend(root, url))
+    }
+
+    /// Whether `table` has a Delta log yet. Asked first so that a first run does not make
+    /// delta-rs log an error for a table it is about to create.
+    async fn has_log(&self, table: &str) -> Result<bool, SinkError> {
+        Ok(!self
+            .list(&self.path(&format!("{table}/_delta_log")))
+            .await?
+            .is_empty())
+    }
+
+    /// A table at its newest version, or at `version`; `None` when it does not exist yet.
+    pub async fn delta_table(
+        &self,
+        table: &str,
+        version: Option<u64>,
+    ) -> Result<Option<DeltaTable>, SinkError> {
+        if !self.has_log(table).await? {
+            return Ok(None);
+        }
+        let mut t = self
+            .delta_builder(table)?
+            .build()
+            .map_err(delta_err(table, "open"))?;
+        let loaded = match version {
+            Some(v) => t.load_version(v).await,
+            None => t.load().await,
+        };
+        match loaded {
+            Ok(()) => Ok(Some(t)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(delta_err(table, "open")(e)),
+        }
+    }
+
+    /// Lands one table's files in one Delta commit: a replace of exactly the (dataset, score
+    /// date) partitions they hold, or an append, with the run's transaction identifier.
+    pub async fn write_table(&self, w: &TableWrite<'_>) -> Result<TableCommit, SinkError> {
+        let table = w.table;
+        let err = delta_err(table, "write");
+        let mut current = self
+            .delta_builder(table)?
+            .build()
+            .map_err(delta_err(table, "open"))?;
+        let exists = self.has_log(table).await?
+            && match current.load().await {
+                Ok(()) => true,
+                Err(DeltaTableError::NotATable(_)) => false,
+                Err(e) => return Err(delta_err(table, "open")(e)),
+            };
+        let dates = score_dates(w.local_dir)?;
+        if exists {
+            let state = current.snapshot().map_err(&err)?;
+            let done = state
+                .transaction_version(current.log_store().as_ref(), w.app_id)
+                .await
+                .map_err(&err)?;
+            if done.is_some_and(|v| v >= w.app_version) {
+                tracing::info!(
+                    table,
+                    app_id = w.app_id,
+                    version = w.app_version,
+                    "the table already holds this run's commit; not committing it twice"
+                );
+                return Ok(TableCommit {
+                    table: table.to_string(),
+                    version: current.version().unwrap_or(0),
+                    committed: false,
+                    replaced_dates: Vec::new(),
+                });
+            }
+        }
+        // delta-rs plans its write with a planner of its own: the plan is made in its session.
+        let ctx: SessionContext = DeltaSessionContext::new().into_inner();
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let dir = format!("{}/", w.local_dir.display());
+        let df = ctx
+            .read_parquet(dir, ParquetReadOptions::default())
+            .await
+            .map_err(|e| err(DeltaTableError::from(e)))?
+            .with_column("dataset_id", lit(w.dataset_id))
+            .and_then(|df| df.with_column("run_id", lit(w.run_id)))
+            .map_err(|e| err(DeltaTableError::from(e)))?;
+        let plan = df.logical_plan().clone();
+        let mut partitions = vec!["dataset_id".to_string()];
+        if w.by_score_date {
+            partitions.push("score_date".into());
+        }
+        let commit = CommitProperties::default()
+            .with_application_transaction(Transaction::new(w.app_id, w.app_version))
+            .with_metadata(w.metadata.clone());
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
+            ))
+            .build();
+        let mut write = current
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(ctx.state()))
+            .with_partition_columns(partitions)
+            .with_writer_properties(props)
+            .with_commit_properties(commit);
+        write = if w.by_score_date {
+            write
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(replace_predicate(w.dataset_id, &dates))
+        } else {
+            write.with_save_mode(SaveMode::Append)
+        };
+        let written = write.await.map_err(&err)?;
+        Ok(TableCommit {
+            table: table.to_string(),
+            version: written.version().unwrap_or(0),
+            committed: true,
+            replaced_dates: if w.by_score_date { dates } else { Vec::new() },
+        })
+    }
+}
+
+/// Which snapshot of each table a reader sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The versions the newest complete runs published (`_published/`), or the newest
+    /// version of a table no run has published.
+    Published,
+    /// This version of every table.
+    Version(u64),
+    /// Every table as it was at this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// What a run published: the version of each table its commits made, written once all of
+/// them are committed. Readers take these versions, so a crash between two tables' commits is
+/// invisible to them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub run_id: String,
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+/// The result of a query.
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: deltalake::arrow::datatypes::SchemaRef,
+    pub batches: Vec<deltalake::arrow::array::RecordBatch>,
+}
+
+/// One version of a table, for `scoreland history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVersion {
+    pub version: Option<u64>,
+    pub timestamp: Option<i64>,
+    pub operation: Option<String>,
+    /// The commit info a run added: run id, batches, rows.
+    pub run: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Warehouse {
+    /// The version of each table that readers see: per table, the newest version any
+    /// pipeline published (`_published/<pipeline>.json`).
+    pub async fn published_versions(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SinkError> {
+        let mut out = std::collections::BTreeMap::new();
+        for meta in self.list(&self.path("_published")).await? {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let published: Option<Published> = self.get_json(&format!("_published/{name}")).await?;
+            for (table, v) in published.map(|p| p.versions).unwrap_or_default() {
+                let e = out.entry(table).or_insert(v);
+                *e = (*e).max(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist
+    /// (yet) is not registered.
+    pub async fn query(
+        &self,
+        tables: &[&str],
+        as_of: AsOf,
+        sql: &str,
+    ) -> Result<QueryOutput, SinkError> {
+        let published = match as_of {
+            AsOf::Published => self.published_versions().await?,
+            _ => Default::default(),
+        };
+        let ctx: SessionContext = DeltaSessionContext::new().into_inner();
+        let mut registered = 0;
+        for &name in tables {
+            let table = match as_of {
+                AsOf::Published => self.delta_table(name, published.get(name).copied()).await?,
+                AsOf::Version(v) => self.delta_table(name, Some(v)).await?,
+                AsOf::Time(t) => {
+                    let Some(mut table) = self.delta_table(name, None).await? else {
+                        continue;
+                    };
+                    table
+                        .load_with_datetime(t)
+                        .await
+                        .map_err(delta_err(name, "time travel"))?;
+                    Some(table)
+                }
+            };
+            let Some(table) = table else { continue };
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(delta_err(name, "read"))?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            ctx.register_table(name, provider)
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            registered += 1;
+        }
+        if registered == 0 {
+            return Err(SinkError::NoTables {
+                url: self.url().to_string(),
+            });
+        }
+        let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+            message: e.to_string(),
+        };
+        let df = ctx.sql(sql).await.map_err(query_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(query_err)?;
+        Ok(QueryOutput { schema, batches })
+    }
+
+    /// Deletes the files no version within `retention` needs (Delta's vacuum). Returns the
+    /// files deleted.
+    pub async fn vacuum_table(
+        &self,
+        table: &str,
+        retention: std::time::Duration,
+    ) -> Result<Vec<String>, SinkError> {
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let (_, metrics) = t
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(delta_err(table, "vacuum"))?;
+        Ok(metrics.files_deleted)
+    }
+
+    /// The versions of a table, newest first.
+    pub async fn history(
+        &self,
+        table: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<TableVersion>, SinkError> {
+        use futures::StreamExt;
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut stream = t.history(limit);
+        while let Some(info) = stream.next().await {
+            let info = info.map_err(delta_err(table, "history"))?;
+            let run = info
+                .info
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "run_id" | "batches" | "rows" | "pipeline"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            out.push(TableVersion {
+                version: None,
+                timestamp: info.timestamp,
+                operation: info.operation.clone(),
+                run,
+            });
+        }
+        // History comes newest first; number the versions from the newest down.
+        let newest = t.version().unwrap_or(0);
+        for (i, v) in out.iter_mut().enumerate() {
+            v.version = newest.checked_sub(i as u64);
+        }
+        Ok(out)
+    }
+}
+
+impl Warehouse {
+    /// The datasets that landed runs recorded (`_runs/<pipeline>/<run>.json`), sorted.
+    pub async fn landed_datasets(&self) -> Result<Vec<String>, SinkError> {
+        let mut found = BTreeSet::new();
+        for meta in self.list(&self.path("_runs")).await? {
+            let rel = meta
+                .location
+                .as_ref()
+                .strip_prefix(self.root.as_ref())
+                .unwrap_or(meta.location.as_ref())
+                .trim_start_matches('/')
+                .to_string();
+            let record: Option<serde_json::Value> = self.get_json(&rel).await?;
+            if let Some(r) = record
+                && r.get("status").and_then(|s| s.as_str()) == Some("landed")
+                && let Some(d) = r.get("dataset").and_then(|d| d.as_str())
+            {
+                found.insert(d.to_string());
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Whether a table is still in scoreland's old layout (`<table>/_commits/`).
+    pub async fn is_legacy(&self, table: &str) -> Result<bool, SinkError> {
+        Ok(!self
+            .list(&self.path(&format!("{table}/_commits")))
+            .await?
+            .is_empty())
+    }
+
+    /// Turns a table of the old layout into a Delta table holding the same rows (its live
+    /// files, as the newest commit record lists them), then removes the old commit records.
+    /// The old data files stay until `vacuum` (Delta does not reference them). Returns the
+    /// rows' score dates, or `None` when the table had nothing committed.
+    pub async fn convert_legacy(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        by_score_date: bool,
+        scratch: &LocalPath,
+    ) -> Result<Option<TableCommit>, SinkError> {
+        use object_store::ObjectStoreExt;
+        let Some(latest) = self.latest_commit(table).await? else {
+            return Ok(None);
+        };
+        let commit = if latest.live.is_empty() {
+            None
+        } else {
+            Some(
+                self.convert_files(table, dataset_id, by_score_date, scratch, &latest)
+                    .await?,
+            )
+        };
+        // The rows are in Delta now: the old records go, so the table is no longer "legacy".
+        for meta in self.list(&self.path(&format!("{table}/_commits"))).await? {
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "delete",
+                    path: meta.location.to_string(),
+                    source,
+                })?;
+        }
+        let latest_json = self.path(&format!("{table}/_latest.json"));
+        match self.store.delete(&latest_json).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(commit),
+            Err(source) => Err(SinkError::Store {
+                op: "delete",
+                path: latest_json.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Copies an old commit's live files to `scratch` and commits them as a Delta table.
+    async fn convert_files(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        by_score_date: bool,
+        scratch: &LocalPath,
+        latest: &crate::legacy::Commit,
+    ) -> Result<TableCommit, SinkError> {
+        use object_store::ObjectStoreExt;
+        let local = scratch.join(table);
+        for f in &latest.live {
+            let path = self.path(&format!("{table}/{}", f.path));
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "read",
+                    path: path.to_string(),
+                    source,
+                })?
+                .bytes()
+                .await
+                .map_err(|source| SinkError::Store {
+                    op: "read",
+                    path: path.to_string(),
+                    source,
+                })?;
+            let to = local.join(&f.path);
+            let io = |source| SinkError::Local {
+                path: to.clone(),
+                source,
+            };
+            std::fs::create_dir_all(to.parent().unwrap_or(&local)).map_err(io)?;
+            std::fs::write(&to, &bytes).map_err(io)?;
+        }
+        let commit = self
+            .write_table(&TableWrite {
+                table,
+                local_dir: &local,
+                dataset_id,
+                run_id: &latest.run_id,
+                by_score_date,
+                app_id: "scoreland-convert",
+                app_version: latest.seq as i64 + 1,
+                metadata: serde_json::Map::from_iter([
+                    ("run_id".to_string(), serde_json::json!(latest.run_id)),
+                    ("batches".to_string(), serde_json::json!(latest.batches)),
+                    ("rows".to_string(), serde_json::json!(latest.rows())),
+                    (
+                        "converted_from_commit".to_string(),
+                        serde_json::json!(latest.seq),
+                    ),
+                ]),
+            })
+            .await?;
+        Ok(commit)
+    }
+}
+
+/// `dataset_id = '…' AND score_date IN (DATE '…', …)`: the partitions a run replaces.
+fn replace_predicate(dataset: &str, dates: &[String]) -> String {
+    let quoted = dataset.replace('\'', "''");
+    let list = dates
+        .iter()
+        .map(|d| format!("DATE '{d}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("dataset_id = '{quoted}' AND score_date IN ({list})")
+}
+
+/// The `score_date=…` partition directories of a transform's output.
+fn score_dates(dir: &LocalPath) -> Result<Vec<String>, SinkError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| SinkError::Local {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut dates = BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(d) = name.strip_prefix("score_date=") {
+            // Only dates: the value goes into a predicate.
+            if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok() {
+                dates.insert(d.to_string());
+            }
+        }
+    }
+    Ok(dates.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replace_predicate_quotes_its_values() {
+        assert_eq!(
+            replace_predicate("d'1", &["2026-11-16".into(), "2026-11-17".into()]),
+            "dataset_id = 'd''1' AND score_date IN (DATE '2026-11-16', DATE '2026-11-17')"
+        );
+    }
+}
