@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wh = SinkConfig {
         url: warehouse.clone(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await?;

@@ -61,6 +61,7 @@ fn open(url: &str) -> Result<scoreland_sink::Warehouse, Failure> {
     SinkConfig {
         url: url.to_string(),
         options: Default::default(),
+        single_writer: false,
     }
     .open()
     .map_err(usage)
@@ -251,6 +252,7 @@ pub async fn convert(args: ConvertArgs) -> Result<u8, Failure> {
     let wh = SinkConfig {
         url: args.warehouse.clone(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await

@@ -161,6 +161,10 @@ pub struct SinkSection {
     pub row_group_size: Option<usize>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Accept a store that ignores create-if-absent (unsafe with concurrent runs; see
+    /// docs/sinks.md).
+    #[serde(default)]
+    pub single_writer: bool,
 }
 
 impl SinkSection {
@@ -168,6 +172,7 @@ impl SinkSection {
         SinkConfig {
             url: self.url.clone(),
             options: self.options.clone(),
+            single_writer: self.single_writer,
         }
     }
 

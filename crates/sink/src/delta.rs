@@ -19,7 +19,6 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use serde::Serialize;
 use url::Url;
 
@@ -123,7 +122,7 @@ impl Warehouse {
                 std::fs::create_dir_all(&dir)
                     .map_err(|source| SinkError::Local { path: dir, source })?;
             }
-            Arc::new(LocalFileSystem::new())
+            Arc::new(crate::durable::DurableLocal::new())
         } else {
             self.store.clone()
         };

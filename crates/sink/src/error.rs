@@ -18,6 +18,10 @@ pub enum SinkError {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "the warehouse at {url} accepted a second create-if-absent put of the same object, so two runs could both commit the same Delta version; use a store that honours If-None-Match (AWS S3, Azure, GCS, MinIO), or set single_writer = true under [sink] if only one run ever writes here"
+    )]
+    NoConditionalPut { url: String },
     #[error("{op} {path} in the warehouse failed")]
     Store {
         op: &'static str,

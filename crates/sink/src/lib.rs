@@ -14,6 +14,7 @@
 //! Warehouses of the old layout (`_commits/`, `_latest.json`) are read only to convert them.
 
 mod delta;
+mod durable;
 mod error;
 mod legacy;
 mod store;

@@ -30,6 +30,11 @@ pub struct SinkConfig {
     /// the standard `AWS_*`, `GOOGLE_*` and `AZURE_*` variables are read as well.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Accept a store that does not refuse a second create-if-absent put (some S3-compatible
+    /// servers ignore `If-None-Match`). Unsafe with concurrent runs: two writers could then
+    /// both commit the same Delta version. Off by default.
+    #[serde(default)]
+    pub single_writer: bool,
 }
 
 impl SinkConfig {
@@ -59,7 +64,7 @@ impl SinkConfig {
     /// Opens the warehouse and checks that it can be written, before any data is.
     pub async fn build(&self) -> Result<Warehouse, SinkError> {
         let wh = self.open()?;
-        wh.check_writable().await?;
+        wh.check_writable(self.single_writer).await?;
         Ok(wh)
     }
 
@@ -158,18 +163,44 @@ impl Warehouse {
         u
     }
 
-    async fn check_writable(&self) -> Result<(), SinkError> {
-        let probe = self.path("_scoreland_probe");
+    /// Writes and deletes a probe object, and checks that the store refuses a second
+    /// create-if-absent put of it: Delta's commits rely on that to keep two writers from both
+    /// committing version N.
+    async fn check_writable(&self, single_writer: bool) -> Result<(), SinkError> {
+        let probe = self.path(&format!(
+            "_scoreland_probe_{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         let not_writable = |source| SinkError::NotWritable {
             url: self.url.to_string(),
             source,
         };
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
         self.store
-            .put(&probe, PutPayload::from_static(b"ok"))
+            .put_opts(&probe, PutPayload::from_static(b"1"), create())
             .await
             .map_err(not_writable)?;
+        let second = self
+            .store
+            .put_opts(&probe, PutPayload::from_static(b"2"), create())
+            .await;
         self.store.delete(&probe).await.map_err(not_writable)?;
-        Ok(())
+        match second {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) | Err(object_store::Error::NotImplemented { .. }) if single_writer => {
+                tracing::warn!(url = %self.url, "the warehouse does not refuse a second create-if-absent put; single_writer is set, so concurrent runs are unsafe here");
+                Ok(())
+            }
+            Ok(_) | Err(object_store::Error::NotImplemented { .. }) => {
+                Err(SinkError::NoConditionalPut {
+                    url: self.url.to_string(),
+                })
+            }
+            Err(source) => Err(not_writable(source)),
+        }
     }
 
     /// Reads a JSON object; `None` when absent.
@@ -518,5 +549,109 @@ impl Lock {
                 path: self.path.to_string(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, PutMultipartOptions,
+        PutResult,
+    };
+
+    /// A store that ignores create-if-absent, as some S3-compatible servers do.
+    #[derive(Debug, Default)]
+    struct Clobbering(InMemory);
+
+    impl std::fmt::Display for Clobbering {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Clobbering")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Clobbering {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            _opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.0
+                .put_opts(location, payload, PutOptions::default())
+                .await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    fn warehouse(store: Arc<dyn ObjectStore>) -> Warehouse {
+        Warehouse {
+            store,
+            root: Path::from("wh"),
+            url: Url::parse("s3://bucket/wh").unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_create_if_absent_is_refused_unless_single_writer() {
+        let clobbering = warehouse(Arc::new(Clobbering::default()));
+        let err = clobbering.check_writable(false).await.unwrap_err();
+        assert!(matches!(err, SinkError::NoConditionalPut { .. }), "{err}");
+        assert!(err.to_string().contains("single_writer"), "{err}");
+        clobbering.check_writable(true).await.unwrap();
+        // A store that honours it passes, and the probe leaves nothing behind.
+        let memory = Arc::new(InMemory::new());
+        warehouse(memory.clone())
+            .check_writable(false)
+            .await
+            .unwrap();
+        assert!(
+            futures::StreamExt::next(&mut memory.list(None))
+                .await
+                .is_none()
+        );
     }
 }

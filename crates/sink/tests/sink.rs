@@ -57,6 +57,7 @@ fn s3(prefix: &str) -> Option<SinkConfig> {
     Some(SinkConfig {
         url: format!("s3://scoreland-test/{prefix}"),
         options,
+        single_writer: false,
     })
 }
 
@@ -78,6 +79,7 @@ fn azure(prefix: &str) -> Option<SinkConfig> {
     Some(SinkConfig {
         url: format!("az://scoreland-test/{prefix}"),
         options,
+        single_writer: false,
     })
 }
 
@@ -165,6 +167,7 @@ async fn local_disk() {
     let wh = SinkConfig {
         url: tmp.path().join("wh").display().to_string(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await
@@ -195,6 +198,7 @@ async fn a_missing_bucket_fails_before_any_data() {
     let err = SinkConfig {
         url: "/proc/scoreland-cannot-write-here".into(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await
@@ -206,6 +210,7 @@ async fn a_missing_bucket_fails_before_any_data() {
     let err = SinkConfig {
         url: "ftp://host/x".into(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await
@@ -226,6 +231,7 @@ async fn gcs_fake_server_reads_a_landed_warehouse_and_the_probe_reports_refused_
     let local = SinkConfig {
         url: local_dir.display().to_string(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await
@@ -268,6 +274,7 @@ async fn gcs_fake_server_reads_a_landed_warehouse_and_the_probe_reports_refused_
     let cfg = SinkConfig {
         url: format!("gs://scoreland-test/{prefix}"),
         options: [("google_service_account_key".to_string(), key.to_string())].into(),
+        single_writer: false,
     };
     // The Delta table reads the same through gs:// as on local disk.
     let wh = cfg.open().unwrap();
@@ -443,6 +450,7 @@ async fn delta_local_disk() {
     let wh = SinkConfig {
         url: tmp.path().join("wh").display().to_string(),
         options: Default::default(),
+        single_writer: false,
     }
     .build()
     .await
