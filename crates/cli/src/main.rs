@@ -87,6 +87,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Delete files that no table version within the retention needs.
     Vacuum(sql::VacuumArgs),
+    /// Compact the tables' files; order `scores` by identity within each partition.
+    Optimize(sql::OptimizeArgs),
     /// A table's versions: when, which run, which batches, how many rows.
     History(sql::HistoryArgs),
     /// Turn a warehouse of scoreland's old layout into Delta tables.
@@ -179,6 +181,7 @@ fn main() -> ExitCode {
             Command::Sql(a) => sql::sql(a).await,
             Command::Vacuum(a) => sql::vacuum(a).await,
             Command::History(a) => sql::history(a).await,
+            Command::Optimize(a) => sql::optimize(a).await,
             Command::Convert(a) => sql::convert(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
         }

@@ -170,6 +170,51 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
 }
 
 #[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// Warehouse URL or path.
+    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
+    pub warehouse: String,
+}
+
+/// Compacts every table; `scores` is also ordered by identity within each partition.
+pub async fn optimize(args: OptimizeArgs) -> Result<u8, Failure> {
+    let wh = open(&args.warehouse)?;
+    // A run commits on top of whatever optimize commits, but a run's replace and an optimize
+    // of the same partition would conflict: one of them would fail. Optimize between runs.
+    let running = wh
+        .active_locks(std::time::Duration::from_secs(6 * 3600))
+        .await?;
+    if !running.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "pipeline {} is running on {}; optimize when it has finished",
+            running.join(", "),
+            wh.url()
+        )));
+    }
+    for (table, zorder) in [
+        ("scores", &["identity"][..]),
+        ("summary", &[][..]),
+        ("drift", &[][..]),
+    ] {
+        match wh.optimize_table(table, zorder).await? {
+            Some(r) => println!(
+                "{table}: {} files written in place of {} (version {}){}",
+                r.files_added,
+                r.files_removed,
+                r.version,
+                if zorder.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ordered by {}", zorder.join(", "))
+                }
+            ),
+            None => println!("{table}: no table yet"),
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// scores, summary or drift.
     pub table: String,

@@ -19,7 +19,10 @@ mod error;
 mod legacy;
 mod store;
 
-pub use delta::{AsOf, Published, QueryOutput, TableCommit, TableVersion, TableWrite};
+pub use delta::{
+    AsOf, CHECKPOINT_INTERVAL, OptimizeReport, Published, QueryOutput, TableCommit, TableVersion,
+    TableWrite,
+};
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};
 pub use store::{Lock, SinkConfig, Warehouse};

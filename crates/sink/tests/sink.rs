@@ -469,3 +469,46 @@ async fn delta_azure_azurite() {
     let Some(cfg) = azure(&unique()) else { return };
     delta_conformance(cfg.build().await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn delta_logs_are_checkpointed_and_optimize_compacts_without_changing_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wh = SinkConfig {
+        url: tmp.path().join("wh").display().to_string(),
+        options: Default::default(),
+        single_writer: false,
+    }
+    .build()
+    .await
+    .unwrap();
+    // Twelve nights appended to one partition: twelve small files.
+    for night in 0..12i64 {
+        let dir = tmp.path().join(format!("n{night}"));
+        scores_output(&dir, &[("2026-11-15", 5)], night as f64);
+        let mut w = write(&dir, "ds-a", "r", night + 1);
+        w.by_score_date = false;
+        assert_eq!(wh.write_table(&w).await.unwrap().version, night as u64);
+    }
+    let log = tmp.path().join("wh/scores/_delta_log");
+    let interval: u64 = scoreland_sink::CHECKPOINT_INTERVAL.parse().unwrap();
+    // delta-rs checkpoints after every `interval`th commit (versions interval-1, 2·interval-1…).
+    assert!(
+        log.join(format!("{:020}.checkpoint.parquet", interval - 1))
+            .exists(),
+        "a checkpoint every {interval} commits"
+    );
+    assert!(log.join("_last_checkpoint").exists());
+    let before = delta_rows(&wh, None).await;
+    assert_eq!(
+        before,
+        vec![("ds-a".to_string(), "2026-11-15".to_string(), 60, 330.0)]
+    );
+    let report = wh
+        .optimize_table("scores", &["identity"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.files_removed, 12);
+    assert_eq!(report.files_added, 1);
+    assert_eq!(delta_rows(&wh, None).await, before);
+}
