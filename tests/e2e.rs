@@ -82,6 +82,16 @@ impl Demo {
     }
 }
 
+/// The simulator's first dataset in sandbox `prod`.
+fn first_dataset(sim: &scoreland_platform_sim::SimHandle) -> String {
+    sim.platform().sandboxes["prod"]
+        .datasets
+        .keys()
+        .next()
+        .unwrap()
+        .clone()
+}
+
 fn record(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
 }
@@ -268,12 +278,7 @@ async fn a_platform_that_keeps_failing_exits_1_and_keeps_the_previous_night() {
     .await
     .unwrap();
     let info = sim.platform().info.clone();
-    let dataset = sim.platform().sandboxes["prod"]
-        .datasets
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let dataset = first_dataset(&sim);
     let pipeline = tmp.path().join("nightly.toml");
     std::fs::write(
         &pipeline,
@@ -664,12 +669,7 @@ mod operations {
     /// The variables `pipelines/customer-ai-nightly.toml` names, pointed at a simulator.
     fn sim_env(sim: &scoreland_platform_sim::SimHandle, tmp: &Path) -> Vec<(&'static str, String)> {
         let info = sim.platform().info.clone();
-        let dataset = sim.platform().sandboxes["prod"]
-            .datasets
-            .keys()
-            .next()
-            .unwrap()
-            .clone();
+        let dataset = first_dataset(sim);
         vec![
             ("SCORELAND_PLATFORM_URL", sim.base_url().to_string()),
             ("SCORELAND_IMS_URL", sim.ims_url().to_string()),

@@ -161,28 +161,37 @@ async fn conformance(wh: Warehouse) {
     );
 }
 
-#[tokio::test]
-async fn local_disk() {
-    let tmp = tempfile::tempdir().unwrap();
-    let wh = SinkConfig {
-        url: tmp.path().join("wh").display().to_string(),
+/// A warehouse on local disk under `dir`.
+async fn local_warehouse(dir: &Path) -> Warehouse {
+    SinkConfig {
+        url: dir.join("wh").display().to_string(),
         options: Default::default(),
         single_writer: false,
     }
     .build()
     .await
-    .unwrap();
-    conformance(wh).await;
+    .unwrap()
+}
+
+#[tokio::test]
+async fn local_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    delta_conformance(local_warehouse(tmp.path()).await).await;
+    conformance(local_warehouse(&tmp.path().join("other")).await).await;
 }
 
 #[tokio::test]
 async fn s3_moto() {
+    let Some(cfg) = s3(&unique()) else { return };
+    delta_conformance(cfg.build().await.unwrap()).await;
     let Some(cfg) = s3(&unique()) else { return };
     conformance(cfg.build().await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn azure_azurite() {
+    let Some(cfg) = azure(&unique()) else { return };
+    delta_conformance(cfg.build().await.unwrap()).await;
     let Some(cfg) = azure(&unique()) else { return };
     conformance(cfg.build().await.unwrap()).await;
 }
@@ -228,14 +237,7 @@ async fn gcs_fake_server_reads_a_landed_warehouse_and_the_probe_reports_refused_
     };
     let tmp = tempfile::tempdir().unwrap();
     let local_dir = tmp.path().join("wh");
-    let local = SinkConfig {
-        url: local_dir.display().to_string(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .build()
-    .await
-    .unwrap();
+    let local = local_warehouse(tmp.path()).await;
     let run = tmp.path().join("run");
     scores_output(&run, &[("2026-11-15", 10), ("2026-11-16", 20)], 1.0);
     local
@@ -445,42 +447,9 @@ async fn delta_conformance(wh: Warehouse) {
 }
 
 #[tokio::test]
-async fn delta_local_disk() {
-    let tmp = tempfile::tempdir().unwrap();
-    let wh = SinkConfig {
-        url: tmp.path().join("wh").display().to_string(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .build()
-    .await
-    .unwrap();
-    delta_conformance(wh).await;
-}
-
-#[tokio::test]
-async fn delta_s3_moto() {
-    let Some(cfg) = s3(&unique()) else { return };
-    delta_conformance(cfg.build().await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn delta_azure_azurite() {
-    let Some(cfg) = azure(&unique()) else { return };
-    delta_conformance(cfg.build().await.unwrap()).await;
-}
-
-#[tokio::test]
 async fn delta_logs_are_checkpointed_and_optimize_compacts_without_changing_rows() {
     let tmp = tempfile::tempdir().unwrap();
-    let wh = SinkConfig {
-        url: tmp.path().join("wh").display().to_string(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .build()
-    .await
-    .unwrap();
+    let wh = local_warehouse(tmp.path()).await;
     // Twelve nights appended to one partition: twelve small files.
     for night in 0..12i64 {
         let dir = tmp.path().join(format!("n{night}"));
