@@ -82,6 +82,17 @@ impl Demo {
     }
 }
 
+/// The bundled sample platform, served on a loopback port.
+async fn sample_sim(config: SimConfig) -> scoreland_platform_sim::SimHandle {
+    scoreland_platform_sim::serve_dir(
+        &repo().join("sample-data/platform"),
+        config,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 /// The simulator's first dataset in sandbox `prod`.
 fn first_dataset(sim: &scoreland_platform_sim::SimHandle) -> String {
     sim.platform().sandboxes["prod"]
@@ -270,13 +281,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_that_keeps_failing_exits_1_and_keeps_the_previous_night() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = scoreland_platform_sim::serve_dir(
-        &repo().join("sample-data/platform"),
-        SimConfig::default(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = sample_sim(SimConfig::default()).await;
     let info = sim.platform().info.clone();
     let dataset = first_dataset(&sim);
     let pipeline = tmp.path().join("nightly.toml");
@@ -623,16 +628,11 @@ mod operations {
     async fn sigterm_while_downloading_publishes_nothing_and_cleans_up() {
         let tmp = tempfile::tempdir().unwrap();
         // Slow enough that the download is under way when the signal comes.
-        let sim = scoreland_platform_sim::serve_dir(
-            &repo().join("sample-data/platform"),
-            SimConfig {
-                bandwidth_per_connection: Some(20_000),
-                ..SimConfig::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let sim = sample_sim(SimConfig {
+            bandwidth_per_connection: Some(20_000),
+            ..SimConfig::default()
+        })
+        .await;
         let env = sim_env(&sim, tmp.path());
         let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
             let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -792,13 +792,7 @@ mod operations {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_proxy_from_the_environment_never_sees_a_loopback_platform() {
-        let sim = scoreland_platform_sim::serve_dir(
-            &repo().join("sample-data/platform"),
-            SimConfig::default(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let sim = sample_sim(SimConfig::default()).await;
         let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         proxy.set_nonblocking(true).unwrap();
         let proxy_url = format!("http://{}", proxy.local_addr().unwrap());

@@ -98,11 +98,20 @@ fn client(env: &Env) -> AepClient {
     client_with(env, options())
 }
 
-fn newest_scoring(summary: &GenerateSummary) -> &scoreland_platform_sim::generate::GeneratedBatch {
+/// The successful batches of the scoring client, as generated (oldest first).
+fn scoring_batches(
+    summary: &GenerateSummary,
+) -> Vec<&scoreland_platform_sim::generate::GeneratedBatch> {
     summary
         .batches
         .iter()
         .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
+        .collect()
+}
+
+fn newest_scoring(summary: &GenerateSummary) -> &scoreland_platform_sim::generate::GeneratedBatch {
+    scoring_batches(summary)
+        .into_iter()
         .max_by_key(|b| b.created)
         .unwrap()
 }
@@ -200,12 +209,7 @@ mod discovery {
     async fn catch_up_skips_replaced_batches() {
         let env = env().await;
         let c = client(&env);
-        let scoring: Vec<_> = env
-            .summary
-            .batches
-            .iter()
-            .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
-            .collect();
+        let scoring = scoring_batches(&env.summary);
         let got = c
             .select_batches(
                 &env.summary.dataset_id,
@@ -1156,12 +1160,7 @@ mod hardening {
     async fn catch_up_goes_on_when_the_last_landed_batch_is_gone_from_catalog() {
         let env = env().await;
         let c = client(&env);
-        let scoring: Vec<_> = env
-            .summary
-            .batches
-            .iter()
-            .filter(|b| b.created_client == SCORING_CLIENT && b.status == "success")
-            .collect();
+        let scoring = scoring_batches(&env.summary);
         // The state keeps the last landed batch's creation time; its id need not exist.
         let got = c
             .batches_after(
