@@ -941,3 +941,41 @@ fn a_warehouse_of_the_old_layout_is_refused_until_converted() {
     let landed = demo.run(&[], &[]);
     assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
 }
+
+#[test]
+fn extracts_are_plain_copies_of_the_night() {
+    let demo = Demo::new();
+    let pipeline = demo.tmp.path().join("demo-extracts.toml");
+    let text_of = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    std::fs::write(
+        &pipeline,
+        text_of.replace("[sink]\n", "[sink]\nextracts = [\"csv\", \"ndjson\"]\n"),
+    )
+    .unwrap();
+    let env = demo.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = scoreland(&["run", &pipeline.display().to_string(), "--json"], &envs);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = record(&o);
+    let rows = r["rows_out"].as_u64().unwrap();
+    let ds = r["dataset"].as_str().unwrap();
+    let dir = Path::new(&demo.wh()).join("_extracts/scores");
+    let csv = std::fs::read_to_string(dir.join(format!("{ds}.csv"))).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("identity") && header.contains("influential_factors"),
+        "{header}"
+    );
+    assert_eq!(lines.count() as u64, rows);
+    let ndjson = std::fs::read_to_string(dir.join(format!("{ds}.json"))).unwrap();
+    assert_eq!(ndjson.lines().count() as u64, rows);
+    let first: Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
+    assert!(first["influential_factors"].is_string() || first["influential_factors"].is_null());
+    assert_eq!(r["extracts"].as_array().unwrap().len(), 6);
+    assert!(
+        Path::new(&demo.wh())
+            .join(format!("_extracts/drift/{ds}.csv"))
+            .exists()
+    );
+}

@@ -165,6 +165,10 @@ pub struct SinkSection {
     /// docs/sinks.md).
     #[serde(default)]
     pub single_writer: bool,
+    /// Plain copies of each night's tables for consumers that cannot read Delta: any of
+    /// "csv", "ndjson", "parquet", published as `_extracts/<table>/<dataset>.<ext>`.
+    #[serde(default)]
+    pub extracts: Vec<String>,
 }
 
 impl SinkSection {
@@ -174,6 +178,21 @@ impl SinkSection {
             options: self.options.clone(),
             single_writer: self.single_writer,
         }
+    }
+
+    /// The extract formats, checked.
+    pub fn extract_formats(&self) -> Result<Vec<OutputFormat>, String> {
+        self.extracts
+            .iter()
+            .map(|e| match e.as_str() {
+                "csv" => Ok(OutputFormat::Csv),
+                "ndjson" => Ok(OutputFormat::Ndjson),
+                "parquet" => Ok(OutputFormat::default()),
+                other => Err(format!(
+                    "extracts = [{other:?}]: each extract is one of \"csv\", \"ndjson\", \"parquet\""
+                )),
+            })
+            .collect()
     }
 
     pub fn output_format(&self) -> Result<OutputFormat, String> {
@@ -191,8 +210,7 @@ impl SinkSection {
                 })
             }
             f @ ("csv" | "ndjson") => Err(format!(
-                "format = {f:?}: the tables are Delta Lake tables, whose files are parquet; CSV and NDJSON copies (extracts) are not available yet, so read the tables with `scoreland sql --format {}` or a Delta reader",
-                if f == "csv" { "csv" } else { "json" }
+                "format = {f:?}: the tables are Delta Lake tables, whose files are parquet; for a plain {f} copy of each night set extracts = [{f:?}] under [sink]"
             )),
             other => Err(format!(
                 "format = {other:?} is not one of parquet, csv, ndjson"
@@ -316,6 +334,7 @@ impl PipelineFile {
         self.transform.validate().map_err(|e| e.to_string())?;
         self.staging_retention()?;
         self.sink.output_format()?;
+        self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         if let SourceConfig::Aep { platform, .. } = &self.source {
             let mut platform = platform.clone();

@@ -108,6 +108,9 @@ pub struct RunRecord {
     /// Staged megabytes per second of ingest.
     pub ingest_mb_per_s: f64,
     pub tables: Vec<TableRecord>,
+    /// Extracts published, relative to the warehouse.
+    #[serde(default)]
+    pub extracts: Vec<String>,
     pub drift: Vec<DriftRecord>,
     pub error: Option<String>,
     pub warehouse: String,
@@ -276,6 +279,7 @@ pub async fn run(
         timings: StageTimings::default(),
         ingest_mb_per_s: 0.0,
         tables: Vec::new(),
+        extracts: Vec::new(),
         drift: Vec::new(),
         error: None,
         warehouse: warehouse.url().to_string(),
@@ -400,9 +404,11 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// What a run has ready to publish: the transform's tables, and the state to keep after.
+/// What a run has ready to publish: the transform's tables, the extracts (local file and
+/// where it goes in the warehouse), and the state to keep after.
 struct Prepared {
     output: scoreland_transform::TransformOutput,
+    extracts: Vec<(PathBuf, String)>,
     state: PipelineState,
 }
 
@@ -527,6 +533,32 @@ async fn prepare(
                 .and_then(|p| scoreland_transform::psi(&h.buckets, &p.buckets)),
         })
         .collect();
+    let mut extracts = Vec::new();
+    let formats = file
+        .sink
+        .extract_formats()
+        .map_err(|message| PipelineError::Invalid {
+            path: PathBuf::from(name),
+            message,
+        })?;
+    for format in &formats {
+        for (table, dir) in [
+            ("scores", &output.scores_dir),
+            ("summary", &output.summary_dir),
+            ("drift", &output.drift_dir),
+        ] {
+            if !dir.exists() {
+                continue;
+            }
+            let ext = format.extension();
+            let local = work.join("extracts").join(format!("{table}.{ext}"));
+            transformer
+                .write_extract(dir, format, &local)
+                .await
+                .map_err(PipelineError::Transform)?;
+            extracts.push((local, format!("_extracts/{table}/{}.{ext}", record.dataset)));
+        }
+    }
     record.timings.transform_ms = ms(t.elapsed());
 
     let state = PipelineState {
@@ -536,7 +568,11 @@ async fn prepare(
         runs_landed: state.runs_landed + 1,
         histograms: output.histograms.clone(),
     };
-    Ok(Some(Prepared { output, state }))
+    Ok(Some(Prepared {
+        output,
+        extracts,
+        state,
+    }))
 }
 
 /// Uploads every table, commits them and keeps the state. Not interrupted by signals: a publish
@@ -547,7 +583,11 @@ async fn publish(
     record: &mut RunRecord,
     prepared: Prepared,
 ) -> Result<(), PipelineError> {
-    let Prepared { output, state } = prepared;
+    let Prepared {
+        output,
+        extracts,
+        state,
+    } = prepared;
     let name = file.name();
     // One Delta commit per table, each replacing exactly this run's (dataset, score date)
     // partitions (drift appends its rows), and carrying the run's transaction identifier.
@@ -603,6 +643,14 @@ async fn publish(
         .put_json(&format!("_published/{name}.json"), &published)
         .await
         .map_err(PipelineError::Sink)?;
+    // Extracts last: each is one object, replaced whole, after the night it copies is committed.
+    for (local, rel) in &extracts {
+        warehouse
+            .upload_file(local, rel)
+            .await
+            .map_err(PipelineError::Sink)?;
+        record.extracts.push(rel.clone());
+    }
     warehouse
         .put_json(&format!("_state/{name}.json"), &state)
         .await

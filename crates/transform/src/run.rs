@@ -288,6 +288,61 @@ impl Transformer {
         })
     }
 
+    /// Writes the parquet table under `source` as one file `file` in `format`: a plain copy for
+    /// consumers that cannot read Delta (an extract). Nested columns become JSON text in CSV
+    /// and NDJSON.
+    pub async fn write_extract(
+        &self,
+        source: &Path,
+        format: &OutputFormat,
+        file: &Path,
+    ) -> Result<(), TransformError> {
+        let mut df = self
+            .ctx
+            .read_parquet(dir_url(source), ParquetReadOptions::default())
+            .await
+            .context(format!("reading {}", source.display()))?;
+        if !matches!(format, OutputFormat::Parquet { .. }) {
+            let nested: Vec<String> = df
+                .schema()
+                .fields()
+                .iter()
+                .filter(|f| f.data_type().is_nested())
+                .map(|f| f.name().clone())
+                .collect();
+            for name in nested {
+                df = df
+                    .with_column(&name, to_json(col(name.as_str())))
+                    .context(format!("writing {name} as JSON text"))?;
+            }
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| TransformError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let opts = DataFrameWriteOptions::new().with_single_file_output(true);
+        let path = file.display().to_string();
+        let what = format!("writing {path}");
+        match format {
+            OutputFormat::Parquet { .. } => {
+                let mut po = datafusion::config::TableParquetOptions::default();
+                po.global.compression = format.parquet_compression();
+                df.write_parquet(&path, opts, Some(po))
+                    .await
+                    .context(what)?;
+            }
+            OutputFormat::Csv => {
+                df.write_csv(&path, opts, None).await.context(what)?;
+            }
+            OutputFormat::Ndjson => {
+                df.write_json(&path, opts, None).await.context(what)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rewrites the parquet table under `source` into `out_dir` in `format`, optionally
     /// Hive-partitioned: the write the transform ends with, without the dedupe before it (the
     /// sink benchmark measures it).
