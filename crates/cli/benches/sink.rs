@@ -56,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
+            "rows": rows_under(&local)?,
             "version": commit.version,
             "dates": commit.replaced_dates.len(),
             "write_s": written,
@@ -64,4 +65,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     );
     Ok(())
+}
+
+/// Rows of the parquet files under `dir`, from their footers.
+fn rows_under(dir: &std::path::Path) -> Result<i64, Box<dyn std::error::Error>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut rows = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            rows += rows_under(&path)?;
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            rows += SerializedFileReader::new(std::fs::File::open(&path)?)?
+                .metadata()
+                .file_metadata()
+                .num_rows();
+        }
+    }
+    Ok(rows)
 }
