@@ -26,6 +26,11 @@ use crate::memory::HeadroomPool;
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
 const LIMITED_ROW_GROUP: usize = 65_536;
 
+/// A memory limit from which the writers keep their parallel encoding, full batches and row
+/// groups: those buffers fit beside the pool. Below it (a limit set for a small machine, such
+/// as the demo's 1 GiB), they are traded for memory.
+const ROOMY_LIMIT: usize = 4 << 30;
+
 /// One staged batch: its id, creation time (epoch ms) and verified parquet parts.
 #[derive(Debug, Clone)]
 pub struct StagedBatch {
@@ -65,7 +70,7 @@ pub struct TransformOutput {
 pub struct Transformer {
     pub(crate) ctx: SessionContext,
     pub(crate) config: TransformConfig,
-    /// Whether a memory pool bounds it (the default), which also keeps row groups small.
+    /// Whether the memory limit is tight (under [`ROOMY_LIMIT`]), which keeps row groups small.
     limited: bool,
 }
 
@@ -102,15 +107,17 @@ impl TransformConfig {
             // the sorting partitions covers both merges.
             config.options_mut().execution.sort_spill_reservation_bytes =
                 limit / (4 * partitions.max(1));
-            // Parallel column encoding buffers whole row groups per column, outside what can
-            // spill; under a limit, encode serially.
-            config
-                .options_mut()
-                .execution
-                .parquet
-                .allow_single_file_parallelism = false;
-            // Merging spilled runs holds one batch per run: smaller batches, more runs fit.
-            config = config.with_batch_size(2048);
+            if limit < ROOMY_LIMIT {
+                // Parallel column encoding buffers whole row groups per column, outside what
+                // can spill; under a tight limit, encode serially.
+                config
+                    .options_mut()
+                    .execution
+                    .parquet
+                    .allow_single_file_parallelism = false;
+                // Merging spilled runs holds one batch per run: smaller batches, more runs fit.
+                config = config.with_batch_size(2048);
+            }
             runtime = runtime
                 .with_memory_pool(Arc::new(TrackConsumersPool::new(
                     HeadroomPool::new(limit),
@@ -122,7 +129,9 @@ impl TransformConfig {
         Ok(Transformer {
             ctx: SessionContext::new_with_config_rt(config, runtime),
             config: self.clone(),
-            limited: self.memory_limit_bytes()?.is_some(),
+            limited: self
+                .memory_limit_bytes()?
+                .is_some_and(|limit| limit < ROOMY_LIMIT),
         })
     }
 }
