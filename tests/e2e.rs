@@ -225,6 +225,28 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
         &[],
     );
     assert!(first.status.success(), "{}", text(&first));
+    // As of a time: before the first night there is nothing; today, the newest version.
+    let as_of = |when: &str| {
+        scoreland(
+            &[
+                "sql",
+                "SELECT count(*) AS n FROM drift",
+                "--warehouse",
+                &wh,
+                "--as-of",
+                when,
+                "--format",
+                "json",
+            ],
+            &[],
+        )
+    };
+    let early = as_of("2000-01-01");
+    assert!(!early.status.success(), "{}", text(&early));
+    let now = as_of(&chrono::Utc::now().to_rfc3339());
+    assert!(now.status.success(), "{}", text(&now));
+    let v: Value = serde_json::from_slice(&now.stdout).unwrap();
+    assert_eq!(v["n"].as_u64().unwrap(), 2 * drift_rows);
     let parquet = |dir: &str| {
         walk(&Path::new(&wh).join(dir))
             .into_iter()
@@ -949,7 +971,10 @@ fn extracts_are_plain_copies_of_the_night() {
     let text_of = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
     std::fs::write(
         &pipeline,
-        text_of.replace("[sink]\n", "[sink]\nextracts = [\"csv\", \"ndjson\"]\n"),
+        text_of.replace(
+            "[sink]\n",
+            "[sink]\nextracts = [\"csv\", \"ndjson\", \"parquet\"]\n",
+        ),
     )
     .unwrap();
     let env = demo.env();
@@ -972,7 +997,14 @@ fn extracts_are_plain_copies_of_the_night() {
     assert_eq!(ndjson.lines().count() as u64, rows);
     let first: Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
     assert!(first["influential_factors"].is_string() || first["influential_factors"].is_null());
-    assert_eq!(r["extracts"].as_array().unwrap().len(), 6);
+    assert_eq!(r["extracts"].as_array().unwrap().len(), 9);
+    let pq = std::fs::File::open(dir.join(format!("{ds}.parquet"))).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(pq).unwrap(),
+    )
+    .file_metadata()
+    .num_rows();
+    assert_eq!(meta as u64, rows);
     assert!(
         Path::new(&demo.wh())
             .join(format!("_extracts/drift/{ds}.csv"))
