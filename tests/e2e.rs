@@ -173,6 +173,8 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
     assert_eq!(demo.run(&[], &[]).status.code(), Some(0));
     let before = demo.count("SELECT count(*) AS n FROM scores");
     let drift_rows = demo.count("SELECT count(*) AS n FROM drift");
+    // Between the first night and the next: what `--as-of` this time must show.
+    let after_first = chrono::Utc::now().to_rfc3339();
     let crashed = demo.run(&["--force"], &[("SCORELAND_CRASH_AT", "between_tables")]);
     assert!(
         crashed.status.code().is_none() || crashed.status.code() == Some(134),
@@ -225,7 +227,7 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
         &[],
     );
     assert!(first.status.success(), "{}", text(&first));
-    // As of a time: before the first night there is nothing; today, the newest version.
+    // As of a time: between the nights, the first night's drift rows; now, both nights'.
     let as_of = |when: &str| {
         scoreland(
             &[
@@ -241,8 +243,10 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
             &[],
         )
     };
-    let early = as_of("2000-01-01");
-    assert!(!early.status.success(), "{}", text(&early));
+    let between = as_of(&after_first);
+    assert!(between.status.success(), "{}", text(&between));
+    let v: Value = serde_json::from_slice(&between.stdout).unwrap();
+    assert_eq!(v["n"].as_u64().unwrap(), drift_rows);
     let now = as_of(&chrono::Utc::now().to_rfc3339());
     assert!(now.status.success(), "{}", text(&now));
     let v: Value = serde_json::from_slice(&now.stdout).unwrap();
