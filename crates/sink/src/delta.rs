@@ -134,34 +134,32 @@ impl Warehouse {
             .with_storage_backend(root, url))
     }
 
-    /// Whether `table` has a Delta log yet. Asked first so that a first run does not make
-    /// delta-rs log an error for a table it is about to create.
-    async fn has_log(&self, table: &str) -> Result<bool, SinkError> {
-        Ok(!self
-            .list(&self.path(&format!("{table}/_delta_log")))
-            .await?
-            .is_empty())
-    }
-
     /// A table at its newest version, or at `version`; `None` when it does not exist yet.
     pub async fn delta_table(
         &self,
         table: &str,
         version: Option<u64>,
     ) -> Result<Option<DeltaTable>, SinkError> {
-        if !self.has_log(table).await? {
+        self.open_table(table, version.map_or(At::Newest, At::Version))
+            .await
+    }
+
+    /// A table as of `at`; `None` when it does not exist yet. The log is asked for first, so
+    /// that a first run does not make delta-rs log an error for a table it is about to create.
+    async fn open_table(&self, table: &str, at: At) -> Result<Option<DeltaTable>, SinkError> {
+        if !self.has_objects(&format!("{table}/_delta_log")).await? {
             return Ok(None);
         }
-        let mut t = self
-            .delta_builder(table)?
-            .build()
-            .map_err(delta_err(table, "open"))?;
-        let loaded = match version {
-            Some(v) => t.load_version(v).await,
-            None => t.load().await,
+        let builder = self.delta_builder(table)?;
+        let builder = match at {
+            At::Newest => builder,
+            At::Version(v) => builder.with_version(v),
+            At::Time(t) => builder
+                .with_datestring(t.to_rfc3339())
+                .map_err(delta_err(table, "time travel"))?,
         };
-        match loaded {
-            Ok(()) => Ok(Some(t)),
+        match builder.load().await {
+            Ok(t) => Ok(Some(t)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta_err(table, "open")(e)),
         }
@@ -172,18 +170,9 @@ impl Warehouse {
     pub async fn write_table(&self, w: &TableWrite<'_>) -> Result<TableCommit, SinkError> {
         let table = w.table;
         let err = delta_err(table, "write");
-        let mut current = self
-            .delta_builder(table)?
-            .build()
-            .map_err(delta_err(table, "open"))?;
-        let exists = self.has_log(table).await?
-            && match current.load().await {
-                Ok(()) => true,
-                Err(DeltaTableError::NotATable(_)) => false,
-                Err(e) => return Err(delta_err(table, "open")(e)),
-            };
+        let existing = self.delta_table(table, None).await?;
         let dates = score_dates(w.local_dir)?;
-        if exists {
+        if let Some(current) = &existing {
             let state = current.snapshot().map_err(&err)?;
             let done = state
                 .transaction_version(current.log_store().as_ref(), w.app_id)
@@ -234,6 +223,13 @@ impl Warehouse {
                 ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
             ))
             .build();
+        let current = match existing {
+            Some(t) => t,
+            None => self
+                .delta_builder(table)?
+                .build()
+                .map_err(delta_err(table, "open"))?,
+        };
         let mut write = current
             .write(Vec::new())
             // Applies when the table is created: a checkpoint every ten commits keeps opening
@@ -259,6 +255,14 @@ impl Warehouse {
             replaced_dates: if w.by_score_date { dates } else { Vec::new() },
         })
     }
+}
+
+/// Which version of one table to open.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Newest,
+    Version(u64),
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// Which snapshot of each table a reader sees.
@@ -300,18 +304,25 @@ pub struct TableVersion {
 }
 
 impl Warehouse {
+    /// Every `_published/<pipeline>.json`, with its object path.
+    async fn published(&self) -> Result<Vec<(object_store::path::Path, Published)>, SinkError> {
+        let mut out = Vec::new();
+        for meta in self.list(&self.path("_published")).await? {
+            if let Some(p) = self.get_json_at(&meta.location).await? {
+                out.push((meta.location, p));
+            }
+        }
+        Ok(out)
+    }
+
     /// The version of each table that readers see: per table, the newest version any
     /// pipeline published (`_published/<pipeline>.json`).
     pub async fn published_versions(
         &self,
     ) -> Result<std::collections::BTreeMap<String, u64>, SinkError> {
         let mut out = std::collections::BTreeMap::new();
-        for meta in self.list(&self.path("_published")).await? {
-            let Some(name) = meta.location.filename() else {
-                continue;
-            };
-            let published: Option<Published> = self.get_json(&format!("_published/{name}")).await?;
-            for (table, v) in published.map(|p| p.versions).unwrap_or_default() {
+        for (_, published) in self.published().await? {
+            for (table, v) in published.versions {
                 let e = out.entry(table).or_insert(v);
                 *e = (*e).max(v);
             }
@@ -334,20 +345,12 @@ impl Warehouse {
         let ctx: SessionContext = DeltaSessionContext::new().into_inner();
         let mut registered = 0;
         for &name in tables {
-            let table = match as_of {
-                AsOf::Published => self.delta_table(name, published.get(name).copied()).await?,
-                AsOf::Version(v) => self.delta_table(name, Some(v)).await?,
-                AsOf::Time(t) => {
-                    let Some(mut table) = self.delta_table(name, None).await? else {
-                        continue;
-                    };
-                    table
-                        .load_with_datetime(t)
-                        .await
-                        .map_err(delta_err(name, "time travel"))?;
-                    Some(table)
-                }
+            let at = match as_of {
+                AsOf::Published => published.get(name).copied().map_or(At::Newest, At::Version),
+                AsOf::Version(v) => At::Version(v),
+                AsOf::Time(t) => At::Time(t),
             };
+            let table = self.open_table(name, at).await?;
             let Some(table) = table else { continue };
             table
                 .update_datafusion_session(&ctx.state())
@@ -435,14 +438,7 @@ impl Warehouse {
     pub async fn landed_datasets(&self) -> Result<Vec<String>, SinkError> {
         let mut found = BTreeSet::new();
         for meta in self.list(&self.path("_runs")).await? {
-            let rel = meta
-                .location
-                .as_ref()
-                .strip_prefix(self.root.as_ref())
-                .unwrap_or(meta.location.as_ref())
-                .trim_start_matches('/')
-                .to_string();
-            let record: Option<serde_json::Value> = self.get_json(&rel).await?;
+            let record: Option<serde_json::Value> = self.get_json_at(&meta.location).await?;
             if let Some(r) = record
                 && r.get("status").and_then(|s| s.as_str()) == Some("landed")
                 && let Some(d) = r.get("dataset").and_then(|d| d.as_str())
@@ -455,10 +451,7 @@ impl Warehouse {
 
     /// Whether a table is still in scoreland's old layout (`<table>/_commits/`).
     pub async fn is_legacy(&self, table: &str) -> Result<bool, SinkError> {
-        Ok(!self
-            .list(&self.path(&format!("{table}/_commits")))
-            .await?
-            .is_empty())
+        self.has_objects(&format!("{table}/_commits")).await
     }
 
     /// Turns a table of the old layout into a Delta table holding the same rows (its live
@@ -603,17 +596,10 @@ impl Warehouse {
             .map_err(delta_err(table, "optimize"))?;
         let after = optimized.version().unwrap_or(before);
         if after != before {
-            for meta in self.list(&self.path("_published")).await? {
-                let Some(name) = meta.location.filename() else {
-                    continue;
-                };
-                let rel = format!("_published/{name}");
-                let Some(mut p): Option<Published> = self.get_json(&rel).await? else {
-                    continue;
-                };
+            for (path, mut p) in self.published().await? {
                 if p.versions.get(table) == Some(&before) {
                     p.versions.insert(table.to_string(), after);
-                    self.put_json(&rel, &p).await?;
+                    self.put_json_at(&path, &p).await?;
                 }
             }
         }

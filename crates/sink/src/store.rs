@@ -205,21 +205,23 @@ impl Warehouse {
 
     /// Reads a JSON object; `None` when absent.
     pub async fn get_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, SinkError> {
-        let path = self.path(rel);
-        let bytes = match self.store.get(&path).await {
-            Ok(r) => r.bytes().await.map_err(|source| SinkError::Store {
-                op: "read",
-                path: path.to_string(),
-                source,
-            })?,
+        self.get_json_at(&self.path(rel)).await
+    }
+
+    /// Reads the JSON object at a full object path (as a listing gives it); `None` when absent.
+    pub(crate) async fn get_json_at<T: DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, SinkError> {
+        let read_err = |source| SinkError::Store {
+            op: "read",
+            path: path.to_string(),
+            source,
+        };
+        let bytes = match self.store.get(path).await {
+            Ok(r) => r.bytes().await.map_err(read_err)?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(source) => {
-                return Err(SinkError::Store {
-                    op: "read",
-                    path: path.to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(read_err(source)),
         };
         serde_json::from_slice(&bytes)
             .map(Some)
@@ -229,15 +231,28 @@ impl Warehouse {
             })
     }
 
+    /// Whether any object lies under `rel`.
+    pub(crate) async fn has_objects(&self, rel: &str) -> Result<bool, SinkError> {
+        Ok(!self.list(&self.path(rel)).await?.is_empty())
+    }
+
     /// Writes a JSON object (replacing it). Object stores make single puts atomic.
     pub async fn put_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<(), SinkError> {
-        let path = self.path(rel);
+        self.put_json_at(&self.path(rel), value).await
+    }
+
+    /// [`Self::put_json`] at a full object path.
+    pub(crate) async fn put_json_at<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), SinkError> {
         let body = serde_json::to_vec_pretty(value).map_err(|source| SinkError::Json {
             path: path.to_string(),
             source,
         })?;
         self.store
-            .put(&path, PutPayload::from(body))
+            .put(path, PutPayload::from(body))
             .await
             .map(|_| ())
             .map_err(|source| SinkError::Store {
@@ -308,7 +323,7 @@ impl Warehouse {
             else {
                 continue;
             };
-            let held: Option<LockInfo> = self.get_json(&format!("_locks/{name}.lock")).await?;
+            let held: Option<LockInfo> = self.get_json_at(&meta.location).await?;
             if held.is_some_and(|h| !h.is_stale(stale_after)) {
                 active.push(name.to_string());
             }
@@ -562,14 +577,8 @@ impl Lock {
     /// Removes the lock if it is still ours; a lock another run took over is left alone.
     pub async fn release(self) -> Result<(), SinkError> {
         let rel = self.path.as_ref().to_string();
-        let held: Option<LockInfo> = match self.warehouse.store.get(&self.path).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok()),
-            Err(_) => None,
-        };
+        // An unreadable lock is not ours to delete either.
+        let held: Option<LockInfo> = self.warehouse.get_json_at(&self.path).await.ok().flatten();
         if held.as_ref().is_none_or(|h| h.run_id != self.run_id) {
             tracing::warn!(lock = %rel, "the pipeline lock is no longer this run's; leaving it");
             return Ok(());
