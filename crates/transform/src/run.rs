@@ -270,17 +270,7 @@ impl Transformer {
                 .table("scores")
                 .await
                 .context("reading the scores")?;
-            let nested = df
-                .schema()
-                .field_with_unqualified_name("influential_factors")
-                .is_ok_and(|f| f.data_type().is_nested());
-            let df = if nested {
-                df.with_column("influential_factors", to_json(col("influential_factors")))
-                    .context("writing influential factors as JSON text")?
-            } else {
-                df
-            };
-            write(df, &scores_dir, format, Some("score_date")).await?;
+            write(nested_as_json(df)?, &scores_dir, format, Some("score_date")).await?;
             let _ = std::fs::remove_dir_all(&parquet_dir);
         }
         let mut stats = stats;
@@ -312,18 +302,7 @@ impl Transformer {
             .await
             .context(format!("reading {}", source.display()))?;
         if !matches!(format, OutputFormat::Parquet { .. }) {
-            let nested: Vec<String> = df
-                .schema()
-                .fields()
-                .iter()
-                .filter(|f| f.data_type().is_nested())
-                .map(|f| f.name().clone())
-                .collect();
-            for name in nested {
-                df = df
-                    .with_column(&name, to_json(col(name.as_str())))
-                    .context(format!("writing {name} as JSON text"))?;
-            }
+            df = nested_as_json(df)?;
         }
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(|source| TransformError::Io {
@@ -332,24 +311,7 @@ impl Transformer {
             })?;
         }
         let opts = DataFrameWriteOptions::new().with_single_file_output(true);
-        let path = file.display().to_string();
-        let what = format!("writing {path}");
-        match format {
-            OutputFormat::Parquet { .. } => {
-                let mut po = datafusion::config::TableParquetOptions::default();
-                po.global.compression = format.parquet_compression();
-                df.write_parquet(&path, opts, Some(po))
-                    .await
-                    .context(what)?;
-            }
-            OutputFormat::Csv => {
-                df.write_csv(&path, opts, None).await.context(what)?;
-            }
-            OutputFormat::Ndjson => {
-                df.write_json(&path, opts, None).await.context(what)?;
-            }
-        }
-        Ok(())
+        write_to(df, &file.display().to_string(), format, opts).await
     }
 
     /// Rewrites the parquet table under `source` into `out_dir` in `format`, optionally
@@ -548,8 +510,17 @@ async fn write(
     if let Some(p) = partition {
         opts = opts.with_partition_by(vec![p.to_string()]);
     }
-    let url = dir_url(dir);
-    let what = format!("writing {}", dir.display());
+    write_to(df, &dir_url(dir), format, opts).await
+}
+
+/// Writes `df` to `target` (a directory URL, or a file with single-file output) in `format`.
+async fn write_to(
+    df: DataFrame,
+    target: &str,
+    format: &OutputFormat,
+    opts: DataFrameWriteOptions,
+) -> Result<(), TransformError> {
+    let what = format!("writing {target}");
     match format {
         OutputFormat::Parquet { row_group_size, .. } => {
             let mut po = datafusion::config::TableParquetOptions::default();
@@ -557,16 +528,36 @@ async fn write(
             if let Some(n) = row_group_size {
                 po.global.max_row_group_size = *n;
             }
-            df.write_parquet(&url, opts, Some(po)).await.context(what)?;
+            df.write_parquet(target, opts, Some(po))
+                .await
+                .context(what)?;
         }
         OutputFormat::Csv => {
-            df.write_csv(&url, opts, None).await.context(what)?;
+            df.write_csv(target, opts, None).await.context(what)?;
         }
         OutputFormat::Ndjson => {
-            df.write_json(&url, opts, None).await.context(what)?;
+            df.write_json(target, opts, None).await.context(what)?;
         }
     }
     Ok(())
+}
+
+/// Every nested column of `df` (`influential_factors`) as JSON text, for text formats and for
+/// `factors_as_json`.
+fn nested_as_json(mut df: DataFrame) -> Result<DataFrame, TransformError> {
+    let nested: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_nested())
+        .map(|f| f.name().clone())
+        .collect();
+    for name in nested {
+        df = df
+            .with_column(&name, to_json(col(name.as_str())))
+            .context(format!("writing {name} as JSON text"))?;
+    }
+    Ok(df)
 }
 
 async fn write_batches(
