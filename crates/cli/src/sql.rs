@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
-use scoreland_pipeline::TABLES;
+use scoreland_pipeline::{TABLES, by_score_date};
 use scoreland_sink::{AsOf, SinkConfig, SinkError};
 
 use crate::{Failure, usage};
@@ -325,13 +325,13 @@ pub async fn convert(args: ConvertArgs) -> Result<u8, Failure> {
         }
     };
     let scratch = tempfile::tempdir()?;
-    for (table, by_date) in [("scores", true), ("summary", true), ("drift", false)] {
+    for table in TABLES {
         if !wh.is_legacy(table).await? {
             println!("{table}: not in the old layout; left as it is");
             continue;
         }
         match wh
-            .convert_legacy(table, &dataset, by_date, scratch.path())
+            .convert_legacy(table, &dataset, by_score_date(table), scratch.path())
             .await?
         {
             Some(c) => println!(

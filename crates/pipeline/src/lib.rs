@@ -10,5 +10,5 @@ pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpol
 pub use error::PipelineError;
 pub use run::{
     DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
-    TableRecord, error_chain, run,
+    TableRecord, by_score_date, error_chain, run,
 };

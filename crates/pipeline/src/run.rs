@@ -19,6 +19,21 @@ use crate::error::PipelineError;
 /// The tables a run lands.
 pub const TABLES: [&str; 3] = ["scores", "summary", "drift"];
 
+/// Whether a table's nights are partitions by `score_date`, each replaced whole by the run
+/// that lands it; `drift` instead gains rows (one per model and run).
+pub fn by_score_date(table: &str) -> bool {
+    table != "drift"
+}
+
+/// The transform's output directory of each table, in [`TABLES`] order.
+fn output_dirs(output: &scoreland_transform::TransformOutput) -> [(&'static str, &Path); 3] {
+    [
+        ("scores", &output.scores_dir),
+        ("summary", &output.summary_dir),
+        ("drift", &output.drift_dir),
+    ]
+}
+
 #[derive(Clone)]
 pub struct RunOptions {
     pub force: bool,
@@ -502,13 +517,11 @@ async fn prepare(
     drop(source);
 
     let t = Instant::now();
-    let format = file
-        .sink
-        .output_format()
-        .map_err(|message| PipelineError::Invalid {
-            path: PathBuf::from(name),
-            message,
-        })?;
+    let invalid = |message: String| PipelineError::Invalid {
+        path: PathBuf::from(name),
+        message,
+    };
+    let format = file.sink.output_format().map_err(invalid)?;
     let transformer = file
         .transform
         .build(&work.join("spill"))
@@ -534,19 +547,9 @@ async fn prepare(
         })
         .collect();
     let mut extracts = Vec::new();
-    let formats = file
-        .sink
-        .extract_formats()
-        .map_err(|message| PipelineError::Invalid {
-            path: PathBuf::from(name),
-            message,
-        })?;
+    let formats = file.sink.extract_formats().map_err(invalid)?;
     for format in &formats {
-        for (table, dir) in [
-            ("scores", &output.scores_dir),
-            ("summary", &output.summary_dir),
-            ("drift", &output.drift_dir),
-        ] {
+        for (table, dir) in output_dirs(&output) {
             if !dir.exists() {
                 continue;
             }
@@ -606,18 +609,14 @@ async fn publish(
         run_id: record.run_id.clone(),
         versions: Default::default(),
     };
-    for (table, dir, by_score_date) in [
-        ("scores", &output.scores_dir, true),
-        ("summary", &output.summary_dir, true),
-        ("drift", &output.drift_dir, false),
-    ] {
+    for (table, dir) in output_dirs(&output) {
         let commit = warehouse
             .write_table(&scoreland_sink::TableWrite {
                 table,
                 local_dir: dir,
                 dataset_id: &record.dataset,
                 run_id: &record.run_id,
-                by_score_date,
+                by_score_date: by_score_date(table),
                 app_id: name,
                 app_version: state.runs_landed,
                 metadata: metadata.clone(),
