@@ -12,7 +12,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn scoreland(args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// The binary, run from the repository with `args` and `envs` (no warehouse from the
+/// environment, no colour unless a test removes `NO_COLOR`).
+fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoreland"));
     cmd.current_dir(repo())
         .args(args)
@@ -21,7 +23,13 @@ fn scoreland(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().expect("the scoreland binary runs")
+    cmd
+}
+
+fn scoreland(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    command(args, envs)
+        .output()
+        .expect("the scoreland binary runs")
 }
 
 fn text(o: &Output) -> String {
@@ -488,17 +496,11 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoreland"));
-        cmd.current_dir(repo())
-            .args(args)
-            .env_remove("SCORELAND_WAREHOUSE")
-            .env("NO_COLOR", "1")
+        let mut child = command(args, envs)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("the scoreland binary starts");
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the scoreland binary starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -797,14 +799,11 @@ mod operations {
 
         // Logs to a pipe: no colour, even without NO_COLOR.
         let env = demo.env();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoreland"));
-        cmd.current_dir(repo())
-            .args(["run", "pipelines/demo.toml", "--json"])
-            .env_remove("NO_COLOR");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let o = cmd.output().unwrap();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = command(&["run", "pipelines/demo.toml", "--json"], &envs)
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert_eq!(stdout.lines().count(), 1, "JSON Lines: {stdout}");
