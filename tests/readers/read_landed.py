@@ -1,15 +1,17 @@
 """Other engines read the Delta tables of a landed warehouse and agree with `scoreland sql`:
 the delta-rs Python binding, Polars and DuckDB's delta extension get the same row counts, the
 same sums and the same partitions. Run by scripts/test.sh after landing the demo:
-`python read_landed.py WAREHOUSE EXPECTED.json`, where EXPECTED.json holds what `scoreland sql`
-answered (scores rows and score sums per dataset and score date; summary and drift rows)."""
+`python read_landed.py WAREHOUSE EXPECTED_DIR`, where EXPECTED_DIR holds what `scoreland sql
+--format json` answered: scores.json (per "dataset/score_date" key `k`, rows `n` and score sum
+`s`) and counts.json (summary and drift rows)."""
 import glob
 import json
 import os
 import sys
 
-wh, expected_path = sys.argv[1], sys.argv[2]
-expected = json.load(open(expected_path))
+wh, expected_dir = sys.argv[1], sys.argv[2]
+lines = lambda name: [json.loads(l) for l in open(os.path.join(expected_dir, name)) if l.strip()]
+expected = lines("counts.json")[0]
 failures = 0
 passed = 0
 
@@ -27,7 +29,7 @@ def per_partition(rows):
     return {f"{d}/{s}": [int(n), round(float(t), 6)] for d, s, n, t in rows}
 
 
-want_scores = {k: [v[0], round(v[1], 6)] for k, v in expected["scores"].items()}
+want_scores = {r["k"]: [r["n"], round(r["s"], 6)] for r in lines("scores.json")}
 table = lambda name: os.path.join(wh, name)
 
 # delta-rs, the reference Python binding.
