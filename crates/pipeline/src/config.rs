@@ -113,22 +113,21 @@ impl SourceCommon {
             o.min_speed_window = duration("min_speed_time", t)?;
         }
         if let Some(s) = &self.keep_free {
-            o.keep_free = s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map_err(|e| format!("source.keep_free = {s:?} is not a size like \"5GiB\": {e}"))?
-                .as_u64();
+            o.keep_free = size("keep_free", s, "5GiB")?;
         }
         if let Some(s) = &self.min_speed {
-            o.min_speed = s
-                .trim()
-                .trim_end_matches("/s")
-                .parse::<bytesize::ByteSize>()
-                .map_err(|e| format!("source.min_speed = {s:?} is not a size like \"16KiB\": {e}"))?
-                .as_u64();
+            // Per second: "16KiB" and "16KiB/s" say the same.
+            o.min_speed = size("min_speed", s.trim().trim_end_matches("/s"), "16KiB")?;
         }
         Ok(o)
     }
+}
+
+fn size(field: &str, s: &str, example: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("source.{field} = {s:?} is not a size like \"{example}\": {e}"))
 }
 
 fn duration(field: &str, t: &str) -> Result<std::time::Duration, String> {
