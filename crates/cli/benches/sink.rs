@@ -25,6 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     TransformConfig::default()
         .build(&work.join("spill"))?
+        .with_run_id("bench")
         .write_table(
             &source,
             &OutputFormat::default(),

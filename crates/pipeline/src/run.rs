@@ -525,7 +525,8 @@ async fn prepare(
     let transformer = file
         .transform
         .build(&work.join("spill"))
-        .map_err(PipelineError::Transform)?;
+        .map_err(PipelineError::Transform)?
+        .with_run_id(&record.run_id);
     let output = transformer
         .run(&staged, &format, &state.histograms, work)
         .await

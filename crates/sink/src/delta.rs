@@ -9,21 +9,28 @@ use std::collections::BTreeSet;
 use std::path::Path as LocalPath;
 use std::sync::{Arc, Once};
 
-use deltalake::datafusion::prelude::{ParquetReadOptions, SessionContext, lit};
+use arrow::datatypes::Schema as ArrowSchema;
+use deltalake::datafusion::dataframe::DataFrameWriteOptions;
+use deltalake::datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, lit};
 use deltalake::delta_datafusion::DeltaSessionContext;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{
+    Action, Add, DataType as KernelType, StructField, StructType, Transaction,
+};
 use deltalake::logstore::{LogStore, LogStoreFactory, StorageConfig, default_logstore};
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::protocol::SaveMode;
-use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
+use object_store::path::Path;
 use serde::Serialize;
 use url::Url;
 
+use crate::datafiles::data_files;
 use crate::error::SinkError;
-use crate::store::Warehouse;
+use crate::store::{Warehouse, upload};
 
 /// Commits between two checkpoints of a table's log.
 pub const CHECKPOINT_INTERVAL: &str = "10";
@@ -166,95 +173,333 @@ impl Warehouse {
     }
 
     /// Lands one table's files in one Delta commit: a replace of exactly the (dataset, score
-    /// date) partitions they hold, or an append, with the run's transaction identifier.
+    /// date) partitions they hold, or an append, with the run's transaction identifier. The
+    /// files are the transform's own, uploaded into the table as they are and committed as
+    /// `add` actions with statistics from their footers; they must carry the `run_id` column
+    /// with this run's id.
     pub async fn write_table(&self, w: &TableWrite<'_>) -> Result<TableCommit, SinkError> {
         let table = w.table;
         let err = delta_err(table, "write");
-        let existing = self.delta_table(table, None).await?;
-        let dates = score_dates(w.local_dir)?;
-        if let Some(current) = &existing {
-            let state = current.snapshot().map_err(&err)?;
-            let done = state
-                .transaction_version(current.log_store().as_ref(), w.app_id)
+        if !is_plain_value(w.dataset_id) {
+            return Err(SinkError::Schema {
+                table: table.to_string(),
+                message: format!(
+                    "the dataset id {:?} is not usable as a partition directory name; use \
+                     letters, digits, '.', '_' and '-' (AEP dataset ids are hex)",
+                    w.dataset_id
+                ),
+            });
+        }
+        if let Some(current) = self.delta_table(table, None).await?
+            && let Some(done) = self.holds_transaction(&current, w).await?
+        {
+            return Ok(done);
+        }
+        let files = {
+            let dir = w.local_dir.to_path_buf();
+            tokio::task::spawn_blocking(move || data_files(&dir, &PARTITION_COLUMNS))
                 .await
-                .map_err(&err)?;
-            if done.is_some_and(|v| v >= w.app_version) {
-                tracing::info!(
-                    table,
-                    app_id = w.app_id,
-                    version = w.app_version,
-                    "the table already holds this run's commit; not committing it twice"
-                );
-                return Ok(TableCommit {
-                    table: table.to_string(),
-                    version: current.version().unwrap_or(0),
-                    committed: false,
-                    replaced_dates: Vec::new(),
-                });
+                .map_err(|e| SinkError::Query {
+                    message: format!("reading the footers of {table}'s files: {e}"),
+                })??
+        };
+        let schema_err = |message: String| SinkError::Schema {
+            table: table.to_string(),
+            message,
+        };
+        for f in &files {
+            if f.only_value("run_id") != Some(&serde_json::json!(w.run_id)) && f.rows() > 0 {
+                return Err(schema_err(format!(
+                    "{} does not hold run {} alone in its run_id column",
+                    f.local.display(),
+                    w.run_id
+                )));
+            }
+            if w.by_score_date && f.score_date.is_none() {
+                return Err(schema_err(format!(
+                    "{} is not in a score_date= directory",
+                    f.local.display()
+                )));
             }
         }
-        // delta-rs plans its write with a planner of its own: the plan is made in its session.
-        let ctx: SessionContext = DeltaSessionContext::new().into_inner();
-        ctx.state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
-        let dir = format!("{}/", w.local_dir.display());
-        let df = ctx
-            .read_parquet(dir, ParquetReadOptions::default())
-            .await
-            .map_err(|e| err(DeltaTableError::from(e)))?
-            .with_column("dataset_id", lit(w.dataset_id))
-            .and_then(|df| df.with_column("run_id", lit(w.run_id)))
-            .map_err(|e| err(DeltaTableError::from(e)))?;
-        let plan = df.logical_plan().clone();
+        let dates: Vec<String> = if w.by_score_date {
+            let d: BTreeSet<&String> = files.iter().filter_map(|f| f.score_date.as_ref()).collect();
+            d.into_iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         let mut partitions = vec!["dataset_id".to_string()];
         if w.by_score_date {
             partitions.push("score_date".into());
         }
-        let commit = CommitProperties::default()
-            .with_application_transaction(Transaction::new(w.app_id, w.app_version))
-            .with_metadata(w.metadata.clone());
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
-            ))
-            .build();
-        let current = match existing {
-            Some(t) => t,
-            None => self
-                .delta_builder(table)?
-                .build()
-                .map_err(delta_err(table, "open"))?,
+
+        // The data files first, under names of their own: a crash before the commit
+        // leaves files no version names (vacuum removes them), never a half-written table.
+        let unloaded = self
+            .delta_builder(table)?
+            .build()
+            .map_err(delta_err(table, "open"))?;
+        let store = unloaded.log_store().object_store(None);
+        let now = chrono::Utc::now().timestamp_millis();
+        // Names unique to this write: no two commits ever name one file.
+        let write_id = uuid::Uuid::new_v4();
+        let adds: Vec<Action> = futures::stream::iter(files.iter().enumerate())
+            .map(|(i, f)| {
+                let store = store.clone();
+                let mut dir = format!("dataset_id={}/", w.dataset_id);
+                let mut partition_values = std::collections::HashMap::from([(
+                    "dataset_id".to_string(),
+                    Some(w.dataset_id.to_string()),
+                )]);
+                if w.by_score_date {
+                    let date = f.score_date.clone().unwrap_or_default();
+                    dir.push_str(&format!("score_date={date}/"));
+                    partition_values.insert("score_date".into(), Some(date));
+                }
+                let rel = format!("{dir}part-{i:05}-{write_id}.zstd.parquet");
+                async move {
+                    let size = upload(store.as_ref(), &f.local, &Path::from(rel.as_str())).await?;
+                    Ok::<_, SinkError>(Action::Add(Add {
+                        path: rel,
+                        partition_values,
+                        size: size as i64,
+                        modification_time: now,
+                        data_change: true,
+                        stats: Some(f.stats.to_string()),
+                        tags: None,
+                        deletion_vector: None,
+                        base_row_id: None,
+                        default_row_commit_version: None,
+                        clustering_provider: None,
+                    }))
+                }
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+
+        let commit = || {
+            CommitProperties::default()
+                .with_application_transaction(Transaction::new(w.app_id, w.app_version))
+                .with_metadata(w.metadata.clone())
         };
-        let mut write = current
-            .write(Vec::new())
-            // Applies when the table is created: a checkpoint every ten commits keeps opening
-            // a table after a thousand nights as cheap as after ten.
-            .with_configuration([("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL))])
-            .with_input_plan(plan)
-            .with_session_state(Arc::new(ctx.state()))
-            .with_partition_columns(partitions)
-            .with_writer_properties(props)
-            .with_commit_properties(commit);
-        write = if w.by_score_date {
-            write
-                .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(replace_predicate(w.dataset_id, &dates))
-        } else {
-            write.with_save_mode(SaveMode::Append)
-        };
-        let written = write.await.map_err(&err)?;
-        Ok(TableCommit {
-            table: table.to_string(),
-            version: written.version().unwrap_or(0),
-            committed: true,
-            replaced_dates: if w.by_score_date { dates } else { Vec::new() },
-        })
+        let predicate = replace_predicate(w.dataset_id, &dates);
+        // Two attempts: a table another pipeline created while this one got ready is then
+        // committed to like any other.
+        for attempt in 0..2 {
+            let version = match self.delta_table(table, None).await? {
+                Some(current) => {
+                    if let Some(done) = self.holds_transaction(&current, w).await? {
+                        return Ok(done);
+                    }
+                    let snapshot = current.snapshot().map_err(&err)?;
+                    if let Some(f) = files.first() {
+                        check_schema(&snapshot.schema(), &f.schema).map_err(&schema_err)?;
+                    }
+                    let mut actions = adds.clone();
+                    if w.by_score_date {
+                        actions.extend(
+                            snapshot
+                                .log_data()
+                                .iter()
+                                .filter(|f| {
+                                    let pv = f.partition_values_map();
+                                    pv.get("dataset_id") == Some(&Some(w.dataset_id.to_string()))
+                                        && pv
+                                            .get("score_date")
+                                            .and_then(|d| d.as_ref())
+                                            .is_some_and(|d| dates.contains(d))
+                                })
+                                .map(|f| Action::Remove(f.remove_action(true))),
+                        );
+                    }
+                    let operation = DeltaOperation::Write {
+                        mode: if w.by_score_date {
+                            SaveMode::Overwrite
+                        } else {
+                            SaveMode::Append
+                        },
+                        partition_by: Some(partitions.clone()),
+                        predicate: w.by_score_date.then(|| predicate.clone()),
+                    };
+                    let done = CommitBuilder::from(commit())
+                        .with_actions(actions)
+                        .build(Some(snapshot), current.log_store(), operation)
+                        .await
+                        .map_err(&err)?;
+                    done.version() as u64
+                }
+                None => {
+                    let Some(first) = files.first() else {
+                        // Nothing to land into a table that does not exist: it has no schema.
+                        return Ok(TableCommit {
+                            table: table.to_string(),
+                            version: 0,
+                            committed: false,
+                            replaced_dates: Vec::new(),
+                        });
+                    };
+                    let columns = table_columns(&first.schema).map_err(&schema_err)?;
+                    let created = CreateBuilder::new()
+                        .with_log_store(unloaded.log_store())
+                        .with_columns(columns)
+                        .with_partition_columns(partitions.clone())
+                        // A checkpoint every ten commits keeps opening a table after a
+                        // thousand nights as cheap as after ten.
+                        .with_configuration_property(
+                            TableProperty::CheckpointInterval,
+                            Some(CHECKPOINT_INTERVAL),
+                        )
+                        .with_actions(adds.clone())
+                        .with_commit_properties(commit())
+                        .await;
+                    match created {
+                        Ok(t) => t.version().unwrap_or(0),
+                        Err(e)
+                            if attempt == 0
+                                && self.has_objects(&format!("{table}/_delta_log")).await? =>
+                        {
+                            tracing::info!(table, error = %e, "the table was created meanwhile; committing to it");
+                            continue;
+                        }
+                        Err(e) => return Err(delta_err(table, "create")(e)),
+                    }
+                }
+            };
+            return Ok(TableCommit {
+                table: table.to_string(),
+                version,
+                committed: true,
+                replaced_dates: dates,
+            });
+        }
+        unreachable!("the second attempt returns")
     }
+
+    /// The commit of this run's transaction if `current` holds it already (a rerun after a
+    /// crash between commits): not made twice.
+    async fn holds_transaction(
+        &self,
+        current: &DeltaTable,
+        w: &TableWrite<'_>,
+    ) -> Result<Option<TableCommit>, SinkError> {
+        let err = delta_err(w.table, "write");
+        let state = current.snapshot().map_err(&err)?;
+        let done = state
+            .transaction_version(current.log_store().as_ref(), w.app_id)
+            .await
+            .map_err(&err)?;
+        if done.is_none_or(|v| v < w.app_version) {
+            return Ok(None);
+        }
+        tracing::info!(
+            table = w.table,
+            app_id = w.app_id,
+            version = w.app_version,
+            "the table already holds this run's commit; not committing it twice"
+        );
+        Ok(Some(TableCommit {
+            table: w.table.to_string(),
+            version: current.version().unwrap_or(0),
+            committed: false,
+            replaced_dates: Vec::new(),
+        }))
+    }
+}
+
+/// Rewrites the parquet files under `from` into `to` with a `run_id` column, keeping the
+/// `score_date=` directories (and the column) when `by_score_date`.
+async fn with_run_id(
+    from: &LocalPath,
+    to: &LocalPath,
+    run_id: &str,
+    by_score_date: bool,
+) -> deltalake::datafusion::error::Result<()> {
+    let mut config = SessionConfig::new();
+    config.options_mut().execution.keep_partition_by_columns = true;
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config.options_mut().execution.parquet.compression = Some("zstd(3)".into());
+    let ctx = SessionContext::new_with_config(config);
+    let df = ctx
+        .read_parquet(
+            format!("{}/", from.display()),
+            ParquetReadOptions::default(),
+        )
+        .await?
+        .with_column("run_id", lit(run_id))?;
+    let mut opts = DataFrameWriteOptions::new();
+    if by_score_date {
+        opts = opts.with_partition_by(vec!["score_date".into()]);
+    }
+    df.write_parquet(&format!("{}/", to.display()), opts, None)
+        .await?;
+    Ok(())
+}
+
+/// The partition columns a table may have: the first always, the second when by score date.
+const PARTITION_COLUMNS: [&str; 2] = ["dataset_id", "score_date"];
+
+/// Whether `v` can name a partition directory as it is, with no escaping.
+fn is_plain_value(v: &str) -> bool {
+    !v.is_empty()
+        && !v.starts_with('.')
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A new table's columns: the files' own (with `score_date`, kept in the files) and the
+/// `dataset_id` partition column.
+fn table_columns(file: &ArrowSchema) -> Result<Vec<StructField>, String> {
+    let mut columns: Vec<StructField> = file
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().try_into_kernel())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("a column has no Delta type: {e}"))?;
+    if !columns.iter().any(|c| c.name() == "dataset_id") {
+        columns.push(StructField::nullable("dataset_id", KernelType::STRING));
+    }
+    Ok(columns)
+}
+
+/// The files' columns against the table's: every column the table has that the files lack
+/// must be nullable, and every column they share has one type. A column the table lacks is
+/// refused: the table's schema does not change under a nightly job.
+fn check_schema(table: &StructType, file: &ArrowSchema) -> Result<(), String> {
+    let file_columns = table_columns(file)?;
+    for c in &file_columns {
+        match table.field(c.name()) {
+            None => {
+                return Err(format!(
+                    "the files have a column {} that the table does not; land into a new \
+                     warehouse, or add the column to the table first",
+                    c.name()
+                ));
+            }
+            Some(t) if t.data_type() != c.data_type() => {
+                return Err(format!(
+                    "column {} is {} in the table and {} in the files",
+                    c.name(),
+                    t.data_type(),
+                    c.data_type()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for t in table.fields() {
+        if !t.is_nullable() && !file_columns.iter().any(|c| c.name() == t.name()) {
+            return Err(format!(
+                "the files lack the table's non-null column {}",
+                t.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which version of one table to open.
@@ -536,10 +781,15 @@ impl Warehouse {
             std::fs::create_dir_all(to.parent().unwrap_or(&local)).map_err(io)?;
             std::fs::write(&to, &bytes).map_err(io)?;
         }
+        // The old files have no run_id column: rewritten once with it, then landed as a run.
+        let tagged = scratch.join(format!("{table}-tagged"));
+        with_run_id(&local, &tagged, &latest.run_id, by_score_date)
+            .await
+            .map_err(|e| delta_err(table, "convert")(DeltaTableError::from(e)))?;
         let commit = self
             .write_table(&TableWrite {
                 table,
-                local_dir: &local,
+                local_dir: &tagged,
                 dataset_id,
                 run_id: &latest.run_id,
                 by_score_date,
@@ -624,24 +874,6 @@ fn replace_predicate(dataset: &str, dates: &[String]) -> String {
 }
 
 /// The `score_date=…` partition directories of a transform's output.
-fn score_dates(dir: &LocalPath) -> Result<Vec<String>, SinkError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| SinkError::Local {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut dates = BTreeSet::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(d) = name.strip_prefix("score_date=") {
-            // Only dates: the value goes into a predicate.
-            if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok() {
-                dates.insert(d.to_string());
-            }
-        }
-    }
-    Ok(dates.into_iter().collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

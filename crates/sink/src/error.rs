@@ -49,6 +49,8 @@ pub enum SinkError {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
+    #[error("Delta table {table}: {message}")]
+    Schema { table: String, message: String },
     #[error("no landed tables in {url}; run a pipeline first (scoreland run pipelines/demo.toml)")]
     NoTables { url: String },
     #[error("the query failed: {message}")]

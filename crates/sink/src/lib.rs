@@ -13,6 +13,7 @@
 //! ```
 //! Warehouses of the old layout (`_commits/`, `_latest.json`) are read only to convert them.
 
+mod datafiles;
 mod delta;
 mod durable;
 mod error;

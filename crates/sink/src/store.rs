@@ -266,34 +266,7 @@ impl Warehouse {
     /// multipart upload becomes visible when it completes; on local disk it is renamed into
     /// place).
     pub async fn upload_file(&self, local: &std::path::Path, rel: &str) -> Result<u64, SinkError> {
-        use object_store::WriteMultipart;
-        use tokio::io::AsyncReadExt;
-        let path = self.path(rel);
-        let local_err = |source| SinkError::Local {
-            path: local.to_path_buf(),
-            source,
-        };
-        let store_err = |source| SinkError::Store {
-            op: "upload",
-            path: path.to_string(),
-            source,
-        };
-        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let upload = self.store.put_multipart(&path).await.map_err(store_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
-        let mut buf = vec![0u8; 4 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf).await.map_err(local_err)?;
-            if n == 0 {
-                break;
-            }
-            writer.wait_for_capacity(4).await.map_err(store_err)?;
-            writer.write(&buf[..n]);
-            size += n as u64;
-        }
-        writer.finish().await.map_err(store_err)?;
-        Ok(size)
+        upload(self.store.as_ref(), local, &self.path(rel)).await
     }
 
     /// Every object under `prefix`.
@@ -593,6 +566,41 @@ impl Lock {
                 source,
             })
     }
+}
+
+/// Uploads a local file to `path` in `store`, in parts; it appears whole or not at all.
+pub(crate) async fn upload(
+    store: &dyn ObjectStore,
+    local: &std::path::Path,
+    path: &Path,
+) -> Result<u64, SinkError> {
+    use object_store::WriteMultipart;
+    use tokio::io::AsyncReadExt;
+    let local_err = |source| SinkError::Local {
+        path: local.to_path_buf(),
+        source,
+    };
+    let store_err = |source| SinkError::Store {
+        op: "upload",
+        path: path.to_string(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+    let upload = store.put_multipart(path).await.map_err(store_err)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(local_err)?;
+        if n == 0 {
+            break;
+        }
+        writer.wait_for_capacity(4).await.map_err(store_err)?;
+        writer.write(&buf[..n]);
+        size += n as u64;
+    }
+    writer.finish().await.map_err(store_err)?;
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ async fn conformance(wh: Warehouse) {
     // A table of the old layout (commit records listing live files) becomes a Delta table
     // with the same rows, and the old records go.
     let old = tmp.path().join("old");
-    scores_output(&old, &[("2026-11-15", 6), ("2026-11-16", 9)], 2.0);
+    scores_output(&old, None, &[("2026-11-15", 6), ("2026-11-16", 9)], 2.0);
     let root = wh.url().path().trim_matches('/').to_string();
     let mut live = Vec::new();
     for day in ["2026-11-15", "2026-11-16"] {
@@ -239,7 +239,12 @@ async fn gcs_fake_server_reads_a_landed_warehouse_and_the_probe_reports_refused_
     let local_dir = tmp.path().join("wh");
     let local = local_warehouse(tmp.path()).await;
     let run = tmp.path().join("run");
-    scores_output(&run, &[("2026-11-15", 10), ("2026-11-16", 20)], 1.0);
+    scores_output(
+        &run,
+        Some("r1"),
+        &[("2026-11-15", 10), ("2026-11-16", 20)],
+        1.0,
+    );
     local
         .write_table(&write(&run, "ds-a", "r1", 1))
         .await
@@ -300,31 +305,36 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 /// A transform's output for one table: `score_date=D/part.parquet` files whose rows carry
-/// `identity`, `score` and the `score_date` column itself, as the transform writes them.
-fn scores_output(dir: &Path, days: &[(&str, i64)], score: f64) {
-    use arrow::array::{Date32Array, Float64Array};
+/// `identity`, `score`, the `score_date` column itself and the run's `run_id` (none in the
+/// old layout), as the transform writes them.
+fn scores_output(dir: &Path, run: Option<&str>, days: &[(&str, i64)], score: f64) {
+    use arrow::array::{ArrayRef, Date32Array, Float64Array};
     for (day, rows) in days {
         let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
         let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
         let days_since = (date - epoch).num_days() as i32;
-        let schema = Arc::new(Schema::new(vec![
+        let mut fields = vec![
             Field::new("identity", DataType::Utf8, false),
             Field::new("score", DataType::Float64, false),
             Field::new("score_date", DataType::Date32, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    (0..*rows).map(|i| format!("id-{i}")),
-                )),
-                Arc::new(Float64Array::from_iter_values((0..*rows).map(|_| score))),
-                Arc::new(Date32Array::from_iter_values(
-                    (0..*rows).map(|_| days_since),
-                )),
-            ],
-        )
-        .unwrap();
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..*rows).map(|i| format!("id-{i}")),
+            )),
+            Arc::new(Float64Array::from_iter_values((0..*rows).map(|_| score))),
+            Arc::new(Date32Array::from_iter_values(
+                (0..*rows).map(|_| days_since),
+            )),
+        ];
+        if let Some(run) = run {
+            fields.push(Field::new("run_id", DataType::Utf8, false));
+            columns.push(Arc::new(StringArray::from_iter_values(
+                (0..*rows).map(|_| run),
+            )));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
         let path = dir.join(format!("score_date={day}")).join("part-0.parquet");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(
@@ -398,21 +408,31 @@ async fn delta_conformance(wh: Warehouse) {
     let tmp = tempfile::tempdir().unwrap();
     assert!(wh.delta_table("scores", None).await.unwrap().is_none());
     let one = tmp.path().join("one");
-    scores_output(&one, &[("2026-11-15", 10), ("2026-11-16", 20)], 1.0);
+    scores_output(
+        &one,
+        Some("r1"),
+        &[("2026-11-15", 10), ("2026-11-16", 20)],
+        1.0,
+    );
     let c = wh.write_table(&write(&one, "ds-a", "r1", 1)).await.unwrap();
     assert_eq!((c.version, c.committed), (0, true));
     assert_eq!(c.replaced_dates, ["2026-11-15", "2026-11-16"]);
 
     // Another dataset on the same dates: its own partitions, a's rows untouched.
     let other = tmp.path().join("other");
-    scores_output(&other, &[("2026-11-16", 7)], 5.0);
+    scores_output(&other, Some("r2"), &[("2026-11-16", 7)], 5.0);
     let mut w = write(&other, "ds-b", "r2", 1);
     w.app_id = "other-pipeline";
     assert_eq!(wh.write_table(&w).await.unwrap().version, 1);
 
     // a's next night replaces its 2026-11-16 only.
     let two = tmp.path().join("two");
-    scores_output(&two, &[("2026-11-16", 3), ("2026-11-17", 4)], 2.0);
+    scores_output(
+        &two,
+        Some("r3"),
+        &[("2026-11-16", 3), ("2026-11-17", 4)],
+        2.0,
+    );
     assert_eq!(
         wh.write_table(&write(&two, "ds-a", "r3", 2))
             .await
@@ -453,7 +473,7 @@ async fn delta_logs_are_checkpointed_and_optimize_compacts_without_changing_rows
     // Twelve nights appended to one partition: twelve small files.
     for night in 0..12i64 {
         let dir = tmp.path().join(format!("n{night}"));
-        scores_output(&dir, &[("2026-11-15", 5)], night as f64);
+        scores_output(&dir, Some("r"), &[("2026-11-15", 5)], night as f64);
         let mut w = write(&dir, "ds-a", "r", night + 1);
         w.by_score_date = false;
         assert_eq!(wh.write_table(&w).await.unwrap().version, night as u64);

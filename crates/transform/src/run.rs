@@ -12,7 +12,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
 use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
@@ -72,6 +72,8 @@ pub struct Transformer {
     pub(crate) config: TransformConfig,
     /// Whether the memory limit is tight (under [`ROOMY_LIMIT`]), which keeps row groups small.
     limited: bool,
+    /// The run whose rows these are: a `run_id` column of every table written, when set.
+    run_id: Option<String>,
 }
 
 impl TransformConfig {
@@ -132,11 +134,29 @@ impl TransformConfig {
             limited: self
                 .memory_limit_bytes()?
                 .is_some_and(|limit| limit < ROOMY_LIMIT),
+            run_id: None,
         })
     }
 }
 
 impl Transformer {
+    /// Every table this transformer writes gets a `run_id` column holding `run_id` (the
+    /// warehouse commits the files as they are, and each row names the run that landed it).
+    pub fn with_run_id(mut self, run_id: &str) -> Self {
+        self.run_id = Some(run_id.to_string());
+        self
+    }
+
+    /// `df` with the run's `run_id` column, if the transformer has a run.
+    fn tagged(&self, df: DataFrame) -> Result<DataFrame, TransformError> {
+        match &self.run_id {
+            Some(id) => df
+                .with_column("run_id", lit(id.as_str()))
+                .context("adding the run_id column"),
+            None => Ok(df),
+        }
+    }
+
     /// Transforms `batches` and writes the tables under `work_dir/{scores,summary,drift}`.
     /// `previous` is the last landed run's histograms, for drift.
     pub async fn run(
@@ -204,7 +224,13 @@ impl Transformer {
         .await?;
         let scores_schema = Arc::new(deduped.schema().as_arrow().clone());
         let stage = Instant::now();
-        write(deduped, &parquet_dir, parquet_format, Some("score_date")).await?;
+        write(
+            self.tagged(deduped)?,
+            &parquet_dir,
+            parquet_format,
+            Some("score_date"),
+        )
+        .await?;
         let (rows_in, null_identity, rows_out) = counts.get();
         tracing::info!(
             seconds = stage.elapsed().as_secs_f64(),
@@ -255,15 +281,10 @@ impl Transformer {
         let drift = drift_table(&histograms, previous, &batch_ids.join(","));
         // Summaries are per score date: a re-landed date replaces its partition. Drift rows
         // are a log, one per model and run.
-        write_batches(
-            &self.ctx,
-            summary.clone(),
-            &summary_dir,
-            format,
-            Some("score_date"),
-        )
-        .await?;
-        write_batches(&self.ctx, vec![drift.clone()], &drift_dir, format, None).await?;
+        self.write_batches(summary.clone(), &summary_dir, format, Some("score_date"))
+            .await?;
+        self.write_batches(vec![drift.clone()], &drift_dir, format, None)
+            .await?;
         if rewrite {
             let df = self
                 .ctx
@@ -329,7 +350,7 @@ impl Transformer {
             .read_parquet(dir_url(source), ParquetReadOptions::default())
             .await
             .context(format!("reading {}", source.display()))?;
-        write(df, out_dir, format, partition_by).await
+        write(self.tagged(df)?, out_dir, format, partition_by).await
     }
 
     /// The union of every batch's parts, flattened: one row per scored (row, model).
@@ -560,19 +581,23 @@ fn nested_as_json(mut df: DataFrame) -> Result<DataFrame, TransformError> {
     Ok(df)
 }
 
-async fn write_batches(
-    ctx: &SessionContext,
-    batches: Vec<RecordBatch>,
-    dir: &Path,
-    format: &OutputFormat,
-    partition: Option<&str>,
-) -> Result<(), TransformError> {
-    let Some(schema) = batches.first().map(|b| b.schema()) else {
-        return Ok(());
-    };
-    let table = MemTable::try_new(schema, vec![batches]).context("staging a small table")?;
-    let df = ctx
-        .read_table(Arc::new(table))
-        .context("reading a small table")?;
-    write(df, dir, format, partition).await
+impl Transformer {
+    /// Writes small in-memory tables (summaries, drift) like the scores.
+    async fn write_batches(
+        &self,
+        batches: Vec<RecordBatch>,
+        dir: &Path,
+        format: &OutputFormat,
+        partition: Option<&str>,
+    ) -> Result<(), TransformError> {
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Ok(());
+        };
+        let table = MemTable::try_new(schema, vec![batches]).context("staging a small table")?;
+        let df = self
+            .ctx
+            .read_table(Arc::new(table))
+            .context("reading a small table")?;
+        write(self.tagged(df)?, dir, format, partition).await
+    }
 }
