@@ -938,6 +938,57 @@ mod shared_warehouse {
         // a committed after b: its versions are the newer ones, and both runs' rows are there.
         assert!(ra["tables"][0]["version"].as_u64() > rb["tables"][0]["version"].as_u64());
     }
+
+    #[test]
+    fn two_runs_racing_for_one_table_version_both_land() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
+        let (ds_a, ds_b) = (platform(&da, 3), platform(&db, 4));
+        let (pa, pb) = (
+            pipeline(tmp.path(), "a", &da).display().to_string(),
+            pipeline(tmp.path(), "b", &db).display().to_string(),
+        );
+        let wh = tmp.path().join("wh").display().to_string();
+        let count = |ds: &str| {
+            let sql = format!("SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds}'");
+            let o = scoreland(&["sql", &sql, "--warehouse", &wh, "--format", "json"], &[]);
+            assert!(o.status.success(), "{}", text(&o));
+            serde_json::from_slice::<Value>(&o.stdout).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        };
+        // Both runs stop with their files uploaded and the table's version read, then go at
+        // once: first while no table exists (both create it), then on a table both read at the
+        // same version. One commit wins each version; the other commits on top of it.
+        for round in ["create", "commit"] {
+            let go = tmp.path().join(format!("go-{round}"));
+            let pause = format!("delta_commit:{}", go.display());
+            let envs = [("SCORELAND_PAUSE_AT", pause.as_str())];
+            let mut a = Running::start(&["run", &pa, "--json", "--force"], &envs);
+            let mut b = Running::start(&["run", &pb, "--json", "--force"], &envs);
+            a.wait_for("SCORELAND_PAUSE_AT=delta_commit");
+            b.wait_for("SCORELAND_PAUSE_AT=delta_commit");
+            std::fs::write(&go, "").unwrap();
+            let (ca, out_a, err_a) = a.finish();
+            let (cb, out_b, err_b) = b.finish();
+            assert_eq!(ca, Some(0), "{round}: {err_a}");
+            assert_eq!(cb, Some(0), "{round}: {err_b}");
+            let ra: Value = serde_json::from_str(out_a.trim()).unwrap();
+            let rb: Value = serde_json::from_str(out_b.trim()).unwrap();
+            for (ta, tb) in ra["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(rb["tables"].as_array().unwrap())
+            {
+                assert_eq!(ta["table"], tb["table"]);
+                assert!(ta["committed"].as_bool().unwrap() && tb["committed"].as_bool().unwrap());
+                assert_ne!(ta["version"], tb["version"], "{round}: {ra} {rb}");
+            }
+            assert_eq!(count(&ds_a), ra["rows_out"].as_u64().unwrap(), "{round}");
+            assert_eq!(count(&ds_b), rb["rows_out"].as_u64().unwrap(), "{round}");
+        }
+    }
 }
 
 #[test]

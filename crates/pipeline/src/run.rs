@@ -225,29 +225,6 @@ fn crash_point(point: &str) {
     }
 }
 
-/// For tests of signals: `SCORELAND_PAUSE_AT=<point>:<file>` stops the run at that point,
-/// says so on stderr, and waits (without blocking the runtime's other tasks) until `<file>`
-/// exists. Points: `lock_takeover` (a stale lock found, not yet replaced), `before_commit`
-/// (all tables uploaded, no commit yet).
-fn pause_point(point: &str) {
-    let Ok(spec) = std::env::var("SCORELAND_PAUSE_AT") else {
-        return;
-    };
-    let Some((at, file)) = spec.split_once(':') else {
-        return;
-    };
-    if at != point {
-        return;
-    }
-    eprintln!("SCORELAND_PAUSE_AT={point}: paused until {file} exists");
-    let file = PathBuf::from(file);
-    tokio::task::block_in_place(|| {
-        while !file.exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -318,7 +295,7 @@ pub async fn run(
     } else {
         match warehouse
             .lock(&name, &run_id, options.stale_lock_after, &|| {
-                pause_point("lock_takeover")
+                scoreland_sink::pause_point("lock_takeover")
             })
             .await
         {
@@ -605,7 +582,7 @@ async fn publish(
         ("rows".to_string(), serde_json::json!(record.rows_out)),
     ]);
     crash_point("before_commit");
-    pause_point("before_commit");
+    scoreland_sink::pause_point("before_commit");
     let mut published = scoreland_sink::Published {
         run_id: record.run_id.clone(),
         versions: Default::default(),

@@ -20,6 +20,8 @@ use deltalake::kernel::{
 };
 use deltalake::logstore::{LogStore, LogStoreFactory, StorageConfig, default_logstore};
 use deltalake::operations::create::CreateBuilder;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use futures::{StreamExt, TryStreamExt};
@@ -31,6 +33,9 @@ use url::Url;
 use crate::datafiles::data_files;
 use crate::error::SinkError;
 use crate::store::{Warehouse, upload};
+
+/// Rows per row group in the files `optimize` writes.
+const OPTIMIZED_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Commits between two checkpoints of a table's log.
 pub const CHECKPOINT_INTERVAL: &str = "10";
@@ -287,7 +292,9 @@ impl Warehouse {
         // Two attempts: a table another pipeline created while this one got ready is then
         // committed to like any other.
         for attempt in 0..2 {
-            let version = match self.delta_table(table, None).await? {
+            let current = self.delta_table(table, None).await?;
+            crate::pause_point("delta_commit");
+            let version = match current {
                 Some(current) => {
                     if let Some(done) = self.holds_transaction(&current, w).await? {
                         return Ok(done);
@@ -839,9 +846,18 @@ impl Warehouse {
         } else {
             OptimizeType::ZOrder(zorder.iter().map(|c| c.to_string()).collect())
         };
+        // zstd as the transform writes, and row groups small enough that a sorted file's
+        // statistics narrow a lookup by the sort column to a few of them.
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
+            ))
+            .set_max_row_group_row_count(Some(OPTIMIZED_ROW_GROUP_ROWS))
+            .build();
         let (optimized, metrics) = t
             .optimize()
             .with_type(kind)
+            .with_writer_properties(props)
             .await
             .map_err(delta_err(table, "optimize"))?;
         let after = optimized.version().unwrap_or(before);

@@ -18,6 +18,7 @@ mod delta;
 mod durable;
 mod error;
 mod legacy;
+mod pause;
 mod store;
 
 pub use delta::{
@@ -26,4 +27,5 @@ pub use delta::{
 };
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};
+pub use pause::pause_point;
 pub use store::{Lock, SinkConfig, Warehouse};
