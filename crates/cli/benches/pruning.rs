@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, Date32Array, Float64Array, Int32Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, StructBuilder, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -119,7 +119,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// One night's transform output: `score_date=D/part-0.parquet`, two models per identity, in
-/// the order a dedupe leaves them (by no key of interest), zstd as the transform writes.
+/// the order a dedupe leaves them (by no key of interest), zstd as the transform writes; the
+/// columns of the real scores table, with one to three influential factors a row.
 fn write_night(
     dir: &Path,
     day: i32,
@@ -141,6 +142,15 @@ fn write_night(
             false,
         ),
         Field::new("score_date", DataType::Date32, false),
+        Field::new(
+            "influential_factors",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(factor_fields()),
+                true,
+            ))),
+            true,
+        ),
         Field::new("run_id", DataType::Utf8, false),
     ]));
     let path = dir
@@ -191,12 +201,58 @@ fn write_night(
                 .with_timezone("UTC"),
             ),
             Arc::new(Date32Array::from_iter_values(ids.iter().map(|_| day))),
+            factors(ids.iter().map(|&i| who(i))),
             Arc::new(StringArray::from_iter_values(ids.iter().map(|_| run_id))),
         ];
         w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
     }
     w.close()?;
     Ok(())
+}
+
+fn factor_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("code", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("importance", DataType::Utf8, true),
+    ])
+}
+
+/// One to three factors per row, drawn from a customer's number.
+fn factors(who: impl Iterator<Item = usize>) -> ArrayRef {
+    const CODES: [&str; 5] = [
+        "daysSinceLastPurchase",
+        "orderCount",
+        "webVisits",
+        "emailOpens",
+        "cartAbandons",
+    ];
+    const LEVELS: [&str; 3] = ["high", "medium", "low"];
+    let fields = factor_fields();
+    let element = StructBuilder::from_fields(fields.clone(), 0);
+    let mut list = ListBuilder::new(element).with_field(Arc::new(Field::new(
+        "item",
+        DataType::Struct(fields),
+        true,
+    )));
+    for w in who {
+        for k in 0..=(w % 3) {
+            let s = list.values();
+            let x = w / 7 + k * 13;
+            s.field_builder::<StringBuilder>(0)
+                .unwrap()
+                .append_value(CODES[x % CODES.len()]);
+            s.field_builder::<StringBuilder>(1)
+                .unwrap()
+                .append_value((x % 60).to_string());
+            s.field_builder::<StringBuilder>(2)
+                .unwrap()
+                .append_value(LEVELS[(x / 5) % 3]);
+            s.append(true);
+        }
+        list.append(true);
+    }
+    Arc::new(list.finish())
 }
 
 /// A permutation of `0..n` (multiplication by an odd constant modulo a power of two, walked
