@@ -4,7 +4,8 @@
 # only: it refuses object_store's XML-API writes, see docs/sinks.md); `install` also brings the
 # Delta readers (delta-rs's Python binding, Polars, DuckDB 1.5.5 with its delta extension) that
 # check a landed warehouse, in a venv of their own (venv-delta): the extension is built for
-# DuckDB 1.5.5, while the benchmarks use DuckDB 2.0.
+# DuckDB 1.5.5, while the benchmarks use DuckDB 2.0; and the clients `scoreland serve` is tested
+# with (psql and Chromium from Debian, psycopg 3, SQLAlchemy and pandas in venv-clients).
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
 SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
@@ -29,6 +30,22 @@ install() {
     venv-delta/bin/pip install -q 'deltalake==1.6.6' 'polars==2.1.0' pyarrow \
       'duckdb==1.5.5' 'duckdb-extension-delta==1.5.5'
     touch venv-delta/.complete-1
+  fi
+  # The Postgres clients `scoreland serve` is tested with (tests/clients/serve_clients.py).
+  if [ ! -f venv-clients/.complete-2 ]; then
+    rm -rf venv-clients
+    python3 -m venv venv-clients
+    venv-clients/bin/pip install -q 'psycopg[binary]==3.3.9' 'psycopg2-binary==2.9.*' 'sqlalchemy==2.0.*' 'pandas==2.*'
+    touch venv-clients/.complete-2
+  fi
+  # psql, and headless Chromium for the report's rendering test, from Debian.
+  local missing=()
+  command -v psql > /dev/null || missing+=(postgresql-client)
+  command -v chromium > /dev/null || missing+=(chromium)
+  command -v openssl > /dev/null || missing+=(openssl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    local sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
   if [ ! -x node/node_modules/.bin/azurite-blob ]; then
     npm install --prefix node --no-audit --no-fund --silent azurite@3.35.0

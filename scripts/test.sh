@@ -36,3 +36,15 @@ if ! "$SCORELAND_SVC_DIR/venv-delta/bin/python" tests/readers/read_landed.py "$R
   cat "$READERS/readers.err" >&2
   exit 1
 fi
+
+# `scoreland serve` with real Postgres clients (psql, psycopg 3, SQLAlchemy through psycopg2,
+# pandas) on the same warehouse, checked against `scoreland sql`; ends with a bounded load test.
+cargo build --quiet -p scoreland
+BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/scoreland")
+if ! "$SCORELAND_SVC_DIR/venv-clients/bin/python" tests/clients/serve_clients.py \
+    "$BIN" "$READERS/wh" "$READERS/staging" pipelines/demo.toml > "$READERS/clients.out" 2>&1; then
+  echo "the Postgres clients failed:" >&2
+  cat "$READERS/clients.out" >&2
+  exit 1
+fi
+grep -E '^(load|serve clients):' "$READERS/clients.out"

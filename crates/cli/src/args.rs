@@ -1,10 +1,17 @@
-//! Parsers for human-friendly argument values: durations (`30s`) and rates (`25MiB/s`).
+//! Parsers for human-friendly argument values: durations (`30s`), sizes (`1GiB`) and rates
+//! (`25MiB/s`).
 
 use std::time::Duration;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 30s or 50ms: {e}"))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("'{s}' is not a size like 512MiB or 2GiB: {e}"))
 }
 
 pub fn parse_rate(s: &str) -> Result<u64, String> {

@@ -9,6 +9,7 @@ mod args;
 mod platform;
 mod progress;
 mod run;
+mod serve;
 mod sim;
 mod sql;
 mod transform;
@@ -93,6 +94,8 @@ enum Command {
     History(sql::HistoryArgs),
     /// Turn a warehouse of scoreland's old layout into Delta tables.
     Convert(sql::ConvertArgs),
+    /// Serve the warehouse's tables to BI tools over the Postgres wire protocol.
+    Serve(serve::ServeArgs),
     /// Serve a simulated AEP platform, or generate one (`sim generate`).
     Sim(sim::SimArgs),
 }
@@ -123,10 +126,10 @@ fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => {
-            "warn,scoreland=info,scoreland_ingest=info,scoreland_pipeline=info,scoreland_sink=info,scoreland_transform=info"
+            "warn,scoreland=info,scoreland_ingest=info,scoreland_pipeline=info,scoreland_sink=info,scoreland_transform=info,scoreland_serve=info"
         }
         (false, 1) => {
-            "info,scoreland=debug,scoreland_ingest=debug,scoreland_pipeline=debug,scoreland_sink=debug,scoreland_transform=debug"
+            "info,scoreland=debug,scoreland_ingest=debug,scoreland_pipeline=debug,scoreland_sink=debug,scoreland_transform=debug,scoreland_serve=debug"
         }
         _ => "trace",
     };
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
             Command::History(a) => sql::history(a).await,
             Command::Optimize(a) => sql::optimize(a).await,
             Command::Convert(a) => sql::convert(a).await,
+            Command::Serve(a) => serve::serve(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
         }
     });

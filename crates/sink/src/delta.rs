@@ -582,6 +582,25 @@ impl Warehouse {
         Ok(out)
     }
 
+    /// A table at the snapshot `as_of` asks for; `None` when it does not exist (yet).
+    pub async fn table_as_of(
+        &self,
+        name: &str,
+        as_of: AsOf,
+    ) -> Result<Option<DeltaTable>, SinkError> {
+        let at = match as_of {
+            AsOf::Published => self
+                .published_versions()
+                .await?
+                .get(name)
+                .copied()
+                .map_or(At::Newest, At::Version),
+            AsOf::Version(v) => At::Version(v),
+            AsOf::Time(t) => At::Time(t),
+        };
+        self.open_table(name, at).await
+    }
+
     /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist
     /// (yet) is not registered.
     pub async fn query(
@@ -590,20 +609,12 @@ impl Warehouse {
         as_of: AsOf,
         sql: &str,
     ) -> Result<QueryOutput, SinkError> {
-        let published = match as_of {
-            AsOf::Published => self.published_versions().await?,
-            _ => Default::default(),
-        };
         let ctx: SessionContext = DeltaSessionContext::new().into_inner();
         let mut registered = 0;
         for &name in tables {
-            let at = match as_of {
-                AsOf::Published => published.get(name).copied().map_or(At::Newest, At::Version),
-                AsOf::Version(v) => At::Version(v),
-                AsOf::Time(t) => At::Time(t),
+            let Some(table) = self.table_as_of(name, as_of).await? else {
+                continue;
             };
-            let table = self.open_table(name, at).await?;
-            let Some(table) = table else { continue };
             table
                 .update_datafusion_session(&ctx.state())
                 .map_err(delta_err(name, "read"))?;

@@ -1,0 +1,102 @@
+//! `scoreland serve`: the warehouse over the Postgres wire protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use scoreland_pipeline::TABLES;
+use scoreland_serve::{Limits, ServeOptions, Server};
+use scoreland_sink::SinkConfig;
+
+use crate::args::{parse_duration, parse_size};
+use crate::{Failure, usage};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Warehouse URL or path.
+    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
+    pub warehouse: String,
+    /// Address to listen on. Without a password (SCORELAND_SERVE_PASSWORD) only a loopback
+    /// address is accepted.
+    #[arg(long, default_value = "127.0.0.1:5432")]
+    pub listen: SocketAddr,
+    /// The user name clients log in with (the password comes from SCORELAND_SERVE_PASSWORD,
+    /// never from a flag or a file).
+    #[arg(long, env = "SCORELAND_SERVE_USER", default_value = "scoreland")]
+    pub user: String,
+    /// TLS certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8); with --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Memory one query may use; sorts and aggregations spill beyond it, other queries fail
+    /// alone.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub query_memory: u64,
+    /// Time one query may take, to its last row.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+    /// Connections served at once; more are refused with Postgres' "too many clients".
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// After SIGTERM, how long running queries get to finish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
+    let warehouse = SinkConfig {
+        url: args.warehouse.clone(),
+        options: Default::default(),
+        single_writer: false,
+    }
+    .open()
+    .map_err(usage)?;
+    let password = std::env::var("SCORELAND_SERVE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let options = ServeOptions {
+        listen: args.listen,
+        login: password.map(|p| (args.user.clone(), p)),
+        tls: args.tls_cert.zip(args.tls_key),
+        limits: Limits {
+            query_memory: usize::try_from(args.query_memory).unwrap_or(usize::MAX),
+            query_timeout: args.query_timeout,
+        },
+        max_connections: args.max_connections,
+        shutdown_grace: args.shutdown_grace,
+        tables: TABLES.iter().map(|t| t.to_string()).collect(),
+    };
+    let no_password = options.login.is_none();
+    let server = Server::bind(warehouse, options).await.map_err(usage)?;
+    // One plain line, whatever the log level: scripts and tests read the address from it.
+    eprintln!(
+        "scoreland serve: listening on {} for {}{}",
+        server.local_addr,
+        args.warehouse,
+        if no_password {
+            " (no password: SCORELAND_SERVE_PASSWORD is not set, so loopback only)"
+        } else {
+            ""
+        }
+    );
+    server.run(shutdown_signal()).await.map_err(Failure::from)?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

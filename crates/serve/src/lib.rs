@@ -1,0 +1,439 @@
+//! `scoreland serve`: the warehouse's Delta tables over the Postgres wire protocol, for BI tools
+//! and notebooks, read-only, each table at the newest night the pipelines published.
+//!
+//! datafusion-postgres (on pgwire) speaks the protocol and provides `pg_catalog`; here are the
+//! tables that follow new nights ([`live`]), the sessions with their limits and login
+//! ([`session`]), and the listener with TLS, a connection limit and graceful shutdown.
+
+mod live;
+mod session;
+mod subqueries;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::pgwire::tokio::process_socket;
+use datafusion_postgres::pgwire::tokio::tokio_rustls::TlsAcceptor;
+use datafusion_postgres::pgwire::tokio::tokio_rustls::rustls;
+use scoreland_sink::Warehouse;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use live::{LiveTable, REFRESH};
+pub use session::Limits;
+
+/// What `serve` listens on and how.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// `(user, password)`. Without one, only a loopback address is accepted.
+    pub login: Option<(String, String)>,
+    /// PEM certificate chain and private key (PKCS#8) for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub limits: Limits,
+    /// Connections served at once; one more is refused with a message.
+    pub max_connections: usize,
+    /// How long running queries get to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// The tables served (those that exist; a table created later appears within seconds).
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "no password is set (SCORELAND_SERVE_PASSWORD), so serve listens on loopback only; \
+         {listen} is not a loopback address: set a password, or listen on 127.0.0.1"
+    )]
+    PasswordRequired { listen: SocketAddr },
+    #[error("cannot listen on {listen}")]
+    Listen {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: cannot use {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+    #[error("setting up the tables: {0}")]
+    Setup(String),
+}
+
+/// A running server: the address it listens on, and the serving itself.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    listener: TcpListener,
+    base: Arc<SessionContext>,
+    options: ServeOptions,
+    tls: Option<TlsAcceptor>,
+    warehouse: Warehouse,
+}
+
+impl Server {
+    /// Opens the tables and binds the listener.
+    pub async fn bind(warehouse: Warehouse, options: ServeOptions) -> Result<Server, ServeError> {
+        if options.login.is_none() && !options.listen.ip().is_loopback() {
+            return Err(ServeError::PasswordRequired {
+                listen: options.listen,
+            });
+        }
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public");
+        let base = Arc::new(SessionContext::new_with_config(config));
+        setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        base.register_udf(version_udf());
+        base.register_udf(to_regtype_udf(&base).await?);
+        base.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            JsonBuildObject::new(),
+        ));
+        // Every type is visible: the server has one schema search path.
+        base.register_udf(create_udf(
+            "pg_type_is_visible",
+            vec![DataType::Int32],
+            DataType::Boolean,
+            Volatility::Immutable,
+            Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+        ));
+        register_missing(&warehouse, &base, &options.tables).await?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    listen: options.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            listen: options.listen,
+            source,
+        })?;
+        Ok(Server {
+            local_addr,
+            listener,
+            base,
+            options,
+            tls,
+            warehouse,
+        })
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, gives running sessions
+    /// `shutdown_grace` to finish, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Server {
+            local_addr,
+            listener,
+            base,
+            options,
+            tls,
+            warehouse,
+        } = self;
+        let sessions = Arc::new(session::Sessions {
+            base: base.clone(),
+            limits: options.limits.clone(),
+            login: options.login.clone(),
+        });
+        // Tables that did not exist when the server started appear once a run creates them.
+        let watcher = {
+            let (warehouse, base, tables) =
+                (warehouse.clone(), base.clone(), options.tables.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(REFRESH * 5).await;
+                    if let Err(e) = register_missing(&warehouse, &base, &tables).await {
+                        tracing::warn!(error = %e, "looking for new tables");
+                    }
+                }
+            })
+        };
+        let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+        let mut connections = tokio::task::JoinSet::new();
+        tracing::info!(
+            listen = %local_addr,
+            tls = tls.is_some(),
+            password = options.login.is_some(),
+            "serving the warehouse over the Postgres protocol"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection");
+                            continue;
+                        }
+                    };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, max = options.max_connections, "connection refused: the server is at --max-connections");
+                        tokio::spawn(refuse(socket, options.max_connections));
+                        continue;
+                    };
+                    let (sessions, tls) = (sessions.clone(), tls.clone());
+                    connections.spawn(async move {
+                        let _slot = slot;
+                        if let Err(e) = process_socket(socket, tls, sessions).await {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        watcher.abort();
+        drop(listener);
+        tracing::info!(
+            sessions = connections.len(),
+            grace = %humantime::format_duration(options.shutdown_grace),
+            "shutting down: no new connections; waiting for running sessions"
+        );
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                sessions = connections.len(),
+                "sessions still open after the grace period are closed"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Registers the tables of `tables` that exist in the warehouse and are not registered yet.
+async fn register_missing(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    tables: &[String],
+) -> Result<(), ServeError> {
+    for name in tables {
+        if ctx.table_exist(name.as_str()).unwrap_or(false) {
+            continue;
+        }
+        let live = LiveTable::open(warehouse.clone(), name)
+            .await
+            .map_err(|e| ServeError::Setup(format!("table {name}: {e}")))?;
+        if let Some(live) = live {
+            ctx.register_table(name.as_str(), Arc::new(live))
+                .map_err(|e| ServeError::Setup(format!("table {name}: {e}")))?;
+            tracing::info!(table = name, "serving table");
+        }
+    }
+    Ok(())
+}
+
+/// One connection over the limit: told why in the protocol's own error, then closed.
+async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The startup packet (or an SSL request) comes first; answer "no SSL" to the latter so
+    // the client reads the error in the clear.
+    let mut buf = [0u8; 1024];
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+    else {
+        return;
+    };
+    if n == 8 && buf[4..8] == [0x04, 0xd2, 0x16, 0x2f] {
+        let _ = socket.write_all(b"N").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+    }
+    let message =
+        format!("sorry, too many clients already (scoreland serve --max-connections {max})");
+    let mut body = Vec::new();
+    for (code, value) in [(b'S', "FATAL"), (b'C', "53300"), (b'M', message.as_str())] {
+        body.push(code);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = vec![b'E'];
+    packet.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    packet.extend_from_slice(&body);
+    let _ = socket.write_all(&packet).await;
+}
+
+/// `version()` as drivers parse it (SQLAlchemy reads the Postgres version from it).
+fn version_udf() -> datafusion::logical_expr::ScalarUDF {
+    let text = format!(
+        "PostgreSQL 16.6 (scoreland {}, DataFusion {}; read-only)",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column reflection
+/// asks for one per identity column; scoreland's tables have none).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        JsonBuildObject {
+            signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringArray};
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let n = args.number_rows;
+        let columns: Vec<_> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<datafusion::error::Result<_>>()?;
+        let options = FormatOptions::default();
+        let formatters: Vec<_> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(n);
+        for row in 0..n {
+            let mut object = serde_json::Map::new();
+            for pair in (0..columns.len()).collect::<Vec<_>>().chunks(2) {
+                let [k, v] = pair else { break };
+                let key = formatters[*k].value(row).to_string();
+                let value = if columns[*v].is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    let text = formatters[*v].value(row).to_string();
+                    match columns[*v].data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
+                        _ => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+                    }
+                };
+                object.insert(key, value);
+            }
+            out.push(Some(serde_json::Value::Object(object).to_string()));
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+    }
+}
+
+/// `to_regtype(name)`: the oid of a type by name, or NULL (psycopg and SQLAlchemy look types
+/// up with it on connect), from the static `pg_catalog.pg_type`.
+async fn to_regtype_udf(
+    ctx: &SessionContext,
+) -> Result<datafusion::logical_expr::ScalarUDF, ServeError> {
+    use datafusion::arrow::array::{Array, AsArray, Int32Array};
+    use datafusion::arrow::datatypes::Int32Type;
+    let setup = |e: datafusion::error::DataFusionError| ServeError::Setup(e.to_string());
+    let batches = ctx
+        .sql("SELECT typname, oid FROM pg_catalog.pg_type")
+        .await
+        .map_err(setup)?
+        .collect()
+        .await
+        .map_err(setup)?;
+    let mut types = std::collections::HashMap::new();
+    for b in &batches {
+        let names = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let oids = datafusion::arrow::compute::cast(b.column(1), &DataType::Int32)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let (names, oids) = (names.as_string::<i32>(), oids.as_primitive::<Int32Type>());
+        for i in 0..b.num_rows() {
+            types.insert(names.value(i).to_string(), oids.value(i));
+        }
+    }
+    let lookup = move |name: Option<&str>| {
+        let name = name?.trim().trim_matches('"');
+        types
+            .get(name.strip_prefix("pg_catalog.").unwrap_or(name))
+            .copied()
+    };
+    Ok(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(v) => {
+                    let name = match v {
+                        ScalarValue::Utf8(s)
+                        | ScalarValue::LargeUtf8(s)
+                        | ScalarValue::Utf8View(s) => s.as_deref(),
+                        _ => None,
+                    };
+                    ColumnarValue::Scalar(ScalarValue::Int32(lookup(name)))
+                }
+                ColumnarValue::Array(a) => {
+                    let a = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+                    let names = a.as_string::<i32>();
+                    let oids: Int32Array = (0..names.len())
+                        .map(|i| lookup(names.is_valid(i).then(|| names.value(i))))
+                        .collect();
+                    ColumnarValue::Array(Arc::new(oids))
+                }
+            })
+        }),
+    ))
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| ServeError::Tls {
+            path: cert.clone(),
+            message: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ServeError::Tls {
+        path: key.clone(),
+        message: e.to_string(),
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| ServeError::Tls {
+        path: cert.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

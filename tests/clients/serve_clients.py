@@ -1,0 +1,271 @@
+"""Real Postgres clients against `scoreland serve`: psql, psycopg 3 (extended protocol, bound
+parameters, TLS), SQLAlchemy reflection and pandas.read_sql (through psycopg2, Superset's
+driver); the server's login, read-only
+refusals, limits, connection cap, new nights and graceful shutdown. Every answer is compared
+with `scoreland sql` on the same warehouse. Run by scripts/test.sh after landing the demo:
+
+    python serve_clients.py SCORELAND_BIN WAREHOUSE STAGING PIPELINE
+
+Ends with a bounded load test on loopback (32 clients x 100 mixed queries); its figures are
+printed as one JSON line (`load: {...}`)."""
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psycopg
+
+BIN, WAREHOUSE, STAGING, PIPELINE = sys.argv[1:5]
+PASSWORD = "correct horse battery staple"
+failures = passed = 0
+
+
+def check(name, got, want):
+    global failures, passed
+    ok = got == want
+    failures += not ok
+    passed += ok
+    print(f"{'ok' if ok else 'FAIL'}: {name}: {got!r}" + ("" if ok else f" (expected {want!r})"), flush=True)
+
+
+def sql(query):
+    """What `scoreland sql` answers, as a list of dicts."""
+    out = subprocess.run([BIN, "-q", "sql", query, "--warehouse", WAREHOUSE, "--format", "json"],
+                         check=True, capture_output=True, text=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+
+class Server:
+    """`scoreland serve` on a free loopback port, its address read from its first line."""
+
+    def __init__(self, *args, password=PASSWORD):
+        env = dict(os.environ)
+        env.pop("SCORELAND_SERVE_PASSWORD", None)
+        if password:
+            env["SCORELAND_SERVE_PASSWORD"] = password
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([BIN, "serve", "--warehouse", WAREHOUSE, "--listen", "127.0.0.1:0", *args],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        for line in self.proc.stderr:
+            self.log.write(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+            if time.time() > deadline:
+                break
+        else:
+            raise SystemExit(f"serve did not start: {self.output()}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.write(line)
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def dsn(self, password=PASSWORD, user="scoreland", **extra):
+        parts = {"host": "127.0.0.1", "port": self.port, "dbname": "datafusion", "user": user,
+                 "password": password, "connect_timeout": 10, **extra}
+        return " ".join(f"{k}='{v}'" for k, v in parts.items())
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def psql(server, *commands):
+    args = ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(server.port), "-U", "scoreland", "-d", "datafusion"]
+    for c in commands:
+        args += ["-c", c]
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": PASSWORD}, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def error_of(fn):
+    try:
+        fn()
+    except psycopg.Error as e:
+        return type(e).__name__, getattr(e, "sqlstate", None), str(e)
+    return None
+
+
+server = Server("--query-memory", "32MiB", "--query-timeout", "4s", "--max-connections", "40")
+try:
+    # psql: the tables, a table's columns, and a query scoreland sql agrees with.
+    code, out, err = psql(server, r"\dt")
+    check("psql \\dt lists the tables", sorted(re.findall(r"\|(drift|scores|summary)\|table", out.replace(" ", ""))),
+          ["drift", "scores", "summary"])
+    code, out, err = psql(server, r"\d scores")
+    columns = [l.split("|")[0] for l in out.splitlines() if "|" in l]
+    check("psql \\d scores shows its columns", all(c in columns for c in ["identity", "score", "score_date", "dataset_id", "run_id"]), True)
+    want = sql("SELECT model, count(*) AS n, round(sum(score), 4) AS s FROM scores GROUP BY model ORDER BY model")
+    code, out, err = psql(server, "SELECT model, count(*) AS n, round(sum(score), 4) AS s FROM scores GROUP BY model ORDER BY model")
+    got = [dict(zip(["model", "n", "s"], l.split("|"))) for l in out.strip().splitlines()]
+    check("psql agrees with scoreland sql", [(r["model"], int(r["n"]), float(r["s"])) for r in got],
+          [(r["model"], r["n"], r["s"]) for r in want])
+
+    # psycopg 3: the extended protocol with a bound parameter.
+    identity = sql("SELECT identity FROM scores WHERE identity IS NOT NULL ORDER BY identity LIMIT 1")[0]["identity"]
+    want = sql(f"SELECT model, score FROM scores WHERE identity = '{identity}' ORDER BY model")
+    with psycopg.connect(server.dsn()) as conn:
+        rows = conn.execute("SELECT model, score FROM scores WHERE identity = %s ORDER BY model", (identity,)).fetchall()
+        check("psycopg bound parameter agrees with scoreland sql", [(m, s) for m, s in rows], [(r["model"], r["score"]) for r in want])
+        check("psycopg sees a read-only server", conn.execute("SHOW transaction_read_only").fetchone()[0] in ("on", "true"), True)
+        # DDL and DML are refused; the session goes on.
+        for stmt in ["CREATE TABLE t (a int)", "DELETE FROM scores", "DROP TABLE scores", "INSERT INTO scores (model) VALUES ('x')"]:
+            e = error_of(lambda: conn.execute(stmt))
+            check(f"refused: {stmt}", (e[1], "read-only" in e[2]) if e else None, ("25006", True))
+            conn.rollback()
+        check("the session goes on after a refusal", conn.execute("SELECT count(*) FROM scores").fetchone()[0],
+              sql("SELECT count(*) AS n FROM scores")[0]["n"])
+
+    # A wrong password, and an unknown user, are refused.
+    e = error_of(lambda: psycopg.connect(server.dsn(password="wrong")))
+    check("a wrong password is refused", e is not None and e[0] == "OperationalError", True)
+    e = error_of(lambda: psycopg.connect(server.dsn(user="mallory")))
+    check("an unknown user is refused", e is not None and e[0] == "OperationalError", True)
+
+    # A bound parameter inside a subquery is refused, never run without its value.
+    with psycopg.connect(server.dsn()) as conn:
+        e = error_of(lambda: conn.execute("SELECT (SELECT %s::VARCHAR) AS v", ("x",)).fetchall())
+        check("a bound parameter inside a subquery: 0A000", e[1] if e else None, "0A000")
+
+    # SQLAlchemy reflection (what Superset uses to list tables and columns; psycopg2 is its
+    # default Postgres driver) and pandas.
+    import pandas
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://scoreland:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{server.port}/datafusion")
+    insp = sqlalchemy.inspect(engine)
+    check("SQLAlchemy get_table_names", sorted(insp.get_table_names()), ["drift", "scores", "summary"])
+    cols = {c["name"]: str(c["type"]) for c in insp.get_columns("scores")}
+    check("SQLAlchemy get_columns(scores)", (cols.get("identity"), cols.get("score"), cols.get("score_date")),
+          ("TEXT", "DOUBLE PRECISION", "DATE"))
+    frame = pandas.read_sql("SELECT model, score FROM scores", engine)
+    check("pandas.read_sql rows", len(frame), sql("SELECT count(*) AS n FROM scores")[0]["n"])
+    engine.dispose()
+
+    # Limits: a query over the memory limit, or the timeout, fails alone.
+    with psycopg.connect(server.dsn()) as a, psycopg.connect(server.dsn()) as b:
+        # A hash join's build side cannot spill: 5 M rows need more than 32 MiB.
+        e = error_of(lambda: a.execute("SELECT count(*) FROM generate_series(1, 5000000) AS l(x) "
+                                       "JOIN generate_series(1, 5000000) AS r(y) ON l.x = r.y").fetchall())
+        check("a query over --query-memory fails", e is not None and "Resources exhausted" in e[2], True)
+        a.rollback()
+        # What can spill does: a 2 M-group aggregation completes within the same limit.
+        check("a spilling aggregation completes within --query-memory",
+              a.execute("SELECT count(DISTINCT x) FROM generate_series(1, 2000000) AS t(x)").fetchone()[0], 2000000)
+        a.rollback()
+        started = time.time()
+        e = error_of(lambda: a.execute("SELECT sum(x) FROM generate_series(1, 100000000000) AS t(x)").fetchall())
+        check("a query over --query-timeout fails with 57014", (e[1] if e else None, time.time() - started < 30), ("57014", True))
+        a.rollback()
+        check("the other session is unaffected", b.execute("SELECT count(*) FROM scores").fetchone()[0] > 0, True)
+        check("the same session goes on", a.execute("SELECT 1").fetchone()[0], 1)
+
+    # A new night becomes visible to a connected session's next query.
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        before = {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM scores").fetchall()}
+        r = subprocess.run([BIN, "-q", "run", PIPELINE, "--force", "--json"], capture_output=True, text=True,
+                           env={**os.environ, "SCORELAND_WAREHOUSE": WAREHOUSE, "SCORELAND_STAGING": STAGING})
+        new_run = json.loads(r.stdout)["run_id"] if r.returncode == 0 else None
+        check("a new night lands meanwhile", r.returncode, 0)
+        deadline, seen = time.time() + 15, before
+        while time.time() < deadline and new_run not in seen:
+            seen = {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM scores").fetchall()}
+            time.sleep(0.2)
+        check("the connected session sees the new night", (new_run in seen, new_run in before), (True, False))
+
+    # Load: 32 clients x 100 mixed queries (one identity's scores; a summary scan).
+    identities = [r["identity"] for r in sql("SELECT DISTINCT identity FROM scores WHERE identity IS NOT NULL ORDER BY identity LIMIT 200")]
+    latencies, errors = [], []
+
+    def client(i):
+        try:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                for q in range(100):
+                    t = time.perf_counter()
+                    if q % 5 == 4:
+                        conn.execute("SELECT model, score_date, avg(score) FROM scores GROUP BY 1, 2").fetchall()
+                    else:
+                        conn.execute("SELECT model, score, percentile FROM scores WHERE identity = %s",
+                                     (identities[(i * 100 + q) % len(identities)],)).fetchall()
+                    latencies.append(time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001 - every failure is counted and shown
+            errors.append(repr(e))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    wall = time.perf_counter() - started
+    check("load: 32 clients x 100 queries without an error", (len(latencies), errors[:3]), (3200, []))
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0] * 99
+    print("load: " + json.dumps({"queries": len(latencies), "wall_s": round(wall, 2),
+                                 "qps": round(len(latencies) / wall, 1),
+                                 "p50_ms": round(q[49] * 1e3, 1), "p99_ms": round(q[98] * 1e3, 1)}), flush=True)
+finally:
+    code = server.stop()
+check("serve exits 0 on SIGTERM", code, 0)
+
+# The connection cap: one more than --max-connections is told so.
+capped = Server("--max-connections", "2")
+try:
+    held = [psycopg.connect(capped.dsn()) for _ in range(2)]
+    e = error_of(lambda: psycopg.connect(capped.dsn()))
+    check("a connection over --max-connections is refused", e is not None and "too many clients" in e[2], True)
+    for c in held:
+        c.close()
+finally:
+    capped.stop()
+
+# Graceful shutdown: a query running when SIGTERM arrives finishes, then the server exits 0.
+graceful = Server()
+try:
+    conn = psycopg.connect(graceful.dsn())
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        n=conn.execute("SELECT count(*) FROM generate_series(1, 30000000) AS t(x) WHERE x % 7 = 0").fetchone()[0]))
+    worker.start()
+    time.sleep(0.5)
+    graceful.proc.send_signal(signal.SIGTERM)
+    worker.join(timeout=60)
+    conn.close()
+    check("a running query finishes after SIGTERM", result.get("n"), 30000000 // 7)
+    check("then serve exits 0", graceful.proc.wait(timeout=60), 0)
+finally:
+    if graceful.proc.poll() is None:
+        graceful.proc.kill()
+
+# Without a password: loopback only, and it says so; a public address is refused.
+r = subprocess.run([BIN, "serve", "--warehouse", WAREHOUSE, "--listen", "0.0.0.0:0"], capture_output=True, text=True,
+                   env={k: v for k, v in os.environ.items() if k != "SCORELAND_SERVE_PASSWORD"}, timeout=60)
+check("no password and a public address: refused", (r.returncode, "loopback" in r.stderr), (2, True))
+
+# TLS with --tls-cert/--tls-key.
+with tempfile.TemporaryDirectory() as d:
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-subj", "/CN=127.0.0.1", "-days", "1"], check=True, capture_output=True)
+    tls = Server("--tls-cert", cert, "--tls-key", key)
+    try:
+        with psycopg.connect(tls.dsn(sslmode="require")) as conn:
+            check("TLS: a query over sslmode=require", conn.execute("SELECT count(*) FROM summary").fetchone()[0],
+                  sql("SELECT count(*) AS n FROM summary")[0]["n"])
+            check("TLS: the connection is encrypted", conn.pgconn.ssl_in_use, True)
+    finally:
+        tls.stop()
+
+print(f"serve clients: {passed} passed, {failures} failed")
+sys.exit(1 if failures else 0)
