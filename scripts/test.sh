@@ -48,3 +48,11 @@ if ! "$SCORELAND_SVC_DIR/venv-clients/bin/python" tests/clients/serve_clients.py
   exit 1
 fi
 grep -E '^(load|serve clients):' "$READERS/clients.out"
+
+# `scoreland report` in headless Chromium (after the clients' second run, so drift has a point).
+if ! python3 tests/clients/report_check.py "$BIN" "$READERS/wh" "$READERS" > "$READERS/report.out" 2>&1; then
+  echo "the report check failed:" >&2
+  cat "$READERS/report.out" >&2
+  exit 1
+fi
+grep -E '^report:' "$READERS/report.out"

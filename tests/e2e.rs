@@ -1019,6 +1019,27 @@ fn a_warehouse_of_the_old_layout_is_refused_until_converted() {
 }
 
 #[test]
+fn a_pipeline_with_a_report_writes_it_after_the_night() {
+    let demo = Demo::new();
+    let pipeline = demo.tmp.path().join("demo-report.toml");
+    let out = demo.tmp.path().join("reports/nightly.html");
+    let text_of = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    std::fs::write(
+        &pipeline,
+        format!("report = {:?}\n{text_of}", out.display().to_string()),
+    )
+    .unwrap();
+    let env = demo.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = scoreland(&["run", &pipeline.display().to_string()], &envs);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("<h2>churn_risk</h2>"), "{html}");
+    assert!(html.contains("Score histogram, 2026-11-16"), "{html}");
+    assert!(!html.contains("<script"), "{html}");
+}
+
+#[test]
 fn extracts_are_plain_copies_of_the_night() {
     let demo = Demo::new();
     let pipeline = demo.tmp.path().join("demo-extracts.toml");

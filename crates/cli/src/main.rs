@@ -8,6 +8,7 @@
 mod args;
 mod platform;
 mod progress;
+mod report;
 mod run;
 mod serve;
 mod sim;
@@ -94,6 +95,8 @@ enum Command {
     History(sql::HistoryArgs),
     /// Turn a warehouse of scoreland's old layout into Delta tables.
     Convert(sql::ConvertArgs),
+    /// Write an HTML report of the newest nights: histograms, deciles, tiers, factors, drift.
+    Report(report::ReportArgs),
     /// Serve the warehouse's tables to BI tools over the Postgres wire protocol.
     Serve(serve::ServeArgs),
     /// Serve a simulated AEP platform, or generate one (`sim generate`).
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
             Command::History(a) => sql::history(a).await,
             Command::Optimize(a) => sql::optimize(a).await,
             Command::Convert(a) => sql::convert(a).await,
+            Command::Report(a) => report::report(a).await,
             Command::Serve(a) => serve::serve(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
         }

@@ -46,6 +46,9 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     match scoreland_pipeline::run(&file, &options).await {
         Ok(record) => {
             report(&record, args.json, quiet);
+            if let (Some(out), RunStatus::Landed) = (&file.report, &record.status) {
+                write_report(&file, out).await;
+            }
             Ok(match record.status {
                 RunStatus::NothingNew => 3,
                 _ => 0,
@@ -66,6 +69,21 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
                 code,
                 error: anyhow::Error::new(error),
             })
+        }
+    }
+}
+
+/// The pipeline's `report`, after a landed night. A report that cannot be written is said
+/// loudly but does not fail the run: the night is landed.
+async fn write_report(file: &PipelineFile, out: &std::path::Path) {
+    let written = match file.sink.sink_config().open() {
+        Ok(warehouse) => crate::report::write(&warehouse, out, 30).await,
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    match written {
+        Ok(()) => tracing::info!(report = %out.display(), "report written"),
+        Err(e) => {
+            tracing::error!(report = %out.display(), error = format!("{e:#}"), "the night is landed, but the report could not be written")
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct PipelineFile {
     /// are removed after each landing run. Batches of the run itself are always kept.
     #[serde(default)]
     pub staging_retention: Option<String>,
+    /// Write the HTML report (`scoreland report`) to this path after every landed run.
+    #[serde(default)]
+    pub report: Option<PathBuf>,
     pub source: SourceConfig,
     #[serde(default)]
     pub transform: TransformConfig,

@@ -1,11 +1,13 @@
-//! `scoreland serve`: the warehouse's Delta tables over the Postgres wire protocol, for BI tools
-//! and notebooks, read-only, each table at the newest night the pipelines published.
+//! The warehouse for people: `scoreland serve`, its Delta tables over the Postgres wire protocol
+//! for BI tools and notebooks, read-only, each table at the newest night the pipelines
+//! published; and `scoreland report` ([`report`]), a self-contained HTML page of charts.
 //!
 //! datafusion-postgres (on pgwire) speaks the protocol and provides `pg_catalog`; here are the
 //! tables that follow new nights ([`live`]), the sessions with their limits and login
 //! ([`session`]), and the listener with TLS, a connection limit and graceful shutdown.
 
 mod live;
+pub mod report;
 mod session;
 mod subqueries;
 

@@ -1,0 +1,57 @@
+//! `scoreland report`: the HTML report of the warehouse's newest nights.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use scoreland_sink::SinkConfig;
+
+use crate::{Failure, usage};
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Warehouse URL or path.
+    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
+    pub warehouse: String,
+    /// The HTML file to write (replaced whole).
+    #[arg(long, default_value = "report.html")]
+    pub out: PathBuf,
+    /// How many of the newest score dates the charts over time cover.
+    #[arg(long, default_value_t = 30)]
+    pub nights: usize,
+}
+
+pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
+    let warehouse = SinkConfig {
+        url: args.warehouse.clone(),
+        options: Default::default(),
+        single_writer: false,
+    }
+    .open()
+    .map_err(usage)?;
+    write(&warehouse, &args.out, args.nights).await?;
+    eprintln!("report written to {}", args.out.display());
+    Ok(0)
+}
+
+/// Renders the report and puts it at `out` whole (a temporary file renamed into place).
+pub async fn write(
+    warehouse: &scoreland_sink::Warehouse,
+    out: &Path,
+    nights: usize,
+) -> anyhow::Result<()> {
+    let html = scoreland_serve::report::render(warehouse, nights)
+        .await
+        .context("reading the warehouse for the report")?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    std::fs::write(tmp.path(), html).with_context(|| format!("writing {}", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("replacing {}", out.display()))?;
+    Ok(())
+}
