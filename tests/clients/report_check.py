@@ -11,16 +11,9 @@ import sys
 import tempfile
 import zlib
 
+from checks import check, summary
+
 BIN, WAREHOUSE, WORK = sys.argv[1:4]
-failures = passed = 0
-
-
-def check(name, got, want):
-    global failures, passed
-    ok = got == want
-    failures += not ok
-    passed += ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: {got!r}" + ("" if ok else f" (expected {want!r})"), flush=True)
 
 
 out = os.path.join(WORK, "report.html")
@@ -87,5 +80,4 @@ check("the page is not blank (several colours, over 3 % inked)", (len(colors) > 
 # The chart colour is there: bars and lines drawn.
 check("charts drawn in the chart colour", any(abs(r - 0x3b) < 12 and abs(g - 0x6f) < 12 and abs(b - 0xd8) < 12 for r, g, b in colors), True)
 
-print(f"report: {passed} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+sys.exit(summary("report"))

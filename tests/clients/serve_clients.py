@@ -21,17 +21,10 @@ import time
 
 import psycopg
 
+from checks import check, summary
+
 BIN, WAREHOUSE, STAGING, PIPELINE = sys.argv[1:5]
 PASSWORD = "correct horse battery staple"
-failures = passed = 0
-
-
-def check(name, got, want):
-    global failures, passed
-    ok = got == want
-    failures += not ok
-    passed += ok
-    print(f"{'ok' if ok else 'FAIL'}: {name}: {got!r}" + ("" if ok else f" (expected {want!r})"), flush=True)
 
 
 def sql(query):
@@ -267,5 +260,4 @@ with tempfile.TemporaryDirectory() as d:
     finally:
         tls.stop()
 
-print(f"serve clients: {passed} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+sys.exit(summary("serve clients"))

@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use scoreland_sink::SinkConfig;
 
-use crate::{Failure, usage};
+use crate::Failure;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -22,13 +21,7 @@ pub struct ReportArgs {
 }
 
 pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
-    let warehouse = SinkConfig {
-        url: args.warehouse.clone(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .open()
-    .map_err(usage)?;
+    let warehouse = crate::sql::open(&args.warehouse)?;
     write(&warehouse, &args.out, args.nights).await?;
     eprintln!("report written to {}", args.out.display());
     Ok(0)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::Args;
 use scoreland_pipeline::TABLES;
 use scoreland_serve::{Limits, ServeOptions, Server};
-use scoreland_sink::SinkConfig;
 
 use crate::args::{parse_duration, parse_size};
 use crate::{Failure, usage};
@@ -47,13 +46,7 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
-    let warehouse = SinkConfig {
-        url: args.warehouse.clone(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .open()
-    .map_err(usage)?;
+    let warehouse = crate::sql::open(&args.warehouse)?;
     let password = std::env::var("SCORELAND_SERVE_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());

@@ -57,7 +57,8 @@ fn parse_as_of(s: &str) -> Result<AsOf, Failure> {
     )))
 }
 
-fn open(url: &str) -> Result<scoreland_sink::Warehouse, Failure> {
+/// The warehouse at `url`, with the store options of the environment.
+pub(crate) fn open(url: &str) -> Result<scoreland_sink::Warehouse, Failure> {
     SinkConfig {
         url: url.to_string(),
         options: Default::default(),

@@ -111,17 +111,14 @@ impl Server {
             Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
         ));
         register_missing(&warehouse, &base, &options.tables).await?;
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    listen: options.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        let listen_err = |source| ServeError::Listen {
             listen: options.listen,
             source,
-        })?;
+        };
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(listen_err)?;
+        let local_addr = listener.local_addr().map_err(listen_err)?;
         Ok(Server {
             local_addr,
             listener,
