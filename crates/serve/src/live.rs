@@ -65,16 +65,40 @@ impl LiveTable {
                 return Ok((c.table.clone(), c.provider.clone()));
             }
         }
-        let published = self
+        // The version to serve, found cheaply: the one a run published, or else the newest in
+        // the log from the one served on. The table is loaded again only when it differs.
+        let (served, table) = {
+            let c = self.current.lock().expect("not poisoned");
+            (c.version, c.table.clone())
+        };
+        let wanted = match self
             .warehouse
-            .table_as_of(&self.name, AsOf::Published)
+            .published_versions()
             .await
-            .map_err(df_err)?;
-        let newer = match published {
-            Some(t) if t.version() != self.current.lock().expect("not poisoned").version => {
-                Some(current(t).await?)
-            }
+            .map_err(df_err)?
+            .get(&self.name)
+        {
+            Some(v) => Some(*v),
+            None => Some(
+                table
+                    .log_store()
+                    .get_latest_version(served.unwrap_or(0))
+                    .await
+                    .map_err(df_err)?,
+            ),
+        };
+        let newer = match wanted {
+            Some(v) if Some(v) != served => self
+                .warehouse
+                .table_as_of(&self.name, AsOf::Published)
+                .await
+                .map_err(df_err)?
+                .map(current),
             _ => None,
+        };
+        let newer = match newer {
+            Some(next) => Some(next.await?),
+            None => None,
         };
         let mut c = self.current.lock().expect("not poisoned");
         c.checked = Instant::now();
