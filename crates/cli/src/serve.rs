@@ -52,7 +52,10 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         .filter(|p| !p.is_empty());
     let options = ServeOptions {
         listen: args.listen,
-        login: password.map(|p| (args.user.clone(), p)),
+        login: password.map(|password| scoreland_serve::Login {
+            user: args.user.clone(),
+            password,
+        }),
         tls: args.tls_cert.zip(args.tls_key),
         limits: Limits {
             query_memory: usize::try_from(args.query_memory).unwrap_or(usize::MAX),

@@ -37,8 +37,8 @@ pub use session::Limits;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// `(user, password)`. Without one, only a loopback address is accepted.
-    pub login: Option<(String, String)>,
+    /// The one login. Without one, only a loopback address is accepted.
+    pub login: Option<Login>,
     /// PEM certificate chain and private key (PKCS#8) for TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub limits: Limits,
@@ -48,6 +48,22 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// The tables served (those that exist; a table created later appears within seconds).
     pub tables: Vec<String>,
+}
+
+/// A user name and its password; the password never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +190,9 @@ impl Server {
                     let (socket, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
+                            // Out of file descriptors, say: wait a little rather than spin.
                             tracing::warn!(error = %e, "accepting a connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };

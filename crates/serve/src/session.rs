@@ -53,8 +53,8 @@ pub struct Limits {
 pub struct Sessions {
     pub base: Arc<SessionContext>,
     pub limits: Limits,
-    /// `(user, password)`; `None` accepts any user without a password (loopback only).
-    pub login: Option<(String, String)>,
+    /// `None` accepts any user without a password (loopback only).
+    pub login: Option<crate::Login>,
 }
 
 impl Sessions {
@@ -99,11 +99,8 @@ impl PgWireServerHandlers for Sessions {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::new(match &self.login {
-            Some((user, password)) => {
-                let mut scram = ScramAuth::new(Arc::new(OnePassword {
-                    user: user.clone(),
-                    password: password.clone(),
-                }));
+            Some(login) => {
+                let mut scram = ScramAuth::new(Arc::new(login.clone()));
                 scram.set_iterations(SCRAM_ITERATIONS);
                 Login::Scram(SASLAuthStartupHandler::new(parameters()).with_scram(scram))
             }
@@ -115,21 +112,8 @@ impl PgWireServerHandlers for Sessions {
 const SCRAM_ITERATIONS: usize = 4096;
 
 /// The one login `serve` accepts, from the environment.
-struct OnePassword {
-    user: String,
-    password: String,
-}
-
-impl Debug for OnePassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnePassword")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
 #[async_trait]
-impl AuthSource for OnePassword {
+impl AuthSource for crate::Login {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let salt: [u8; 16] = rand::random();
         // An unknown user gets a password nobody knows: the client sees the same failure as
