@@ -92,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         table_bytes,
     );
     let started = Instant::now();
-    let optimized = wh.optimize_table("scores", &["identity"]).await?;
+    let optimized = wh.optimize_table("scores", &["identity"], 2 << 30).await?;
     println!(
         "optimize (sorted by identity): {:.1} s, {:?}",
         started.elapsed().as_secs_f64(),

@@ -175,6 +175,9 @@ pub struct OptimizeArgs {
     /// Warehouse URL or path.
     #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
     pub warehouse: String,
+    /// Memory the ordering may use; it spills to the temporary directory beyond it.
+    #[arg(long, default_value = "2GiB", value_parser = crate::args::parse_size)]
+    pub memory_limit: u64,
 }
 
 /// Compacts every table; `scores` is also ordered by identity within each partition.
@@ -197,7 +200,14 @@ pub async fn optimize(args: OptimizeArgs) -> Result<u8, Failure> {
         ("summary", &[][..]),
         ("drift", &[][..]),
     ] {
-        match wh.optimize_table(table, zorder).await? {
+        match wh
+            .optimize_table(
+                table,
+                zorder,
+                usize::try_from(args.memory_limit).unwrap_or(usize::MAX),
+            )
+            .await?
+        {
             Some(r) => println!(
                 "{table}: {} files written in place of {} (version {}){}",
                 r.files_added,

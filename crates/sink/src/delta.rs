@@ -842,10 +842,14 @@ impl Warehouse {
     /// Compacts a table's small files within each partition and, with `zorder`, orders each
     /// partition's rows by those columns, so that a lookup by them reads few row groups. The
     /// rows do not change: `_published/` versions that were the newest move to the new one.
+    ///
+    /// The ordering sorts within `memory_limit` and spills to the temporary directory beyond it
+    /// (delta-rs on its own holds a whole partition in memory: 16 GB for 32.6 M rows).
     pub async fn optimize_table(
         &self,
         table: &str,
         zorder: &[&str],
+        memory_limit: usize,
     ) -> Result<Option<OptimizeReport>, SinkError> {
         use deltalake::operations::optimize::OptimizeType;
         let Some(t) = self.delta_table(table, None).await? else {
@@ -865,10 +869,29 @@ impl Warehouse {
             ))
             .set_max_row_group_row_count(Some(OPTIMIZED_ROW_GROUP_ROWS))
             .build();
+        let runtime = deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(
+                deltalake::datafusion::execution::memory_pool::FairSpillPool::new(memory_limit),
+            ))
+            .build_arc()
+            .map_err(|e| delta_err(table, "optimize")(DeltaTableError::from(e)))?;
+        let ctx = DeltaSessionContext::with_runtime_env(runtime).into_inner();
+        // Each sorting partition keeps this much aside to merge its spilled runs (the
+        // transform's rule, `transform/src/run.rs`); without it one partition's sort can take
+        // the whole pool and leave the other nothing to merge with.
+        let partitions = ctx.state().config().target_partitions().max(1);
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .execution
+            .sort_spill_reservation_bytes = memory_limit / (4 * partitions);
+        let session = ctx.state();
         let (optimized, metrics) = t
             .optimize()
             .with_type(kind)
             .with_writer_properties(props)
+            .with_session_state(Arc::new(session))
             .await
             .map_err(delta_err(table, "optimize"))?;
         let after = optimized.version().unwrap_or(before);

@@ -503,7 +503,7 @@ async fn delta_logs_are_checkpointed_and_optimize_compacts_without_changing_rows
         vec![("ds-a".to_string(), "2026-11-15".to_string(), 60, 330.0)]
     );
     let report = wh
-        .optimize_table("scores", &["identity"])
+        .optimize_table("scores", &["identity"], 64 << 20)
         .await
         .unwrap()
         .unwrap();
