@@ -78,27 +78,25 @@ impl LiveTable {
             .map_err(df_err)?
             .get(&self.name)
         {
-            Some(v) => Some(*v),
-            None => Some(
-                table
-                    .log_store()
-                    .get_latest_version(served.unwrap_or(0))
-                    .await
-                    .map_err(df_err)?,
-            ),
+            Some(v) => *v,
+            None => table
+                .log_store()
+                .get_latest_version(served.unwrap_or(0))
+                .await
+                .map_err(df_err)?,
         };
-        let newer = match wanted {
-            Some(v) if Some(v) != served => self
+        let newer = if Some(wanted) == served {
+            None
+        } else {
+            match self
                 .warehouse
-                .table_as_of(&self.name, AsOf::Published)
+                .delta_table(&self.name, Some(wanted))
                 .await
                 .map_err(df_err)?
-                .map(current),
-            _ => None,
-        };
-        let newer = match newer {
-            Some(next) => Some(next.await?),
-            None => None,
+            {
+                Some(t) => Some(current(t).await?),
+                None => None,
+            }
         };
         let mut c = self.current.lock().expect("not poisoned");
         c.checked = Instant::now();

@@ -58,6 +58,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// A session for one connection's simple or extended query handler (pgwire asks for each
+    /// separately; a connection runs one query at a time through either).
     fn service(&self) -> Arc<Limited> {
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env().as_ref())
             .with_memory_pool(Arc::new(FairSpillPool::new(self.limits.query_memory)))

@@ -195,8 +195,10 @@ impl Warehouse {
                 ),
             });
         }
-        if let Some(current) = self.delta_table(table, None).await?
-            && let Some(done) = self.holds_transaction(&current, w).await?
+        // The table is read once here; again only if the commit below has to be retried.
+        let mut current = self.delta_table(table, None).await?;
+        if let Some(c) = &current
+            && let Some(done) = self.holds_transaction(c, w).await?
         {
             return Ok(done);
         }
@@ -292,13 +294,17 @@ impl Warehouse {
         // Two attempts: a table another pipeline created while this one got ready is then
         // committed to like any other.
         for attempt in 0..2 {
-            let current = self.delta_table(table, None).await?;
+            if attempt > 0 {
+                current = self.delta_table(table, None).await?;
+                if let Some(c) = &current
+                    && let Some(done) = self.holds_transaction(c, w).await?
+                {
+                    return Ok(done);
+                }
+            }
             crate::pause_point("delta_commit");
-            let version = match current {
+            let version = match current.take() {
                 Some(current) => {
-                    if let Some(done) = self.holds_transaction(&current, w).await? {
-                        return Ok(done);
-                    }
                     let snapshot = current.snapshot().map_err(&err)?;
                     if let Some(f) = files.first() {
                         check_schema(&snapshot.schema(), &f.schema).map_err(&schema_err)?;
