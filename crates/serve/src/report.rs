@@ -18,13 +18,17 @@ type Row = Map<String, Value>;
 /// Builds the report over the newest `nights` score dates.
 pub async fn render(warehouse: &Warehouse, nights: usize) -> Result<String, SinkError> {
     let summary = rows(warehouse, "SELECT * FROM summary ORDER BY score_date").await?;
-    let drift = rows(
-        warehouse,
-        "SELECT model, dataset_id, psi, status, CAST(computed_at AS VARCHAR) AS computed_at \
-         FROM drift ORDER BY computed_at",
-    )
-    .await
-    .unwrap_or_default();
+    // A warehouse may have no drift table yet; any other failure is the report's.
+    let drift = if warehouse.delta_table("drift", None).await?.is_some() {
+        rows(
+            warehouse,
+            "SELECT model, dataset_id, psi, status, CAST(computed_at AS VARCHAR) AS computed_at \
+             FROM drift ORDER BY computed_at",
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     let mut dates: Vec<String> = summary
         .iter()
         .filter_map(|r| text(r, "score_date"))
