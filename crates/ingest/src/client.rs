@@ -285,15 +285,50 @@ impl AepClient {
 
     /// GET a JSON document, with retries.
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IngestError> {
-        self.with_retry(url.as_str(), |_| async {
-            let resp = self.send(Method::GET, url, |r| r).await?;
-            let body = read_capped(resp, "GET", url).await?;
-            serde_json::from_slice(&body).map_err(|source| IngestError::Json {
-                url: url.to_string(),
-                source,
-            })
+        self.with_retry(url.as_str(), |_| {
+            self.call_json(Method::GET, url, None, &[])
         })
         .await
+    }
+
+    /// One request with an optional JSON body and extra headers (which replace the defaults,
+    /// e.g. `accept`), without retries: the caller decides what may be repeated. An empty
+    /// answer (204) reads as `null`.
+    pub(crate) async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<T, IngestError> {
+        let name = method_name(&method);
+        let resp = self
+            .send(method, url, |mut r| {
+                for (k, v) in headers {
+                    let mut h = reqwest::header::HeaderMap::new();
+                    if let Ok(v) = reqwest::header::HeaderValue::from_str(v) {
+                        h.insert(*k, v);
+                    }
+                    r = r.headers(h);
+                }
+                match body {
+                    Some(b) => r
+                        .header("content-type", "application/json")
+                        .body(b.to_string()),
+                    None => r,
+                }
+            })
+            .await?;
+        let body = read_capped(resp, name, url).await?;
+        let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &body
+        };
+        serde_json::from_slice(body).map_err(|source| IngestError::Json {
+            url: url.to_string(),
+            source,
+        })
     }
 }
 

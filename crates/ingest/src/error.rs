@@ -97,6 +97,12 @@ pub enum IngestError {
         "dataset {dataset} has no successful batch from client '{client}'; check the dataset id and the createdClient (`scoreland batches --dataset {dataset}` lists what is there)"
     )]
     NoSuccessfulBatch { dataset: String, client: String },
+    #[error("{what} was not found")]
+    NotFound { what: String },
+    #[error("{what}")]
+    Ambiguous { what: String },
+    #[error("{url} answered something unexpected: {what}")]
+    Unexpected { url: String, what: String },
     #[error("batch {batch} is not in Catalog")]
     BatchNotFound { batch: String },
     #[error("batch {batch} has status '{status}'; only successful batches can be downloaded")]
@@ -180,6 +186,8 @@ impl IngestError {
             | IngestError::Auth { .. }
             | IngestError::NoSuccessfulBatch { .. }
             | IngestError::BatchNotFound { .. }
+            | IngestError::NotFound { .. }
+            | IngestError::Ambiguous { .. }
             | IngestError::BatchNotUsable { .. }
             | IngestError::BatchDatasetMismatch { .. } => true,
             IngestError::Status { status, .. } => matches!(status, 400 | 401 | 403 | 404),

@@ -13,6 +13,7 @@ mod client;
 mod config;
 mod download;
 mod error;
+mod flows;
 mod listing;
 mod manifest;
 
@@ -25,5 +26,10 @@ pub use config::{
 };
 pub use download::{DownloadObserver, DownloadReport, NoProgress, partial_name};
 pub use error::IngestError;
+pub use flows::{
+    Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination, DestinationAuth,
+    DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, FileType, Flow, FlowRun,
+    NotReadyRetry, Schedule, TimeUnit,
+};
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};

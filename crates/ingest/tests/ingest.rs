@@ -1280,3 +1280,250 @@ mod hardening {
         assert!(!report.batch_dir.exists());
     }
 }
+
+mod flows {
+    use super::*;
+    use scoreland_ingest::{
+        Compression, Destination, DestinationAuth, ExportFlowSpec, ExportMode, ExportTarget,
+        FileType, FlowRun, NotReadyRetry, Schedule, TimeUnit,
+    };
+    use scoreland_platform_sim::ExportFault;
+
+    async fn flow_env(ready_after: Duration) -> (Env, tempfile::TempDir) {
+        let exports = tempfile::tempdir().unwrap();
+        let config = SimConfig {
+            export_root: exports.path().to_path_buf(),
+            export_ready_after: ready_after,
+            ..SimConfig::default()
+        };
+        (env_full(300, 3, 3, config, |_, _| {}).await, exports)
+    }
+
+    fn spec(env: &Env, name: &str, file_type: FileType, mode: ExportMode) -> ExportFlowSpec {
+        let (time_unit, interval) = match mode {
+            ExportMode::DailyFullExport => (TimeUnit::Day, 0),
+            ExportMode::FirstFullThenIncremental => (TimeUnit::Hour, 3),
+        };
+        ExportFlowSpec {
+            name: name.into(),
+            dataset_id: env.summary.dataset_id.clone(),
+            auth: DestinationAuth::S3 {
+                access_key: "AKIA-TEST".into(),
+                secret_key: Secret::new("s3-secret-never-shown"),
+            },
+            target: ExportTarget {
+                destination: Destination::S3,
+                file_type,
+                compression: Compression::Gzip,
+                bucket: Some("exports".into()),
+                path: "scores/cai".into(),
+            },
+            schedule: Schedule {
+                export_mode: mode,
+                time_unit,
+                interval,
+                start_time: chrono::Utc::now().timestamp(),
+                end_time: None,
+                foldername_template: None,
+            },
+        }
+    }
+
+    async fn finished(client: &AepClient, run: &str) -> FlowRun {
+        for _ in 0..200 {
+            let r = client.flow_run(run).await.unwrap();
+            if r.status != "inprogress" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("run {run} did not finish");
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn an_export_flow_is_made_once_by_name_and_its_runs_write_aep_layout() {
+        let (env, exports) = flow_env(Duration::from_millis(600)).await;
+        let c = client(&env);
+        let s = spec(
+            &env,
+            "cai-s3",
+            FileType::Parquet,
+            ExportMode::FirstFullThenIncremental,
+        );
+        let (flow, created) = c.create_export_flow(&s).await.unwrap();
+        assert!(created && flow.is_enabled());
+        assert_eq!(flow.destination, Some(Destination::S3));
+        let (again, created) = c.create_export_flow(&s).await.unwrap();
+        assert!(!created, "the same name again changes nothing");
+        assert_eq!(again.id, flow.id);
+        assert_eq!(c.export_flows(None).await.unwrap().len(), 1);
+        assert_eq!(c.export_target(&flow).await.unwrap(), s.target);
+        assert_eq!(
+            c.export_datasets(&flow).await.unwrap(),
+            vec![env.summary.dataset_id.clone()]
+        );
+
+        // A new flow is not ready at once: the run waits that out.
+        let retry = NotReadyRetry {
+            every: Duration::from_millis(250),
+            attempts: 10,
+        };
+        let run = c
+            .run_export_now(&flow, &env.summary.dataset_id, retry)
+            .await
+            .unwrap();
+        let r = finished(&c, &run).await;
+        assert!(r.succeeded(), "{r:?}");
+        let success_rows: u64 = scoring_batches(&env.summary)
+            .iter()
+            .map(|b| b.rows)
+            .sum::<u64>()
+            + env
+                .summary
+                .batches
+                .iter()
+                .filter(|b| b.created_client != SCORING_CLIENT && b.status == "success")
+                .map(|b| b.rows)
+                .sum::<u64>();
+        assert_eq!(r.output_records, Some(success_rows));
+        // {root}/s3/{bucket}/{path}/{datasetId}/exportTime=YYYYMMDDHHMM/part-….gz.parquet
+        let base = exports
+            .path()
+            .join("s3/exports/scores/cai")
+            .join(&env.summary.dataset_id);
+        let folders = files_in(&base);
+        assert_eq!(folders.len(), 1);
+        let folder = folders[0].file_name().unwrap().to_str().unwrap();
+        assert!(
+            folder.starts_with("exportTime=") && folder.len() == 23,
+            "{folder}"
+        );
+        let files = files_in(&folders[0]);
+        assert_eq!(files.len() as u64, r.output_files.unwrap());
+        let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+        assert_eq!(Some(bytes), r.output_bytes);
+        for f in &files {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with("part-") && name.ends_with("-c000.gz.parquet"),
+                "{name}"
+            );
+        }
+
+        // Incremental: nothing new was added, so the next export is empty, in a later folder.
+        let run2 = c
+            .run_export_now(&flow, &env.summary.dataset_id, retry)
+            .await
+            .unwrap();
+        let r2 = finished(&c, &run2).await;
+        assert!(r2.succeeded());
+        assert_eq!((r2.output_files, r2.output_records), (Some(0), Some(0)));
+        let runs = c.flow_runs(&flow.id).await.unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            [run2.as_str(), run.as_str()],
+            "newest first"
+        );
+        // Pages of one run each, followed by their continuation tokens.
+        env.sim.set_page_size(Some(1));
+        assert_eq!(c.flow_runs(&flow.id).await.unwrap(), runs);
+    }
+
+    #[tokio::test]
+    async fn a_stale_etag_a_disabled_flow_and_a_failed_run_are_told_apart() {
+        let (env, _exports) = flow_env(Duration::ZERO).await;
+        let c = client(&env);
+        let s = spec(
+            &env,
+            "cai-json",
+            FileType::Json,
+            ExportMode::DailyFullExport,
+        );
+        let (flow, _) = c.create_export_flow(&s).await.unwrap();
+        let mut daily = s.schedule.clone();
+        daily.export_mode = ExportMode::FirstFullThenIncremental;
+        daily.time_unit = TimeUnit::Day;
+        daily.interval = 1;
+        c.set_flow_schedule(&flow, &daily).await.unwrap();
+        // The flow changed since `flow` was read: its etag is stale.
+        let err = c.set_flow_schedule(&flow, &daily).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not match the current version"),
+            "{err}"
+        );
+        let flow = c.export_flow("cai-json").await.unwrap();
+        assert_eq!(flow.schedule.as_ref(), Some(&daily));
+
+        c.set_flow_enabled(&flow, false).await.unwrap();
+        let flow = c.export_flow(&flow.id).await.unwrap();
+        assert!(!flow.is_enabled());
+        let err = c
+            .run_export_now(&flow, &env.summary.dataset_id, NotReadyRetry::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disabled"), "{err}");
+        c.set_flow_enabled(&flow, true).await.unwrap();
+
+        env.sim.script_export(ExportFault::Fail {
+            message: "destination unreachable".into(),
+        });
+        let run = c
+            .run_export_now(&flow, &env.summary.dataset_id, NotReadyRetry::default())
+            .await
+            .unwrap();
+        let r = finished(&c, &run).await;
+        assert!(r.failed());
+        assert_eq!(r.errors, vec!["destination unreachable".to_string()]);
+
+        c.delete_export_flow(&flow).await.unwrap();
+        assert!(c.export_flows(None).await.unwrap().is_empty());
+        assert!(matches!(
+            c.export_flow("cai-json").await,
+            Err(IngestError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_simulator_checks_specs_and_params_as_aep_does() {
+        let (env, _exports) = flow_env(Duration::ZERO).await;
+        let c = client(&env);
+        let mut s = spec(&env, "bad", FileType::Parquet, ExportMode::DailyFullExport);
+        s.schedule.interval = 1;
+        let err = c.create_export_flow(&s).await.unwrap_err();
+        assert!(err.to_string().contains("DAILY_FULL_EXPORT"), "{err}");
+        // SFTP credentials for an S3 target never leave the client.
+        let mut s = spec(&env, "bad", FileType::Parquet, ExportMode::DailyFullExport);
+        s.auth = DestinationAuth::Dlz;
+        assert!(c.create_export_flow(&s).await.is_err());
+        // An unknown dataset is AEP's 400, with its problem body.
+        let mut s = spec(&env, "bad", FileType::Parquet, ExportMode::DailyFullExport);
+        s.dataset_id = "no-such-dataset".into();
+        match c.create_export_flow(&s).await.unwrap_err() {
+            IngestError::Status {
+                status: 400,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(code.as_deref(), Some("FLOW-1010-400"));
+                assert!(message.contains("no-such-dataset"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        // The Data Landing Zone's SAS is never printed.
+        let creds = c.dlz_credentials(false).await.unwrap();
+        assert!(!format!("{creds:?}").contains("sig="));
+        let refreshed = c.dlz_credentials(true).await.unwrap();
+        assert_ne!(creds.sas_token.expose(), refreshed.sas_token.expose());
+    }
+}

@@ -26,6 +26,8 @@ pub enum Route {
     FileListing,
     /// `GET|HEAD /data/foundation/export/files/{id}?path=…` (bytes)
     Download,
+    /// Flow Service (`/data/foundation/flowservice/…`) and the ad-hoc export run
+    FlowService,
 }
 
 impl Route {
@@ -48,6 +50,10 @@ impl Route {
             } else {
                 Route::FileListing
             })
+        } else if path.starts_with("/data/foundation/flowservice/")
+            || path.starts_with("/data/core/activation/")
+        {
+            Some(Route::FlowService)
         } else {
             None
         }

@@ -8,6 +8,7 @@
 
 mod data;
 mod faults;
+mod flows;
 pub mod generate;
 mod server;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbox};
 pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
+pub use flows::ExportFault;
 pub use generate::{GenerateOptions, GenerateSummary, generate};
 pub use server::{SimConfig, SimHandle, start};
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::SimError;
 use crate::data::{Batch, Platform};
 use crate::faults::{ErrorBodyStyle, Fault, FaultQueue, FaultSpec, Route};
+use crate::flows::{self, ExportFault, FlowStore};
 
 /// How the simulator behaves beyond what its data directory says.
 #[derive(Debug, Clone)]
@@ -41,6 +43,12 @@ pub struct SimConfig {
     pub bandwidth_per_connection: Option<u64>,
     /// Largest page Data Access listings serve, to force paging (AEP's own maximum is 100).
     pub page_size: Option<usize>,
+    /// Where dataset exports land: each destination is a directory under it
+    /// (`s3/{bucket}/{path}`, `azure_blob/{container}/{path}`, `sftp/{remotePath}`, `dlz/{path}`…).
+    pub export_root: PathBuf,
+    /// How long a new flow answers an ad-hoc run with "not ready for dataset export" (AEP:
+    /// several minutes).
+    pub export_ready_after: Duration,
 }
 
 impl Default for SimConfig {
@@ -50,6 +58,8 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             bandwidth_per_connection: None,
             page_size: None,
+            export_root: std::env::temp_dir().join("scoreland-sim-exports"),
+            export_ready_after: Duration::ZERO,
         }
     }
 }
@@ -66,6 +76,7 @@ pub(crate) struct AppState {
     pub page_size: AtomicUsize,
     pub token_counter: AtomicU64,
     pub requests: Mutex<HashMap<Route, u64>>,
+    pub flows: FlowStore,
 }
 
 impl AppState {
@@ -147,6 +158,17 @@ impl SimHandle {
     }
     pub fn expire_tokens(&self) {
         self.state.expire_tokens();
+    }
+    /// Makes the next export run go wrong this way.
+    pub fn script_export(&self, fault: ExportFault) {
+        self.state.flows.script(fault);
+    }
+    /// A flow run as `GET /runs/{id}` would show it.
+    pub fn export_run(&self, id: &str) -> Option<Value> {
+        self.state.flows.run(id)
+    }
+    pub fn export_root(&self) -> &std::path::Path {
+        &self.state.config.export_root
     }
     /// Requests seen on a route so far (including faulted ones).
     pub fn request_count(&self, route: Route) -> u64 {
@@ -233,6 +255,7 @@ pub async fn start(
         faults: FaultQueue::default(),
         token_counter: AtomicU64::new(0),
         requests: Mutex::new(HashMap::new()),
+        flows: FlowStore::default(),
     });
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -270,6 +293,28 @@ fn router(state: Arc<AppState>) -> Router {
             get(batch_files),
         )
         .route("/data/foundation/export/files/{id}", get(files))
+        .route(
+            "/data/foundation/flowservice/{kind}",
+            get(flows::list).post(flows::create),
+        )
+        .route(
+            "/data/foundation/flowservice/{kind}/{id}",
+            get(flows::get_one)
+                .patch(flows::patch_flow)
+                .delete(flows::delete),
+        )
+        .route(
+            "/data/foundation/flowservice/{kind}/{id}/action",
+            post(flows::flow_action),
+        )
+        .route(
+            "/data/core/activation/disflowprovider/adhocrun",
+            post(flows::adhoc_run),
+        )
+        .route(
+            "/data/foundation/connectors/landingzone/credentials",
+            get(flows::dlz_credentials).post(flows::dlz_credentials),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), header_gate));
     Router::new()
         .route("/ims/token/v3", post(ims_token))
@@ -294,7 +339,7 @@ fn gateway_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
     (
         status,
         axum::Json(json!({
@@ -691,7 +736,7 @@ async fn ims_token(
 // Header gate on every platform route (aep-api.md §1.3)
 
 #[derive(Debug, Clone)]
-struct SandboxName(String);
+pub(crate) struct SandboxName(pub(crate) String);
 
 async fn header_gate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
