@@ -6,6 +6,7 @@
 //! land (`run`), 4 another run holds the pipeline's lock (`run`).
 
 mod args;
+mod export;
 mod platform;
 mod progress;
 mod report;
@@ -81,6 +82,8 @@ enum Command {
     Validate(run::ValidateArgs),
     /// List the batches of a dataset.
     Batches(platform::BatchesArgs),
+    /// Set up, run and watch the Flow Service dataflow that exports a pipeline's dataset.
+    Export(export::ExportArgs),
     /// Download one batch (the newest successful one by default) into a directory.
     Download(platform::DownloadArgs),
     /// Transform batches already staged by `download` into local tables.
@@ -159,7 +162,7 @@ fn main() -> ExitCode {
     // `scoreland run` decides once it has read its pipeline's memory limit (run.rs).
     let moves_bytes = matches!(
         cli.command,
-        Command::Download(_) | Command::Batches(_) | Command::Sim(_)
+        Command::Download(_) | Command::Batches(_) | Command::Export(_) | Command::Sim(_)
     );
     let pooled_transform = matches!(&cli.command, Command::Transform(a) if a.memory_limit.as_deref() != Some("unlimited"));
     if moves_bytes || pooled_transform {
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
             Command::Run(a) => run::run(a, quiet).await,
             Command::Validate(a) => run::validate(a),
             Command::Batches(a) => platform::batches(a).await,
+            Command::Export(a) => export::export(a, quiet).await,
             Command::Download(a) => platform::download(a, quiet).await,
             Command::Transform(a) => transform::transform(a).await,
             Command::Sql(a) => sql::sql(a).await,

@@ -100,14 +100,30 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
         return;
     }
     let mb = |b: u64| b as f64 / 1e6;
+    let what = if r.export.is_some() {
+        "export folder"
+    } else {
+        "batch"
+    };
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     match r.status {
+        RunStatus::NothingNew if r.export.is_some() => eprintln!(
+            "nothing new: no complete export folder after the last one landed in {}{}",
+            r.warehouse,
+            r.export
+                .as_ref()
+                .map(|e| format!(" (complete means: {})", e.completeness))
+                .unwrap_or_default()
+        ),
         RunStatus::NothingNew => eprintln!(
             "nothing new: batch {} is already landed in {} (use --force to land it again)",
             r.batches.join(", "),
             r.warehouse
         ),
         RunStatus::DryRun => eprintln!(
-            "dry run: would download batch {} of dataset {} ({} parts, {:.1} MB, {} records) and land scores, summary and drift in {}",
+            "dry run: would download {what} {} of dataset {} ({} parts, {:.1} MB, {} records) and land scores, summary and drift in {}",
             r.batches.join(", "),
             r.dataset,
             r.parts,
@@ -117,7 +133,7 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
         ),
         RunStatus::Landed => {
             eprintln!(
-                "landed batch {} of dataset {} into {} (run {})",
+                "landed {what} {} of dataset {} into {} (run {})",
                 r.batches.join(", "),
                 r.dataset,
                 r.warehouse,

@@ -48,6 +48,13 @@ pub struct ServeArgs {
     /// Lifetime of issued tokens, e.g. `24h` or `30s`.
     #[arg(long, value_parser = parse_duration, default_value = "86399s")]
     pub token_lifetime: Duration,
+    /// Where dataset exports land: each destination is a directory under it
+    /// (`s3/<bucket>/<path>`, `azure_blob/<container>/<path>`, `sftp/<remotePath>`, `dlz/<path>`).
+    #[arg(long, default_value = "sim-exports")]
+    pub exports: PathBuf,
+    /// How long a new dataflow answers an ad-hoc run with "not ready" (AEP: minutes).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub export_ready_after: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +101,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         latency: args.latency.unwrap_or_default(),
         bandwidth_per_connection: args.bandwidth_per_connection,
         page_size: args.page_size,
+        export_root: std::path::absolute(&args.exports)
+            .with_context(|| format!("--exports {}", args.exports.display()))?,
+        export_ready_after: args.export_ready_after,
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

@@ -97,6 +97,14 @@ pub enum IngestError {
         "dataset {dataset} has no successful batch from client '{client}'; check the dataset id and the createdClient (`scoreland batches --dataset {dataset}` lists what is there)"
     )]
     NoSuccessfulBatch { dataset: String, client: String },
+    #[error("{what}")]
+    Store {
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("export folder {folder} cannot be landed: {why}")]
+    BadExportFolder { folder: String, why: String },
     #[error("{what} was not found")]
     NotFound { what: String },
     #[error("{what}")]
@@ -208,6 +216,12 @@ impl IngestError {
                     || source.is_request()
             }
             IngestError::Verify { .. } => false,
+            IngestError::Store { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
             IngestError::Json { .. }
             | IngestError::CutShort { .. }
             | IngestError::TooSlow { .. } => true,

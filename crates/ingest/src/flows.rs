@@ -441,6 +441,8 @@ pub struct FlowRun {
     pub output_files: Option<u64>,
     pub output_bytes: Option<u64>,
     pub output_records: Option<u64>,
+    /// `metrics.fileSummary.extensions.manifest.pathPrefix`: the folder the run wrote.
+    pub path_prefix: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -479,6 +481,10 @@ impl FlowRun {
             output_files: m("/fileSummary/outputFileCount"),
             output_bytes: m("/sizeSummary/outputBytes"),
             output_records: m("/recordSummary/outputRecordCount"),
+            path_prefix: v
+                .pointer("/metrics/fileSummary/extensions/manifest/pathPrefix")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             errors,
         }
     }

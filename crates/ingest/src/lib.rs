@@ -13,6 +13,7 @@ mod client;
 mod config;
 mod download;
 mod error;
+mod exports;
 mod flows;
 mod listing;
 mod manifest;
@@ -26,6 +27,10 @@ pub use config::{
 };
 pub use download::{DownloadObserver, DownloadReport, NoProgress, partial_name};
 pub use error::IngestError;
+pub use exports::{
+    DEFAULT_FOLDER_TEMPLATE, ExportFile, ExportFolder, ExportFormat, FolderPattern, StagedExport,
+    list_export_folders, stage_export_folder,
+};
 pub use flows::{
     Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination, DestinationAuth,
     DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, FileType, Flow, FlowRun,

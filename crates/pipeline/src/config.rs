@@ -15,6 +15,7 @@ use scoreland_transform::{OutputFormat, TransformConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
+use crate::exports::ExportSource;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +60,10 @@ pub enum SourceConfig {
         #[serde(flatten)]
         common: SourceCommon,
     },
+    /// The folders a Flow Service dataset export writes (seed 004), from S3, Azure, GCS, a
+    /// path or the Data Landing Zone.
+    #[serde(rename = "dataset-export")]
+    DatasetExport(Box<ExportSource>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -349,10 +354,16 @@ impl PipelineFile {
             }
             platform.build().map_err(source_error)?;
         }
-        let common = match &self.source {
-            SourceConfig::Aep { common, .. } | SourceConfig::Simulator { common, .. } => common,
-        };
-        common.download_options()?;
+        match &self.source {
+            SourceConfig::Aep { common, .. } | SourceConfig::Simulator { common, .. } => {
+                common.download_options()?;
+            }
+            SourceConfig::DatasetExport(src) => {
+                if !placeholders || src.platform.as_ref().is_none_or(|p| !p.platform_url.contains(UNSET)) {
+                    src.check()?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -4,10 +4,15 @@
 
 mod config;
 mod error;
+mod exports;
 mod run;
 
 pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpolate};
 pub use error::PipelineError;
+pub use exports::{
+    ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, SECRET_VARS,
+    SimulatorSection,
+};
 pub use run::{
     DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
     TableRecord, by_score_date, error_chain, run,

@@ -13,6 +13,7 @@ use scoreland_sink::Warehouse;
 use scoreland_transform::{ModelHistogram, StagedBatch};
 use serde::{Deserialize, Serialize};
 
+use crate::exports::{self, ExportRecord, ExportSource};
 use crate::config::{PipelineFile, SourceConfig, source_error};
 use crate::error::PipelineError;
 
@@ -129,6 +130,13 @@ pub struct RunRecord {
     pub drift: Vec<DriftRecord>,
     pub error: Option<String>,
     pub warehouse: String,
+    /// What an operator should know although the run did not fail (a flow ending soon, an
+    /// export folder gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// For a `dataset-export` source: which folders, why each was complete, gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::exports::ExportRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,32 +181,20 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
             )
             .await
             .map_err(PipelineError::Simulator)?;
-            let info = sim.platform().info.clone();
-            let (sandbox, first_dataset) = sim
+            let first_dataset = sim
                 .platform()
                 .sandboxes
-                .iter()
+                .values()
                 .next()
-                .map(|(name, sb)| (name.clone(), sb.datasets.keys().next().cloned()))
-                .unwrap_or_default();
+                .and_then(|sb| sb.datasets.keys().next().cloned());
             let dataset = dataset.clone().or(first_dataset).ok_or_else(|| {
                 invalid(format!("the platform in {} has no dataset", data.display()))
             })?;
-            let config = PlatformConfig {
-                platform_url: sim
-                    .base_url()
-                    .parse()
-                    .map_err(|e| invalid(format!("{e}")))?,
-                ims_url: sim.ims_url().parse().map_err(|e| invalid(format!("{e}")))?,
-                org_id: info.org_id,
-                sandbox,
-                credentials: Credentials::OAuth {
-                    client_id: info.client_id,
-                    client_secret: Secret::new(info.client_secret),
-                    scopes: PlatformConfig::DEFAULT_SCOPES.into(),
-                },
-            };
+            let config = simulator_config(&sim).map_err(invalid)?;
             (config, dataset, common, Some(sim))
+        }
+        SourceConfig::DatasetExport(_) => {
+            return Err(invalid("a dataset-export source has no batches".into()));
         }
     };
     let options = common.download_options().map_err(invalid)?;
@@ -212,6 +208,35 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
         selection: common.batches.clone(),
         _sim: sim,
     })
+}
+
+/// How to reach a simulator started in process: its URLs, org, first sandbox and credentials.
+fn simulator_config(sim: &SimHandle) -> Result<PlatformConfig, String> {
+    let info = sim.platform().info.clone();
+    let sandbox = sim
+        .platform()
+        .sandboxes
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    Ok(PlatformConfig {
+        platform_url: sim.base_url().parse().map_err(|e| format!("{e}"))?,
+        ims_url: sim.ims_url().parse().map_err(|e| format!("{e}"))?,
+        org_id: info.org_id,
+        sandbox,
+        credentials: Credentials::OAuth {
+            client_id: info.client_id,
+            client_secret: Secret::new(info.client_secret),
+            scopes: PlatformConfig::DEFAULT_SCOPES.into(),
+        },
+    })
+}
+
+/// A client of a simulator started in process.
+pub(crate) fn simulator_client(sim: &SimHandle) -> Result<AepClient, String> {
+    AepClient::new(simulator_config(sim)?, scoreland_ingest::DownloadOptions::default())
+        .map_err(|e| e.to_string())
 }
 
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
@@ -275,6 +300,8 @@ pub async fn run(
         drift: Vec::new(),
         error: None,
         warehouse: warehouse.url().to_string(),
+        warnings: Vec::new(),
+        export: None,
     };
     for table in TABLES {
         match warehouse.is_legacy(table).await {
@@ -402,6 +429,7 @@ struct Prepared {
     output: scoreland_transform::TransformOutput,
     extracts: Vec<(PathBuf, String)>,
     state: PipelineState,
+    replace_dataset: bool,
 }
 
 /// Everything before the publish: select ▸ download ▸ transform. `None` when there is nothing
@@ -421,6 +449,101 @@ async fn prepare(
         .await
         .map_err(PipelineError::Sink)?
         .unwrap_or_default();
+    let ingested = match &file.source {
+        SourceConfig::DatasetExport(src) => {
+            ingest_exports(src, options, warehouse, record, staging, work, &state).await?
+        }
+        _ => ingest_batches(file, options, record, staging, &state).await?,
+    };
+    let Some(ingested) = ingested else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let invalid = |message: String| PipelineError::Invalid {
+        path: PathBuf::from(name),
+        message,
+    };
+    let format = file.sink.output_format().map_err(invalid)?;
+    let transformer = file
+        .transform
+        .build(&work.join("spill"))
+        .map_err(PipelineError::Transform)?
+        .with_run_id(&record.run_id)
+        .with_landed(ingested.merge_with.clone());
+    let output = transformer
+        .run(&ingested.staged, &format, &state.histograms, work)
+        .await
+        .map_err(PipelineError::Transform)?;
+    record.rows_in = output.stats.rows_in;
+    record.rows_out = output.stats.rows_out;
+    record.duplicates_dropped = output.stats.duplicates_dropped;
+    record.null_identity_dropped = output.stats.null_identity_dropped;
+    record.drift = output
+        .histograms
+        .iter()
+        .map(|h| DriftRecord {
+            model: h.model.clone(),
+            psi: state
+                .histograms
+                .iter()
+                .find(|p| p.model == h.model)
+                .and_then(|p| scoreland_transform::psi(&h.buckets, &p.buckets)),
+        })
+        .collect();
+    let mut extracts = Vec::new();
+    let formats = file.sink.extract_formats().map_err(invalid)?;
+    for format in &formats {
+        for (table, dir) in output_dirs(&output) {
+            if !dir.exists() {
+                continue;
+            }
+            let ext = format.extension();
+            let local = work.join("extracts").join(format!("{table}.{ext}"));
+            transformer
+                .write_extract(dir, format, &local)
+                .await
+                .map_err(PipelineError::Transform)?;
+            extracts.push((local, format!("_extracts/{table}/{}.{ext}", record.dataset)));
+        }
+    }
+    record.timings.transform_ms = ms(t.elapsed());
+
+    let state = PipelineState {
+        last_run_id: Some(record.run_id.clone()),
+        landed_batches: ingested.landed.clone(),
+        last_batch_created: ingested.last_created,
+        runs_landed: state.runs_landed + 1,
+        histograms: output.histograms.clone(),
+    };
+    Ok(Some(Prepared {
+        output,
+        extracts,
+        state,
+        replace_dataset: ingested.replace_dataset,
+    }))
+}
+
+/// What the source staged for the transform, and what the state keeps of it.
+struct Ingested {
+    staged: Vec<StagedBatch>,
+    /// Batch ids, or export folders, landed by this run.
+    landed: Vec<String>,
+    /// Creation (batches) or export time (folders) of the newest, epoch ms.
+    last_created: Option<i64>,
+    /// Files of the scores already landed, to merge with (an incremental export).
+    merge_with: Vec<PathBuf>,
+    /// The run holds the dataset's whole content: every score date of it is replaced.
+    replace_dataset: bool,
+}
+
+/// Selects, and stages, the batches of a Catalog source. `None`: nothing to land.
+async fn ingest_batches(
+    file: &PipelineFile,
+    options: &RunOptions,
+    record: &mut RunRecord,
+    staging: &Path,
+    state: &PipelineState,
+) -> Result<Option<Ingested>, PipelineError> {
     let t = Instant::now();
     let source = connect(file).await?;
     record.dataset = source.dataset.clone();
@@ -491,68 +614,191 @@ async fn prepare(
     let ingest = t.elapsed();
     record.timings.ingest_ms = ms(ingest);
     record.ingest_mb_per_s = record.bytes_downloaded as f64 / 1e6 / ingest.as_secs_f64().max(1e-3);
-    drop(source);
+    Ok(Some(Ingested {
+        last_created: batches.iter().map(|b| b.created).max(),
+        landed: record.batches.clone(),
+        staged,
+        merge_with: Vec::new(),
+        replace_dataset: false,
+    }))
 
+}
+
+/// Selects the complete export folders to land, and stages them. `None`: nothing to land.
+async fn ingest_exports(
+    src: &ExportSource,
+    options: &RunOptions,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+    staging: &Path,
+    work: &Path,
+    state: &PipelineState,
+) -> Result<Option<Ingested>, PipelineError> {
     let t = Instant::now();
-    let invalid = |message: String| PipelineError::Invalid {
-        path: PathBuf::from(name),
-        message,
+    let conn = exports::connect(src, staging, &mut record.warnings).await?;
+    record.dataset = conn.dataset.clone();
+    let runs = match (&conn.client, &conn.flow) {
+        (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
+        _ => None,
     };
-    let format = file.sink.output_format().map_err(invalid)?;
-    let transformer = file
-        .transform
-        .build(&work.join("spill"))
-        .map_err(PipelineError::Transform)?
-        .with_run_id(&record.run_id);
-    let output = transformer
-        .run(&staged, &format, &state.histograms, work)
+    let settle = src.settle().map_err(|m| PipelineError::Invalid {
+        path: PathBuf::from("[source]"),
+        message: m,
+    })?;
+    let mut export = ExportRecord {
+        url: conn.url.clone(),
+        flow: conn.flow.as_ref().map(|f| format!("{} ({})", f.name, f.id)),
+        mode: Some(conn.mode),
+        completeness: match &runs {
+            Some(_) => "the flow's runs: succeeded, with the files and bytes they report".into(),
+            None => format!(
+                "unchanged for the settle time of {}",
+                humantime::format_duration(settle)
+            ),
+        },
+        ..Default::default()
+    };
+    let folders = scoreland_ingest::list_export_folders(&conn.store, &conn.root, &conn.pattern)
         .await
-        .map_err(PipelineError::Transform)?;
-    record.rows_in = output.stats.rows_in;
-    record.rows_out = output.stats.rows_out;
-    record.duplicates_dropped = output.stats.duplicates_dropped;
-    record.null_identity_dropped = output.stats.null_identity_dropped;
-    record.drift = output
-        .histograms
-        .iter()
-        .map(|h| DriftRecord {
-            model: h.model.clone(),
-            psi: state
-                .histograms
-                .iter()
-                .find(|p| p.model == h.model)
-                .and_then(|p| scoreland_transform::psi(&h.buckets, &p.buckets)),
-        })
-        .collect();
-    let mut extracts = Vec::new();
-    let formats = file.sink.extract_formats().map_err(invalid)?;
-    for format in &formats {
-        for (table, dir) in output_dirs(&output) {
-            if !dir.exists() {
-                continue;
-            }
-            let ext = format.extension();
-            let local = work.join("extracts").join(format!("{table}.{ext}"));
-            transformer
-                .write_extract(dir, format, &local)
-                .await
-                .map_err(PipelineError::Transform)?;
-            extracts.push((local, format!("_extracts/{table}/{}.{ext}", record.dataset)));
-        }
+        .map_err(PipelineError::Ingest)?;
+    let (chosen, gaps) = exports::select(
+        &conn.pattern,
+        conn.mode,
+        src.folders,
+        folders,
+        runs.as_deref(),
+        settle,
+        state.last_batch_created,
+        chrono::Utc::now(),
+        &mut record.warnings,
+    )?;
+    export.gaps = gaps;
+    record.batches = chosen.iter().map(|(f, _, _)| f.rel.clone()).collect();
+    record.timings.discover_ms = ms(t.elapsed());
+    if chosen.is_empty() {
+        record.status = RunStatus::NothingNew;
+        tracing::info!(url = %conn.url, "no complete export folder newer than the last landed");
+        record.export = Some(export);
+        return Ok(None);
     }
-    record.timings.transform_ms = ms(t.elapsed());
-
-    let state = PipelineState {
-        last_run_id: Some(record.run_id.clone()),
-        landed_batches: record.batches.clone(),
-        last_batch_created: batches.iter().map(|b| b.created).max(),
-        runs_landed: state.runs_landed + 1,
-        histograms: output.histograms.clone(),
+    if options.dry_run {
+        for (f, full, why) in &chosen {
+            record.parts += f.files.len();
+            record.bytes += f.bytes();
+            export.folders.push(exports::FolderRecord {
+                folder: f.rel.clone(),
+                export_time: f.export_time.to_rfc3339(),
+                full: *full,
+                files: f.files.len(),
+                bytes: f.bytes(),
+                rows: 0,
+                complete: why.clone(),
+            });
+        }
+        record.export = Some(export);
+        record.status = RunStatus::DryRun;
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let concurrency = src.concurrency.unwrap_or(8);
+    let mut staged = Vec::new();
+    for (f, full, why) in &chosen {
+        let dir = staging.join(&conn.dataset).join(f.staging_name());
+        let done = match scoreland_ingest::stage_export_folder(&conn.store, f, &dir, concurrency)
+            .await
+        {
+            // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
+            Err(scoreland_ingest::IngestError::Store { source, .. })
+                if src.url.as_deref().is_some_and(|u| u.starts_with("dlz:"))
+                    && matches!(
+                        source,
+                        object_store::Error::PermissionDenied { .. }
+                            | object_store::Error::Unauthenticated { .. }
+                    ) =>
+            {
+                tracing::info!("the Data Landing Zone refused its credentials; asking for new ones");
+                let (store, _) = exports::open_store(
+                    src.url.as_deref().unwrap_or_default(),
+                    &src.options,
+                    conn.client.as_ref(),
+                    true,
+                )
+                .await?;
+                scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await
+            }
+            other => other,
+        }
+        .map_err(PipelineError::Ingest)?;
+        if let Some(expected) = runs
+            .as_deref()
+            .and_then(|rs| rs.iter().find(|r| r.path_prefix.as_deref().is_some_and(|p| p.ends_with(&f.rel))))
+            .and_then(|r| r.output_records)
+            && expected != done.rows
+        {
+            return Err(PipelineError::Ingest(scoreland_ingest::IngestError::BadExportFolder {
+                folder: f.rel.clone(),
+                why: format!("its files hold {} rows but the flow's run exported {expected}", done.rows),
+            }));
+        }
+        record.parts += done.files.len();
+        record.bytes += done.bytes;
+        record.bytes_downloaded += done.bytes_downloaded;
+        export.folders.push(exports::FolderRecord {
+            folder: f.rel.clone(),
+            export_time: f.export_time.to_rfc3339(),
+            full: *full,
+            files: done.files.len(),
+            bytes: done.bytes,
+            rows: done.rows,
+            complete: why.clone(),
+        });
+        tracing::info!(folder = %f.rel, full, files = done.files.len(), rows = done.rows, "export folder staged ({why})");
+        staged.push(StagedBatch {
+            batch_id: f.staging_name(),
+            created_ms: f.export_time.timestamp_millis(),
+            files: done.files,
+        });
+    }
+    let ingest = t.elapsed();
+    record.timings.ingest_ms = ms(ingest);
+    record.ingest_mb_per_s = record.bytes_downloaded as f64 / 1e6 / ingest.as_secs_f64().max(1e-3);
+    if let Some(c) = &conn.client {
+        record.retries = c.retries();
+    }
+    record.export = Some(export);
+    let last_created = chosen.iter().map(|(f, _, _)| f.export_time.timestamp_millis()).max();
+    let landed = record.batches.clone();
+    // An increment without its full export in this run merges with what is landed.
+    let merge_with = if chosen[0].1 {
+        Vec::new()
+    } else {
+        warehouse
+            .fetch_dataset_files("scores", &conn.dataset, &work.join("landed"))
+            .await
+            .map_err(PipelineError::Sink)?
     };
-    Ok(Some(Prepared {
-        output,
-        extracts,
-        state,
+    if staged.iter().all(|b| b.files.is_empty()) {
+        // Empty increments: nothing changed, but they are landed (the state moves on).
+        tracing::info!(folders = ?landed, "the increments hold no rows; nothing changed");
+        let new_state = PipelineState {
+            last_run_id: state.last_run_id.clone(),
+            landed_batches: landed,
+            last_batch_created: last_created,
+            ..state.clone()
+        };
+        warehouse
+            .put_json(&format!("_state/{}.json", record.pipeline), &new_state)
+            .await
+            .map_err(PipelineError::Sink)?;
+        record.status = RunStatus::NothingNew;
+        return Ok(None);
+    }
+    Ok(Some(Ingested {
+        staged,
+        landed,
+        last_created,
+        merge_with,
+        replace_dataset: true,
     }))
 }
 
@@ -568,6 +814,7 @@ async fn publish(
         output,
         extracts,
         state,
+        replace_dataset,
     } = prepared;
     let name = file.name();
     // One Delta commit per table, each replacing exactly this run's (dataset, score date)
@@ -595,6 +842,7 @@ async fn publish(
                 dataset_id: &record.dataset,
                 run_id: &record.run_id,
                 by_score_date: by_score_date(table),
+                replace_dataset,
                 app_id: name,
                 app_version: state.runs_landed,
                 metadata: metadata.clone(),

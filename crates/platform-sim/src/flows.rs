@@ -927,7 +927,8 @@ fn start_run(st: &Arc<AppState>, sandbox: &str, job: ExportJob) -> String {
                 });
                 run["metrics"]["fileSummary"] = json!({
                     "inputFileCount": m.files, "outputFileCount": m.files,
-                    "activityRefs": [], "extensions": {"pathPrefix": m.folder},
+                    "activityRefs": [],
+                    "extensions": {"manifest": {"pathPrefix": m.folder}},
                 });
                 match failed {
                     Some(message) => {
@@ -971,23 +972,28 @@ fn write_export(
     batches: &[(String, Vec<PathBuf>)],
     fault: Option<&ExportFault>,
 ) -> Result<Written, String> {
-    let time = chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default();
-    let folder_name = match &job.template {
-        Some(t) => t
-            .replace("%DATASET_ID%", &job.dataset_id)
-            .replace("%EXPORT_TIME%", &time.format("%Y%m%d%H%M").to_string())
-            .replace(
-                "%DATETIME(YYYYMMdd_HHmmss)%",
-                &time.format("%Y%m%d_%H%M%S").to_string(),
-            ),
-        None => format!(
-            "{}/exportTime={}",
-            job.dataset_id,
-            time.format("%Y%m%d%H%M")
-        ),
+    // A folder of an earlier simulator (same export root) is never written into: the next
+    // free minute is taken.
+    let mut minute = minute;
+    let (rel, dir) = loop {
+        let time = chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default();
+        let folder_name = match &job.template {
+            Some(t) => t
+                .replace("%DATASET_ID%", &job.dataset_id)
+                .replace("%EXPORT_TIME%", &time.format("%Y%m%d%H%M").to_string())
+                .replace(
+                    "%DATETIME(YYYYMMdd_HHmmss)%",
+                    &time.format("%Y%m%d_%H%M%S").to_string(),
+                ),
+            None => format!("{}/exportTime={}", job.dataset_id, time.format("%Y%m%d%H%M")),
+        };
+        let rel = job.folder_root.join(safe_relative(&folder_name)?);
+        let dir = root.join(&rel);
+        if !dir.exists() {
+            break (rel, dir);
+        }
+        minute += 1;
     };
-    let rel = job.folder_root.join(safe_relative(&folder_name)?);
-    let dir = root.join(&rel);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let ext = match (job.parquet, job.gzip) {
         (true, false) => ".parquet",

@@ -202,6 +202,7 @@ impl SimHandle {
             "org_id": info.org_id,
             "sandbox": sandbox,
             "datasets": datasets,
+            "exports": self.state.config.export_root,
         })
     }
 

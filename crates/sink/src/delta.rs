@@ -52,6 +52,9 @@ pub struct TableWrite<'a> {
     /// Whether the table is partitioned by `score_date` under `dataset_id`; its score dates in
     /// this run are then replaced as a whole. Otherwise rows are appended.
     pub by_score_date: bool,
+    /// With `by_score_date`: replace every score date of `dataset_id`, not only those of this
+    /// run (the run holds the dataset's whole content: a full export, or a merge).
+    pub replace_dataset: bool,
     /// Delta's transaction identifier: the pipeline, and the run's sequence number. A commit
     /// whose (app id, version) the table already holds is not made twice.
     pub app_id: &'a str,
@@ -290,7 +293,7 @@ impl Warehouse {
                 .with_application_transaction(Transaction::new(w.app_id, w.app_version))
                 .with_metadata(w.metadata.clone())
         };
-        let predicate = replace_predicate(w.dataset_id, &dates);
+        let predicate = replace_predicate(w.dataset_id, (!w.replace_dataset).then_some(&dates[..]));
         // Two attempts: a table another pipeline created while this one got ready is then
         // committed to like any other.
         for attempt in 0..2 {
@@ -318,10 +321,11 @@ impl Warehouse {
                                 .filter(|f| {
                                     let pv = f.partition_values_map();
                                     pv.get("dataset_id") == Some(&Some(w.dataset_id.to_string()))
-                                        && pv
-                                            .get("score_date")
-                                            .and_then(|d| d.as_ref())
-                                            .is_some_and(|d| dates.contains(d))
+                                        && (w.replace_dataset
+                                            || pv
+                                                .get("score_date")
+                                                .and_then(|d| d.as_ref())
+                                                .is_some_and(|d| dates.contains(d)))
                                 })
                                 .map(|f| Action::Remove(f.remove_action(true))),
                         );
@@ -387,6 +391,58 @@ impl Warehouse {
             });
         }
         unreachable!("the second attempt returns")
+    }
+
+    /// Copies the newest version's data files of `dataset_id` in `table` into `dir` (for a
+    /// merge: the rows already landed). An absent table has none.
+    pub async fn fetch_dataset_files(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        dir: &LocalPath,
+    ) -> Result<Vec<std::path::PathBuf>, SinkError> {
+        let Some(current) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let err = delta_err(table, "read");
+        let snapshot = current.snapshot().map_err(&err)?;
+        let paths: Vec<String> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| {
+                f.partition_values_map().get("dataset_id") == Some(&Some(dataset_id.to_string()))
+            })
+            .map(|f| f.path().into_owned())
+            .collect();
+        let store = current.log_store().object_store(None);
+        std::fs::create_dir_all(dir).map_err(|source| SinkError::Local {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        futures::stream::iter(paths.into_iter().enumerate())
+            .map(|(i, rel)| {
+                let store = store.clone();
+                let local = dir.join(format!("landed-{i:05}.parquet"));
+                async move {
+                    let read_err = |source| SinkError::Store {
+                        op: "reading",
+                        path: format!("{table}/{rel}"),
+                        source,
+                    };
+                    let got = object_store::ObjectStoreExt::get(&store, &Path::from(rel.as_str()))
+                        .await
+                        .map_err(read_err)?;
+                    let bytes = got.bytes().await.map_err(read_err)?;
+                    std::fs::write(&local, &bytes).map_err(|source| SinkError::Local {
+                        path: local.clone(),
+                        source,
+                    })?;
+                    Ok::<_, SinkError>(local)
+                }
+            })
+            .buffered(4)
+            .try_collect()
+            .await
     }
 
     /// The commit of this run's transaction if `current` holds it already (a rerun after a
@@ -817,6 +873,7 @@ impl Warehouse {
                 dataset_id,
                 run_id: &latest.run_id,
                 by_score_date,
+                replace_dataset: false,
                 app_id: "scoreland-convert",
                 app_version: latest.seq as i64 + 1,
                 metadata: serde_json::Map::from_iter([
@@ -919,8 +976,11 @@ impl Warehouse {
 }
 
 /// `dataset_id = '…' AND score_date IN (DATE '…', …)`: the partitions a run replaces.
-fn replace_predicate(dataset: &str, dates: &[String]) -> String {
+fn replace_predicate(dataset: &str, dates: Option<&[String]>) -> String {
     let quoted = dataset.replace('\'', "''");
+    let Some(dates) = dates else {
+        return format!("dataset_id = '{quoted}'");
+    };
     let list = dates
         .iter()
         .map(|d| format!("DATE '{d}'"))
@@ -937,8 +997,9 @@ mod tests {
     #[test]
     fn the_replace_predicate_quotes_its_values() {
         assert_eq!(
-            replace_predicate("d'1", &["2026-11-16".into(), "2026-11-17".into()]),
+            replace_predicate("d'1", Some(&["2026-11-16".into(), "2026-11-17".into()])),
             "dataset_id = 'd''1' AND score_date IN (DATE '2026-11-16', DATE '2026-11-17')"
         );
+        assert_eq!(replace_predicate("d1", None), "dataset_id = 'd1'");
     }
 }

@@ -149,7 +149,7 @@ impl Warehouse {
     }
 
     /// The object path of `rel` (slash-separated) under the warehouse root.
-    pub(crate) fn path(&self, rel: &str) -> Path {
+    pub fn path(&self, rel: &str) -> Path {
         rel.split('/')
             .filter(|p| !p.is_empty())
             .fold(self.root.clone(), |p, part| p.clone().join(part))

@@ -406,6 +406,7 @@ fn write<'a>(
         dataset_id: dataset,
         run_id: run,
         by_score_date: true,
+        replace_dataset: false,
         app_id: "nightly",
         app_version: seq,
         metadata: serde_json::Map::from_iter([("run_id".to_string(), serde_json::json!(run))]),

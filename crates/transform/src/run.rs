@@ -74,6 +74,8 @@ pub struct Transformer {
     limited: bool,
     /// The run whose rows these are: a `run_id` column of every table written, when set.
     run_id: Option<String>,
+    /// Scores already landed, merged with the batches' rows (see [`Transformer::with_landed`]).
+    landed: Vec<PathBuf>,
 }
 
 impl TransformConfig {
@@ -135,6 +137,7 @@ impl TransformConfig {
                 .memory_limit_bytes()?
                 .is_some_and(|limit| limit < ROOMY_LIMIT),
             run_id: None,
+            landed: Vec::new(),
         })
     }
 }
@@ -144,6 +147,14 @@ impl Transformer {
     /// warehouse commits the files as they are, and each row names the run that landed it).
     pub fn with_run_id(mut self, run_id: &str) -> Self {
         self.run_id = Some(run_id.to_string());
+        self
+    }
+
+    /// Merges rows already landed (files of the `scores` table) with the batches': the
+    /// newest row of each (identity, model) across both is kept, and the summaries are those
+    /// of the merged rows. This is how an incremental export lands.
+    pub fn with_landed(mut self, files: Vec<PathBuf>) -> Self {
+        self.landed = files;
         self
     }
 
@@ -472,7 +483,33 @@ impl Transformer {
                 });
             }
         }
-        union.ok_or(TransformError::NoInput)
+        let union = union.ok_or(TransformError::NoInput)?;
+        if self.landed.is_empty() {
+            return Ok(union);
+        }
+        let paths: Vec<String> = self.landed.iter().map(|f| f.display().to_string()).collect();
+        let landed = self
+            .ctx
+            .read_parquet(paths, ParquetReadOptions::default())
+            .await
+            .context("reading the scores already landed")?;
+        // The flat columns, by name, as the new rows type them; `run_id` is the new run's.
+        let exprs: Vec<datafusion::prelude::Expr> = union
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                datafusion::logical_expr::cast(
+                    datafusion::logical_expr::ident(f.name()),
+                    f.data_type().clone(),
+                )
+                .alias(f.name())
+            })
+            .collect();
+        let landed = landed
+            .select(exprs)
+            .context("matching the landed scores to the new rows")?;
+        union.union(landed).context("merging with the landed scores")
     }
 }
 

@@ -1,0 +1,896 @@
+//! The `dataset-export` source: the folders a Flow Service dataflow writes (seed 004), landed
+//! through the same transform and sink as batches.
+//!
+//! A folder is landed only when complete: the flow's run for it succeeded and the files listed
+//! match the run's file count and bytes, or (without platform access) nothing in it changed for
+//! the settle time. A full export replaces the dataset's rows; an incremental one is merged
+//! with the rows already landed, keeping the newest per (identity, model).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use scoreland_ingest::{
+    AepClient, Compression, DEFAULT_FOLDER_TEMPLATE, Destination, DestinationAuth,
+    DownloadOptions, ExportFlowSpec, ExportFolder, ExportMode, ExportTarget, FileType, Flow,
+    FlowRun, FolderPattern, NotReadyRetry, PlatformSettings, Schedule, Secret, TimeUnit,
+};
+use scoreland_sink::SinkConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::PipelineError;
+
+/// `[source]` of `type = "dataset-export"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSource {
+    /// The flow's folder as this machine reads it: a path, `file://`, `s3://bucket/path`,
+    /// `az://container/path`, `abfss://…`, `gs://bucket/path`, or `dlz:path` (the Data
+    /// Landing Zone, through the platform's credentials). Defaults, on the simulator, to where
+    /// it writes the flow's target.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// object_store options for `url`, as for the sink.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// The exported dataset's id (the first folder level). Defaults on the simulator to its
+    /// first dataset.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// `"newest"` (default): the newest complete folder; `"catch_up"`: every complete folder
+    /// after the last one landed, in order. Incremental flows always catch up.
+    #[serde(default)]
+    pub folders: FolderSelection,
+    /// Without platform access, a folder is complete once unchanged this long (default "10m").
+    #[serde(default)]
+    pub settle: Option<String>,
+    /// The flow's mode when the flow is not known here (default `DAILY_FULL_EXPORT`).
+    #[serde(default)]
+    pub export_mode: Option<ExportMode>,
+    /// Files fetched at once (default 8).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// The dataflow: what `scoreland export create` sets up, and whose runs say which folders
+    /// are complete.
+    #[serde(default)]
+    pub flow: Option<FlowSection>,
+    /// AEP, for the flow's runs and the Data Landing Zone's credentials.
+    #[serde(default)]
+    pub platform: Option<PlatformSettings>,
+    /// Run against the bundled simulator instead: it is started in process, the flow is
+    /// created there and exported once, then landed.
+    #[serde(default)]
+    pub simulator: Option<SimulatorSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSection {
+    /// The simulated platform's data directory.
+    pub data: PathBuf,
+    /// Where its destinations are (default `<staging>/sim-exports`).
+    #[serde(default)]
+    pub exports: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderSelection {
+    #[default]
+    Newest,
+    CatchUp,
+}
+
+/// `[source.flow]`: the export dataflow. Credentials' secrets come from the environment only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// The flow's name: `create` finds it by this name before making one.
+    pub name: String,
+    /// `s3`, `azure_blob`, `adls_gen2`, `dlz`, `gcs` or `sftp`.
+    pub destination: String,
+    /// `PARQUET` (default) or `JSON`.
+    #[serde(default)]
+    pub file_type: Option<FileType>,
+    /// `GZIP` (default) or `NONE` (parquet only).
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// S3 and GCS bucket, or Azure Blob container.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The folder in the destination.
+    pub path: String,
+    /// Default `FIRST_FULL_THEN_INCREMENTAL`.
+    #[serde(default)]
+    pub export_mode: Option<ExportMode>,
+    /// `day` (default) or `hour`.
+    #[serde(default)]
+    pub time_unit: Option<TimeUnit>,
+    /// 1 a day (default), or every 3, 6, 9 or 12 hours; 0 for a one-time full export.
+    #[serde(default)]
+    pub interval: Option<u32>,
+    /// RFC 3339; default: now.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// RFC 3339; AEP ends flows without one after six months.
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub foldername_template: Option<String>,
+    /// The non-secret parts of the destination's credentials: `access_key` (S3, GCS);
+    /// `url`, `service_principal_id`, `tenant` (ADLS Gen2); `host`, `port`, `username` (SFTP).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+}
+
+/// Environment variables holding destination secrets.
+pub const SECRET_VARS: [(&str, &str); 5] = [
+    ("SCORELAND_EXPORT_SECRET_KEY", "S3 secret key or GCS HMAC secret"),
+    ("SCORELAND_EXPORT_CONNECTION_STRING", "Azure Blob connection string"),
+    ("SCORELAND_EXPORT_SERVICE_PRINCIPAL_KEY", "ADLS Gen2 service principal key"),
+    ("SCORELAND_EXPORT_SFTP_PASSWORD", "SFTP password"),
+    ("SCORELAND_EXPORT_SFTP_KEY", "SFTP private key (base64, as AEP takes it)"),
+];
+
+impl FlowSection {
+    pub fn destination(&self) -> Result<Destination, String> {
+        Destination::from_key(&self.destination).ok_or_else(|| {
+            format!(
+                "flow.destination = {:?} is not one of s3, azure_blob, adls_gen2, dlz, gcs, sftp",
+                self.destination
+            )
+        })
+    }
+
+    pub fn target(&self) -> Result<ExportTarget, String> {
+        let target = ExportTarget {
+            destination: self.destination()?,
+            file_type: self.file_type.unwrap_or(FileType::Parquet),
+            compression: self.compression.unwrap_or(Compression::Gzip),
+            bucket: self.bucket.clone(),
+            path: self.path.clone(),
+        };
+        target.check().map_err(|e| format!("flow: {e}"))?;
+        Ok(target)
+    }
+
+    pub fn schedule(&self, now: DateTime<Utc>) -> Result<Schedule, String> {
+        let time = |field: &str, v: &str| {
+            DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.timestamp())
+                .map_err(|e| format!("flow.{field} = {v:?} is not an RFC 3339 time: {e}"))
+        };
+        let export_mode = self
+            .export_mode
+            .unwrap_or(ExportMode::FirstFullThenIncremental);
+        let (unit, interval) = match export_mode {
+            ExportMode::DailyFullExport => (TimeUnit::Day, 0),
+            ExportMode::FirstFullThenIncremental => (TimeUnit::Day, 1),
+        };
+        let schedule = Schedule {
+            export_mode,
+            time_unit: self.time_unit.unwrap_or(unit),
+            interval: self.interval.unwrap_or(interval),
+            start_time: match &self.start {
+                Some(s) => time("start", s)?,
+                None => now.timestamp(),
+            },
+            end_time: self.end.as_deref().map(|e| time("end", e)).transpose()?,
+            foldername_template: self.foldername_template.clone(),
+        };
+        schedule.check().map_err(|e| format!("flow: {e}"))?;
+        Ok(schedule)
+    }
+
+    /// The destination's credentials: the file's non-secret parts and the environment's
+    /// secrets. On the simulator, which checks only that they are there, missing secrets are
+    /// stand-ins.
+    pub fn auth(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        simulator: bool,
+    ) -> Result<DestinationAuth, String> {
+        for key in self.credentials.keys() {
+            if ["secret_key", "secret", "password", "connection_string", "ssh_key", "service_principal_key", "key"]
+                .contains(&key.as_str())
+            {
+                return Err(format!(
+                    "flow.credentials.{key}: secrets are never read from the pipeline file; set it in the environment ({})",
+                    SECRET_VARS
+                        .iter()
+                        .map(|(v, what)| format!("{v}: {what}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+        }
+        let plain = |k: &str| -> Result<String, String> {
+            match self.credentials.get(k) {
+                Some(v) if !v.trim().is_empty() => Ok(v.clone()),
+                _ if simulator => Ok(format!("simulator-{k}")),
+                _ => Err(format!("flow.credentials.{k} is required for a {} destination", self.destination)),
+            }
+        };
+        let secret = |var: &str| -> Result<Secret, String> {
+            match env(var) {
+                Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+                _ if simulator => Ok(Secret::new("simulator-secret")),
+                _ => Err(format!("set {var} in the environment: the {} destination's secret", self.destination)),
+            }
+        };
+        Ok(match self.destination()? {
+            Destination::S3 => DestinationAuth::S3 {
+                access_key: plain("access_key")?,
+                secret_key: secret("SCORELAND_EXPORT_SECRET_KEY")?,
+            },
+            Destination::Gcs => DestinationAuth::Gcs {
+                access_key_id: plain("access_key")?,
+                secret_access_key: secret("SCORELAND_EXPORT_SECRET_KEY")?,
+            },
+            Destination::AzureBlob => DestinationAuth::AzureBlob {
+                connection_string: secret("SCORELAND_EXPORT_CONNECTION_STRING")?,
+            },
+            Destination::AdlsGen2 => DestinationAuth::AdlsGen2 {
+                url: plain("url")?,
+                service_principal_id: plain("service_principal_id")?,
+                service_principal_key: secret("SCORELAND_EXPORT_SERVICE_PRINCIPAL_KEY")?,
+                tenant: plain("tenant")?,
+            },
+            Destination::Sftp => {
+                let port = match self.credentials.get("port") {
+                    None => 22,
+                    Some(p) => p
+                        .parse()
+                        .map_err(|_| format!("flow.credentials.port = {p:?} is not a port"))?,
+                };
+                let domain = plain("host")?;
+                let username = plain("username")?;
+                match (env("SCORELAND_EXPORT_SFTP_KEY"), env("SCORELAND_EXPORT_SFTP_PASSWORD")) {
+                    (Some(key), _) if !key.is_empty() => DestinationAuth::SftpKey {
+                        domain,
+                        port,
+                        username,
+                        ssh_key: Secret::new(key),
+                    },
+                    _ => DestinationAuth::SftpPassword {
+                        domain,
+                        port,
+                        username,
+                        password: secret("SCORELAND_EXPORT_SFTP_PASSWORD")?,
+                    },
+                }
+            }
+            Destination::Dlz => DestinationAuth::Dlz,
+        })
+    }
+
+    /// Everything `scoreland export create` sends.
+    pub fn spec(
+        &self,
+        dataset: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        simulator: bool,
+    ) -> Result<ExportFlowSpec, String> {
+        Ok(ExportFlowSpec {
+            name: self.name.clone(),
+            dataset_id: dataset.to_string(),
+            auth: self.auth(env, simulator)?,
+            target: self.target()?,
+            schedule: self.schedule(Utc::now())?,
+        })
+    }
+}
+
+impl ExportSource {
+    /// What can be checked without running.
+    pub fn check(&self) -> Result<(), String> {
+        self.settle()?;
+        if let Some(flow) = &self.flow {
+            flow.target()?;
+            flow.schedule(Utc::now())?;
+            flow.auth(&|_| Some("checked-at-run-time".into()), true)?;
+            if let Some(t) = &flow.foldername_template {
+                FolderPattern::new(t, "dataset").map_err(|e| format!("flow.foldername_template: {e}"))?;
+            }
+        }
+        if self.url.is_none() && self.simulator.is_none() {
+            return Err("source.url: where the flow's folder is (s3://bucket/path, a path, dlz:path …)".into());
+        }
+        if self.simulator.is_some() && self.platform.is_some() {
+            return Err("source: give either platform or simulator, not both".into());
+        }
+        if self.simulator.is_some() && self.flow.is_none() {
+            return Err("source.flow: the simulator needs the flow to export".into());
+        }
+        if self.dataset.is_none() && self.simulator.is_none() {
+            return Err("source.dataset: the exported dataset's id".into());
+        }
+        if let Some(p) = &self.platform {
+            p.build().map_err(crate::config::source_error)?;
+        }
+        if self.concurrency == Some(0) {
+            return Err("source.concurrency = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn settle(&self) -> Result<Duration, String> {
+        match &self.settle {
+            None => Ok(Duration::from_secs(600)),
+            Some(s) => humantime::parse_duration(s.trim())
+                .map_err(|e| format!("source.settle = {s:?} is not a duration like \"10m\": {e}")),
+        }
+    }
+}
+
+/// The export part of a run record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExportRecord {
+    pub url: String,
+    pub flow: Option<String>,
+    pub mode: Option<ExportMode>,
+    /// How completeness was decided: "flow runs", or "settle 10m".
+    pub completeness: String,
+    pub folders: Vec<FolderRecord>,
+    /// Folders a successful run reported that the store no longer has.
+    pub gaps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderRecord {
+    pub folder: String,
+    pub export_time: String,
+    pub full: bool,
+    pub files: usize,
+    pub bytes: u64,
+    pub rows: u64,
+    /// Why it counts as complete.
+    pub complete: String,
+}
+
+/// A connected export source: where the folders are, and what knows about the flow.
+pub(crate) struct ExportConn {
+    pub store: Arc<dyn ObjectStore>,
+    pub root: ObjectPath,
+    pub url: String,
+    pub dataset: String,
+    pub client: Option<AepClient>,
+    pub flow: Option<Flow>,
+    pub mode: ExportMode,
+    pub pattern: FolderPattern,
+    _sim: Option<scoreland_platform_sim::SimHandle>,
+}
+
+fn invalid(message: String) -> PipelineError {
+    PipelineError::Invalid {
+        path: PathBuf::from("[source]"),
+        message,
+    }
+}
+
+/// Connects: the platform (or the simulator, which is then made to export once), the flow,
+/// and the store holding the folders.
+pub(crate) async fn connect(
+    src: &ExportSource,
+    staging: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ExportConn, PipelineError> {
+    let mut sim = None;
+    let mut dataset = src.dataset.clone();
+    let client = match (&src.platform, &src.simulator) {
+        (Some(p), _) => Some(
+            AepClient::new(p.build().map_err(|e| invalid(crate::config::source_error(e)))?, DownloadOptions::default())
+                .map_err(PipelineError::Ingest)?,
+        ),
+        (None, Some(s)) => {
+            let exports = s.exports.clone().unwrap_or_else(|| staging.join("sim-exports"));
+            let handle = scoreland_platform_sim::serve_dir(
+                &s.data,
+                scoreland_platform_sim::SimConfig {
+                    export_root: absolute(&exports),
+                    ..Default::default()
+                },
+                ([127, 0, 0, 1], 0).into(),
+            )
+            .await
+            .map_err(PipelineError::Simulator)?;
+            if dataset.is_none() {
+                dataset = handle
+                    .platform()
+                    .sandboxes
+                    .values()
+                    .next()
+                    .and_then(|sb| sb.datasets.keys().next().cloned());
+            }
+            let client = crate::run::simulator_client(&handle).map_err(invalid)?;
+            sim = Some(handle);
+            Some(client)
+        }
+        (None, None) => None,
+    };
+    let dataset = dataset.ok_or_else(|| invalid("source.dataset: the exported dataset's id".into()))?;
+    let mut flow = None;
+    if let (Some(client), Some(section)) = (&client, &src.flow) {
+        if sim.is_some() {
+            let spec = section
+                .spec(&dataset, &|v| std::env::var(v).ok(), true)
+                .map_err(invalid)?;
+            let (f, _) = client.create_export_flow(&spec).await.map_err(PipelineError::Ingest)?;
+            export_once(client, &f, &dataset).await?;
+        }
+        let f = client
+            .export_flow(&section.name)
+            .await
+            .map_err(PipelineError::Ingest)?;
+        if let Some(days) = f.days_left(Utc::now().timestamp())
+            && days < 14.0
+        {
+            let w = format!(
+                "flow {} ends in {:.1} days: AEP stops exporting then; extend its end time (scoreland export create with a later flow.end, or the UI)",
+                f.name,
+                days.max(0.0)
+            );
+            tracing::warn!("{w}");
+            warnings.push(w);
+        }
+        flow = Some(f);
+    }
+    let mode = flow
+        .as_ref()
+        .and_then(|f| f.schedule.as_ref().map(|s| s.export_mode))
+        .or(src.export_mode)
+        .unwrap_or(ExportMode::DailyFullExport);
+    let template = flow
+        .as_ref()
+        .and_then(|f| f.schedule.as_ref()?.foldername_template.clone())
+        .or_else(|| src.flow.as_ref()?.foldername_template.clone())
+        .unwrap_or_else(|| DEFAULT_FOLDER_TEMPLATE.into());
+    let pattern = FolderPattern::new(&template, &dataset).map_err(invalid)?;
+    let url = match (&src.url, &src.simulator, &src.flow) {
+        (Some(u), _, _) => u.clone(),
+        (None, Some(s), Some(f)) => {
+            let target = f.target().map_err(invalid)?;
+            let exports = s.exports.clone().unwrap_or_else(|| staging.join("sim-exports"));
+            if target.destination == Destination::Dlz {
+                format!("dlz:{}", target.path)
+            } else {
+                let mut dir = absolute(&exports).join(target.destination.key());
+                if let Some(b) = &target.bucket {
+                    dir.push(b);
+                }
+                dir.push(target.path.trim_start_matches('/'));
+                dir.display().to_string()
+            }
+        }
+        _ => return Err(invalid("source.url is required".into())),
+    };
+    let (store, root) = open_store(&url, &src.options, client.as_ref(), false).await?;
+    Ok(ExportConn {
+        store,
+        root,
+        url,
+        dataset,
+        client,
+        flow,
+        mode,
+        pattern,
+        _sim: sim,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// The store and root of a folder URL. `dlz:` asks the platform for the Data Landing Zone's
+/// SAS (a new one with `refresh`).
+pub(crate) async fn open_store(
+    url: &str,
+    options: &BTreeMap<String, String>,
+    client: Option<&AepClient>,
+    refresh: bool,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath), PipelineError> {
+    if let Some(path) = url.strip_prefix("dlz:") {
+        let client = client.ok_or_else(|| {
+            invalid(format!(
+                "source.url = {url:?}: the Data Landing Zone is reached through the platform; add [source.platform]"
+            ))
+        })?;
+        let creds = client.dlz_credentials(refresh).await.map_err(PipelineError::Ingest)?;
+        let sas = url::Url::parse(creds.sas_uri.expose()).map_err(|e| {
+            invalid(format!("the Data Landing Zone's SAS URI does not parse: {e}"))
+        })?;
+        let root = ObjectPath::from(path.trim_matches('/'));
+        if sas.scheme() == "file" {
+            // The simulator's landing zone: a directory.
+            let dir = sas.to_file_path().map_err(|_| invalid("the DLZ URI is not a path".into()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+            let fs = LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+            return Ok((Arc::new(fs), root));
+        }
+        let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(creds.storage_account_name.clone())
+            .with_container_name(creds.container_name.clone())
+            .with_config(
+                object_store::azure::AzureConfigKey::SasKey,
+                creds.sas_token.expose(),
+            );
+        for (k, v) in options {
+            b = b.with_config(
+                k.parse().map_err(|e| invalid(format!("source.options.{k}: {e}")))?,
+                v,
+            );
+        }
+        let store = b
+            .build()
+            .map_err(|e| invalid(format!("the Data Landing Zone container: {e}")))?;
+        return Ok((Arc::new(store), root));
+    }
+    let config = SinkConfig {
+        url: url.to_string(),
+        options: options.clone(),
+        single_writer: false,
+    };
+    let parsed = config.url().map_err(|e| invalid(e.to_string()))?;
+    if parsed.scheme() == "file"
+        && let Ok(dir) = parsed.to_file_path()
+        && !dir.is_dir()
+    {
+        return Err(invalid(format!(
+            "source.url: there is no export folder at {} yet",
+            dir.display()
+        )));
+    }
+    let wh = config.open().map_err(PipelineError::Sink)?;
+    Ok((wh.store(), wh.path("")))
+}
+
+/// The simulator's schedule, accelerated: one ad-hoc export per pipeline run, waited for.
+async fn export_once(client: &AepClient, flow: &Flow, dataset: &str) -> Result<(), PipelineError> {
+    let run = client
+        .run_export_now(flow, dataset, NotReadyRetry::default())
+        .await
+        .map_err(PipelineError::Ingest)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let r = client.flow_run(&run).await.map_err(PipelineError::Ingest)?;
+        if r.status != "inprogress" {
+            tracing::info!(run = %r.id, status = %r.status, files = ?r.output_files, "the simulator's export ran");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(invalid(format!("the simulator's export run {run} did not finish in 10 minutes")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a folder may be landed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Verdict {
+    Complete(String),
+    /// Not yet: maybe later.
+    Pending(String),
+    /// Never: its run failed.
+    Failed(String),
+}
+
+/// The run that wrote `folder`: by the path it reports, else by its start minute.
+fn run_of<'a>(folder: &ExportFolder, runs: &'a [FlowRun]) -> Option<&'a FlowRun> {
+    runs.iter()
+        .find(|r| {
+            r.path_prefix
+                .as_deref()
+                .is_some_and(|p| p.trim_end_matches('/').ends_with(&folder.rel))
+        })
+        .or_else(|| {
+            runs.iter().find(|r| {
+                r.path_prefix.is_none()
+                    && r.started_at.is_some_and(|t| t / 60_000 == folder.export_time.timestamp() / 60)
+            })
+        })
+}
+
+pub(crate) fn verdict(
+    folder: &ExportFolder,
+    runs: Option<&[FlowRun]>,
+    settle: Duration,
+    now: DateTime<Utc>,
+) -> Result<Verdict, PipelineError> {
+    let Some(runs) = runs else {
+        if let Some(f) = folder.unfinished.first() {
+            return Ok(Verdict::Pending(format!("{f} is still being written")));
+        }
+        let age = (now - folder.last_modified).to_std().unwrap_or_default();
+        return Ok(if age >= settle {
+            Verdict::Complete(format!(
+                "unchanged for {} (settle {})",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(settle)
+            ))
+        } else {
+            Verdict::Pending(format!(
+                "changed {} ago, under the settle time of {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(settle)
+            ))
+        });
+    };
+    let Some(run) = run_of(folder, runs) else {
+        return Ok(Verdict::Pending("no run of the flow reports it (yet)".into()));
+    };
+    if run.failed() {
+        return Ok(Verdict::Failed(format!(
+            "run {} failed: {}",
+            run.id,
+            run.errors.join("; ")
+        )));
+    }
+    if !run.succeeded() {
+        return Ok(Verdict::Pending(format!("run {} is {}", run.id, run.status)));
+    }
+    let files = folder.files.len() as u64;
+    let bytes = folder.bytes();
+    if run.output_files.is_some_and(|n| n != files) || run.output_bytes.is_some_and(|b| b != bytes)
+    {
+        if !folder.unfinished.is_empty() {
+            return Ok(Verdict::Pending(format!("run {} succeeded but files are still arriving", run.id)));
+        }
+        return Err(PipelineError::Ingest(scoreland_ingest::IngestError::BadExportFolder {
+            folder: folder.rel.clone(),
+            why: format!(
+                "it holds {files} files ({bytes} bytes) but run {} wrote {} files ({} bytes); a file is missing or foreign",
+                run.id,
+                run.output_files.map_or("?".into(), |n| n.to_string()),
+                run.output_bytes.map_or("?".into(), |n| n.to_string()),
+            ),
+        }));
+    }
+    Ok(Verdict::Complete(format!(
+        "run {} succeeded with {files} files, {bytes} bytes",
+        run.id
+    )))
+}
+
+/// The folders to land this run, oldest first, each with whether it is a full export; and
+/// gaps (folders a run reported that are gone). `last` is the export time (ms) of the newest
+/// folder already landed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select(
+    pattern: &FolderPattern,
+    conn_mode: ExportMode,
+    selection: FolderSelection,
+    folders: Vec<ExportFolder>,
+    runs: Option<&[FlowRun]>,
+    settle: Duration,
+    last: Option<i64>,
+    now: DateTime<Utc>,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<(ExportFolder, bool, String)>, Vec<String>), PipelineError> {
+    let after = |f: &ExportFolder| last.is_none_or(|l| f.export_time.timestamp_millis() > l);
+    // Gaps: successful runs newer than the last landing whose folder is not there.
+    let mut gaps = Vec::new();
+    if let Some(runs) = runs {
+        for r in runs.iter().filter(|r| r.succeeded()) {
+            let Some(prefix) = &r.path_prefix else { continue };
+            let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+            let rel = segments[segments.len().saturating_sub(pattern.depth())..].join("/");
+            let Some(time) = pattern.export_time(&rel) else { continue };
+            let newer = last.is_none_or(|l| time.timestamp_millis() > l);
+            let listed = folders
+                .iter()
+                .any(|f| prefix.trim_end_matches('/').ends_with(&f.rel));
+            if newer && !listed && r.output_files.unwrap_or(0) > 0 {
+                let w = format!(
+                    "run {} exported {prefix}, which the store no longer has (the Data Landing Zone deletes files after 7 days); its rows are missing from this landing",
+                    r.id
+                );
+                tracing::warn!("{w}");
+                warnings.push(w.clone());
+                gaps.push(prefix.clone());
+            }
+        }
+    }
+    let mut chosen = Vec::new();
+    match conn_mode {
+        ExportMode::DailyFullExport => {
+            // Each folder holds the whole dataset: the newest complete one is all there is.
+            for f in folders.into_iter().rev() {
+                match verdict(&f, runs, settle, now)? {
+                    Verdict::Complete(why) => {
+                        if after(&f) {
+                            chosen.push((f, true, why));
+                        }
+                        break;
+                    }
+                    Verdict::Pending(why) => {
+                        tracing::info!(folder = %f.rel, "{why}; looking at older folders")
+                    }
+                    Verdict::Failed(why) => {
+                        let w = format!("folder {} is not landed: {why}", f.rel);
+                        tracing::warn!("{w}");
+                        warnings.push(w);
+                    }
+                }
+            }
+            let _ = selection;
+        }
+        ExportMode::FirstFullThenIncremental => {
+            // Every increment since the last landing, in order; the first export is the full one.
+            let first_run_created = runs.and_then(|rs| {
+                rs.iter().filter(|r| r.succeeded()).map(|r| r.created_at).min()
+            });
+            for (i, f) in folders.into_iter().enumerate() {
+                if !after(&f) {
+                    continue;
+                }
+                let full = match (runs, last) {
+                    (_, Some(_)) => false,
+                    (Some(rs), None) => {
+                        let r = run_of(&f, rs);
+                        match (r, first_run_created) {
+                            (Some(r), Some(first)) if r.created_at == first => true,
+                            _ => {
+                                return Err(PipelineError::Ingest(
+                                    scoreland_ingest::IngestError::BadExportFolder {
+                                        folder: f.rel.clone(),
+                                        why: "nothing was landed from this flow yet, and its first, full export is no longer in the store; make a new flow (a new first export is full) or land a full export first".into(),
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                    (None, None) => {
+                        if i == 0 {
+                            let w = format!(
+                                "taking {} as the flow's first, full export: without platform access this cannot be checked",
+                                f.rel
+                            );
+                            warnings.push(w);
+                        }
+                        i == 0
+                    }
+                };
+                match verdict(&f, runs, settle, now)? {
+                    Verdict::Complete(why) => chosen.push((f, full, why)),
+                    Verdict::Pending(why) => {
+                        tracing::info!(folder = %f.rel, "{why}; it and later folders wait for the next run");
+                        break;
+                    }
+                    Verdict::Failed(why) => {
+                        let w = format!("folder {} is skipped: {why}", f.rel);
+                        tracing::warn!("{w}");
+                        warnings.push(w);
+                    }
+                }
+            }
+            if selection == FolderSelection::Newest && chosen.len() > 1 {
+                tracing::info!(
+                    folders = chosen.len(),
+                    "an incremental flow lands every increment since the last landing, not only the newest"
+                );
+            }
+        }
+    }
+    Ok((chosen, gaps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(rel: &str, minutes_ago: i64, files: &[(&str, u64)]) -> ExportFolder {
+        let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds").unwrap();
+        ExportFolder {
+            rel: rel.into(),
+            export_time: pattern.export_time(rel).unwrap(),
+            files: files
+                .iter()
+                .map(|(n, s)| serde_json::from_value(serde_json::json!({"name": n, "size": s, "format": "parquet"})).unwrap())
+                .collect(),
+            unfinished: Vec::new(),
+            unknown: Vec::new(),
+            last_modified: Utc::now() - chrono::Duration::minutes(minutes_ago),
+        }
+    }
+
+    #[test]
+    fn without_runs_a_folder_must_settle() {
+        let now = Utc::now();
+        let f = folder("ds/exportTime=202612010200", 3, &[("a.parquet", 10)]);
+        let settle = Duration::from_secs(600);
+        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Pending(_)));
+        let f = folder("ds/exportTime=202612010200", 11, &[("a.parquet", 10)]);
+        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Complete(w) if w.contains("settle 10m")));
+        let mut f = f;
+        f.unfinished.push(".a.parquet.inprogress".into());
+        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Pending(_)));
+    }
+
+    fn run(id: &str, created: i64, status: &str, prefix: &str, files: u64, bytes: u64) -> FlowRun {
+        FlowRun {
+            id: id.into(),
+            flow_id: "f".into(),
+            created_at: created,
+            status: status.into(),
+            started_at: Some(created),
+            completed_at: None,
+            output_files: Some(files),
+            output_bytes: Some(bytes),
+            output_records: None,
+            path_prefix: Some(prefix.into()),
+            errors: vec!["boom".into()],
+        }
+    }
+
+    #[test]
+    fn with_runs_the_files_must_match_the_run() {
+        let now = Utc::now();
+        let f = folder("ds/exportTime=202612010200", 0, &[("a.parquet", 10), ("b.parquet", 5)]);
+        let settle = Duration::from_secs(600);
+        let ok = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010200", 2, 15)];
+        assert!(matches!(verdict(&f, Some(&ok), settle, now).unwrap(), Verdict::Complete(_)));
+        let missing = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010200", 3, 20)];
+        let err = verdict(&f, Some(&missing), settle, now).unwrap_err();
+        assert!(crate::run::error_chain(&err).contains("holds 2 files (15 bytes) but run r1 wrote 3 files"));
+        let failed = [run("r1", 1, "failed", "s3/b/p/ds/exportTime=202612010200", 0, 0)];
+        assert!(matches!(verdict(&f, Some(&failed), settle, now).unwrap(), Verdict::Failed(w) if w.contains("boom")));
+        let other = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010300", 2, 15)];
+        assert!(matches!(verdict(&f, Some(&other), settle, now).unwrap(), Verdict::Pending(_)));
+    }
+
+    #[test]
+    fn increments_after_the_last_landing_in_order_and_gaps_reported() {
+        let now = Utc::now();
+        let f1 = folder("ds/exportTime=202612010200", 60, &[("a.parquet", 1)]);
+        let f3 = folder("ds/exportTime=202612010800", 60, &[("c.parquet", 3)]);
+        let runs = [
+            run("r1", f1.export_time.timestamp_millis(), "success", "x/ds/exportTime=202612010200", 1, 1),
+            run("r2", f1.export_time.timestamp_millis() + 1, "success", "x/ds/exportTime=202612010500", 1, 2),
+            run("r3", f3.export_time.timestamp_millis(), "success", "x/ds/exportTime=202612010800", 1, 3),
+        ];
+        let mut w = Vec::new();
+        let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds").unwrap();
+        let (chosen, gaps) = select(
+            &pattern,
+            ExportMode::FirstFullThenIncremental,
+            FolderSelection::CatchUp,
+            vec![f1.clone(), f3.clone()],
+            Some(&runs),
+            Duration::from_secs(600),
+            None,
+            now,
+            &mut w,
+        )
+        .unwrap();
+        let picked: Vec<(&str, bool)> = chosen.iter().map(|(f, full, _)| (f.rel.as_str(), *full)).collect();
+        assert_eq!(picked, [("ds/exportTime=202612010200", true), ("ds/exportTime=202612010800", false)]);
+        assert_eq!(gaps, ["x/ds/exportTime=202612010500"]);
+        assert!(w[0].contains("no longer has"));
+        // After landing the first: only what came later, as increments.
+        let (chosen, _) = select(
+            &pattern,
+            ExportMode::FirstFullThenIncremental,
+            FolderSelection::CatchUp,
+            vec![f1.clone(), f3],
+            Some(&runs),
+            Duration::from_secs(600),
+            Some(f1.export_time.timestamp_millis()),
+            now,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(chosen.len(), 1);
+        assert!(!chosen[0].1);
+    }
+}
