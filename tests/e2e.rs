@@ -2,6 +2,7 @@
 //! platform that keeps failing, a crash before the commit, invalid pipelines, `sql`, and
 //! `validate` of every file in pipelines/.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1085,4 +1086,417 @@ fn extracts_are_plain_copies_of_the_night() {
             .join(format!("_extracts/drift/{ds}.csv"))
             .exists()
     );
+}
+
+/// Dataset exports (Flow Service): the dataflow made and run with `scoreland export`, its
+/// folders landed by a `dataset-export` pipeline, checked against the generator's own truth.
+mod dataset_exports {
+    use super::*;
+    use scoreland_platform_sim::{ExportFault, GenerateOptions, SimHandle};
+
+    struct Exports {
+        tmp: tempfile::TempDir,
+        sim: SimHandle,
+        summary: scoreland_platform_sim::GenerateSummary,
+        pipeline: String,
+        secret: String,
+    }
+
+    async fn setup(file_type: &str, extra_source: &str) -> Exports {
+        let tmp = tempfile::tempdir().unwrap();
+        let platform = tmp.path().join("platform");
+        let summary = scoreland_platform_sim::generate(&GenerateOptions {
+            out: platform.clone(),
+            rows: 400,
+            parts: 2,
+            batches: 3,
+            seed: 11,
+            ..Default::default()
+        })
+        .unwrap();
+        let exports = tmp.path().join("exports");
+        let sim = scoreland_platform_sim::serve_dir(
+            &platform,
+            SimConfig {
+                export_root: exports.clone(),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let info = sim.platform().info.clone();
+        let t = tmp.path().display();
+        let pipeline = tmp.path().join("exports.toml");
+        std::fs::write(
+            &pipeline,
+            format!(
+                r#"name = "exports-e2e"
+staging = "{t}/staging"
+
+[source]
+type = "dataset-export"
+url = "{t}/exports/s3/lake/aep"
+dataset = "{ds}"
+folders = "catch_up"
+{extra_source}
+
+[source.platform]
+platform_url = "{base}"
+ims_url = "{base}"
+org_id = "{org}"
+sandbox = "prod"
+client_id = "{client}"
+client_secret = "${{SIM_CLIENT_SECRET}}"
+
+[source.flow]
+name = "e2e-s3"
+destination = "s3"
+bucket = "lake"
+path = "aep"
+file_type = "{file_type}"
+compression = "GZIP"
+credentials = {{ access_key = "AKIA-E2E" }}
+
+[sink]
+url = "{t}/wh"
+"#,
+                ds = summary.dataset_id,
+                base = sim.base_url(),
+                org = info.org_id,
+                client = info.client_id,
+            ),
+        )
+        .unwrap();
+        Exports {
+            pipeline: pipeline.display().to_string(),
+            secret: info.client_secret,
+            tmp,
+            sim,
+            summary,
+        }
+    }
+
+    impl Exports {
+        fn cli(&self, args: &[&str]) -> Output {
+            let mut all: Vec<&str> = args.to_vec();
+            all.insert(2.min(all.len()), &self.pipeline);
+            scoreland(
+                &all,
+                &[
+                    ("SIM_CLIENT_SECRET", &self.secret),
+                    ("SCORELAND_EXPORT_SECRET_KEY", "s3-secret-e2e"),
+                ],
+            )
+        }
+        fn run(&self) -> Output {
+            self.cli(&["run", "--json"])
+        }
+        fn wh(&self) -> String {
+            self.tmp.path().join("wh").display().to_string()
+        }
+        /// The scores landed, by (identity, model).
+        fn landed(&self) -> BTreeMap<(String, String), (f64, String)> {
+            let o = scoreland(
+                &[
+                    "sql",
+                    "SELECT identity, model, score, record_id FROM scores",
+                    "--warehouse",
+                    &self.wh(),
+                    "--format",
+                    "json",
+                ],
+                &[],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    (
+                        (
+                            v["identity"].as_str().unwrap().to_string(),
+                            v["model"].as_str().unwrap().to_string(),
+                        ),
+                        (
+                            v["score"].as_f64().unwrap(),
+                            v["record_id"].as_str().unwrap().to_string(),
+                        ),
+                    )
+                })
+                .collect()
+        }
+        /// What landing must keep once the dataset's successful batches but the newest
+        /// `held_back` were exported: those not replaced, in order of arrival.
+        fn truth(&self, exported: &[&[usize]]) -> BTreeMap<(String, String), (f64, String)> {
+            let mut success: Vec<_> = self
+                .summary
+                .batches
+                .iter()
+                .filter(|b| b.status == "success")
+                .collect();
+            success.sort_by_key(|b| b.created);
+            let batches: Vec<(Vec<PathBuf>, i64)> = exported
+                .iter()
+                .enumerate()
+                .flat_map(|(folder, idx)| idx.iter().map(move |i| (folder, *i)).collect::<Vec<_>>())
+                .map(|(folder, i)| {
+                    let parts = scoreland_platform_sim::truth::batch_parts(
+                        &self.summary.out,
+                        &self.summary.dataset_id,
+                        &success[i].id,
+                    )
+                    .unwrap();
+                    (parts, folder as i64)
+                })
+                .collect();
+            scoreland_platform_sim::truth::newest_scores(&batches)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, (v.score, v.record_id)))
+                .collect()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_export_then_two_increments_land_the_newest_scores() {
+        let x = setup("PARQUET", "").await;
+        // Successful batches, oldest first: three weekly scoring batches (each replacing the
+        // one before) and another client's. Exports see all but the newest two at first.
+        x.sim.set_export_hold_back(2);
+        let created = x.cli(&["export", "create"]);
+        assert!(created.status.success(), "{}", text(&created));
+        assert!(
+            text(&created).contains("created dataflow e2e-s3"),
+            "{}",
+            text(&created)
+        );
+        let again = x.cli(&["export", "create"]);
+        assert!(
+            text(&again).contains("found existing dataflow e2e-s3"),
+            "{}",
+            text(&again)
+        );
+
+        let nothing = x.run();
+        assert_eq!(nothing.status.code(), Some(3), "{}", text(&nothing));
+
+        let exported = x.cli(&["export", "run"]);
+        assert!(exported.status.success(), "{}", text(&exported));
+        let full = x.run();
+        assert_eq!(full.status.code(), Some(0), "{}", text(&full));
+        let r = record(&full);
+        assert_eq!(r["export"]["folders"][0]["full"], true, "{r}");
+        assert!(
+            r["export"]["folders"][0]["complete"]
+                .as_str()
+                .unwrap()
+                .contains("succeeded with"),
+            "{r}"
+        );
+        // The second scoring batch replaced the first: only it is in the dataset.
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+
+        // The third scoring batch arrives: an increment, merged. It is written slowly: while
+        // its run is in progress the folder is not landed, however many files it has.
+        x.sim.set_export_hold_back(1);
+        x.sim.script_export(ExportFault::Slow { millis: 700 });
+        assert!(x.cli(&["export", "run", "--no-wait"]).status.success());
+        let early = x.run();
+        assert_eq!(early.status.code(), Some(3), "{}", text(&early));
+        let mut inc = x.run();
+        for _ in 0..40 {
+            if inc.status.code() != Some(3) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            inc = x.run();
+        }
+        assert_eq!(inc.status.code(), Some(0), "{}", text(&inc));
+        let r = record(&inc);
+        assert_eq!(r["export"]["folders"][0]["full"], false, "{r}");
+        assert_eq!(x.landed(), x.truth(&[&[1], &[2]]));
+
+        // Then another client's batch.
+        x.sim.set_export_hold_back(0);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let inc = x.run();
+        assert_eq!(inc.status.code(), Some(0), "{}", text(&inc));
+        let expected = x.truth(&[&[1], &[2], &[3]]);
+        let landed = x.landed();
+        assert_eq!(landed.len(), expected.len());
+        assert_eq!(landed, expected);
+        // The summaries are those of the merged rows.
+        let summed = scoreland(
+            &[
+                "sql",
+                "SELECT CAST(sum(rows) AS BIGINT) AS n FROM summary",
+                "--warehouse",
+                &x.wh(),
+                "--format",
+                "json",
+            ],
+            &[],
+        );
+        let v: Value = serde_json::from_slice(&summed.stdout).unwrap();
+        assert_eq!(v["n"].as_u64(), Some(expected.len() as u64));
+
+        let runs = x.cli(&["export", "runs", "--json"]);
+        let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
+        assert_eq!(runs.as_array().unwrap().len(), 3);
+        let last = x.run();
+        assert_eq!(last.status.code(), Some(3), "{}", text(&last));
+    }
+
+    /// pipelines/dataset-export.toml: the simulator exports the sample platform's dataset (its
+    /// batches not replaced by a later one) to its Data Landing Zone, and the run lands it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bundled_dataset_export_pipeline_lands_the_sample_dataset() {
+        let demo = Demo::new();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(&["run", "pipelines/dataset-export.toml", "--json"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert_eq!(r["export"]["folders"][0]["full"], true, "{r}");
+        assert!(
+            r["export"]["url"].as_str().unwrap().starts_with("dlz:"),
+            "{r}"
+        );
+        let sim = sample_sim(SimConfig::default()).await;
+        let sb = &sim.platform().sandboxes["prod"];
+        let replaced: Vec<&str> = sb
+            .batches
+            .values()
+            .filter(|b| b.status() == "success")
+            .flat_map(|b| {
+                b.object
+                    .get("replay")
+                    .and_then(|r| r.get("predecessors"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+            })
+            .collect();
+        let exported: Vec<(Vec<PathBuf>, i64)> = sb
+            .batches
+            .values()
+            .filter(|b| b.status() == "success" && !replaced.contains(&b.id.as_str()))
+            .map(|b| {
+                let parts = b
+                    .files
+                    .iter()
+                    .flat_map(|f| f.parts.iter().map(|p| p.path.clone()))
+                    .collect();
+                (parts, 0)
+            })
+            .collect();
+        let truth = scoreland_platform_sim::truth::newest_scores(&exported).unwrap();
+        assert_eq!(
+            demo.count("SELECT count(*) AS n FROM scores"),
+            truth.len() as u64
+        );
+        let sum: f64 = truth.values().map(|t| t.score).sum();
+        let o = demo.sql("SELECT sum(score) AS s FROM scores", "json");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!((v["s"].as_f64().unwrap() - sum).abs() < 1e-6 * sum.abs().max(1.0));
+
+        // Each run of this pipeline starts a new simulator, whose new flow exports in full
+        // again: the rows are merged, and stay the same.
+        let again = scoreland(&["run", "pipelines/dataset-export.toml", "--json"], &envs);
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+        assert_eq!(
+            demo.count("SELECT count(*) AS n FROM scores"),
+            truth.len() as u64
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folder_missing_a_file_of_its_run_lands_nothing() {
+        let x = setup("JSON", "").await;
+        x.sim.set_export_hold_back(1);
+        assert!(x.cli(&["export", "create"]).status.success());
+        x.sim.script_export(ExportFault::MissingFile);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let bad = x.run();
+        assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+        assert!(
+            text(&bad).contains("a file is missing or foreign"),
+            "{}",
+            text(&bad)
+        );
+        assert!(
+            !Path::new(&x.wh()).join("scores").exists(),
+            "nothing landed"
+        );
+
+        // The next export is whole; the broken folder stays behind it and is never landed
+        // (catch-up refuses it until it is removed).
+        assert!(x.cli(&["export", "run"]).status.success());
+        let still = x.run();
+        assert_eq!(still.status.code(), Some(1), "{}", text(&still));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_platform_access_a_folder_lands_once_settled() {
+        let x = setup("JSON", r#"settle = "2s""#).await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        assert!(x.cli(&["export", "run"]).status.success());
+        // The same pipeline without [source.platform]: completeness by settle time.
+        let text_of = std::fs::read_to_string(&x.pipeline).unwrap();
+        let cut = text_of.find("[source.platform]").unwrap();
+        let end = text_of.find("[source.flow]").unwrap();
+        let offline = format!(
+            "{}export_mode = \"FIRST_FULL_THEN_INCREMENTAL\"\n\n{}",
+            &text_of[..cut],
+            &text_of[end..]
+        );
+        let path = x.tmp.path().join("offline.toml");
+        std::fs::write(&path, offline).unwrap();
+        let run = || {
+            scoreland(
+                &["run", path.to_str().unwrap(), "--json"],
+                &[("SCORELAND_EXPORT_SECRET_KEY", "s3-secret-e2e")],
+            )
+        };
+        let mut first = run();
+        for _ in 0..20 {
+            if first.status.code() == Some(0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            first = run();
+        }
+        assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+        let r = record(&first);
+        assert!(
+            r["export"]["folders"][0]["complete"]
+                .as_str()
+                .unwrap()
+                .contains("settle 2s"),
+            "{r}"
+        );
+        assert_eq!(r["export"]["folders"].as_array().unwrap().len(), 1);
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+        // Files keep appearing while the run lists the folder: it waits for them, and for the
+        // settle time after the last.
+        x.sim.set_export_hold_back(0);
+        x.sim.script_export(ExportFault::Slow { millis: 1500 });
+        let r2 = x.cli(&["export", "run", "--no-wait"]);
+        assert!(r2.status.success(), "{}", text(&r2));
+        let early = run();
+        assert_eq!(early.status.code(), Some(3), "{}", text(&early));
+        let mut second = run();
+        for _ in 0..30 {
+            if second.status.code() == Some(0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            second = run();
+        }
+        assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+        assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]));
+    }
 }

@@ -264,12 +264,9 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
                 print_runs(std::slice::from_ref(&r));
             }
             if r.failed() {
-                return Err(anyhow::anyhow!(
-                    "export run {} failed: {}",
-                    r.id,
-                    r.errors.join("; ")
-                )
-                .into());
+                return Err(
+                    anyhow::anyhow!("export run {} failed: {}", r.id, r.errors.join("; ")).into(),
+                );
             }
             Ok(0)
         }

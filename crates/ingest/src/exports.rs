@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
@@ -295,7 +295,11 @@ pub async fn list_export_folders(
     for f in &mut out {
         f.files.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    out.sort_by(|a, b| a.export_time.cmp(&b.export_time).then_with(|| a.rel.cmp(&b.rel)));
+    out.sort_by(|a, b| {
+        a.export_time
+            .cmp(&b.export_time)
+            .then_with(|| a.rel.cmp(&b.rel))
+    });
     Ok(out)
 }
 
@@ -421,7 +425,9 @@ async fn fetch(
             .await
             .map_err(|e| IngestError::io(&partial, e))?;
     }
-    out.flush().await.map_err(|e| IngestError::io(&partial, e))?;
+    out.flush()
+        .await
+        .map_err(|e| IngestError::io(&partial, e))?;
     drop(out);
     if n != f.size {
         return Err(IngestError::Verify {
@@ -445,7 +451,8 @@ fn to_parquet(
         folder: folder.to_string(),
         why: format!("{name}: {why}"),
     };
-    let json: Vec<&(ExportFile, PathBuf)> = files.iter().filter(|(f, _)| f.format.is_json()).collect();
+    let json: Vec<&(ExportFile, PathBuf)> =
+        files.iter().filter(|(f, _)| f.format.is_json()).collect();
     let schema = if json.is_empty() {
         None
     } else {
@@ -459,8 +466,12 @@ fn to_parquet(
             schemas.push(s);
         }
         Some(Arc::new(
-            arrow::datatypes::Schema::try_merge(schemas)
-                .map_err(|e| bad("the JSON files", format!("their records disagree on types: {e}")))?,
+            arrow::datatypes::Schema::try_merge(schemas).map_err(|e| {
+                bad(
+                    "the JSON files",
+                    format!("their records disagree on types: {e}"),
+                )
+            })?,
         ))
     };
     let mut paths = Vec::new();
@@ -486,21 +497,24 @@ fn to_parquet(
                 if pending == 8192 {
                     if let Some(batch) = decoder.flush().map_err(|e| bad(&f.name, e.to_string()))? {
                         rows += batch.num_rows() as u64;
-                        writer.write(&batch).map_err(|e| bad(&f.name, e.to_string()))?;
+                        writer
+                            .write(&batch)
+                            .map_err(|e| bad(&f.name, e.to_string()))?;
                     }
                     pending = 0;
                 }
             }
             if let Some(batch) = decoder.flush().map_err(|e| bad(&f.name, e.to_string()))? {
                 rows += batch.num_rows() as u64;
-                writer.write(&batch).map_err(|e| bad(&f.name, e.to_string()))?;
+                writer
+                    .write(&batch)
+                    .map_err(|e| bad(&f.name, e.to_string()))?;
             }
             writer.close().map_err(|e| bad(&f.name, e.to_string()))?;
         } else {
             let file = std::fs::File::open(raw).map_err(|e| IngestError::io(raw, e))?;
-            let meta = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-                bad(&f.name, format!("not a readable parquet file: {e}"))
-            })?;
+            let meta = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| bad(&f.name, format!("not a readable parquet file: {e}")))?;
             rows += meta.metadata().file_metadata().num_rows().max(0) as u64;
             std::fs::copy(raw, &tmp).map_err(|e| IngestError::io(&tmp, e))?;
         }
@@ -522,7 +536,9 @@ fn json_values(f: &ExportFile, path: &Path) -> Result<Records, String> {
     };
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let first = loop {
-        let buf = reader.fill_buf().map_err(|e| format!("not gzip or not readable: {e}"))?;
+        let buf = reader
+            .fill_buf()
+            .map_err(|e| format!("not gzip or not readable: {e}"))?;
         match buf.iter().position(|b| !b.is_ascii_whitespace()) {
             Some(i) => {
                 let c = buf[i];
@@ -564,9 +580,15 @@ mod tests {
         assert!(p.export_time("ds2/exportTime=202612010230").is_none());
         assert!(p.export_time("ds1/exportTime=2026120102").is_none());
         assert!(p.export_time("ds1/exportTime=202613010230").is_none());
-        let p = FolderPattern::new("%DESTINATION_INSTANCE_NAME%/%DATASET_ID%_%DATETIME(YYYYMMdd_HHmmss)%", "ds1").unwrap();
+        let p = FolderPattern::new(
+            "%DESTINATION_INSTANCE_NAME%/%DATASET_ID%_%DATETIME(YYYYMMdd_HHmmss)%",
+            "ds1",
+        )
+        .unwrap();
         assert_eq!(
-            p.export_time("nightly/ds1_20261201_023000").unwrap().to_rfc3339(),
+            p.export_time("nightly/ds1_20261201_023000")
+                .unwrap()
+                .to_rfc3339(),
             "2026-12-01T02:30:00+00:00"
         );
         assert!(FolderPattern::new("%DATASET_ID%", "ds1").is_err());
@@ -574,9 +596,18 @@ mod tests {
 
     #[test]
     fn export_formats_by_name() {
-        assert_eq!(ExportFormat::of("part-0-c000.gz.parquet"), Some(ExportFormat::GzParquet));
-        assert_eq!(ExportFormat::of("part-0-c000.parquet"), Some(ExportFormat::Parquet));
-        assert_eq!(ExportFormat::of("part-0-c000.json.gz"), Some(ExportFormat::JsonGz));
+        assert_eq!(
+            ExportFormat::of("part-0-c000.gz.parquet"),
+            Some(ExportFormat::GzParquet)
+        );
+        assert_eq!(
+            ExportFormat::of("part-0-c000.parquet"),
+            Some(ExportFormat::Parquet)
+        );
+        assert_eq!(
+            ExportFormat::of("part-0-c000.json.gz"),
+            Some(ExportFormat::JsonGz)
+        );
         assert_eq!(ExportFormat::of("part-0-c000.csv"), None);
     }
 }

@@ -281,10 +281,7 @@ impl ExportTarget {
             destination,
             file_type: serde_json::from_value(json!(upper("datasetFileType")?)).ok()?,
             compression: serde_json::from_value(json!(upper("compression")?)).ok()?,
-            bucket: destination
-                .bucket_param()
-                .and_then(|k| s(k))
-                .map(str::to_string),
+            bucket: destination.bucket_param().and_then(&s).map(str::to_string),
             path: s(destination.folder_param())?.to_string(),
         })
     }

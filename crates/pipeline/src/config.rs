@@ -359,7 +359,12 @@ impl PipelineFile {
                 common.download_options()?;
             }
             SourceConfig::DatasetExport(src) => {
-                if !placeholders || src.platform.as_ref().is_none_or(|p| !p.platform_url.contains(UNSET)) {
+                if !placeholders
+                    || src
+                        .platform
+                        .as_ref()
+                        .is_none_or(|p| !p.platform_url.contains(UNSET))
+                {
                     src.check()?;
                 }
             }

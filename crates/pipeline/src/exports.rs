@@ -16,9 +16,9 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use scoreland_ingest::{
-    AepClient, Compression, DEFAULT_FOLDER_TEMPLATE, Destination, DestinationAuth,
-    DownloadOptions, ExportFlowSpec, ExportFolder, ExportMode, ExportTarget, FileType, Flow,
-    FlowRun, FolderPattern, NotReadyRetry, PlatformSettings, Schedule, Secret, TimeUnit,
+    AepClient, Compression, DEFAULT_FOLDER_TEMPLATE, Destination, DestinationAuth, DownloadOptions,
+    ExportFlowSpec, ExportFolder, ExportMode, ExportTarget, FileType, Flow, FlowRun, FolderPattern,
+    NotReadyRetry, PlatformSettings, Schedule, Secret, TimeUnit,
 };
 use scoreland_sink::SinkConfig;
 use serde::{Deserialize, Serialize};
@@ -130,11 +130,23 @@ pub struct FlowSection {
 
 /// Environment variables holding destination secrets.
 pub const SECRET_VARS: [(&str, &str); 5] = [
-    ("SCORELAND_EXPORT_SECRET_KEY", "S3 secret key or GCS HMAC secret"),
-    ("SCORELAND_EXPORT_CONNECTION_STRING", "Azure Blob connection string"),
-    ("SCORELAND_EXPORT_SERVICE_PRINCIPAL_KEY", "ADLS Gen2 service principal key"),
+    (
+        "SCORELAND_EXPORT_SECRET_KEY",
+        "S3 secret key or GCS HMAC secret",
+    ),
+    (
+        "SCORELAND_EXPORT_CONNECTION_STRING",
+        "Azure Blob connection string",
+    ),
+    (
+        "SCORELAND_EXPORT_SERVICE_PRINCIPAL_KEY",
+        "ADLS Gen2 service principal key",
+    ),
     ("SCORELAND_EXPORT_SFTP_PASSWORD", "SFTP password"),
-    ("SCORELAND_EXPORT_SFTP_KEY", "SFTP private key (base64, as AEP takes it)"),
+    (
+        "SCORELAND_EXPORT_SFTP_KEY",
+        "SFTP private key (base64, as AEP takes it)",
+    ),
 ];
 
 impl FlowSection {
@@ -196,8 +208,16 @@ impl FlowSection {
         simulator: bool,
     ) -> Result<DestinationAuth, String> {
         for key in self.credentials.keys() {
-            if ["secret_key", "secret", "password", "connection_string", "ssh_key", "service_principal_key", "key"]
-                .contains(&key.as_str())
+            if [
+                "secret_key",
+                "secret",
+                "password",
+                "connection_string",
+                "ssh_key",
+                "service_principal_key",
+                "key",
+            ]
+            .contains(&key.as_str())
             {
                 return Err(format!(
                     "flow.credentials.{key}: secrets are never read from the pipeline file; set it in the environment ({})",
@@ -213,14 +233,20 @@ impl FlowSection {
             match self.credentials.get(k) {
                 Some(v) if !v.trim().is_empty() => Ok(v.clone()),
                 _ if simulator => Ok(format!("simulator-{k}")),
-                _ => Err(format!("flow.credentials.{k} is required for a {} destination", self.destination)),
+                _ => Err(format!(
+                    "flow.credentials.{k} is required for a {} destination",
+                    self.destination
+                )),
             }
         };
         let secret = |var: &str| -> Result<Secret, String> {
             match env(var) {
                 Some(v) if !v.is_empty() => Ok(Secret::new(v)),
                 _ if simulator => Ok(Secret::new("simulator-secret")),
-                _ => Err(format!("set {var} in the environment: the {} destination's secret", self.destination)),
+                _ => Err(format!(
+                    "set {var} in the environment: the {} destination's secret",
+                    self.destination
+                )),
             }
         };
         Ok(match self.destination()? {
@@ -250,7 +276,10 @@ impl FlowSection {
                 };
                 let domain = plain("host")?;
                 let username = plain("username")?;
-                match (env("SCORELAND_EXPORT_SFTP_KEY"), env("SCORELAND_EXPORT_SFTP_PASSWORD")) {
+                match (
+                    env("SCORELAND_EXPORT_SFTP_KEY"),
+                    env("SCORELAND_EXPORT_SFTP_PASSWORD"),
+                ) {
                     (Some(key), _) if !key.is_empty() => DestinationAuth::SftpKey {
                         domain,
                         port,
@@ -295,11 +324,15 @@ impl ExportSource {
             flow.schedule(Utc::now())?;
             flow.auth(&|_| Some("checked-at-run-time".into()), true)?;
             if let Some(t) = &flow.foldername_template {
-                FolderPattern::new(t, "dataset").map_err(|e| format!("flow.foldername_template: {e}"))?;
+                FolderPattern::new(t, "dataset")
+                    .map_err(|e| format!("flow.foldername_template: {e}"))?;
             }
         }
         if self.url.is_none() && self.simulator.is_none() {
-            return Err("source.url: where the flow's folder is (s3://bucket/path, a path, dlz:path …)".into());
+            return Err(
+                "source.url: where the flow's folder is (s3://bucket/path, a path, dlz:path …)"
+                    .into(),
+            );
         }
         if self.simulator.is_some() && self.platform.is_some() {
             return Err("source: give either platform or simulator, not both".into());
@@ -384,11 +417,18 @@ pub(crate) async fn connect(
     let mut dataset = src.dataset.clone();
     let client = match (&src.platform, &src.simulator) {
         (Some(p), _) => Some(
-            AepClient::new(p.build().map_err(|e| invalid(crate::config::source_error(e)))?, DownloadOptions::default())
-                .map_err(PipelineError::Ingest)?,
+            AepClient::new(
+                p.build()
+                    .map_err(|e| invalid(crate::config::source_error(e)))?,
+                DownloadOptions::default(),
+            )
+            .map_err(PipelineError::Ingest)?,
         ),
         (None, Some(s)) => {
-            let exports = s.exports.clone().unwrap_or_else(|| staging.join("sim-exports"));
+            let exports = s
+                .exports
+                .clone()
+                .unwrap_or_else(|| staging.join("sim-exports"));
             let handle = scoreland_platform_sim::serve_dir(
                 &s.data,
                 scoreland_platform_sim::SimConfig {
@@ -413,14 +453,18 @@ pub(crate) async fn connect(
         }
         (None, None) => None,
     };
-    let dataset = dataset.ok_or_else(|| invalid("source.dataset: the exported dataset's id".into()))?;
+    let dataset =
+        dataset.ok_or_else(|| invalid("source.dataset: the exported dataset's id".into()))?;
     let mut flow = None;
     if let (Some(client), Some(section)) = (&client, &src.flow) {
         if sim.is_some() {
             let spec = section
                 .spec(&dataset, &|v| std::env::var(v).ok(), true)
                 .map_err(invalid)?;
-            let (f, _) = client.create_export_flow(&spec).await.map_err(PipelineError::Ingest)?;
+            let (f, _) = client
+                .create_export_flow(&spec)
+                .await
+                .map_err(PipelineError::Ingest)?;
             export_once(client, &f, &dataset).await?;
         }
         let f = client
@@ -455,7 +499,10 @@ pub(crate) async fn connect(
         (Some(u), _, _) => u.clone(),
         (None, Some(s), Some(f)) => {
             let target = f.target().map_err(invalid)?;
-            let exports = s.exports.clone().unwrap_or_else(|| staging.join("sim-exports"));
+            let exports = s
+                .exports
+                .clone()
+                .unwrap_or_else(|| staging.join("sim-exports"));
             if target.destination == Destination::Dlz {
                 format!("dlz:{}", target.path)
             } else {
@@ -487,7 +534,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -505,15 +554,23 @@ pub(crate) async fn open_store(
                 "source.url = {url:?}: the Data Landing Zone is reached through the platform; add [source.platform]"
             ))
         })?;
-        let creds = client.dlz_credentials(refresh).await.map_err(PipelineError::Ingest)?;
+        let creds = client
+            .dlz_credentials(refresh)
+            .await
+            .map_err(PipelineError::Ingest)?;
         let sas = url::Url::parse(creds.sas_uri.expose()).map_err(|e| {
-            invalid(format!("the Data Landing Zone's SAS URI does not parse: {e}"))
+            invalid(format!(
+                "the Data Landing Zone's SAS URI does not parse: {e}"
+            ))
         })?;
         let root = ObjectPath::from(path.trim_matches('/'));
         if sas.scheme() == "file" {
             // The simulator's landing zone: a directory.
-            let dir = sas.to_file_path().map_err(|_| invalid("the DLZ URI is not a path".into()))?;
-            std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+            let dir = sas
+                .to_file_path()
+                .map_err(|_| invalid("the DLZ URI is not a path".into()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
             let fs = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
             return Ok((Arc::new(fs), root));
@@ -527,7 +584,8 @@ pub(crate) async fn open_store(
             );
         for (k, v) in options {
             b = b.with_config(
-                k.parse().map_err(|e| invalid(format!("source.options.{k}: {e}")))?,
+                k.parse()
+                    .map_err(|e| invalid(format!("source.options.{k}: {e}")))?,
                 v,
             );
         }
@@ -541,16 +599,6 @@ pub(crate) async fn open_store(
         options: options.clone(),
         single_writer: false,
     };
-    let parsed = config.url().map_err(|e| invalid(e.to_string()))?;
-    if parsed.scheme() == "file"
-        && let Ok(dir) = parsed.to_file_path()
-        && !dir.is_dir()
-    {
-        return Err(invalid(format!(
-            "source.url: there is no export folder at {} yet",
-            dir.display()
-        )));
-    }
     let wh = config.open().map_err(PipelineError::Sink)?;
     Ok((wh.store(), wh.path("")))
 }
@@ -569,7 +617,9 @@ async fn export_once(client: &AepClient, flow: &Flow, dataset: &str) -> Result<(
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(invalid(format!("the simulator's export run {run} did not finish in 10 minutes")));
+            return Err(invalid(format!(
+                "the simulator's export run {run} did not finish in 10 minutes"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -596,7 +646,8 @@ fn run_of<'a>(folder: &ExportFolder, runs: &'a [FlowRun]) -> Option<&'a FlowRun>
         .or_else(|| {
             runs.iter().find(|r| {
                 r.path_prefix.is_none()
-                    && r.started_at.is_some_and(|t| t / 60_000 == folder.export_time.timestamp() / 60)
+                    && r.started_at
+                        .is_some_and(|t| t / 60_000 == folder.export_time.timestamp() / 60)
             })
         })
 }
@@ -627,7 +678,9 @@ pub(crate) fn verdict(
         });
     };
     let Some(run) = run_of(folder, runs) else {
-        return Ok(Verdict::Pending("no run of the flow reports it (yet)".into()));
+        return Ok(Verdict::Pending(
+            "no run of the flow reports it (yet)".into(),
+        ));
     };
     if run.failed() {
         return Ok(Verdict::Failed(format!(
@@ -637,29 +690,44 @@ pub(crate) fn verdict(
         )));
     }
     if !run.succeeded() {
-        return Ok(Verdict::Pending(format!("run {} is {}", run.id, run.status)));
+        return Ok(Verdict::Pending(format!(
+            "run {} is {}",
+            run.id, run.status
+        )));
     }
     let files = folder.files.len() as u64;
     let bytes = folder.bytes();
     if run.output_files.is_some_and(|n| n != files) || run.output_bytes.is_some_and(|b| b != bytes)
     {
         if !folder.unfinished.is_empty() {
-            return Ok(Verdict::Pending(format!("run {} succeeded but files are still arriving", run.id)));
+            return Ok(Verdict::Pending(format!(
+                "run {} succeeded but files are still arriving",
+                run.id
+            )));
         }
-        return Err(PipelineError::Ingest(scoreland_ingest::IngestError::BadExportFolder {
-            folder: folder.rel.clone(),
-            why: format!(
-                "it holds {files} files ({bytes} bytes) but run {} wrote {} files ({} bytes); a file is missing or foreign",
-                run.id,
-                run.output_files.map_or("?".into(), |n| n.to_string()),
-                run.output_bytes.map_or("?".into(), |n| n.to_string()),
-            ),
-        }));
+        return Err(PipelineError::Ingest(
+            scoreland_ingest::IngestError::BadExportFolder {
+                folder: folder.rel.clone(),
+                why: format!(
+                    "it holds {files} files ({bytes} bytes) but run {} wrote {} files ({} bytes); a file is missing or foreign, so nothing of it is landed: restore the folder, or remove it and export again (`scoreland export run`)",
+                    run.id,
+                    run.output_files.map_or("?".into(), |n| n.to_string()),
+                    run.output_bytes.map_or("?".into(), |n| n.to_string()),
+                ),
+            },
+        ));
     }
     Ok(Verdict::Complete(format!(
         "run {} succeeded with {files} files, {bytes} bytes",
         run.id
     )))
+}
+
+/// A folder to land: whether it is a full export, and why it counts as complete.
+pub(crate) struct Chosen {
+    pub folder: ExportFolder,
+    pub full: bool,
+    pub complete: String,
 }
 
 /// The folders to land this run, oldest first, each with whether it is a full export; and
@@ -676,16 +744,20 @@ pub(crate) fn select(
     last: Option<i64>,
     now: DateTime<Utc>,
     warnings: &mut Vec<String>,
-) -> Result<(Vec<(ExportFolder, bool, String)>, Vec<String>), PipelineError> {
+) -> Result<(Vec<Chosen>, Vec<String>), PipelineError> {
     let after = |f: &ExportFolder| last.is_none_or(|l| f.export_time.timestamp_millis() > l);
     // Gaps: successful runs newer than the last landing whose folder is not there.
     let mut gaps = Vec::new();
     if let Some(runs) = runs {
         for r in runs.iter().filter(|r| r.succeeded()) {
-            let Some(prefix) = &r.path_prefix else { continue };
+            let Some(prefix) = &r.path_prefix else {
+                continue;
+            };
             let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
             let rel = segments[segments.len().saturating_sub(pattern.depth())..].join("/");
-            let Some(time) = pattern.export_time(&rel) else { continue };
+            let Some(time) = pattern.export_time(&rel) else {
+                continue;
+            };
             let newer = last.is_none_or(|l| time.timestamp_millis() > l);
             let listed = folders
                 .iter()
@@ -709,7 +781,11 @@ pub(crate) fn select(
                 match verdict(&f, runs, settle, now)? {
                     Verdict::Complete(why) => {
                         if after(&f) {
-                            chosen.push((f, true, why));
+                            chosen.push(Chosen {
+                                folder: f,
+                                full: true,
+                                complete: why,
+                            });
                         }
                         break;
                     }
@@ -728,15 +804,20 @@ pub(crate) fn select(
         ExportMode::FirstFullThenIncremental => {
             // Every increment since the last landing, in order; the first export is the full one.
             let first_run_created = runs.and_then(|rs| {
-                rs.iter().filter(|r| r.succeeded()).map(|r| r.created_at).min()
+                rs.iter()
+                    .filter(|r| r.succeeded())
+                    .map(|r| r.created_at)
+                    .min()
             });
+            // Whether a full export is landed, or lands before the folder at hand.
+            let mut have_base = last.is_some();
             for (i, f) in folders.into_iter().enumerate() {
                 if !after(&f) {
                     continue;
                 }
-                let full = match (runs, last) {
-                    (_, Some(_)) => false,
-                    (Some(rs), None) => {
+                let full = match (runs, have_base) {
+                    (_, true) => false,
+                    (Some(rs), false) => {
                         let r = run_of(&f, rs);
                         match (r, first_run_created) {
                             (Some(r), Some(first)) if r.created_at == first => true,
@@ -750,7 +831,7 @@ pub(crate) fn select(
                             }
                         }
                     }
-                    (None, None) => {
+                    (None, false) => {
                         if i == 0 {
                             let w = format!(
                                 "taking {} as the flow's first, full export: without platform access this cannot be checked",
@@ -762,7 +843,14 @@ pub(crate) fn select(
                     }
                 };
                 match verdict(&f, runs, settle, now)? {
-                    Verdict::Complete(why) => chosen.push((f, full, why)),
+                    Verdict::Complete(why) => {
+                        chosen.push(Chosen {
+                            folder: f,
+                            full,
+                            complete: why,
+                        });
+                        have_base = true;
+                    }
                     Verdict::Pending(why) => {
                         tracing::info!(folder = %f.rel, "{why}; it and later folders wait for the next run");
                         break;
@@ -796,7 +884,12 @@ mod tests {
             export_time: pattern.export_time(rel).unwrap(),
             files: files
                 .iter()
-                .map(|(n, s)| serde_json::from_value(serde_json::json!({"name": n, "size": s, "format": "parquet"})).unwrap())
+                .map(|(n, s)| {
+                    serde_json::from_value(
+                        serde_json::json!({"name": n, "size": s, "format": "parquet"}),
+                    )
+                    .unwrap()
+                })
                 .collect(),
             unfinished: Vec::new(),
             unknown: Vec::new(),
@@ -809,12 +902,20 @@ mod tests {
         let now = Utc::now();
         let f = folder("ds/exportTime=202612010200", 3, &[("a.parquet", 10)]);
         let settle = Duration::from_secs(600);
-        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Pending(_)));
+        assert!(matches!(
+            verdict(&f, None, settle, now).unwrap(),
+            Verdict::Pending(_)
+        ));
         let f = folder("ds/exportTime=202612010200", 11, &[("a.parquet", 10)]);
-        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Complete(w) if w.contains("settle 10m")));
+        assert!(
+            matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Complete(w) if w.contains("settle 10m"))
+        );
         let mut f = f;
         f.unfinished.push(".a.parquet.inprogress".into());
-        assert!(matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Pending(_)));
+        assert!(matches!(
+            verdict(&f, None, settle, now).unwrap(),
+            Verdict::Pending(_)
+        ));
     }
 
     fn run(id: &str, created: i64, status: &str, prefix: &str, files: u64, bytes: u64) -> FlowRun {
@@ -836,17 +937,60 @@ mod tests {
     #[test]
     fn with_runs_the_files_must_match_the_run() {
         let now = Utc::now();
-        let f = folder("ds/exportTime=202612010200", 0, &[("a.parquet", 10), ("b.parquet", 5)]);
+        let f = folder(
+            "ds/exportTime=202612010200",
+            0,
+            &[("a.parquet", 10), ("b.parquet", 5)],
+        );
         let settle = Duration::from_secs(600);
-        let ok = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010200", 2, 15)];
-        assert!(matches!(verdict(&f, Some(&ok), settle, now).unwrap(), Verdict::Complete(_)));
-        let missing = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010200", 3, 20)];
+        let ok = [run(
+            "r1",
+            1,
+            "success",
+            "s3/b/p/ds/exportTime=202612010200",
+            2,
+            15,
+        )];
+        assert!(matches!(
+            verdict(&f, Some(&ok), settle, now).unwrap(),
+            Verdict::Complete(_)
+        ));
+        let missing = [run(
+            "r1",
+            1,
+            "success",
+            "s3/b/p/ds/exportTime=202612010200",
+            3,
+            20,
+        )];
         let err = verdict(&f, Some(&missing), settle, now).unwrap_err();
-        assert!(crate::run::error_chain(&err).contains("holds 2 files (15 bytes) but run r1 wrote 3 files"));
-        let failed = [run("r1", 1, "failed", "s3/b/p/ds/exportTime=202612010200", 0, 0)];
-        assert!(matches!(verdict(&f, Some(&failed), settle, now).unwrap(), Verdict::Failed(w) if w.contains("boom")));
-        let other = [run("r1", 1, "success", "s3/b/p/ds/exportTime=202612010300", 2, 15)];
-        assert!(matches!(verdict(&f, Some(&other), settle, now).unwrap(), Verdict::Pending(_)));
+        assert!(
+            crate::run::error_chain(&err)
+                .contains("holds 2 files (15 bytes) but run r1 wrote 3 files")
+        );
+        let failed = [run(
+            "r1",
+            1,
+            "failed",
+            "s3/b/p/ds/exportTime=202612010200",
+            0,
+            0,
+        )];
+        assert!(
+            matches!(verdict(&f, Some(&failed), settle, now).unwrap(), Verdict::Failed(w) if w.contains("boom"))
+        );
+        let other = [run(
+            "r1",
+            1,
+            "success",
+            "s3/b/p/ds/exportTime=202612010300",
+            2,
+            15,
+        )];
+        assert!(matches!(
+            verdict(&f, Some(&other), settle, now).unwrap(),
+            Verdict::Pending(_)
+        ));
     }
 
     #[test]
@@ -855,9 +999,30 @@ mod tests {
         let f1 = folder("ds/exportTime=202612010200", 60, &[("a.parquet", 1)]);
         let f3 = folder("ds/exportTime=202612010800", 60, &[("c.parquet", 3)]);
         let runs = [
-            run("r1", f1.export_time.timestamp_millis(), "success", "x/ds/exportTime=202612010200", 1, 1),
-            run("r2", f1.export_time.timestamp_millis() + 1, "success", "x/ds/exportTime=202612010500", 1, 2),
-            run("r3", f3.export_time.timestamp_millis(), "success", "x/ds/exportTime=202612010800", 1, 3),
+            run(
+                "r1",
+                f1.export_time.timestamp_millis(),
+                "success",
+                "x/ds/exportTime=202612010200",
+                1,
+                1,
+            ),
+            run(
+                "r2",
+                f1.export_time.timestamp_millis() + 1,
+                "success",
+                "x/ds/exportTime=202612010500",
+                1,
+                2,
+            ),
+            run(
+                "r3",
+                f3.export_time.timestamp_millis(),
+                "success",
+                "x/ds/exportTime=202612010800",
+                1,
+                3,
+            ),
         ];
         let mut w = Vec::new();
         let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds").unwrap();
@@ -873,8 +1038,17 @@ mod tests {
             &mut w,
         )
         .unwrap();
-        let picked: Vec<(&str, bool)> = chosen.iter().map(|(f, full, _)| (f.rel.as_str(), *full)).collect();
-        assert_eq!(picked, [("ds/exportTime=202612010200", true), ("ds/exportTime=202612010800", false)]);
+        let picked: Vec<(&str, bool)> = chosen
+            .iter()
+            .map(|c| (c.folder.rel.as_str(), c.full))
+            .collect();
+        assert_eq!(
+            picked,
+            [
+                ("ds/exportTime=202612010200", true),
+                ("ds/exportTime=202612010800", false)
+            ]
+        );
         assert_eq!(gaps, ["x/ds/exportTime=202612010500"]);
         assert!(w[0].contains("no longer has"));
         // After landing the first: only what came later, as increments.
@@ -891,6 +1065,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chosen.len(), 1);
-        assert!(!chosen[0].1);
+        assert!(!chosen[0].full);
     }
 }

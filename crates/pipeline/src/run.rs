@@ -13,9 +13,9 @@ use scoreland_sink::Warehouse;
 use scoreland_transform::{ModelHistogram, StagedBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::exports::{self, ExportRecord, ExportSource};
 use crate::config::{PipelineFile, SourceConfig, source_error};
 use crate::error::PipelineError;
+use crate::exports::{self, ExportRecord, ExportSource};
 
 /// The tables a run lands.
 pub const TABLES: [&str; 3] = ["scores", "summary", "drift"];
@@ -235,8 +235,11 @@ fn simulator_config(sim: &SimHandle) -> Result<PlatformConfig, String> {
 
 /// A client of a simulator started in process.
 pub(crate) fn simulator_client(sim: &SimHandle) -> Result<AepClient, String> {
-    AepClient::new(simulator_config(sim)?, scoreland_ingest::DownloadOptions::default())
-        .map_err(|e| e.to_string())
+    AepClient::new(
+        simulator_config(sim)?,
+        scoreland_ingest::DownloadOptions::default(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
@@ -621,7 +624,6 @@ async fn ingest_batches(
         merge_with: Vec::new(),
         replace_dataset: false,
     }))
-
 }
 
 /// Selects the complete export folders to land, and stages them. `None`: nothing to land.
@@ -673,7 +675,7 @@ async fn ingest_exports(
         &mut record.warnings,
     )?;
     export.gaps = gaps;
-    record.batches = chosen.iter().map(|(f, _, _)| f.rel.clone()).collect();
+    record.batches = chosen.iter().map(|c| c.folder.rel.clone()).collect();
     record.timings.discover_ms = ms(t.elapsed());
     if chosen.is_empty() {
         record.status = RunStatus::NothingNew;
@@ -682,7 +684,12 @@ async fn ingest_exports(
         return Ok(None);
     }
     if options.dry_run {
-        for (f, full, why) in &chosen {
+        for exports::Chosen {
+            folder: f,
+            full,
+            complete: why,
+        } in &chosen
+        {
             record.parts += f.files.len();
             record.bytes += f.bytes();
             export.folders.push(exports::FolderRecord {
@@ -702,43 +709,60 @@ async fn ingest_exports(
     let t = Instant::now();
     let concurrency = src.concurrency.unwrap_or(8);
     let mut staged = Vec::new();
-    for (f, full, why) in &chosen {
+    for exports::Chosen {
+        folder: f,
+        full,
+        complete: why,
+    } in &chosen
+    {
         let dir = staging.join(&conn.dataset).join(f.staging_name());
-        let done = match scoreland_ingest::stage_export_folder(&conn.store, f, &dir, concurrency)
-            .await
-        {
-            // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
-            Err(scoreland_ingest::IngestError::Store { source, .. })
-                if src.url.as_deref().is_some_and(|u| u.starts_with("dlz:"))
-                    && matches!(
-                        source,
-                        object_store::Error::PermissionDenied { .. }
-                            | object_store::Error::Unauthenticated { .. }
-                    ) =>
-            {
-                tracing::info!("the Data Landing Zone refused its credentials; asking for new ones");
-                let (store, _) = exports::open_store(
-                    src.url.as_deref().unwrap_or_default(),
-                    &src.options,
-                    conn.client.as_ref(),
-                    true,
-                )
-                .await?;
-                scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await
+        let done =
+            match scoreland_ingest::stage_export_folder(&conn.store, f, &dir, concurrency).await {
+                // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
+                Err(scoreland_ingest::IngestError::Store { source, .. })
+                    if src.url.as_deref().is_some_and(|u| u.starts_with("dlz:"))
+                        && matches!(
+                            source,
+                            object_store::Error::PermissionDenied { .. }
+                                | object_store::Error::Unauthenticated { .. }
+                        ) =>
+                {
+                    tracing::info!(
+                        "the Data Landing Zone refused its credentials; asking for new ones"
+                    );
+                    let (store, _) = exports::open_store(
+                        src.url.as_deref().unwrap_or_default(),
+                        &src.options,
+                        conn.client.as_ref(),
+                        true,
+                    )
+                    .await?;
+                    scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await
+                }
+                other => other,
             }
-            other => other,
-        }
-        .map_err(PipelineError::Ingest)?;
+            .map_err(PipelineError::Ingest)?;
         if let Some(expected) = runs
             .as_deref()
-            .and_then(|rs| rs.iter().find(|r| r.path_prefix.as_deref().is_some_and(|p| p.ends_with(&f.rel))))
+            .and_then(|rs| {
+                rs.iter().find(|r| {
+                    r.path_prefix
+                        .as_deref()
+                        .is_some_and(|p| p.ends_with(&f.rel))
+                })
+            })
             .and_then(|r| r.output_records)
             && expected != done.rows
         {
-            return Err(PipelineError::Ingest(scoreland_ingest::IngestError::BadExportFolder {
-                folder: f.rel.clone(),
-                why: format!("its files hold {} rows but the flow's run exported {expected}", done.rows),
-            }));
+            return Err(PipelineError::Ingest(
+                scoreland_ingest::IngestError::BadExportFolder {
+                    folder: f.rel.clone(),
+                    why: format!(
+                        "its files hold {} rows but the flow's run exported {expected}",
+                        done.rows
+                    ),
+                },
+            ));
         }
         record.parts += done.files.len();
         record.bytes += done.bytes;
@@ -766,10 +790,13 @@ async fn ingest_exports(
         record.retries = c.retries();
     }
     record.export = Some(export);
-    let last_created = chosen.iter().map(|(f, _, _)| f.export_time.timestamp_millis()).max();
+    let last_created = chosen
+        .iter()
+        .map(|c| c.folder.export_time.timestamp_millis())
+        .max();
     let landed = record.batches.clone();
     // An increment without its full export in this run merges with what is landed.
-    let merge_with = if chosen[0].1 {
+    let merge_with = if chosen[0].full {
         Vec::new()
     } else {
         warehouse

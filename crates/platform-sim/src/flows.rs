@@ -121,7 +121,8 @@ pub enum ExportFault {
     Fail { message: String },
     /// One file is never written, but the run's metrics count it.
     MissingFile,
-    /// Each file is written this many milliseconds after the previous one.
+    /// Each file is written this many milliseconds after the previous one (the first, after
+    /// the run starts).
     Slow { millis: u64 },
 }
 
@@ -142,6 +143,8 @@ struct FlowState {
     last_export_minute: HashMap<String, i64>,
     faults: VecDeque<ExportFault>,
     dlz_generation: u64,
+    /// The newest successful batches of each dataset that exports do not see yet.
+    hold_back: usize,
 }
 
 impl FlowStore {
@@ -151,6 +154,10 @@ impl FlowStore {
 
     pub(crate) fn script(&self, fault: ExportFault) {
         self.lock().faults.push_back(fault);
+    }
+
+    pub(crate) fn set_hold_back(&self, n: usize) {
+        self.lock().hold_back = n;
     }
 
     pub(crate) fn run(&self, id: &str) -> Option<Value> {
@@ -218,7 +225,10 @@ pub(crate) async fn list(
             .filter(|v| {
                 filters.iter().all(|(path, want)| {
                     v.pointer(&format!("/{}", path.replace('.', "/")))
-                        .is_some_and(|x| x.as_str() == Some(want) || x.to_string() == *want)
+                        .is_some_and(|x| {
+                            x.as_str() == Some(want)
+                                || serde_json::from_str::<Value>(want).ok().as_ref() == Some(x)
+                        })
                 })
             })
             .cloned()
@@ -859,14 +869,36 @@ fn start_run(st: &Arc<AppState>, sandbox: &str, job: ExportJob) -> String {
         }
         g.last_export_minute.insert(job.flow_id.clone(), minute);
         let done = g.exported.get(&job.flow_id).cloned().unwrap_or_default();
+        // The dataset as it stands: successful batches (less the newest `hold_back`, which
+        // "arrive" later), without those a later batch replaced (replay).
+        let hold_back = g.hold_back;
         let batches: Vec<(String, Vec<PathBuf>)> = st
             .platform
             .sandboxes
             .get(sandbox)
             .map(|sb| {
-                sb.batches
+                let mut visible: Vec<&crate::data::Batch> = sb
+                    .batches
                     .values()
                     .filter(|b| b.dataset_id == job.dataset_id && b.status() == "success")
+                    .collect();
+                visible.sort_by_key(|b| (b.created(), b.id.clone()));
+                visible.truncate(visible.len().saturating_sub(hold_back));
+                let replaced: HashSet<&str> = visible
+                    .iter()
+                    .flat_map(|b| {
+                        b.object
+                            .get("replay")
+                            .and_then(|r| r.get("predecessors"))
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                    })
+                    .collect();
+                visible
+                    .into_iter()
+                    .filter(|b| !replaced.contains(b.id.as_str()))
                     .filter(|b| !(job.incremental_mode && done.contains(&b.id)))
                     .map(|b| {
                         let parts = b
@@ -985,7 +1017,11 @@ fn write_export(
                     "%DATETIME(YYYYMMdd_HHmmss)%",
                     &time.format("%Y%m%d_%H%M%S").to_string(),
                 ),
-            None => format!("{}/exportTime={}", job.dataset_id, time.format("%Y%m%d%H%M")),
+            None => format!(
+                "{}/exportTime={}",
+                job.dataset_id,
+                time.format("%Y%m%d%H%M")
+            ),
         };
         let rel = job.folder_root.join(safe_relative(&folder_name)?);
         let dir = root.join(&rel);
@@ -1020,9 +1056,7 @@ fn write_export(
         folder: rel.to_string_lossy().into_owned(),
     };
     for (i, part) in parts.iter().enumerate() {
-        if let Some(ExportFault::Slow { millis }) = fault
-            && i > 0
-        {
+        if let Some(ExportFault::Slow { millis }) = fault {
             std::thread::sleep(Duration::from_millis(*millis));
         }
         let name = format!("part-{i:05}-tid-{tid}-{uuid}-{}-1-c000{ext}", 2000 + i);

@@ -11,6 +11,7 @@ mod faults;
 mod flows;
 pub mod generate;
 mod server;
+pub mod truth;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

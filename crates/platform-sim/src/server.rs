@@ -163,6 +163,11 @@ impl SimHandle {
     pub fn script_export(&self, fault: ExportFault) {
         self.state.flows.script(fault);
     }
+    /// Exports leave out the newest `n` successful batches of a dataset, as if they had not
+    /// been written yet: lowering it makes data "arrive" for incremental exports.
+    pub fn set_export_hold_back(&self, n: usize) {
+        self.state.flows.set_hold_back(n);
+    }
     /// A flow run as `GET /runs/{id}` would show it.
     pub fn export_run(&self, id: &str) -> Option<Value> {
         self.state.flows.run(id)

@@ -487,7 +487,11 @@ impl Transformer {
         if self.landed.is_empty() {
             return Ok(union);
         }
-        let paths: Vec<String> = self.landed.iter().map(|f| f.display().to_string()).collect();
+        let paths: Vec<String> = self
+            .landed
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
         let landed = self
             .ctx
             .read_parquet(paths, ParquetReadOptions::default())
@@ -509,7 +513,9 @@ impl Transformer {
         let landed = landed
             .select(exprs)
             .context("matching the landed scores to the new rows")?;
-        union.union(landed).context("merging with the landed scores")
+        union
+            .union(landed)
+            .context("merging with the landed scores")
     }
 }
 
