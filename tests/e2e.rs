@@ -1103,6 +1103,26 @@ mod dataset_exports {
     }
 
     async fn setup(file_type: &str, extra_source: &str) -> Exports {
+        setup_with(
+            SimConfig::default(),
+            &format!(
+                "destination = \"s3\"\nbucket = \"lake\"\npath = \"aep\"\nfile_type = \"{file_type}\""
+            ),
+            None,
+            extra_source,
+        )
+        .await
+    }
+
+    /// A platform, its simulator (exporting under `<tmp>/exports` unless `config` says
+    /// otherwise) and a pipeline whose flow has `destination` settings, reading `url` (default:
+    /// the simulator's S3 directory).
+    async fn setup_with(
+        config: SimConfig,
+        destination: &str,
+        url: Option<&str>,
+        extra_source: &str,
+    ) -> Exports {
         let tmp = tempfile::tempdir().unwrap();
         let platform = tmp.path().join("platform");
         let summary = scoreland_platform_sim::generate(&GenerateOptions {
@@ -1119,7 +1139,7 @@ mod dataset_exports {
             &platform,
             SimConfig {
                 export_root: exports.clone(),
-                ..SimConfig::default()
+                ..config
             },
             "127.0.0.1:0".parse().unwrap(),
         )
@@ -1127,6 +1147,9 @@ mod dataset_exports {
         .unwrap();
         let info = sim.platform().info.clone();
         let t = tmp.path().display();
+        let url = url
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{t}/exports/s3/lake/aep"));
         let pipeline = tmp.path().join("exports.toml");
         std::fs::write(
             &pipeline,
@@ -1136,7 +1159,7 @@ staging = "{t}/staging"
 
 [source]
 type = "dataset-export"
-url = "{t}/exports/s3/lake/aep"
+url = "{url}"
 dataset = "{ds}"
 folders = "catch_up"
 {extra_source}
@@ -1151,10 +1174,7 @@ client_secret = "${{SIM_CLIENT_SECRET}}"
 
 [source.flow]
 name = "e2e-s3"
-destination = "s3"
-bucket = "lake"
-path = "aep"
-file_type = "{file_type}"
+{destination}
 compression = "GZIP"
 credentials = {{ access_key = "AKIA-E2E" }}
 
@@ -1185,7 +1205,11 @@ url = "{t}/wh"
                 &all,
                 &[
                     ("SIM_CLIENT_SECRET", &self.secret),
-                    ("SCORELAND_EXPORT_SECRET_KEY", "s3-secret-e2e"),
+                    ("SCORELAND_EXPORT_SECRET_KEY", "test"),
+                    (
+                        "SCORELAND_EXPORT_CONNECTION_STRING",
+                        &azurite_connection_string(),
+                    ),
                 ],
             )
         }
@@ -1346,6 +1370,100 @@ url = "{t}/wh"
         assert_eq!(runs.as_array().unwrap().len(), 3);
         let last = x.run();
         assert_eq!(last.status.code(), Some(3), "{}", text(&last));
+    }
+
+    /// A test server's URL from scripts/test-services.sh; under it (or CI) a missing one fails.
+    fn service(var: &str) -> Option<String> {
+        match std::env::var(var) {
+            Ok(v) => Some(v),
+            Err(_)
+                if std::env::var_os("CI").is_some()
+                    || std::env::var_os("SCORELAND_REQUIRE_SERVICES").is_some() =>
+            {
+                panic!("{var} is not set: run the tests through scripts/test.sh")
+            }
+            Err(_) => {
+                eprintln!("skipped: {var} is not set (scripts/test.sh starts the test servers)");
+                None
+            }
+        }
+    }
+
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    fn azurite_connection_string() -> String {
+        let url = std::env::var("SCORELAND_TEST_AZURITE_URL").unwrap_or_default();
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={url}/devstoreaccount1;"
+        )
+    }
+
+    /// The export written by the simulator to a real S3 server (moto) and to Azure Blob
+    /// (azurite), with the base connection's credentials, then landed from there: a full export
+    /// and an increment, each checked against the generator's truth.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_land_from_s3_and_azure_blob_servers() {
+        let (Some(s3), Some(azurite)) = (
+            service("SCORELAND_TEST_S3_ENDPOINT"),
+            service("SCORELAND_TEST_AZURITE_URL"),
+        ) else {
+            return;
+        };
+        let prefix = format!(
+            "exports-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        );
+        let s3_source = format!(
+            "options = {{ aws_endpoint = \"{s3}\", aws_allow_http = \"true\", aws_access_key_id = \"test\", aws_secret_access_key = \"test\", aws_region = \"us-east-1\" }}"
+        );
+        let az_source = format!(
+            "options = {{ azure_storage_account_name = \"devstoreaccount1\", azure_storage_account_key = \"{AZURITE_KEY}\", azure_storage_endpoint = \"{azurite}/devstoreaccount1\", azure_allow_http = \"true\", azure_storage_use_emulator = \"true\" }}"
+        );
+        let cases = [
+            (
+                SimConfig {
+                    export_s3_endpoint: Some(s3.clone()),
+                    ..SimConfig::default()
+                },
+                format!(
+                    "destination = \"s3\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""
+                ),
+                format!("s3://scoreland-test/{prefix}"),
+                s3_source,
+            ),
+            (
+                SimConfig::default(),
+                format!(
+                    "destination = \"azure_blob\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\"\nfile_type = \"JSON\""
+                ),
+                format!("az://scoreland-test/{prefix}"),
+                az_source,
+            ),
+        ];
+        for (config, destination, url, source) in cases {
+            let x = setup_with(config, &destination, Some(&url), &source).await;
+            x.sim.set_export_hold_back(2);
+            let made = x.cli(&["export", "create"]);
+            assert!(made.status.success(), "{}", text(&made));
+            let exported = x.cli(&["export", "run"]);
+            assert!(exported.status.success(), "{url}: {}", text(&exported));
+            assert!(
+                !x.tmp.path().join("exports/s3").exists()
+                    && !x.tmp.path().join("exports/azure_blob").exists(),
+                "{url}: written to the server, not to a directory"
+            );
+            let full = x.run();
+            assert_eq!(full.status.code(), Some(0), "{url}: {}", text(&full));
+            assert_eq!(x.landed(), x.truth(&[&[1]]), "{url}");
+            x.sim.set_export_hold_back(0);
+            assert!(x.cli(&["export", "run"]).status.success());
+            let inc = x.run();
+            assert_eq!(inc.status.code(), Some(0), "{url}: {}", text(&inc));
+            assert_eq!(record(&inc)["export"]["folders"][0]["full"], false);
+            assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]), "{url}");
+        }
     }
 
     /// pipelines/dataset-export.toml: the simulator exports the sample platform's dataset (its

@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// How long a new dataflow answers an ad-hoc run with "not ready" (AEP: minutes).
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub export_ready_after: Duration,
+    /// Write S3 destinations to this S3 endpoint (e.g. a local moto) instead of --exports.
+    #[arg(long)]
+    pub export_s3_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +107,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         export_root: std::path::absolute(&args.exports)
             .with_context(|| format!("--exports {}", args.exports.display()))?,
         export_ready_after: args.export_ready_after,
+        export_s3_endpoint: args.export_s3_endpoint,
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

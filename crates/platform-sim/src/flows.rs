@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Schema};
 use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, GzipLevel};
@@ -145,6 +146,8 @@ struct FlowState {
     dlz_generation: u64,
     /// The newest successful batches of each dataset that exports do not see yet.
     hold_back: usize,
+    /// Base connections' credentials as given (served masked), by connection id.
+    secrets: HashMap<String, Value>,
 }
 
 impl FlowStore {
@@ -354,6 +357,9 @@ pub(crate) async fn create(
     }
     if kind == "connections" {
         // Flow Service never answers with the secrets it keeps.
+        if let Some(params) = entity.get("auth").and_then(|a| a.get("params")) {
+            g.secrets.insert(id.clone(), params.clone());
+        }
         if let Some(Value::Object(params)) =
             entity.get_mut("auth").and_then(|a| a.get_mut("params"))
         {
@@ -757,7 +763,12 @@ pub(crate) async fn adhoc_run(
         if flow["state"] != "enabled" {
             return bad_request(&format!("flow {flow_id} is disabled; enable it first"));
         }
-        match export_job(&g, flow, &dataset_id) {
+        match export_job(
+            &g,
+            flow,
+            &dataset_id,
+            st.config.export_s3_endpoint.as_deref(),
+        ) {
             Ok(job) => job,
             Err(why) => return bad_request(&why),
         }
@@ -781,9 +792,84 @@ struct ExportJob {
     gzip: bool,
     incremental_mode: bool,
     template: Option<String>,
+    /// Where a destination that is a real server here (S3 at `export_s3_endpoint`, Azure Blob
+    /// at its connection string's `BlobEndpoint`) is written, under `folder_root`'s path.
+    remote: Option<Remote>,
 }
 
-fn export_job(g: &FlowState, flow: &Value, dataset_id: &str) -> Result<ExportJob, String> {
+#[derive(Clone)]
+struct Remote {
+    store: Arc<dyn ObjectStore>,
+    /// The target's path in the bucket or container.
+    prefix: String,
+}
+
+/// The store a target is written to, when it is a real server here: AEP writes with the base
+/// connection's credentials, and so does the simulator.
+fn remote_target(
+    spec: &Spec,
+    params: &Value,
+    auth: Option<&Value>,
+    s3_endpoint: Option<&str>,
+) -> Result<Option<Remote>, String> {
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    let prefix = s(params, "path");
+    match (spec.dir, auth) {
+        ("s3", Some(auth)) => {
+            let Some(endpoint) = s3_endpoint else {
+                return Ok(None);
+            };
+            let store = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(s(params, "bucketName"))
+                .with_endpoint(endpoint)
+                .with_allow_http(true)
+                .with_region("us-east-1")
+                .with_access_key_id(s(auth, "s3AccessKey"))
+                .with_secret_access_key(s(auth, "s3SecretKey"))
+                .build()
+                .map_err(|e| format!("the S3 destination: {e}"))?;
+            Ok(Some(Remote {
+                store: Arc::new(store),
+                prefix,
+            }))
+        }
+        ("azure_blob", Some(auth)) => {
+            let conn = s(auth, "connectionString");
+            let part = |k: &str| {
+                conn.split(';')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.to_string())
+            };
+            let Some(endpoint) = part("BlobEndpoint") else {
+                return Ok(None);
+            };
+            let (Some(account), Some(key)) = (part("AccountName"), part("AccountKey")) else {
+                return Err("the connection string has no AccountName or AccountKey".into());
+            };
+            let store = object_store::azure::MicrosoftAzureBuilder::new()
+                .with_account(account)
+                .with_access_key(key)
+                .with_container_name(s(params, "container"))
+                .with_endpoint(endpoint)
+                .with_allow_http(true)
+                .build()
+                .map_err(|e| format!("the Azure Blob destination: {e}"))?;
+            Ok(Some(Remote {
+                store: Arc::new(store),
+                prefix,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn export_job(
+    g: &FlowState,
+    flow: &Value,
+    dataset_id: &str,
+    s3_endpoint: Option<&str>,
+) -> Result<ExportJob, String> {
     let flow_id = flow["id"].as_str().unwrap_or("").to_string();
     let sources_have = flow["sourceConnectionIds"]
         .as_array()
@@ -812,6 +898,10 @@ fn export_job(g: &FlowState, flow: &Value, dataset_id: &str) -> Result<ExportJob
         .and_then(spec_by_connection)
         .ok_or("the target's connection spec is unknown")?;
     let p = &target["params"];
+    let auth = target["baseConnectionId"]
+        .as_str()
+        .and_then(|id| g.secrets.get(id));
+    let remote = remote_target(spec, p, auth, s3_endpoint)?;
     let mut folder = PathBuf::from(spec.dir);
     for k in spec.target {
         folder.push(safe_relative(p[*k].as_str().unwrap_or(""))?);
@@ -839,6 +929,7 @@ fn export_job(g: &FlowState, flow: &Value, dataset_id: &str) -> Result<ExportJob
             .pointer("/scheduleParams/foldernameTemplate")
             .and_then(Value::as_str)
             .map(str::to_string),
+        remote,
     })
 }
 
@@ -1007,7 +1098,7 @@ fn write_export(
     // A folder of an earlier simulator (same export root) is never written into: the next
     // free minute is taken.
     let mut minute = minute;
-    let (rel, dir) = loop {
+    let (folder_name, rel, dir) = loop {
         let time = chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default();
         let folder_name = match &job.template {
             Some(t) => t
@@ -1024,9 +1115,13 @@ fn write_export(
             ),
         };
         let rel = job.folder_root.join(safe_relative(&folder_name)?);
-        let dir = root.join(&rel);
+        // A remote destination's files pass through a local directory on their way.
+        let dir = match &job.remote {
+            Some(_) => root.join(".outgoing").join(&rel),
+            None => root.join(&rel),
+        };
         if !dir.exists() {
-            break (rel, dir);
+            break (folder_name, rel, dir);
         }
         minute += 1;
     };
@@ -1049,11 +1144,20 @@ fn write_export(
         rng.random::<u16>(),
         rng.random::<u64>() & 0xffff_ffff_ffff
     );
+    let remote_dir = job.remote.as_ref().map(|r| {
+        format!(
+            "{}/{}",
+            r.prefix.trim_matches('/'),
+            folder_name.trim_matches('/')
+        )
+    });
     let mut out = Written {
         files: 0,
         bytes: 0,
         records: 0,
-        folder: rel.to_string_lossy().into_owned(),
+        folder: remote_dir
+            .clone()
+            .unwrap_or_else(|| rel.to_string_lossy().into_owned()),
     };
     for (i, part) in parts.iter().enumerate() {
         if let Some(ExportFault::Slow { millis }) = fault {
@@ -1065,9 +1169,22 @@ fn write_export(
         out.files += 1;
         out.bytes += bytes;
         out.records += records;
-        if fault == Some(&ExportFault::MissingFile) && i == 0 {
+        let missing = fault == Some(&ExportFault::MissingFile) && i == 0;
+        if let (Some(remote), Some(remote_dir)) = (&job.remote, &remote_dir) {
+            if !missing {
+                let body = std::fs::read(&path).map_err(|e| e.to_string())?;
+                let location = object_store::path::Path::from(format!("{remote_dir}/{name}"));
+                tokio::runtime::Handle::current()
+                    .block_on(remote.store.put(&location, body.into()))
+                    .map_err(|e| format!("writing {location}: {e}"))?;
+            }
+            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+        } else if missing {
             std::fs::remove_file(&path).map_err(|e| e.to_string())?;
         }
+    }
+    if job.remote.is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(out)
 }

@@ -49,6 +49,10 @@ pub struct SimConfig {
     /// How long a new flow answers an ad-hoc run with "not ready for dataset export" (AEP:
     /// several minutes).
     pub export_ready_after: Duration,
+    /// S3 destinations are written to this endpoint (an S3 server such as moto) with the base
+    /// connection's keys, instead of a directory. Azure Blob destinations go to the
+    /// `BlobEndpoint` of their connection string when it has one.
+    pub export_s3_endpoint: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -60,6 +64,7 @@ impl Default for SimConfig {
             page_size: None,
             export_root: std::env::temp_dir().join("scoreland-sim-exports"),
             export_ready_after: Duration::ZERO,
+            export_s3_endpoint: None,
         }
     }
 }
