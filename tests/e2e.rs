@@ -1427,9 +1427,7 @@ url = "{t}/wh"
                     export_s3_endpoint: Some(s3.clone()),
                     ..SimConfig::default()
                 },
-                format!(
-                    "destination = \"s3\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""
-                ),
+                format!("destination = \"s3\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""),
                 format!("s3://scoreland-test/{prefix}"),
                 s3_source,
             ),
@@ -1464,6 +1462,75 @@ url = "{t}/wh"
             assert_eq!(record(&inc)["export"]["folders"][0]["full"], false);
             assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]), "{url}");
         }
+    }
+
+    /// GCS through fake-gcs-server, which serves object_store's reads but refuses its writes:
+    /// the simulator's folder is copied in through the emulator's JSON API, then landed from
+    /// `gs://`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_land_from_a_gcs_server() {
+        let Some(gcs) = service("SCORELAND_TEST_GCS_URL") else {
+            return;
+        };
+        let prefix = format!(
+            "exports-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        );
+        let key = serde_json::json!({
+            "gcs_base_url": gcs, "disable_oauth": true,
+            "client_email": "", "private_key": "", "private_key_id": "",
+        });
+        let source = format!(
+            "options = {{ google_service_account_key = {} }}",
+            serde_json::to_string(&key.to_string()).unwrap()
+        );
+        let x = setup_with(
+            SimConfig::default(),
+            &format!("destination = \"gcs\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""),
+            Some(&format!("gs://scoreland-test/{prefix}")),
+            &source,
+        )
+        .await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        let exported = x.cli(&["export", "run"]);
+        assert!(exported.status.success(), "{}", text(&exported));
+        let local = x
+            .tmp
+            .path()
+            .join("exports/gcs/scoreland-test")
+            .join(&prefix);
+        let mut files = Vec::new();
+        fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk_files(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        walk_files(&local, &mut files);
+        assert!(!files.is_empty());
+        for f in &files {
+            let rel = f.strip_prefix(&local).unwrap().to_str().unwrap();
+            let name = format!("{prefix}/{rel}");
+            let up = Command::new("curl")
+                .args(["-sf", "-X", "POST", "--data-binary"])
+                .arg(format!("@{}", f.display()))
+                .arg(format!(
+                    "{gcs}/upload/storage/v1/b/scoreland-test/o?uploadType=media&name={}",
+                    name.replace('=', "%3D")
+                ))
+                .output()
+                .unwrap();
+            assert!(up.status.success(), "uploading {name}: {}", text(&up));
+        }
+        let landed = x.run();
+        assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
     }
 
     /// pipelines/dataset-export.toml: the simulator exports the sample platform's dataset (its
