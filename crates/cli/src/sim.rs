@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Write S3 destinations to this S3 endpoint (e.g. a local moto) instead of --exports.
     #[arg(long)]
     pub export_s3_endpoint: Option<String>,
+    /// Write SFTP destinations under this directory (the one an sshd serves) instead of --exports.
+    #[arg(long)]
+    pub export_sftp_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +111,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("--exports {}", args.exports.display()))?,
         export_ready_after: args.export_ready_after,
         export_s3_endpoint: args.export_s3_endpoint,
+        export_sftp_root: args.export_sftp_root,
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
@@ -317,6 +317,8 @@ pub struct StagedExport {
 }
 
 const STAGED_MARK: &str = "export.json";
+/// Attempts at a file in a row without a byte of progress.
+const FETCH_ATTEMPTS: u32 = 5;
 
 /// Stages every file of `folder` under `dir`: each is fetched to a temporary name, checked
 /// against the listed size, made parquet (JSON records are decoded with one schema for the
@@ -412,18 +414,57 @@ async fn fetch(
     let mut out = tokio::fs::File::create(&partial)
         .await
         .map_err(|e| IngestError::io(&partial, e))?;
-    let got = store
-        .get(&f.location)
-        .await
-        .map_err(|e| store_error(&format!("reading {}", f.location), e))?;
-    let mut stream = got.into_stream();
+    let what = format!("reading {}", f.location);
+    // A connection that drops mid-file is resumed where it stopped: bounded attempts, each
+    // counted only while no byte moves (as for Data Access parts).
     let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| store_error(&format!("reading {}", f.location), e))?;
-        n += chunk.len() as u64;
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| IngestError::io(&partial, e))?;
+    let mut failures = 0u32;
+    loop {
+        let options = GetOptions {
+            range: (n > 0).then_some(GetRange::Offset(n)),
+            ..Default::default()
+        };
+        let before = n;
+        let failure = match store.get_opts(&f.location, options).await {
+            Ok(got) => {
+                let mut stream = got.into_stream();
+                let mut failure = None;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(chunk) => {
+                            n += chunk.len() as u64;
+                            out.write_all(&chunk)
+                                .await
+                                .map_err(|e| IngestError::io(&partial, e))?;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    None => break,
+                    Some(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        let err = store_error(&what, failure);
+        if !err.is_retryable() {
+            return Err(err);
+        }
+        failures = if n > before { 1 } else { failures + 1 };
+        if failures > FETCH_ATTEMPTS {
+            return Err(IngestError::GaveUp {
+                url: f.location.to_string(),
+                attempts: failures,
+                elapsed: std::time::Duration::ZERO,
+                source: Box::new(err),
+            });
+        }
+        tracing::warn!(target: "scoreland::retry", file = %f.location, at = n, error = %err, "resuming the file");
+        tokio::time::sleep(std::time::Duration::from_millis(200 << failures.min(5))).await;
     }
     out.flush()
         .await

@@ -17,6 +17,7 @@ mod exports;
 mod flows;
 mod listing;
 mod manifest;
+mod sftp;
 
 pub use auth::{Credentials, Secret};
 pub use catalog::{BatchSelection, CatalogBatch, SCORING_CLIENT};
@@ -38,3 +39,4 @@ pub use flows::{
 };
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
+pub use sftp::{SftpOptions, SftpStore};

@@ -594,6 +594,17 @@ pub(crate) async fn open_store(
             .map_err(|e| invalid(format!("the Data Landing Zone container: {e}")))?;
         return Ok((Arc::new(store), root));
     }
+    if url.starts_with("sftp://") {
+        let parsed =
+            url::Url::parse(url).map_err(|e| invalid(format!("source.url = {url:?}: {e}")))?;
+        let (opts, path) =
+            scoreland_ingest::SftpOptions::from_url(&parsed, options, &|v| std::env::var(v).ok())
+                .map_err(|e| invalid(format!("source.url = {url:?}: {e}")))?;
+        let store = scoreland_ingest::SftpStore::connect(opts)
+            .await
+            .map_err(PipelineError::Ingest)?;
+        return Ok((Arc::new(store), ObjectPath::from(path.trim_matches('/'))));
+    }
     let config = SinkConfig {
         url: url.to_string(),
         options: options.clone(),

@@ -763,12 +763,7 @@ pub(crate) async fn adhoc_run(
         if flow["state"] != "enabled" {
             return bad_request(&format!("flow {flow_id} is disabled; enable it first"));
         }
-        match export_job(
-            &g,
-            flow,
-            &dataset_id,
-            st.config.export_s3_endpoint.as_deref(),
-        ) {
+        match export_job(&g, flow, &dataset_id, &st.config) {
             Ok(job) => job,
             Err(why) => return bad_request(&why),
         }
@@ -792,6 +787,9 @@ struct ExportJob {
     gzip: bool,
     incremental_mode: bool,
     template: Option<String>,
+    /// Written under this directory instead of the export root (SFTP destinations, when
+    /// `export_sftp_root` names the directory an sshd serves).
+    local_root: Option<PathBuf>,
     /// Where a destination that is a real server here (S3 at `export_s3_endpoint`, Azure Blob
     /// at its connection string's `BlobEndpoint`) is written, under `folder_root`'s path.
     remote: Option<Remote>,
@@ -868,7 +866,7 @@ fn export_job(
     g: &FlowState,
     flow: &Value,
     dataset_id: &str,
-    s3_endpoint: Option<&str>,
+    config: &crate::SimConfig,
 ) -> Result<ExportJob, String> {
     let flow_id = flow["id"].as_str().unwrap_or("").to_string();
     let sources_have = flow["sourceConnectionIds"]
@@ -901,8 +899,14 @@ fn export_job(
     let auth = target["baseConnectionId"]
         .as_str()
         .and_then(|id| g.secrets.get(id));
-    let remote = remote_target(spec, p, auth, s3_endpoint)?;
-    let mut folder = PathBuf::from(spec.dir);
+    let remote = remote_target(spec, p, auth, config.export_s3_endpoint.as_deref())?;
+    let local_root = (spec.dir == "sftp")
+        .then(|| config.export_sftp_root.clone())
+        .flatten();
+    let mut folder = match local_root {
+        Some(_) => PathBuf::new(),
+        None => PathBuf::from(spec.dir),
+    };
     for k in spec.target {
         folder.push(safe_relative(p[*k].as_str().unwrap_or(""))?);
     }
@@ -930,6 +934,7 @@ fn export_job(
             .and_then(Value::as_str)
             .map(str::to_string),
         remote,
+        local_root,
     })
 }
 
@@ -1116,9 +1121,10 @@ fn write_export(
         };
         let rel = job.folder_root.join(safe_relative(&folder_name)?);
         // A remote destination's files pass through a local directory on their way.
-        let dir = match &job.remote {
-            Some(_) => root.join(".outgoing").join(&rel),
-            None => root.join(&rel),
+        let dir = match (&job.remote, &job.local_root) {
+            (Some(_), _) => root.join(".outgoing").join(&rel),
+            (None, Some(local)) => local.join(&rel),
+            (None, None) => root.join(&rel),
         };
         if !dir.exists() {
             break (folder_name, rel, dir);

@@ -53,6 +53,10 @@ pub struct SimConfig {
     /// connection's keys, instead of a directory. Azure Blob destinations go to the
     /// `BlobEndpoint` of their connection string when it has one.
     pub export_s3_endpoint: Option<String>,
+    /// SFTP destinations are written under this directory (the one an sshd serves), at their
+    /// `remotePath`, instead of under the export root. The simulator writes the files itself,
+    /// not over SSH.
+    pub export_sftp_root: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -65,6 +69,7 @@ impl Default for SimConfig {
             export_root: std::env::temp_dir().join("scoreland-sim-exports"),
             export_ready_after: Duration::ZERO,
             export_s3_endpoint: None,
+            export_sftp_root: None,
         }
     }
 }
