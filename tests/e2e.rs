@@ -1429,7 +1429,9 @@ url = "{t}/wh"
                     export_s3_endpoint: Some(s3.clone()),
                     ..SimConfig::default()
                 },
-                format!("destination = \"s3\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\""),
+                format!(
+                    "destination = \"s3\"\nbucket = \"scoreland-test\"\npath = \"{prefix}\"\ncredentials = {{ access_key = \"test\" }}"
+                ),
                 format!("s3://scoreland-test/{prefix}"),
                 s3_source,
             ),
