@@ -1309,6 +1309,12 @@ url = "{t}/wh"
 
         let exported = x.cli(&["export", "run"]);
         assert!(exported.status.success(), "{}", text(&exported));
+        // `export download` stages the newest complete folder without landing it.
+        let out = x.tmp.path().join("download");
+        let dl = x.cli(&["export", "download", "--out", out.to_str().unwrap()]);
+        assert!(dl.status.success(), "{}", text(&dl));
+        assert!(text(&dl).contains("succeeded with"), "{}", text(&dl));
+        assert!(out.join(&x.summary.dataset_id).is_dir());
         let full = x.run();
         assert_eq!(full.status.code(), Some(0), "{}", text(&full));
         let r = record(&full);

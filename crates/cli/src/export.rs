@@ -35,6 +35,20 @@ enum ExportCommand {
     Runs(Target),
     /// Delete the dataflow and the connections it was made of.
     Delete(Target),
+    /// Stage one complete export folder (the newest, or --folder) without landing it.
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// A pipeline file whose [source] is `type = "dataset-export"`.
+    pipeline: PathBuf,
+    /// Staging directory: the folder lands in OUT/<dataset>/export-<time>/.
+    #[arg(long)]
+    out: PathBuf,
+    /// The folder's path under the flow's folder, e.g. `<dataset>/exportTime=202612010200`.
+    #[arg(long)]
+    folder: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +293,38 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             } else {
                 print_runs(&runs);
             }
+            Ok(0)
+        }
+        ExportCommand::Download(a) => {
+            let file = PipelineFile::load(&a.pipeline).map_err(usage)?;
+            let SourceConfig::DatasetExport(source) = file.source else {
+                return Err(usage(anyhow::anyhow!(
+                    "{}: [source] is not type = \"dataset-export\"",
+                    a.pipeline.display()
+                )));
+            };
+            let started = Instant::now();
+            let (staged, why) =
+                scoreland_pipeline::download_export(&source, &a.out, a.folder.as_deref())
+                    .await
+                    .map_err(|e| {
+                        let code = if e.is_config() { 2 } else { 1 };
+                        Failure {
+                            code,
+                            error: anyhow::anyhow!(scoreland_pipeline::error_chain(&e)),
+                        }
+                    })?;
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            println!(
+                "folder {}: {} files, {} rows, {:.1} MB ({:.1} MB fetched) in {:.1} s ({:.1} MB/s); complete: {why}",
+                staged.folder,
+                staged.files.len(),
+                staged.rows,
+                staged.bytes as f64 / 1e6,
+                staged.bytes_downloaded as f64 / 1e6,
+                secs,
+                staged.bytes_downloaded as f64 / 1e6 / secs
+            );
             Ok(0)
         }
         ExportCommand::Delete(t) => {

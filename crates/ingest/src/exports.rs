@@ -557,7 +557,7 @@ fn to_parquet(
             let meta = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| bad(&f.name, format!("not a readable parquet file: {e}")))?;
             rows += meta.metadata().file_metadata().num_rows().max(0) as u64;
-            std::fs::copy(raw, &tmp).map_err(|e| IngestError::io(&tmp, e))?;
+            std::fs::rename(raw, &tmp).map_err(|e| IngestError::io(&tmp, e))?;
         }
         std::fs::rename(&tmp, &dst).map_err(|e| IngestError::io(&dst, e))?;
         paths.push(dst);

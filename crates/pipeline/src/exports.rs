@@ -614,6 +614,57 @@ pub(crate) async fn open_store(
     Ok((wh.store(), wh.path("")))
 }
 
+/// Stages one complete export folder under `out/<dataset>/export-<time>/` without landing it:
+/// the one named `folder` (its path under the flow's folder, e.g. `<dataset>/exportTime=…`), or
+/// the newest complete one. Returns what was staged and why the folder counts as complete.
+pub async fn download(
+    src: &ExportSource,
+    out: &Path,
+    folder: Option<&str>,
+) -> Result<(scoreland_ingest::StagedExport, String), PipelineError> {
+    let mut warnings = Vec::new();
+    let conn = connect(src, out, &mut warnings).await?;
+    let runs = match (&conn.client, &conn.flow) {
+        (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
+        _ => None,
+    };
+    let settle = src.settle().map_err(invalid)?;
+    let folders = scoreland_ingest::list_export_folders(&conn.store, &conn.root, &conn.pattern)
+        .await
+        .map_err(PipelineError::Ingest)?;
+    let now = Utc::now();
+    let mut chosen = None;
+    for f in folders.into_iter().rev() {
+        if folder.is_some_and(|want| want.trim_matches('/') != f.rel) {
+            continue;
+        }
+        match verdict(&f, runs.as_deref(), settle, now)? {
+            Verdict::Complete(why) => {
+                chosen = Some((f, why));
+                break;
+            }
+            Verdict::Pending(why) | Verdict::Failed(why) => {
+                if folder.is_some() {
+                    return Err(invalid(format!("folder {} is not complete: {why}", f.rel)));
+                }
+                tracing::info!(folder = %f.rel, "{why}; looking at older folders");
+            }
+        }
+    }
+    let (f, why) = chosen.ok_or_else(|| {
+        invalid(match folder {
+            Some(want) => format!("no export folder {want} under {}", conn.url),
+            None => format!("no complete export folder under {}", conn.url),
+        })
+    })?;
+    let dir = out.join(&conn.dataset).join(f.staging_name());
+    let staged =
+        scoreland_ingest::stage_export_folder(&conn.store, &f, &dir, src.concurrency.unwrap_or(8))
+            .await
+            .map_err(PipelineError::Ingest)?;
+    Ok((staged, why))
+}
+
 /// The simulator's schedule, accelerated: one ad-hoc export per pipeline run, waited for.
 async fn export_once(client: &AepClient, flow: &Flow, dataset: &str) -> Result<(), PipelineError> {
     let run = client

@@ -11,7 +11,7 @@ pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpol
 pub use error::PipelineError;
 pub use exports::{
     ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, SECRET_VARS,
-    SimulatorSection,
+    SimulatorSection, download as download_export,
 };
 pub use run::{
     DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
