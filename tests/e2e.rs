@@ -1718,28 +1718,13 @@ url = "{t}/wh"
             .batches
             .values()
             .filter(|b| b.status() == "success")
-            .flat_map(|b| {
-                b.object
-                    .get("replay")
-                    .and_then(|r| r.get("predecessors"))
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-            })
+            .flat_map(|b| b.replaces())
             .collect();
         let exported: Vec<(Vec<PathBuf>, i64)> = sb
             .batches
             .values()
             .filter(|b| b.status() == "success" && !replaced.contains(&b.id.as_str()))
-            .map(|b| {
-                let parts = b
-                    .files
-                    .iter()
-                    .flat_map(|f| f.parts.iter().map(|p| p.path.clone()))
-                    .collect();
-                (parts, 0)
-            })
+            .map(|b| (b.part_paths(), 0))
             .collect();
         let truth = scoreland_platform_sim::truth::newest_scores(&exported).unwrap();
         assert_eq!(

@@ -1530,3 +1530,133 @@ mod flows {
         assert_ne!(creds.sas_token.expose(), refreshed.sas_token.expose());
     }
 }
+
+/// Export folders on a local store: listing by pattern, and staging that refuses what cannot
+/// be landed whole.
+mod export_folders {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use object_store::local::LocalFileSystem;
+    use object_store::path::Path as ObjectPath;
+    use scoreland_ingest::{
+        DEFAULT_FOLDER_TEMPLATE, FolderPattern, IngestError, list_export_folders,
+        stage_export_folder,
+    };
+
+    fn store(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
+        Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap())
+    }
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn write(dir: &std::path::Path, rel: &str, bytes: &[u8]) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn json_records_one_per_line_or_in_an_array_stage_as_one_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("exports");
+        let folder = "ds1/exportTime=202612010200";
+        write(
+            &root,
+            &format!("{folder}/part-00000-c000.json.gz"),
+            &gz("{\"_id\":\"a\",\"n\":{\"x\":1}}\n{\"_id\":\"b\",\"n\":{\"x\":2}}\n"),
+        );
+        write(
+            &root,
+            &format!("{folder}/part-00001-c000.json.gz"),
+            &gz("[{\"_id\":\"c\",\"n\":{\"x\":3,\"y\":\"new\"}}]"),
+        );
+        // Another dataset beside it, and a marker beside the folders: neither is read.
+        write(&root, "ds2/exportTime=202612010200/part-0.parquet", b"x");
+        write(&root, "ds1/_manifest.json", b"{}");
+        let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds1").unwrap();
+        let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
+            .await
+            .unwrap();
+        assert_eq!(folders.len(), 1);
+        assert_eq!(folders[0].files.len(), 2);
+        let staged = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
+            .await
+            .unwrap();
+        assert_eq!(staged.rows, 3);
+        assert_eq!(staged.files.len(), 2);
+        // Both files have the merged schema (n.y appears in the second file only).
+        for f in &staged.files {
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(f).unwrap(),
+            )
+            .unwrap();
+            let n = r.schema().field_with_name("n").unwrap().to_string();
+            assert!(n.contains("\"y\""), "{n}");
+        }
+        // A second staging reuses the first.
+        let again = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
+            .await
+            .unwrap();
+        assert_eq!(again.bytes_downloaded, 0);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_landed_whole_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("exports");
+        let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds1").unwrap();
+        // A folder name that does not parse.
+        write(&root, "ds1/exportTime=2026-12-01/part-0.parquet", b"x");
+        let err = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IngestError::BadExportFolder { folder, .. } if folder == "ds1/exportTime=2026-12-01"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(root.join("ds1")).unwrap();
+
+        // An unknown extension, then a corrupt parquet file.
+        write(&root, "ds1/exportTime=202612010200/part-0.csv", b"a,b\n");
+        let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
+            .await
+            .unwrap();
+        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("part-0.csv"), "{err}");
+        std::fs::remove_file(root.join("ds1/exportTime=202612010200/part-0.csv")).unwrap();
+        write(
+            &root,
+            "ds1/exportTime=202612010200/part-1.gz.parquet",
+            b"PAR1 not really",
+        );
+        let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
+            .await
+            .unwrap();
+        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st2"), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("part-1.gz.parquet")
+                && err.to_string().contains("not a readable parquet file"),
+            "{err}"
+        );
+        // A writer's temporary file marks the folder unfinished.
+        write(
+            &root,
+            "ds1/exportTime=202612010300/.part-2.parquet.crc",
+            b"x",
+        );
+        let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
+            .await
+            .unwrap();
+        assert_eq!(folders[1].unfinished, [".part-2.parquet.crc"]);
+    }
+}

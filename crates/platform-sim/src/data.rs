@@ -73,6 +73,23 @@ impl Batch {
             .and_then(Value::as_i64)
             .unwrap_or(0)
     }
+    /// `replay.predecessors`: the batches this one replaces.
+    pub fn replaces(&self) -> impl Iterator<Item = &str> {
+        self.object
+            .get("replay")
+            .and_then(|r| r.get("predecessors"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+    /// Every part of every dataSetFile, in listing order.
+    pub fn part_paths(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .flat_map(|f| f.parts.iter().map(|p| p.path.clone()))
+            .collect()
+    }
     pub fn status(&self) -> &str {
         self.object
             .get("status")

@@ -576,19 +576,10 @@ pub(crate) async fn patch_flow(
         return bad_request("the request body is not a JSON Patch array");
     };
     let mut g = st.flows.lock();
-    g.counter += 1;
-    let n = g.counter;
-    let Some(flow) = g
-        .entities
-        .get_mut("flows")
-        .and_then(|m| m.get_mut(&id))
-        .filter(|v| v["sandboxName"] == sandbox.as_str())
-    else {
-        return not_found(&format!("flow {id}"));
+    let (flow, n) = match flow_to_change(&mut g, &sandbox, &id, &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if let Err(r) = check_etag(flow, &headers, &id) {
-        return r;
-    }
     let mut updated = flow.clone();
     for op in &ops {
         let (Some(kind), Some(path)) = (op["op"].as_str(), op["path"].as_str()) else {
@@ -610,6 +601,25 @@ pub(crate) async fn patch_flow(
     updated["updatedAt"] = json!(now_ms());
     *flow = updated;
     axum::Json(json!({"id": id, "etag": etag})).into_response()
+}
+
+/// The flow `id` of `sandbox` to change, after its `If-Match` check, and a new etag number.
+fn flow_to_change<'a>(
+    g: &'a mut FlowState,
+    sandbox: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<(&'a mut Value, u64), Response> {
+    g.counter += 1;
+    let n = g.counter;
+    let flow = g
+        .entities
+        .get_mut("flows")
+        .and_then(|m| m.get_mut(id))
+        .filter(|v| v["sandboxName"] == sandbox)
+        .ok_or_else(|| not_found(&format!("flow {id}")))?;
+    check_etag(flow, headers, id)?;
+    Ok((flow, n))
 }
 
 fn check_etag(entity: &Value, headers: &HeaderMap, id: &str) -> Result<(), Response> {
@@ -651,19 +661,10 @@ pub(crate) async fn flow_action(
         other => return bad_request(&format!("op must be enable or disable, got {other:?}")),
     };
     let mut g = st.flows.lock();
-    g.counter += 1;
-    let n = g.counter;
-    let Some(flow) = g
-        .entities
-        .get_mut("flows")
-        .and_then(|m| m.get_mut(&id))
-        .filter(|v| v["sandboxName"] == sandbox.as_str())
-    else {
-        return not_found(&format!("flow {id}"));
+    let (flow, n) = match flow_to_change(&mut g, &sandbox, &id, &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if let Err(r) = check_etag(flow, &headers, &id) {
-        return r;
-    }
     flow["state"] = json!(state);
     flow["etag"] = json!(etag_of(n));
     axum::Json(json!({"id": id, "etag": flow["etag"]})).into_response()
@@ -980,30 +981,12 @@ fn start_run(st: &Arc<AppState>, sandbox: &str, job: ExportJob) -> String {
                     .collect();
                 visible.sort_by_key(|b| (b.created(), b.id.clone()));
                 visible.truncate(visible.len().saturating_sub(hold_back));
-                let replaced: HashSet<&str> = visible
-                    .iter()
-                    .flat_map(|b| {
-                        b.object
-                            .get("replay")
-                            .and_then(|r| r.get("predecessors"))
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                    })
-                    .collect();
+                let replaced: HashSet<&str> = visible.iter().flat_map(|b| b.replaces()).collect();
                 visible
                     .into_iter()
                     .filter(|b| !replaced.contains(b.id.as_str()))
                     .filter(|b| !(job.incremental_mode && done.contains(&b.id)))
-                    .map(|b| {
-                        let parts = b
-                            .files
-                            .iter()
-                            .flat_map(|f| f.parts.iter().map(|p| p.path.clone()))
-                            .collect();
-                        (b.id.clone(), parts)
-                    })
+                    .map(|b| (b.id.clone(), b.part_paths()))
                     .collect()
             })
             .unwrap_or_default();
