@@ -26,8 +26,15 @@ fi
 
 scripts/test-services.sh start > /dev/null
 SIM=
-trap '[ -n "$SIM" ] && kill $SIM 2>/dev/null; scripts/test-services.sh stop' EXIT
 source "$SCORELAND_SVC_DIR/env.sh"
+PREFIX="bench-$(date +%s)"
+# The copies are a GB each: none is left behind.
+cleanup() {
+  [ -n "$SIM" ] && kill $SIM 2> /dev/null
+  rm -rf "$WORK"/out-* "$WORK/sim-exports" "${SCORELAND_TEST_SFTP_ROOT:?}/$PREFIX"
+  scripts/test-services.sh stop
+}
+trap cleanup EXIT
 rm -rf "$WORK/sim-exports" "$WORK/staging"
 "$BIN" -q sim --data "$PLATFORM" --exports "$WORK/sim-exports" \
   --export-s3-endpoint "$SCORELAND_TEST_S3_ENDPOINT" --export-sftp-root "$SCORELAND_TEST_SFTP_ROOT" \
@@ -38,7 +45,6 @@ field() { python3 -c "import json,sys; print(json.load(open('$WORK/sim.json'))$1
 BASE=$(field "['base_url']"); ORG=$(field "['org_id']"); CLIENT=$(field "['client_id']")
 export SIM_SECRET; SIM_SECRET=$(field "['client_secret']")
 DS=$(field "['datasets'][0]['id']")
-PREFIX="bench-$(date +%s)"
 export SCORELAND_EXPORT_SECRET_KEY=test SCORELAND_EXPORT_SFTP_PASSWORD=unused
 
 pipeline() { # name url options destination-lines
@@ -49,7 +55,7 @@ staging = "$WORK/staging"
 type = "dataset-export"
 url = "$2"
 dataset = "$DS"
-concurrency = 8
+concurrency = ${CONCURRENCY:-8}
 options = $3
 [source.platform]
 platform_url = "$BASE"
@@ -85,19 +91,23 @@ for p in s3 sftp; do
   "$BIN" -q export create "$WORK/$p.toml" > /dev/null
   "$BIN" -q export run "$WORK/$p.toml" > /dev/null
 done
-FOLDER=$("$BIN" -q export runs "$WORK/s3.toml" --json | python3 -c "import json,sys; r=json.load(sys.stdin)[0]; print('/'.join(r['path_prefix'].split('/')[-2:]), r['output_files'], r['output_bytes'])")
-read -r FOLDER FILES BYTES <<< "$FOLDER"
+folder_of() { # pipeline -> "folder files bytes" of its newest run
+  "$BIN" -q export runs "$WORK/$1.toml" --json | python3 -c "import json,sys; r=json.load(sys.stdin)[0]; print('/'.join(r['path_prefix'].split('/')[-2:]), r['output_files'], r['output_bytes'])"
+}
+read -r FOLDER FILES BYTES <<< "$(folder_of s3)"
+read -r SFTP_FOLDER _ _ <<< "$(folder_of sftp)"
 echo "folder $FOLDER: $FILES files, $(awk "BEGIN { print $BYTES/1e6 }") MB; $(nproc) cores"
 
 measure() { # name command… -> "seconds peak_mb"
   local name=$1; shift
-  rm -rf "$WORK/out-$name" "$WORK/staging"; mkdir -p "$WORK/out-$name"
+  rm -rf "$WORK/out-$name"; mkdir -p "$WORK/out-$name"
   /usr/bin/time -f '%e %M' -o "$WORK/time-$name" "$@" > "$WORK/log-$name" 2>&1 \
     || { cat "$WORK/log-$name" >&2; echo "failed 0"; return; }
   local got
-  got=$(find "$WORK/out-$name" "$WORK/staging" -type f -name '*.parquet' 2>/dev/null | xargs -r du -cb | tail -1 | cut -f1)
+  got=$(find "$WORK/out-$name" -type f -name '*.parquet' -print0 | du -cb --files0-from=- | tail -1 | cut -f1)
   [ "${got:-0}" -eq "$BYTES" ] || { echo "$name fetched ${got:-0} bytes, not $BYTES" >&2; exit 1; }
   read -r s kib < "$WORK/time-$name"
+  rm -rf "$WORK/out-$name"
   echo "$s $(awk "BEGIN { print $kib/1024 }")"
 }
 aws_cp() {
@@ -108,18 +118,18 @@ aws_cp() {
 sftp_get() {
   sftp -q -b - -i "$SCORELAND_TEST_SFTP_KEY" -P "$SCORELAND_TEST_SFTP_PORT" \
     -o UserKnownHostsFile="$SCORELAND_TEST_SFTP_KNOWN_HOSTS" sftptest@127.0.0.1 \
-    <<< "get -r $SCORELAND_TEST_SFTP_ROOT/$PREFIX/$FOLDER $WORK/out-openssh/"
+    <<< "get -r $SCORELAND_TEST_SFTP_ROOT/$PREFIX/$SFTP_FOLDER $WORK/out-openssh/"
 }
 export -f aws_cp sftp_get
-export WORK PREFIX FOLDER SCORELAND_TEST_S3_ENDPOINT SCORELAND_TEST_SFTP_KEY SCORELAND_TEST_SFTP_PORT \
+export WORK PREFIX FOLDER SFTP_FOLDER SCORELAND_TEST_S3_ENDPOINT SCORELAND_TEST_SFTP_KEY SCORELAND_TEST_SFTP_PORT \
   SCORELAND_TEST_SFTP_KNOWN_HOSTS SCORELAND_TEST_SFTP_ROOT
 
 row() { printf '%-28s %8s s  peak RSS %7s MB\n' "$1" "$2" "$3"; }
 for round in $(seq 1 "$ROUNDS"); do
   read -r s mb < <(measure aws bash -c aws_cp); row "aws s3 cp --recursive" "$s" "$mb"; base=$s
-  read -r s mb < <(measure s3 "$BIN" -q export download "$WORK/s3.toml" --out "$WORK/staging")
+  read -r s mb < <(measure s3 "$BIN" -q export download "$WORK/s3.toml" --out "$WORK/out-s3")
   row "scoreland (S3)" "$s" "$mb"; printf '%28s %.2fx aws\n' "" "$(awk "BEGIN { print $s/$base }")"
   read -r s mb < <(measure openssh bash -c sftp_get); row "OpenSSH sftp get -r" "$s" "$mb"; base=$s
-  read -r s mb < <(measure sftp "$BIN" -q export download "$WORK/sftp.toml" --out "$WORK/staging")
+  read -r s mb < <(measure sftp "$BIN" -q export download "$WORK/sftp.toml" --out "$WORK/out-sftp")
   row "scoreland (SFTP)" "$s" "$mb"; printf '%28s %.2fx sftp\n' "" "$(awk "BEGIN { print $s/$base }")"
 done
