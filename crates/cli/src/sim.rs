@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Write SFTP destinations under this directory (the one an sshd serves) instead of --exports.
     #[arg(long)]
     pub export_sftp_root: Option<PathBuf>,
+    /// Run dataflows on their schedules, this many times faster than the wall clock (3600: an
+    /// hour of schedule a second). Without it, exports run when asked (`scoreland export run`).
+    #[arg(long)]
+    pub export_clock_speed: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +116,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         export_ready_after: args.export_ready_after,
         export_s3_endpoint: args.export_s3_endpoint,
         export_sftp_root: args.export_sftp_root,
+        export_clock_speed: args.export_clock_speed,
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

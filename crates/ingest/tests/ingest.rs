@@ -1442,6 +1442,65 @@ mod flows {
     }
 
     #[tokio::test]
+    async fn a_schedule_runs_on_the_accelerated_clock_every_interval() {
+        let exports = tempfile::tempdir().unwrap();
+        let config = SimConfig {
+            export_root: exports.path().to_path_buf(),
+            // Ten hours a second: a 3-hour schedule exports every 0.3 s.
+            export_clock_speed: Some(36_000.0),
+            ..SimConfig::default()
+        };
+        let env = env_full(300, 3, 3, config, |_, _| {}).await;
+        let c = client(&env);
+        let s = spec(
+            &env,
+            "scheduled",
+            FileType::Parquet,
+            ExportMode::FirstFullThenIncremental,
+        );
+        let (flow, _) = c.create_export_flow(&s).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.set_flow_enabled(&flow, false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let runs = c.flow_runs(&flow.id).await.unwrap();
+        assert!(runs.len() >= 3, "{runs:?}");
+        let mut folders: Vec<String> = runs
+            .iter()
+            .map(|r| r.path_prefix.clone().unwrap())
+            .collect();
+        folders.sort();
+        // The export times are three hours apart on the simulated clock.
+        let minute = |p: &str| {
+            let t = p.rsplit("exportTime=").next().unwrap();
+            chrono::NaiveDateTime::parse_from_str(t, "%Y%m%d%H%M")
+                .unwrap()
+                .and_utc()
+                .timestamp()
+                / 60
+        };
+        assert_eq!(
+            minute(&folders[1]) - minute(&folders[0]),
+            180,
+            "{folders:?}"
+        );
+        // The first is the full export, the next ones are empty increments.
+        let mut by_time = runs.clone();
+        by_time.sort_by_key(|r| r.created_at);
+        for r in &by_time {
+            let r = finished(&c, &r.id).await;
+            assert!(r.succeeded(), "{r:?}");
+        }
+        let first = finished(&c, &by_time[0].id).await;
+        assert!(first.output_records.unwrap() > 0);
+        let second = finished(&c, &by_time[1].id).await;
+        assert_eq!(second.output_records, Some(0));
+        // Disabled: no more runs.
+        let count = c.flow_runs(&flow.id).await.unwrap().len();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(c.flow_runs(&flow.id).await.unwrap().len(), count);
+    }
+
+    #[tokio::test]
     async fn a_stale_etag_a_disabled_flow_and_a_failed_run_are_told_apart() {
         let (env, _exports) = flow_env(Duration::ZERO).await;
         let c = client(&env);

@@ -57,6 +57,9 @@ pub struct SimConfig {
     /// `remotePath`, instead of under the export root. The simulator writes the files itself,
     /// not over SSH.
     pub export_sftp_root: Option<PathBuf>,
+    /// Run enabled flows on their schedules, on a clock this many times faster than the wall
+    /// clock (3600: an hour a second). Without it, exports run only when asked (ad-hoc runs).
+    pub export_clock_speed: Option<f64>,
 }
 
 impl Default for SimConfig {
@@ -70,6 +73,7 @@ impl Default for SimConfig {
             export_ready_after: Duration::ZERO,
             export_s3_endpoint: None,
             export_sftp_root: None,
+            export_clock_speed: None,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct SimHandle {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Runs flows on their schedules (with `export_clock_speed`).
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SimHandle {
@@ -223,6 +229,9 @@ impl SimHandle {
 
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -241,6 +250,9 @@ impl SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -274,6 +286,11 @@ pub async fn start(
         flows: FlowStore::default(),
     });
     let app = router(state.clone());
+    let scheduler = state
+        .config
+        .export_clock_speed
+        .filter(|s| *s > 0.0)
+        .map(|speed| tokio::spawn(flows::schedule(state.clone(), speed)));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     // As servers in front of real APIs do: without TCP_NODELAY, a small write that follows
     // another (a body after its head) waits for the client's delayed ACK, up to 40 ms.
@@ -295,6 +312,7 @@ pub async fn start(
         addr,
         shutdown: Some(tx),
         task: Some(task),
+        scheduler,
     })
 }
 
