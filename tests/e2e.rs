@@ -1474,6 +1474,62 @@ url = "{t}/wh"
         }
     }
 
+    /// The Data Landing Zone as an azurite container: the simulator signs SAS tokens for it; the
+    /// first one handed out has expired, so the run is refused, asks for a new one, and lands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_data_landing_zone_refreshes_expired_credentials() {
+        let Some(azurite) = service("SCORELAND_TEST_AZURITE_URL") else {
+            return;
+        };
+        let prefix = format!(
+            "dlz-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        );
+        let x = setup_with(
+            SimConfig {
+                export_dlz: Some(scoreland_platform_sim::DlzServer {
+                    endpoint: format!("{azurite}/devstoreaccount1"),
+                    account: "devstoreaccount1".into(),
+                    key: AZURITE_KEY.into(),
+                    container: "scoreland-test".into(),
+                }),
+                ..SimConfig::default()
+            },
+            // A flow that AEP stops in five days: every run warns.
+            &format!(
+                "destination = \"dlz\"\npath = \"{prefix}\"\nend = \"{}\"",
+                (chrono::Utc::now() + chrono::Duration::days(5)).to_rfc3339()
+            ),
+            Some(&format!("dlz:{prefix}")),
+            "",
+            400,
+        )
+        .await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        let exported = x.cli(&["export", "run"]);
+        assert!(exported.status.success(), "{}", text(&exported));
+        assert!(
+            !x.tmp.path().join("exports/dlz").exists(),
+            "written to azurite"
+        );
+        x.sim.expire_dlz_credentials();
+        let landed = x.run();
+        assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
+        assert!(
+            text(&landed).contains("refused its credentials"),
+            "{}",
+            text(&landed)
+        );
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+        let warned = record(&landed)["warnings"].to_string();
+        assert!(
+            warned.contains("ends in 5.0 days") || warned.contains("ends in 4.9 days"),
+            "{warned}"
+        );
+    }
+
     /// GCS through fake-gcs-server, which serves object_store's reads but refuses its writes:
     /// the simulator's folder is copied in through the emulator's JSON API, then landed from
     /// `gs://`.

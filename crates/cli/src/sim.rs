@@ -117,6 +117,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         export_s3_endpoint: args.export_s3_endpoint,
         export_sftp_root: args.export_sftp_root,
         export_clock_speed: args.export_clock_speed,
+        // The Data Landing Zone is the --exports directory's `dlz` (a `file://` SAS); tests
+        // put it on azurite through the library.
+        export_dlz: None,
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

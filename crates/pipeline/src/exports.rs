@@ -582,6 +582,22 @@ pub(crate) async fn open_store(
                 object_store::azure::AzureConfigKey::SasKey,
                 creds.sas_token.expose(),
             );
+        // Outside Azure's own hosts (an emulator, a private endpoint) the SAS URI says where
+        // the account is: everything before the container.
+        let host = sas.host_str().unwrap_or_default();
+        if !host.ends_with(".blob.core.windows.net") {
+            let mut endpoint = sas.clone();
+            endpoint.set_query(None);
+            let path = endpoint.path().trim_end_matches('/').to_string();
+            let account_path = path
+                .strip_suffix(&format!("/{}", creds.container_name))
+                .unwrap_or(&path)
+                .to_string();
+            endpoint.set_path(&account_path);
+            b = b
+                .with_endpoint(endpoint.to_string().trim_end_matches('/').to_string())
+                .with_allow_http(sas.scheme() == "http");
+        }
         for (k, v) in options {
             b = b.with_config(
                 k.parse()

@@ -660,8 +660,37 @@ async fn ingest_exports(
         },
         ..Default::default()
     };
-    let folders = scoreland_ingest::list_export_folders(&conn.store, &conn.root, &conn.pattern)
-        .await
+    let is_dlz = conn.url.starts_with("dlz:");
+    // Refused: 401/403, which object_store's Azure client reports as a generic error.
+    let refused = |e: &scoreland_ingest::IngestError| match e {
+        scoreland_ingest::IngestError::Store { source, .. } => {
+            matches!(
+                source,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ) || {
+                let text = error_chain(source);
+                text.contains("403 Forbidden") || text.contains("401 Unauthorized")
+            }
+        }
+        _ => false,
+    };
+    // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
+    let renew = || async {
+        tracing::info!("the Data Landing Zone refused its credentials; asking for new ones");
+        exports::open_store(&conn.url, &src.options, conn.client.as_ref(), true)
+            .await
+            .map(|(s, _)| s)
+    };
+    let mut store = conn.store.clone();
+    let folders =
+        match scoreland_ingest::list_export_folders(&store, &conn.root, &conn.pattern).await {
+            Err(e) if is_dlz && refused(&e) => {
+                store = renew().await?;
+                scoreland_ingest::list_export_folders(&store, &conn.root, &conn.pattern).await
+            }
+            other => other,
+        }
         .map_err(PipelineError::Ingest)?;
     let (chosen, gaps) = exports::select(
         &conn.pattern,
@@ -717,26 +746,9 @@ async fn ingest_exports(
     {
         let dir = staging.join(&conn.dataset).join(f.staging_name());
         let done =
-            match scoreland_ingest::stage_export_folder(&conn.store, f, &dir, concurrency).await {
-                // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
-                Err(scoreland_ingest::IngestError::Store { source, .. })
-                    if src.url.as_deref().is_some_and(|u| u.starts_with("dlz:"))
-                        && matches!(
-                            source,
-                            object_store::Error::PermissionDenied { .. }
-                                | object_store::Error::Unauthenticated { .. }
-                        ) =>
-                {
-                    tracing::info!(
-                        "the Data Landing Zone refused its credentials; asking for new ones"
-                    );
-                    let (store, _) = exports::open_store(
-                        src.url.as_deref().unwrap_or_default(),
-                        &src.options,
-                        conn.client.as_ref(),
-                        true,
-                    )
-                    .await?;
+            match scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await {
+                Err(e) if is_dlz && refused(&e) => {
+                    store = renew().await?;
                     scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await
                 }
                 other => other,

@@ -148,6 +148,8 @@ struct FlowState {
     hold_back: usize,
     /// Base connections' credentials as given (served masked), by connection id.
     secrets: HashMap<String, Value>,
+    /// The next DLZ credentials handed out (without `action=refresh`) have expired.
+    dlz_expire_next: bool,
 }
 
 impl FlowStore {
@@ -157,6 +159,10 @@ impl FlowStore {
 
     pub(crate) fn script(&self, fault: ExportFault) {
         self.lock().faults.push_back(fault);
+    }
+
+    pub(crate) fn expire_dlz_next(&self) {
+        self.lock().dlz_expire_next = true;
     }
 
     pub(crate) fn set_hold_back(&self, n: usize) {
@@ -809,11 +815,19 @@ fn remote_target(
     spec: &Spec,
     params: &Value,
     auth: Option<&Value>,
-    s3_endpoint: Option<&str>,
+    config: &crate::SimConfig,
 ) -> Result<Option<Remote>, String> {
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
     let prefix = s(params, "path");
+    let s3_endpoint = config.export_s3_endpoint.as_deref();
     match (spec.dir, auth) {
+        ("dlz", _) => match &config.export_dlz {
+            Some(dlz) => Ok(Some(Remote {
+                store: dlz.store()?,
+                prefix,
+            })),
+            None => Ok(None),
+        },
         ("s3", Some(auth)) => {
             let Some(endpoint) = s3_endpoint else {
                 return Ok(None);
@@ -900,7 +914,7 @@ fn export_job(
     let auth = target["baseConnectionId"]
         .as_str()
         .and_then(|id| g.secrets.get(id));
-    let remote = remote_target(spec, p, auth, config.export_s3_endpoint.as_deref())?;
+    let remote = remote_target(spec, p, auth, config)?;
     let local_root = (spec.dir == "sftp")
         .then(|| config.export_sftp_root.clone())
         .flatten();
@@ -1363,24 +1377,96 @@ pub(crate) async fn dlz_credentials(
         return bad_request("type must be dlz_destination or user_drop_zone");
     }
     let mut g = st.flows.lock();
-    if q.action.as_deref() == Some("refresh") || g.dlz_generation == 0 {
+    let refresh = q.action.as_deref() == Some("refresh");
+    if refresh || g.dlz_generation == 0 {
         g.dlz_generation += 1;
     }
-    let token = format!(
-        "sv=2020-10-02&si=dlz-{}&sr=c&sp=racwdlm&sig=sim{:x}",
-        g.dlz_generation,
-        g.dlz_generation * 7919
-    );
-    let expiry = (chrono::Utc::now() + chrono::Duration::days(7))
-        .format("%Y-%m-%d")
-        .to_string();
-    let dir = st.config.export_root.join("dlz");
-    axum::Json(json!({
-        "containerName": "dlz-destination",
-        "SASToken": token,
-        "storageAccountName": "simdlz",
-        "SASUri": format!("file://{}?{token}", dir.display()),
-        "expiryDate": expiry,
-    }))
-    .into_response()
+    // A scripted expiry hands out a token that expired an hour ago, once; a refresh is good.
+    let expired = !refresh && std::mem::take(&mut g.dlz_expire_next);
+    let expiry = if expired {
+        chrono::Utc::now() - chrono::Duration::hours(1)
+    } else {
+        chrono::Utc::now() + chrono::Duration::days(7)
+    };
+    let body = match &st.config.export_dlz {
+        Some(dlz) => {
+            let token = dlz.sas(expiry, g.dlz_generation);
+            json!({
+                "containerName": dlz.container,
+                "SASToken": token,
+                "storageAccountName": dlz.account,
+                "SASUri": format!("{}/{}?{token}", dlz.endpoint.trim_end_matches('/'), dlz.container),
+                "expiryDate": expiry.format("%Y-%m-%d").to_string(),
+            })
+        }
+        None => {
+            let token = format!(
+                "sv=2020-10-02&si=dlz-{}&sr=c&sp=racwdlm&sig=sim{:x}",
+                g.dlz_generation,
+                g.dlz_generation * 7919
+            );
+            let dir = st.config.export_root.join("dlz");
+            json!({
+                "containerName": "dlz-destination",
+                "SASToken": token,
+                "storageAccountName": "simdlz",
+                "SASUri": format!("file://{}?{token}", dir.display()),
+                "expiryDate": expiry.format("%Y-%m-%d").to_string(),
+            })
+        }
+    };
+    axum::Json(body).into_response()
+}
+
+/// A Data Landing Zone on a real Azure Blob server (azurite): its container, and the account
+/// key that signs the SAS tokens handed out.
+#[derive(Debug, Clone)]
+pub struct DlzServer {
+    /// The account's blob endpoint, e.g. `http://127.0.0.1:10000/devstoreaccount1`.
+    pub endpoint: String,
+    pub account: String,
+    pub key: String,
+    pub container: String,
+}
+
+impl DlzServer {
+    /// A service SAS for the container (read and list), signed with the account key
+    /// (string-to-sign of service version 2020-12-06 and later).
+    fn sas(&self, expiry: chrono::DateTime<chrono::Utc>, generation: u64) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let version = "2021-08-06";
+        let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        // The start time differs per generation, so a refreshed token is a new token.
+        let st = (chrono::Utc::now() - chrono::Duration::minutes(5 + generation as i64))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let resource = format!("/blob/{}/{}", self.account, self.container);
+        let to_sign = format!("rl\n{st}\n{se}\n{resource}\n\n\n\n{version}\nc\n\n\n\n\n\n\n");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&self.key)
+            .unwrap_or_default();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(to_sign.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        format!(
+            "sv={version}&st={}&se={}&sr=c&sp=rl&sig={}",
+            enc(&st),
+            enc(&se),
+            enc(&sig)
+        )
+    }
+
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, String> {
+        let store = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(&self.account)
+            .with_access_key(&self.key)
+            .with_container_name(&self.container)
+            .with_endpoint(self.endpoint.clone())
+            .with_allow_http(true)
+            .build()
+            .map_err(|e| format!("the Data Landing Zone's container: {e}"))?;
+        Ok(Arc::new(store))
+    }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbox};
 pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
-pub use flows::ExportFault;
+pub use flows::{DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
 pub use server::{SimConfig, SimHandle, start};
 

@@ -60,6 +60,10 @@ pub struct SimConfig {
     /// Run enabled flows on their schedules, on a clock this many times faster than the wall
     /// clock (3600: an hour a second). Without it, exports run only when asked (ad-hoc runs).
     pub export_clock_speed: Option<f64>,
+    /// The Data Landing Zone on a real Azure Blob server: exports to it are written into its
+    /// container and its credentials are SAS tokens signed for it. Without it the DLZ is the
+    /// export root's `dlz` directory, handed out as a `file://` URI.
+    pub export_dlz: Option<crate::flows::DlzServer>,
 }
 
 impl Default for SimConfig {
@@ -74,6 +78,7 @@ impl Default for SimConfig {
             export_s3_endpoint: None,
             export_sftp_root: None,
             export_clock_speed: None,
+            export_dlz: None,
         }
     }
 }
@@ -178,6 +183,10 @@ impl SimHandle {
     /// Makes the next export run go wrong this way.
     pub fn script_export(&self, fault: ExportFault) {
         self.state.flows.script(fault);
+    }
+    /// The next Data Landing Zone credentials handed out (not a refresh) have already expired.
+    pub fn expire_dlz_credentials(&self) {
+        self.state.flows.expire_dlz_next();
     }
     /// Exports leave out the newest `n` successful batches of a dataset, as if they had not
     /// been written yet: lowering it makes data "arrive" for incremental exports.
