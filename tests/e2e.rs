@@ -1397,6 +1397,15 @@ url = "{t}/wh"
         }
     }
 
+    /// A name no other test run uses, for objects on the shared test servers.
+    fn unique(what: &str) -> String {
+        format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        )
+    }
+
     const AZURITE_KEY: &str =
         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
@@ -1418,11 +1427,7 @@ url = "{t}/wh"
         ) else {
             return;
         };
-        let prefix = format!(
-            "exports-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        );
+        let prefix = unique("exports");
         let s3_source = format!(
             "options = {{ aws_endpoint = \"{s3}\", aws_allow_http = \"true\", aws_access_key_id = \"test\", aws_secret_access_key = \"test\", aws_region = \"us-east-1\" }}"
         );
@@ -1481,11 +1486,7 @@ url = "{t}/wh"
         let Some(azurite) = service("SCORELAND_TEST_AZURITE_URL") else {
             return;
         };
-        let prefix = format!(
-            "dlz-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        );
+        let prefix = unique("dlz");
         let x = setup_with(
             SimConfig {
                 export_dlz: Some(scoreland_platform_sim::DlzServer {
@@ -1538,11 +1539,7 @@ url = "{t}/wh"
         let Some(gcs) = service("SCORELAND_TEST_GCS_URL") else {
             return;
         };
-        let prefix = format!(
-            "exports-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        );
+        let prefix = unique("exports");
         let key = serde_json::json!({
             "gcs_base_url": gcs, "disable_oauth": true,
             "client_email": "", "private_key": "", "private_key_id": "",
@@ -1664,11 +1661,7 @@ url = "{t}/wh"
             return;
         };
         let port: u16 = port.parse().unwrap();
-        let prefix = format!(
-            "exports-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        );
+        let prefix = unique("exports");
         let url = |port: u16| format!("sftp://sftptest@127.0.0.1:{port}{root}/{prefix}");
         // Big enough files that a cut lands inside one.
         let x = setup_with(

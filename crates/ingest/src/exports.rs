@@ -419,6 +419,7 @@ async fn fetch(
     // counted only while no byte moves (as for Data Access parts).
     let mut n = 0u64;
     let mut failures = 0u32;
+    let mut since = std::time::Instant::now();
     loop {
         let options = GetOptions {
             range: (n > 0).then_some(GetRange::Offset(n)),
@@ -454,12 +455,17 @@ async fn fetch(
         if !err.is_retryable() {
             return Err(err);
         }
-        failures = if n > before { 1 } else { failures + 1 };
+        if n > before {
+            failures = 1;
+            since = std::time::Instant::now();
+        } else {
+            failures += 1;
+        }
         if failures > FETCH_ATTEMPTS {
             return Err(IngestError::GaveUp {
                 url: f.location.to_string(),
                 attempts: failures,
-                elapsed: std::time::Duration::ZERO,
+                elapsed: since.elapsed(),
                 source: Box::new(err),
             });
         }
