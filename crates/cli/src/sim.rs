@@ -120,6 +120,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         // The Data Landing Zone is the --exports directory's `dlz` (a `file://` SAS); tests
         // put it on azurite through the library.
         export_dlz: None,
+        ..SimConfig::default()
     };
     let handle = scoreland_platform_sim::serve_dir(
         &args.data,

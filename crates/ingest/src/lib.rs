@@ -17,6 +17,7 @@ mod exports;
 mod flows;
 mod listing;
 mod manifest;
+mod profile;
 mod sftp;
 
 pub use auth::{Credentials, Secret};
@@ -39,4 +40,8 @@ pub use flows::{
 };
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
+pub use profile::{
+    ExportBatch, ExportJob, ExportJobRequest, JobError, ScheduleType, SegmentFilter, SegmentJob,
+    SegmentSchedule, check_cron, poll_delay,
+};
 pub use sftp::{SftpOptions, SftpStore};

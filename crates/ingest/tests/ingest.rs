@@ -1719,3 +1719,112 @@ mod export_folders {
         assert_eq!(folders[1].unfinished, [".part-2.parquet.crc"]);
     }
 }
+
+/// Segment jobs and schedules against the simulator (aep-api.md §5.2, §5.3).
+mod segmentation {
+    use super::*;
+    use scoreland_ingest::ScheduleType;
+
+    async fn seg_env() -> Env {
+        let config = SimConfig {
+            job_duration: Duration::from_millis(400),
+            ..SimConfig::default()
+        };
+        env_full(50, 1, 1, config, |_, _| {}).await
+    }
+
+    async fn until_done(c: &AepClient, id: &str) -> scoreland_ingest::SegmentJob {
+        for _ in 0..100 {
+            let j = c.segment_job(id).await.unwrap();
+            if j.is_done() {
+                return j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("segment job {id} did not end");
+    }
+
+    #[tokio::test]
+    async fn segment_jobs_queue_behind_aeps_429_then_succeed_fail_or_cancel() {
+        let env = seg_env().await;
+        let c = client(&env);
+        let a = c.create_segment_job(&["s1".into()]).await.unwrap();
+        let b = c.create_segment_job(&["*".into()]).await.unwrap();
+        assert_eq!(a.status, "NEW");
+        assert_eq!(b.segments, ["*"]);
+        // Two run already: the third waits out the 429s until one has ended.
+        let started = std::time::Instant::now();
+        env.sim
+            .fail_next_segment_job("Segment definition s9 is invalid");
+        let third = c.create_segment_job(&["s9".into()]).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
+        assert_eq!(until_done(&c, &a.id).await.status, "SUCCEEDED");
+        let failed = until_done(&c, &third.id).await;
+        assert_eq!(failed.status, "FAILED");
+        assert_eq!(failed.errors[0].msg, "Segment definition s9 is invalid");
+
+        let d = c.create_segment_job(&["s2".into()]).await.unwrap();
+        c.cancel_segment_job(&d.id).await.unwrap();
+        assert_eq!(c.segment_job(&d.id).await.unwrap().status, "CANCELLING");
+        assert_eq!(until_done(&c, &d.id).await.status, "CANCELLED");
+
+        let ids = vec![third.id.clone(), a.id.clone()];
+        let both = c.segment_jobs_by_id(&ids).await.unwrap();
+        assert_eq!(both.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), ids);
+        // Newest first, paged one at a time through `_page.next`.
+        env.sim.set_page_size(Some(1));
+        let listed = c.segment_jobs(None, 10).await.unwrap();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(listed[0].id, d.id);
+        assert!(listed.windows(2).all(|w| w[0].created >= w[1].created));
+        assert_eq!(c.segment_jobs(Some("FAILED"), 10).await.unwrap().len(), 1);
+        assert!(matches!(
+            c.segment_job("nope").await,
+            Err(IngestError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn schedules_are_made_switched_rescheduled_and_deleted() {
+        let env = seg_env().await;
+        let c = client(&env);
+        // A cron running more than once a day never leaves the client.
+        let err = c
+            .create_segment_schedule(
+                "hourly",
+                ScheduleType::BatchSegmentation,
+                &["*".into()],
+                "0 0 * * * ?",
+                true,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("once a day"), "{err}");
+        let s = c
+            .create_segment_schedule(
+                "nightly",
+                ScheduleType::BatchSegmentation,
+                &["*".into()],
+                "0 0 2 * * ?",
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.state.as_str(), s.kind.as_str()),
+            ("inactive", "batch_segmentation")
+        );
+        c.set_schedule_active(&s.id, true).await.unwrap();
+        c.set_schedule_cron(&s.id, "0 30 3 * * ?").await.unwrap();
+        let now = c.segment_schedule(&s.id).await.unwrap();
+        assert_eq!(now.state, "active");
+        assert_eq!(now.schedule.as_deref(), Some("0 30 3 * * ?"));
+        assert_eq!(c.segment_schedules().await.unwrap(), vec![now]);
+        c.delete_segment_schedule(&s.id).await.unwrap();
+        assert!(c.segment_schedules().await.unwrap().is_empty());
+        assert!(matches!(
+            c.segment_schedule(&s.id).await,
+            Err(IngestError::NotFound { .. })
+        ));
+    }
+}

@@ -10,6 +10,7 @@ mod data;
 mod faults;
 mod flows;
 pub mod generate;
+mod profile;
 mod server;
 pub mod truth;
 

@@ -30,6 +30,7 @@ use crate::SimError;
 use crate::data::{Batch, Platform};
 use crate::faults::{ErrorBodyStyle, Fault, FaultQueue, FaultSpec, Route};
 use crate::flows::{self, ExportFault, FlowStore};
+use crate::profile::{self, ProfileStore};
 
 /// How the simulator behaves beyond what its data directory says.
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ pub struct SimConfig {
     /// container and its credentials are SAS tokens signed for it. Without it the DLZ is the
     /// export root's `dlz` directory, handed out as a `file://` URI.
     pub export_dlz: Option<crate::flows::DlzServer>,
+    /// How long a segment job takes from creation to its end.
+    pub job_duration: Duration,
 }
 
 impl Default for SimConfig {
@@ -79,6 +82,7 @@ impl Default for SimConfig {
             export_sftp_root: None,
             export_clock_speed: None,
             export_dlz: None,
+            job_duration: Duration::from_secs(2),
         }
     }
 }
@@ -96,6 +100,7 @@ pub(crate) struct AppState {
     pub token_counter: AtomicU64,
     pub requests: Mutex<HashMap<Route, u64>>,
     pub flows: FlowStore,
+    pub profiles: ProfileStore,
 }
 
 impl AppState {
@@ -183,6 +188,12 @@ impl SimHandle {
     /// Makes the next export run go wrong this way.
     pub fn script_export(&self, fault: ExportFault) {
         self.state.flows.script(fault);
+    }
+    /// The next segment job fails with this message.
+    pub fn fail_next_segment_job(&self, message: &str) {
+        self.state
+            .profiles
+            .fail_next_segment_job(message.to_string());
     }
     /// The next Data Landing Zone credentials handed out (not a refresh) have already expired.
     pub fn expire_dlz_credentials(&self) {
@@ -293,6 +304,7 @@ pub async fn start(
         token_counter: AtomicU64::new(0),
         requests: Mutex::new(HashMap::new()),
         flows: FlowStore::default(),
+        profiles: ProfileStore::default(),
     });
     let app = router(state.clone());
     let scheduler = state
@@ -353,6 +365,28 @@ fn router(state: Arc<AppState>) -> Router {
         .route(
             "/data/core/activation/disflowprovider/adhocrun",
             post(flows::adhoc_run),
+        )
+        .route(
+            "/data/core/ups/segment/jobs",
+            get(profile::list_segment_jobs).post(profile::create_segment_job),
+        )
+        .route(
+            "/data/core/ups/segment/jobs/bulk-get",
+            post(profile::bulk_get_segment_jobs),
+        )
+        .route(
+            "/data/core/ups/segment/jobs/{id}",
+            get(profile::get_segment_job).delete(profile::cancel_segment_job),
+        )
+        .route(
+            "/data/core/ups/config/schedules",
+            get(profile::list_schedules).post(profile::create_schedule),
+        )
+        .route(
+            "/data/core/ups/config/schedules/{id}",
+            get(profile::get_schedule)
+                .patch(profile::patch_schedule)
+                .delete(profile::delete_schedule),
         )
         .route(
             "/data/foundation/connectors/landingzone/credentials",
