@@ -1883,3 +1883,88 @@ url = "{t}/wh"
         assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]));
     }
 }
+
+/// `scoreland segment-job` and `scoreland schedule` on the simulator.
+mod segmentation {
+    use super::*;
+
+    fn platform_env(sim: &scoreland_platform_sim::SimHandle) -> Vec<(&'static str, String)> {
+        let info = &sim.platform().info;
+        vec![
+            ("SCORELAND_PLATFORM_URL", sim.base_url().to_string()),
+            ("SCORELAND_IMS_URL", sim.ims_url().to_string()),
+            ("SCORELAND_ORG_ID", info.org_id.clone()),
+            ("SCORELAND_CLIENT_ID", info.client_id.clone()),
+            ("SCORELAND_CLIENT_SECRET", info.client_secret.clone()),
+        ]
+    }
+
+    fn cli(env: &[(&'static str, String)], args: &[&str]) -> Output {
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        scoreland(args, &envs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segment_jobs_and_schedules_from_the_command_line() {
+        let sim = sample_sim(SimConfig {
+            job_duration: std::time::Duration::from_millis(300),
+            ..SimConfig::default()
+        })
+        .await;
+        let env = platform_env(&sim);
+        let ran = cli(&env, &["segment-job", "run", "s1", "s2", "--json"]);
+        assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+        let job = record(&ran);
+        assert_eq!(job["status"], "SUCCEEDED");
+        assert_eq!(job["segments"], serde_json::json!(["s1", "s2"]));
+
+        sim.fail_next_segment_job("Segment s3 has no definition");
+        let failed = cli(&env, &["segment-job", "run", "s3"]);
+        assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+        assert!(
+            text(&failed).contains("ended FAILED")
+                && text(&failed).contains("Segment s3 has no definition"),
+            "{}",
+            text(&failed)
+        );
+        let listed = cli(&env, &["segment-job", "list", "--json"]);
+        assert_eq!(record(&listed).as_array().unwrap().len(), 2);
+        let id = job["id"].as_str().unwrap();
+        let status = cli(&env, &["segment-job", "status", id]);
+        assert!(text(&status).contains("SUCCEEDED"), "{}", text(&status));
+
+        let hourly = cli(
+            &env,
+            &["schedule", "create", "--name", "n", "--cron", "0 0 * * * ?"],
+        );
+        assert_eq!(hourly.status.code(), Some(2), "{}", text(&hourly));
+        let made = cli(
+            &env,
+            &[
+                "schedule",
+                "create",
+                "--name",
+                "nightly",
+                "--cron",
+                "0 0 2 * * ?",
+                "--json",
+            ],
+        );
+        assert_eq!(made.status.code(), Some(0), "{}", text(&made));
+        let sid = record(&made)["id"].as_str().unwrap().to_string();
+        assert!(cli(&env, &["schedule", "enable", &sid]).status.success());
+        assert!(
+            cli(&env, &["schedule", "set-cron", &sid, "0 15 4 * * ?"])
+                .status
+                .success()
+        );
+        let list = record(&cli(&env, &["schedule", "list", "--json"]));
+        assert_eq!(list[0]["state"], "active");
+        assert_eq!(list[0]["schedule"], "0 15 4 * * ?");
+        assert!(cli(&env, &["schedule", "delete", &sid]).status.success());
+        assert_eq!(
+            record(&cli(&env, &["schedule", "list", "--json"])),
+            serde_json::json!([])
+        );
+    }
+}

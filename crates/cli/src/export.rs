@@ -115,12 +115,7 @@ fn context(target: &Target) -> Result<Context, Failure> {
     })
 }
 
-fn ingest(e: scoreland_ingest::IngestError) -> Failure {
-    Failure {
-        code: if e.is_user_error() { 2 } else { 1 },
-        error: e.into(),
-    }
-}
+use crate::platform::ingest_failure as ingest;
 
 impl Context {
     async fn flow(&self) -> Result<Flow, Failure> {
@@ -392,7 +387,7 @@ async fn wait(
     }
 }
 
-fn time(secs: i64) -> String {
+pub(crate) fn time(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default()

@@ -11,6 +11,7 @@ mod platform;
 mod progress;
 mod report;
 mod run;
+mod segments;
 mod serve;
 mod sim;
 mod sql;
@@ -84,6 +85,10 @@ enum Command {
     Batches(platform::BatchesArgs),
     /// Set up, run and watch the Flow Service dataflow that exports a pipeline's dataset.
     Export(export::ExportArgs),
+    /// Evaluate audiences now (segment jobs), and follow them.
+    SegmentJob(segments::SegmentJobArgs),
+    /// Segmentation and export schedules.
+    Schedule(segments::ScheduleArgs),
     /// Download one batch (the newest successful one by default) into a directory.
     Download(platform::DownloadArgs),
     /// Transform batches already staged by `download` into local tables.
@@ -186,6 +191,8 @@ fn main() -> ExitCode {
             Command::Validate(a) => run::validate(a),
             Command::Batches(a) => platform::batches(a).await,
             Command::Export(a) => export::export(a, quiet).await,
+            Command::SegmentJob(a) => segments::segment_job(a, quiet).await,
+            Command::Schedule(a) => segments::schedule(a).await,
             Command::Download(a) => platform::download(a, quiet).await,
             Command::Transform(a) => transform::transform(a).await,
             Command::Sql(a) => sql::sql(a).await,

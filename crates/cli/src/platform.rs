@@ -42,7 +42,7 @@ pub struct PlatformArgs {
 impl PlatformArgs {
     /// The client, through the same construction a pipeline file uses; errors name the flag
     /// and its environment variable.
-    fn client(&self, options: DownloadOptions) -> Result<AepClient, Failure> {
+    pub(crate) fn client(&self, options: DownloadOptions) -> Result<AepClient, Failure> {
         let settings = PlatformSettings {
             platform_url: self.platform_url.clone(),
             ims_url: self.ims_url.clone(),
@@ -79,7 +79,7 @@ fn flag_of(field: &str) -> String {
     }
 }
 
-fn ingest_failure(e: scoreland_ingest::IngestError) -> Failure {
+pub(crate) fn ingest_failure(e: scoreland_ingest::IngestError) -> Failure {
     Failure {
         code: if e.is_user_error() { 2 } else { 1 },
         error: e.into(),

@@ -1,0 +1,381 @@
+//! `scoreland segment-job …` and `scoreland schedule …`: audience evaluation and its schedules
+//! (seed 003, aep-api.md §5.2–5.3), on the platform from flags or the environment.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use scoreland_ingest::{AepClient, DownloadOptions, ScheduleType, SegmentJob, SegmentSchedule};
+
+use crate::platform::{PlatformArgs, ingest_failure};
+use crate::{Failure, usage};
+
+#[derive(Debug, Args)]
+pub struct SegmentJobArgs {
+    #[command(subcommand)]
+    command: SegmentJobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SegmentJobCommand {
+    /// Evaluate segments now and wait for the job to end.
+    Run(RunArgs),
+    /// One or more jobs: status and profiles per segment, status and namespace.
+    Status(StatusArgs),
+    /// Recent jobs, newest first.
+    List(ListArgs),
+    /// Ask AEP to cancel a job.
+    Cancel(IdArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// Segment ids; `*` evaluates every segment.
+    #[arg(required = true)]
+    segments: Vec<String>,
+    /// Return the job id at once instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait, e.g. "2h".
+    #[arg(long, default_value = "2h")]
+    timeout: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[arg(required = true)]
+    ids: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// Only jobs of this status (NEW, PROCESSING, SUCCEEDED, FAILED, CANCELLED…).
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct IdArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    id: String,
+}
+
+fn client(p: &PlatformArgs) -> Result<AepClient, Failure> {
+    p.client(DownloadOptions::default())
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_jobs(jobs: &[SegmentJob]) {
+    println!(
+        "{:<40} {:<11} {:<20} {:>10}  SEGMENTS",
+        "JOB", "STATUS", "CREATED", "PROFILES"
+    );
+    for j in jobs {
+        println!(
+            "{:<40} {:<11} {:<20} {:>10}  {}",
+            j.id,
+            j.status,
+            crate::export::time(j.created / 1000),
+            j.profiles
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            j.segments.join(",")
+        );
+        for (segment, n) in &j.by_segment {
+            let statuses = j
+                .by_status
+                .get(segment)
+                .map(|m| {
+                    m.iter()
+                        .map(|(s, n)| format!("{s} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!("    {segment}: {n} profiles ({statuses})");
+        }
+        for e in &j.errors {
+            println!("    error {}: {}", e.code, e.msg);
+        }
+    }
+}
+
+pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failure> {
+    match args.command {
+        SegmentJobCommand::Run(a) => {
+            let c = client(&a.platform)?;
+            let timeout = humantime::parse_duration(&a.timeout)
+                .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
+            let job = c
+                .create_segment_job(&a.segments)
+                .await
+                .map_err(ingest_failure)?;
+            if a.no_wait {
+                println!("{}", job.id);
+                return Ok(0);
+            }
+            let job = wait(&c, &job.id, timeout, quiet).await?;
+            if a.json {
+                print_json(&job)?;
+            } else {
+                print_jobs(std::slice::from_ref(&job));
+            }
+            match job.status.as_str() {
+                "SUCCEEDED" => Ok(0),
+                other => Err(anyhow::anyhow!(
+                    "segment job {} ended {other}{}",
+                    job.id,
+                    job.errors
+                        .iter()
+                        .map(|e| format!("; {}: {}", e.code, e.msg))
+                        .collect::<String>()
+                )
+                .into()),
+            }
+        }
+        SegmentJobCommand::Status(a) => {
+            let c = client(&a.platform)?;
+            let jobs = c.segment_jobs_by_id(&a.ids).await.map_err(ingest_failure)?;
+            if jobs.len() < a.ids.len() {
+                let missing: Vec<&String> = a
+                    .ids
+                    .iter()
+                    .filter(|i| !jobs.iter().any(|j| &j.id == *i))
+                    .collect();
+                return Err(usage(anyhow::anyhow!(
+                    "no segment job {}",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if a.json {
+                print_json(&jobs)?;
+            } else {
+                print_jobs(&jobs);
+            }
+            Ok(0)
+        }
+        SegmentJobCommand::List(a) => {
+            let c = client(&a.platform)?;
+            let jobs = c
+                .segment_jobs(a.status.as_deref(), a.limit)
+                .await
+                .map_err(ingest_failure)?;
+            if a.json {
+                print_json(&jobs)?;
+            } else {
+                print_jobs(&jobs);
+            }
+            Ok(0)
+        }
+        SegmentJobCommand::Cancel(a) => {
+            let c = client(&a.platform)?;
+            c.cancel_segment_job(&a.id).await.map_err(ingest_failure)?;
+            println!("segment job {} is being cancelled", a.id);
+            Ok(0)
+        }
+    }
+}
+
+/// Polls with backoff until the job ends, with its status, time and profiles on a terminal.
+async fn wait(
+    c: &AepClient,
+    id: &str,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<SegmentJob, Failure> {
+    use std::io::IsTerminal;
+    let started = Instant::now();
+    let show = !quiet && std::io::stderr().is_terminal();
+    let mut attempt = 0;
+    loop {
+        let job = c.segment_job(id).await.map_err(ingest_failure)?;
+        if job.is_done() {
+            if show {
+                eprintln!();
+            }
+            return Ok(job);
+        }
+        if started.elapsed() > timeout {
+            return Err(anyhow::anyhow!(
+                "segment job {id} is still {} after {}; `scoreland segment-job status {id}` shows it later",
+                job.status,
+                humantime::format_duration(Duration::from_secs(timeout.as_secs()))
+            )
+            .into());
+        }
+        if show {
+            eprint!(
+                "\rsegment job {id}: {} for {}s, {} profiles so far",
+                job.status,
+                started.elapsed().as_secs(),
+                job.profiles.unwrap_or(0)
+            );
+        }
+        tokio::time::sleep(scoreland_ingest::poll_delay(attempt).min(Duration::from_secs(10)))
+            .await;
+        attempt += 1;
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    command: ScheduleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// The org's segmentation and export schedules.
+    List(ScheduleListArgs),
+    /// Make a schedule (inactive unless --active).
+    Create(CreateArgs),
+    /// Let a schedule run.
+    Enable(IdArgs),
+    /// Stop a schedule.
+    Disable(IdArgs),
+    /// Change when a schedule runs (Quartz cron, at most once a day).
+    SetCron(SetCronArgs),
+    Delete(IdArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScheduleListArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[arg(long)]
+    name: String,
+    /// `batch_segmentation` or `export`.
+    #[arg(long, default_value = "batch_segmentation")]
+    kind: String,
+    /// Quartz cron, e.g. "0 0 2 * * ?" (02:00 UTC daily).
+    #[arg(long)]
+    cron: String,
+    /// Segment ids (default: every segment).
+    #[arg(long, default_values_t = ["*".to_string()])]
+    segments: Vec<String>,
+    #[arg(long)]
+    active: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SetCronArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    id: String,
+    cron: String,
+}
+
+fn print_schedules(list: &[SegmentSchedule]) {
+    println!(
+        "{:<40} {:<24} {:<9} {:<19} {:<16}  SEGMENTS",
+        "SCHEDULE", "NAME", "STATE", "TYPE", "CRON"
+    );
+    for s in list {
+        println!(
+            "{:<40} {:<24} {:<9} {:<19} {:<16}  {}",
+            s.id,
+            s.name,
+            s.state,
+            s.kind,
+            s.schedule.as_deref().unwrap_or("-"),
+            s.segments.join(",")
+        );
+    }
+}
+
+pub async fn schedule(args: ScheduleArgs) -> Result<u8, Failure> {
+    match args.command {
+        ScheduleCommand::List(a) => {
+            let list = client(&a.platform)?
+                .segment_schedules()
+                .await
+                .map_err(ingest_failure)?;
+            if a.json {
+                print_json(&list)?;
+            } else {
+                print_schedules(&list);
+            }
+        }
+        ScheduleCommand::Create(a) => {
+            let kind = match a.kind.as_str() {
+                "batch_segmentation" => ScheduleType::BatchSegmentation,
+                "export" => ScheduleType::Export,
+                other => {
+                    return Err(usage(anyhow::anyhow!(
+                        "--kind {other:?}: batch_segmentation or export"
+                    )));
+                }
+            };
+            let s = client(&a.platform)?
+                .create_segment_schedule(&a.name, kind, &a.segments, &a.cron, a.active)
+                .await
+                .map_err(ingest_failure)?;
+            if a.json {
+                print_json(&s)?;
+            } else {
+                print_schedules(std::slice::from_ref(&s));
+            }
+        }
+        ScheduleCommand::Enable(a) => {
+            client(&a.platform)?
+                .set_schedule_active(&a.id, true)
+                .await
+                .map_err(ingest_failure)?;
+            println!("schedule {} is active", a.id);
+        }
+        ScheduleCommand::Disable(a) => {
+            client(&a.platform)?
+                .set_schedule_active(&a.id, false)
+                .await
+                .map_err(ingest_failure)?;
+            println!("schedule {} is inactive", a.id);
+        }
+        ScheduleCommand::SetCron(a) => {
+            client(&a.platform)?
+                .set_schedule_cron(&a.id, &a.cron)
+                .await
+                .map_err(ingest_failure)?;
+            println!("schedule {} runs at {:?}", a.id, a.cron);
+        }
+        ScheduleCommand::Delete(a) => {
+            client(&a.platform)?
+                .delete_segment_schedule(&a.id)
+                .await
+                .map_err(ingest_failure)?;
+            println!("schedule {} deleted", a.id);
+        }
+    }
+    Ok(0)
+}
