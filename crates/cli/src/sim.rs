@@ -84,13 +84,20 @@ pub struct GenerateArgs {
     /// Seed: the same seed gives the same platform, byte for byte.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Also write a profile store of this many profiles (identities, segment memberships,
+    /// Customer AI scores) for segment and export jobs.
+    #[arg(long, default_value_t = 0)]
+    pub profiles: u64,
+    /// Segments the profiles can belong to.
+    #[arg(long, default_value_t = 20)]
+    pub segments: u32,
 }
 
 pub async fn run(args: SimArgs) -> Result<()> {
     match args.command {
         Some(SimCommand::Generate(g)) => {
             let opts = GenerateOptions {
-                out: g.out,
+                out: g.out.clone(),
                 rows: g.rows,
                 parts: g.parts,
                 batches: g.batches,
@@ -98,7 +105,19 @@ pub async fn run(args: SimArgs) -> Result<()> {
                 ..GenerateOptions::default()
             };
             let summary = scoreland_platform_sim::generate(&opts)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            let mut out = serde_json::to_value(&summary)?;
+            if g.profiles > 0 {
+                let store = scoreland_platform_sim::profiles::generate_profiles(
+                    &scoreland_platform_sim::profiles::ProfileOptions {
+                        platform: opts.out.clone(),
+                        profiles: g.profiles,
+                        segments: g.segments,
+                        seed: g.seed,
+                    },
+                )?;
+                out["profile_store"] = serde_json::to_value(&store)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         None => serve(args.serve).await,

@@ -1722,6 +1722,8 @@ mod export_folders {
 
 /// Segment jobs and schedules against the simulator (aep-api.md §5.2, §5.3).
 mod segmentation {
+    use std::collections::BTreeMap;
+
     use super::*;
     use scoreland_ingest::ScheduleType;
 
@@ -1782,6 +1784,50 @@ mod segmentation {
             c.segment_job("nope").await,
             Err(IngestError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_segment_job_counts_the_profile_store() {
+        let env = seg_env().await;
+        let store = scoreland_platform_sim::profiles::generate_profiles(
+            &scoreland_platform_sim::profiles::ProfileOptions {
+                platform: env.summary.out.clone(),
+                profiles: 3_000,
+                segments: 4,
+                seed: 9,
+            },
+        )
+        .unwrap();
+        let c = client(&env);
+        let seg = store.segments[1].clone();
+        let job = c
+            .create_segment_job(std::slice::from_ref(&seg))
+            .await
+            .unwrap();
+        let job = until_done(&c, &job.id).await;
+        assert_eq!(job.status, "SUCCEEDED");
+        // Counted here from the store's own records.
+        let profiles = scoreland_platform_sim::profiles::read_profiles(&env.summary.out).unwrap();
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        for p in &profiles {
+            if let Some(s) = p
+                .pointer(&format!("/segmentMembership/ups/{seg}/status"))
+                .and_then(|s| s.as_str())
+            {
+                *by_status.entry(s.to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(job.profiles, Some(3_000));
+        assert_eq!(job.by_status[&seg], by_status);
+        assert_eq!(
+            job.by_segment[&seg],
+            by_status.get("realized").unwrap_or(&0) + by_status.get("existing").unwrap_or(&0)
+        );
+        assert_eq!(
+            job.by_namespace[&seg].values().sum::<u64>(),
+            job.by_segment[&seg]
+        );
+        assert!(job.by_namespace[&seg].contains_key("Email"));
     }
 
     #[tokio::test]

@@ -130,6 +130,8 @@ pub struct Sandbox {
 pub struct Platform {
     pub info: PlatformInfo,
     pub sandboxes: BTreeMap<String, Sandbox>,
+    /// The directory it was loaded from (its profile store, if any, is under it).
+    pub dir: PathBuf,
 }
 
 impl Platform {
@@ -157,7 +159,11 @@ impl Platform {
             }
             sandboxes.insert(sandbox_name, sandbox);
         }
-        Ok(Platform { info, sandboxes })
+        Ok(Platform {
+            info,
+            sandboxes,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 

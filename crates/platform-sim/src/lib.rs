@@ -11,6 +11,7 @@ mod faults;
 mod flows;
 pub mod generate;
 mod profile;
+pub mod profiles;
 mod server;
 pub mod truth;
 

@@ -1,8 +1,8 @@
 //! Segmentation (aep-api.md §5.2, §5.3): segment jobs whose life cycle takes time, with AEP's
 //! 429 when too many run at once, and schedules with their cron checks.
 //!
-//! Not yet: export jobs and the profile store they read (segment jobs carry no metrics until
-//! the platform has profiles).
+//! Segment jobs count their metrics from the platform's profile store (`profiles.rs`), when it
+//! has one. Not yet: export jobs.
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +34,8 @@ struct ProfileState {
 
 struct Job {
     sandbox: String,
+    /// Counted from the profile store in the background; the job stays PROCESSING until then.
+    metrics: Arc<std::sync::OnceLock<Option<crate::profiles::SegmentMetrics>>>,
     created: i64,
     segments: Vec<String>,
     /// When it ends: SUCCEEDED, or FAILED with `failure`.
@@ -58,7 +60,7 @@ impl Job {
         }
         if now < self.created + 100 {
             "NEW"
-        } else if now < self.done_at {
+        } else if now < self.done_at || self.metrics.get().is_none() {
             "PROCESSING"
         } else if self.failure.is_some() {
             "FAILED"
@@ -91,6 +93,18 @@ impl Job {
         });
         if status == "FAILED" {
             v["errors"] = json!([{"code": "0100000003", "msg": self.failure, "callStack": null}]);
+        }
+        if status == "SUCCEEDED"
+            && let Some(Some(m)) = self.metrics.get()
+        {
+            v["metrics"] = json!({
+                "totalTime": {"startTimeInMs": self.created, "endTimeInMs": self.done_at,
+                              "totalTimeInMs": self.done_at - self.created},
+                "totalProfiles": m.total,
+                "segmentedProfileCounter": m.qualified,
+                "segmentedProfileByStatusCounter": m.by_status,
+                "segmentedProfileByNamespaceCounter": m.by_namespace,
+            });
         }
         v
     }
@@ -160,8 +174,18 @@ pub(crate) async fn create_segment_job(
     g.counter += 1;
     let id = format!("{:08x}-5e9a-4b0b-9c1a-{:012x}", g.counter, now);
     let failure = g.failures.pop_front();
+    let metrics = Arc::new(std::sync::OnceLock::new());
+    {
+        let metrics = metrics.clone();
+        let dir = st.platform.dir.clone();
+        let segments = segments.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = metrics.set(crate::profiles::segment_metrics(&dir, &segments));
+        });
+    }
     let job = Job {
         sandbox,
+        metrics,
         created: now,
         segments,
         done_at: now + st.config.job_duration.as_millis() as i64,
