@@ -94,6 +94,9 @@ pub enum BatchSelection {
     CatchUp { after: Option<String> },
 }
 
+/// The Profile union schema: what profile export jobs write.
+pub const PROFILE_UNION_SCHEMA: &str = "https://ns.adobe.com/xdm/context/profile__union";
+
 /// Catalog answers are objects keyed by batch id; order by creation, then id, ourselves.
 fn parse_keyed(map: BTreeMap<String, Value>) -> Vec<CatalogBatch> {
     let mut batches: Vec<CatalogBatch> = map
@@ -105,6 +108,56 @@ fn parse_keyed(map: BTreeMap<String, Value>) -> Vec<CatalogBatch> {
 }
 
 impl AepClient {
+    /// The id of the dataset named `name` on `schema`, made if there is none (with the
+    /// `fileDescription` of seed 002: persisted parquet). Returns whether it was made now. A
+    /// dataset of that name on another schema is an error naming both.
+    pub async fn ensure_dataset(
+        &self,
+        name: &str,
+        schema: &str,
+    ) -> Result<(String, bool), IngestError> {
+        let mut url = self.url("/data/foundation/catalog/dataSets")?;
+        url.query_pairs_mut()
+            .append_pair("name", name)
+            .append_pair("properties", "name,schemaRef")
+            .append_pair("limit", "100");
+        let found: BTreeMap<String, Value> = self.get_json(&url).await?;
+        if let Some((id, v)) = found.iter().find(|(_, v)| v["name"] == name) {
+            let has = v
+                .pointer("/schemaRef/id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if has != schema {
+                return Err(IngestError::Config {
+                    field: "dataset",
+                    message: format!(
+                        "dataset {id} is named {name:?} but is on schema {has}, not {schema}; choose another name"
+                    ),
+                });
+            }
+            return Ok((id.clone(), false));
+        }
+        let create = self.url("/data/foundation/catalog/dataSets")?;
+        let body = serde_json::json!({
+            "name": name,
+            "schemaRef": {"id": schema, "contentType": "application/vnd.adobe.xed+json;version=1"},
+            "fileDescription": {"persisted": true, "containerFormat": "parquet", "format": "parquet"},
+        });
+        // Not repeated: a create whose answer was lost would make a second dataset.
+        let made: Vec<String> = self
+            .call_json(reqwest::Method::POST, &create, Some(&body), &[])
+            .await?;
+        let id = made
+            .first()
+            .and_then(|r| r.rsplit('/').next())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| IngestError::Unexpected {
+                url: create.to_string(),
+                what: format!("no \"@/dataSets/ID\" in the answer {made:?}"),
+            })?;
+        Ok((id.to_string(), true))
+    }
+
     /// One batch by id.
     pub async fn batch(&self, id: &str) -> Result<CatalogBatch, IngestError> {
         let url = self.url(&format!("/data/foundation/catalog/batches/{id}"))?;

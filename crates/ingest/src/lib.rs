@@ -21,7 +21,7 @@ mod profile;
 mod sftp;
 
 pub use auth::{Credentials, Secret};
-pub use catalog::{BatchSelection, CatalogBatch, SCORING_CLIENT};
+pub use catalog::{BatchSelection, CatalogBatch, PROFILE_UNION_SCHEMA, SCORING_CLIENT};
 pub use client::AepClient;
 pub use config::{
     DownloadOptions, MAX_CONCURRENCY, PlatformConfig, PlatformSettings, RetryPolicy, RowCountCheck,

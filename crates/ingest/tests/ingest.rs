@@ -1831,6 +1831,34 @@ mod segmentation {
     }
 
     #[tokio::test]
+    async fn the_export_target_dataset_is_found_or_made_by_name() {
+        let env = seg_env().await;
+        let c = client(&env);
+        let schema = scoreland_ingest::PROFILE_UNION_SCHEMA;
+        let (id, made) = c
+            .ensure_dataset("scoreland profiles", schema)
+            .await
+            .unwrap();
+        assert!(made);
+        let (again, made) = c
+            .ensure_dataset("scoreland profiles", schema)
+            .await
+            .unwrap();
+        assert_eq!((again.as_str(), made), (id.as_str(), false));
+        let err = c
+            .ensure_dataset(
+                "scoreland profiles",
+                "https://ns.adobe.com/acme/schemas/other",
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is on schema"), "{err}");
+        // The scores dataset is still there, and the new one is a Catalog dataset like it.
+        let (other, made) = c.ensure_dataset("another", schema).await.unwrap();
+        assert!(made && other != id);
+    }
+
+    #[tokio::test]
     async fn schedules_are_made_switched_rescheduled_and_deleted() {
         let env = seg_env().await;
         let c = client(&env);

@@ -3,7 +3,7 @@
 // server, where boxing would only add noise.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,6 +101,8 @@ pub(crate) struct AppState {
     pub requests: Mutex<HashMap<Route, u64>>,
     pub flows: FlowStore,
     pub profiles: ProfileStore,
+    /// Datasets made with `POST /dataSets` while running, by (sandbox, id).
+    pub created_datasets: Mutex<BTreeMap<(String, String), Map<String, Value>>>,
 }
 
 impl AppState {
@@ -305,6 +307,7 @@ pub async fn start(
         requests: Mutex::new(HashMap::new()),
         flows: FlowStore::default(),
         profiles: ProfileStore::default(),
+        created_datasets: Mutex::new(BTreeMap::new()),
     });
     let app = router(state.clone());
     let scheduler = state
@@ -341,7 +344,10 @@ fn router(state: Arc<AppState>) -> Router {
     let platform = Router::new()
         .route("/data/foundation/catalog/batches", get(list_batches))
         .route("/data/foundation/catalog/batches/{id}", get(get_batch))
-        .route("/data/foundation/catalog/dataSets", get(list_datasets))
+        .route(
+            "/data/foundation/catalog/dataSets",
+            get(list_datasets).post(create_dataset),
+        )
         .route("/data/foundation/catalog/dataSets/{id}", get(get_dataset))
         .route(
             "/data/foundation/export/batches/{id}/files",
@@ -1030,8 +1036,15 @@ async fn get_batch(
 
 fn dataset_object(st: &AppState, sandbox: &str, id: &str) -> Option<Value> {
     let sb = &st.platform.sandboxes[sandbox];
-    let ds = sb.datasets.get(id)?;
-    let mut object = ds.object.clone();
+    let mut object = match sb.datasets.get(id) {
+        Some(ds) => ds.object.clone(),
+        None => st
+            .created_datasets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(sandbox.to_string(), id.to_string()))?
+            .clone(),
+    };
     let last = sb
         .batches
         .values()
@@ -1082,14 +1095,77 @@ async fn list_datasets(
         Ok(v) => v,
         Err(resp) => return resp,
     };
-    let page = st.platform.sandboxes[&sandbox]
+    let mut ids: Vec<String> = st.platform.sandboxes[&sandbox]
         .datasets
         .keys()
+        .cloned()
+        .collect();
+    ids.extend(
+        st.created_datasets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|(sb, _)| *sb == sandbox)
+            .map(|(_, id)| id.clone()),
+    );
+    ids.sort();
+    let page = ids
+        .iter()
+        .filter_map(|id| Some((id.clone(), dataset_object(&st, &sandbox, id)?)))
+        .filter(|(_, o)| q.get("name").is_none_or(|n| o["name"] == n.as_str()))
         .skip(start)
         .take(limit)
-        .filter_map(|id| Some((id.clone(), dataset_object(&st, &sandbox, id)?)))
         .collect();
     axum::Json(Keyed(page)).into_response()
+}
+
+/// `POST /dataSets`: 201 with `["@/dataSets/{id}"]` and a `Location`.
+async fn create_dataset(
+    State(st): State<Arc<AppState>>,
+    Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    body: Bytes,
+) -> Response {
+    let bad = |detail: &str| catalog_bad_request(detail);
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("the request body is not a JSON object");
+    };
+    if object
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return bad("name is required");
+    }
+    if object
+        .get("schemaRef")
+        .and_then(|r| r.get("id"))
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return bad("schemaRef.id is required");
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let id = format!(
+        "{:024x}",
+        (now as u128) << 24 | st.token_counter.fetch_add(1, Ordering::Relaxed) as u128 & 0xff_ffff
+    );
+    object.insert("created".into(), json!(now));
+    object.insert("updated".into(), json!(now));
+    object.insert("createdClient".into(), json!(st.platform.info.client_id));
+    object.insert("version".into(), json!("1.0.0"));
+    st.created_datasets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((sandbox, id.clone()), object);
+    (
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("{}/data/foundation/catalog/dataSets/{id}", st.base_url),
+        )],
+        axum::Json(json!([format!("@/dataSets/{id}")])),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
