@@ -1336,14 +1336,7 @@ url = "{t}/wh"
         assert!(x.cli(&["export", "run", "--no-wait"]).status.success());
         let early = x.run();
         assert_eq!(early.status.code(), Some(3), "{}", text(&early));
-        let mut inc = x.run();
-        for _ in 0..40 {
-            if inc.status.code() != Some(3) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(250));
-            inc = x.run();
-        }
+        let inc = while_nothing_new(|| x.run(), 40, 250);
         assert_eq!(inc.status.code(), Some(0), "{}", text(&inc));
         let r = record(&inc);
         assert_eq!(r["export"]["folders"][0]["full"], false, "{r}");
@@ -1378,6 +1371,20 @@ url = "{t}/wh"
         assert_eq!(runs.as_array().unwrap().len(), 3);
         let last = x.run();
         assert_eq!(last.status.code(), Some(3), "{}", text(&last));
+    }
+
+    /// Runs `run` again, `pause_ms` apart, while it finds nothing new (exit 3): a folder still
+    /// being written or settling. Gives the first other outcome, or the last after `tries`.
+    fn while_nothing_new(run: impl Fn() -> Output, tries: u32, pause_ms: u64) -> Output {
+        let mut out = run();
+        for _ in 0..tries {
+            if out.status.code() != Some(3) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            out = run();
+        }
+        out
     }
 
     /// A test server's URL from scripts/test-services.sh; under it (or CI) a missing one fails.
@@ -1844,14 +1851,7 @@ url = "{t}/wh"
                 &[("SCORELAND_EXPORT_SECRET_KEY", "s3-secret-e2e")],
             )
         };
-        let mut first = run();
-        for _ in 0..20 {
-            if first.status.code() == Some(0) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            first = run();
-        }
+        let first = while_nothing_new(run, 20, 500);
         assert_eq!(first.status.code(), Some(0), "{}", text(&first));
         let r = record(&first);
         assert!(
@@ -1871,14 +1871,7 @@ url = "{t}/wh"
         assert!(r2.status.success(), "{}", text(&r2));
         let early = run();
         assert_eq!(early.status.code(), Some(3), "{}", text(&early));
-        let mut second = run();
-        for _ in 0..30 {
-            if second.status.code() == Some(0) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            second = run();
-        }
+        let second = while_nothing_new(run, 30, 500);
         assert_eq!(second.status.code(), Some(0), "{}", text(&second));
         assert_eq!(x.landed(), x.truth(&[&[1], &[2, 3]]));
     }

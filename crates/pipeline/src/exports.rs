@@ -396,7 +396,94 @@ pub(crate) struct ExportConn {
     pub flow: Option<Flow>,
     pub mode: ExportMode,
     pub pattern: FolderPattern,
+    /// The flow's runs, newest first, when the flow is known here.
+    pub runs: Option<Vec<FlowRun>>,
+    options: BTreeMap<String, String>,
     _sim: Option<scoreland_platform_sim::SimHandle>,
+}
+
+/// 401/403 from a store (object_store's Azure client reports them as generic errors).
+fn refused(e: &scoreland_ingest::IngestError) -> bool {
+    match e {
+        scoreland_ingest::IngestError::Store { source, .. } => {
+            matches!(
+                source,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ) || {
+                let text = crate::run::error_chain(source);
+                text.contains("403 Forbidden") || text.contains("401 Unauthorized")
+            }
+        }
+        _ => false,
+    }
+}
+
+impl ExportConn {
+    /// A refused Data Landing Zone SAS (expired, revoked) is replaced by a new one, once per
+    /// call; any other store keeps its error.
+    async fn renew_if_refused(
+        &mut self,
+        e: &scoreland_ingest::IngestError,
+    ) -> Result<bool, PipelineError> {
+        if !self.url.starts_with("dlz:") || !refused(e) {
+            return Ok(false);
+        }
+        tracing::info!("the Data Landing Zone refused its credentials; asking for new ones");
+        self.store = open_store(&self.url, &self.options, self.client.as_ref(), true)
+            .await?
+            .0;
+        Ok(true)
+    }
+
+    /// The export folders there are, oldest first.
+    pub async fn folders(&mut self) -> Result<Vec<ExportFolder>, PipelineError> {
+        let listed =
+            scoreland_ingest::list_export_folders(&self.store, &self.root, &self.pattern).await;
+        match listed {
+            Err(e) if self.renew_if_refused(&e).await? => {
+                scoreland_ingest::list_export_folders(&self.store, &self.root, &self.pattern).await
+            }
+            other => other,
+        }
+        .map_err(PipelineError::Ingest)
+    }
+
+    /// Stages `folder` under `dir`, then checks its rows against the run that wrote it.
+    pub async fn stage(
+        &mut self,
+        folder: &ExportFolder,
+        dir: &Path,
+        concurrency: usize,
+    ) -> Result<scoreland_ingest::StagedExport, PipelineError> {
+        let staged =
+            scoreland_ingest::stage_export_folder(&self.store, folder, dir, concurrency).await;
+        let staged = match staged {
+            Err(e) if self.renew_if_refused(&e).await? => {
+                scoreland_ingest::stage_export_folder(&self.store, folder, dir, concurrency).await
+            }
+            other => other,
+        }
+        .map_err(PipelineError::Ingest)?;
+        if let Some(expected) = self
+            .runs
+            .as_deref()
+            .and_then(|rs| run_of(folder, rs))
+            .and_then(|r| r.output_records)
+            && expected != staged.rows
+        {
+            return Err(PipelineError::Ingest(
+                scoreland_ingest::IngestError::BadExportFolder {
+                    folder: folder.rel.clone(),
+                    why: format!(
+                        "its files hold {} rows but the flow's run exported {expected}",
+                        staged.rows
+                    ),
+                },
+            ));
+        }
+        Ok(staged)
+    }
 }
 
 fn invalid(message: String) -> PipelineError {
@@ -517,6 +604,10 @@ pub(crate) async fn connect(
         _ => return Err(invalid("source.url is required".into())),
     };
     let (store, root) = open_store(&url, &src.options, client.as_ref(), false).await?;
+    let runs = match (&client, &flow) {
+        (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
+        _ => None,
+    };
     Ok(ExportConn {
         store,
         root,
@@ -526,6 +617,8 @@ pub(crate) async fn connect(
         flow,
         mode,
         pattern,
+        runs,
+        options: src.options.clone(),
         _sim: sim,
     })
 }
@@ -639,22 +732,16 @@ pub async fn download(
     folder: Option<&str>,
 ) -> Result<(scoreland_ingest::StagedExport, String), PipelineError> {
     let mut warnings = Vec::new();
-    let conn = connect(src, out, &mut warnings).await?;
-    let runs = match (&conn.client, &conn.flow) {
-        (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
-        _ => None,
-    };
+    let mut conn = connect(src, out, &mut warnings).await?;
     let settle = src.settle().map_err(invalid)?;
-    let folders = scoreland_ingest::list_export_folders(&conn.store, &conn.root, &conn.pattern)
-        .await
-        .map_err(PipelineError::Ingest)?;
+    let folders = conn.folders().await?;
     let now = Utc::now();
     let mut chosen = None;
     for f in folders.into_iter().rev() {
         if folder.is_some_and(|want| want.trim_matches('/') != f.rel) {
             continue;
         }
-        match verdict(&f, runs.as_deref(), settle, now)? {
+        match verdict(&f, conn.runs.as_deref(), settle, now)? {
             Verdict::Complete(why) => {
                 chosen = Some((f, why));
                 break;
@@ -674,10 +761,7 @@ pub async fn download(
         })
     })?;
     let dir = out.join(&conn.dataset).join(f.staging_name());
-    let staged =
-        scoreland_ingest::stage_export_folder(&conn.store, &f, &dir, src.concurrency.unwrap_or(8))
-            .await
-            .map_err(PipelineError::Ingest)?;
+    let staged = conn.stage(&f, &dir, src.concurrency.unwrap_or(8)).await?;
     Ok((staged, why))
 }
 

@@ -637,12 +637,8 @@ async fn ingest_exports(
     state: &PipelineState,
 ) -> Result<Option<Ingested>, PipelineError> {
     let t = Instant::now();
-    let conn = exports::connect(src, staging, &mut record.warnings).await?;
+    let mut conn = exports::connect(src, staging, &mut record.warnings).await?;
     record.dataset = conn.dataset.clone();
-    let runs = match (&conn.client, &conn.flow) {
-        (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
-        _ => None,
-    };
     let settle = src.settle().map_err(|m| PipelineError::Invalid {
         path: PathBuf::from("[source]"),
         message: m,
@@ -651,7 +647,7 @@ async fn ingest_exports(
         url: conn.url.clone(),
         flow: conn.flow.as_ref().map(|f| format!("{} ({})", f.name, f.id)),
         mode: Some(conn.mode),
-        completeness: match &runs {
+        completeness: match &conn.runs {
             Some(_) => "the flow's runs: succeeded, with the files and bytes they report".into(),
             None => format!(
                 "unchanged for the settle time of {}",
@@ -660,44 +656,13 @@ async fn ingest_exports(
         },
         ..Default::default()
     };
-    let is_dlz = conn.url.starts_with("dlz:");
-    // Refused: 401/403, which object_store's Azure client reports as a generic error.
-    let refused = |e: &scoreland_ingest::IngestError| match e {
-        scoreland_ingest::IngestError::Store { source, .. } => {
-            matches!(
-                source,
-                object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-            ) || {
-                let text = error_chain(source);
-                text.contains("403 Forbidden") || text.contains("401 Unauthorized")
-            }
-        }
-        _ => false,
-    };
-    // The Data Landing Zone's SAS expired or was revoked: once more with a new one.
-    let renew = || async {
-        tracing::info!("the Data Landing Zone refused its credentials; asking for new ones");
-        exports::open_store(&conn.url, &src.options, conn.client.as_ref(), true)
-            .await
-            .map(|(s, _)| s)
-    };
-    let mut store = conn.store.clone();
-    let folders =
-        match scoreland_ingest::list_export_folders(&store, &conn.root, &conn.pattern).await {
-            Err(e) if is_dlz && refused(&e) => {
-                store = renew().await?;
-                scoreland_ingest::list_export_folders(&store, &conn.root, &conn.pattern).await
-            }
-            other => other,
-        }
-        .map_err(PipelineError::Ingest)?;
+    let folders = conn.folders().await?;
     let (chosen, gaps) = exports::select(
         &conn.pattern,
         conn.mode,
         src.folders,
         folders,
-        runs.as_deref(),
+        conn.runs.as_deref(),
         settle,
         state.last_batch_created,
         chrono::Utc::now(),
@@ -745,37 +710,7 @@ async fn ingest_exports(
     } in &chosen
     {
         let dir = staging.join(&conn.dataset).join(f.staging_name());
-        let done =
-            match scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await {
-                Err(e) if is_dlz && refused(&e) => {
-                    store = renew().await?;
-                    scoreland_ingest::stage_export_folder(&store, f, &dir, concurrency).await
-                }
-                other => other,
-            }
-            .map_err(PipelineError::Ingest)?;
-        if let Some(expected) = runs
-            .as_deref()
-            .and_then(|rs| {
-                rs.iter().find(|r| {
-                    r.path_prefix
-                        .as_deref()
-                        .is_some_and(|p| p.ends_with(&f.rel))
-                })
-            })
-            .and_then(|r| r.output_records)
-            && expected != done.rows
-        {
-            return Err(PipelineError::Ingest(
-                scoreland_ingest::IngestError::BadExportFolder {
-                    folder: f.rel.clone(),
-                    why: format!(
-                        "its files hold {} rows but the flow's run exported {expected}",
-                        done.rows
-                    ),
-                },
-            ));
-        }
+        let done = conn.stage(f, &dir, concurrency).await?;
         record.parts += done.files.len();
         record.bytes += done.bytes;
         record.bytes_downloaded += done.bytes_downloaded;
