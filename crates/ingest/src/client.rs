@@ -302,15 +302,15 @@ impl AepClient {
         headers: &[(&'static str, &str)],
     ) -> Result<T, IngestError> {
         let name = method_name(&method);
+        let mut replaced = reqwest::header::HeaderMap::new();
+        for (k, v) in headers {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(v) {
+                replaced.insert(*k, v);
+            }
+        }
         let resp = self
-            .send(method, url, |mut r| {
-                for (k, v) in headers {
-                    let mut h = reqwest::header::HeaderMap::new();
-                    if let Ok(v) = reqwest::header::HeaderValue::from_str(v) {
-                        h.insert(*k, v);
-                    }
-                    r = r.headers(h);
-                }
+            .send(method, url, |r| {
+                let r = r.headers(replaced.clone());
                 match body {
                     Some(b) => r
                         .header("content-type", "application/json")
