@@ -87,6 +87,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Evaluate audiences now (segment jobs), and follow them.
     SegmentJob(segments::SegmentJobArgs),
+    /// Export profiles and their audience memberships into a dataset (export jobs).
+    ExportJob(segments::ExportJobArgs),
     /// Segmentation and export schedules.
     Schedule(segments::ScheduleArgs),
     /// Download one batch (the newest successful one by default) into a directory.
@@ -192,6 +194,7 @@ fn main() -> ExitCode {
             Command::Batches(a) => platform::batches(a).await,
             Command::Export(a) => export::export(a, quiet).await,
             Command::SegmentJob(a) => segments::segment_job(a, quiet).await,
+            Command::ExportJob(a) => segments::export_job(a, quiet).await,
             Command::Schedule(a) => segments::schedule(a).await,
             Command::Download(a) => platform::download(a, quiet).await,
             Command::Transform(a) => transform::transform(a).await,

@@ -1,10 +1,14 @@
-//! `scoreland segment-job …` and `scoreland schedule …`: audience evaluation and its schedules
-//! (seed 003, aep-api.md §5.2–5.3), on the platform from flags or the environment.
+//! `scoreland segment-job …`, `scoreland export-job …` and `scoreland schedule …`: audience
+//! evaluation, profile exports and their schedules (seeds 002/003, aep-api.md §5), on the
+//! platform from flags or the environment.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use scoreland_ingest::{AepClient, DownloadOptions, ScheduleType, SegmentJob, SegmentSchedule};
+use scoreland_ingest::{
+    AepClient, DownloadOptions, ExportJob, ExportJobRequest, Polled, ScheduleType, SegmentFilter,
+    SegmentJob, SegmentSchedule, poll_job,
+};
 
 use crate::platform::{PlatformArgs, ingest_failure};
 use crate::{Failure, usage};
@@ -205,37 +209,59 @@ async fn wait(
     timeout: Duration,
     quiet: bool,
 ) -> Result<SegmentJob, Failure> {
-    use std::io::IsTerminal;
-    let started = Instant::now();
-    let show = !quiet && std::io::stderr().is_terminal();
-    let mut attempt = 0;
-    loop {
-        let job = c.segment_job(id).await.map_err(ingest_failure)?;
-        if job.is_done() {
-            if show {
-                eprintln!();
-            }
-            return Ok(job);
-        }
-        if started.elapsed() > timeout {
-            return Err(anyhow::anyhow!(
-                "segment job {id} is still {} after {}; `scoreland segment-job status {id}` shows it later",
+    let line = StatusLine::new(quiet);
+    let polled = poll_job(
+        timeout,
+        Duration::from_secs(10),
+        || c.segment_job(id),
+        SegmentJob::is_done,
+        |job, waited| {
+            line.show(&format!(
+                "segment job {id}: {} for {}s, {} profiles so far",
                 job.status,
-                humantime::format_duration(Duration::from_secs(timeout.as_secs()))
-            )
-            .into());
-        }
-        if show {
-            eprint!(
-                "\rsegment job {id}: {} for {}s, {} profiles so far",
-                job.status,
-                started.elapsed().as_secs(),
+                waited.as_secs(),
                 job.profiles.unwrap_or(0)
-            );
+            ))
+        },
+    )
+    .await
+    .map_err(ingest_failure)?;
+    line.end();
+    match polled {
+        Polled::Done(job) => Ok(job),
+        Polled::TimedOut(job) => Err(anyhow::anyhow!(
+            "segment job {id} is still {} after {}; `scoreland segment-job status {id}` shows it later",
+            job.status,
+            humantime::format_duration(Duration::from_secs(timeout.as_secs()))
+        )
+        .into()),
+    }
+}
+
+/// A status line rewritten in place on a terminal (nothing otherwise).
+struct StatusLine {
+    show: bool,
+    shown: std::cell::Cell<bool>,
+}
+
+impl StatusLine {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        StatusLine {
+            show: !quiet && std::io::stderr().is_terminal(),
+            shown: Default::default(),
         }
-        tokio::time::sleep(scoreland_ingest::poll_delay(attempt).min(Duration::from_secs(10)))
-            .await;
-        attempt += 1;
+    }
+    fn show(&self, text: &str) {
+        if self.show {
+            eprint!("\r{text}\x1b[K");
+            self.shown.set(true);
+        }
+    }
+    fn end(&self) {
+        if self.shown.get() {
+            eprintln!();
+        }
     }
 }
 
@@ -378,4 +404,248 @@ pub async fn schedule(args: ScheduleArgs) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct ExportJobArgs {
+    #[command(subcommand)]
+    command: ExportJobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportJobCommand {
+    /// Export profiles into a dataset, and wait for the job to end.
+    Create(ExportCreateArgs),
+    /// One job: status, batches written, profiles by namespace, errors.
+    Status(ExportIdArgs),
+    /// Recent jobs, newest first.
+    List(ListArgs),
+    /// Ask AEP to cancel a job.
+    Cancel(ExportIdArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportCreateArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// The target dataset's id (see --dataset-name).
+    #[arg(
+        long,
+        conflicts_with = "dataset_name",
+        required_unless_present = "dataset_name"
+    )]
+    dataset_id: Option<String>,
+    /// Find the target dataset by name, or make it on the Profile union schema.
+    #[arg(long)]
+    dataset_name: Option<String>,
+    /// Only profiles in these segments (repeat the flag); all profiles when absent.
+    #[arg(long = "segment")]
+    segments: Vec<String>,
+    /// Statuses that qualify, comma-separated (AEP's default: realized,existing).
+    #[arg(long, value_delimiter = ',')]
+    status: Vec<String>,
+    /// Comma-separated XDM fields to export (all when absent).
+    #[arg(long)]
+    fields: Option<String>,
+    /// One batch per segment.
+    #[arg(long)]
+    segment_per_batch: bool,
+    /// Include profiles that have events only.
+    #[arg(long)]
+    empty_profiles: bool,
+    /// Only profiles ingested since this RFC 3339 time.
+    #[arg(long)]
+    from_ingest: Option<String>,
+    /// Only memberships qualified in this RFC 3339 window: START,END.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    qualified_between: Vec<String>,
+    /// Evaluate the segments before exporting.
+    #[arg(long)]
+    evaluate: bool,
+    /// Return the job id at once instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait, e.g. "2h".
+    #[arg(long, default_value = "2h")]
+    timeout: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExportIdArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    id: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_export_jobs(jobs: &[ExportJob]) {
+    println!(
+        "{:<12} {:<11} {:<20} {:>10}  DATASET / BATCHES",
+        "JOB", "STATUS", "CREATED", "PROFILES"
+    );
+    for j in jobs {
+        println!(
+            "{:<12} {:<11} {:<20} {:>10}  {}",
+            j.id,
+            j.status,
+            crate::export::time(j.created / 1000),
+            j.profiles
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            j.dataset_id.as_deref().unwrap_or("-")
+        );
+        for b in &j.batches {
+            match &b.segment_id {
+                Some(s) => println!("    batch {} (segment {s})", b.batch_id),
+                None => println!("    batch {}", b.batch_id),
+            }
+        }
+        for (ns, n) in &j.by_namespace {
+            println!("    {ns}: {n} profiles");
+        }
+        for e in &j.errors {
+            println!("    error {}: {}", e.code, e.msg);
+        }
+    }
+}
+
+/// The job's failure as AEP gave it (its `errors[]` verbatim), or `None` when it succeeded
+/// with at least one batch.
+pub fn export_job_failure(job: &ExportJob) -> Option<String> {
+    let errors: String = job
+        .errors
+        .iter()
+        .map(|e| format!("; {}: {}", e.code, e.msg))
+        .collect();
+    match job.status.as_str() {
+        "SUCCEEDED" if !job.batches.is_empty() => None,
+        "SUCCEEDED" => Some(format!(
+            "export job {} succeeded without a batch id{errors}",
+            job.id
+        )),
+        other => Some(format!("export job {} ended {other}{errors}", job.id)),
+    }
+}
+
+pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure> {
+    match args.command {
+        ExportJobCommand::Create(a) => {
+            let c = client(&a.platform)?;
+            let timeout = humantime::parse_duration(&a.timeout)
+                .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
+            let dataset_id = match (&a.dataset_id, &a.dataset_name) {
+                (Some(id), _) => id.clone(),
+                (None, Some(name)) => {
+                    c.ensure_dataset(name, scoreland_ingest::PROFILE_UNION_SCHEMA)
+                        .await
+                        .map_err(ingest_failure)?
+                        .0
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let req = ExportJobRequest {
+                fields: a.fields.clone(),
+                segments: a
+                    .segments
+                    .iter()
+                    .map(|s| SegmentFilter {
+                        segment_id: s.clone(),
+                        namespace: None,
+                        statuses: a.status.clone(),
+                    })
+                    .collect(),
+                qualified_between: match &a.qualified_between[..] {
+                    [s, e] => Some((s.clone(), e.clone())),
+                    _ => None,
+                },
+                from_ingest: a.from_ingest.clone(),
+                empty_profiles: a.empty_profiles.then_some(true),
+                dataset_id,
+                segment_per_batch: a.segment_per_batch,
+                evaluate: a.evaluate,
+                ..Default::default()
+            };
+            let job = c.create_export_job(&req).await.map_err(ingest_failure)?;
+            if a.no_wait {
+                println!("{}", job.id);
+                return Ok(0);
+            }
+            let line = StatusLine::new(quiet);
+            let polled = poll_job(
+                timeout,
+                Duration::from_secs(10),
+                || c.export_job(job.id),
+                ExportJob::is_done,
+                |j, waited| {
+                    line.show(&format!(
+                        "export job {}: {} for {}s",
+                        j.id,
+                        j.status,
+                        waited.as_secs()
+                    ))
+                },
+            )
+            .await
+            .map_err(ingest_failure)?;
+            line.end();
+            let job = match polled {
+                Polled::Done(j) => j,
+                Polled::TimedOut(j) => {
+                    return Err(anyhow::anyhow!(
+                        "export job {} is still {} after {}; `scoreland export-job status {}` shows it later, `scoreland export-job cancel {}` stops it",
+                        j.id,
+                        j.status,
+                        a.timeout,
+                        j.id,
+                        j.id
+                    )
+                    .into());
+                }
+            };
+            if a.json {
+                print_json(&job)?;
+            } else {
+                print_export_jobs(std::slice::from_ref(&job));
+            }
+            match export_job_failure(&job) {
+                None => Ok(0),
+                Some(f) => Err(anyhow::anyhow!(f).into()),
+            }
+        }
+        ExportJobCommand::Status(a) => {
+            let job = client(&a.platform)?
+                .export_job(a.id)
+                .await
+                .map_err(ingest_failure)?;
+            if a.json {
+                print_json(&job)?;
+            } else {
+                print_export_jobs(std::slice::from_ref(&job));
+            }
+            Ok(0)
+        }
+        ExportJobCommand::List(a) => {
+            let jobs = client(&a.platform)?
+                .export_jobs(a.status.as_deref(), a.limit)
+                .await
+                .map_err(ingest_failure)?;
+            if a.json {
+                print_json(&jobs)?;
+            } else {
+                print_export_jobs(&jobs);
+            }
+            Ok(0)
+        }
+        ExportJobCommand::Cancel(a) => {
+            client(&a.platform)?
+                .cancel_export_job(a.id)
+                .await
+                .map_err(ingest_failure)?;
+            println!("export job {} is being cancelled", a.id);
+            Ok(0)
+        }
+    }
 }

@@ -672,6 +672,45 @@ pub fn poll_delay(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
 }
 
+/// How a job poll ended.
+#[derive(Debug)]
+pub enum Polled<T> {
+    /// The job is done (by the poll's own test).
+    Done(T),
+    /// The wait ran out first; the job as last seen.
+    TimedOut(T),
+}
+
+/// Polls a job with [`poll_delay`] (at most `max_delay` apart) until `done` says it ended or
+/// `timeout` passes, calling `progress` with each look and the time waited.
+pub async fn poll_job<T, Fut>(
+    timeout: Duration,
+    max_delay: Duration,
+    mut fetch: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+    mut progress: impl FnMut(&T, Duration),
+) -> Result<Polled<T>, IngestError>
+where
+    Fut: std::future::Future<Output = Result<T, IngestError>>,
+{
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        let job = fetch().await?;
+        if done(&job) {
+            return Ok(Polled::Done(job));
+        }
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Ok(Polled::TimedOut(job));
+        }
+        progress(&job, waited);
+        let left = timeout - waited;
+        tokio::time::sleep(poll_delay(attempt).min(max_delay).min(left)).await;
+        attempt += 1;
+    }
+}
+
 fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -167,7 +167,11 @@ impl Platform {
     }
 }
 
-fn load_batch(dir: &Path, dataset_id: &str, info: &PlatformInfo) -> Result<Batch, SimError> {
+pub(crate) fn load_batch(
+    dir: &Path,
+    dataset_id: &str,
+    info: &PlatformInfo,
+) -> Result<Batch, SimError> {
     let id = file_name(dir);
     let mut object: Map<String, Value> = read_json(&dir.join("batch.json"))?;
     let mut files = Vec::new();

@@ -11,6 +11,7 @@ mod faults;
 mod flows;
 pub mod generate;
 mod profile;
+mod profile_export;
 pub mod profiles;
 mod server;
 pub mod truth;
@@ -22,6 +23,7 @@ pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbo
 pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
 pub use flows::{DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
+pub use profile_export::ProfileExportFault;
 pub use server::{SimConfig, SimHandle, start};
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use crate::SimError;
 pub const PROFILES_DIR: &str = "profiles";
 const PER_FILE: u64 = 100_000;
 pub const STATUSES: [&str; 3] = ["realized", "existing", "exited"];
-const MODELS: [&str; 2] = ["churn_risk", "purchase_propensity"];
+pub const MODELS: [&str; 2] = ["churn_risk", "purchase_propensity"];
 
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {

@@ -31,6 +31,7 @@ use crate::data::{Batch, Platform};
 use crate::faults::{ErrorBodyStyle, Fault, FaultQueue, FaultSpec, Route};
 use crate::flows::{self, ExportFault, FlowStore};
 use crate::profile::{self, ProfileStore};
+use crate::profile_export;
 
 /// How the simulator behaves beyond what its data directory says.
 #[derive(Debug, Clone)]
@@ -101,11 +102,58 @@ pub(crate) struct AppState {
     pub requests: Mutex<HashMap<Route, u64>>,
     pub flows: FlowStore,
     pub profiles: ProfileStore,
+    pub export_jobs: crate::profile_export::ExportJobStore,
     /// Datasets made with `POST /dataSets` while running, by (sandbox, id).
     pub created_datasets: Mutex<BTreeMap<(String, String), Map<String, Value>>>,
+    /// Batches written while running (profile export jobs), by sandbox and id: served by
+    /// Catalog and Data Access like the ones loaded at start.
+    pub written_batches: Mutex<BTreeMap<String, BTreeMap<String, Batch>>>,
 }
 
 impl AppState {
+    /// Every batch of `sandbox`: those loaded at start and those written since.
+    fn batches(&self, sandbox: &str) -> Vec<Batch> {
+        let mut all: Vec<Batch> = self.platform.sandboxes[sandbox]
+            .batches
+            .values()
+            .cloned()
+            .collect();
+        if let Some(written) = self.written_batches_of(sandbox) {
+            all.extend(written);
+        }
+        all
+    }
+
+    fn written_batches_of(&self, sandbox: &str) -> Option<Vec<Batch>> {
+        let g = self
+            .written_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(g.get(sandbox)?.values().cloned().collect())
+    }
+
+    fn batch(&self, sandbox: &str, id: &str) -> Option<Batch> {
+        if let Some(b) = self.platform.sandboxes[sandbox].batches.get(id) {
+            return Some(b.clone());
+        }
+        self.written_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sandbox)?
+            .get(id)
+            .cloned()
+    }
+
+    /// Adds a batch written while running (it is served from then on).
+    pub(crate) fn add_batch(&self, sandbox: &str, batch: Batch) {
+        self.written_batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sandbox.to_string())
+            .or_default()
+            .insert(batch.id.clone(), batch);
+    }
+
     fn expire_tokens(&self) {
         let now = Instant::now();
         for exp in self
@@ -196,6 +244,10 @@ impl SimHandle {
         self.state
             .profiles
             .fail_next_segment_job(message.to_string());
+    }
+    /// What the next profile export job does instead of exporting.
+    pub fn script_profile_export(&self, fault: crate::profile_export::ProfileExportFault) {
+        self.state.export_jobs.script(fault);
     }
     /// The next Data Landing Zone credentials handed out (not a refresh) have already expired.
     pub fn expire_dlz_credentials(&self) {
@@ -307,7 +359,9 @@ pub async fn start(
         requests: Mutex::new(HashMap::new()),
         flows: FlowStore::default(),
         profiles: ProfileStore::default(),
+        export_jobs: Default::default(),
         created_datasets: Mutex::new(BTreeMap::new()),
+        written_batches: Mutex::new(BTreeMap::new()),
     });
     let app = router(state.clone());
     let scheduler = state
@@ -383,6 +437,14 @@ fn router(state: Arc<AppState>) -> Router {
         .route(
             "/data/core/ups/segment/jobs/{id}",
             get(profile::get_segment_job).delete(profile::cancel_segment_job),
+        )
+        .route(
+            "/data/core/ups/export/jobs",
+            get(profile_export::list_export_jobs).post(profile_export::create_export_job),
+        )
+        .route(
+            "/data/core/ups/export/jobs/{id}",
+            get(profile_export::get_export_job).delete(profile_export::cancel_export_job),
         )
         .route(
             "/data/core/ups/config/schedules",
@@ -982,10 +1044,9 @@ async fn list_batches(
         (Ok(a), Ok(b)) => (a, b),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let sb = &st.platform.sandboxes[&sandbox];
-    let mut batches: Vec<&Batch> = sb
-        .batches
-        .values()
+    let all = st.batches(&sandbox);
+    let mut batches: Vec<&Batch> = all
+        .iter()
         .filter(|b| {
             q.get("dataSet")
                 .is_none_or(|d| batch_dataset(b).is_some_and(|id| simple_filter(d, id)))
@@ -1023,8 +1084,8 @@ async fn get_batch(
     Extension(SandboxName(sandbox)): Extension<SandboxName>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    match st.platform.sandboxes[&sandbox].batches.get(&id) {
-        Some(b) => axum::Json(Keyed(vec![(id, Value::Object(b.object.clone()))])).into_response(),
+    match st.batch(&sandbox, &id) {
+        Some(b) => axum::Json(Keyed(vec![(id, Value::Object(b.object))])).into_response(),
         None => problem(
             StatusCode::NOT_FOUND,
             "CAT-1404-404",
@@ -1032,6 +1093,24 @@ async fn get_batch(
             &format!("batch '{id}' not found"),
         ),
     }
+}
+
+/// Whether `id` is a dataset of `sandbox` (loaded or created).
+pub(crate) fn dataset_exists(st: &AppState, sandbox: &str, id: &str) -> Option<()> {
+    if st
+        .platform
+        .sandboxes
+        .get(sandbox)?
+        .datasets
+        .contains_key(id)
+    {
+        return Some(());
+    }
+    st.created_datasets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&(sandbox.to_string(), id.to_string()))
+        .then_some(())
 }
 
 fn dataset_object(st: &AppState, sandbox: &str, id: &str) -> Option<Value> {
@@ -1045,14 +1124,13 @@ fn dataset_object(st: &AppState, sandbox: &str, id: &str) -> Option<Value> {
             .get(&(sandbox.to_string(), id.to_string()))?
             .clone(),
     };
-    let last = sb
-        .batches
-        .values()
+    let batches = st.batches(sandbox);
+    let last = batches
+        .iter()
         .filter(|b| b.dataset_id == id)
         .max_by_key(|b| b.created());
-    let last_ok = sb
-        .batches
-        .values()
+    let last_ok = batches
+        .iter()
         .filter(|b| b.dataset_id == id && b.status() == "success")
         .max_by_key(|b| b.created());
     object.insert("imsOrg".into(), json!(st.platform.info.org_id));
@@ -1207,7 +1285,7 @@ async fn batch_files(
     UrlPath(id): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(batch) = st.platform.sandboxes[&sandbox].batches.get(&id) else {
+    let Some(batch) = st.batch(&sandbox, &id) else {
         return da_not_found(&format!("batch '{id}'"));
     };
     let limit = match st.page_limit(q.get("limit")) {
@@ -1294,14 +1372,16 @@ async fn files(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let sb = &st.platform.sandboxes[&sandbox];
-    let Some(file) = sb
-        .batches
-        .values()
-        .filter(|b| matches!(b.status(), "success" | "active"))
-        .flat_map(|b| b.files.iter())
-        .find(|f| f.id == id)
-    else {
+    let find = |batches: &mut dyn Iterator<Item = &Batch>| {
+        batches
+            .filter(|b| matches!(b.status(), "success" | "active"))
+            .flat_map(|b| b.files.iter())
+            .find(|f| f.id == id)
+            .cloned()
+    };
+    let file = find(&mut st.platform.sandboxes[&sandbox].batches.values())
+        .or_else(|| find(&mut st.written_batches_of(&sandbox).unwrap_or_default().iter()));
+    let Some(file) = file else {
         return da_not_found(&format!("dataSetFile '{id}'"));
     };
     if let Some(name) = q.get("path") {
