@@ -57,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dataset_id: "bench",
             run_id: &run_id,
             by_score_date: true,
+            date_column: "score_date",
             replace_dataset: false,
             app_id: "pruning-bench",
             app_version: i64::from(night) + 1,

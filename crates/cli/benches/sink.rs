@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dataset_id: "bench",
             run_id: "bench",
             by_score_date: true,
+            date_column: "score_date",
             replace_dataset: false,
             app_id: "bench",
             app_version: chrono::Utc::now().timestamp_millis(),

@@ -747,7 +747,7 @@ async fn ingest_exports(
         Vec::new()
     } else {
         warehouse
-            .fetch_dataset_files("scores", &conn.dataset, &work.join("landed"))
+            .fetch_dataset_files("scores", &conn.dataset, None, &work.join("landed"))
             .await
             .map_err(PipelineError::Sink)?
     };
@@ -816,6 +816,7 @@ async fn publish(
                 dataset_id: &record.dataset,
                 run_id: &record.run_id,
                 by_score_date: by_score_date(table),
+                date_column: "score_date",
                 replace_dataset,
                 app_id: name,
                 app_version: state.runs_landed,

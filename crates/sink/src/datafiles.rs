@@ -18,8 +18,8 @@ use crate::error::SinkError;
 #[derive(Debug)]
 pub(crate) struct DataFile {
     pub local: PathBuf,
-    /// The file's `score_date=` directory, if it is in one.
-    pub score_date: Option<String>,
+    /// The file's date partition directory (`score_date=…`, `night=…`), if it is in one.
+    pub date: Option<String>,
     pub schema: SchemaRef,
     /// Delta's per-file statistics: `numRecords`, and `minValues`, `maxValues` and
     /// `nullCount` of the top-level columns whose footer statistics are exact.
@@ -38,11 +38,16 @@ impl DataFile {
     }
 }
 
-/// Every parquet file under `dir` (directly, or in `score_date=` directories), in path order;
-/// statistics skip the columns in `skip` (partition columns, whose value is the directory's).
-pub(crate) fn data_files(dir: &Path, skip: &[&str]) -> Result<Vec<DataFile>, SinkError> {
+/// Every parquet file under `dir` (directly, or in `<date_column>=` directories), in path
+/// order; statistics skip the columns in `skip` (partition columns, whose value is the
+/// directory's).
+pub(crate) fn data_files(
+    dir: &Path,
+    skip: &[&str],
+    date_column: &str,
+) -> Result<Vec<DataFile>, SinkError> {
     let mut found = Vec::new();
-    collect(dir, None, &mut found)?;
+    collect(dir, date_column, None, &mut found)?;
     found.sort();
     found
         .into_iter()
@@ -52,6 +57,7 @@ pub(crate) fn data_files(dir: &Path, skip: &[&str]) -> Result<Vec<DataFile>, Sin
 
 fn collect(
     dir: &Path,
+    date_column: &str,
     score_date: Option<&str>,
     found: &mut Vec<(PathBuf, Option<String>)>,
 ) -> Result<(), SinkError> {
@@ -67,12 +73,14 @@ fn collect(
             continue;
         }
         if path.is_dir() {
-            if let Some(d) = name.strip_prefix("score_date=")
+            if let Some(d) = name
+                .strip_prefix(date_column)
+                .and_then(|n| n.strip_prefix('='))
                 && score_date.is_none()
                 // Only dates: the value goes into a predicate.
                 && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()
             {
-                collect(&path, Some(d), found)?;
+                collect(&path, date_column, Some(d), found)?;
             }
         } else if name.ends_with(".parquet") {
             found.push((path, score_date.map(str::to_string)));
@@ -95,7 +103,7 @@ fn read(local: PathBuf, score_date: Option<String>, skip: &[&str]) -> Result<Dat
     let stats = stats(meta.metadata(), &schema, skip);
     Ok(DataFile {
         local,
-        score_date,
+        date: score_date,
         schema,
         stats,
     })
@@ -279,10 +287,10 @@ mod tests {
         w.close().unwrap();
         std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
 
-        let files = data_files(dir.path(), &["score_date"]).unwrap();
+        let files = data_files(dir.path(), &["score_date"], "score_date").unwrap();
         assert_eq!(files.len(), 1);
         let f = &files[0];
-        assert_eq!(f.score_date.as_deref(), Some("2026-11-16"));
+        assert_eq!(f.date.as_deref(), Some("2026-11-16"));
         assert_eq!(f.rows(), 6);
         assert_eq!(f.stats["minValues"]["identity"], json!("c"));
         assert_eq!(f.stats["maxValues"]["identity"], json!("z"));

@@ -49,9 +49,12 @@ pub struct TableWrite<'a> {
     /// The source dataset: a column of every row and the first partition column.
     pub dataset_id: &'a str,
     pub run_id: &'a str,
-    /// Whether the table is partitioned by `score_date` under `dataset_id`; its score dates in
-    /// this run are then replaced as a whole. Otherwise rows are appended.
+    /// Whether the table is partitioned by a date under `dataset_id`; its dates in this run are
+    /// then replaced as a whole. Otherwise rows are appended.
     pub by_score_date: bool,
+    /// The date partition column (kept in the files): `score_date` for the scores tables,
+    /// `night` for the audience tables.
+    pub date_column: &'a str,
     /// With `by_score_date`: replace every score date of `dataset_id`, not only those of this
     /// run (the run holds the dataset's whole content: a full export, or a merge).
     pub replace_dataset: bool,
@@ -207,11 +210,16 @@ impl Warehouse {
         }
         let files = {
             let dir = w.local_dir.to_path_buf();
-            tokio::task::spawn_blocking(move || data_files(&dir, &PARTITION_COLUMNS))
-                .await
-                .map_err(|e| SinkError::Query {
-                    message: format!("reading the footers of {table}'s files: {e}"),
-                })??
+            {
+                let date_column = w.date_column.to_string();
+                tokio::task::spawn_blocking(move || {
+                    data_files(&dir, &["dataset_id", date_column.as_str()], &date_column)
+                })
+            }
+            .await
+            .map_err(|e| SinkError::Query {
+                message: format!("reading the footers of {table}'s files: {e}"),
+            })??
         };
         let schema_err = |message: String| SinkError::Schema {
             table: table.to_string(),
@@ -225,22 +233,23 @@ impl Warehouse {
                     w.run_id
                 )));
             }
-            if w.by_score_date && f.score_date.is_none() {
+            if w.by_score_date && f.date.is_none() {
                 return Err(schema_err(format!(
-                    "{} is not in a score_date= directory",
-                    f.local.display()
+                    "{} is not in a {}= directory",
+                    f.local.display(),
+                    w.date_column
                 )));
             }
         }
         let dates: Vec<String> = if w.by_score_date {
-            let d: BTreeSet<&String> = files.iter().filter_map(|f| f.score_date.as_ref()).collect();
+            let d: BTreeSet<&String> = files.iter().filter_map(|f| f.date.as_ref()).collect();
             d.into_iter().cloned().collect()
         } else {
             Vec::new()
         };
         let mut partitions = vec!["dataset_id".to_string()];
         if w.by_score_date {
-            partitions.push("score_date".into());
+            partitions.push(w.date_column.into());
         }
 
         // The data files first, under names of their own: a crash before the commit
@@ -262,9 +271,9 @@ impl Warehouse {
                     Some(w.dataset_id.to_string()),
                 )]);
                 if w.by_score_date {
-                    let date = f.score_date.clone().unwrap_or_default();
-                    dir.push_str(&format!("score_date={date}/"));
-                    partition_values.insert("score_date".into(), Some(date));
+                    let date = f.date.clone().unwrap_or_default();
+                    dir.push_str(&format!("{}={date}/", w.date_column));
+                    partition_values.insert(w.date_column.into(), Some(date));
                 }
                 let rel = format!("{dir}part-{i:05}-{write_id}.zstd.parquet");
                 async move {
@@ -293,7 +302,11 @@ impl Warehouse {
                 .with_application_transaction(Transaction::new(w.app_id, w.app_version))
                 .with_metadata(w.metadata.clone())
         };
-        let predicate = replace_predicate(w.dataset_id, (!w.replace_dataset).then_some(&dates[..]));
+        let predicate = replace_predicate(
+            w.dataset_id,
+            w.date_column,
+            (!w.replace_dataset).then_some(&dates[..]),
+        );
         // Two attempts: a table another pipeline created while this one got ready is then
         // committed to like any other.
         for attempt in 0..2 {
@@ -323,7 +336,7 @@ impl Warehouse {
                                     pv.get("dataset_id") == Some(&Some(w.dataset_id.to_string()))
                                         && (w.replace_dataset
                                             || pv
-                                                .get("score_date")
+                                                .get(w.date_column)
                                                 .and_then(|d| d.as_ref())
                                                 .is_some_and(|d| dates.contains(d)))
                                 })
@@ -394,11 +407,13 @@ impl Warehouse {
     }
 
     /// Copies the newest version's data files of `dataset_id` in `table` into `dir` (for a
-    /// merge: the rows already landed). An absent table has none.
+    /// merge: the rows already landed), or only those of one partition (`only`: column and
+    /// value). An absent table has none.
     pub async fn fetch_dataset_files(
         &self,
         table: &str,
         dataset_id: &str,
+        only: Option<(&str, &str)>,
         dir: &LocalPath,
     ) -> Result<Vec<std::path::PathBuf>, SinkError> {
         let Some(current) = self.delta_table(table, None).await? else {
@@ -410,7 +425,9 @@ impl Warehouse {
             .log_data()
             .iter()
             .filter(|f| {
-                f.partition_values_map().get("dataset_id") == Some(&Some(dataset_id.to_string()))
+                let pv = f.partition_values_map();
+                pv.get("dataset_id") == Some(&Some(dataset_id.to_string()))
+                    && only.is_none_or(|(c, v)| pv.get(c) == Some(&Some(v.to_string())))
             })
             .map(|f| f.path().into_owned())
             .collect();
@@ -443,6 +460,32 @@ impl Warehouse {
             .buffered(4)
             .try_collect()
             .await
+    }
+
+    /// The greatest value of the date partition `column` that `dataset_id` has in `table`'s
+    /// newest version before `before` (`YYYY-MM-DD`): the previous night landed.
+    pub async fn previous_date(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        column: &str,
+        before: &str,
+    ) -> Result<Option<String>, SinkError> {
+        let Some(current) = self.delta_table(table, None).await? else {
+            return Ok(None);
+        };
+        let snapshot = current.snapshot().map_err(delta_err(table, "read"))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter_map(|f| {
+                let pv = f.partition_values_map();
+                if pv.get("dataset_id") != Some(&Some(dataset_id.to_string())) {
+                    return None;
+                }
+                pv.get(column)?.clone().filter(|d| d.as_str() < before)
+            })
+            .max())
     }
 
     /// The commit of this run's transaction if `current` holds it already (a rerun after a
@@ -508,9 +551,6 @@ async fn with_run_id(
         .await?;
     Ok(())
 }
-
-/// The partition columns a table may have: the first always, the second when by score date.
-const PARTITION_COLUMNS: [&str; 2] = ["dataset_id", "score_date"];
 
 /// Whether `v` can name a partition directory as it is, with no escaping.
 fn is_plain_value(v: &str) -> bool {
@@ -873,6 +913,7 @@ impl Warehouse {
                 dataset_id,
                 run_id: &latest.run_id,
                 by_score_date,
+                date_column: "score_date",
                 replace_dataset: false,
                 app_id: "scoreland-convert",
                 app_version: latest.seq as i64 + 1,
@@ -976,7 +1017,7 @@ impl Warehouse {
 }
 
 /// `dataset_id = '…' AND score_date IN (DATE '…', …)`: the partitions a run replaces.
-fn replace_predicate(dataset: &str, dates: Option<&[String]>) -> String {
+fn replace_predicate(dataset: &str, date_column: &str, dates: Option<&[String]>) -> String {
     let quoted = dataset.replace('\'', "''");
     let Some(dates) = dates else {
         return format!("dataset_id = '{quoted}'");
@@ -986,7 +1027,7 @@ fn replace_predicate(dataset: &str, dates: Option<&[String]>) -> String {
         .map(|d| format!("DATE '{d}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("dataset_id = '{quoted}' AND score_date IN ({list})")
+    format!("dataset_id = '{quoted}' AND {date_column} IN ({list})")
 }
 
 /// The `score_date=…` partition directories of a transform's output.
@@ -997,7 +1038,11 @@ mod tests {
     #[test]
     fn the_replace_predicate_quotes_its_values() {
         assert_eq!(
-            replace_predicate("d'1", Some(&["2026-11-16".into(), "2026-11-17".into()])),
+            replace_predicate(
+                "d'1",
+                "score_date",
+                Some(&["2026-11-16".into(), "2026-11-17".into()])
+            ),
             "dataset_id = 'd''1' AND score_date IN (DATE '2026-11-16', DATE '2026-11-17')"
         );
         assert_eq!(replace_predicate("d1", None), "dataset_id = 'd1'");

@@ -406,6 +406,7 @@ fn write<'a>(
         dataset_id: dataset,
         run_id: run,
         by_score_date: true,
+        date_column: "score_date",
         replace_dataset: false,
         app_id: "nightly",
         app_version: seq,

@@ -22,6 +22,8 @@ pub enum TransformError {
         other: PathBuf,
         expected: String,
     },
+    #[error("cannot read the profile export in {file}: {message}")]
+    Profiles { file: PathBuf, message: String },
     #[error("cannot read the parquet footer of {file}")]
     Footer {
         file: PathBuf,

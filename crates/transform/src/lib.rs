@@ -8,6 +8,7 @@
 //! written by DataFusion into a local work directory (scores Hive-partitioned by `score_date`),
 //! from where the sink publishes them.
 
+mod audiences;
 mod config;
 mod dedupe;
 mod drift;
@@ -18,6 +19,7 @@ mod memory;
 mod run;
 mod summary;
 
+pub use audiences::{ProfileOutput, ProfileStats, ProfileTables, parse_time, write_profile_tables};
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
