@@ -512,24 +512,6 @@ fn print_export_jobs(jobs: &[ExportJob]) {
     }
 }
 
-/// The job's failure as AEP gave it (its `errors[]` verbatim), or `None` when it succeeded
-/// with at least one batch.
-pub fn export_job_failure(job: &ExportJob) -> Option<String> {
-    let errors: String = job
-        .errors
-        .iter()
-        .map(|e| format!("; {}: {}", e.code, e.msg))
-        .collect();
-    match job.status.as_str() {
-        "SUCCEEDED" if !job.batches.is_empty() => None,
-        "SUCCEEDED" => Some(format!(
-            "export job {} succeeded without a batch id{errors}",
-            job.id
-        )),
-        other => Some(format!("export job {} ended {other}{errors}", job.id)),
-    }
-}
-
 pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure> {
     match args.command {
         ExportJobCommand::Create(a) => {
@@ -610,7 +592,7 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
             } else {
                 print_export_jobs(std::slice::from_ref(&job));
             }
-            match export_job_failure(&job) {
+            match job.failure() {
                 None => Ok(0),
                 Some(f) => Err(anyhow::anyhow!(f).into()),
             }

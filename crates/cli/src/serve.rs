@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use scoreland_pipeline::TABLES;
+use scoreland_pipeline::ALL_TABLES;
 use scoreland_serve::{Limits, ServeOptions, Server};
 
 use crate::args::{parse_duration, parse_size};
@@ -63,7 +63,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         },
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
-        tables: TABLES.iter().map(|t| t.to_string()).collect(),
+        tables: ALL_TABLES.iter().map(|t| t.to_string()).collect(),
     };
     let no_password = options.login.is_none();
     let server = Server::bind(warehouse, options).await.map_err(usage)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
-use scoreland_pipeline::{TABLES, by_score_date};
+use scoreland_pipeline::{ALL_TABLES, TABLES, by_score_date};
 use scoreland_sink::{AsOf, SinkConfig, SinkError};
 
 use crate::{Failure, usage};
@@ -75,7 +75,7 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
         None => AsOf::Published,
     };
     let out = wh
-        .query(&TABLES, as_of, &args.query)
+        .query(&ALL_TABLES, as_of, &args.query)
         .await
         .map_err(|e| match e {
             SinkError::NoTables { .. } => usage(e),
@@ -160,7 +160,7 @@ pub struct VacuumArgs {
 
 pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
     let wh = open(&args.warehouse)?;
-    for t in TABLES {
+    for t in ALL_TABLES {
         let deleted = wh.vacuum_table(t, args.retention).await?;
         println!("{t}: {} files deleted", deleted.len());
         for f in deleted {
@@ -241,11 +241,11 @@ pub struct HistoryArgs {
 }
 
 pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
-    if !TABLES.contains(&args.table.as_str()) {
+    if !ALL_TABLES.contains(&args.table.as_str()) {
         return Err(usage(anyhow::anyhow!(
             "unknown table {:?}; the tables are {}",
             args.table,
-            TABLES.join(", ")
+            ALL_TABLES.join(", ")
         )));
     }
     let wh = open(&args.warehouse)?;

@@ -362,6 +362,24 @@ impl ExportJob {
     pub fn is_done(&self) -> bool {
         matches!(self.status.as_str(), "SUCCEEDED" | "FAILED")
     }
+
+    /// Why the job gave nothing to land, with its `errors[]` verbatim; `None` when it succeeded
+    /// with at least one batch.
+    pub fn failure(&self) -> Option<String> {
+        let errors: String = self
+            .errors
+            .iter()
+            .map(|e| format!("; {}: {}", e.code, e.msg))
+            .collect();
+        match self.status.as_str() {
+            "SUCCEEDED" if !self.batches.is_empty() => None,
+            "SUCCEEDED" => Some(format!(
+                "export job {} succeeded without a batch id{errors}",
+                self.id
+            )),
+            other => Some(format!("export job {} ended {other}{errors}", self.id)),
+        }
+    }
 }
 
 impl AepClient {

@@ -64,6 +64,10 @@ pub enum SourceConfig {
     /// path or the Data Landing Zone.
     #[serde(rename = "dataset-export")]
     DatasetExport(Box<ExportSource>),
+    /// Profiles and their audience memberships, exported by a profile export job into a
+    /// dataset and landed as `profiles`, `audiences` and `audience_summary` (seeds 002/003).
+    #[serde(rename = "profile-export")]
+    ProfileExport(Box<crate::profiles::ProfileExportSource>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -366,6 +370,22 @@ impl PipelineFile {
                         .is_none_or(|p| !p.platform_url.contains(UNSET))
                 {
                     src.check()?;
+                }
+            }
+            SourceConfig::ProfileExport(src) => {
+                if !placeholders
+                    || src
+                        .platform
+                        .as_ref()
+                        .is_none_or(|p| !p.platform_url.contains(UNSET))
+                {
+                    src.check()?;
+                }
+                if !self.sink.extract_formats()?.is_empty() {
+                    return Err(
+                        "sink.extracts: a profile-export pipeline lands tables only; remove extracts"
+                            .into(),
+                    );
                 }
             }
         }

@@ -32,6 +32,9 @@ pub enum PipelineError {
         #[source]
         source: Box<scoreland_sink::SinkError>,
     },
+    /// A segment or export job that failed, was cancelled or gave nothing to land.
+    #[error("{message}")]
+    Job { message: String },
     #[error(
         "interrupted by {signal} before publishing; nothing of this run was published (parts already staged are kept for the next run)"
     )]

@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod exports;
+mod profiles;
 mod run;
 
 pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpolate};
@@ -13,7 +14,10 @@ pub use exports::{
     ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, SECRET_VARS,
     SimulatorSection, download as download_export,
 };
+pub use profiles::{
+    AUDIENCE_TABLES, MergePolicy, ProfileExportRecord, ProfileExportSource, ProfileSimulator,
+};
 pub use run::{
-    DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
-    TableRecord, by_score_date, error_chain, run,
+    ALL_TABLES, DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
+    TableRecord, by_score_date, date_column, error_chain, run,
 };

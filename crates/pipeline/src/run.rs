@@ -17,13 +17,33 @@ use crate::config::{PipelineFile, SourceConfig, source_error};
 use crate::error::PipelineError;
 use crate::exports::{self, ExportRecord, ExportSource};
 
-/// The tables a run lands.
+/// The tables a scores run lands.
 pub const TABLES: [&str; 3] = ["scores", "summary", "drift"];
 
-/// Whether a table's nights are partitions by `score_date`, each replaced whole by the run
-/// that lands it; `drift` instead gains rows (one per model and run).
+/// Every table a warehouse can hold: the scores tables, and those of profile exports.
+pub const ALL_TABLES: [&str; 6] = [
+    "scores",
+    "summary",
+    "drift",
+    "profiles",
+    "audiences",
+    "audience_summary",
+];
+
+/// Whether a table's nights are date partitions (`score_date`, or `night` for the profile
+/// tables), each replaced whole by the run that lands it; `drift` instead gains rows (one per
+/// model and run).
 pub fn by_score_date(table: &str) -> bool {
     table != "drift"
+}
+
+/// A table's date partition column.
+pub fn date_column(table: &str) -> &'static str {
+    if crate::profiles::AUDIENCE_TABLES.contains(&table) {
+        "night"
+    } else {
+        "score_date"
+    }
 }
 
 /// The transform's output directory of each table, in [`TABLES`] order.
@@ -33,6 +53,11 @@ fn output_dirs(output: &scoreland_transform::TransformOutput) -> [(&'static str,
         ("summary", &output.summary_dir),
         ("drift", &output.drift_dir),
     ]
+}
+
+/// Where a pipeline's state is kept in the warehouse.
+pub(crate) fn state_rel(pipeline: &str) -> String {
+    format!("_state/{pipeline}.json")
 }
 
 #[derive(Clone)]
@@ -71,6 +96,10 @@ pub struct PipelineState {
     #[serde(default)]
     pub runs_landed: i64,
     pub histograms: Vec<ModelHistogram>,
+    /// A profile export job made by a run that has not landed it yet: the next run waits for
+    /// it (or lands it) rather than exporting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_export_job: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +166,9 @@ pub struct RunRecord {
     /// For a `dataset-export` source: which folders, why each was complete, gaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<crate::exports::ExportRecord>,
+    /// For a `profile-export` source: the jobs, the night and the counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_export: Option<crate::profiles::ProfileExportRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,8 +225,10 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
             let config = simulator_config(&sim).map_err(invalid)?;
             (config, dataset, common, Some(sim))
         }
-        SourceConfig::DatasetExport(_) => {
-            return Err(invalid("a dataset-export source has no batches".into()));
+        SourceConfig::DatasetExport(_) | SourceConfig::ProfileExport(_) => {
+            return Err(invalid(
+                "an export source has no batches to select by Catalog".into(),
+            ));
         }
     };
     let options = common.download_options().map_err(invalid)?;
@@ -211,7 +245,7 @@ async fn connect(file: &PipelineFile) -> Result<Source, PipelineError> {
 }
 
 /// How to reach a simulator started in process: its URLs, org, first sandbox and credentials.
-fn simulator_config(sim: &SimHandle) -> Result<PlatformConfig, String> {
+pub(crate) fn simulator_config(sim: &SimHandle) -> Result<PlatformConfig, String> {
     let info = sim.platform().info.clone();
     let sandbox = sim
         .platform()
@@ -253,7 +287,7 @@ fn crash_point(point: &str) {
     }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
@@ -305,6 +339,7 @@ pub async fn run(
         warehouse: warehouse.url().to_string(),
         warnings: Vec::new(),
         export: None,
+        profile_export: None,
     };
     for table in TABLES {
         match warehouse.is_legacy(table).await {
@@ -341,10 +376,18 @@ pub async fn run(
     // Until the publish starts, SIGINT or SIGTERM (what systemd sends) stops the run: nothing
     // is published, and the partial work goes. Once it starts, the publish is finished.
     let mut signal = std::pin::pin!(shutdown_signal());
+    let in_flight = crate::profiles::InFlight::default();
     let prepared = tokio::select! {
-        r = prepare(file, options, &warehouse, &mut record, &staging, &work) => r,
+        r = prepare(file, options, &warehouse, &mut record, &staging, &work, &in_flight) => r,
         name = &mut signal => Err(PipelineError::Interrupted { signal: name }),
     };
+    if let Err(PipelineError::Interrupted { signal }) = &prepared
+        && let Some(said) = in_flight
+            .cancel(&format!("the run was stopped by {signal}"))
+            .await
+    {
+        record.warnings.push(said);
+    }
     let outcome = match prepared {
         Ok(Some(prepared)) => {
             let published = publish(file, &warehouse, &mut record, prepared).await;
@@ -426,13 +469,21 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// What a run has ready to publish: the transform's tables, the extracts (local file and
-/// where it goes in the warehouse), and the state to keep after.
-struct Prepared {
-    output: scoreland_transform::TransformOutput,
-    extracts: Vec<(PathBuf, String)>,
-    state: PipelineState,
-    replace_dataset: bool,
+/// What a run has ready to publish: the tables written, the extracts (local file and where it
+/// goes in the warehouse), and the state to keep after.
+pub(crate) struct Prepared {
+    pub tables: Vec<PreparedTable>,
+    pub extracts: Vec<(PathBuf, String)>,
+    pub state: PipelineState,
+    pub replace_dataset: bool,
+}
+
+/// One table's files, as the transform wrote them.
+pub(crate) struct PreparedTable {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    /// The date partition column, whose dates in the files are replaced; `None`: appended.
+    pub date_column: Option<&'static str>,
 }
 
 /// Everything before the publish: select ▸ download ▸ transform. `None` when there is nothing
@@ -444,15 +495,21 @@ async fn prepare(
     record: &mut RunRecord,
     staging: &Path,
     work: &Path,
+    in_flight: &crate::profiles::InFlight,
 ) -> Result<Option<Prepared>, PipelineError> {
     let name = file.name();
-    let state_rel = format!("_state/{name}.json");
     let state: PipelineState = warehouse
-        .get_json(&state_rel)
+        .get_json(&state_rel(name))
         .await
         .map_err(PipelineError::Sink)?
         .unwrap_or_default();
     let ingested = match &file.source {
+        SourceConfig::ProfileExport(src) => {
+            return crate::profiles::prepare(
+                src, options, warehouse, record, staging, work, &state, in_flight,
+            )
+            .await;
+        }
         SourceConfig::DatasetExport(src) => {
             ingest_exports(src, options, warehouse, record, staging, work, &state).await?
         }
@@ -517,9 +574,17 @@ async fn prepare(
         last_batch_created: ingested.last_created,
         runs_landed: state.runs_landed + 1,
         histograms: output.histograms.clone(),
+        pending_export_job: None,
     };
     Ok(Some(Prepared {
-        output,
+        tables: output_dirs(&output)
+            .into_iter()
+            .map(|(name, dir)| PreparedTable {
+                name,
+                dir: dir.to_path_buf(),
+                date_column: by_score_date(name).then_some("score_date"),
+            })
+            .collect(),
         extracts,
         state,
         replace_dataset: ingested.replace_dataset,
@@ -596,11 +661,40 @@ async fn ingest_batches(
     }
 
     let t = Instant::now();
+    let staged = stage_batches(
+        &source.client,
+        &source.dataset,
+        &batches,
+        staging,
+        options,
+        record,
+    )
+    .await?;
+    record.timings.ingest_ms = ms(t.elapsed());
+    Ok(Some(Ingested {
+        last_created: batches.iter().map(|b| b.created).max(),
+        landed: record.batches.clone(),
+        staged,
+        merge_with: Vec::new(),
+        replace_dataset: false,
+    }))
+}
+
+/// Downloads `batches` of `dataset` into staging (verified, resumable), counting into the
+/// record.
+pub(crate) async fn stage_batches(
+    client: &AepClient,
+    dataset: &str,
+    batches: &[CatalogBatch],
+    staging: &Path,
+    options: &RunOptions,
+    record: &mut RunRecord,
+) -> Result<Vec<StagedBatch>, PipelineError> {
+    let t = Instant::now();
     let mut staged = Vec::new();
-    for b in &batches {
-        let report = source
-            .client
-            .download_batch(&source.dataset, b, staging, options.observer.as_ref())
+    for b in batches {
+        let report = client
+            .download_batch(dataset, b, staging, options.observer.as_ref())
             .await
             .map_err(PipelineError::Ingest)?;
         record.parts += report.manifest.parts.len();
@@ -613,17 +707,10 @@ async fn ingest_batches(
             files: report.manifest.part_paths(&report.batch_dir),
         });
     }
-    record.retries = source.client.retries();
-    let ingest = t.elapsed();
-    record.timings.ingest_ms = ms(ingest);
-    record.ingest_mb_per_s = record.bytes_downloaded as f64 / 1e6 / ingest.as_secs_f64().max(1e-3);
-    Ok(Some(Ingested {
-        last_created: batches.iter().map(|b| b.created).max(),
-        landed: record.batches.clone(),
-        staged,
-        merge_with: Vec::new(),
-        replace_dataset: false,
-    }))
+    record.retries = client.retries();
+    record.ingest_mb_per_s =
+        record.bytes_downloaded as f64 / 1e6 / t.elapsed().as_secs_f64().max(1e-3);
+    Ok(staged)
 }
 
 /// Selects the complete export folders to land, and stages them. `None`: nothing to land.
@@ -785,7 +872,7 @@ async fn publish(
     prepared: Prepared,
 ) -> Result<(), PipelineError> {
     let Prepared {
-        output,
+        tables,
         extracts,
         state,
         replace_dataset,
@@ -808,15 +895,16 @@ async fn publish(
         run_id: record.run_id.clone(),
         versions: Default::default(),
     };
-    for (table, dir) in output_dirs(&output) {
+    for t in &tables {
+        let table = t.name;
         let commit = warehouse
             .write_table(&scoreland_sink::TableWrite {
                 table,
-                local_dir: dir,
+                local_dir: &t.dir,
                 dataset_id: &record.dataset,
                 run_id: &record.run_id,
-                by_score_date: by_score_date(table),
-                date_column: "score_date",
+                by_score_date: t.date_column.is_some(),
+                date_column: t.date_column.unwrap_or("score_date"),
                 replace_dataset,
                 app_id: name,
                 app_version: state.runs_landed,
@@ -852,7 +940,7 @@ async fn publish(
         record.extracts.push(rel.clone());
     }
     warehouse
-        .put_json(&format!("_state/{name}.json"), &state)
+        .put_json(&state_rel(name), &state)
         .await
         .map_err(PipelineError::Sink)?;
     record.timings.sink_ms = ms(t.elapsed());

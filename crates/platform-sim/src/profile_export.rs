@@ -374,7 +374,7 @@ fn export_schema(tenant: &str, fields: Option<&[String]>) -> SchemaRef {
             true,
         ),
         Field::new(
-            format!("_{tenant}"),
+            crate::profiles::tenant_field(tenant),
             DataType::Struct(Fields::from(vec![Field::new(
                 "CustomerAI",
                 DataType::Struct(Fields::from(models)),

@@ -133,8 +133,18 @@ fn profile(i: u64, segments: &[String], tenant: &str, seed: u64) -> Value {
         "person": {"name": {"firstName": format!("First{i}"), "lastName": format!("Last{}", i % 997)}},
         "personalEmail": {"address": email},
     });
-    p[format!("_{tenant}")] = json!({"CustomerAI": cai});
+    p[tenant_field(tenant)] = json!({"CustomerAI": cai});
     p
+}
+
+/// The tenant's top-level XDM field (`_acmeretail`), whether `platform.json` writes the tenant
+/// with its underscore or without.
+pub fn tenant_field(tenant: &str) -> String {
+    if tenant.starts_with('_') {
+        tenant.to_string()
+    } else {
+        format!("_{tenant}")
+    }
 }
 
 /// Writes the profile store into `<platform>/profiles/`, replacing one that is there.

@@ -1223,10 +1223,17 @@ async fn create_dataset(
         return bad("schemaRef.id is required");
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let id = format!(
-        "{:024x}",
-        (now as u128) << 24 | st.token_counter.fetch_add(1, Ordering::Relaxed) as u128 & 0xff_ffff
-    );
+    // The same (sandbox, name) gets the same id each time the simulator starts, as a dataset
+    // made once stays in AEP: pipelines that find or make their dataset by name land into one.
+    let id = {
+        use sha2::Digest;
+        let name = object["name"].as_str().unwrap_or_default();
+        let digest = sha2::Sha256::digest(format!("{sandbox}/{name}"));
+        digest[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
     object.insert("created".into(), json!(now));
     object.insert("updated".into(), json!(now));
     object.insert("createdClient".into(), json!(st.platform.info.client_id));

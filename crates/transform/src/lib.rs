@@ -19,7 +19,10 @@ mod memory;
 mod run;
 mod summary;
 
-pub use audiences::{ProfileOutput, ProfileStats, ProfileTables, parse_time, write_profile_tables};
+pub use audiences::{
+    ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
+    write_profile_tables,
+};
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;

@@ -1,0 +1,527 @@
+//! The `profile-export` source (seeds 002/003): audiences evaluated and their profiles exported
+//! into a dataset on the Profile union schema, then downloaded as batches and landed as the
+//! `profiles`, `audiences` and `audience_summary` tables.
+//!
+//! One run: the target dataset (found or made by name) ▸ a segment job, if asked, waited for ▸
+//! an export job, waited for with a deadline (cancelled on the deadline, or on SIGTERM by the
+//! run) ▸ its batches through the verified download ▸ the three tables for the night.
+//!
+//! The export job's id is kept in the pipeline's state as soon as it is made: a run that was
+//! stopped after that picks the same job up again instead of exporting twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use scoreland_ingest::{
+    AepClient, DownloadOptions, ExportJob, ExportJobRequest, PROFILE_UNION_SCHEMA,
+    PlatformSettings, Polled, SegmentFilter, SegmentJob, poll_job,
+};
+use scoreland_platform_sim::SimHandle;
+use scoreland_sink::Warehouse;
+use scoreland_transform::{ProfileStats, ProfileTables};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PipelineError;
+use crate::run::{PipelineState, Prepared, PreparedTable, RunOptions, RunRecord, ms};
+
+/// The tables a profile export lands, each partitioned by `night`.
+pub const AUDIENCE_TABLES: [&str; 3] = ["profiles", "audiences", "audience_summary"];
+
+/// `[source]` with `type = "profile-export"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileExportSource {
+    /// The dataset the export writes into: found by this name, or made on the Profile union
+    /// schema.
+    pub dataset_name: String,
+    /// Only profiles in these segments (their memberships of every segment are landed); every
+    /// profile when empty.
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// The statuses that qualify for `segments` (AEP's default: realized and existing).
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    /// One batch per segment (`destination.segmentPerBatch`).
+    #[serde(default)]
+    pub segment_per_batch: bool,
+    /// Run a segment job for `segments` (every segment when empty) first, and wait for it.
+    #[serde(default)]
+    pub evaluate: bool,
+    /// Also export profiles that have events only.
+    #[serde(default)]
+    pub empty_profiles: bool,
+    /// Dotted XDM paths that become `profiles` columns (`person.name.firstName` →
+    /// `person_name_firstName`).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub merge_policy: Option<MergePolicy>,
+    /// How long the jobs may take, e.g. "2h" (default): the job is cancelled after.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// Batch parts downloaded at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// AEP: URLs, org, sandbox and credentials.
+    #[serde(default)]
+    pub platform: Option<PlatformSettings>,
+    /// Run against the bundled simulator instead (its profile store must exist:
+    /// `scoreland sim generate --profiles N`).
+    #[serde(default)]
+    pub simulator: Option<ProfileSimulator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergePolicy {
+    pub id: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSimulator {
+    /// The simulated platform's directory.
+    pub data: PathBuf,
+}
+
+impl ProfileExportSource {
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.dataset_name.trim().is_empty() {
+            return Err("source.dataset_name: the export's target dataset, by name".into());
+        }
+        if let Some(bad) = self
+            .statuses
+            .iter()
+            .find(|s| !scoreland_transform::AUDIENCE_STATUSES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "source.statuses: {bad:?} is not realized, existing or exited"
+            ));
+        }
+        if self.segment_per_batch && self.segments.is_empty() {
+            return Err("source.segment_per_batch needs source.segments".into());
+        }
+        if let Some(f) = self
+            .fields
+            .iter()
+            .find(|f| f.is_empty() || f.split('.').any(str::is_empty))
+        {
+            return Err(format!(
+                "source.fields: {f:?} is not a dotted XDM path such as person.name.firstName"
+            ));
+        }
+        self.deadline()?;
+        match (&self.platform, &self.simulator) {
+            (Some(p), None) => p.build().map(drop).map_err(crate::config::source_error),
+            (None, Some(_)) => Ok(()),
+            _ => Err("give one of [source.platform] and [source.simulator]".into()),
+        }
+    }
+
+    fn deadline(&self) -> Result<Duration, String> {
+        let d = self.deadline.as_deref().unwrap_or("2h");
+        humantime::parse_duration(d).map_err(|e| format!("source.deadline = {d:?}: {e}"))
+    }
+
+    fn request(&self, dataset_id: &str) -> ExportJobRequest {
+        ExportJobRequest {
+            merge_policy: self
+                .merge_policy
+                .as_ref()
+                .map(|m| (m.id.clone(), m.version)),
+            segments: self
+                .segments
+                .iter()
+                .map(|s| SegmentFilter {
+                    segment_id: s.clone(),
+                    namespace: None,
+                    statuses: self.statuses.clone(),
+                })
+                .collect(),
+            empty_profiles: self.empty_profiles.then_some(true),
+            dataset_id: dataset_id.to_string(),
+            segment_per_batch: self.segment_per_batch,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a run records of its profile export.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProfileExportRecord {
+    pub export_job: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_job: Option<String>,
+    /// Whether the export job was made by an earlier, interrupted run.
+    #[serde(default)]
+    pub resumed: bool,
+    pub night: String,
+    pub previous_night: Option<String>,
+    pub stats: ProfileStats,
+}
+
+/// The job a run is waiting for, so that a stopped run can cancel it.
+#[derive(Default)]
+pub(crate) struct InFlight(Mutex<Option<(AepClient, Job)>>);
+
+#[derive(Clone)]
+enum Job {
+    Segment(String),
+    Export(i64),
+}
+
+impl InFlight {
+    fn set(&self, v: Option<(AepClient, Job)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// Cancels the job being waited for, if any; says what it did.
+    pub(crate) async fn cancel(&self, why: &str) -> Option<String> {
+        let (client, job) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let (what, done) = match &job {
+            Job::Segment(id) => (
+                format!("segment job {id}"),
+                client.cancel_segment_job(id).await,
+            ),
+            Job::Export(id) => (
+                format!("export job {id}"),
+                client.cancel_export_job(*id).await,
+            ),
+        };
+        let msg = match done {
+            Ok(()) => format!("{what} cancelled ({why})"),
+            Err(e) => format!("{what} could not be cancelled ({why}): {e}"),
+        };
+        tracing::warn!("{msg}");
+        Some(msg)
+    }
+}
+
+/// The client (and the simulator it talks to, kept alive for the run).
+async fn connect(
+    src: &ProfileExportSource,
+    staging: &Path,
+) -> Result<(AepClient, Option<SimHandle>), PipelineError> {
+    let invalid = |message: String| PipelineError::Invalid {
+        path: PathBuf::from("[source]"),
+        message,
+    };
+    let mut options = DownloadOptions::default();
+    if let Some(c) = src.concurrency {
+        scoreland_ingest::check_concurrency(c)
+            .map_err(|why| invalid(format!("source.concurrency = {c}: {why}")))?;
+        options.concurrency = c;
+    }
+    match (&src.platform, &src.simulator) {
+        (Some(p), None) => {
+            let config = p
+                .build()
+                .map_err(|e| invalid(crate::config::source_error(e)))?;
+            Ok((
+                AepClient::new(config, options).map_err(PipelineError::Ingest)?,
+                None,
+            ))
+        }
+        (None, Some(s)) => {
+            if !s
+                .data
+                .join(scoreland_platform_sim::profiles::PROFILES_DIR)
+                .is_dir()
+            {
+                return Err(invalid(format!(
+                    "the simulated platform {} has no profile store; make one with `scoreland sim generate --out {} --profiles 10000`",
+                    s.data.display(),
+                    s.data.display()
+                )));
+            }
+            let sim = scoreland_platform_sim::serve_dir(
+                &s.data,
+                scoreland_platform_sim::SimConfig {
+                    export_root: crate::exports::absolute(&staging.join("sim-exports")),
+                    job_duration: Duration::from_millis(500),
+                    ..Default::default()
+                },
+                ([127, 0, 0, 1], 0).into(),
+            )
+            .await
+            .map_err(PipelineError::Simulator)?;
+            let config = crate::run::simulator_config(&sim).map_err(invalid)?;
+            Ok((
+                AepClient::new(config, options).map_err(PipelineError::Ingest)?,
+                Some(sim),
+            ))
+        }
+        _ => Err(invalid(
+            "give one of [source.platform] and [source.simulator]".into(),
+        )),
+    }
+}
+
+/// Waits for a job until `deadline`, cancelling it when the deadline passes.
+async fn wait<T, Fut>(
+    in_flight: &InFlight,
+    deadline: Instant,
+    fetch: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<T, PipelineError>
+where
+    Fut: std::future::Future<Output = Result<T, scoreland_ingest::IngestError>>,
+{
+    let left = deadline.saturating_duration_since(Instant::now());
+    let polled = poll_job(left, Duration::from_secs(30), fetch, done, |_, waited| {
+        tracing::info!(waited_s = waited.as_secs(), "waiting for {what}")
+    })
+    .await
+    .map_err(PipelineError::Ingest)?;
+    match polled {
+        Polled::Done(job) => Ok(job),
+        Polled::TimedOut(_) => {
+            let cancelled = in_flight
+                .cancel("the source's deadline passed")
+                .await
+                .unwrap_or_default();
+            Err(PipelineError::Job {
+                message: format!(
+                    "{what} did not end before the deadline (source.deadline); {cancelled}; nothing was landed"
+                ),
+            })
+        }
+    }
+}
+
+/// Everything before the publish for a profile export. `None` on a dry run.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare(
+    src: &ProfileExportSource,
+    options: &RunOptions,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+    staging: &Path,
+    work: &Path,
+    state: &PipelineState,
+    in_flight: &InFlight,
+) -> Result<Option<Prepared>, PipelineError> {
+    let t = Instant::now();
+    let deadline = Instant::now()
+        + src.deadline().map_err(|message| PipelineError::Invalid {
+            path: PathBuf::from("[source]"),
+            message,
+        })?;
+    let (client, _sim) = connect(src, staging).await?;
+    let (dataset, made) = client
+        .ensure_dataset(&src.dataset_name, PROFILE_UNION_SCHEMA)
+        .await
+        .map_err(PipelineError::Ingest)?;
+    if made {
+        tracing::info!(dataset = %dataset, name = %src.dataset_name, "made the export's target dataset");
+    }
+    record.dataset = dataset.clone();
+    if options.dry_run {
+        record.status = crate::run::RunStatus::DryRun;
+        return Ok(None);
+    }
+    let mut out = ProfileExportRecord::default();
+
+    // An export job an interrupted run made is picked up again, unless it failed.
+    let mut job: Option<ExportJob> = None;
+    if let Some(id) = state.pending_export_job {
+        match client.export_job(id).await {
+            Ok(j) if j.status != "FAILED" => {
+                tracing::info!(job = id, status = %j.status, "resuming the export job an interrupted run made");
+                out.resumed = true;
+                job = Some(j);
+            }
+            Ok(j) => tracing::warn!(
+                job = id,
+                "the export job an interrupted run made ended {}; making a new one",
+                j.status
+            ),
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "the export job an interrupted run made is gone; making a new one")
+            }
+        }
+    }
+    let job = match job {
+        Some(j) => j,
+        None => {
+            if src.evaluate {
+                let segments = if src.segments.is_empty() {
+                    vec!["*".to_string()]
+                } else {
+                    src.segments.clone()
+                };
+                let sj = client
+                    .create_segment_job(&segments)
+                    .await
+                    .map_err(PipelineError::Ingest)?;
+                tracing::info!(job = %sj.id, "segment job started");
+                out.segment_job = Some(sj.id.clone());
+                in_flight.set(Some((client.clone(), Job::Segment(sj.id.clone()))));
+                let sj = wait(
+                    in_flight,
+                    deadline,
+                    || client.segment_job(&sj.id),
+                    SegmentJob::is_done,
+                    &format!("segment job {}", sj.id),
+                )
+                .await?;
+                in_flight.set(None);
+                if sj.status != "SUCCEEDED" {
+                    return Err(PipelineError::Job {
+                        message: format!(
+                            "segment job {} ended {}{}; nothing was exported or landed",
+                            sj.id,
+                            sj.status,
+                            sj.errors
+                                .iter()
+                                .map(|e| format!("; {}: {}", e.code, e.msg))
+                                .collect::<String>()
+                        ),
+                    });
+                }
+            }
+            let j = client
+                .create_export_job(&src.request(&dataset))
+                .await
+                .map_err(PipelineError::Ingest)?;
+            tracing::info!(job = j.id, dataset = %dataset, "export job started");
+            // Kept at once: a run stopped from here on resumes this job.
+            let pending = PipelineState {
+                pending_export_job: Some(j.id),
+                ..state.clone()
+            };
+            warehouse
+                .put_json(&crate::run::state_rel(&record.pipeline), &pending)
+                .await
+                .map_err(PipelineError::Sink)?;
+            j
+        }
+    };
+    out.export_job = job.id;
+    in_flight.set(Some((client.clone(), Job::Export(job.id))));
+    let job = wait(
+        in_flight,
+        deadline,
+        || client.export_job(job.id),
+        ExportJob::is_done,
+        &format!("export job {}", job.id),
+    )
+    .await?;
+    in_flight.set(None);
+    if let Some(why) = job.failure() {
+        return Err(PipelineError::Job {
+            message: format!("{why}; nothing was landed"),
+        });
+    }
+    record.batches = job.batches.iter().map(|b| b.batch_id.clone()).collect();
+    record.timings.discover_ms = ms(t.elapsed());
+
+    // The batches, through the verified download.
+    let t = Instant::now();
+    let mut batches = Vec::new();
+    for b in &job.batches {
+        batches.push(
+            client
+                .batch(&b.batch_id)
+                .await
+                .map_err(PipelineError::Ingest)?,
+        );
+    }
+    let staged =
+        crate::run::stage_batches(&client, &dataset, &batches, staging, options, record).await?;
+    record.timings.ingest_ms = ms(t.elapsed());
+
+    // The night's tables.
+    let t = Instant::now();
+    let night = chrono::DateTime::from_timestamp_millis(job.created)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string();
+    let previous_night = warehouse
+        .previous_date("audiences", &dataset, "night", &night)
+        .await
+        .map_err(PipelineError::Sink)?;
+    let previous = match &previous_night {
+        Some(p) => warehouse
+            .fetch_dataset_files(
+                "audiences",
+                &dataset,
+                Some(("night", p)),
+                &work.join("previous"),
+            )
+            .await
+            .map_err(PipelineError::Sink)?,
+        None => Vec::new(),
+    };
+    let input = ProfileTables {
+        files: staged.iter().flat_map(|s| s.files.clone()).collect(),
+        dedupe: job.batches.len() > 1,
+        fields: src.fields.clone(),
+        night: night.clone(),
+        export_job_id: job.id,
+        run_id: record.run_id.clone(),
+        previous,
+        previous_night: previous_night.clone(),
+        out: work.join("tables"),
+    };
+    let output =
+        tokio::task::spawn_blocking(move || scoreland_transform::write_profile_tables(&input))
+            .await
+            .map_err(|e| PipelineError::Job {
+                message: format!("the profile tables' task failed: {e}"),
+            })?
+            .map_err(PipelineError::Transform)?;
+    record.timings.transform_ms = ms(t.elapsed());
+    record.rows_in = output.stats.rows_in;
+    record.rows_out = output.stats.profiles;
+    record.duplicates_dropped = output.stats.duplicate_profiles;
+    record.null_identity_dropped = output.stats.without_identity;
+    if output.stats.unparseable_times > 0 {
+        let w = format!(
+            "{} lastQualificationTime values are not times; they are null in audiences.last_qualification_time",
+            output.stats.unparseable_times
+        );
+        tracing::warn!("{w}");
+        record.warnings.push(w);
+    }
+    tracing::info!(
+        profiles = output.stats.profiles,
+        memberships = output.stats.memberships,
+        night = %night,
+        previous_night = ?previous_night,
+        "profile tables written"
+    );
+    out.night = night;
+    out.previous_night = previous_night;
+    out.stats = output.stats.clone();
+    record.profile_export = Some(out);
+
+    let tables = [
+        ("profiles", output.profiles_dir),
+        ("audiences", output.audiences_dir),
+        ("audience_summary", output.summary_dir),
+    ]
+    .into_iter()
+    .map(|(name, dir)| PreparedTable {
+        name,
+        dir,
+        date_column: Some("night"),
+    })
+    .collect();
+    Ok(Some(Prepared {
+        tables,
+        extracts: Vec::new(),
+        state: PipelineState {
+            last_run_id: Some(record.run_id.clone()),
+            landed_batches: record.batches.clone(),
+            last_batch_created: Some(job.created),
+            runs_landed: state.runs_landed + 1,
+            histograms: state.histograms.clone(),
+            pending_export_job: None,
+        },
+        replace_dataset: false,
+    }))
+}
