@@ -1881,7 +1881,9 @@ url = "{t}/wh"
 mod segmentation {
     use super::*;
 
-    fn platform_env(sim: &scoreland_platform_sim::SimHandle) -> Vec<(&'static str, String)> {
+    pub(super) fn platform_env(
+        sim: &scoreland_platform_sim::SimHandle,
+    ) -> Vec<(&'static str, String)> {
         let info = &sim.platform().info;
         vec![
             ("SCORELAND_PLATFORM_URL", sim.base_url().to_string()),
@@ -1892,7 +1894,7 @@ mod segmentation {
         ]
     }
 
-    fn cli(env: &[(&'static str, String)], args: &[&str]) -> Output {
+    pub(super) fn cli(env: &[(&'static str, String)], args: &[&str]) -> Output {
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         scoreland(args, &envs)
     }
@@ -1959,5 +1961,375 @@ mod segmentation {
             record(&cli(&env, &["schedule", "list", "--json"])),
             serde_json::json!([])
         );
+    }
+}
+
+mod profile_exports {
+    //! The `profile-export` source against the simulator, checked against the generator's own
+    //! profile store (read here, independently of the code under test).
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use scoreland_platform_sim::ProfileExportFault;
+
+    /// A platform with a profile store of `n` profiles in `segments` segments.
+    fn platform(tmp: &Path, n: u64, segments: u32) -> (PathBuf, Vec<String>) {
+        let out = tmp.join("platform");
+        let made = scoreland(
+            &[
+                "sim",
+                "generate",
+                "--out",
+                &out.display().to_string(),
+                "--rows",
+                "50",
+                "--profiles",
+                &n.to_string(),
+                "--segments",
+                &segments.to_string(),
+                "-q",
+            ],
+            &[],
+        );
+        assert!(made.status.success(), "{}", text(&made));
+        let ids: Vec<String> =
+            serde_json::from_slice(&std::fs::read(out.join("profiles/segments.json")).unwrap())
+                .unwrap();
+        (out, ids)
+    }
+
+    fn pipeline(tmp: &Path, name: &str, source: &str) -> PathBuf {
+        let path = tmp.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nstaging = \"{}\"\n\n[source]\ntype = \"profile-export\"\n{source}\n\n[sink]\nurl = \"{}\"\n",
+                tmp.join("staging").display(),
+                tmp.join("wh").display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn rows(tmp: &Path, query: &str) -> Vec<Vec<String>> {
+        let o = scoreland(
+            &[
+                "sql",
+                query,
+                "--warehouse",
+                &tmp.join("wh").display().to_string(),
+                "--format",
+                "csv",
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{query}: {}", text(&o));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// The primary identity of a stored profile, as the test reads `identityMap`.
+    fn primary(p: &Value) -> (String, String) {
+        for (ns, ids) in p["identityMap"].as_object().unwrap() {
+            for id in ids.as_array().unwrap() {
+                if id["primary"] == true {
+                    return (ns.clone(), id["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        panic!("no primary identity in {p}")
+    }
+
+    /// `…Z`, `+0000` or `YYYY-MM-DD HH:MM:SS` (UTC), as the CSV writer prints a UTC timestamp.
+    fn truth_time(s: &str) -> Option<String> {
+        let t = chrono::DateTime::parse_from_rfc3339(s)
+            .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z"))
+            .map(|t| t.naive_utc())
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+            .ok()?;
+        Some(t.format("%Y-%m-%dT%H:%M:%S").to_string())
+    }
+
+    /// What the export of profiles in any of `segments` (realized or existing) must land:
+    /// (identity, segment, status, time) per membership, and per segment the status counts.
+    type Truth = (
+        BTreeSet<(String, String, String, String)>,
+        BTreeMap<String, [u64; 3]>,
+        usize,
+    );
+
+    fn truth(platform: &Path, segments: &[String]) -> Truth {
+        let mut memberships = BTreeSet::new();
+        let mut counts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+        let mut profiles = 0;
+        for p in scoreland_platform_sim::profiles::read_profiles(platform).unwrap() {
+            let Some(ups) = p
+                .pointer("/segmentMembership/ups")
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            let taken = segments.iter().any(|s| {
+                ups.get(s)
+                    .is_some_and(|m| m["status"] == "realized" || m["status"] == "existing")
+            });
+            if !taken {
+                continue;
+            }
+            profiles += 1;
+            let (_, id) = primary(&p);
+            for (seg, m) in ups {
+                let status = m["status"].as_str().unwrap().to_string();
+                let k = ["realized", "existing", "exited"]
+                    .iter()
+                    .position(|s| *s == status)
+                    .unwrap();
+                counts.entry(seg.clone()).or_default()[k] += 1;
+                let time = m["lastQualificationTime"]
+                    .as_str()
+                    .and_then(truth_time)
+                    .unwrap_or_default();
+                memberships.insert((id.clone(), seg.clone(), status, time));
+            }
+        }
+        (memberships, counts, profiles)
+    }
+
+    #[test]
+    fn audiences_land_as_the_profile_store_says_with_and_without_a_batch_per_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, ids) = platform(tmp.path(), 3_000, 8);
+        let chosen = &ids[..3];
+        let (want, want_counts, want_profiles) = truth(&data, chosen);
+        assert!(want_profiles > 100, "{want_profiles}");
+        let segs = chosen
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (name, per_segment) in [("per-segment", true), ("one-batch", false)] {
+            let file = pipeline(
+                tmp.path(),
+                name,
+                &format!(
+                    "dataset_name = \"audiences {name}\"\nsegments = [{segs}]\nsegment_per_batch = {per_segment}\nevaluate = true\nfields = [\"person.name.firstName\"]\nsimulator = {{ data = \"{}\" }}",
+                    data.display()
+                ),
+            );
+            let ran = scoreland(&["run", &file.display().to_string(), "--json"], &[]);
+            assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+            let rec = record(&ran);
+            let pe = &rec["profile_export"];
+            assert!(pe["segment_job"].is_string(), "{rec}");
+            assert_eq!(
+                rec["batches"].as_array().unwrap().len(),
+                if per_segment { 3 } else { 1 }
+            );
+            assert_eq!(pe["stats"]["profiles"], want_profiles as u64, "{rec}");
+            let dataset = rec["dataset"].as_str().unwrap();
+
+            let got: BTreeSet<(String, String, String, String)> = rows(
+                tmp.path(),
+                &format!(
+                    "SELECT primary_identity, segment_id, status, \
+                     coalesce(to_char(last_qualification_time, '%Y-%m-%dT%H:%M:%S'), '') \
+                     FROM audiences WHERE dataset_id = '{dataset}'"
+                ),
+            )
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()))
+            .collect();
+            assert_eq!(got.len(), want.len(), "{name}");
+            assert!(got == want, "{name}: the audiences differ from the store");
+            let n = rows(
+                tmp.path(),
+                &format!("SELECT count(*) FROM audiences WHERE dataset_id = '{dataset}'"),
+            );
+            assert_eq!(n[0][0], want.len().to_string(), "{name}: duplicate rows");
+
+            let summary: BTreeMap<String, [u64; 3]> = rows(
+                tmp.path(),
+                &format!(
+                    "SELECT segment_id, realized, existing, exited, qualified, entered_since_previous \
+                     FROM audience_summary WHERE dataset_id = '{dataset}'"
+                ),
+            )
+            .into_iter()
+            .map(|r| {
+                let n = |i: usize| r[i].parse::<u64>().unwrap();
+                assert_eq!(n(4), n(1) + n(2));
+                assert_eq!(n(5), n(4), "the first night: every qualified profile entered");
+                (r[0].clone(), [n(1), n(2), n(3)])
+            })
+            .collect();
+            assert_eq!(summary, want_counts, "{name}");
+            let profiles = rows(
+                tmp.path(),
+                &format!(
+                    "SELECT count(*), count(DISTINCT primary_identity), count(person_name_firstName) \
+                     FROM profiles WHERE dataset_id = '{dataset}'"
+                ),
+            );
+            assert_eq!(
+                profiles[0],
+                vec![want_profiles.to_string(); 3],
+                "{name}: one row per profile"
+            );
+        }
+    }
+
+    /// The pipeline against a simulator the test runs, so that it can script faults.
+    fn platform_source(sim: &scoreland_platform_sim::SimHandle, extra: &str) -> String {
+        let info = &sim.platform().info;
+        format!(
+            "dataset_name = \"faults\"\ndeadline = \"3s\"\n{extra}\n[source.platform]\nplatform_url = \"{}\"\nims_url = \"{}\"\norg_id = \"{}\"\nsandbox = \"prod\"\nclient_id = \"{}\"\nclient_secret = \"{}\"",
+            sim.base_url(),
+            sim.ims_url(),
+            info.org_id,
+            info.client_id,
+            info.client_secret
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_stuck_and_empty_jobs_land_nothing_and_an_empty_export_lands_an_empty_night() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = sample_sim(SimConfig {
+            job_duration: std::time::Duration::from_millis(300),
+            export_root: tmp.path().join("exports"),
+            ..SimConfig::default()
+        })
+        .await;
+        let file = pipeline(tmp.path(), "faults", &platform_source(&sim, ""));
+        let run = || scoreland(&["run", &file.display().to_string()], &[]);
+
+        sim.script_profile_export(ProfileExportFault::Fail(
+            "Merge policy mp-1 is not found".into(),
+        ));
+        let failed = run();
+        assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+        assert!(
+            text(&failed).contains("export job 1 ended FAILED")
+                && text(&failed).contains("Merge policy mp-1 is not found"),
+            "{}",
+            text(&failed)
+        );
+
+        sim.script_profile_export(ProfileExportFault::EmptyBatchId);
+        let empty = run();
+        assert_eq!(empty.status.code(), Some(1), "{}", text(&empty));
+        assert!(
+            text(&empty).contains("export job 2 succeeded without a batch id"),
+            "{}",
+            text(&empty)
+        );
+
+        sim.script_profile_export(ProfileExportFault::Stuck);
+        let stuck = run();
+        assert_eq!(stuck.status.code(), Some(1), "{}", text(&stuck));
+        assert!(
+            text(&stuck).contains("export job 3 did not end before the deadline")
+                && text(&stuck).contains("export job 3 cancelled"),
+            "{}",
+            text(&stuck)
+        );
+        // Nothing was landed by any of them.
+        assert!(!tmp.path().join("wh/audiences").exists());
+
+        // A segment nobody is in: no profiles, an empty night that still lands.
+        let none = pipeline(
+            tmp.path(),
+            "faults",
+            &platform_source(&sim, "segments = [\"no-such-segment\"]"),
+        );
+        let ran = scoreland(&["run", &none.display().to_string(), "--json"], &[]);
+        assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+        assert_eq!(record(&ran)["profile_export"]["stats"]["profiles"], 0);
+        assert_eq!(
+            rows(tmp.path(), "SELECT count(*) FROM profiles"),
+            vec![vec!["0".to_string()]]
+        );
+        assert_eq!(
+            rows(tmp.path(), "SELECT count(*) FROM audiences"),
+            vec![vec!["0".to_string()]]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_cancels_the_job_and_a_killed_run_resumes_its_job() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = sample_sim(SimConfig {
+            job_duration: std::time::Duration::from_secs(4),
+            export_root: tmp.path().join("exports"),
+            ..SimConfig::default()
+        })
+        .await;
+        let file = pipeline(
+            tmp.path(),
+            "stopped",
+            &platform_source(&sim, "").replace("deadline = \"3s\"", "deadline = \"1m\""),
+        );
+        let file = file.display().to_string();
+
+        sim.script_profile_export(ProfileExportFault::Stuck);
+        let mut run = Running::start(&["run", &file], &[]);
+        run.wait_for("export job started");
+        run.signal("TERM");
+        let (code, _, stderr) = run.finish();
+        assert_ne!(code, Some(0), "{stderr}");
+        assert!(
+            stderr.contains("export job 1 cancelled (the run was stopped by SIGTERM)"),
+            "{stderr}"
+        );
+        let env = super::segmentation::platform_env(&sim);
+        let status = super::segmentation::cli(&env, &["export-job", "status", "1", "--json"]);
+        assert_eq!(record(&status)["status"], "FAILED", "{}", text(&status));
+
+        // Killed outright while job 2 runs: the next run waits for job 2, not a new export.
+        let mut run = Running::start(&["run", &file], &[]);
+        run.wait_for("export job started");
+        run.signal("KILL");
+        run.finish();
+        let ran = scoreland(&["run", &file, "--json"], &[]);
+        assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+        let rec = record(&ran);
+        assert_eq!(rec["profile_export"]["export_job"], 2, "{rec}");
+        assert_eq!(rec["profile_export"]["resumed"], true, "{rec}");
+        let jobs = super::segmentation::cli(&env, &["export-job", "list", "--json"]);
+        assert_eq!(
+            record(&jobs).as_array().unwrap().len(),
+            2,
+            "{}",
+            text(&jobs)
+        );
+    }
+
+    #[test]
+    fn the_bundled_pipeline_lands() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ran = scoreland(
+            &["run", "pipelines/profile-export.toml"],
+            &[
+                (
+                    "SCORELAND_WAREHOUSE",
+                    &tmp.path().join("wh").display().to_string(),
+                ),
+                (
+                    "SCORELAND_STAGING",
+                    &tmp.path().join("staging").display().to_string(),
+                ),
+            ],
+        );
+        assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+        let n = rows(
+            tmp.path(),
+            "SELECT count(*) FROM audience_summary WHERE qualified > 0",
+        );
+        assert!(n[0][0].parse::<u64>().unwrap() >= 3, "{n:?}");
     }
 }

@@ -329,15 +329,15 @@ pub(crate) async fn prepare(
     let mut job: Option<ExportJob> = None;
     if let Some(id) = state.pending_export_job {
         match client.export_job(id).await {
-            Ok(j) if j.status != "FAILED" => {
+            Ok(j) if !j.is_done() || j.failure().is_none() => {
                 tracing::info!(job = id, status = %j.status, "resuming the export job an interrupted run made");
                 out.resumed = true;
                 job = Some(j);
             }
             Ok(j) => tracing::warn!(
                 job = id,
-                "the export job an interrupted run made ended {}; making a new one",
-                j.status
+                "the export job an earlier run made gave nothing to land ({}); making a new one",
+                j.failure().unwrap_or_default()
             ),
             Err(e) => {
                 tracing::warn!(job = id, error = %e, "the export job an interrupted run made is gone; making a new one")

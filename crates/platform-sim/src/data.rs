@@ -141,6 +141,9 @@ impl Platform {
         let mut sandboxes = BTreeMap::new();
         for sandbox_dir in subdirs(dir)? {
             let sandbox_name = file_name(&sandbox_dir);
+            if sandbox_name == crate::profiles::PROFILES_DIR {
+                continue; // the profile store, not a sandbox
+            }
             let mut sandbox = Sandbox::default();
             for dataset_dir in subdirs(&sandbox_dir)? {
                 let dataset_id = file_name(&dataset_dir);

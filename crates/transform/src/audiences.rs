@@ -1002,6 +1002,174 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::datatypes::Fields;
+
+    /// An export part of `profiles` (JSON as AEP writes them), with map-typed
+    /// `identityMap` and `segmentMembership`.
+    fn export(dir: &Path, name: &str, profiles: &[serde_json::Value]) -> PathBuf {
+        let s = |n: &str| Field::new(n, DataType::Utf8, true);
+        let map = |value: DataType| {
+            DataType::Map(
+                Arc::new(Field::new(
+                    "entries",
+                    DataType::Struct(Fields::from(vec![
+                        Field::new("key", DataType::Utf8, false),
+                        Field::new("value", value, true),
+                    ])),
+                    false,
+                )),
+                false,
+            )
+        };
+        let identity = DataType::Struct(Fields::from(vec![
+            s("id"),
+            Field::new("primary", DataType::Boolean, true),
+        ]));
+        let member = DataType::Struct(Fields::from(vec![s("status"), s("lastQualificationTime")]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "identityMap",
+                map(DataType::List(Arc::new(Field::new_list_field(
+                    identity, true,
+                )))),
+                true,
+            ),
+            Field::new("segmentMembership", map(map(member)), true),
+        ]));
+        let mut d = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .unwrap();
+        d.serialize(profiles).unwrap();
+        let batch = d.flush().unwrap().unwrap();
+        let path = dir.join(name);
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path
+    }
+
+    fn profile(id: &str, segs: &[(&str, &str)]) -> serde_json::Value {
+        let m: serde_json::Map<String, serde_json::Value> = segs
+            .iter()
+            .map(|(s, st)| (s.to_string(), serde_json::json!({"status": st, "lastQualificationTime": "2026-11-01 10:00:00"})))
+            .collect();
+        serde_json::json!({
+            "identityMap": {"ECID": [{"id": id, "primary": true}]},
+            "segmentMembership": {"ups": m},
+        })
+    }
+
+    fn summary(dir: &Path) -> Vec<(String, i64, i64, i64)> {
+        let file = std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let file = std::fs::File::open(file).unwrap();
+        let mut out = Vec::new();
+        for b in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let i = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let seg = b
+                .column_by_name("segment_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let (q, e, l) = (
+                i("qualified"),
+                i("entered_since_previous"),
+                i("left_since_previous"),
+            );
+            for r in 0..b.num_rows() {
+                out.push((seg.value(r).to_string(), q.value(r), e.value(r), l.value(r)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn entered_and_left_count_against_the_previous_night() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = export(
+            tmp.path(),
+            "n1.parquet",
+            &[
+                profile("a", &[("s1", "realized"), ("s2", "existing")]),
+                profile("b", &[("s1", "existing")]),
+                profile("c", &[("s1", "exited"), ("s2", "realized")]),
+            ],
+        );
+        let input = |files: Vec<PathBuf>,
+                     night: &str,
+                     previous: Vec<PathBuf>,
+                     prev: Option<&str>| ProfileTables {
+            files,
+            dedupe: false,
+            fields: Vec::new(),
+            night: night.into(),
+            export_job_id: 7,
+            run_id: format!("run-{night}"),
+            previous,
+            previous_night: prev.map(str::to_string),
+            out: tmp.path().join(night),
+        };
+        let one =
+            write_profile_tables(&input(vec![first], "2026-11-29", Vec::new(), None)).unwrap();
+        assert_eq!(one.stats.profiles, 3);
+        assert_eq!(one.stats.memberships, 5);
+        // The first night: all qualified entered.
+        assert_eq!(
+            summary(&one.summary_dir.join("night=2026-11-29")),
+            vec![("s1".into(), 2, 2, 0), ("s2".into(), 2, 2, 0)]
+        );
+        // The next night: a left s1 (exited), b stays, c entered s1; c left s2, d entered s2;
+        // s3 is new.
+        let second = export(
+            tmp.path(),
+            "n2.parquet",
+            &[
+                profile("a", &[("s1", "exited"), ("s2", "existing")]),
+                profile("b", &[("s1", "existing")]),
+                profile("c", &[("s1", "realized")]),
+                profile("d", &[("s2", "realized"), ("s3", "realized")]),
+            ],
+        );
+        let previous: Vec<PathBuf> = std::fs::read_dir(one.audiences_dir.join("night=2026-11-29"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let two = write_profile_tables(&input(
+            vec![second],
+            "2026-11-30",
+            previous,
+            Some("2026-11-29"),
+        ))
+        .unwrap();
+        assert_eq!(
+            summary(&two.summary_dir.join("night=2026-11-30")),
+            vec![
+                ("s1".into(), 2, 1, 1),
+                ("s2".into(), 2, 1, 1),
+                ("s3".into(), 1, 1, 0),
+            ]
+        );
+    }
 
     #[test]
     fn times_in_the_wild() {
