@@ -449,6 +449,50 @@ fn write_batch(
     crate::data::load_batch(&batch_dir, dataset_id, info).map_err(|e| err(&e))
 }
 
+/// Writes what an export of `profiles` generated profiles (all fields, no filter) puts into
+/// its batch, as `parts` parquet files under `dir`, without a profile store on disk (for
+/// benchmarks at millions of profiles). Returns the profiles written.
+pub fn write_profile_export(
+    dir: &Path,
+    profiles: u64,
+    segments: u32,
+    seed: u64,
+    tenant: &str,
+    parts: u64,
+) -> Result<u64, String> {
+    let ids = crate::profiles::segment_ids(segments, seed);
+    let schema = export_schema(tenant, None);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let per_part = profiles.div_ceil(parts.max(1));
+    for part in 0..parts.max(1) {
+        let (start, end) = (part * per_part, ((part + 1) * per_part).min(profiles));
+        let path = dir.join(format!("part-{part:05}.snappy.parquet"));
+        let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| e.to_string())?;
+        let mut i = start;
+        while i < end {
+            let chunk: Vec<Value> = (i..(i + 50_000).min(end))
+                .map(|k| crate::profiles::profile(k, &ids, tenant, seed))
+                .collect();
+            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(chunk.len())
+                .build_decoder()
+                .map_err(|e| e.to_string())?;
+            decoder.serialize(&chunk).map_err(|e| e.to_string())?;
+            if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
+                w.write(&b).map_err(|e| e.to_string())?;
+            }
+            i += chunk.len() as u64;
+        }
+        w.close().map_err(|e| e.to_string())?;
+    }
+    Ok(profiles)
+}
+
 /// Runs an export: selects from the store, writes the batches, and adds them to the served
 /// platform.
 fn export(

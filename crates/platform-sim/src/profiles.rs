@@ -70,7 +70,7 @@ fn qualification_time(rng: &mut impl Rng, base: i64) -> String {
 }
 
 /// One profile, as the store keeps it.
-fn profile(i: u64, segments: &[String], tenant: &str, seed: u64) -> Value {
+pub(crate) fn profile(i: u64, segments: &[String], tenant: &str, seed: u64) -> Value {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9) ^ i);
     let ecid = format!("{:038}", (i as u128) * 7_919 + 1_000_000_007);
     let email = format!("person{i}@example.com");
