@@ -15,8 +15,8 @@ ROUNDS=${ROUNDS:-2}
 WORK=$(realpath -m "${SCORELAND_BENCH_DIR:-target/bench}")/audiences
 mkdir -p "$WORK"
 [ -x "$WORK/venv/bin/python" ] || { python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q duckdb; }
-BENCH=$(cargo bench -p scoreland --bench audiences --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "audiences"][0])')
+BENCH=${BENCH:-$(cargo bench -p scoreland --bench audiences --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "audiences"][0])')}
 EXPORT="$WORK/export-$PROFILES-$SEGMENTS"
 if [ ! -d "$EXPORT" ]; then
   echo "generating an export of $PROFILES profiles in $SEGMENTS segments…" >&2

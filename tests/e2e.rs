@@ -2063,7 +2063,7 @@ mod profile_exports {
         usize,
     );
 
-    fn truth(platform: &Path, segments: &[String]) -> Truth {
+    fn truth(platform: &Path, segments: &[String], statuses: &[&str]) -> Truth {
         let mut memberships = BTreeSet::new();
         let mut counts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
         let mut profiles = 0;
@@ -2076,7 +2076,8 @@ mod profile_exports {
             };
             let taken = segments.iter().any(|s| {
                 ups.get(s)
-                    .is_some_and(|m| m["status"] == "realized" || m["status"] == "existing")
+                    .and_then(|m| m["status"].as_str())
+                    .is_some_and(|st| statuses.contains(&st))
             });
             if !taken {
                 continue;
@@ -2105,7 +2106,7 @@ mod profile_exports {
         let tmp = tempfile::tempdir().unwrap();
         let (data, ids) = platform(tmp.path(), 3_000, 8);
         let chosen = &ids[..3];
-        let (want, want_counts, want_profiles) = truth(&data, chosen);
+        let (want, want_counts, want_profiles) = truth(&data, chosen, &["realized", "existing"]);
         assert!(want_profiles > 100, "{want_profiles}");
         let segs = chosen
             .iter()
@@ -2181,6 +2182,66 @@ mod profile_exports {
                 "{name}: one row per profile"
             );
         }
+    }
+
+    #[test]
+    fn incremental_nights_stay_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, ids) = platform(tmp.path(), 1_500, 6);
+        let chosen = &ids[..2];
+        let segs = format!("\"{}\", \"{}\"", chosen[0], chosen[1]);
+        let file = pipeline(
+            tmp.path(),
+            "incremental",
+            &format!(
+                "dataset_name = \"incremental\"\nsegments = [{segs}]\nstatuses = [\"realized\", \"existing\", \"exited\"]\nmode = \"incremental\"\nsimulator = {{ data = \"{}\" }}",
+                data.display()
+            ),
+        );
+        let file = file.display().to_string();
+        let audiences = || -> BTreeSet<(String, String, String, String)> {
+            rows(
+                tmp.path(),
+                "SELECT primary_identity, segment_id, status, \
+                 coalesce(to_char(last_qualification_time, '%Y-%m-%dT%H:%M:%S'), '') FROM audiences",
+            )
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()))
+            .collect()
+        };
+        let run = || {
+            let ran = scoreland(&["run", &file, "--json"], &[]);
+            assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+            record(&ran)["profile_export"].clone()
+        };
+
+        let first = run();
+        assert!(first["increment_since"].is_null(), "{first}");
+        let all = ["realized", "existing", "exited"];
+        let (want, _, n) = truth(&data, chosen, &all);
+        assert_eq!(audiences(), want);
+
+        // Nothing was ingested since: an empty increment, the night kept whole.
+        let second = run();
+        assert!(second["increment_since"].is_string(), "{second}");
+        assert_eq!(second["stats"]["rows_in"], 0, "{second}");
+        assert_eq!(second["stats"]["carried_profiles"], n as u64, "{second}");
+        assert_eq!(audiences(), want);
+
+        // The store changes (every profile ingested again): the increment replaces them.
+        let store = data.join("profiles/profiles-00000.jsonl");
+        let changed = std::fs::read_to_string(&store)
+            .unwrap()
+            .replace("\"existing\"", "\"exited\"");
+        std::fs::write(&store, changed).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let seg_file = data.join("profiles/segments.json");
+        std::fs::write(&seg_file, std::fs::read(&seg_file).unwrap()).unwrap();
+        let third = run();
+        assert_eq!(third["stats"]["carried_profiles"], 0, "{third}");
+        let (want, _, _) = truth(&data, chosen, &all);
+        assert!(!want.iter().any(|m| m.2 == "existing"));
+        assert_eq!(audiences(), want);
     }
 
     /// The pipeline against a simulator the test runs, so that it can script faults.

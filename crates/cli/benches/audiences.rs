@@ -17,7 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["generate", dir, profiles, segments] => {
             let n = scoreland_platform_sim::write_profile_export(
                 &PathBuf::from(dir),
@@ -35,8 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<Result<_, _>>()?;
             files.sort();
             let started = Instant::now();
-            let output = scoreland_transform::write_profile_tables(
-                &scoreland_transform::ProfileTables {
+            let output =
+                scoreland_transform::write_profile_tables(&scoreland_transform::ProfileTables {
                     files,
                     dedupe: false,
                     fields: vec!["person.name.firstName".into()],
@@ -45,9 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     run_id: "bench".into(),
                     previous: Vec::new(),
                     previous_night: None,
+                    carry: None,
                     out: PathBuf::from(out),
-                },
-            )?;
+                })?;
             println!(
                 "{}",
                 serde_json::json!({

@@ -15,7 +15,8 @@ pub use exports::{
     SimulatorSection, download as download_export,
 };
 pub use profiles::{
-    AUDIENCE_TABLES, MergePolicy, ProfileExportRecord, ProfileExportSource, ProfileSimulator,
+    AUDIENCE_TABLES, MergePolicy, ProfileExportMode, ProfileExportRecord, ProfileExportSource,
+    ProfileSimulator,
 };
 pub use run::{
     ALL_TABLES, DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,

@@ -57,6 +57,11 @@ pub struct ProfileExportSource {
     pub fields: Vec<String>,
     #[serde(default)]
     pub merge_policy: Option<MergePolicy>,
+    /// `full` (default): every night exports every profile the filter takes. `incremental`:
+    /// only profiles ingested since the last export landed (`fromIngestTimestamp`), applied to
+    /// the last night landed, so that each night is still whole.
+    #[serde(default)]
+    pub mode: ProfileExportMode,
     /// How long the jobs may take, e.g. "2h" (default): the job is cancelled after.
     #[serde(default)]
     pub deadline: Option<String>,
@@ -70,6 +75,14 @@ pub struct ProfileExportSource {
     /// `scoreland sim generate --profiles N`).
     #[serde(default)]
     pub simulator: Option<ProfileSimulator>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileExportMode {
+    #[default]
+    Full,
+    Incremental,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +113,15 @@ impl ProfileExportSource {
                 "source.statuses: {bad:?} is not realized, existing or exited"
             ));
         }
+        if self.mode == ProfileExportMode::Incremental
+            && !self.segments.is_empty()
+            && !self.statuses.iter().any(|s| s == "exited")
+        {
+            return Err(
+                "source.mode = \"incremental\" with segments needs \"exited\" in source.statuses: an increment holds only the profiles it takes, so one that leaves the segments must come as exited, or it stays in the night as it was"
+                    .into(),
+            );
+        }
         if self.segment_per_batch && self.segments.is_empty() {
             return Err("source.segment_per_batch needs source.segments".into());
         }
@@ -125,8 +147,12 @@ impl ProfileExportSource {
         humantime::parse_duration(d).map_err(|e| format!("source.deadline = {d:?}: {e}"))
     }
 
-    fn request(&self, dataset_id: &str) -> ExportJobRequest {
+    /// The export job's request; `since` (epoch ms) makes it incremental.
+    fn request(&self, dataset_id: &str, since: Option<i64>) -> ExportJobRequest {
         ExportJobRequest {
+            from_ingest: since
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             merge_policy: self
                 .merge_policy
                 .as_ref()
@@ -157,6 +183,11 @@ pub struct ProfileExportRecord {
     /// Whether the export job was made by an earlier, interrupted run.
     #[serde(default)]
     pub resumed: bool,
+    /// An incremental export: profiles ingested since then (RFC 3339), applied to this night.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increment_since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_to_night: Option<String>,
     pub night: String,
     pub previous_night: Option<String>,
     pub stats: ProfileStats,
@@ -383,8 +414,14 @@ pub(crate) async fn prepare(
                     });
                 }
             }
+            let since = match src.mode {
+                ProfileExportMode::Incremental => state.last_batch_created,
+                ProfileExportMode::Full => None,
+            };
+            let req = src.request(&dataset, since);
+            out.increment_since = req.from_ingest.clone();
             let j = client
-                .create_export_job(&src.request(&dataset))
+                .create_export_job(&req)
                 .await
                 .map_err(PipelineError::Ingest)?;
             tracing::info!(job = j.id, dataset = %dataset, "export job started");
@@ -456,7 +493,49 @@ pub(crate) async fn prepare(
             .map_err(PipelineError::Sink)?,
         None => Vec::new(),
     };
+    // An increment applies to the last night landed (tonight's own, on a rerun).
+    let carry = match (src.mode, state.last_batch_created) {
+        (ProfileExportMode::Incremental, Some(_)) => {
+            let tomorrow = (chrono::NaiveDate::parse_from_str(&night, "%Y-%m-%d")
+                .unwrap_or_default()
+                + chrono::Days::new(1))
+            .format("%Y-%m-%d")
+            .to_string();
+            match warehouse
+                .previous_date("profiles", &dataset, "night", &tomorrow)
+                .await
+                .map_err(PipelineError::Sink)?
+            {
+                Some(base) => {
+                    let mut files = Vec::new();
+                    for table in ["profiles", "audiences"] {
+                        files.push(
+                            warehouse
+                                .fetch_dataset_files(
+                                    table,
+                                    &dataset,
+                                    Some(("night", &base)),
+                                    &work.join("carry").join(table),
+                                )
+                                .await
+                                .map_err(PipelineError::Sink)?,
+                        );
+                    }
+                    out.applied_to_night = Some(base);
+                    let audiences = files.pop().unwrap_or_default();
+                    let profiles = files.pop().unwrap_or_default();
+                    Some(scoreland_transform::Carry {
+                        profiles,
+                        audiences,
+                    })
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let input = ProfileTables {
+        carry,
         files: staged.iter().flat_map(|s| s.files.clone()).collect(),
         dedupe: job.batches.len() > 1,
         fields: src.fields.clone(),

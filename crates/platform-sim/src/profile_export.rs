@@ -176,7 +176,7 @@ struct Selection {
     segments: Vec<(String, String, Vec<String>)>,
     /// `segmentQualificationTime`, epoch seconds.
     window: Option<(i64, i64)>,
-    /// `fromIngestTimestamp`, epoch seconds.
+    /// `fromIngestTimestamp`, epoch milliseconds.
     from_ingest: Option<i64>,
     empty_profiles: bool,
     per_segment: bool,
@@ -246,7 +246,14 @@ impl Selection {
             }),
             segments,
             window,
-            from_ingest: rfc3339(&f["fromIngestTimestamp"], "fromIngestTimestamp")?,
+            from_ingest: f["fromIngestTimestamp"]
+                .as_str()
+                .map(|s| {
+                    chrono::DateTime::parse_from_rfc3339(s)
+                        .map(|t| t.timestamp_millis())
+                        .map_err(|_| format!("fromIngestTimestamp {s:?} is not an RFC 3339 time"))
+                })
+                .transpose()?,
             empty_profiles: f["emptyProfiles"] == true,
             per_segment,
         })
@@ -509,7 +516,7 @@ fn export(
             .join("segments.json"),
     )
     .and_then(|m| m.modified())
-    .map(|t| chrono::DateTime::<chrono::Utc>::from(t).timestamp())
+    .map(|t| chrono::DateTime::<chrono::Utc>::from(t).timestamp_millis())
     .map_err(|_| "the platform has no profile store (scoreland sim generate --profiles N)")?;
     let fresh = sel.from_ingest.is_none_or(|from| ingested >= from);
     let mut all: Vec<Value> = Vec::new();

@@ -56,8 +56,18 @@ pub struct ProfileTables {
     /// left; empty on the first night.
     pub previous: Vec<PathBuf>,
     pub previous_night: Option<String>,
+    /// An incremental export: the last night landed, whose rows are kept for every profile the
+    /// export does not hold, so that each night is whole.
+    pub carry: Option<Carry>,
     /// Where the tables go: `<out>/<table>/night=<night>/`.
     pub out: PathBuf,
+}
+
+/// The `profiles` and `audiences` files of the night an increment is applied to.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    pub profiles: Vec<PathBuf>,
+    pub audiences: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -74,6 +84,9 @@ pub struct ProfileStats {
     pub memberships: u64,
     /// `lastQualificationTime` values that are not a time: kept as null.
     pub unparseable_times: u64,
+    /// Profiles kept from the last night because an incremental export did not hold them.
+    #[serde(default)]
+    pub carried_profiles: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +123,8 @@ pub fn write_profile_tables(input: &ProfileTables) -> Result<ProfileOutput, Tran
     let ctx = FileContext {
         input,
         night,
-        seen: input.dedupe.then(|| Mutex::new(HashSet::new())),
+        // An increment's profiles replace the carried night's: their keys are kept.
+        seen: (input.dedupe || input.carry.is_some()).then(|| Mutex::new(HashSet::new())),
         hasher: std::hash::RandomState::new(),
         track: !input.previous.is_empty(),
     };
@@ -173,6 +187,38 @@ pub fn write_profile_tables(input: &ProfileTables) -> Result<ProfileOutput, Tran
             }
         }
     }
+    if let Some(carry) = &input.carry {
+        let exported = ctx
+            .seen
+            .as_ref()
+            .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default();
+        let mut res = FileResult {
+            stats: ProfileStats::default(),
+            counts: HashMap::new(),
+            qualified: HashMap::new(),
+            wrote: false,
+        };
+        for (k, path) in carry.profiles.iter().enumerate() {
+            let n = ctx.carry_file(path, &part_dir("profiles"), k, &exported, None)?;
+            stats.carried_profiles += n;
+            stats.profiles += n;
+            wrote_any |= n > 0;
+        }
+        for (k, path) in carry.audiences.iter().enumerate() {
+            let n = ctx.carry_file(path, &part_dir("audiences"), k, &exported, Some(&mut res))?;
+            stats.memberships += n;
+        }
+        for (key, c) in res.counts {
+            let e = counts.entry(key).or_default();
+            for i in 0..3 {
+                e[i] += c[i];
+            }
+        }
+        for (key, set) in res.qualified {
+            tonight.entry(key).or_default().extend(set);
+        }
+    }
     if !wrote_any {
         // An export of no profiles is a night of no rows: the night's partitions are still
         // replaced, so a rerun that finds nothing leaves nothing behind.
@@ -228,6 +274,96 @@ impl FileContext<'_> {
             s.finish() as u128
         };
         (h(1) << 64) | h(2)
+    }
+
+    /// Copies the rows of a landed night's file whose profile the increment does not hold,
+    /// as tonight's (night and run id); counts memberships into `res` for `audiences`.
+    fn carry_file(
+        &self,
+        path: &Path,
+        dir: &Path,
+        k: usize,
+        exported: &HashSet<u128>,
+        mut res: Option<&mut FileResult>,
+    ) -> Result<u64, TransformError> {
+        let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|source| TransformError::Footer {
+                file: path.to_path_buf(),
+                source,
+            })?
+            .with_batch_size(READ_BATCH)
+            .build()
+            .map_err(|e| err(path, e))?;
+        let out = dir.join(format!("part-carried-{k:05}.zstd.parquet"));
+        let mut w: Writer = None;
+        let mut kept_rows = 0u64;
+        for batch in reader {
+            let batch = batch.map_err(|e| err(path, e))?;
+            let col = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .cloned()
+                    .ok_or_else(|| err(path, format!("the landed night has no {n} column")))
+            };
+            let (ids, nss) = (col("primary_identity")?, col("primary_namespace")?);
+            let keep: Vec<u32> = (0..batch.num_rows())
+                .filter(|&r| !exported.contains(&self.key(nss.value(r), ids.value(r))))
+                .map(|r| r as u32)
+                .collect();
+            let keep = UInt32Array::from(keep);
+            let (_, night, run) = self.constants(keep.len());
+            let schema = batch.schema();
+            let columns = schema
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .map(|(f, c)| match f.name().as_str() {
+                    "night" => Ok(night.clone()),
+                    "run_id" => Ok(run.clone()),
+                    _ => take(c.as_ref(), &keep, None).map_err(|e| err(path, e)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let kept = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(path, e))?;
+            if let Some(res) = res.as_deref_mut() {
+                let s = |n: &str| {
+                    kept.column_by_name(n)
+                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                        .cloned()
+                        .ok_or_else(|| err(path, format!("the landed night has no {n} column")))
+                };
+                let (id, idns, ns, seg, status) = (
+                    s("primary_identity")?,
+                    s("primary_namespace")?,
+                    s("namespace")?,
+                    s("segment_id")?,
+                    s("status")?,
+                );
+                for r in 0..kept.num_rows() {
+                    let Some(k) = status_index(&status, r) else {
+                        continue;
+                    };
+                    let key = (ns.value(r).to_string(), seg.value(r).to_string());
+                    res.counts.entry(key.clone()).or_default()[k] += 1;
+                    if self.track && k < 2 {
+                        res.qualified
+                            .entry(key)
+                            .or_default()
+                            .insert(self.key(idns.value(r), id.value(r)));
+                    }
+                }
+            }
+            kept_rows += kept.num_rows() as u64;
+            write_to(&mut w, &out, &kept)?;
+        }
+        if let Some((w, _)) = w {
+            w.close().map_err(|e| err(&out, e))?;
+        }
+        Ok(kept_rows)
     }
 
     fn file(
@@ -1127,6 +1263,7 @@ mod tests {
             run_id: format!("run-{night}"),
             previous,
             previous_night: prev.map(str::to_string),
+            carry: None,
             out: tmp.path().join(night),
         };
         let one =

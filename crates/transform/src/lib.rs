@@ -20,7 +20,7 @@ mod run;
 mod summary;
 
 pub use audiences::{
-    ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
+    Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
     write_profile_tables,
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
