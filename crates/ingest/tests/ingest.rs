@@ -1787,6 +1787,81 @@ mod segmentation {
     }
 
     #[tokio::test]
+    async fn export_jobs_write_batches_and_page_newest_first_by_their_opaque_cursor() {
+        let env = seg_env().await;
+        scoreland_platform_sim::profiles::generate_profiles(
+            &scoreland_platform_sim::profiles::ProfileOptions {
+                platform: env.summary.out.clone(),
+                profiles: 500,
+                segments: 3,
+                seed: 9,
+            },
+        )
+        .unwrap();
+        let c = client(&env);
+        let (dataset, made) = c
+            .ensure_dataset("exports", scoreland_ingest::PROFILE_UNION_SCHEMA)
+            .await
+            .unwrap();
+        assert!(made);
+        let mut ids = Vec::new();
+        for per_segment in [false, true, false] {
+            let segs = scoreland_platform_sim::profiles::segment_ids(3, 9);
+            let req = scoreland_ingest::ExportJobRequest {
+                dataset_id: dataset.clone(),
+                segment_per_batch: per_segment,
+                segments: segs[..2]
+                    .iter()
+                    .map(|s| scoreland_ingest::SegmentFilter {
+                        segment_id: s.clone(),
+                        namespace: None,
+                        statuses: Vec::new(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let j = c.create_export_job(&req).await.unwrap();
+            assert_eq!(j.status, "NEW");
+            assert_eq!(j.dataset_id.as_deref(), Some(dataset.as_str()));
+            ids.push(j.id);
+        }
+        let mut done = Vec::new();
+        for id in &ids {
+            let mut j = c.export_job(*id).await.unwrap();
+            for _ in 0..100 {
+                if j.is_done() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                j = c.export_job(*id).await.unwrap();
+            }
+            assert_eq!(j.failure(), None, "{j:?}");
+            done.push(j);
+        }
+        // One batch, or one per segment; each a Catalog batch with the job's profiles.
+        assert_eq!(done[0].batches.len(), 1);
+        assert_eq!(done[1].batches.len(), 2);
+        assert!(done[1].batches.iter().all(|b| b.segment_id.is_some()));
+        let batch = c.batch(&done[0].batches[0].batch_id).await.unwrap();
+        assert_eq!(batch.records, done[0].profiles);
+        // Newest first, one a page, through the `offset` of `link.next`.
+        env.sim.set_page_size(Some(1));
+        let listed: Vec<i64> = c
+            .export_jobs(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, vec![ids[2], ids[1], ids[0]]);
+        c.cancel_export_job(ids[0]).await.unwrap();
+        assert!(matches!(
+            c.export_job(999).await,
+            Err(IngestError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
     async fn a_segment_job_counts_the_profile_store() {
         let env = seg_env().await;
         let store = scoreland_platform_sim::profiles::generate_profiles(
