@@ -35,8 +35,8 @@ duckdb.sql(f"""
 COPY (
   WITH p AS (
     SELECT list_filter(flatten(list_transform(map_entries(identityMap),
-             e -> list_transform(e.value, i -> {{'ns': e.key, 'id': i.id, 'p': i."primary"}}))),
-             x -> x.p)[1] AS who,
+             lambda e: list_transform(e.value, lambda i: {{'ns': e.key, 'id': i.id, 'p': i."primary"}}))),
+             lambda x: x.p)[1] AS who,
            segmentMembership
     FROM read_parquet('{src}/*.parquet')
   ),
@@ -78,3 +78,15 @@ for round in $(seq 1 "$ROUNDS"); do
   printf 'round %d: %s membership rows; duckdb %6.2f s  peak RSS %5d MB | scoreland %6.2f s  peak RSS %5d MB  (%sx duckdb time)\n' \
     "$round" "$s_rows" "$d_s" "$d_mb" "$s_s" "$s_mb" "$(calc "$s_s/$d_s")"
 done
+# The same rows, not only as many: DuckDB hashes both outputs (identity, segment, status, time,
+# version, payload).
+"$WORK/venv/bin/python" - "$WORK" <<'PY'
+import sys, duckdb
+w = sys.argv[1]
+q = """SELECT count(*), sum(hash(primary_identity, segment_id, status, last_qualification_time,
+       version, payload_value)) FROM read_parquet('{}')"""
+a = duckdb.sql(q.format(f"{w}/out-duckdb/audiences.parquet")).fetchall()
+b = duckdb.sql(q.format(f"{w}/out-scoreland/audiences/night=*/*.parquet")).fetchall()
+print(f"contents: {'identical' if a == b else 'DIFFERENT'} ({a[0][0]} rows)")
+sys.exit(0 if a == b else 1)
+PY
