@@ -1045,6 +1045,9 @@ mod tests {
             ),
             "dataset_id = 'd''1' AND score_date IN (DATE '2026-11-16', DATE '2026-11-17')"
         );
-        assert_eq!(replace_predicate("d1", "score_date", None), "dataset_id = 'd1'");
+        assert_eq!(
+            replace_predicate("d1", "score_date", None),
+            "dataset_id = 'd1'"
+        );
     }
 }
