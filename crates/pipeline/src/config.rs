@@ -362,23 +362,15 @@ impl PipelineFile {
             SourceConfig::Aep { common, .. } | SourceConfig::Simulator { common, .. } => {
                 common.download_options()?;
             }
+            // With placeholders (`validate` without the variables), a platform whose URL is
+            // still unset is checked at run time.
             SourceConfig::DatasetExport(src) => {
-                if !placeholders
-                    || src
-                        .platform
-                        .as_ref()
-                        .is_none_or(|p| !p.platform_url.contains(UNSET))
-                {
+                if !placeholders || !unset_url(src.platform.as_ref()) {
                     src.check()?;
                 }
             }
             SourceConfig::ProfileExport(src) => {
-                if !placeholders
-                    || src
-                        .platform
-                        .as_ref()
-                        .is_none_or(|p| !p.platform_url.contains(UNSET))
-                {
+                if !placeholders || !unset_url(src.platform.as_ref()) {
                     src.check()?;
                 }
                 if !self.sink.extract_formats()?.is_empty() {
@@ -391,6 +383,11 @@ impl PipelineFile {
         }
         Ok(())
     }
+}
+
+/// Whether a platform's URL comes from a variable that is not set.
+fn unset_url(platform: Option<&PlatformSettings>) -> bool {
+    platform.is_some_and(|p| p.platform_url.contains(UNSET))
 }
 
 /// A TOML error as "line L, column C: what", without the quoted line that toml's own message

@@ -286,30 +286,13 @@ impl FileContext<'_> {
         exported: &HashSet<u128>,
         mut res: Option<&mut FileResult>,
     ) -> Result<u64, TransformError> {
-        let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|source| TransformError::Footer {
-                file: path.to_path_buf(),
-                source,
-            })?
-            .with_batch_size(READ_BATCH)
-            .build()
-            .map_err(|e| err(path, e))?;
+        let reader = read_parquet(path)?;
         let out = dir.join(format!("part-carried-{k:05}.zstd.parquet"));
         let mut w: Writer = None;
         let mut kept_rows = 0u64;
         for batch in reader {
             let batch = batch.map_err(|e| err(path, e))?;
-            let col = |n: &str| {
-                batch
-                    .column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .cloned()
-                    .ok_or_else(|| err(path, format!("the landed night has no {n} column")))
-            };
+            let col = |n: &str| landed_strings(path, &batch, n);
             let (ids, nss) = (col("primary_identity")?, col("primary_namespace")?);
             let keep: Vec<u32> = (0..batch.num_rows())
                 .filter(|&r| !exported.contains(&self.key(nss.value(r), ids.value(r))))
@@ -330,32 +313,17 @@ impl FileContext<'_> {
                 .collect::<Result<Vec<_>, _>>()?;
             let kept = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(path, e))?;
             if let Some(res) = res.as_deref_mut() {
-                let s = |n: &str| {
-                    kept.column_by_name(n)
-                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                        .cloned()
-                        .ok_or_else(|| err(path, format!("the landed night has no {n} column")))
-                };
-                let (id, idns, ns, seg, status) = (
-                    s("primary_identity")?,
-                    s("primary_namespace")?,
-                    s("namespace")?,
-                    s("segment_id")?,
-                    s("status")?,
+                let s = |n: &str| landed_strings(path, &kept, n);
+                self.count(
+                    res,
+                    [
+                        &s("namespace")?,
+                        &s("segment_id")?,
+                        &s("status")?,
+                        &s("primary_namespace")?,
+                        &s("primary_identity")?,
+                    ],
                 );
-                for r in 0..kept.num_rows() {
-                    let Some(k) = status_index(&status, r) else {
-                        continue;
-                    };
-                    let key = (ns.value(r).to_string(), seg.value(r).to_string());
-                    res.counts.entry(key.clone()).or_default()[k] += 1;
-                    if self.track && k < 2 {
-                        res.qualified
-                            .entry(key)
-                            .or_default()
-                            .insert(self.key(idns.value(r), id.value(r)));
-                    }
-                }
             }
             kept_rows += kept.num_rows() as u64;
             write_to(&mut w, &out, &kept)?;
@@ -373,18 +341,7 @@ impl FileContext<'_> {
         profiles_dir: &Path,
         audiences_dir: &Path,
     ) -> Result<FileResult, TransformError> {
-        let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|source| TransformError::Footer {
-                file: path.to_path_buf(),
-                source,
-            })?
-            .with_batch_size(READ_BATCH)
-            .build()
-            .map_err(|e| err(path, e))?;
+        let reader = read_parquet(path)?;
         let mut res = FileResult {
             stats: ProfileStats::default(),
             counts: HashMap::new(),
@@ -535,6 +492,32 @@ impl FileContext<'_> {
         Ok((profiles, audiences))
     }
 
+    /// Counts memberships by status per segment, and keeps the qualified profiles when there
+    /// is a night to compare with. Columns: namespace, segment, status, identity namespace,
+    /// identity.
+    fn count(&self, res: &mut FileResult, [ns, seg, status, idns, id]: [&StringArray; 5]) {
+        for r in 0..ns.len() {
+            let Some(k) = status_index(status, r) else {
+                continue;
+            };
+            let key = (ns.value(r).to_string(), seg.value(r).to_string());
+            match res.counts.get_mut(&key) {
+                Some(c) => c[k] += 1,
+                None => {
+                    let mut c = [0; 3];
+                    c[k] = 1;
+                    res.counts.insert(key.clone(), c);
+                }
+            }
+            if self.track && k < 2 {
+                res.qualified
+                    .entry(key)
+                    .or_default()
+                    .insert(self.key(idns.value(r), id.value(r)));
+            }
+        }
+    }
+
     fn constants(&self, rows: usize) -> (ArrayRef, ArrayRef, ArrayRef) {
         (
             Arc::new(Int64Array::from(vec![self.input.export_job_id; rows])),
@@ -645,28 +628,10 @@ impl FileContext<'_> {
             as_str(&identity),
             as_str(&identity_ns),
         );
-        for r in 0..rows {
-            let Some(k) = status_index(status_s, r) else {
-                continue;
-            };
-            let (ns, seg) = (namespace_s.value(r), segment_s.value(r));
-            let key = (ns.to_string(), seg.to_string());
-            // Keys repeat: look up by reference first, allocate only for a new segment.
-            match res.counts.get_mut(&key) {
-                Some(c) => c[k] += 1,
-                None => {
-                    let mut c = [0; 3];
-                    c[k] = 1;
-                    res.counts.insert(key.clone(), c);
-                }
-            }
-            if self.track && k < 2 {
-                res.qualified
-                    .entry(key)
-                    .or_default()
-                    .insert(self.key(identity_ns_s.value(r), identity_s.value(r)));
-            }
-        }
+        self.count(
+            res,
+            [namespace_s, segment_s, status_s, identity_ns_s, identity_s],
+        );
         let (job, night, run) = self.constants(rows);
         RecordBatch::try_new(
             audiences_schema(),
@@ -687,6 +652,42 @@ impl FileContext<'_> {
         )
         .map_err(|e| err(path, e))
     }
+}
+
+/// Reads a parquet file in batches of [`READ_BATCH`] rows.
+fn read_parquet(
+    path: &Path,
+) -> Result<datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader, TransformError> {
+    let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| TransformError::Footer {
+            file: path.to_path_buf(),
+            source,
+        })?
+        .with_batch_size(READ_BATCH)
+        .build()
+        .map_err(|e| err(path, e))
+}
+
+/// A string column of a table this module wrote (a landed night).
+fn landed_strings(
+    path: &Path,
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<StringArray, TransformError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                path,
+                format!("the landed night has no string column {name}"),
+            )
+        })
 }
 
 fn as_str(a: &ArrayRef) -> &StringArray {
@@ -1025,26 +1026,10 @@ fn write_empty(dir: &Path, schema: SchemaRef) -> Result<(), TransformError> {
 fn previous_qualified(files: &[PathBuf], ctx: &FileContext) -> Result<Qualified, TransformError> {
     let mut out: Qualified = HashMap::new();
     for path in files {
-        let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|source| TransformError::Footer {
-                file: path.clone(),
-                source,
-            })?
-            .with_batch_size(READ_BATCH)
-            .build()
-            .map_err(|e| err(path, e))?;
+        let reader = read_parquet(path)?;
         for batch in reader {
             let batch = batch.map_err(|e| err(path, e))?;
-            let col = |n: &str| {
-                batch
-                    .column_by_name(n)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .ok_or_else(|| err(path, format!("the landed audiences have no {n} column")))
-            };
+            let col = |n: &str| landed_strings(path, &batch, n);
             let (id, idns, ns, seg, status) = (
                 col("primary_identity")?,
                 col("primary_namespace")?,
@@ -1053,7 +1038,7 @@ fn previous_qualified(files: &[PathBuf], ctx: &FileContext) -> Result<Qualified,
                 col("status")?,
             );
             for r in 0..batch.num_rows() {
-                if status_index(status, r).is_some_and(|k| k < 2) {
+                if status_index(&status, r).is_some_and(|k| k < 2) {
                     out.entry((ns.value(r).to_string(), seg.value(r).to_string()))
                         .or_default()
                         .insert(ctx.key(idns.value(r), id.value(r)));
