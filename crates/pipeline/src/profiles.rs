@@ -323,7 +323,8 @@ where
     }
 }
 
-/// Everything before the publish for a profile export. `None` on a dry run.
+/// Everything before the publish for a profile export. `None` on a dry run (which only
+/// connects).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn prepare(
     src: &ProfileExportSource,
@@ -342,6 +343,12 @@ pub(crate) async fn prepare(
             message,
         })?;
     let (client, _sim) = connect(src, staging).await?;
+    if options.dry_run {
+        // Nothing is made on a dry run, not even the dataset: the connection was the check.
+        record.dataset = src.dataset_name.clone();
+        record.status = crate::run::RunStatus::DryRun;
+        return Ok(None);
+    }
     let (dataset, made) = client
         .ensure_dataset(&src.dataset_name, PROFILE_UNION_SCHEMA)
         .await
@@ -350,10 +357,6 @@ pub(crate) async fn prepare(
         tracing::info!(dataset = %dataset, name = %src.dataset_name, "made the export's target dataset");
     }
     record.dataset = dataset.clone();
-    if options.dry_run {
-        record.status = crate::run::RunStatus::DryRun;
-        return Ok(None);
-    }
     let mut out = ProfileExportRecord::default();
 
     // An export job an interrupted run made is picked up again, unless it failed.
