@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use scoreland_ingest::{AepClient, DownloadOptions, Flow, FlowRun, NotReadyRetry};
+use scoreland_ingest::{
+    AepClient, DownloadOptions, Flow, FlowRun, NotReadyRetry, PollEvery, Polled, poll_job,
+};
 use scoreland_pipeline::{ExportSource, PipelineFile, SourceConfig};
 
 use crate::{Failure, usage};
@@ -355,35 +357,35 @@ async fn wait(
     timeout: Duration,
     quiet: bool,
 ) -> Result<FlowRun, Failure> {
-    use std::io::IsTerminal;
-    let started = Instant::now();
-    let show = !quiet && std::io::stderr().is_terminal();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let r = client.flow_run(run).await.map_err(ingest)?;
-        if r.status != "inprogress" && !r.status.is_empty() {
-            if show {
-                eprintln!();
-            }
-            return Ok(r);
-        }
-        if started.elapsed() > timeout {
-            return Err(anyhow::anyhow!(
-                "export run {run} is still {} after {}; `scoreland export runs` shows it later",
+    let line = crate::progress::StatusLine::new(quiet);
+    let every = PollEvery {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+    };
+    let polled = poll_job(
+        timeout,
+        every,
+        || client.flow_run(run),
+        FlowRun::is_done,
+        |r, waited| {
+            line.show(&format!(
+                "run {run}: {} for {}s",
                 r.status,
-                humantime::format_duration(Duration::from_secs(timeout.as_secs()))
-            )
-            .into());
-        }
-        if show {
-            eprint!(
-                "\rrun {run}: {} for {}s",
-                r.status,
-                started.elapsed().as_secs()
-            );
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+                waited.as_secs()
+            ))
+        },
+    )
+    .await
+    .map_err(ingest)?;
+    line.end();
+    match polled {
+        Polled::Done(r) => Ok(r),
+        Polled::TimedOut(r) => Err(anyhow::anyhow!(
+            "export run {run} is still {} after {}; `scoreland export runs` shows it later",
+            r.status,
+            humantime::format_duration(Duration::from_secs(timeout.as_secs()))
+        )
+        .into()),
     }
 }
 

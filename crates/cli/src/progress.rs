@@ -1,4 +1,5 @@
-//! A terminal progress bar for downloads (parts, bytes, throughput, ETA).
+//! A terminal progress bar for downloads (parts, bytes, throughput, ETA), and the status line
+//! of commands that follow a job.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -71,4 +72,30 @@ pub fn observer(quiet: bool) -> Arc<dyn DownloadObserver> {
         parts: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     })
+}
+
+/// A status line rewritten in place on a terminal (nothing otherwise).
+pub struct StatusLine {
+    show: bool,
+    shown: std::cell::Cell<bool>,
+}
+
+impl StatusLine {
+    pub fn new(quiet: bool) -> Self {
+        StatusLine {
+            show: !quiet && std::io::stderr().is_terminal(),
+            shown: Default::default(),
+        }
+    }
+    pub fn show(&self, text: &str) {
+        if self.show {
+            eprint!("\r{text}\x1b[K");
+            self.shown.set(true);
+        }
+    }
+    pub fn end(&self) {
+        if self.shown.get() {
+            eprintln!();
+        }
+    }
 }

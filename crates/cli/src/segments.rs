@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use scoreland_ingest::{
-    AepClient, DownloadOptions, ExportJob, ExportJobRequest, Polled, ScheduleType, SegmentFilter,
-    SegmentJob, SegmentSchedule, poll_job,
+    AepClient, DownloadOptions, ExportJob, ExportJobRequest, PollEvery, Polled, ScheduleType,
+    SegmentFilter, SegmentJob, SegmentSchedule, poll_job,
 };
 
 use crate::platform::{PlatformArgs, ingest_failure};
+use crate::progress::StatusLine;
 use crate::{Failure, usage};
 
 #[derive(Debug, Args)]
@@ -212,7 +213,7 @@ async fn wait(
     let line = StatusLine::new(quiet);
     let polled = poll_job(
         timeout,
-        Duration::from_secs(10),
+        PollEvery::jobs(Duration::from_secs(10)),
         || c.segment_job(id),
         SegmentJob::is_done,
         |job, waited| {
@@ -235,33 +236,6 @@ async fn wait(
             humantime::format_duration(Duration::from_secs(timeout.as_secs()))
         )
         .into()),
-    }
-}
-
-/// A status line rewritten in place on a terminal (nothing otherwise).
-struct StatusLine {
-    show: bool,
-    shown: std::cell::Cell<bool>,
-}
-
-impl StatusLine {
-    fn new(quiet: bool) -> Self {
-        use std::io::IsTerminal;
-        StatusLine {
-            show: !quiet && std::io::stderr().is_terminal(),
-            shown: Default::default(),
-        }
-    }
-    fn show(&self, text: &str) {
-        if self.show {
-            eprint!("\r{text}\x1b[K");
-            self.shown.set(true);
-        }
-    }
-    fn end(&self) {
-        if self.shown.get() {
-            eprintln!();
-        }
     }
 }
 
@@ -558,7 +532,7 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
             let line = StatusLine::new(quiet);
             let polled = poll_job(
                 timeout,
-                Duration::from_secs(10),
+                PollEvery::jobs(Duration::from_secs(10)),
                 || c.export_job(job.id),
                 ExportJob::is_done,
                 |j, waited| {

@@ -444,6 +444,11 @@ pub struct FlowRun {
 }
 
 impl FlowRun {
+    /// Whether the run has ended (its status is known and not `inprogress`).
+    pub fn is_done(&self) -> bool {
+        !self.status.is_empty() && self.status != "inprogress"
+    }
+
     fn from_json(v: &Value) -> Self {
         let m = |p: &str| v.pointer(&format!("/metrics{p}")).and_then(Value::as_u64);
         let status = v

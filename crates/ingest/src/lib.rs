@@ -41,7 +41,7 @@ pub use flows::{
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
 pub use profile::{
-    ExportBatch, ExportJob, ExportJobRequest, JobError, Polled, ScheduleType, SegmentFilter,
-    SegmentJob, SegmentSchedule, check_cron, poll_delay, poll_job,
+    ExportBatch, ExportJob, ExportJobRequest, JobError, PollEvery, Polled, ScheduleType,
+    SegmentFilter, SegmentJob, SegmentSchedule, check_cron, poll_delay, poll_job,
 };
 pub use sftp::{SftpOptions, SftpStore};

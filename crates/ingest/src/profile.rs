@@ -699,11 +699,34 @@ pub enum Polled<T> {
     TimedOut(T),
 }
 
-/// Polls a job with [`poll_delay`] (at most `max_delay` apart) until `done` says it ended or
-/// `timeout` passes, calling `progress` with each look and the time waited.
+/// How often a job is looked at: `first` apart, doubling up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollEvery {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl PollEvery {
+    /// For segment and export jobs, which take minutes: from a second to `max`.
+    pub fn jobs(max: Duration) -> Self {
+        PollEvery {
+            first: Duration::from_secs(1),
+            max,
+        }
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        self.first
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max)
+    }
+}
+
+/// Polls a job, `every` apart, until `done` says it ended or `timeout` passes, calling
+/// `progress` with each look and the time waited.
 pub async fn poll_job<T, Fut>(
     timeout: Duration,
-    max_delay: Duration,
+    every: PollEvery,
     mut fetch: impl FnMut() -> Fut,
     done: impl Fn(&T) -> bool,
     mut progress: impl FnMut(&T, Duration),
@@ -723,8 +746,7 @@ where
             return Ok(Polled::TimedOut(job));
         }
         progress(&job, waited);
-        let left = timeout - waited;
-        tokio::time::sleep(poll_delay(attempt).min(max_delay).min(left)).await;
+        tokio::time::sleep(every.delay(attempt).min(timeout - waited)).await;
         attempt += 1;
     }
 }

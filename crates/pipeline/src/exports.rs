@@ -771,19 +771,26 @@ async fn export_once(client: &AepClient, flow: &Flow, dataset: &str) -> Result<(
         .run_export_now(flow, dataset, NotReadyRetry::default())
         .await
         .map_err(PipelineError::Ingest)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let r = client.flow_run(&run).await.map_err(PipelineError::Ingest)?;
-        if r.status != "inprogress" {
+    let polled = scoreland_ingest::poll_job(
+        Duration::from_secs(600),
+        scoreland_ingest::PollEvery {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        },
+        || client.flow_run(&run),
+        FlowRun::is_done,
+        |_, _| {},
+    )
+    .await
+    .map_err(PipelineError::Ingest)?;
+    match polled {
+        scoreland_ingest::Polled::Done(r) => {
             tracing::info!(run = %r.id, status = %r.status, files = ?r.output_files, "the simulator's export ran");
-            return Ok(());
+            Ok(())
         }
-        if std::time::Instant::now() > deadline {
-            return Err(invalid(format!(
-                "the simulator's export run {run} did not finish in 10 minutes"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        scoreland_ingest::Polled::TimedOut(_) => Err(invalid(format!(
+            "the simulator's export run {run} did not finish in 10 minutes"
+        ))),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use scoreland_ingest::{
     AepClient, DownloadOptions, ExportJob, ExportJobRequest, PROFILE_UNION_SCHEMA,
-    PlatformSettings, Polled, SegmentFilter, SegmentJob, poll_job,
+    PlatformSettings, PollEvery, Polled, SegmentFilter, SegmentJob, poll_job,
 };
 use scoreland_platform_sim::SimHandle;
 use scoreland_sink::Warehouse;
@@ -302,9 +302,13 @@ where
     Fut: std::future::Future<Output = Result<T, scoreland_ingest::IngestError>>,
 {
     let left = deadline.saturating_duration_since(Instant::now());
-    let polled = poll_job(left, Duration::from_secs(30), fetch, done, |_, waited| {
-        tracing::info!(waited_s = waited.as_secs(), "waiting for {what}")
-    })
+    let polled = poll_job(
+        left,
+        PollEvery::jobs(Duration::from_secs(30)),
+        fetch,
+        done,
+        |_, waited| tracing::info!(waited_s = waited.as_secs(), "waiting for {what}"),
+    )
     .await
     .map_err(PipelineError::Ingest)?;
     match polled {
