@@ -143,17 +143,9 @@ pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failur
             } else {
                 print_jobs(std::slice::from_ref(&job));
             }
-            match job.status.as_str() {
-                "SUCCEEDED" => Ok(0),
-                other => Err(anyhow::anyhow!(
-                    "segment job {} ended {other}{}",
-                    job.id,
-                    job.errors
-                        .iter()
-                        .map(|e| format!("; {}: {}", e.code, e.msg))
-                        .collect::<String>()
-                )
-                .into()),
+            match job.failure() {
+                None => Ok(0),
+                Some(f) => Err(anyhow::anyhow!(f).into()),
             }
         }
         SegmentJobCommand::Status(a) => {

@@ -22,6 +22,14 @@ pub struct JobError {
     pub call_stack: Option<String>,
 }
 
+/// `errors[]` as one suffix of a message: `; code: msg` each, verbatim.
+fn errors_suffix(errors: &[JobError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("; {}: {}", e.code, e.msg))
+        .collect()
+}
+
 fn job_errors(v: &Value) -> Vec<JobError> {
     v.get("errors")
         .and_then(Value::as_array)
@@ -116,6 +124,18 @@ impl SegmentJob {
     /// Whether the job will not change any more.
     pub fn is_done(&self) -> bool {
         matches!(self.status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED")
+    }
+
+    /// Why the job did not succeed, with its `errors[]` verbatim; `None` when it did.
+    pub fn failure(&self) -> Option<String> {
+        (self.status != "SUCCEEDED").then(|| {
+            format!(
+                "segment job {} ended {}{}",
+                self.id,
+                self.status,
+                errors_suffix(&self.errors)
+            )
+        })
     }
 }
 
@@ -366,11 +386,7 @@ impl ExportJob {
     /// Why the job gave nothing to land, with its `errors[]` verbatim; `None` when it succeeded
     /// with at least one batch.
     pub fn failure(&self) -> Option<String> {
-        let errors: String = self
-            .errors
-            .iter()
-            .map(|e| format!("; {}: {}", e.code, e.msg))
-            .collect();
+        let errors = errors_suffix(&self.errors);
         match self.status.as_str() {
             "SUCCEEDED" if !self.batches.is_empty() => None,
             "SUCCEEDED" => Some(format!(

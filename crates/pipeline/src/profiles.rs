@@ -407,17 +407,9 @@ pub(crate) async fn prepare(
                 )
                 .await?;
                 in_flight.set(None);
-                if sj.status != "SUCCEEDED" {
+                if let Some(why) = sj.failure() {
                     return Err(PipelineError::Job {
-                        message: format!(
-                            "segment job {} ended {}{}; nothing was exported or landed",
-                            sj.id,
-                            sj.status,
-                            sj.errors
-                                .iter()
-                                .map(|e| format!("; {}: {}", e.code, e.msg))
-                                .collect::<String>()
-                        ),
+                        message: format!("{why}; nothing was exported or landed"),
                     });
                 }
             }
