@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::server::{AppState, SandboxName, problem};
+use crate::server::{AppState, SandboxName, now_ms, problem};
 
 const DATA_LAKE_SPEC: &str = "23598e46-f560-407b-88d5-ea6207e49db0";
 const ADHOC_ACCEPT: &str = "application/vnd.adobe.adhoc.dataset.activation+json";
@@ -172,10 +172,6 @@ impl FlowStore {
     pub(crate) fn run(&self, id: &str) -> Option<Value> {
         self.lock().runs.get(id).cloned()
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn kind_of(kind: &str) -> Option<&'static str> {

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::server::{AppState, SandboxName, problem};
+use crate::server::{AppState, SandboxName, now_ms, problem};
 
 /// Segment jobs running (not done) at once before AEP answers 429.
 const MAX_RUNNING: usize = 2;
@@ -43,10 +43,6 @@ struct Job {
     failure: Option<String>,
     /// When a cancel was asked for.
     cancelled_at: Option<i64>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Job {
@@ -120,11 +116,12 @@ impl ProfileStore {
     }
 }
 
-fn bad_request(detail: &str) -> Response {
+/// The Profile and segmentation APIs' errors (`UPS-…`).
+pub(crate) fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, "UPS-400", "Bad Request", detail)
 }
 
-fn not_found(what: &str) -> Response {
+pub(crate) fn not_found(what: &str) -> Response {
     problem(
         StatusCode::NOT_FOUND,
         "UPS-404",

@@ -18,7 +18,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::server::{AppState, SandboxName, problem};
+use crate::profile::{bad_request, not_found};
+use crate::server::{AppState, SandboxName, now_ms, problem};
 
 /// Profiles per parquet part of an exported batch.
 const PART_ROWS: usize = 250_000;
@@ -72,10 +73,6 @@ struct ExportJob {
     cancelled_at: Option<i64>,
     /// Set by the background export once its batches are written (or it failed).
     outcome: Arc<OnceLock<Result<Outcome, String>>>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl ExportJob {
@@ -161,10 +158,6 @@ impl ExportJobStore {
     pub(crate) fn script(&self, fault: ProfileExportFault) {
         self.lock().faults.push_back(fault);
     }
-}
-
-fn bad_request(detail: &str) -> Response {
-    problem(StatusCode::BAD_REQUEST, "UPS-400", "Bad Request", detail)
 }
 
 /// What an export job selects, read from its request.
@@ -400,6 +393,34 @@ fn export_schema(tenant: &str, fields: Option<&[String]>) -> SchemaRef {
     Arc::new(Schema::new(kept))
 }
 
+/// Writes profiles (JSON, as the store keeps them) on `schema` as one snappy parquet file, a
+/// chunk of them decoded at a time.
+fn write_part<C: AsRef<[Value]>>(
+    path: &Path,
+    schema: &SchemaRef,
+    chunks: impl Iterator<Item = C>,
+) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+        .map_err(|e| e.to_string())?;
+    for chunk in chunks {
+        let chunk = chunk.as_ref();
+        let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+            .with_batch_size(chunk.len().max(1))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        decoder.serialize(chunk).map_err(|e| e.to_string())?;
+        if let Some(rows) = decoder.flush().map_err(|e| e.to_string())? {
+            w.write(&rows).map_err(|e| e.to_string())?;
+        }
+    }
+    w.close().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Writes `profiles` as one batch of `dataset_id` under `dir`, and loads it as Catalog sees it.
 fn write_batch(
     dir: &Path,
@@ -413,30 +434,18 @@ fn write_batch(
     let batch_dir = dir.join(batch_id);
     let file_dir = batch_dir.join(format!("{batch_id}-f0"));
     std::fs::create_dir_all(&file_dir).map_err(|e| err(&e))?;
-    let chunks: Vec<&[Value]> = if profiles.is_empty() {
-        vec![&[]]
-    } else {
-        profiles.chunks(PART_ROWS).collect()
-    };
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-            .with_batch_size(chunk.len().max(1))
-            .build_decoder()
-            .map_err(|e| err(&e))?;
-        decoder.serialize(chunk).map_err(|e| err(&e))?;
-        let rows = decoder
-            .flush()
-            .map_err(|e| err(&e))?
-            .unwrap_or_else(|| arrow::record_batch::RecordBatch::new_empty(schema.clone()));
-        let path = file_dir.join(format!("part-{i:05}.snappy.parquet"));
-        let file = std::fs::File::create(&path).map_err(|e| err(&e))?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| err(&e))?;
-        w.write(&rows).map_err(|e| err(&e))?;
-        w.close().map_err(|e| err(&e))?;
+    // At least one part: an export of no profiles is a batch of one empty file.
+    let mut parts: Vec<&[Value]> = profiles.chunks(PART_ROWS).collect();
+    if parts.is_empty() {
+        parts.push(&[]);
+    }
+    for (i, chunk) in parts.into_iter().enumerate() {
+        write_part(
+            &file_dir.join(format!("part-{i:05}.snappy.parquet")),
+            schema,
+            std::iter::once(chunk),
+        )
+        .map_err(|e| err(&e))?;
     }
     let now = now_ms();
     let object = json!({
@@ -473,29 +482,16 @@ pub fn write_profile_export(
     let per_part = profiles.div_ceil(parts.max(1));
     for part in 0..parts.max(1) {
         let (start, end) = (part * per_part, ((part + 1) * per_part).min(profiles));
-        let path = dir.join(format!("part-{part:05}.snappy.parquet"));
-        let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| e.to_string())?;
-        let mut i = start;
-        while i < end {
-            let chunk: Vec<Value> = (i..(i + 50_000).min(end))
+        let chunks = (start..end).step_by(50_000).map(|i| {
+            (i..(i + 50_000).min(end))
                 .map(|k| crate::profiles::profile(k, &ids, tenant, seed))
-                .collect();
-            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-                .with_batch_size(chunk.len())
-                .build_decoder()
-                .map_err(|e| e.to_string())?;
-            decoder.serialize(&chunk).map_err(|e| e.to_string())?;
-            if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
-                w.write(&b).map_err(|e| e.to_string())?;
-            }
-            i += chunk.len() as u64;
-        }
-        w.close().map_err(|e| e.to_string())?;
+                .collect::<Vec<_>>()
+        });
+        write_part(
+            &dir.join(format!("part-{part:05}.snappy.parquet")),
+            &schema,
+            chunks,
+        )?;
     }
     Ok(profiles)
 }
@@ -665,12 +661,7 @@ pub(crate) async fn get_export_job(
         Some((n, j)) if j.sandbox == sandbox => {
             axum::Json(j.to_json(n, now_ms(), "dataSetId")).into_response()
         }
-        _ => problem(
-            StatusCode::NOT_FOUND,
-            "UPS-404",
-            "Not Found",
-            &format!("export job {id} not found"),
-        ),
+        _ => not_found(&format!("export job {id}")),
     }
 }
 
@@ -752,12 +743,7 @@ pub(crate) async fn cancel_export_job(
             )
                 .into_response()
         }
-        _ => problem(
-            StatusCode::NOT_FOUND,
-            "UPS-404",
-            "Not Found",
-            &format!("export job {id} not found"),
-        ),
+        _ => not_found(&format!("export job {id}")),
     }
 }
 

@@ -484,6 +484,11 @@ fn gateway_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The simulator's clock, in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 pub(crate) fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
     (
         status,
@@ -1222,7 +1227,7 @@ async fn create_dataset(
     {
         return bad("schemaRef.id is required");
     }
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = now_ms();
     // The same (sandbox, name) gets the same id each time the simulator starts, as a dataset
     // made once stays in AEP: pipelines that find or make their dataset by name land into one.
     let id = {
