@@ -395,9 +395,10 @@ pub(crate) async fn prepare(
                     .create_segment_job(&segments)
                     .await
                     .map_err(PipelineError::Ingest)?;
+                // Known to the run before anything else: a signal from here on cancels it.
+                in_flight.set(Some((client.clone(), Job::Segment(sj.id.clone()))));
                 tracing::info!(job = %sj.id, "segment job started");
                 out.segment_job = Some(sj.id.clone());
-                in_flight.set(Some((client.clone(), Job::Segment(sj.id.clone()))));
                 let sj = wait(
                     in_flight,
                     deadline,
@@ -423,8 +424,9 @@ pub(crate) async fn prepare(
                 .create_export_job(&req)
                 .await
                 .map_err(PipelineError::Ingest)?;
-            tracing::info!(job = j.id, dataset = %dataset, "export job started");
-            // Kept at once: a run stopped from here on resumes this job.
+            // Known to the run at once (a signal from here on cancels it), and kept in the
+            // state before it is announced (a run killed from here on resumes it).
+            in_flight.set(Some((client.clone(), Job::Export(j.id))));
             let pending = PipelineState {
                 pending_export_job: Some(j.id),
                 ..state.clone()
@@ -433,6 +435,7 @@ pub(crate) async fn prepare(
                 .put_json(&crate::run::state_rel(&record.pipeline), &pending)
                 .await
                 .map_err(PipelineError::Sink)?;
+            tracing::info!(job = j.id, dataset = %dataset, "export job started");
             j
         }
     };
