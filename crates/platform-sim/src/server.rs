@@ -111,25 +111,22 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Every batch of `sandbox`: those loaded at start and those written since.
-    fn batches(&self, sandbox: &str) -> Vec<Batch> {
-        let mut all: Vec<Batch> = self.platform.sandboxes[sandbox]
-            .batches
-            .values()
-            .cloned()
-            .collect();
-        if let Some(written) = self.written_batches_of(sandbox) {
-            all.extend(written);
-        }
-        all
-    }
-
-    fn written_batches_of(&self, sandbox: &str) -> Option<Vec<Batch>> {
-        let g = self
+    /// Calls `f` with every batch of `sandbox`: those loaded at start and those written since
+    /// (read in place, under the lock of the written ones).
+    fn with_batches<R>(
+        &self,
+        sandbox: &str,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Batch>) -> R,
+    ) -> R {
+        let written = self
             .written_batches
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        Some(g.get(sandbox)?.values().cloned().collect())
+        let mut all = self.platform.sandboxes[sandbox]
+            .batches
+            .values()
+            .chain(written.get(sandbox).into_iter().flat_map(|m| m.values()));
+        f(&mut all)
     }
 
     fn batch(&self, sandbox: &str, id: &str) -> Option<Batch> {
@@ -1049,38 +1046,38 @@ async fn list_batches(
         (Ok(a), Ok(b)) => (a, b),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let all = st.batches(&sandbox);
-    let mut batches: Vec<&Batch> = all
-        .iter()
-        .filter(|b| {
-            q.get("dataSet")
-                .is_none_or(|d| batch_dataset(b).is_some_and(|id| simple_filter(d, id)))
-                && q.get("status").is_none_or(|s| simple_filter(s, b.status()))
-                && q.get("createdClient")
-                    .is_none_or(|c| simple_filter(c, b.created_client()))
-                && after.is_none_or(|a| b.created() > a)
-                && before.is_none_or(|x| b.created() < x)
-        })
-        .collect();
-    // Stable order: the requested field and direction, then id.
-    let order = q.get("orderBy").map(String::as_str).unwrap_or("created");
-    let (desc, field) = match order.split(',').next().unwrap_or("created") {
-        o if o.starts_with("desc:") => (true, &o[5..]),
-        o if o.starts_with("asc:") => (false, &o[4..]),
-        o if o.starts_with('-') => (true, &o[1..]),
-        o => (false, o),
-    };
-    let key = |b: &Batch| b.object.get(field).and_then(Value::as_i64).unwrap_or(0);
-    batches.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id)));
-    if desc {
-        batches.reverse();
-    }
-    let page = batches
-        .into_iter()
-        .skip(start)
-        .take(limit)
-        .map(|b| (b.id.clone(), project(&b.object, q.get("properties"))))
-        .collect();
+    let page = st.with_batches(&sandbox, |all| {
+        let mut batches: Vec<&Batch> = all
+            .filter(|b| {
+                q.get("dataSet")
+                    .is_none_or(|d| batch_dataset(b).is_some_and(|id| simple_filter(d, id)))
+                    && q.get("status").is_none_or(|s| simple_filter(s, b.status()))
+                    && q.get("createdClient")
+                        .is_none_or(|c| simple_filter(c, b.created_client()))
+                    && after.is_none_or(|a| b.created() > a)
+                    && before.is_none_or(|x| b.created() < x)
+            })
+            .collect();
+        // Stable order: the requested field and direction, then id.
+        let order = q.get("orderBy").map(String::as_str).unwrap_or("created");
+        let (desc, field) = match order.split(',').next().unwrap_or("created") {
+            o if o.starts_with("desc:") => (true, &o[5..]),
+            o if o.starts_with("asc:") => (false, &o[4..]),
+            o if o.starts_with('-') => (true, &o[1..]),
+            o => (false, o),
+        };
+        let key = |b: &Batch| b.object.get(field).and_then(Value::as_i64).unwrap_or(0);
+        batches.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id)));
+        if desc {
+            batches.reverse();
+        }
+        batches
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .map(|b| (b.id.clone(), project(&b.object, q.get("properties"))))
+            .collect()
+    });
     axum::Json(Keyed(page)).into_response()
 }
 
@@ -1129,26 +1126,34 @@ fn dataset_object(st: &AppState, sandbox: &str, id: &str) -> Option<Value> {
             .get(&(sandbox.to_string(), id.to_string()))?
             .clone(),
     };
-    let batches = st.batches(sandbox);
-    let last = batches
-        .iter()
-        .filter(|b| b.dataset_id == id)
-        .max_by_key(|b| b.created());
-    let last_ok = batches
-        .iter()
-        .filter(|b| b.dataset_id == id && b.status() == "success")
-        .max_by_key(|b| b.created());
+    // The newest batch, and the newest successful one, with its status.
+    let (last, last_ok) = st.with_batches(sandbox, |all| {
+        let mut last: Option<&Batch> = None;
+        let mut last_ok: Option<&Batch> = None;
+        for b in all.filter(|b| b.dataset_id == id) {
+            if last.is_none_or(|l| b.created() >= l.created()) {
+                last = Some(b);
+            }
+            if b.status() == "success" && last_ok.is_none_or(|l| b.created() >= l.created()) {
+                last_ok = Some(b);
+            }
+        }
+        (
+            last.map(|b| (b.id.clone(), b.status().to_string())),
+            last_ok.map(|b| b.id.clone()),
+        )
+    });
     object.insert("imsOrg".into(), json!(st.platform.info.org_id));
     object.insert(
         "files".into(),
         json!(format!("@/dataSetFiles?dataSetId={id}")),
     );
-    if let Some(b) = last {
-        object.insert("lastBatchId".into(), json!(b.id));
-        object.insert("lastBatchStatus".into(), json!(b.status()));
+    if let Some((id, status)) = last {
+        object.insert("lastBatchId".into(), json!(id));
+        object.insert("lastBatchStatus".into(), json!(status));
     }
-    if let Some(b) = last_ok {
-        object.insert("lastSuccessfulBatch".into(), json!(b.id));
+    if let Some(id) = last_ok {
+        object.insert("lastSuccessfulBatch".into(), json!(id));
     }
     Some(Value::Object(object))
 }
@@ -1384,15 +1389,12 @@ async fn files(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let find = |batches: &mut dyn Iterator<Item = &Batch>| {
-        batches
-            .filter(|b| matches!(b.status(), "success" | "active"))
+    let file = st.with_batches(&sandbox, |all| {
+        all.filter(|b| matches!(b.status(), "success" | "active"))
             .flat_map(|b| b.files.iter())
             .find(|f| f.id == id)
             .cloned()
-    };
-    let file = find(&mut st.platform.sandboxes[&sandbox].batches.values())
-        .or_else(|| find(&mut st.written_batches_of(&sandbox).unwrap_or_default().iter()));
+    });
     let Some(file) = file else {
         return da_not_found(&format!("dataSetFile '{id}'"));
     };
