@@ -392,20 +392,21 @@ impl FileContext<'_> {
         let (ids, nss, no_primary) = primary_identities(path, identity_map)?;
         res.stats.without_primary += no_primary;
         // The rows kept: with an identity, and not held by another batch already.
-        let mut keep: Vec<u32> = Vec::with_capacity(n);
-        for i in 0..n {
-            if ids.is_null(i) {
-                res.stats.without_identity += 1;
-                continue;
-            }
-            if let Some(seen) = &self.seen {
-                let key = self.key(nss.value(i), ids.value(i));
-                if !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
-                    res.stats.duplicate_profiles += 1;
-                    continue;
-                }
-            }
-            keep.push(i as u32);
+        let mut keep: Vec<u32> = (0..n as u32)
+            .filter(|&i| ids.is_valid(i as usize))
+            .collect();
+        res.stats.without_identity += (n - keep.len()) as u64;
+        if let Some(seen) = &self.seen {
+            // Keyed outside the lock, which is taken once per record batch.
+            let keys: Vec<u128> = keep
+                .iter()
+                .map(|&i| self.key(nss.value(i as usize), ids.value(i as usize)))
+                .collect();
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let before = keep.len();
+            let mut k = keys.into_iter();
+            keep.retain(|_| k.next().is_some_and(|key| seen.insert(key)));
+            res.stats.duplicate_profiles += (before - keep.len()) as u64;
         }
         res.stats.profiles += keep.len() as u64;
         let all = keep.len() == n;
