@@ -24,6 +24,8 @@ pub enum TransformError {
     },
     #[error("cannot read the profile export in {file}: {message}")]
     Profiles { file: PathBuf, message: String },
+    #[error("cannot read or write the parquet file {file}: {message}")]
+    Parquet { file: PathBuf, message: String },
     #[error("cannot read the parquet footer of {file}")]
     Footer {
         file: PathBuf,

@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, make_array};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::{Expr, cast, ident, lit};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::schema::types::SchemaDescriptor;
 
 use crate::config::{Mapping, ModelMapping};
 use crate::error::TransformError;
@@ -197,4 +203,61 @@ pub(crate) fn compatible(a: &DataType, b: &DataType) -> bool {
     a == b
         || (a.is_numeric() && b.is_numeric())
         || (matches!(a, DataType::List(_)) && matches!(b, DataType::List(_)))
+}
+
+/// The array at a dotted path of `batch` (struct fields by name), null wherever an ancestor
+/// struct is null; `None` when the batch does not have the path.
+pub(crate) fn path_array(batch: &RecordBatch, path: &str) -> Option<ArrayRef> {
+    let mut parts = path.split('.');
+    let mut array = batch.column_by_name(parts.next()?)?.clone();
+    for p in parts {
+        let parent = array.as_struct_opt()?;
+        let child = parent.column_by_name(p)?.clone();
+        array = match parent.nulls().filter(|n| n.null_count() > 0) {
+            Some(nulls) => {
+                let merged = NullBuffer::union(Some(nulls), child.nulls());
+                let data = child.to_data().into_builder().nulls(merged);
+                // SAFETY: the child's own buffers, unchanged, with more of its slots null.
+                make_array(unsafe { data.build_unchecked() })
+            }
+            None => child,
+        };
+    }
+    Some(array)
+}
+
+/// The parquet leaf columns under each dotted path: all of them, or only the first when the
+/// path is read for whether it is null.
+pub(crate) fn leaves<'a>(
+    descr: &SchemaDescriptor,
+    paths: impl IntoIterator<Item = (&'a str, bool)>,
+) -> ProjectionMask {
+    let mut picked = Vec::new();
+    for (path, first_only) in paths {
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, column) in descr.columns().iter().enumerate() {
+            let leaf = column.path().parts();
+            if leaf.len() >= parts.len() && leaf.iter().zip(&parts).all(|(a, b)| a == b) {
+                picked.push(i);
+                if first_only {
+                    break;
+                }
+            }
+        }
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    ProjectionMask::leaves(descr, picked)
+}
+
+/// `array` as `ty`, as DataFusion's `CAST` does (an impossible value is an error, not a null).
+pub(crate) fn cast_to(array: &ArrayRef, ty: &DataType) -> Result<ArrayRef, ArrowError> {
+    if array.data_type() == ty {
+        return Ok(array.clone());
+    }
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    cast_with_options(array, ty, &options)
 }

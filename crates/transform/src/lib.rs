@@ -17,6 +17,7 @@ mod flatten;
 mod json;
 mod memory;
 mod run;
+mod scores;
 mod summary;
 
 pub use audiences::{

@@ -11,12 +11,16 @@ use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::common::file_options::parquet_writer::parse_compression_string;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
 use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
-use crate::dedupe::{self, DedupeCounts};
+use crate::dedupe;
+use crate::scores::{self, Input, InputKind, Plan, WriteOptions};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
@@ -198,7 +202,7 @@ impl Transformer {
             }
             f => f,
         };
-        let flat = self.flat_frame(batches).await?;
+        let plan = self.plan(batches).await?;
 
         let scores_dir = work_dir.join("scores");
         let summary_dir = work_dir.join("summary");
@@ -211,8 +215,8 @@ impl Transformer {
                 })?;
             }
         }
-        // The summaries read the scores back as parquet with their nested columns: a text
-        // format, or factors as JSON text, are written from that copy at the end.
+        // The scores are written as parquet with their nested columns; a text format, or
+        // factors as JSON text, are written from that copy at the end.
         let rewrite =
             !matches!(format, OutputFormat::Parquet { .. }) || self.config.factors_as_json;
         let internal_parquet = OutputFormat::default();
@@ -225,54 +229,40 @@ impl Transformer {
         } else {
             scores_dir.clone()
         };
-        let counts = Arc::new(DedupeCounts::default());
-        let deduped = dedupe::deduplicated(
-            &self.ctx,
-            flat,
-            self.config.keep_null_identities,
-            counts.clone(),
-        )
-        .await?;
-        let scores_schema = Arc::new(deduped.schema().as_arrow().clone());
+        let workers = self.workers();
+        let has_factors = plan
+            .schema
+            .field_with_name("influential_factors")
+            .is_ok_and(|f| matches!(f.data_type(), DataType::List(_)));
+        let options = WriteOptions {
+            dir: parquet_dir.clone(),
+            props: writer_properties(parquet_format)?,
+            run_id: self.run_id.clone(),
+            workers,
+        };
+        // The dedupe's table takes at most half of the memory limit.
+        let budget = self.config.memory_limit_bytes()?.map(|limit| limit / 2);
         let stage = Instant::now();
-        write(
-            self.tagged(deduped)?,
-            &parquet_dir,
-            parquet_format,
-            Some("score_date"),
-        )
-        .await?;
-        let (rows_in, null_identity, rows_out) = counts.get();
+        let written = tokio::task::spawn_blocking(move || {
+            let winners = dedupe::winners(&plan, workers, budget)?;
+            scores::write(&plan, &winners, &options)
+        })
+        .await
+        .map_err(|e| TransformError::Config(format!("the transform's workers failed: {e}")))??;
+        let (rows_in, null_identity, rows_out) =
+            (written.rows_in, written.null_identities, written.rows_out);
         tracing::info!(
             seconds = stage.elapsed().as_secs_f64(),
             rows_in,
             rows_out,
             "scores deduplicated and written"
         );
-
-        if has_files(&parquet_dir) {
-            self.ctx
-                .register_parquet(
-                    "scores",
-                    dir_url(&parquet_dir),
-                    ParquetReadOptions::default(),
-                )
-                .await
-                .context("reading back the scores")?;
-        } else {
-            // Nothing scored (an empty batch): empty tables, not an error.
-            let empty = MemTable::try_new(scores_schema, vec![vec![]])
-                .context("registering empty scores")?;
-            self.ctx
-                .register_table("scores", Arc::new(empty))
-                .context("registering empty scores")?;
-        }
         let kept_nulls = if self.config.keep_null_identities {
             null_identity
         } else {
             0
         };
-        let stats = TransformStats {
+        let mut stats = TransformStats {
             rows_in,
             rows_out,
             duplicates_dropped: (rows_in - null_identity).saturating_sub(rows_out - kept_nulls),
@@ -282,7 +272,11 @@ impl Transformer {
         };
 
         let stage = Instant::now();
-        let summary = self.summaries().await?;
+        let summary = written.groups.finish(
+            self.config.top_factors.unwrap_or(3),
+            has_factors,
+            workers,
+        );
         tracing::info!(
             seconds = stage.elapsed().as_secs_f64(),
             "summaries computed"
@@ -297,17 +291,17 @@ impl Transformer {
         self.write_batches(vec![drift.clone()], &drift_dir, format, None)
             .await?;
         if rewrite {
-            let df = self
-                .ctx
-                .table("scores")
-                .await
-                .context("reading the scores")?;
-            write(nested_as_json(df)?, &scores_dir, format, Some("score_date")).await?;
+            if has_files(&parquet_dir) {
+                let df = self
+                    .ctx
+                    .read_parquet(dir_url(&parquet_dir), ParquetReadOptions::default())
+                    .await
+                    .context("reading the scores")?;
+                write(nested_as_json(df)?, &scores_dir, format, Some("score_date")).await?;
+            }
             let _ = std::fs::remove_dir_all(&parquet_dir);
         }
-        let mut stats = stats;
         stats.models = histograms.iter().map(|h| h.model.clone()).collect();
-        let _ = self.ctx.deregister_table("scores");
         Ok(TransformOutput {
             scores_dir,
             summary_dir,
@@ -317,6 +311,13 @@ impl Transformer {
             drift: vec![drift],
             stats,
         })
+    }
+
+    /// Worker threads: one per core, or as configured.
+    fn workers(&self) -> usize {
+        self.config
+            .target_partitions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     /// Writes the parquet table under `source` as one file `file` in `format`: a plain copy for
@@ -364,8 +365,10 @@ impl Transformer {
         write(self.tagged(df)?, out_dir, format, partition_by).await
     }
 
-    /// The union of every batch's parts, flattened: one row per scored (row, model).
-    async fn flat_frame(&self, batches: &[StagedBatch]) -> Result<DataFrame, TransformError> {
+    /// What the transform reads, and the scores table's columns: those of the union of every
+    /// batch's parts flattened into one row per scored (row, model), as DataFusion types them
+    /// (with the landed scores, when merging).
+    async fn plan(&self, batches: &[StagedBatch]) -> Result<Plan, TransformError> {
         // Group each batch's files by schema: a group reads as one table on all cores, and
         // groups are flattened to the same columns, so drift between parts is merged by name.
         struct Group {
@@ -392,7 +395,9 @@ impl Transformer {
             path: PathBuf::from("reading parquet footers"),
             source: std::io::Error::other(e),
         })??;
-        for (bi, file, schema) in schemas {
+        let mut footers: HashMap<PathBuf, Arc<ParquetMetaData>> = HashMap::new();
+        for (bi, file, (schema, footer)) in schemas {
+            footers.insert(file.clone(), footer);
             match groups
                 .iter_mut()
                 .find(|g| g.batch == bi && g.schema.fields() == schema.fields())
@@ -483,39 +488,117 @@ impl Transformer {
                 });
             }
         }
-        let union = union.ok_or(TransformError::NoInput)?;
-        if self.landed.is_empty() {
-            return Ok(union);
-        }
-        let paths: Vec<String> = self
-            .landed
+        let mut union = union.ok_or(TransformError::NoInput)?;
+        let mut ranks: Vec<(i64, String)> = batches
             .iter()
-            .map(|f| f.display().to_string())
+            .map(|b| (b.created_ms * 1000, b.batch_id.clone()))
             .collect();
-        let landed = self
-            .ctx
-            .read_parquet(paths, ParquetReadOptions::default())
-            .await
-            .context("reading the scores already landed")?;
-        // The flat columns, by name, as the new rows type them; `run_id` is the new run's.
-        let exprs: Vec<datafusion::prelude::Expr> = union
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                datafusion::logical_expr::cast(
-                    datafusion::logical_expr::ident(f.name()),
-                    f.data_type().clone(),
-                )
-                .alias(f.name())
+        let mut models: Vec<String> = mapping.models.iter().map(|m| m.name.clone()).collect();
+        let mut landed_inputs = Vec::new();
+        if !self.landed.is_empty() {
+            let paths: Vec<String> = self
+                .landed
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            let landed = self
+                .ctx
+                .read_parquet(paths, ParquetReadOptions::default())
+                .await
+                .context("reading the scores already landed")?;
+            // The flat columns, by name, as the new rows type them; `run_id` is the new run's.
+            let exprs: Vec<datafusion::prelude::Expr> = union
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    datafusion::logical_expr::cast(
+                        datafusion::logical_expr::ident(f.name()),
+                        f.data_type().clone(),
+                    )
+                    .alias(f.name())
+                })
+                .collect();
+            let landed = landed
+                .select(exprs)
+                .context("matching the landed scores to the new rows")?;
+            union = union
+                .union(landed)
+                .context("merging with the landed scores")?;
+            // The landed rows' models and batches, so that every row's batch has a rank.
+            let files = self.landed.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                files
+                    .iter()
+                    .map(|f| scores::landed_contents(f))
+                    .collect::<Result<Vec<_>, _>>()
             })
+            .await
+            .map_err(|e| TransformError::Io {
+                path: PathBuf::from("reading the landed scores"),
+                source: std::io::Error::other(e),
+            })??;
+            for (file, contents) in self.landed.iter().zip(scanned) {
+                for m in contents.models {
+                    if !models.contains(&m) {
+                        models.push(m);
+                    }
+                }
+                ranks.extend(contents.batches);
+                landed_inputs.push(Input {
+                    path: file.clone(),
+                    kind: InputKind::Landed,
+                    rows: contents.rows,
+                    identity_bytes: contents.identity_bytes,
+                });
+            }
+        }
+        ranks.sort();
+        ranks.dedup();
+        if ranks.len() > u16::MAX as usize {
+            return Err(TransformError::Config(format!(
+                "{} batches to merge: at most {} can be deduplicated at once",
+                ranks.len(),
+                u16::MAX
+            )));
+        }
+        let rank_of = |created_us: i64, id: &str| {
+            ranks
+                .binary_search(&(created_us, id.to_string()))
+                .unwrap_or_default() as u16
+        };
+        let mut inputs = Vec::new();
+        for g in &groups {
+            let batch = &batches[g.batch];
+            for file in &g.files {
+                let footer = &footers[file];
+                inputs.push(Input {
+                    path: file.clone(),
+                    kind: InputKind::Staged {
+                        schema: g.schema.clone(),
+                        rank: rank_of(batch.created_ms * 1000, &batch.batch_id),
+                        batch_id: batch.batch_id.clone(),
+                        created_us: batch.created_ms * 1000,
+                    },
+                    rows: footer.file_metadata().num_rows() as u64,
+                    identity_bytes: scores::leaf_bytes(footer, &mapping.identity),
+                });
+            }
+        }
+        inputs.extend(landed_inputs);
+        let ranks = ranks
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u16))
             .collect();
-        let landed = landed
-            .select(exprs)
-            .context("matching the landed scores to the new rows")?;
-        union
-            .union(landed)
-            .context("merging with the landed scores")
+        Ok(Plan {
+            inputs,
+            mapping,
+            models,
+            ranks,
+            schema: Arc::new(union.schema().as_arrow().clone()),
+            keep_null_identities: self.config.keep_null_identities,
+        })
     }
 }
 
@@ -527,7 +610,8 @@ pub(crate) fn utf8(col: &ArrayRef) -> Result<ArrayRef, TransformError> {
     })
 }
 
-fn file_schema(file: &Path) -> Result<SchemaRef, TransformError> {
+/// A part's schema and footer.
+fn file_schema(file: &Path) -> Result<(SchemaRef, Arc<ParquetMetaData>), TransformError> {
     let f = std::fs::File::open(file).map_err(|source| TransformError::Io {
         path: file.to_path_buf(),
         source,
@@ -537,7 +621,7 @@ fn file_schema(file: &Path) -> Result<SchemaRef, TransformError> {
             file: file.to_path_buf(),
             source,
         })?;
-    Ok(builder.schema().clone())
+    Ok((builder.schema().clone(), builder.metadata().clone()))
 }
 
 fn has_files(dir: &Path) -> bool {
@@ -575,6 +659,23 @@ async fn write(
         opts = opts.with_partition_by(vec![p.to_string()]);
     }
     write_to(df, &dir_url(dir), format, opts).await
+}
+
+/// The parquet writer's settings for the scores table.
+fn writer_properties(format: &OutputFormat) -> Result<WriterProperties, TransformError> {
+    let mut builder = WriterProperties::builder();
+    if let Some(c) = format.parquet_compression() {
+        let codec = parse_compression_string(&c).context(format!("compression {c}"))?;
+        builder = builder.set_compression(codec);
+    }
+    if let OutputFormat::Parquet {
+        row_group_size: Some(n),
+        ..
+    } = format
+    {
+        builder = builder.set_max_row_group_row_count(Some(*n));
+    }
+    Ok(builder.build())
 }
 
 /// Writes `df` to `target` (a directory URL, or a file with single-file output) in `format`.

@@ -1,21 +1,14 @@
 //! The summary table: per (model, score_date), counts, nulls, moments, exact deciles, a score
-//! histogram, propensity tiers and the most frequent influential factors, over the written
-//! scores.
+//! histogram, propensity tiers and the most frequent influential factors, accumulated from the
+//! kept rows while they are written (nothing is read back).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Float64Type, Int64Type, Schema};
-use datafusion::common::ScalarValue;
-use datafusion::prelude::{col, lit};
-use futures::StreamExt;
-
-use crate::error::{Context, TransformError};
-use crate::run::{Transformer, utf8};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 
 /// A summary group: model and score date (days since the epoch).
 type Group = (String, Option<i32>);
@@ -33,270 +26,322 @@ const DECILES: [&str; 9] = [
     "score_p90",
 ];
 
-impl Transformer {
-    /// Per (model, score_date): counts, nulls, moments, exact deciles, histogram, tiers, and
-    /// the most frequent influential factors.
-    pub(crate) async fn summaries(&self) -> Result<Vec<RecordBatch>, TransformError> {
-        let mut select = vec![
-            "model".to_string(),
-            "score_date".into(),
-            "count(*) AS rows".into(),
-            // The scores hold one row per (identity, model), so within a (model, score_date)
-            // every identity is distinct: no need for a hash set of 30 M strings.
-            "count(identity) AS distinct_identities".into(),
-            "count(*) - count(identity) AS identity_nulls".into(),
-            "count(*) - count(score) AS score_nulls".into(),
-            "count(*) - count(probability) AS probability_nulls".into(),
-        ];
-        for c in ["score", "probability"] {
-            select.push(format!("min({c}) AS {c}_min"));
-            select.push(format!("max({c}) AS {c}_max"));
-            select.push(format!("avg({c}) AS {c}_mean"));
-            select.push(format!("stddev_pop({c}) AS {c}_stddev"));
+/// The summaries of the rows kept, accumulated as they are written: per (model, score date).
+#[derive(Default)]
+pub(crate) struct Groups {
+    groups: HashMap<Group, Acc>,
+}
+
+/// One group's running figures.
+#[derive(Default)]
+struct Acc {
+    rows: i64,
+    identities: i64,
+    score: Moments,
+    probability: Moments,
+    hist: [i64; 10],
+    tiers: [i64; 3],
+    /// Every score, for the exact deciles.
+    scores: Vec<f64>,
+    /// Rows per influential factor code.
+    factors: hashbrown::HashMap<String, i64>,
+}
+
+/// Count, sum, min, max and the sum of squared deviations (Welford), mergeable.
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    n: i64,
+    sum: f64,
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Moments {
+    fn add(&mut self, x: f64) {
+        if self.n == 0 {
+            (self.min, self.max) = (x, x);
+        } else {
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
         }
-        for b in 0..10 {
-            let (lo, hi) = (b * 10, b * 10 + 10);
-            let cond = if b == 9 {
-                format!("score >= {lo} AND score <= {hi}")
-            } else {
-                format!("score >= {lo} AND score < {hi}")
-            };
-            select.push(format!(
-                "CAST(sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS BIGINT) AS hist_{lo:02}_{hi:02}",
-                hi = hi.min(100)
-            ));
-        }
-        select
-            .push("CAST(sum(CASE WHEN score < 25 THEN 1 ELSE 0 END) AS BIGINT) AS tier_low".into());
-        select.push(
-            "CAST(sum(CASE WHEN score >= 25 AND score < 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_medium"
-                .into(),
-        );
-        select.push(
-            "CAST(sum(CASE WHEN score >= 75 THEN 1 ELSE 0 END) AS BIGINT) AS tier_high".into(),
-        );
-        let sql = format!(
-            "SELECT {} FROM scores GROUP BY model, score_date ORDER BY model, score_date",
-            select.join(", ")
-        );
-        let batches = self
-            .ctx
-            .sql(&sql)
-            .await
-            .context("planning the summaries")?
-            .collect()
-            .await
-            .context("computing the summaries")?;
-        let stage = Instant::now();
-        let deciles = self.deciles(&batches).await?;
-        tracing::info!(
-            seconds = stage.elapsed().as_secs_f64(),
-            "score deciles computed"
-        );
-        let stage = Instant::now();
-        let top = self.top_factors().await?;
-        tracing::info!(
-            seconds = stage.elapsed().as_secs_f64(),
-            "influential factors counted"
-        );
-        batches
-            .into_iter()
-            .map(|b| add_columns(b, &deciles, &top))
-            .collect()
+        self.n += 1;
+        self.sum += x;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
     }
 
-    /// Exact p10 … p90 of the score per (model, score_date), with linear interpolation (as
-    /// `percentile_cont`): per group, one sort of its scores alone (a plain float sort, which
-    /// spills like any other), read once while counting positions. `percentile_cont` would
-    /// instead hold every score of a group in memory once per decile, nine times the scores,
-    /// which no limit can bound.
-    async fn deciles(
-        &self,
-        summary: &[RecordBatch],
-    ) -> Result<HashMap<Group, [f64; 9]>, TransformError> {
-        let mut out = HashMap::new();
-        for b in summary {
-            let rows = int_column(b, "rows")?;
-            let nulls = int_column(b, "score_nulls")?;
-            for (i, (model, date)) in groups(b)?.into_iter().enumerate() {
-                let n = (rows.value(i) - nulls.value(i)).max(0) as u64;
-                if n == 0 {
-                    continue;
+    fn merge(&mut self, o: &Moments) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = *o;
+            return;
+        }
+        let n = self.n + o.n;
+        let d = o.mean - self.mean;
+        self.m2 += o.m2 + d * d * (self.n as f64) * (o.n as f64) / n as f64;
+        self.mean += d * o.n as f64 / n as f64;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.n = n;
+    }
+
+    /// min, max, mean, population standard deviation; null without values.
+    fn figures(&self) -> [Option<f64>; 4] {
+        if self.n == 0 {
+            return [None; 4];
+        }
+        let n = self.n as f64;
+        [
+            Some(self.min),
+            Some(self.max),
+            Some(self.sum / n),
+            Some((self.m2 / n).max(0.0).sqrt()),
+        ]
+    }
+}
+
+impl Groups {
+    /// Adds a batch of kept rows, all of `model` on score date `date`.
+    pub(crate) fn add(&mut self, model: &str, date: Option<i32>, batch: &RecordBatch) {
+        let acc = match self.groups.get_mut(&(model.to_string(), date)) {
+            Some(a) => a,
+            None => self.groups.entry((model.to_string(), date)).or_default(),
+        };
+        let column = |name: &str| batch.column_by_name(name);
+        acc.rows += batch.num_rows() as i64;
+        if let Some(id) = column("identity") {
+            acc.identities += (id.len() - id.null_count()) as i64;
+        }
+        if let Some(p) = column("probability").and_then(|c| c.as_primitive_opt::<Float64Type>())
+        {
+            for v in p.iter().flatten() {
+                acc.probability.add(v);
+            }
+        }
+        if let Some(scores) = column("score").and_then(|c| c.as_primitive_opt::<Float64Type>()) {
+            acc.scores.reserve(scores.len() - scores.null_count());
+            for s in scores.iter().flatten() {
+                acc.score.add(s);
+                acc.scores.push(s);
+                if let Some(b) = bucket(s) {
+                    acc.hist[b] += 1;
                 }
-                let on_date = match date {
-                    Some(d) => col("score_date").eq(lit(ScalarValue::Date32(Some(d)))),
-                    None => col("score_date").is_null(),
-                };
-                let what = format!("sorting the scores of {model}");
-                let mut stream = self
-                    .ctx
-                    .table("scores")
-                    .await
-                    .context(what.clone())?
-                    .filter(
-                        col("model")
-                            .eq(lit(model.clone()))
-                            .and(on_date)
-                            .and(col("score").is_not_null()),
-                    )
-                    .and_then(|df| df.select_columns(&["score"]))
-                    .and_then(|df| df.sort(vec![col("score").sort(true, false)]))
-                    .context(what.clone())?
-                    .execute_stream()
-                    .await
-                    .context(what.clone())?;
-                let mut picker = DecilePicker::new(n);
-                while let Some(batch) = stream.next().await {
-                    let batch = batch.context(what.clone())?;
-                    let scores = batch.column(0).as_primitive::<Float64Type>();
-                    for v in scores.values().iter() {
-                        picker.push(*v);
+                if s < 25.0 {
+                    acc.tiers[0] += 1;
+                } else if (25.0..75.0).contains(&s) {
+                    acc.tiers[1] += 1;
+                } else if s >= 75.0 {
+                    acc.tiers[2] += 1;
+                }
+            }
+        }
+        if let Some(list) = column("influential_factors").and_then(|c| c.as_list_opt::<i32>()) {
+            let codes = list
+                .values()
+                .as_struct_opt()
+                .and_then(|s| s.column_by_name("code"))
+                .and_then(|c| c.as_string_opt::<i32>());
+            if let Some(codes) = codes {
+                let offsets = list.value_offsets();
+                for i in (0..list.len()).filter(|&i| list.is_valid(i)) {
+                    for j in offsets[i] as usize..offsets[i + 1] as usize {
+                        if codes.is_valid(j) {
+                            *acc.factors.entry_ref(codes.value(j)).or_insert(0) += 1;
+                        }
                     }
                 }
-                out.insert((model, date), picker.finish());
             }
         }
-        Ok(out)
     }
 
-    async fn top_factors(&self) -> Result<HashMap<Group, String>, TransformError> {
-        let schema = self
-            .ctx
-            .table("scores")
-            .await
-            .context("reading the scores")?
-            .schema()
-            .clone();
-        let is_list = schema
-            .field_with_unqualified_name("influential_factors")
-            .map(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_)))
-            .unwrap_or(false);
-        if !is_list {
-            return Ok(HashMap::new());
-        }
-        let sql = "SELECT model, score_date, get_field(f, 'code') AS code, count(*) AS n \
-                   FROM (SELECT model, score_date, unnest(influential_factors) AS f FROM scores) \
-                   GROUP BY 1, 2, 3 ORDER BY 1, 2, n DESC, code";
-        let rows = self
-            .ctx
-            .sql(sql)
-            .await
-            .context("planning the factor counts")?
-            .collect()
-            .await
-            .context("counting influential factors")?;
-        let keep = self.config.top_factors.unwrap_or(3);
-        let mut out: HashMap<Group, Vec<String>> = HashMap::new();
-        for b in &rows {
-            let code = utf8(b.column(2))?;
-            let code = code.as_string::<i32>();
-            let n = b.column(3).as_primitive::<Int64Type>();
-            for (i, key) in groups(b)?.into_iter().enumerate() {
-                if code.is_null(i) {
-                    continue;
-                }
-                let list = out.entry(key).or_default();
-                if list.len() < keep {
-                    list.push(format!("{}:{}", code.value(i), n.value(i)));
-                }
+    pub(crate) fn merge(&mut self, other: Groups) {
+        for (key, o) in other.groups {
+            let acc = self.groups.entry(key).or_default();
+            acc.rows += o.rows;
+            acc.identities += o.identities;
+            acc.score.merge(&o.score);
+            acc.probability.merge(&o.probability);
+            for (a, b) in acc.hist.iter_mut().zip(o.hist) {
+                *a += b;
+            }
+            for (a, b) in acc.tiers.iter_mut().zip(o.tiers) {
+                *a += b;
+            }
+            acc.scores.extend(o.scores);
+            for (code, n) in o.factors {
+                *acc.factors.entry(code).or_insert(0) += n;
             }
         }
-        Ok(out.into_iter().map(|(k, v)| (k, v.join(","))).collect())
     }
-}
 
-/// Picks p10 … p90 out of one group's scores as they arrive in order.
-struct DecilePicker {
-    /// For each decile: the two positions it interpolates between, and the weight of the upper.
-    at: [(u64, u64, f64); 9],
-    low: [f64; 9],
-    high: [f64; 9],
-    seen: u64,
-}
-
-impl DecilePicker {
-    fn new(n: u64) -> Self {
-        let at = std::array::from_fn(|k| {
-            let pos = (k + 1) as f64 / 10.0 * n.saturating_sub(1) as f64;
-            (pos.floor() as u64, pos.ceil() as u64, pos - pos.floor())
+    /// The summary table: one row per (model, score date), in that order (no date last), with
+    /// the `top` most frequent factor codes of each (`None` when the rows carry no factor
+    /// list). The deciles of the groups are computed on every core.
+    pub(crate) fn finish(self, top: usize, has_factors: bool, workers: usize) -> Vec<RecordBatch> {
+        let mut groups: Vec<(Group, Acc)> = self.groups.into_iter().collect();
+        if groups.is_empty() {
+            return Vec::new();
+        }
+        groups.sort_by(|(a, _), (b, _)| {
+            (&a.0, a.1.is_none(), a.1).cmp(&(&b.0, b.1.is_none(), b.1))
         });
-        DecilePicker {
-            at,
-            low: [f64::NAN; 9],
-            high: [f64::NAN; 9],
-            seen: 0,
-        }
-    }
-
-    fn push(&mut self, score: f64) {
-        for (k, (lo, hi, _)) in self.at.iter().enumerate() {
-            if *lo == self.seen {
-                self.low[k] = score;
-            }
-            if *hi == self.seen {
-                self.high[k] = score;
-            }
-        }
-        self.seen += 1;
-    }
-
-    fn finish(self) -> [f64; 9] {
-        std::array::from_fn(|k| self.low[k] + (self.high[k] - self.low[k]) * self.at[k].2)
+        let mut scores: Vec<Vec<f64>> = groups
+            .iter_mut()
+            .map(|(_, a)| std::mem::take(&mut a.scores))
+            .collect();
+        let per_worker = scores.len().div_ceil(workers.clamp(1, scores.len()));
+        let deciles: Vec<Option<[f64; 9]>> = std::thread::scope(|s| {
+            let handles: Vec<_> = scores
+                .chunks_mut(per_worker)
+                .map(|chunk| s.spawn(move || chunk.iter_mut().map(|v| deciles(v)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("selecting deciles does not panic"))
+                .collect()
+        });
+        vec![summary_batch(&groups, &deciles, top, has_factors)]
     }
 }
 
-fn groups(batch: &RecordBatch) -> Result<Vec<Group>, TransformError> {
-    let model = utf8(batch.column(0))?;
-    let model = model.as_string::<i32>();
-    let date = batch.column(1).as_primitive::<Date32Type>();
-    Ok((0..batch.num_rows())
-        .map(|i| {
-            (
-                model.value(i).to_string(),
-                (!date.is_null(i)).then(|| date.value(i)),
-            )
-        })
-        .collect())
+/// The histogram bucket of a score: `[10b, 10b + 10)`, the last one closed; none outside 0–100.
+fn bucket(s: f64) -> Option<usize> {
+    if !(0.0..=100.0).contains(&s) {
+        return None;
+    }
+    // The division may round across a bucket's edge: the comparisons decide.
+    let mut b = ((s / 10.0) as usize).min(9);
+    if s < b as f64 * 10.0 {
+        b -= 1;
+    } else if b < 9 && s >= (b + 1) as f64 * 10.0 {
+        b += 1;
+    }
+    Some(b)
 }
 
-fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int64Array, TransformError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .ok_or_else(|| TransformError::DataFusion {
-            context: format!("reading the summary column {name}"),
-            source: datafusion::error::DataFusionError::Internal(format!("no Int64 column {name}")),
-        })
+/// Exact p10 … p90 with linear interpolation (as `percentile_cont`), by selection: the
+/// positions needed are found by splitting around the middle one, recursively, in linear time.
+fn deciles(scores: &mut [f64]) -> Option<[f64; 9]> {
+    let n = scores.len();
+    if n == 0 {
+        return None;
+    }
+    let at: [(usize, usize, f64); 9] = std::array::from_fn(|k| {
+        let pos = (k + 1) as f64 / 10.0 * (n - 1) as f64;
+        (pos.floor() as usize, pos.ceil() as usize, pos - pos.floor())
+    });
+    let mut positions: Vec<usize> = at.iter().flat_map(|&(lo, hi, _)| [lo, hi]).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    select(scores, &positions, 0);
+    Some(at.map(|(lo, hi, w)| scores[lo] + (scores[hi] - scores[lo]) * w))
 }
 
-/// The summary batch with the deciles after `probability_stddev` and `top_factors` last.
-fn add_columns(
-    batch: RecordBatch,
-    deciles: &HashMap<Group, [f64; 9]>,
-    top: &HashMap<Group, String>,
-) -> Result<RecordBatch, TransformError> {
-    let keys = groups(&batch)?;
-    let mut fields: Vec<Field> = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        fields.push(field.as_ref().clone());
-        columns.push(column.clone());
-        if field.name() == "probability_stddev" {
-            for (k, name) in DECILES.iter().enumerate() {
-                fields.push(Field::new(*name, DataType::Float64, true));
-                let values: Float64Array =
-                    keys.iter().map(|g| deciles.get(g).map(|d| d[k])).collect();
-                columns.push(Arc::new(values));
-            }
+/// Puts the value of rank `p` at index `p` for each of `positions` (ranks within the whole
+/// slice, `offset` being where `v` starts).
+fn select(v: &mut [f64], positions: &[usize], offset: usize) {
+    if positions.is_empty() {
+        return;
+    }
+    let mid = positions.len() / 2;
+    let p = positions[mid] - offset;
+    v.select_nth_unstable_by(p, f64::total_cmp);
+    let (left, right) = v.split_at_mut(p);
+    select(left, &positions[..mid], offset);
+    select(&mut right[1..], &positions[mid + 1..], offset + p + 1);
+}
+
+fn summary_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("score_date", DataType::Date32, true),
+    ];
+    for name in [
+        "rows",
+        "distinct_identities",
+        "identity_nulls",
+        "score_nulls",
+        "probability_nulls",
+    ] {
+        fields.push(Field::new(name, DataType::Int64, false));
+    }
+    for c in ["score", "probability"] {
+        for f in ["min", "max", "mean", "stddev"] {
+            fields.push(Field::new(format!("{c}_{f}"), DataType::Float64, true));
         }
+    }
+    for name in DECILES {
+        fields.push(Field::new(name, DataType::Float64, true));
+    }
+    for b in 0..10 {
+        let (lo, hi) = (b * 10, b * 10 + 10);
+        fields.push(Field::new(format!("hist_{lo:02}_{hi:02}"), DataType::Int64, true));
+    }
+    for name in ["tier_low", "tier_medium", "tier_high"] {
+        fields.push(Field::new(name, DataType::Int64, true));
     }
     fields.push(Field::new("top_factors", DataType::Utf8, true));
-    let values: StringArray = keys.iter().map(|g| top.get(g).cloned()).collect();
-    columns.push(Arc::new(values));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
-        TransformError::DataFusion {
-            context: "adding deciles and top factors".into(),
-            source: e.into(),
+    Arc::new(Schema::new(fields))
+}
+
+fn summary_batch(
+    groups: &[(Group, Acc)],
+    deciles: &[Option<[f64; 9]>],
+    top: usize,
+    has_factors: bool,
+) -> RecordBatch {
+    let ints = |f: &dyn Fn(&Acc) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(groups.iter().map(|(_, a)| f(a))))
+    };
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(groups.iter().map(|((m, _), _)| m))),
+        Arc::new(Date32Array::from_iter(groups.iter().map(|((_, d), _)| *d))),
+        ints(&|a| a.rows),
+        ints(&|a| a.identities),
+        ints(&|a| a.rows - a.identities),
+        ints(&|a| a.rows - a.score.n),
+        ints(&|a| a.rows - a.probability.n),
+    ];
+    for moments in [|a: &Acc| a.score, |a: &Acc| a.probability] {
+        for k in 0..4 {
+            columns.push(Arc::new(Float64Array::from_iter(
+                groups.iter().map(|(_, a)| moments(a).figures()[k]),
+            )));
         }
-    })
+    }
+    for k in 0..9 {
+        columns.push(Arc::new(Float64Array::from_iter(
+            deciles.iter().map(|d| d.map(|d| d[k])),
+        )));
+    }
+    for b in 0..10 {
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            groups.iter().map(|(_, a)| a.hist[b]),
+        )));
+    }
+    for t in 0..3 {
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            groups.iter().map(|(_, a)| a.tiers[t]),
+        )));
+    }
+    columns.push(Arc::new(StringArray::from_iter(groups.iter().map(|(_, a)| {
+        if !has_factors || a.factors.is_empty() {
+            return None;
+        }
+        let mut codes: Vec<(&String, &i64)> = a.factors.iter().collect();
+        codes.sort_by(|x, y| y.1.cmp(x.1).then_with(|| x.0.cmp(y.0)));
+        let list: Vec<String> = codes
+            .into_iter()
+            .take(top)
+            .map(|(c, n)| format!("{c}:{n}"))
+            .collect();
+        Some(list.join(","))
+    }))));
+    RecordBatch::try_new(summary_schema(), columns).expect("columns built for the schema")
 }
