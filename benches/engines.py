@@ -1,6 +1,7 @@
 """The transform benchmark's other engines: the same union, flatten, dedupe and summaries as
 scoreland's transform, on the same staged parts, written as zstd parquet partitioned by
-score_date. Run by benches/transform.sh as `python engines.py ENGINE OUT PART...`."""
+score_date. Run by benches/transform.sh as `python engines.py ENGINE OUT PART...`, and
+`python engines.py compare DUCKDB_OUT SCORELAND_OUT` to check that two outputs agree."""
 import sys
 import time
 
@@ -117,7 +118,52 @@ def polars_run(out, files):
     return rows_in, dedup.height
 
 
+def compare(reference, other):
+    """Fails unless `other` (scoreland's output) kept the same rows as `reference` (DuckDB's),
+    with the same values, and its summaries agree: row counts, histogram, tiers and deciles per
+    (model, score_date), and the counts of the factor codes it lists."""
+    import duckdb
+
+    con = duckdb.connect()
+    cols = ("identity, model, score_date, record_id, score, probability, percentile, "
+            "propensity_type, identity_namespace, influential_factors")
+    # DuckDB leaves the partition column out of its files; scoreland keeps it in them.
+    digest = lambda d, hive: con.execute(
+        f"SELECT count(*), sum(hash({cols})::HUGEINT) FROM read_parquet('{d}/scores/**/*.parquet', hive_partitioning = {hive})"
+    ).fetchone()
+    ref, got = digest(reference, "true"), digest(other, "false")
+    if ref != got:
+        sys.exit(f"scores differ: duckdb {ref}, scoreland {got}")
+    ref = {(r[0], r[1]): r[2:] for r in con.execute(
+        f"""SELECT model, score_date, rows, {", ".join(f"p{p}0" for p in range(1, 10))},
+                   {", ".join(f"hist_{b*10:02}" for b in range(10))}, tier_low, tier_medium, tier_high
+            FROM '{reference}/summary.parquet'""").fetchall()}
+    deciles = ", ".join(f"score_p{p}0" if p != 5 else "score_median" for p in range(1, 10))
+    got = {(r[0], r[1]): r[2:] for r in con.execute(
+        f"""SELECT model, score_date, rows, {deciles},
+                   {", ".join(f"hist_{b*10:02}_{b*10+10:02}" for b in range(10))}, tier_low, tier_medium, tier_high
+            FROM read_parquet('{other}/summary/**/*.parquet', hive_partitioning = false)""").fetchall()}
+    if ref.keys() != got.keys():
+        sys.exit(f"summary groups differ: {sorted(ref)} against {sorted(got)}")
+    for k in ref:
+        a, b = ref[k], got[k]
+        same = all((abs(x - y) <= 1e-9 * max(1, abs(x))) if isinstance(x, float) else x == y for x, y in zip(a, b))
+        if not same:
+            sys.exit(f"summary of {k} differs: duckdb {a}, scoreland {b}")
+    counts = {(m, d, c): n for m, d, c, n in con.execute(f"SELECT * FROM '{reference}/factors.parquet'").fetchall()}
+    for m, d, top in con.execute(
+            f"SELECT model, score_date, top_factors FROM read_parquet('{other}/summary/**/*.parquet', hive_partitioning = false)").fetchall():
+        listed = [t.rsplit(":", 1) for t in top.split(",")]
+        best = sorted((n for (mm, dd, _), n in counts.items() if (mm, dd) == (m, d)), reverse=True)
+        if [int(n) for _, n in listed] != best[:len(listed)] or any(counts[(m, d, c)] != int(n) for c, n in listed):
+            sys.exit(f"top factors of {(m, d)} differ: {top} against {best[:3]}")
+    print(f"outputs agree: {ref and sum(v[0] for v in ref.values())} rows, {len(ref)} summary groups", file=sys.stderr)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     engine, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
     t = time.time()
     rows_in, rows_out = {"duckdb": duckdb_run, "polars": polars_run}[engine](out, files)

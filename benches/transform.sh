@@ -2,7 +2,8 @@
 # Transform benchmark (release build): ROWS rows (default 20 M) in 40 parts from the sample
 # generator; scoreland's union + flatten + dedupe + summaries against DuckDB and Polars doing
 # the same work on the same staged files, in the same run, with wall time and peak RSS; then
-# scoreland again under a 1 GiB memory limit.
+# scoreland again under a 1 GiB memory limit. Each scoreland output is checked against DuckDB's
+# (the same rows kept, the same summaries: `engines.py compare`); the script fails if they differ.
 #   benches/transform.sh [ROWS]
 # ENGINES="scoreland scoreland_1gib" leaves Polars out (at 20 M rows it runs ~10 min, then dies
 # out of memory); DuckDB, the baseline, always runs.
@@ -56,5 +57,7 @@ for e in ${ENGINES:-polars scoreland scoreland_1gib}; do
   read -r s mb < <(measure "$e")
   if [ "$s" = failed ]; then printf '%-24s failed (see %s)\n' "$e" "$WORK/log-$e"; continue; fi
   printf '%-24s %8s s  peak RSS %7s MB  %.2fx duckdb time\n' "$e" "$s" "$mb" "$(calc "$s/$base_s")"
+  # scoreland must keep the rows DuckDB keeps, and agree on the summaries (exits non-zero if not).
+  case $e in scoreland*) "$WORK/venv/bin/python" benches/engines.py compare "$WORK/out-duckdb" "$WORK/out-$e" ;; esac
 done
 grep -h "rows in" "$WORK"/log-* >&2 || true

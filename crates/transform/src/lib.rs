@@ -1,12 +1,15 @@
-//! The DataFusion stage: staged parts of one or more batches become two clean tables, one row
+//! The transform stage: staged parts of one or more batches become two clean tables, one row
 //! per identity and model with flat typed columns (`scores`), and score summaries per model and
 //! score date (`summary`); plus population-stability drift against the previous run (`drift`).
 //!
 //! Parts are read as one union (schemas merged by column name: parts are grouped by schema and
 //! each group flattened to the same flat columns, so a field only some parts have is null
-//! elsewhere). Memory is bounded by a DataFusion memory pool that spills to disk. The tables are
-//! written by DataFusion into a local work directory (scores Hive-partitioned by `score_date`),
-//! from where the sink publishes them.
+//! elsewhere). The winner of each (identity, model) is chosen on narrow keys (`dedupe.rs`);
+//! then each part is read once and its winners written, on every core (`scores.rs`), with the
+//! summaries accumulated on the way (`summary.rs`). The tables are written into a local work
+//! directory (scores Hive-partitioned by `score_date`), from where the sink publishes them.
+//! DataFusion types the union, writes the small tables and the text formats, under a memory
+//! pool that spills to disk.
 
 mod audiences;
 mod config;
