@@ -22,8 +22,8 @@ pub struct TransformArgs {
     /// Where the scores, summary and drift tables are written (parquet, zstd).
     #[arg(long)]
     pub out: PathBuf,
-    /// DataFusion memory limit, e.g. 1GiB; beyond it, work spills to disk. Half of the
-    /// machine's memory by default; `unlimited` opts out.
+    /// Memory limit, e.g. 1GiB: the dedupe's table takes at most half of it (built in ranges
+    /// beyond it). Half of the machine's memory by default; `unlimited` opts out.
     #[arg(long)]
     pub memory_limit: Option<String>,
 }

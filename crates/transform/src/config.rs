@@ -14,7 +14,8 @@ pub struct TransformConfig {
     /// Keep rows that have no identity (they are never deduplicated); dropped by default.
     #[serde(default)]
     pub keep_null_identities: bool,
-    /// Memory for DataFusion, e.g. "2GiB"; beyond it sorts and aggregations spill to disk.
+    /// The transform's memory, e.g. "2GiB": the dedupe's table takes at most half (built in
+    /// ranges of identities beyond it), and what DataFusion runs spills to disk beyond it.
     /// By default half of the machine's memory (or of the cgroup's limit, if lower);
     /// `"unlimited"` opts out.
     #[serde(default)]

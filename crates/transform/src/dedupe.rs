@@ -124,7 +124,9 @@ impl Shard {
         } = self;
         let bytes = |g: usize| &arena[if g == 0 { 0 } else { ends[g - 1] }..ends[g]];
         let found = table
-            .find(hash, |&g| hashes[g as usize] == hash && bytes(g as usize) == id)
+            .find(hash, |&g| {
+                hashes[g as usize] == hash && bytes(g as usize) == id
+            })
             .copied();
         let g = match found {
             Some(g) => g as usize,
@@ -280,7 +282,10 @@ fn scatter(
     let mut last = (u32::MAX, 0u64);
     for key in rows {
         if key.row != last.0 {
-            last = (key.row, hasher.hash_one(identity.value(key.row as usize).as_bytes()));
+            last = (
+                key.row,
+                hasher.hash_one(identity.value(key.row as usize).as_bytes()),
+            );
         }
         // Not the bits the table itself uses (the low ones, and the top seven).
         let shard = ((last.1 >> 32) as usize) % SHARDS;

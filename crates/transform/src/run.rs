@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::file_options::parquet_writer::parse_compression_string;
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::common::file_options::parquet_writer::parse_compression_string;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
 use crate::dedupe;
-use crate::scores::{self, Input, InputKind, Plan, WriteOptions};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
 use crate::json::to_json;
 use crate::memory::HeadroomPool;
+use crate::scores::{self, Input, InputKind, Plan, WriteOptions};
 
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
 const LIMITED_ROW_GROUP: usize = 65_536;
@@ -272,11 +272,10 @@ impl Transformer {
         };
 
         let stage = Instant::now();
-        let summary = written.groups.finish(
-            self.config.top_factors.unwrap_or(3),
-            has_factors,
-            workers,
-        );
+        let summary =
+            written
+                .groups
+                .finish(self.config.top_factors.unwrap_or(3), has_factors, workers);
         tracing::info!(
             seconds = stage.elapsed().as_secs_f64(),
             "summaries computed"

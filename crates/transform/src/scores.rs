@@ -105,7 +105,8 @@ impl Plan {
                         .iter()
                         .map(|(k, m)| {
                             let present = path_array(&batch, present_path(m));
-                            let date = self.date_column(&input.path, &batch, m.score_date.as_deref())?;
+                            let date =
+                                self.date_column(&input.path, &batch, m.score_date.as_deref())?;
                             Ok((*k as u16, present, date))
                         })
                         .collect::<Result<Vec<_>, TransformError>>()?;
@@ -129,7 +130,13 @@ impl Plan {
                 }
             }
             InputKind::Landed => {
-                let names = ["identity", "model", "score_date", "batch_id", "batch_created"];
+                let names = [
+                    "identity",
+                    "model",
+                    "score_date",
+                    "batch_id",
+                    "batch_created",
+                ];
                 for batch in open(&input.path, |d| roots(d, &names))? {
                     let batch = batch.map_err(|e| parquet_err(&input.path, e))?;
                     let identity = self.identity(input, &batch)?;
@@ -173,7 +180,11 @@ impl Plan {
                 .map(|a| cast_to(&a, &DataType::Utf8))
                 .transpose()
                 .map_err(|e| parquet_err(&input.path, e))?;
-            f(first, batch.num_rows(), ids.as_ref().map(|a| a.as_string::<i32>()));
+            f(
+                first,
+                batch.num_rows(),
+                ids.as_ref().map(|a| a.as_string::<i32>()),
+            );
             first += batch.num_rows() as u64;
         }
         Ok(())
@@ -298,7 +309,9 @@ impl Plan {
                     _ => None,
                 };
                 if let Some(value) = constant {
-                    let array = value.to_array_of_size(n).map_err(|e| parquet_err(file, e))?;
+                    let array = value
+                        .to_array_of_size(n)
+                        .map_err(|e| parquet_err(file, e))?;
                     return cast_to(&array, field.data_type()).map_err(|e| parquet_err(file, e));
                 }
                 let path = match field.name().as_str() {
@@ -365,11 +378,12 @@ fn open(
         path: path.to_path_buf(),
         source,
     })?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| TransformError::Footer {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+        TransformError::Footer {
             file: path.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
     let mask = mask(builder.parquet_schema());
     builder
         .with_projection(mask)
@@ -481,9 +495,9 @@ pub(crate) fn write(
     let mut all = Written::default();
     for w in workers {
         for (date, writer) in w.writers {
-            writer.close().map_err(|e| {
-                parquet_err(&part_path(&opts.dir, date, w.id), e)
-            })?;
+            writer
+                .close()
+                .map_err(|e| parquet_err(&part_path(&opts.dir, date, w.id), e))?;
         }
         all.rows_in += w.seen.rows_in;
         all.null_identities += w.seen.null_identities;
@@ -524,7 +538,12 @@ impl Worker {
             } => {
                 let models = plan.present_models(input);
                 let mut paths = vec![(plan.mapping.identity.as_str(), false)];
-                paths.extend(plan.mapping.identity_namespace.as_deref().map(|p| (p, false)));
+                paths.extend(
+                    plan.mapping
+                        .identity_namespace
+                        .as_deref()
+                        .map(|p| (p, false)),
+                );
                 paths.push((plan.mapping.record_id.as_deref().unwrap_or("_id"), false));
                 for (_, m) in &models {
                     paths.push((present_path(m), true));
@@ -548,7 +567,10 @@ impl Worker {
                     for (k, m) in &models {
                         let present = path_array(&batch, present_path(m));
                         let keep = self.keep(plan, winners, i, first, &identity, |r| {
-                            present.as_ref().is_some_and(|p| p.is_valid(r)).then_some(*k)
+                            present
+                                .as_ref()
+                                .is_some_and(|p| p.is_valid(r))
+                                .then_some(*k)
                         });
                         if keep.count_set_bits() > 0 {
                             let columns =
@@ -650,7 +672,9 @@ impl Worker {
             by_date[slot].1[r] = true;
         }
         for (date, mask) in by_date {
-            let filter = FilterBuilder::new(&BooleanArray::from(mask)).optimize().build();
+            let filter = FilterBuilder::new(&BooleanArray::from(mask))
+                .optimize()
+                .build();
             let kept = columns
                 .iter()
                 .map(|c| filter.filter(c))
@@ -702,13 +726,17 @@ pub(crate) fn landed_contents(path: &Path) -> Result<LandedContents, TransformEr
         path: path.to_path_buf(),
         source,
     })?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| TransformError::Footer {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+        TransformError::Footer {
             file: path.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
     let footer = builder.metadata().clone();
-    let mask = roots(builder.parquet_schema(), &["model", "batch_id", "batch_created"]);
+    let mask = roots(
+        builder.parquet_schema(),
+        &["model", "batch_id", "batch_created"],
+    );
     let reader = builder
         .with_projection(mask)
         .with_batch_size(READ_BATCH)

@@ -118,8 +118,7 @@ impl Groups {
         if let Some(id) = column("identity") {
             acc.identities += (id.len() - id.null_count()) as i64;
         }
-        if let Some(p) = column("probability").and_then(|c| c.as_primitive_opt::<Float64Type>())
-        {
+        if let Some(p) = column("probability").and_then(|c| c.as_primitive_opt::<Float64Type>()) {
             for v in p.iter().flatten() {
                 acc.probability.add(v);
             }
@@ -188,9 +187,8 @@ impl Groups {
         if groups.is_empty() {
             return Vec::new();
         }
-        groups.sort_by(|(a, _), (b, _)| {
-            (&a.0, a.1.is_none(), a.1).cmp(&(&b.0, b.1.is_none(), b.1))
-        });
+        groups
+            .sort_by(|(a, _), (b, _)| (&a.0, a.1.is_none(), a.1).cmp(&(&b.0, b.1.is_none(), b.1)));
         let mut scores: Vec<Vec<f64>> = groups
             .iter_mut()
             .map(|(_, a)| std::mem::take(&mut a.scores))
@@ -199,7 +197,9 @@ impl Groups {
         let deciles: Vec<Option<[f64; 9]>> = std::thread::scope(|s| {
             let handles: Vec<_> = scores
                 .chunks_mut(per_worker)
-                .map(|chunk| s.spawn(move || chunk.iter_mut().map(|v| deciles(v)).collect::<Vec<_>>()))
+                .map(|chunk| {
+                    s.spawn(move || chunk.iter_mut().map(|v| deciles(v)).collect::<Vec<_>>())
+                })
                 .collect();
             handles
                 .into_iter()
@@ -281,7 +281,11 @@ fn summary_schema() -> SchemaRef {
     }
     for b in 0..10 {
         let (lo, hi) = (b * 10, b * 10 + 10);
-        fields.push(Field::new(format!("hist_{lo:02}_{hi:02}"), DataType::Int64, true));
+        fields.push(Field::new(
+            format!("hist_{lo:02}_{hi:02}"),
+            DataType::Int64,
+            true,
+        ));
     }
     for name in ["tier_low", "tier_medium", "tier_high"] {
         fields.push(Field::new(name, DataType::Int64, true));
@@ -297,10 +301,14 @@ fn summary_batch(
     has_factors: bool,
 ) -> RecordBatch {
     let ints = |f: &dyn Fn(&Acc) -> i64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(groups.iter().map(|(_, a)| f(a))))
+        Arc::new(Int64Array::from_iter_values(
+            groups.iter().map(|(_, a)| f(a)),
+        ))
     };
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(groups.iter().map(|((m, _), _)| m))),
+        Arc::new(StringArray::from_iter_values(
+            groups.iter().map(|((m, _), _)| m),
+        )),
         Arc::new(Date32Array::from_iter(groups.iter().map(|((_, d), _)| *d))),
         ints(&|a| a.rows),
         ints(&|a| a.identities),
@@ -330,18 +338,20 @@ fn summary_batch(
             groups.iter().map(|(_, a)| a.tiers[t]),
         )));
     }
-    columns.push(Arc::new(StringArray::from_iter(groups.iter().map(|(_, a)| {
-        if !has_factors || a.factors.is_empty() {
-            return None;
-        }
-        let mut codes: Vec<(&String, &i64)> = a.factors.iter().collect();
-        codes.sort_by(|x, y| y.1.cmp(x.1).then_with(|| x.0.cmp(y.0)));
-        let list: Vec<String> = codes
-            .into_iter()
-            .take(top)
-            .map(|(c, n)| format!("{c}:{n}"))
-            .collect();
-        Some(list.join(","))
-    }))));
+    columns.push(Arc::new(StringArray::from_iter(groups.iter().map(
+        |(_, a)| {
+            if !has_factors || a.factors.is_empty() {
+                return None;
+            }
+            let mut codes: Vec<(&String, &i64)> = a.factors.iter().collect();
+            codes.sort_by(|x, y| y.1.cmp(x.1).then_with(|| x.0.cmp(y.0)));
+            let list: Vec<String> = codes
+                .into_iter()
+                .take(top)
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect();
+            Some(list.join(","))
+        },
+    ))));
     RecordBatch::try_new(summary_schema(), columns).expect("columns built for the schema")
 }
