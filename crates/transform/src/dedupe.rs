@@ -38,6 +38,8 @@ pub(crate) struct KeyRow {
 pub(crate) struct Winners {
     bits: Vec<Vec<u64>>,
     models: usize,
+    /// How many ranges of identities the table was built in (1 unless memory was short).
+    pub passes: usize,
 }
 
 impl Winners {
@@ -213,8 +215,9 @@ pub(crate) fn winners(
             .map(|i| vec![0u64; (i.rows as usize * models).div_ceil(64)])
             .collect(),
         models,
+        passes: ranges(plan, budget),
     };
-    let passes = ranges(plan, budget);
+    let passes = winners.passes;
     let hasher = hashbrown::DefaultHashBuilder::default();
     for pass in 0..passes {
         let started = Instant::now();

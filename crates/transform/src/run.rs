@@ -54,6 +54,9 @@ pub struct TransformStats {
     pub null_identity_dropped: u64,
     pub null_identity_kept: u64,
     pub models: Vec<String>,
+    /// Passes of the dedupe over the key columns: 1, or more when its table of identities
+    /// would not fit in half the memory limit and was built a range at a time.
+    pub dedupe_passes: usize,
 }
 
 /// The three tables, written under `work_dir` in the output format.
@@ -269,6 +272,7 @@ impl Transformer {
             null_identity_dropped: null_identity - kept_nulls,
             null_identity_kept: kept_nulls,
             models: Vec::new(),
+            dedupe_passes: written.dedupe_passes,
         };
 
         let stage = Instant::now();

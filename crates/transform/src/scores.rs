@@ -73,10 +73,6 @@ pub(crate) struct Plan {
     pub keep_null_identities: bool,
 }
 
-/// Landed rows of a batch the plan does not rank: cannot happen, since the plan ranks every
-/// batch of the landed files it read.
-const UNRANKED: u16 = 0;
-
 impl Plan {
     /// Calls `f` with every chunk of input `i`'s flat rows that have an identity, as keys: the
     /// chunk's first row in the file, its identities and, per flat row, the row, model, batch
@@ -270,11 +266,13 @@ impl Plan {
                 let rank = match last_batch {
                     Some((k, rank)) if k == key => rank,
                     _ => {
-                        let rank = self
-                            .ranks
-                            .get(&(key.0, key.1.to_string()))
-                            .copied()
-                            .unwrap_or(UNRANKED);
+                        let rank =
+                            *self.ranks.get(&(key.0, key.1.to_string())).ok_or_else(|| {
+                                parquet_err(
+                                    file,
+                                    format!("batch {} changed while it was read", key.1),
+                                )
+                            })?;
                         last_batch = Some((key, rank));
                         rank
                     }
@@ -461,6 +459,8 @@ pub(crate) struct Written {
     pub null_identities: u64,
     pub rows_out: u64,
     pub groups: Groups,
+    /// Passes of the dedupe over the keys (see `dedupe.rs`).
+    pub dedupe_passes: usize,
 }
 
 /// One worker's writers (one per score date) and counts.
@@ -482,6 +482,11 @@ pub(crate) fn write(
         fields.push(Arc::new(Field::new("run_id", DataType::Utf8, false)));
     }
     let schema = Arc::new(Schema::new(fields));
+    // The directory exists even when no row is kept (an empty batch lands empty tables).
+    std::fs::create_dir_all(&opts.dir).map_err(|source| TransformError::Io {
+        path: opts.dir.clone(),
+        source,
+    })?;
     let workers = on_workers(
         opts.workers,
         plan.inputs.len(),
@@ -492,7 +497,10 @@ pub(crate) fn write(
         },
         |w, i| w.input(plan, winners, opts, &schema, i),
     )?;
-    let mut all = Written::default();
+    let mut all = Written {
+        dedupe_passes: winners.passes,
+        ..Written::default()
+    };
     for w in workers {
         for (date, writer) in w.writers {
             writer

@@ -131,6 +131,44 @@ fn dedupe(rows: &[Row]) -> BTreeMap<(String, String), Row> {
     best
 }
 
+/// The scores under `dir` hold exactly the rows of `expected`, once each.
+fn assert_kept(dir: &Path, expected: &BTreeMap<(String, String), Row>) {
+    let mut got: BTreeMap<(String, String), (f64, i32, String, String)> = BTreeMap::new();
+    for b in read_output(dir) {
+        let identity = col(&b, "identity").as_string::<i32>();
+        let model = col(&b, "model").as_string::<i32>();
+        let score = col(&b, "score").as_primitive::<Float64Type>();
+        let date = col(&b, "score_date").as_primitive::<Date32Type>();
+        let batch = col(&b, "batch_id").as_string::<i32>();
+        let record = col(&b, "record_id").as_string::<i32>();
+        assert!(matches!(
+            col(&b, "batch_created").data_type(),
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _)
+        ));
+        for i in 0..b.num_rows() {
+            let prev = got.insert(
+                (identity.value(i).to_string(), model.value(i).to_string()),
+                (
+                    score.value(i),
+                    date.value(i),
+                    batch.value(i).to_string(),
+                    record.value(i).to_string(),
+                ),
+            );
+            assert!(prev.is_none(), "one row per identity and model");
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    for (k, r) in expected {
+        let g = &got[k];
+        assert_eq!(
+            (g.0, g.1, &g.2, &g.3),
+            (r.score, r.date, &r.batch, &r.record),
+            "{k:?}"
+        );
+    }
+}
+
 fn read_output(dir: &Path) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -239,40 +277,40 @@ mod scores {
             "across batches every identity repeats"
         );
 
-        let mut got: BTreeMap<(String, String), (f64, i32, String, String)> = BTreeMap::new();
-        for b in read_output(&out.scores_dir) {
-            let identity = col(&b, "identity").as_string::<i32>();
-            let model = col(&b, "model").as_string::<i32>();
-            let score = col(&b, "score").as_primitive::<Float64Type>();
-            let date = col(&b, "score_date").as_primitive::<Date32Type>();
-            let batch = col(&b, "batch_id").as_string::<i32>();
-            let record = col(&b, "record_id").as_string::<i32>();
-            assert!(matches!(
-                col(&b, "batch_created").data_type(),
-                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _)
-            ));
-            for i in 0..b.num_rows() {
-                let prev = got.insert(
-                    (identity.value(i).to_string(), model.value(i).to_string()),
-                    (
-                        score.value(i),
-                        date.value(i),
-                        batch.value(i).to_string(),
-                        record.value(i).to_string(),
-                    ),
-                );
-                assert!(prev.is_none(), "one row per identity and model");
-            }
-        }
-        assert_eq!(got.len(), expected.len());
-        for (k, r) in &expected {
-            let g = &got[k];
-            assert_eq!(
-                (g.0, g.1, &g.2, &g.3),
-                (r.score, r.date, &r.batch, &r.record),
-                "{k:?}"
-            );
-        }
+        assert_kept(&out.scores_dir, &expected);
+    }
+
+    /// A memory limit too small for the dedupe's table of identities at once: it is built a
+    /// range of identities at a time, and the same rows are kept.
+    #[tokio::test]
+    async fn a_table_larger_than_half_the_limit_is_built_in_ranges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let summary = generate(tmp.path(), 60_000, 3, 13);
+        let ids = scoring_ids(&summary);
+        let batches = staged(&tmp.path().join("p"), &summary, &[ids[0], ids[2]]);
+        let expected = dedupe(&read_rows(&batches));
+        let cfg = TransformConfig {
+            memory_limit: Some("8MiB".into()),
+            ..Default::default()
+        };
+        let out = transform(tmp.path(), cfg, &batches, OutputFormat::default(), "w").await;
+        assert!(out.stats.dedupe_passes > 1, "{:?}", out.stats);
+        assert_eq!(out.stats.rows_out, expected.len() as u64);
+        assert_kept(&out.scores_dir, &expected);
+        let unlimited = TransformConfig {
+            memory_limit: Some("unlimited".into()),
+            ..Default::default()
+        };
+        let out = transform(
+            tmp.path(),
+            unlimited,
+            &batches,
+            OutputFormat::default(),
+            "u",
+        )
+        .await;
+        assert_eq!(out.stats.dedupe_passes, 1);
+        assert_kept(&out.scores_dir, &expected);
     }
 
     #[tokio::test]
