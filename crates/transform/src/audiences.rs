@@ -18,7 +18,6 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Int64Array, MapArray, RecordBatch, StringArray,
@@ -33,6 +32,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TransformError;
+use crate::workers::on_workers;
 
 /// Rows read at a time from an exported part.
 const READ_BATCH: usize = 64 * 1024;
@@ -129,45 +129,23 @@ pub fn write_profile_tables(input: &ProfileTables) -> Result<ProfileOutput, Tran
         track: !input.previous.is_empty(),
     };
     // One part per task, on every core.
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(input.files.len().max(1));
-    let results: Vec<Result<Vec<FileResult>, TransformError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(path) = input.files.get(k) else {
-                            return Ok(out);
-                        };
-                        out.push(ctx.file(
-                            k,
-                            path,
-                            &part_dir("profiles"),
-                            &part_dir("audiences"),
-                        )?);
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(TransformError::Config("a worker panicked".into())))
-            })
-            .collect()
-    });
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let results = on_workers(
+        workers,
+        input.files.len(),
+        |_| Vec::new(),
+        |out, k| {
+            let (profiles, audiences) = (part_dir("profiles"), part_dir("audiences"));
+            out.push(ctx.file(k, &input.files[k], &profiles, &audiences)?);
+            Ok(())
+        },
+    )?;
     let mut stats = ProfileStats::default();
     let mut counts: Counts = HashMap::new();
     let mut tonight: Qualified = HashMap::new();
     let mut wrote_any = false;
     for r in results {
-        for f in r? {
+        for f in r {
             wrote_any |= f.wrote;
             stats.rows_in += f.stats.rows_in;
             stats.profiles += f.stats.profiles;

@@ -22,7 +22,8 @@ use hashbrown::HashTable;
 use hashbrown::hash_map::HashMap;
 
 use crate::error::TransformError;
-use crate::scores::{Plan, on_workers};
+use crate::scores::Plan;
+use crate::workers::on_workers;
 
 /// One flat row's key: its row in the chunk, model, batch rank and score date (`i32::MIN` for
 /// none: older than any date).
@@ -104,7 +105,6 @@ struct Tie {
 
 /// The identities of one hash range: group `g`'s identity is `arena[ends[g-1]..ends[g]]`, its
 /// candidates `candidates[g * models..][..models]`.
-#[derive(Default)]
 struct Shard {
     table: HashTable<u32>,
     hashes: Vec<u64>,
@@ -115,6 +115,19 @@ struct Shard {
 }
 
 impl Shard {
+    /// A shard sized for `groups` identities of `arena` bytes in all: its vectors never grow
+    /// by doubling (which would hold up to twice the memory, and copy it).
+    fn with_capacity(groups: usize, arena: usize, models: usize) -> Self {
+        Shard {
+            table: HashTable::with_capacity(groups),
+            hashes: Vec::with_capacity(groups),
+            ends: Vec::with_capacity(groups),
+            arena: Vec::with_capacity(arena),
+            candidates: Vec::with_capacity(groups * models),
+            ties: Vec::new(),
+        }
+    }
+
     fn insert(&mut self, hash: u64, id: &[u8], models: usize, key: &KeyRow, at: u64) {
         let Shard {
             table,
@@ -222,7 +235,18 @@ pub(crate) fn winners(
     for pass in 0..passes {
         let started = Instant::now();
         let (lo, hi) = (pass * SHARDS / passes, (pass + 1) * SHARDS / passes);
-        let shards: Vec<Mutex<Shard>> = (lo..hi).map(|_| Mutex::default()).collect();
+        // Every flat row's identity may be a new one; the footers give the identities' size.
+        let rows: u64 = plan.inputs.iter().map(|i| i.rows).sum();
+        let bytes: u64 = plan.inputs.iter().map(|i| i.identity_bytes).sum();
+        let shards: Vec<Mutex<Shard>> = (lo..hi)
+            .map(|_| {
+                Mutex::new(Shard::with_capacity(
+                    (rows as usize).div_ceil(SHARDS),
+                    (bytes as usize).div_ceil(SHARDS),
+                    models,
+                ))
+            })
+            .collect();
         on_workers(
             workers,
             plan.inputs.len(),

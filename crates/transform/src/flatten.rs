@@ -181,8 +181,15 @@ pub(crate) fn mapped_paths(mapping: &Mapping) -> Vec<String> {
     let mut paths = vec![mapping.identity.clone()];
     paths.extend(mapping.identity_namespace.clone());
     for m in &mapping.models {
-        paths.push(m.score.clone());
-        for p in [
+        paths.extend(model_paths(m).map(str::to_string));
+    }
+    paths
+}
+
+/// The paths a model's columns are read from (its presence path aside).
+pub(crate) fn model_paths(m: &ModelMapping) -> impl Iterator<Item = &str> {
+    std::iter::once(m.score.as_str()).chain(
+        [
             &m.probability,
             &m.percentile,
             &m.propensity_type,
@@ -191,11 +198,8 @@ pub(crate) fn mapped_paths(mapping: &Mapping) -> Vec<String> {
         ]
         .into_iter()
         .flatten()
-        {
-            paths.push(p.clone());
-        }
-    }
-    paths
+        .map(String::as_str),
+    )
 }
 
 /// Whether two types of one column in different parts can be read as one output column.

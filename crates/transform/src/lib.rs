@@ -22,6 +22,7 @@ mod memory;
 mod run;
 mod scores;
 mod summary;
+mod workers;
 
 pub use audiences::{
     Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, new_null_array,
@@ -33,8 +32,9 @@ use datafusion::parquet::schema::types::SchemaDescriptor;
 use crate::config::Mapping;
 use crate::dedupe::{KeyRow, Winners};
 use crate::error::TransformError;
-use crate::flatten::{cast_to, leaves, path_array};
+use crate::flatten::{cast_to, leaves, model_paths, path_array};
 use crate::summary::Groups;
+use crate::workers::on_workers;
 
 /// Rows per record batch read from a part.
 const READ_BATCH: usize = 8192;
@@ -233,15 +233,7 @@ impl Plan {
         file: &Path,
         batch: &RecordBatch,
     ) -> Result<Vec<(u16, u16)>, TransformError> {
-        let column = |name: &str, ty: &DataType| {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| TransformError::MissingColumn {
-                    file: file.to_path_buf(),
-                    column: name.to_string(),
-                })?;
-            cast_to(c, ty).map_err(|e| parquet_err(file, e))
-        };
+        let column = |name: &str, ty: &DataType| named_column(file, batch, name, ty);
         let model = column("model", &DataType::Utf8)?;
         let batch_id = column("batch_id", &DataType::Utf8)?;
         let created = column("batch_created", &DataType::Int64)?;
@@ -343,15 +335,7 @@ impl Plan {
         self.schema
             .fields()
             .iter()
-            .map(|field| {
-                let c = batch.column_by_name(field.name()).ok_or_else(|| {
-                    TransformError::MissingColumn {
-                        file: file.to_path_buf(),
-                        column: field.name().clone(),
-                    }
-                })?;
-                cast_to(c, field.data_type()).map_err(|e| parquet_err(file, e))
-            })
+            .map(|field| named_column(file, batch, field.name(), field.data_type()))
             .collect()
     }
 }
@@ -366,6 +350,22 @@ fn date_key(date: Option<&Date32Array>, r: usize) -> i32 {
         Some(d) if d.is_valid(r) => d.value(r),
         _ => i32::MIN,
     }
+}
+
+/// Column `name` of a batch of `file`, as `ty`.
+fn named_column(
+    file: &Path,
+    batch: &RecordBatch,
+    name: &str,
+    ty: &DataType,
+) -> Result<ArrayRef, TransformError> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| TransformError::MissingColumn {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+        })?;
+    cast_to(c, ty).map_err(|e| parquet_err(file, e))
 }
 
 fn open(
@@ -400,46 +400,6 @@ pub(crate) fn parquet_err(file: &Path, e: impl std::fmt::Display) -> TransformEr
         file: file.to_path_buf(),
         message: e.to_string(),
     }
-}
-
-/// Runs `work(state, item)` for items `0..n` on `workers` threads, each item once, each thread
-/// with its own state from `init`; returns the states, or the first error.
-pub(crate) fn on_workers<S: Send>(
-    workers: usize,
-    n: usize,
-    init: impl Fn(usize) -> S + Sync,
-    work: impl Fn(&mut S, usize) -> Result<(), TransformError> + Sync,
-) -> Result<Vec<S>, TransformError> {
-    let next = AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers.clamp(1, n.max(1)))
-            .map(|w| {
-                let (next, failed, init, work) = (&next, &failed, &init, &work);
-                s.spawn(move || {
-                    let mut state = init(w);
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            break;
-                        }
-                        if let Err(e) = work(&mut state, i) {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e);
-                        }
-                    }
-                    Ok(state)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(TransformError::Config("a worker panicked".into())))
-            })
-            .collect()
-    })
 }
 
 /// How the write pass writes.
@@ -555,19 +515,7 @@ impl Worker {
                 paths.push((plan.mapping.record_id.as_deref().unwrap_or("_id"), false));
                 for (_, m) in &models {
                     paths.push((present_path(m), true));
-                    paths.push((m.score.as_str(), false));
-                    for p in [
-                        &m.probability,
-                        &m.percentile,
-                        &m.propensity_type,
-                        &m.score_date,
-                        &m.influential_factors,
-                    ]
-                    .into_iter()
-                    .flatten()
-                    {
-                        paths.push((p.as_str(), false));
-                    }
+                    paths.extend(model_paths(m).map(|p| (p, false)));
                 }
                 for batch in open(path, |d| leaves(d, paths))? {
                     let batch = batch.map_err(|e| parquet_err(path, e))?;
@@ -754,15 +702,7 @@ pub(crate) fn landed_contents(path: &Path) -> Result<LandedContents, TransformEr
     let mut batches: Vec<(i64, String)> = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| parquet_err(path, e))?;
-        let column = |name: &str, ty: &DataType| {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| TransformError::MissingColumn {
-                    file: path.to_path_buf(),
-                    column: name.to_string(),
-                })?;
-            cast_to(c, ty).map_err(|e| parquet_err(path, e))
-        };
+        let column = |name: &str, ty: &DataType| named_column(path, &batch, name, ty);
         let model = column("model", &DataType::Utf8)?;
         let batch_id = column("batch_id", &DataType::Utf8)?;
         let created = column("batch_created", &DataType::Int64)?;
