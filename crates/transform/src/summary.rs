@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaR
 /// A summary group: model and score date (days since the epoch).
 type Group = (String, Option<i32>);
 
-/// The decile columns, in order, inserted after `probability_stddev`.
+/// The decile columns, in order (they follow `probability_stddev`).
 const DECILES: [&str; 9] = [
     "score_p10",
     "score_p20",
