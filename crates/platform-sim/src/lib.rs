@@ -23,7 +23,7 @@ pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbo
 pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
 pub use flows::{DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
-pub use profile_export::{ProfileExportFault, write_profile_export};
+pub use profile_export::{ProfileExportFault, write_export_part, write_profile_export};
 pub use server::{SimConfig, SimHandle, start};
 
 #[derive(Debug, thiserror::Error)]

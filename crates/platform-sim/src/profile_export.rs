@@ -465,6 +465,16 @@ fn write_batch(
     crate::data::load_batch(&batch_dir, dataset_id, info).map_err(|e| err(&e))
 }
 
+/// Writes `profiles` (JSON, as the profile store keeps them) into `path` as one part of an
+/// export, on the Profile union schema an export job writes (for tests).
+pub fn write_export_part(path: &Path, tenant: &str, profiles: &[Value]) -> Result<(), String> {
+    write_part(
+        path,
+        &export_schema(tenant, None),
+        std::iter::once(profiles),
+    )
+}
+
 /// Writes what an export of `profiles` generated profiles (all fields, no filter) puts into
 /// its batch, as `parts` parquet files under `dir`, without a profile store on disk (for
 /// benchmarks at millions of profiles). Returns the profiles written.

@@ -26,7 +26,6 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -637,15 +636,7 @@ impl FileContext<'_> {
 fn read_parquet(
     path: &Path,
 ) -> Result<datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader, TransformError> {
-    let file = std::fs::File::open(path).map_err(|source| TransformError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| TransformError::Footer {
-            file: path.to_path_buf(),
-            source,
-        })?
+    crate::scores::reader_builder(path)?
         .with_batch_size(READ_BATCH)
         .build()
         .map_err(|e| err(path, e))
@@ -1102,50 +1093,12 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::Fields;
 
-    /// An export part of `profiles` (JSON as AEP writes them), with map-typed
-    /// `identityMap` and `segmentMembership`.
+    /// An export part of `profiles` (JSON as AEP writes them), as the simulator's export job
+    /// writes it (map-typed `identityMap` and `segmentMembership`).
     fn export(dir: &Path, name: &str, profiles: &[serde_json::Value]) -> PathBuf {
-        let s = |n: &str| Field::new(n, DataType::Utf8, true);
-        let map = |value: DataType| {
-            DataType::Map(
-                Arc::new(Field::new(
-                    "entries",
-                    DataType::Struct(Fields::from(vec![
-                        Field::new("key", DataType::Utf8, false),
-                        Field::new("value", value, true),
-                    ])),
-                    false,
-                )),
-                false,
-            )
-        };
-        let identity = DataType::Struct(Fields::from(vec![
-            s("id"),
-            Field::new("primary", DataType::Boolean, true),
-        ]));
-        let member = DataType::Struct(Fields::from(vec![s("status"), s("lastQualificationTime")]));
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                "identityMap",
-                map(DataType::List(Arc::new(Field::new_list_field(
-                    identity, true,
-                )))),
-                true,
-            ),
-            Field::new("segmentMembership", map(map(member)), true),
-        ]));
-        let mut d = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-            .build_decoder()
-            .unwrap();
-        d.serialize(profiles).unwrap();
-        let batch = d.flush().unwrap().unwrap();
         let path = dir.join(name);
-        let mut w =
-            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        scoreland_platform_sim::write_export_part(&path, "_acmeretail", profiles).unwrap();
         path
     }
 
@@ -1167,13 +1120,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .path();
-        let file = std::fs::File::open(file).unwrap();
         let mut out = Vec::new();
-        for b in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
+        for b in read_parquet(&file).unwrap() {
             let b = b.unwrap();
             let i = |n: &str| {
                 b.column_by_name(n)

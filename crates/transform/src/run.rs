@@ -12,7 +12,6 @@ use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
@@ -615,15 +614,7 @@ pub(crate) fn utf8(col: &ArrayRef) -> Result<ArrayRef, TransformError> {
 
 /// A part's schema and footer.
 fn file_schema(file: &Path) -> Result<(SchemaRef, Arc<ParquetMetaData>), TransformError> {
-    let f = std::fs::File::open(file).map_err(|source| TransformError::Io {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| TransformError::Footer {
-            file: file.to_path_buf(),
-            source,
-        })?;
+    let builder = scores::reader_builder(file)?;
     Ok((builder.schema().clone(), builder.metadata().clone()))
 }
 

@@ -368,20 +368,25 @@ fn named_column(
     cast_to(c, ty).map_err(|e| parquet_err(file, e))
 }
 
-fn open(
+/// A parquet file opened and its footer read, ready to be read.
+pub(crate) fn reader_builder(
     path: &Path,
-    mask: impl FnOnce(&SchemaDescriptor) -> ProjectionMask,
-) -> Result<ParquetRecordBatchReader, TransformError> {
+) -> Result<ParquetRecordBatchReaderBuilder<File>, TransformError> {
     let file = File::open(path).map_err(|source| TransformError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
-        TransformError::Footer {
-            file: path.to_path_buf(),
-            source,
-        }
-    })?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| TransformError::Footer {
+        file: path.to_path_buf(),
+        source,
+    })
+}
+
+fn open(
+    path: &Path,
+    mask: impl FnOnce(&SchemaDescriptor) -> ProjectionMask,
+) -> Result<ParquetRecordBatchReader, TransformError> {
+    let builder = reader_builder(path)?;
     let mask = mask(builder.parquet_schema());
     builder
         .with_projection(mask)
@@ -678,16 +683,7 @@ pub(crate) struct LandedContents {
 }
 
 pub(crate) fn landed_contents(path: &Path) -> Result<LandedContents, TransformError> {
-    let file = File::open(path).map_err(|source| TransformError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
-        TransformError::Footer {
-            file: path.to_path_buf(),
-            source,
-        }
-    })?;
+    let builder = reader_builder(path)?;
     let footer = builder.metadata().clone();
     let mask = roots(
         builder.parquet_schema(),
