@@ -233,19 +233,28 @@ pub(crate) async fn bulk_get_segment_jobs(
         .into_response()
 }
 
+/// A list's `limit` (1 to 100, default 100), capped at the simulator's page size when one
+/// is set; a 400 otherwise.
+pub(crate) fn page_limit(st: &AppState, q: &BTreeMap<String, String>) -> Result<usize, Response> {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        _ => return Err(bad_request("limit must be an integer from 1 to 100")),
+    };
+    let cap = st.page_size.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(if cap > 0 { limit.min(cap) } else { limit })
+}
+
 /// `GET /segment/jobs?start=&limit=&status=`: newest first; `_page.next` is the next `start`.
 pub(crate) async fn list_segment_jobs(
     State(st): State<Arc<AppState>>,
     Extension(SandboxName(sandbox)): Extension<SandboxName>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        _ => return bad_request("limit must be an integer from 1 to 100"),
+    let limit = match page_limit(&st, &q) {
+        Ok(n) => n,
+        Err(response) => return response,
     };
-    let cap = st.page_size.load(std::sync::atomic::Ordering::Relaxed);
-    let limit = if cap > 0 { limit.min(cap) } else { limit };
     let start: usize = q.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
     let g = st.profiles.lock();
     let now = now_ms();

@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::profile::{bad_request, not_found};
+use crate::profile::{bad_request, not_found, page_limit};
 use crate::server::{AppState, SandboxName, now_ms, problem};
 
 /// Profiles per parquet part of an exported batch.
@@ -682,13 +682,10 @@ pub(crate) async fn list_export_jobs(
     Extension(SandboxName(sandbox)): Extension<SandboxName>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        _ => return bad_request("limit must be an integer from 1 to 100"),
+    let limit = match page_limit(&st, &q) {
+        Ok(n) => n,
+        Err(response) => return response,
     };
-    let cap = st.page_size.load(std::sync::atomic::Ordering::Relaxed);
-    let limit = if cap > 0 { limit.min(cap) } else { limit };
     let after: Option<(i64, i64)> = match q.get("offset") {
         None => None,
         Some(o) => match o
