@@ -58,8 +58,8 @@ impl Winners {
 }
 
 const SHARDS: usize = 256;
-/// Bytes of table per flat row besides its identity: hash, arena end, table slot, candidate
-/// per model, a share of ties; with room for the vectors' growth.
+/// Bytes of table per input row besides its identity: hash, arena end, table slot and a
+/// share of ties; and per model, a candidate. The shards are sized for these up front.
 const BYTES_PER_ROW: usize = 8 + 8 + 6 + 8;
 const BYTES_PER_MODEL: usize = 16;
 const NONE: u64 = u64::MAX;
