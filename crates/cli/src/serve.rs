@@ -37,9 +37,16 @@ pub struct ServeArgs {
     /// Time one query may take, to its last row.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub query_timeout: Duration,
-    /// Connections served at once; more are refused with Postgres' "too many clients".
+    /// A connection that runs no statement for this long is closed.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are refused with Postgres' "too many clients". As many
+    /// again may be logging in (each has 10 s to).
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// Where queries spill beyond --query-memory (the system's temporary directory without).
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
     /// After SIGTERM, how long running queries get to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -60,9 +67,12 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         limits: Limits {
             query_memory: usize::try_from(args.query_memory).unwrap_or(usize::MAX),
             query_timeout: args.query_timeout,
+            idle_timeout: args.idle_timeout,
         },
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
+        login_timeout: Duration::from_secs(10),
+        spill_dir: args.spill_dir,
         tables: ALL_TABLES.iter().map(|t| t.to_string()).collect(),
     };
     let no_password = options.login.is_none();

@@ -279,7 +279,8 @@ pub(crate) fn simulator_client(sim: &SimHandle) -> Result<AepClient, String> {
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
 /// a power cut or `kill -9` would. Points, checked by the end-to-end tests: `before_commit`
 /// (the transform is done, no table committed yet), `between_tables` (`scores` committed,
-/// `summary` and `drift` not).
+/// the other tables not), `before_published` (every table committed, `_published` not
+/// written) and `before_state` (published, the pipeline's state not written).
 fn crash_point(point: &str) {
     if std::env::var("SCORELAND_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("SCORELAND_CRASH_AT={point}: aborting");
@@ -863,89 +864,244 @@ async fn ingest_exports(
     }))
 }
 
-/// Uploads every table, commits them and keeps the state. Not interrupted by signals: a publish
-/// is finished once started.
+/// A publish under way, kept at `_state/<pipeline>.publishing.json` from just before the first
+/// commit until the state is written: what the run commits, under which Delta transaction
+/// version. A run that finds one another run left behind knows what a crash half-published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Publishing {
+    run_id: String,
+    dataset: String,
+    batches: Vec<String>,
+    rows: u64,
+    tables: Vec<PublishingTable>,
+    /// Local extract files, and where each lands in the warehouse.
+    extracts: Vec<(PathBuf, String)>,
+    /// Written once every table is committed. Its `runs_landed` is the transaction version of
+    /// every commit of this publish (the pipeline's name is the application id).
+    state: PipelineState,
+    replace_dataset: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PublishingTable {
+    name: String,
+    dir: PathBuf,
+    /// The date partition column whose dates in the files are replaced; `None`: appended.
+    date_column: Option<String>,
+}
+
+fn publishing_rel(pipeline: &str) -> String {
+    format!("_state/{pipeline}.publishing.json")
+}
+
+impl Publishing {
+    fn new(record: &RunRecord, prepared: Prepared) -> Publishing {
+        Publishing {
+            run_id: record.run_id.clone(),
+            dataset: record.dataset.clone(),
+            batches: record.batches.clone(),
+            rows: record.rows_out,
+            tables: prepared
+                .tables
+                .into_iter()
+                .map(|t| PublishingTable {
+                    name: t.name.to_string(),
+                    dir: t.dir,
+                    date_column: t.date_column.map(str::to_string),
+                })
+                .collect(),
+            extracts: prepared.extracts,
+            state: prepared.state,
+            replace_dataset: prepared.replace_dataset,
+        }
+    }
+
+    /// Whether every file this publish would land is still on this machine.
+    fn files_present(&self) -> bool {
+        self.tables.iter().all(|t| t.dir.is_dir())
+            && self.extracts.iter().all(|(local, _)| local.is_file())
+    }
+}
+
+/// What one publish landed.
+struct Landed {
+    tables: Vec<TableRecord>,
+    extracts: Vec<String>,
+}
+
+/// Publishes the run: first what an interrupted run of the pipeline left half-published
+/// ([`recover`]), then every table of this one, one commit each, then `_published` (what
+/// readers follow), the extracts and the state. Not interrupted by signals: a publish is
+/// finished once started.
 async fn publish(
     file: &PipelineFile,
     warehouse: &Warehouse,
     record: &mut RunRecord,
     prepared: Prepared,
 ) -> Result<(), PipelineError> {
-    let Prepared {
-        tables,
-        extracts,
-        state,
-        replace_dataset,
-    } = prepared;
     let name = file.name();
-    // One Delta commit per table, each replacing exactly this run's (dataset, score date)
-    // partitions (drift appends its rows), and carrying the run's transaction identifier.
-    // Readers follow `_published/`, written once all three are committed: a crash in between
-    // is invisible to them, and the rerun commits only the tables still missing.
     let t = Instant::now();
-    let metadata: serde_json::Map<String, serde_json::Value> = serde_json::Map::from_iter([
-        ("pipeline".to_string(), serde_json::json!(name)),
-        ("run_id".to_string(), serde_json::json!(record.run_id)),
-        ("batches".to_string(), serde_json::json!(record.batches)),
-        ("rows".to_string(), serde_json::json!(record.rows_out)),
-    ]);
     crash_point("before_commit");
     scoreland_sink::pause_point("before_commit");
+    let mut this = Publishing::new(record, prepared);
+    let left: Option<Publishing> = warehouse
+        .get_json(&publishing_rel(name))
+        .await
+        .map_err(PipelineError::Sink)?;
+    if let Some(left) = left
+        && left.run_id != this.run_id
+    {
+        recover(name, warehouse, record, &mut this, left).await?;
+    }
+    warehouse
+        .put_json(&publishing_rel(name), &this)
+        .await
+        .map_err(PipelineError::Sink)?;
+    let landed = land(name, warehouse, &this).await?;
+    record.tables = landed.tables;
+    record.extracts = landed.extracts;
+    record.timings.sink_ms = ms(t.elapsed());
+    record.status = RunStatus::Landed;
+    Ok(())
+}
+
+/// Settles the publish an interrupted run left behind, before this run commits anything.
+/// - The same night (dataset and batches): this run commits under that run's transaction
+///   version, so a table that holds it already (its commit holds these very batches) is not
+///   committed twice.
+/// - Another night: its publish is finished first, from the files it prepared, so that
+///   readers see it whole; if those are gone, the tables it committed keep its rows and the
+///   record says so. Either way this run commits under a transaction version of its own:
+///   no table is skipped because it holds another night's commit.
+async fn recover(
+    name: &str,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+    this: &mut Publishing,
+    left: Publishing,
+) -> Result<(), PipelineError> {
+    let version = left.state.runs_landed;
+    if left.dataset == this.dataset && left.batches == this.batches {
+        tracing::info!(
+            interrupted = %left.run_id,
+            batches = ?left.batches,
+            "the publish of these batches was interrupted; tables that hold its commit are not committed twice"
+        );
+        this.state.runs_landed = version;
+        return Ok(());
+    }
+    if left.files_present() {
+        tracing::warn!(
+            interrupted = %left.run_id,
+            batches = ?left.batches,
+            "finishing the publish an interrupted run left half done, before this run's"
+        );
+        let done = land(name, warehouse, &left).await?;
+        let committed: Vec<&str> = done
+            .tables
+            .iter()
+            .filter(|t| t.committed)
+            .map(|t| t.table.as_str())
+            .collect();
+        record.warnings.push(format!(
+            "run {} was interrupted while publishing batches {}; its publish was finished \
+             first (committed now: {})",
+            left.run_id,
+            left.batches.join(", "),
+            if committed.is_empty() {
+                "none".to_string()
+            } else {
+                committed.join(", ")
+            }
+        ));
+    } else {
+        let said = format!(
+            "run {} was interrupted while publishing batches {} and the files it prepared are \
+             gone; the tables it committed keep its rows (see `scoreland history`), and this \
+             run lands under a transaction of its own",
+            left.run_id,
+            left.batches.join(", ")
+        );
+        tracing::warn!("{said}");
+        record.warnings.push(said);
+    }
+    this.state.runs_landed = this.state.runs_landed.max(version + 1);
+    Ok(())
+}
+
+/// Commits `p`'s tables (those that hold its transaction already are not committed twice),
+/// then writes `_published`, the extracts and the state, and ends the publish.
+async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Landed, PipelineError> {
+    // One Delta commit per table, each replacing exactly the run's (dataset, score date)
+    // partitions (drift appends its rows), and carrying the run's transaction identifier.
+    // Readers follow `_published/`, written once all are committed: a crash in between is
+    // invisible to them.
+    let metadata: serde_json::Map<String, serde_json::Value> = serde_json::Map::from_iter([
+        ("pipeline".to_string(), serde_json::json!(name)),
+        ("run_id".to_string(), serde_json::json!(p.run_id)),
+        ("batches".to_string(), serde_json::json!(p.batches)),
+        ("rows".to_string(), serde_json::json!(p.rows)),
+    ]);
     let mut published = scoreland_sink::Published {
-        run_id: record.run_id.clone(),
+        run_id: p.run_id.clone(),
         versions: Default::default(),
     };
-    for t in &tables {
-        let table = t.name;
+    let mut tables: Vec<TableRecord> = Vec::new();
+    for t in &p.tables {
         let commit = warehouse
             .write_table(&scoreland_sink::TableWrite {
-                table,
+                table: &t.name,
                 local_dir: &t.dir,
-                dataset_id: &record.dataset,
-                run_id: &record.run_id,
+                dataset_id: &p.dataset,
+                run_id: &p.run_id,
                 by_score_date: t.date_column.is_some(),
-                date_column: t.date_column.unwrap_or("score_date"),
-                replace_dataset,
+                date_column: t.date_column.as_deref().unwrap_or("score_date"),
+                replace_dataset: p.replace_dataset,
                 app_id: name,
-                app_version: state.runs_landed,
+                app_version: p.state.runs_landed,
                 metadata: metadata.clone(),
             })
             .await
             .map_err(|source| PipelineError::Publish {
-                table: table.to_string(),
-                published: record.tables.iter().map(|t| t.table.clone()).collect(),
+                table: t.name.clone(),
+                published: tables.iter().map(|t| t.table.clone()).collect(),
                 source: Box::new(source),
             })?;
-        published.versions.insert(table.to_string(), commit.version);
-        record.tables.push(TableRecord {
-            table: table.to_string(),
+        published.versions.insert(t.name.clone(), commit.version);
+        tables.push(TableRecord {
+            table: t.name.clone(),
             version: commit.version,
             committed: commit.committed,
             replaced_dates: commit.replaced_dates,
         });
-        if table == "scores" {
+        if t.name == "scores" {
             crash_point("between_tables");
         }
     }
+    crash_point("before_published");
     warehouse
         .put_json(&format!("_published/{name}.json"), &published)
         .await
         .map_err(PipelineError::Sink)?;
     // Extracts last: each is one object, replaced whole, after the night it copies is committed.
-    for (local, rel) in &extracts {
+    let mut extracts = Vec::new();
+    for (local, rel) in &p.extracts {
         warehouse
             .upload_file(local, rel)
             .await
             .map_err(PipelineError::Sink)?;
-        record.extracts.push(rel.clone());
+        extracts.push(rel.clone());
     }
+    crash_point("before_state");
     warehouse
-        .put_json(&state_rel(name), &state)
+        .put_json(&state_rel(name), &p.state)
         .await
         .map_err(PipelineError::Sink)?;
-    record.timings.sink_ms = ms(t.elapsed());
-    record.status = RunStatus::Landed;
-    Ok(())
+    warehouse
+        .delete(&publishing_rel(name))
+        .await
+        .map_err(PipelineError::Sink)?;
+    Ok(Landed { tables, extracts })
 }
 
 /// Staging retention, after a landing: staged batches older than `staging_retention` go (the

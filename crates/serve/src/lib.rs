@@ -6,10 +6,13 @@
 //! tables that follow new nights ([`live`]), the sessions with their limits and login
 //! ([`session`]), and the listener with TLS, a connection limit and graceful shutdown.
 
+mod guard;
 mod live;
 pub mod report;
 mod session;
 mod subqueries;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,11 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::pgwire::api::ConnectionManager;
 use datafusion_postgres::pgwire::tokio::process_socket;
 use datafusion_postgres::pgwire::tokio::tokio_rustls::TlsAcceptor;
 use datafusion_postgres::pgwire::tokio::tokio_rustls::rustls;
@@ -46,6 +51,11 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long running queries get to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a connection has to log in before it is closed.
+    pub login_timeout: Duration,
+    /// Where queries spill (sorts, joins and aggregations over `query_memory`); the system's
+    /// temporary directory without one.
+    pub spill_dir: Option<PathBuf>,
     /// The tables served (those that exist; a table created later appears within seconds).
     pub tables: Vec<String>,
 }
@@ -110,7 +120,14 @@ impl Server {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
-        let base = Arc::new(SessionContext::new_with_config(config));
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(dir) = &options.spill_dir {
+            runtime = runtime.with_temp_file_path(dir);
+        }
+        let runtime = runtime
+            .build_arc()
+            .map_err(|e| ServeError::Setup(format!("the spill directory: {e}")))?;
+        let base = Arc::new(SessionContext::new_with_config_rt(config, runtime));
         setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         base.register_udf(version_udf());
@@ -156,10 +173,14 @@ impl Server {
             tls,
             warehouse,
         } = self;
+        let max_connections = options.max_connections.max(1);
         let sessions = Arc::new(session::Sessions {
             base: base.clone(),
             limits: options.limits.clone(),
             login: options.login.clone(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            cancels: Arc::new(ConnectionManager::new()),
         });
         // Tables that did not exist when the server started appear once a run creates them.
         let watcher = {
@@ -174,7 +195,10 @@ impl Server {
                 }
             })
         };
-        let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+        // Connections that have not logged in yet have slots of their own, and login_timeout:
+        // sockets that never log in cannot keep sessions out for long.
+        let logging_in = Arc::new(Semaphore::new(max_connections));
+        let refusals = Arc::new(Semaphore::new(REFUSALS));
         let mut connections = tokio::task::JoinSet::new();
         tracing::info!(
             listen = %local_addr,
@@ -196,18 +220,20 @@ impl Server {
                             continue;
                         }
                     };
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, max = options.max_connections, "connection refused: the server is at --max-connections");
-                        tokio::spawn(refuse(socket, options.max_connections));
+                    let Ok(pending) = logging_in.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, max = max_connections, "connection refused: too many connections are logging in");
+                        // At most REFUSALS refusals are told why; beyond, the socket is closed.
+                        if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                refuse(socket, max_connections).await;
+                                drop(permit);
+                            });
+                        }
                         continue;
                     };
-                    let (sessions, tls) = (sessions.clone(), tls.clone());
-                    connections.spawn(async move {
-                        let _slot = slot;
-                        if let Err(e) = process_socket(socket, tls, sessions).await {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                    });
+                    let connection = Arc::new(session::Connection::new(sessions.clone(), pending));
+                    let timeouts = (options.login_timeout, options.limits.idle_timeout);
+                    connections.spawn(serve_connection(socket, peer, tls.clone(), connection, timeouts));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -231,6 +257,47 @@ impl Server {
             connections.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Connections over a limit that are told why at once (each for at most a few seconds); more
+/// are closed without a word.
+const REFUSALS: usize = 16;
+
+/// One connection, from its first byte to its end: closed if it has not logged in within
+/// `login_timeout`, or once it has run nothing for `idle_timeout`.
+async fn serve_connection(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    connection: Arc<session::Connection>,
+    (login_timeout, idle_timeout): (Duration, Duration),
+) {
+    let (activity, login) = (connection.activity.clone(), connection.login.clone());
+    let serving = process_socket(socket, tls, connection);
+    tokio::pin!(serving);
+    let ended = tokio::select! {
+        ended = &mut serving => Some(ended),
+        logged_in = tokio::time::timeout(login_timeout, login.done.notified()) => {
+            if logged_in.is_err() {
+                tracing::info!(%peer, timeout = ?login_timeout, "connection closed: it did not log in in time");
+                return;
+            }
+            None
+        }
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => tokio::select! {
+            ended = &mut serving => ended,
+            _ = activity.idle_for(idle_timeout) => {
+                tracing::info!(%peer, idle = %humantime::format_duration(idle_timeout), "connection closed: idle for --idle-timeout");
+                return;
+            }
+        },
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
 

@@ -1,18 +1,24 @@
-//! One Postgres session: password authentication (SCRAM-SHA-256), a DataFusion session of its
-//! own with the per-query memory limit, read-only statements, and the per-query timeout.
+//! One Postgres connection: its login (SCRAM-SHA-256) within a session slot, a DataFusion
+//! session of its own with the per-query memory limit, statements that only read
+//! ([`crate::guard`]), and each query bounded by the timeout and stopped by a cancel request.
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ParamValues};
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser as SqlParser;
+use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -23,64 +29,172 @@ use datafusion_postgres::pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_
 use datafusion_postgres::pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use datafusion_postgres::pgwire::api::portal::Portal;
-
-use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
-use datafusion_postgres::pgwire::api::Type;
-use datafusion_postgres::pgwire::api::portal::Format;
+use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler,
+    PgWireConnectionState, PgWireServerHandlers, Type,
+};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
+use futures::channel::oneshot;
 use futures::{Sink, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::guard::{self, SetAnswer};
 
 /// The limits of one session's queries.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Memory one query may use (operators spill beyond it, or the query fails).
     pub query_memory: usize,
-    /// Wall time one query may take, from its start to its last row.
+    /// Wall time one query may take, from its start to its last row. A client's
+    /// `statement_timeout` may only lower it.
     pub query_timeout: Duration,
+    /// A connection that runs no statement for this long is closed.
+    pub idle_timeout: Duration,
 }
 
-/// Hands each connection its handlers: one DataFusion session per connection over the shared
-/// catalog (the warehouse's tables, `pg_catalog`, `information_schema`), with its own memory
-/// pool, so a query over the limit fails alone.
+/// What every connection shares: the catalog (the warehouse's tables, `pg_catalog`,
+/// `information_schema`), the limits, the login, the slots of logged-in sessions and the
+/// registry that cancel requests find running queries in.
 pub struct Sessions {
     pub base: Arc<SessionContext>,
     pub limits: Limits,
     /// `None` accepts any user without a password (loopback only).
     pub login: Option<crate::Login>,
+    /// One per session that has logged in (or is sending its password): `--max-connections`.
+    pub slots: Arc<Semaphore>,
+    pub max_connections: usize,
+    pub cancels: Arc<ConnectionManager>,
 }
 
-impl Sessions {
-    /// A session for one connection's simple or extended query handler (pgwire asks for each
-    /// separately; a connection runs one query at a time through either).
+/// One connection: its handlers over [`Sessions`], when it last ran a statement, and whether
+/// it has logged in.
+pub struct Connection {
+    sessions: Arc<Sessions>,
+    pub activity: Arc<Activity>,
+    pub login: Arc<LoginProgress>,
+}
+
+impl Connection {
+    pub fn new(sessions: Arc<Sessions>, pending: OwnedSemaphorePermit) -> Connection {
+        Connection {
+            sessions,
+            activity: Arc::new(Activity::new()),
+            login: Arc::new(LoginProgress {
+                pending: std::sync::Mutex::new(Some(pending)),
+                done: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// A session for the connection's simple or extended query handler (pgwire asks for each
+    /// separately; a connection runs one query at a time through either): a DataFusion
+    /// session of its own over the shared catalog, with its own memory pool, so a query over
+    /// the limit fails alone.
     fn service(&self) -> Arc<Limited> {
-        let runtime = RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env().as_ref())
-            .with_memory_pool(Arc::new(FairSpillPool::new(self.limits.query_memory)))
+        let limits = &self.sessions.limits;
+        let base = &self.sessions.base;
+        let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env().as_ref())
+            .with_memory_pool(Arc::new(FairSpillPool::new(limits.query_memory)))
             .build_arc()
             .expect("a runtime from a working one");
-        let state = SessionStateBuilder::new_from_existing(self.base.state())
+        let state = SessionStateBuilder::new_from_existing(base.state())
             .with_runtime_env(runtime)
             .build();
         let ctx = Arc::new(SessionContext::new_with_state(state));
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(ReadOnly),
+            Arc::new(ReadOnly {
+                timeout: limits.query_timeout,
+            }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
+            Arc::new(Reads),
         ];
         Arc::new(Limited {
             inner: DfSessionService::new_with_hooks(ctx, hooks),
-            timeout: self.limits.query_timeout,
+            timeout: limits.query_timeout,
+            activity: self.activity.clone(),
         })
     }
 }
+
+/// When a connection last ran a statement, and how many it runs now (a query runs until its
+/// last row is sent).
+pub struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+    running: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Completes once the connection has run nothing for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let wait = if self.running.load(Ordering::SeqCst) > 0 {
+                limit
+            } else {
+                let last = Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+                let idle = self.start.elapsed().saturating_sub(last);
+                if idle >= limit {
+                    return;
+                }
+                limit - idle
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A statement running; when it ends, the connection's idle time starts again.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_ms.fetch_max(now, Ordering::SeqCst);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's way to login: the slot among those logging in, given back once it has
+/// logged in (or with the connection), and the signal that it has.
+pub struct LoginProgress {
+    pending: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    pub done: tokio::sync::Notify,
+}
+
+impl LoginProgress {
+    fn logged_in(&self) {
+        self.pending.lock().expect("not poisoned").take();
+        self.done.notify_one();
+    }
+}
+
+/// The session slot a connection holds from its login on (in its session extensions, so it
+/// goes with the connection).
+struct SessionSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 fn parameters() -> Arc<DefaultServerParameterProvider> {
     let mut p = DefaultServerParameterProvider::default();
@@ -90,7 +204,7 @@ fn parameters() -> Arc<DefaultServerParameterProvider> {
     Arc::new(p)
 }
 
-impl PgWireServerHandlers for Sessions {
+impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.service()
     }
@@ -100,14 +214,67 @@ impl PgWireServerHandlers for Sessions {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(match &self.login {
+        let cancels = self.sessions.cancels.clone();
+        let method = match &self.sessions.login {
             Some(login) => {
                 let mut scram = ScramAuth::new(Arc::new(login.clone()));
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Login::Scram(SASLAuthStartupHandler::new(parameters()).with_scram(scram))
+                Method::Scram(
+                    SASLAuthStartupHandler::new(parameters())
+                        .with_scram(scram)
+                        .with_connection_manager(cancels),
+                )
             }
-            None => Login::Trust(Trust),
+            None => Method::Trust(Trust(cancels)),
+        };
+        Arc::new(Login {
+            method,
+            slots: self.sessions.slots.clone(),
+            max_connections: self.sessions.max_connections,
+            progress: self.login.clone(),
         })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.sessions.cancels.clone()))
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SqlStates)
+    }
+}
+
+/// Gives DataFusion's errors the SQLSTATE Postgres uses for them, where clients act on it:
+/// `21000` for a scalar subquery of many rows, `53200` for a query over its memory.
+struct SqlStates;
+
+impl ErrorHandler for SqlStates {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        let PgWireError::ApiError(e) = error else {
+            return;
+        };
+        let Some(e) = e.downcast_ref::<DataFusionError>() else {
+            return;
+        };
+        *error = match e.find_root() {
+            DataFusionError::ResourcesExhausted(m) => guard::pg_error(
+                "53200",
+                format!(
+                    "out of memory: {m}; the query is over scoreland serve --query-memory: \
+                     narrow it, or raise the limit"
+                ),
+            ),
+            // DataFusion has no error kind of its own for this one.
+            DataFusionError::Execution(m)
+                if m.contains("Scalar subquery returned more than one row") =>
+            {
+                guard::pg_error(
+                    "21000",
+                    "more than one row returned by a subquery used as an expression".into(),
+                )
+            }
+            _ => return,
+        };
     }
 }
 
@@ -132,15 +299,38 @@ impl AuthSource for crate::Login {
     }
 }
 
-/// No authentication, for a server on loopback without a password.
-struct Trust;
+/// No authentication, for a server on loopback without a password; its queries can still be
+/// cancelled.
+struct Trust(Arc<ConnectionManager>);
 
-impl NoopStartupHandler for Trust {}
+impl NoopStartupHandler for Trust {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.0.clone())
+    }
+}
 
-/// The startup handler of one connection.
-enum Login {
+enum Method {
     Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
     Trust(Trust),
+}
+
+/// The startup handler of one connection: its authentication, and a session slot taken before
+/// the last step of it (the password, or the start-up message without one), so that a client
+/// over `--max-connections` is refused before it is told it logged in.
+struct Login {
+    method: Method,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    progress: Arc<LoginProgress>,
+}
+
+/// `53300` too_many_connections, fatal: the connection closes after it.
+pub(crate) fn too_many_clients(max: usize) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        "53300".into(),
+        format!("sorry, too many clients already (scoreland serve --max-connections {max})"),
+    )))
 }
 
 #[async_trait]
@@ -155,86 +345,120 @@ impl StartupHandler for Login {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Login::Scram(h) => h.on_startup(client, message).await,
-            Login::Trust(h) => h.on_startup(client, message).await,
+        use datafusion_postgres::pgwire::messages::PgWireFrontendMessage as M;
+        let last_step = matches!(
+            (&self.method, &message),
+            (Method::Trust(_), M::Startup(_)) | (Method::Scram(_), M::PasswordMessageFamily(_))
+        );
+        if last_step && client.session_extensions().get::<SessionSlot>().is_none() {
+            let slot = self
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| too_many_clients(self.max_connections))?;
+            client.session_extensions().insert(SessionSlot(slot));
         }
+        match &self.method {
+            Method::Scram(h) => h.on_startup(client, message).await?,
+            Method::Trust(h) => h.on_startup(client, message).await?,
+        }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            self.progress.logged_in();
+        }
+        Ok(())
     }
 }
 
 /// The statements a read-only warehouse answers itself, first in the hooks: savepoints (drivers
 /// open them inside transactions) are accepted and do nothing; `transaction_read_only` is on;
-/// every statement that would write is refused. Reads, `SET`/`SHOW`, transactions and cursors
-/// go on to the other hooks and to DataFusion.
-struct ReadOnly;
+/// `SET` takes only the settings of [`crate::guard`]; `DECLARE … CURSOR` only for a query that
+/// reads; every statement kind that would write is refused. Reads, the allowed `SET`s, `SHOW`,
+/// transactions and cursors go on to the other hooks, and what reaches DataFusion is planned by
+/// [`Reads`], last.
+struct ReadOnly {
+    /// The server's query timeout, the ceiling of a client's `statement_timeout`.
+    timeout: Duration,
+}
 
 enum Answer {
     /// An answer of its own: a command tag, or one `SHOW` value.
     Tag(&'static str),
     Show(String),
+    /// The client's `statement_timeout` (`None`: the server's own).
+    StatementTimeout(Option<Duration>),
     Refused(PgWireError),
 }
 
-fn answer(statement: &Statement) -> Option<Answer> {
-    match statement {
-        Statement::Savepoint { .. } => return Some(Answer::Tag("SAVEPOINT")),
-        Statement::ReleaseSavepoint { .. } => return Some(Answer::Tag("RELEASE")),
-        Statement::Rollback {
-            savepoint: Some(_), ..
-        } => return Some(Answer::Tag("ROLLBACK")),
-        Statement::ShowVariable { variable }
-            if variable.len() == 1
-                && matches!(
-                    variable[0].value.to_ascii_lowercase().as_str(),
-                    "transaction_read_only" | "default_transaction_read_only"
-                ) =>
-        {
-            return Some(Answer::Show(variable[0].value.to_ascii_lowercase()));
+impl ReadOnly {
+    async fn answer(&self, statement: &Statement, ctx: &SessionContext) -> Option<Answer> {
+        match statement {
+            Statement::Savepoint { .. } => return Some(Answer::Tag("SAVEPOINT")),
+            Statement::ReleaseSavepoint { .. } => return Some(Answer::Tag("RELEASE")),
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            } => return Some(Answer::Tag("ROLLBACK")),
+            // DataFusion's PREPARE is refused, so there is nothing to deallocate.
+            Statement::Deallocate { .. } => return Some(Answer::Tag("DEALLOCATE")),
+            Statement::ShowVariable { variable }
+                if variable.len() == 1
+                    && matches!(
+                        variable[0].value.to_ascii_lowercase().as_str(),
+                        "transaction_read_only" | "default_transaction_read_only"
+                    ) =>
+            {
+                return Some(Answer::Show(variable[0].value.to_ascii_lowercase()));
+            }
+            Statement::Set(set) => {
+                return match guard::set(set, self.timeout) {
+                    Ok(SetAnswer::PassOn) => None,
+                    Ok(SetAnswer::Done) => Some(Answer::Tag("SET")),
+                    Ok(SetAnswer::StatementTimeout(t)) => Some(Answer::StatementTimeout(t)),
+                    Err(e) => Some(Answer::Refused(e)),
+                };
+            }
+            Statement::Declare { stmts } => {
+                for declare in stmts {
+                    if let Some(query) = &declare.for_query
+                        && let Err(e) =
+                            guard::plan_read(ctx, &Statement::Query(query.clone())).await
+                    {
+                        return Some(Answer::Refused(e));
+                    }
+                }
+                return None;
+            }
+            _ => {}
         }
-        _ => {}
+        let passes = matches!(
+            statement,
+            Statement::Query(_)
+                | Statement::Explain { .. }
+                | Statement::ExplainTable { .. }
+                | Statement::ShowTables { .. }
+                | Statement::ShowColumns { .. }
+                | Statement::ShowVariable { .. }
+                | Statement::ShowVariables { .. }
+                | Statement::ShowFunctions { .. }
+                | Statement::ShowSchemas { .. }
+                | Statement::ShowCreate { .. }
+                | Statement::Discard { .. }
+                | Statement::StartTransaction { .. }
+                | Statement::Commit { .. }
+                | Statement::Rollback { .. }
+                | Statement::Fetch { .. }
+                | Statement::Close { .. }
+        );
+        if passes {
+            return None;
+        }
+        let what = statement.to_string();
+        let what = what
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Some(Answer::Refused(guard::read_only(&what)))
     }
-    let passes = matches!(
-        statement,
-        Statement::Query(_)
-            | Statement::Explain { .. }
-            | Statement::ExplainTable { .. }
-            | Statement::ShowTables { .. }
-            | Statement::ShowColumns { .. }
-            | Statement::ShowVariable { .. }
-            | Statement::ShowVariables { .. }
-            | Statement::ShowFunctions { .. }
-            | Statement::ShowSchemas { .. }
-            | Statement::ShowCreate { .. }
-            | Statement::Set(_)
-            | Statement::Discard { .. }
-            | Statement::StartTransaction { .. }
-            | Statement::Commit { .. }
-            | Statement::Rollback { .. }
-            | Statement::Declare { .. }
-            | Statement::Fetch { .. }
-            | Statement::Close { .. }
-            | Statement::Deallocate { .. }
-    );
-    if passes {
-        return None;
-    }
-    let what = statement.to_string();
-    let what = what
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
-    Some(Answer::Refused(PgWireError::UserError(Box::new(
-        ErrorInfo::new(
-            "ERROR".into(),
-            // read_only_sql_transaction
-            "25006".into(),
-            format!(
-                "scoreland serve is read-only: {what} is refused (the tables are written by \
-                 `scoreland run`)"
-            ),
-        ),
-    ))))
 }
 
 /// `SELECT 'on' AS <name>`: the one-row answer to a `SHOW` of a read-only setting.
@@ -248,12 +472,13 @@ impl QueryHook for ReadOnly {
         &self,
         statement: &Statement,
         ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         if let Some(rewritten) = crate::subqueries::null_catalog_subqueries(statement) {
-            return Some(run(ctx, &rewritten).await);
+            return Some(execute(ctx, &rewritten, client).await);
         }
-        Some(respond(answer(statement)?, ctx).await)
+        let answer = self.answer(statement, ctx).await?;
+        Some(respond(answer, ctx, client).await)
     }
 
     async fn handle_extended_parse_query(
@@ -262,22 +487,25 @@ impl QueryHook for ReadOnly {
         ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        let plan = |sql: String| async move {
-            ctx.state()
-                .create_logical_plan(&sql)
-                .await
-                .map_err(|e| PgWireError::ApiError(Box::new(e)))
-        };
         if let Some(rewritten) = crate::subqueries::null_catalog_subqueries(statement) {
-            return Some(plan(rewritten.to_string()).await);
+            return Some(guard::plan_read(ctx, &rewritten).await);
         }
-        Some(match answer(statement)? {
-            Answer::Tag(_) => Ok(LogicalPlan::EmptyRelation(EmptyRelation {
-                produce_one_row: false,
-                schema: Arc::new(DFSchema::empty()),
-            })),
+        Some(match self.answer(statement, ctx).await? {
+            Answer::Tag(_) | Answer::StatementTimeout(_) => {
+                Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(DFSchema::empty()),
+                }))
+            }
             Answer::Refused(e) => Err(e),
-            Answer::Show(name) => plan(show_sql(&name)).await,
+            Answer::Show(name) => {
+                let show = SqlParser::parse_sql(&PostgreSqlDialect {}, &show_sql(&name))
+                    .map_err(|e| PgWireError::ApiError(Box::new(e)));
+                match show {
+                    Ok(mut s) => guard::plan_read(ctx, &s.remove(0)).await,
+                    Err(e) => Err(e),
+                }
+            }
         })
     }
 
@@ -287,81 +515,223 @@ impl QueryHook for ReadOnly {
         _plan: &LogicalPlan,
         _params: &ParamValues,
         ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Some(respond(answer(statement)?, ctx).await)
+        let answer = self.answer(statement, ctx).await?;
+        Some(respond(answer, ctx, client).await)
     }
 }
 
-async fn run(ctx: &SessionContext, statement: &Statement) -> PgWireResult<Response> {
-    let df = ctx
-        .sql(&statement.to_string())
-        .await
-        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-    Ok(Response::Query(
-        encode_dataframe(df, &Format::UnifiedText, None).await?,
-    ))
-}
-
-async fn respond(answer: Answer, ctx: &SessionContext) -> PgWireResult<Response> {
+async fn respond(
+    answer: Answer,
+    ctx: &SessionContext,
+    client: &mut dyn HookClient,
+) -> PgWireResult<Response> {
     match answer {
         Answer::Tag(tag) => Ok(Response::Execution(Tag::new(tag))),
+        Answer::StatementTimeout(timeout) => {
+            match timeout {
+                Some(t) => client.metadata_mut().insert(
+                    guard::STATEMENT_TIMEOUT_KEY.into(),
+                    t.as_millis().to_string(),
+                ),
+                None => client.metadata_mut().remove(guard::STATEMENT_TIMEOUT_KEY),
+            };
+            Ok(Response::Execution(Tag::new("SET")))
+        }
         Answer::Refused(e) => Err(e),
         Answer::Show(name) => {
-            let df = ctx
-                .sql(&show_sql(&name))
-                .await
+            let mut show = SqlParser::parse_sql(&PostgreSqlDialect {}, &show_sql(&name))
                 .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-            Ok(Response::Query(
-                encode_dataframe(df, &Format::UnifiedText, None).await?,
-            ))
+            execute(ctx, &show.remove(0), client).await
         }
     }
 }
 
-/// The session's query handlers, each query bounded in time: planning and every row until the
-/// last must be done within the timeout, or the query ends with Postgres' `57014`
-/// (query_canceled) and its execution is dropped.
+/// Plans `statement` for reading ([`guard::plan_read`]) and runs it.
+async fn execute(
+    ctx: &SessionContext,
+    statement: &Statement,
+    client: &dyn HookClient,
+) -> PgWireResult<Response> {
+    let plan = guard::plan_read(ctx, statement).await?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+    Ok(Response::Query(
+        encode_dataframe(df, &Format::UnifiedText, Some(format)).await?,
+    ))
+}
+
+/// The last hook: every statement no other hook answered is planned here, for reading only,
+/// on both protocols, so nothing reaches DataFusion's own `SessionContext::sql` (which would
+/// run DDL, DML, `COPY … TO` and `SET` of any setting).
+struct Reads;
+
+#[async_trait]
+impl QueryHook for Reads {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Some(execute(ctx, statement, client).await)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        Some(guard::plan_read(ctx, statement).await)
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        // The plan was checked when it was parsed; checked again before it runs (with its
+        // parameters bound by datafusion-postgres).
+        guard::check_reads_only(plan).err().map(Err)
+    }
+}
+
+/// The session's query handlers, each query bounded in time and cancellable: planning and every
+/// row until the last must be done within the timeout (the server's, or the client's lower
+/// `statement_timeout`), or the query ends with Postgres' `57014` (query_canceled) and its
+/// execution is dropped; a cancel request (psql's Ctrl-C) ends it the same way.
 struct Limited {
     inner: DfSessionService,
     timeout: Duration,
+    activity: Arc<Activity>,
 }
 
 fn timed_out(timeout: Duration) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        "57014".into(),
+    guard::pg_error(
+        "57014",
         format!(
-            "canceling statement due to the server's query timeout ({}); narrow the query or \
-             raise --query-timeout",
+            "canceling statement due to the query timeout ({}); narrow the query, or raise \
+             statement_timeout or scoreland serve --query-timeout",
             humantime::format_duration(timeout)
         ),
-    )))
+    )
+}
+
+fn cancelled() -> PgWireError {
+    guard::pg_error("57014", "canceling statement due to user request".into())
+}
+
+/// One query's bounds: its deadline, the connection's cancel handle, and the connection kept
+/// busy until the last row.
+#[derive(Clone)]
+struct Bounds {
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    cancel: Option<Arc<ConnectionHandle>>,
+    _busy: Arc<Busy>,
 }
 
 impl Limited {
-    fn bounded(&self, deadline: tokio::time::Instant, response: Response) -> Response {
+    fn bounds<C: ClientInfo + ?Sized>(&self, client: &C) -> Bounds {
+        let timeout = client
+            .metadata()
+            .get(guard::STATEMENT_TIMEOUT_KEY)
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+            .map_or(self.timeout, |t| t.min(self.timeout));
+        Bounds {
+            timeout,
+            deadline: tokio::time::Instant::now() + timeout,
+            cancel: client
+                .session_extensions()
+                .get::<Arc<ConnectionHandle>>()
+                .map(|h| (*h).clone()),
+            _busy: Arc::new(self.activity.busy()),
+        }
+    }
+
+    /// Runs `work` (planning) within the deadline; pgwire itself ends it on a cancel request.
+    async fn bounded<T>(
+        bounds: &Bounds,
+        work: impl std::future::Future<Output = PgWireResult<T>>,
+    ) -> PgWireResult<T> {
+        tokio::time::timeout_at(bounds.deadline, work)
+            .await
+            .map_err(|_| timed_out(bounds.timeout))?
+    }
+
+    /// A response whose rows (made as they are sent, after pgwire's own watch for cancel
+    /// requests has ended) stay within the deadline and stop on a cancel request.
+    fn bounded_rows(bounds: Bounds, response: Response) -> Response {
         let Response::Query(q) = response else {
             return response;
         };
-        let timeout = self.timeout;
         let QueryResponse {
             command_tag,
             row_schema,
             data_rows,
             ..
         } = q;
-        let rows = futures::stream::unfold(Some(data_rows), move |rows| async move {
-            let mut rows = rows?;
-            match tokio::time::timeout_at(deadline, rows.next()).await {
-                Ok(Some(row)) => Some((row, Some(rows))),
-                Ok(None) => None,
-                Err(_) => Some((Err(timed_out(timeout)), None)),
-            }
-        });
+        type Cancel = Option<oneshot::Receiver<()>>;
+        let rows = futures::stream::unfold(
+            Some((data_rows, bounds, None::<Cancel>)),
+            |state| async move {
+                let (mut rows, bounds, cancel) = state?;
+                // Watched from the first row on: the query's cancel signal is ours from here.
+                let mut cancel = match cancel {
+                    Some(c) => c,
+                    None => match &bounds.cancel {
+                        Some(handle) => Some(handle.start_query().await),
+                        None => None,
+                    },
+                };
+                let next = tokio::time::timeout_at(bounds.deadline, rows.next());
+                tokio::pin!(next);
+                if let Some(signal) = cancel.as_mut() {
+                    tokio::select! {
+                        sent = signal => {
+                            if sent.is_ok() {
+                                return Some((Err(cancelled()), None));
+                            }
+                            // Replaced: nothing can cancel this query any more.
+                            cancel = None;
+                        }
+                        next = &mut next => return Self::row(next, bounds, rows, cancel),
+                    }
+                }
+                let next = next.await;
+                Self::row(next, bounds, rows, cancel)
+            },
+        );
         let mut q = QueryResponse::new(row_schema, rows);
         q.command_tag = command_tag;
         Response::Query(q)
+    }
+
+    /// One step of [`Self::bounded_rows`].
+    #[allow(clippy::type_complexity)]
+    fn row<R, S>(
+        next: Result<Option<PgWireResult<R>>, tokio::time::error::Elapsed>,
+        bounds: Bounds,
+        rows: S,
+        cancel: Option<oneshot::Receiver<()>>,
+    ) -> Option<(
+        PgWireResult<R>,
+        Option<(S, Bounds, Option<Option<oneshot::Receiver<()>>>)>,
+    )> {
+        match next {
+            Ok(Some(row)) => Some((row, Some((rows, bounds, Some(cancel))))),
+            Ok(None) => None,
+            Err(_) => Some((Err(timed_out(bounds.timeout)), None)),
+        }
     }
 }
 
@@ -377,16 +747,18 @@ impl SimpleQueryHandler for Limited {
         if let Some(why) = crate::subqueries::unsupported(query) {
             return Err(not_supported(why));
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let responses = tokio::time::timeout_at(
-            deadline,
+        let stamped = crate::subqueries::single_row_subqueries(query);
+        let query = stamped.as_deref().unwrap_or(query);
+        let bounds = self.bounds(&*client);
+        let responses = Self::bounded(
+            &bounds,
             SimpleQueryHandler::do_query(&self.inner, client, query),
         )
-        .await
-        .map_err(|_| timed_out(self.timeout))??;
+        .await?;
+        // Several statements share one deadline.
         Ok(responses
             .into_iter()
-            .map(|r| self.bounded(deadline, r))
+            .map(|r| Self::bounded_rows(bounds.clone(), r))
             .collect())
     }
 }
@@ -412,14 +784,13 @@ impl ExtendedQueryHandler for Limited {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = tokio::time::timeout_at(
-            deadline,
+        let bounds = self.bounds(&*client);
+        let response = Self::bounded(
+            &bounds,
             ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows),
         )
-        .await
-        .map_err(|_| timed_out(self.timeout))??;
-        Ok(self.bounded(deadline, response))
+        .await?;
+        Ok(Self::bounded_rows(bounds, response))
     }
 }
 
@@ -452,7 +823,10 @@ impl QueryParser for Checked {
         if let Some(why) = crate::subqueries::unsupported(sql) {
             return Err(not_supported(why));
         }
-        self.0.parse_sql(client, sql, types).await
+        let stamped = crate::subqueries::single_row_subqueries(sql);
+        self.0
+            .parse_sql(client, stamped.as_deref().unwrap_or(sql), types)
+            .await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {

@@ -7,13 +7,18 @@
 //! placeholders. Such statements are refused, with the way around, before that parser runs.
 //! Catalog queries go the other way: the correlated subqueries the parser leaves (inside
 //! `CASE`) become NULL too, so that column reflection plans.
+//!
+//! The same parser stamps `LIMIT 1` on every other select-list subquery, which would turn
+//! Postgres' error for a scalar subquery of many rows (`21000`) into an arbitrary row; such
+//! subqueries get `LIMIT 2` first ([`single_row_subqueries`]), which the parser keeps, and
+//! DataFusion raises the error itself.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, Query, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
-    visit_expressions_mut, visit_relations,
+    Expr, LimitClause, Query, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, VisitMut,
+    Visitor, VisitorMut, visit_expressions_mut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -33,6 +38,53 @@ pub fn unsupported(sql: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `sql` with `LIMIT 2` on every uncorrelated select-list subquery that has no limit, so that
+/// one of more than one row fails as in Postgres instead of being cut to its first row by the
+/// compatibility parser; `None` when there is none (the text then goes on unchanged).
+pub fn single_row_subqueries(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    struct Stamp(bool);
+    impl VisitorMut for Stamp {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            let SetExpr::Select(select) = query.body.as_mut() else {
+                return ControlFlow::Continue(());
+            };
+            for item in &mut select.projection {
+                let (SelectItem::UnnamedExpr(Expr::Subquery(sub))
+                | SelectItem::ExprWithAlias {
+                    expr: Expr::Subquery(sub),
+                    ..
+                }) = item
+                else {
+                    continue;
+                };
+                let unlimited = sub.limit_clause.is_none() && sub.fetch.is_none();
+                if unlimited && looks_correlated(sub) == (false, false) {
+                    sub.limit_clause = Some(LimitClause::LimitOffset {
+                        limit: Some(Expr::value(Value::Number("2".into(), false))),
+                        offset: None,
+                        limit_by: vec![],
+                    });
+                    self.0 = true;
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut stamp = Stamp(false);
+    for statement in &mut statements {
+        let _ = statement.visit(&mut stamp);
+    }
+    stamp.0.then(|| {
+        statements
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// Whether `statement` reads any table outside `pg_catalog` and `information_schema`.

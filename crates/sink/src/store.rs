@@ -262,6 +262,19 @@ impl Warehouse {
             })
     }
 
+    /// Deletes the object at `rel`; an absent one is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<(), SinkError> {
+        let path = self.path(rel);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(SinkError::Store {
+                op: "delete",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Uploads a local file to `rel`, streaming it; the object appears whole or not at all (a
     /// multipart upload becomes visible when it completes; on local disk it is renamed into
     /// place).
