@@ -1200,20 +1200,23 @@ url = "{t}/wh"
 
     impl Exports {
         fn cli(&self, args: &[&str]) -> Output {
+            self.cli_with(args, &[])
+        }
+        fn cli_with(&self, args: &[&str], more_env: &[(&str, &str)]) -> Output {
             let mut all: Vec<&str> = args.to_vec();
             all.insert(2.min(all.len()), &self.pipeline);
-            scoreland(
-                &all,
-                &[
-                    ("SIM_CLIENT_SECRET", &self.secret),
-                    ("SCORELAND_EXPORT_SECRET_KEY", "test"),
-                    (
-                        "SCORELAND_EXPORT_CONNECTION_STRING",
-                        &azurite_connection_string(),
-                    ),
-                    ("SCORELAND_EXPORT_SFTP_PASSWORD", "sftptest-password"),
-                ],
-            )
+            let connection_string = azurite_connection_string();
+            let mut envs = vec![
+                ("SIM_CLIENT_SECRET", self.secret.as_str()),
+                ("SCORELAND_EXPORT_SECRET_KEY", "test"),
+                (
+                    "SCORELAND_EXPORT_CONNECTION_STRING",
+                    connection_string.as_str(),
+                ),
+                ("SCORELAND_EXPORT_SFTP_PASSWORD", "sftptest-password"),
+            ];
+            envs.extend_from_slice(more_env);
+            scoreland(&all, &envs)
         }
         fn run(&self) -> Output {
             self.cli(&["run", "--json"])
@@ -1371,6 +1374,36 @@ url = "{t}/wh"
         assert_eq!(runs.as_array().unwrap().len(), 3);
         let last = x.run();
         assert_eq!(last.status.code(), Some(3), "{}", text(&last));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_while_publishing_a_folder_never_loses_the_next_one() {
+        let x = setup("PARQUET", "").await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        assert!(x.cli(&["export", "run"]).status.success());
+        let crashed = x.cli_with(
+            &["run", "--json"],
+            &[("SCORELAND_CRASH_AT", "between_tables")],
+        );
+        assert!(
+            crashed.status.code().is_none() || crashed.status.code() == Some(134),
+            "{}",
+            text(&crashed)
+        );
+        // The next folder arrives before the next night: the crashed full export is finished
+        // first, then the increment is merged on top; no table is skipped.
+        x.sim.set_export_hold_back(1);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let next = x.run();
+        assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+        let r = record(&next);
+        assert!(r["warnings"].to_string().contains("interrupted"), "{r}");
+        for t in r["tables"].as_array().unwrap() {
+            assert_eq!(t["committed"], true, "{t}");
+        }
+        assert_eq!(x.landed(), x.truth(&[&[1], &[2]]));
+        assert_eq!(x.run().status.code(), Some(3));
     }
 
     /// Runs `run` again, `pause_ms` apart, while it finds nothing new (exit 3): a folder still
@@ -2102,6 +2135,50 @@ mod profile_exports {
     }
 
     #[test]
+    fn a_crash_while_publishing_audiences_never_loses_the_next_nights() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, ids) = platform(tmp.path(), 500, 4);
+        let night = |segment: &str| {
+            pipeline(
+                tmp.path(),
+                "crashy",
+                &format!(
+                    "dataset_name = \"audiences crashy\"\nsegments = [\"{segment}\"]\nsimulator = {{ data = \"{}\" }}",
+                    data.display()
+                ),
+            )
+            .display()
+            .to_string()
+        };
+        let crashed = scoreland(
+            &["run", &night(&ids[0]), "--json"],
+            &[("SCORELAND_CRASH_AT", "between_tables")],
+        );
+        assert!(
+            crashed.status.code().is_none() || crashed.status.code() == Some(134),
+            "{}",
+            text(&crashed)
+        );
+        // The next night exports another segment: the crashed night is finished first, and
+        // every table gets the new night's commit.
+        let next = scoreland(&["run", &night(&ids[1]), "--json"], &[]);
+        assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+        let r = record(&next);
+        assert!(r["warnings"].to_string().contains("interrupted"), "{r}");
+        for t in r["tables"].as_array().unwrap() {
+            assert_eq!(t["committed"], true, "{t}");
+        }
+        let segments: BTreeSet<String> = rows(
+            tmp.path(),
+            "SELECT DISTINCT segment_id FROM audience_summary",
+        )
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+        assert!(segments.contains(&ids[1]), "{segments:?}");
+    }
+
+    #[test]
     fn audiences_land_as_the_profile_store_says_with_and_without_a_batch_per_segment() {
         let tmp = tempfile::tempdir().unwrap();
         let (data, ids) = platform(tmp.path(), 3_000, 8);
@@ -2392,5 +2469,118 @@ mod profile_exports {
             "SELECT count(*) FROM audience_summary WHERE qualified > 0",
         );
         assert!(n[0][0].parse::<u64>().unwrap() >= 3, "{n:?}");
+    }
+}
+
+/// A run that crashed while publishing never costs the next night its batch: the next run
+/// finishes the interrupted publish (or, without its files, lands under a transaction of its
+/// own), and readers see whole runs.
+mod recovery {
+    use super::*;
+
+    const OLDER: &str = "01KGCVEY6GZVBCRA013P7KT3G3";
+    const NEWER: &str = "01KEB54V3PV18KZTBSXEYF906C";
+
+    /// The demo pointed at one batch of the sample platform.
+    fn pointed_at(demo: &Demo, batch: &str) -> String {
+        let p = demo.tmp.path().join("pinned.toml");
+        let text_of = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+        std::fs::write(
+            &p,
+            text_of.replace(
+                "# batches = { mode = \"newest\" }",
+                &format!("batches = {{ mode = \"batch\", id = \"{batch}\" }}\n#"),
+            ),
+        )
+        .unwrap();
+        p.display().to_string()
+    }
+
+    fn run(demo: &Demo, pipeline: &str, envs: &[(&str, &str)]) -> Output {
+        let env = demo.env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(envs);
+        scoreland(&["run", pipeline, "--json"], &all)
+    }
+
+    /// The distinct values of one column, sorted.
+    fn distinct(demo: &Demo, query: &str) -> Vec<String> {
+        let o = demo.sql(query, "csv");
+        assert!(o.status.success(), "{}", text(&o));
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_publish_never_loses_the_next_nights_batch() {
+        for point in [
+            "before_commit",
+            "between_tables",
+            "before_published",
+            "before_state",
+        ] {
+            for files_kept in [true, false] {
+                let demo = Demo::new();
+                let crashed = run(
+                    &demo,
+                    &pointed_at(&demo, OLDER),
+                    &[("SCORELAND_CRASH_AT", point)],
+                );
+                assert!(
+                    crashed.status.code().is_none() || crashed.status.code() == Some(134),
+                    "{point}: {}",
+                    text(&crashed)
+                );
+                if !files_kept {
+                    std::fs::remove_dir_all(demo.tmp.path().join("staging/.work")).unwrap();
+                }
+                let next = run(&demo, &pointed_at(&demo, NEWER), &[]);
+                assert_eq!(next.status.code(), Some(0), "{point}: {}", text(&next));
+                let r = record(&next);
+                assert_eq!(r["batches"], serde_json::json!([NEWER]), "{point}");
+                // Every table got this run's commit: none was skipped for holding the
+                // crashed run's.
+                for t in r["tables"].as_array().unwrap() {
+                    assert_eq!(t["committed"], true, "{point}: {t}");
+                }
+                let batches = distinct(&demo, "SELECT DISTINCT batch_id FROM scores");
+                assert!(
+                    batches.contains(&NEWER.to_string()),
+                    "{point}: scores holds {batches:?}"
+                );
+                // Readers see whole runs: the score dates of `scores` are those of `summary`
+                // (the crashed night is either finished whole or absent), unless the crashed
+                // run's files were gone after it had committed `scores`.
+                let committed_scores = point != "before_commit";
+                if files_kept || !committed_scores {
+                    assert_eq!(
+                        distinct(
+                            &demo,
+                            "SELECT DISTINCT CAST(score_date AS VARCHAR) FROM scores"
+                        ),
+                        distinct(
+                            &demo,
+                            "SELECT DISTINCT CAST(score_date AS VARCHAR) FROM summary"
+                        ),
+                        "{point}"
+                    );
+                }
+                let warnings = r["warnings"].to_string();
+                if committed_scores {
+                    assert!(warnings.contains("interrupted"), "{point}: {warnings}");
+                    if !files_kept {
+                        assert!(warnings.contains("gone"), "{point}: {warnings}");
+                    }
+                }
+                // And the night after is "nothing new" for the same batch.
+                let again = run(&demo, &pointed_at(&demo, NEWER), &[]);
+                assert_eq!(again.status.code(), Some(3), "{point}: {}", text(&again));
+            }
+        }
     }
 }

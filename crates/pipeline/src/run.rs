@@ -278,8 +278,8 @@ pub(crate) fn simulator_client(sim: &SimHandle) -> Result<AepClient, String> {
 
 /// Fault injection for crash tests: `SCORELAND_CRASH_AT=<point>` aborts the process there, as
 /// a power cut or `kill -9` would. Points, checked by the end-to-end tests: `before_commit`
-/// (the transform is done, no table committed yet), `between_tables` (`scores` committed,
-/// the other tables not), `before_published` (every table committed, `_published` not
+/// (the transform is done, no table committed yet), `between_tables` (the first table,
+/// `scores` or `profiles`, committed, the others not), `before_published` (every table committed, `_published` not
 /// written) and `before_state` (published, the pipeline's state not written).
 fn crash_point(point: &str) {
     if std::env::var("SCORELAND_CRASH_AT").is_ok_and(|p| p == point) {
@@ -1047,7 +1047,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
         versions: Default::default(),
     };
     let mut tables: Vec<TableRecord> = Vec::new();
-    for t in &p.tables {
+    for (i, t) in p.tables.iter().enumerate() {
         let commit = warehouse
             .write_table(&scoreland_sink::TableWrite {
                 table: &t.name,
@@ -1074,7 +1074,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
             committed: commit.committed,
             replaced_dates: commit.replaced_dates,
         });
-        if t.name == "scores" {
+        if i == 0 {
             crash_point("between_tables");
         }
     }
