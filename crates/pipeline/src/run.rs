@@ -391,7 +391,15 @@ pub async fn run(
     }
     let outcome = match prepared {
         Ok(Some(prepared)) => {
-            let published = publish(file, &warehouse, &mut record, prepared).await;
+            // A run whose lock another run took over (it was thought dead) publishes nothing.
+            let held = match &lock {
+                Some(l) => l.check_held().map_err(PipelineError::Sink),
+                None => Ok(()),
+            };
+            let published = match held {
+                Ok(()) => publish(file, &warehouse, &mut record, prepared).await,
+                Err(e) => Err(e),
+            };
             if published.is_ok() {
                 prune_staging(file, &staging, &record);
             }

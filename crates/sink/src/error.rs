@@ -42,6 +42,14 @@ pub enum SinkError {
         started_at: String,
         path: String,
     },
+    #[error(
+        "the lock of pipeline {pipeline} ({path}) is no longer this run's ({run_id}): another run took it over, or it could not be renewed; this run stops before publishing"
+    )]
+    LockLost {
+        pipeline: String,
+        run_id: String,
+        path: String,
+    },
     #[error("Delta table {table}: {op} failed")]
     Delta {
         table: String,

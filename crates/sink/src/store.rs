@@ -336,6 +336,8 @@ impl Warehouse {
             pid: std::process::id(),
             host: host_identity(),
             started_at: chrono::Utc::now().to_rfc3339(),
+            renewed_at: None,
+            released: false,
         };
         let body = serde_json::to_vec(&info).map_err(|source| SinkError::Json {
             path: path.to_string(),
@@ -352,11 +354,7 @@ impl Warehouse {
             started_at: held.started_at.clone(),
             path: self.file_url(&rel).to_string(),
         };
-        let acquired = || Lock {
-            warehouse: self.clone(),
-            path: path.clone(),
-            run_id: run_id.to_string(),
-        };
+        let acquired = || Lock::held(self.clone(), pipeline, path.clone(), run_id, stale_after);
         // A lock released between our create and our read makes another round; a few are
         // plenty (each needs another run to take and release the lock meanwhile).
         for _ in 0..4 {
@@ -388,12 +386,16 @@ impl Warehouse {
                 pid: 0,
                 host: String::new(),
                 started_at: "unreadable (delete the lock file if no run holds it)".into(),
+                renewed_at: None,
+                released: false,
             });
             if !held.is_stale(stale_after) {
                 return Err(locked(&held));
             }
-            tracing::warn!(pipeline, holder = %held.run_id, started_at = %held.started_at, "taking over a stale lock");
-            before_takeover();
+            if !held.released {
+                tracing::warn!(pipeline, holder = %held.run_id, started_at = %held.started_at, "taking over a stale lock");
+                before_takeover();
+            }
             match self
                 .replace_if_unchanged(&path, &raw, version, &body)
                 .await?
@@ -411,6 +413,8 @@ impl Warehouse {
             pid: 0,
             host: String::new(),
             started_at: "unknown".into(),
+            renewed_at: None,
+            released: false,
         })))
     }
 
@@ -505,19 +509,30 @@ fn local_swap(file: &std::path::Path, seen: &[u8], body: &[u8]) -> Result<Swap, 
     Ok(Swap::Done)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LockInfo {
     run_id: String,
     pid: u32,
     host: String,
     started_at: String,
+    /// When the holder last renewed it (it does every quarter of the stale time while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    renewed_at: Option<String>,
+    /// Released by its run: free to take.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
 }
 
 impl LockInfo {
-    /// Stale when older than `stale_after`, or when it belongs to a process of this host and
-    /// boot that is gone. A start time in the future or unreadable is not stale: held.
+    /// Stale when released, when not renewed for `stale_after`, or when it belongs to a
+    /// process of this host and boot that is gone. A time in the future or unreadable is not
+    /// stale: held.
     fn is_stale(&self, stale_after: Duration) -> bool {
-        let Ok(started) = chrono::DateTime::parse_from_rfc3339(&self.started_at) else {
+        if self.released {
+            return true;
+        }
+        let last = self.renewed_at.as_deref().unwrap_or(&self.started_at);
+        let Ok(started) = chrono::DateTime::parse_from_rfc3339(last) else {
             return false;
         };
         let age = chrono::Utc::now().signed_duration_since(started);
@@ -552,32 +567,147 @@ fn host_identity() -> String {
     }
 }
 
-/// A held pipeline lock; [`Lock::release`] removes it (a crash leaves it to go stale).
+/// A held pipeline lock, renewed while the run lives (a crash leaves it to go stale);
+/// [`Lock::release`] marks it released, and only if it is still this run's.
 pub struct Lock {
     warehouse: Warehouse,
+    pipeline: String,
     path: Path,
     run_id: String,
+    /// Set by the renewal when the lock is found to be another run's (or cannot be renewed
+    /// for longer than the stale time).
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Lock {
-    /// Removes the lock if it is still ours; a lock another run took over is left alone.
-    pub async fn release(self) -> Result<(), SinkError> {
-        let rel = self.path.as_ref().to_string();
-        // An unreadable lock is not ours to delete either.
-        let held: Option<LockInfo> = self.warehouse.get_json_at(&self.path).await.ok().flatten();
-        if held.as_ref().is_none_or(|h| h.run_id != self.run_id) {
-            tracing::warn!(lock = %rel, "the pipeline lock is no longer this run's; leaving it");
-            return Ok(());
-        }
-        self.warehouse
-            .store
-            .delete(&self.path)
-            .await
-            .map_err(|source| SinkError::Store {
-                op: "unlock",
-                path: self.path.to_string(),
-                source,
+    fn held(
+        warehouse: Warehouse,
+        pipeline: &str,
+        path: Path,
+        run_id: &str,
+        stale_after: Duration,
+    ) -> Lock {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewal = {
+            let (warehouse, path, run_id, lost) = (
+                warehouse.clone(),
+                path.clone(),
+                run_id.to_string(),
+                lost.clone(),
+            );
+            let every = (stale_after / 4).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                let mut last_renewed = tokio::time::Instant::now();
+                loop {
+                    tokio::time::sleep(every).await;
+                    match warehouse
+                        .rewrite_lock(&path, &run_id, |info| {
+                            info.renewed_at = Some(chrono::Utc::now().to_rfc3339())
+                        })
+                        .await
+                    {
+                        Ok(true) => last_renewed = tokio::time::Instant::now(),
+                        Ok(false) => {
+                            tracing::error!(lock = %path, "the pipeline lock was taken over by another run");
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(lock = %path, error = %e, "cannot renew the pipeline lock; trying again");
+                            if last_renewed.elapsed() >= stale_after {
+                                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
+                }
             })
+        };
+        Lock {
+            warehouse,
+            pipeline: pipeline.to_string(),
+            path,
+            run_id: run_id.to_string(),
+            lost,
+            renewal,
+        }
+    }
+
+    /// Whether the lock is still this run's, as far as its renewal knows.
+    pub fn check_held(&self) -> Result<(), SinkError> {
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SinkError::LockLost {
+                pipeline: self.pipeline.clone(),
+                run_id: self.run_id.clone(),
+                path: self.warehouse.file_url(self.path.as_ref()).to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the lock released, in one conditional write, if it is still ours; a lock another
+    /// run took over is left alone. (Released, not deleted: a delete could not be made
+    /// conditional, and would remove a lock taken over in between.)
+    pub async fn release(self) -> Result<(), SinkError> {
+        self.renewal.abort();
+        if !self
+            .warehouse
+            .rewrite_lock(&self.path, &self.run_id, |info| info.released = true)
+            .await?
+        {
+            tracing::warn!(lock = %self.path, "the pipeline lock is no longer this run's; leaving it");
+        }
+        Ok(())
+    }
+}
+
+impl Warehouse {
+    /// Rewrites the lock at `path` with `change`, in one conditional write, if it is still
+    /// `run_id`'s; false if it is not (or is gone).
+    async fn rewrite_lock(
+        &self,
+        path: &Path,
+        run_id: &str,
+        change: impl Fn(&mut LockInfo),
+    ) -> Result<bool, SinkError> {
+        let store_err = |source| SinkError::Store {
+            op: "lock",
+            path: path.to_string(),
+            source,
+        };
+        // A write that raced with another renewal of ours is retried; a few are plenty.
+        for _ in 0..4 {
+            let current = match self.store.get(path).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(source) => return Err(store_err(source)),
+            };
+            let version = UpdateVersion {
+                e_tag: current.meta.e_tag.clone(),
+                version: current.meta.version.clone(),
+            };
+            let raw = current.bytes().await.map_err(store_err)?;
+            let Ok(mut info) = serde_json::from_slice::<LockInfo>(&raw) else {
+                return Ok(false);
+            };
+            if info.run_id != run_id || info.released {
+                return Ok(false);
+            }
+            change(&mut info);
+            let body = serde_json::to_vec(&info).map_err(|source| SinkError::Json {
+                path: path.to_string(),
+                source,
+            })?;
+            match self
+                .replace_if_unchanged(path, &raw, version, &body)
+                .await?
+            {
+                Swap::Done => return Ok(true),
+                Swap::Changed => continue,
+            }
+        }
+        Ok(false)
     }
 }
 

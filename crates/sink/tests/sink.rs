@@ -110,6 +110,49 @@ async fn conformance(wh: Warehouse) {
         .await
         .unwrap();
     taken.release().await.unwrap();
+    // A lock is renewed while its run lives: not stale after its stale time.
+    let short = Duration::from_millis(800);
+    let live = wh.lock("heartbeat", "run-a", short, &|| {}).await.unwrap();
+    tokio::time::sleep(short * 2).await;
+    let err = wh
+        .lock("heartbeat", "run-b", short, &|| {})
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, SinkError::Locked { ref run_id, .. } if run_id == "run-a"),
+        "{err}"
+    );
+    live.check_held().unwrap();
+    // Taken over (as if its run were dead): the run learns it, and its release leaves the
+    // other run's lock alone.
+    let other = wh
+        .lock("heartbeat", "run-c", Duration::ZERO, &|| {})
+        .await
+        .unwrap();
+    tokio::time::sleep(short).await;
+    assert!(
+        matches!(live.check_held(), Err(SinkError::LockLost { .. })),
+        "the takeover went unnoticed"
+    );
+    live.release().await.unwrap();
+    let err = wh
+        .lock("heartbeat", "run-d", Duration::from_secs(3600), &|| {})
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, SinkError::Locked { ref run_id, .. } if run_id == "run-c"),
+        "{err}"
+    );
+    other.release().await.unwrap();
+    // Released: free for the next run at once.
+    wh.lock("heartbeat", "run-e", Duration::from_secs(3600), &|| {})
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 
     // A table of the old layout (commit records listing live files) becomes a Delta table
     // with the same rows, and the old records go.

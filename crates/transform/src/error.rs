@@ -6,6 +6,12 @@ pub enum TransformError {
     Config(String),
     #[error("no staged parts to transform")]
     NoInput,
+    /// A bug, not the input's fault: the run fails (exit 1) with the panic's message.
+    #[error(
+        "internal error: a transform worker panicked: {message}; this is a bug in scoreland \
+         (please report it with the run record); nothing of this run was published"
+    )]
+    Panicked { message: String },
     #[error(
         "cannot find Customer AI scores in {file}: no `_<tenant>.CustomerAI.<instance>` struct; give an explicit [transform.mapping]"
     )]

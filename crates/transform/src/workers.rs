@@ -38,9 +38,39 @@ pub(crate) fn on_workers<S: Send>(
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(TransformError::Config("a worker panicked".into())))
+                h.join().unwrap_or_else(|payload| {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    Err(TransformError::Panicked { message })
+                })
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_panic_is_an_internal_error_with_its_message() {
+        let r = on_workers(
+            2,
+            4,
+            |_| (),
+            |_, i| {
+                if i == 2 {
+                    panic!("item {i} broke");
+                }
+                Ok(())
+            },
+        );
+        match r {
+            Err(TransformError::Panicked { message }) => assert_eq!(message, "item 2 broke"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
 }
