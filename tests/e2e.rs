@@ -941,7 +941,7 @@ mod shared_warehouse {
     }
 
     #[test]
-    fn two_runs_racing_for_one_table_version_both_land() {
+    fn a_second_publish_waits_for_the_first_and_both_land() {
         let tmp = tempfile::tempdir().unwrap();
         let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
         let (ds_a, ds_b) = (platform(&da, 3), platform(&db, 4));
@@ -958,17 +958,19 @@ mod shared_warehouse {
                 .as_u64()
                 .unwrap()
         };
-        // Both runs stop with their files uploaded and the table's version read, then go at
-        // once: first while no table exists (both create it), then on a table both read at the
-        // same version. One commit wins each version; the other commits on top of it.
+        // a stops inside its publish, about to commit (first while no table exists, then on
+        // a table b has written to): b, ready to publish meanwhile, waits for a's publish
+        // to end rather than commit between a's tables. Then both land, one after the other.
         for round in ["create", "commit"] {
             let go = tmp.path().join(format!("go-{round}"));
             let pause = format!("delta_commit:{}", go.display());
-            let envs = [("SCORELAND_PAUSE_AT", pause.as_str())];
-            let mut a = Running::start(&["run", &pa, "--json", "--force"], &envs);
-            let mut b = Running::start(&["run", &pb, "--json", "--force"], &envs);
+            let mut a = Running::start(
+                &["run", &pa, "--json", "--force"],
+                &[("SCORELAND_PAUSE_AT", pause.as_str())],
+            );
             a.wait_for("SCORELAND_PAUSE_AT=delta_commit");
-            b.wait_for("SCORELAND_PAUSE_AT=delta_commit");
+            let mut b = Running::start(&["run", &pb, "--json", "--force", "-v"], &[]);
+            b.wait_for("waiting for another run's publish");
             std::fs::write(&go, "").unwrap();
             let (ca, out_a, err_a) = a.finish();
             let (cb, out_b, err_b) = b.finish();
@@ -984,11 +986,71 @@ mod shared_warehouse {
             {
                 assert_eq!(ta["table"], tb["table"]);
                 assert!(ta["committed"].as_bool().unwrap() && tb["committed"].as_bool().unwrap());
-                assert_ne!(ta["version"], tb["version"], "{round}: {ra} {rb}");
+                // b's commits all come after a's.
+                assert!(
+                    ta["version"].as_u64() < tb["version"].as_u64(),
+                    "{round}: {ra} {rb}"
+                );
             }
             assert_eq!(count(&ds_a), ra["rows_out"].as_u64().unwrap(), "{round}");
             assert_eq!(count(&ds_b), rb["rows_out"].as_u64().unwrap(), "{round}");
         }
+    }
+
+    #[test]
+    fn another_pipelines_crashed_publish_is_finished_before_this_one_publishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
+        let (ds_a, ds_b) = (platform(&da, 5), platform(&db, 6));
+        let (pa, pb) = (
+            pipeline(tmp.path(), "a", &da).display().to_string(),
+            pipeline(tmp.path(), "b", &db).display().to_string(),
+        );
+        let wh = tmp.path().join("wh").display().to_string();
+        let crashed = scoreland(
+            &["run", &pa, "--json"],
+            &[("SCORELAND_CRASH_AT", "between_tables")],
+        );
+        assert!(
+            crashed.status.code().is_none() || crashed.status.code() == Some(134),
+            "{}",
+            text(&crashed)
+        );
+        let b = scoreland(&["run", &pb, "--json"], &[]);
+        assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+        let rb = record(&b);
+        assert!(
+            rb["warnings"].to_string().contains("pipeline a's publish"),
+            "{rb}"
+        );
+        // a's night is whole for readers: its scores and its summary, published under a.
+        let n = |sql: String| {
+            let o = scoreland(&["sql", &sql, "--warehouse", &wh, "--format", "json"], &[]);
+            assert!(o.status.success(), "{}", text(&o));
+            serde_json::from_slice::<Value>(&o.stdout).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        };
+        let a_rows = n(format!(
+            "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_a}'"
+        ));
+        assert!(a_rows > 0);
+        assert_eq!(
+            n(format!(
+                "SELECT CAST(sum(rows) AS BIGINT) AS n FROM summary WHERE dataset_id = '{ds_a}'"
+            )),
+            a_rows
+        );
+        assert!(
+            n(format!(
+                "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_b}'"
+            )) > 0
+        );
+        assert!(tmp.path().join("wh/_published/a.json").exists());
+        assert!(!tmp.path().join("wh/_state/a.publishing.json").exists());
+        // a's next run finds its night landed.
+        let again = scoreland(&["run", &pa, "--json"], &[]);
+        assert_eq!(again.status.code(), Some(3), "{}", text(&again));
     }
 }
 

@@ -32,6 +32,19 @@ pub enum PipelineError {
         #[source]
         source: Box<scoreland_sink::SinkError>,
     },
+    /// Another pipeline's interrupted publish that this machine cannot finish.
+    #[error(
+        "pipeline {pipeline}'s publish of run {run_id} was interrupted after committing to the warehouse, and the files it prepared are not on this machine; publishing now would show readers half of that run: rerun pipeline {pipeline} first (it settles its publish), then this one"
+    )]
+    OtherPublishInterrupted { pipeline: String, run_id: String },
+    #[error(
+        "waited {waited} for another publish on this warehouse to end ({holder}); rerun later, or remove {path} if no run of scoreland is publishing"
+    )]
+    PublishBusy {
+        waited: String,
+        holder: String,
+        path: String,
+    },
     /// A segment or export job that failed, was cancelled or gave nothing to land.
     #[error("{message}")]
     Job { message: String },

@@ -951,25 +951,118 @@ async fn publish(
     let t = Instant::now();
     crash_point("before_commit");
     scoreland_sink::pause_point("before_commit");
-    let mut this = Publishing::new(record, prepared);
-    let left: Option<Publishing> = warehouse
-        .get_json(&publishing_rel(name))
-        .await
-        .map_err(PipelineError::Sink)?;
-    if let Some(left) = left
-        && left.run_id != this.run_id
-    {
-        recover(name, warehouse, record, &mut this, left).await?;
+    // One publish at a time on a warehouse: readers see, per table, the newest version any
+    // pipeline published, so another pipeline's commit in between would show half its run.
+    let lock = publish_lock(warehouse, &record.run_id).await?;
+    let published = async {
+        settle_other_pipelines(name, warehouse, record).await?;
+        let mut this = Publishing::new(record, prepared);
+        let left: Option<Publishing> = warehouse
+            .get_json(&publishing_rel(name))
+            .await
+            .map_err(PipelineError::Sink)?;
+        if let Some(left) = left
+            && left.run_id != this.run_id
+        {
+            recover(name, warehouse, record, &mut this, left).await?;
+        }
+        warehouse
+            .put_json(&publishing_rel(name), &this)
+            .await
+            .map_err(PipelineError::Sink)?;
+        land(name, warehouse, &this).await
     }
-    warehouse
-        .put_json(&publishing_rel(name), &this)
-        .await
-        .map_err(PipelineError::Sink)?;
-    let landed = land(name, warehouse, &this).await?;
+    .await;
+    if let Err(e) = lock.release().await {
+        tracing::error!(error = %e, "cannot release the warehouse's publish lock");
+    }
+    let landed = published?;
     record.tables = landed.tables;
     record.extracts = landed.extracts;
     record.timings.sink_ms = ms(t.elapsed());
     record.status = RunStatus::Landed;
+    Ok(())
+}
+
+/// The warehouse's publish lock: held by one publishing run at a time, renewed while it runs.
+const PUBLISH_LOCK: &str = "_publish";
+/// A dead publisher's lock is taken over after this (a live one renews it four times as often).
+const PUBLISH_LOCK_STALE: Duration = Duration::from_secs(600);
+/// How long a run waits for another pipeline's publish.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1800);
+
+async fn publish_lock(
+    warehouse: &Warehouse,
+    run_id: &str,
+) -> Result<scoreland_sink::Lock, PipelineError> {
+    let waiting = Instant::now();
+    let mut said = false;
+    loop {
+        match warehouse
+            .lock(PUBLISH_LOCK, run_id, PUBLISH_LOCK_STALE, &|| {})
+            .await
+        {
+            Ok(lock) => return Ok(lock),
+            Err(scoreland_sink::SinkError::Locked {
+                run_id: holder,
+                path,
+                ..
+            }) => {
+                if waiting.elapsed() >= PUBLISH_WAIT {
+                    return Err(PipelineError::PublishBusy {
+                        waited: humantime::format_duration(PUBLISH_WAIT).to_string(),
+                        holder,
+                        path,
+                    });
+                }
+                if !said {
+                    tracing::info!(run = %holder, "waiting for another run's publish on this warehouse");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(PipelineError::Sink(e)),
+        }
+    }
+}
+
+/// Other pipelines' publishes that crashed half-way: finished here from their files (so that
+/// this run's commits do not show half of them), or, without their files, this run stops.
+async fn settle_other_pipelines(
+    name: &str,
+    warehouse: &Warehouse,
+    record: &mut RunRecord,
+) -> Result<(), PipelineError> {
+    let names = warehouse
+        .file_names("_state")
+        .await
+        .map_err(PipelineError::Sink)?;
+    for other in names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".publishing.json"))
+        .filter(|other| *other != name)
+    {
+        let Some(left) = warehouse
+            .get_json::<Publishing>(&publishing_rel(other))
+            .await
+            .map_err(PipelineError::Sink)?
+        else {
+            continue;
+        };
+        if !left.files_present() {
+            return Err(PipelineError::OtherPublishInterrupted {
+                pipeline: other.to_string(),
+                run_id: left.run_id,
+            });
+        }
+        tracing::warn!(pipeline = other, run = %left.run_id, "finishing another pipeline's interrupted publish first");
+        land(other, warehouse, &left).await?;
+        record.warnings.push(format!(
+            "pipeline {other}'s publish of run {} was interrupted; it was finished before this \
+             run's",
+            left.run_id
+        ));
+    }
     Ok(())
 }
 

@@ -282,6 +282,16 @@ impl Warehouse {
         upload(self.store.as_ref(), local, &self.path(rel)).await
     }
 
+    /// The names of the objects directly under `rel` (a folder of the warehouse).
+    pub async fn file_names(&self, rel: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self
+            .list(&self.path(rel))
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+
     /// Every object under `prefix`.
     pub(crate) async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, SinkError> {
         use futures::TryStreamExt;
