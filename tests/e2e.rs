@@ -269,10 +269,62 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
             })
             .count()
     };
+    // An upload no version names (a run that died before its commit) is an orphan.
+    let orphan_dir = walk(&Path::new(&wh).join("scores"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let orphan = orphan_dir.join("part-00000-orphan.zstd.parquet");
+    std::fs::write(&orphan, b"PAR1 left by a dead run").unwrap();
     let files_before = parquet("scores");
-    let vacuum = scoreland(&["vacuum", "--warehouse", &wh, "--retention", "0s"], &[]);
+    // Under an hour, the retention must be asked for explicitly.
+    let short = scoreland(&["vacuum", "--warehouse", &wh, "--retention", "0s"], &[]);
+    assert_eq!(short.status.code(), Some(2), "{}", text(&short));
+    assert!(
+        text(&short).contains("--allow-short-retention"),
+        "{}",
+        text(&short)
+    );
+    // A publish under way (its lock held by a live run elsewhere) keeps vacuum out.
+    let publish_lock = Path::new(&wh).join("_locks/_publish.lock");
+    std::fs::write(
+        &publish_lock,
+        serde_json::json!({"run_id": "r-elsewhere", "pid": 1, "host": "elsewhere",
+            "started_at": chrono::Utc::now().to_rfc3339()})
+        .to_string(),
+    )
+    .unwrap();
+    let busy = scoreland(
+        &[
+            "vacuum",
+            "--warehouse",
+            &wh,
+            "--retention",
+            "0s",
+            "--allow-short-retention",
+        ],
+        &[],
+    );
+    assert_eq!(busy.status.code(), Some(4), "{}", text(&busy));
+    assert!(orphan.exists());
+    std::fs::remove_file(&publish_lock).unwrap();
+    let vacuum = scoreland(
+        &[
+            "vacuum",
+            "--warehouse",
+            &wh,
+            "--retention",
+            "0s",
+            "--allow-short-retention",
+        ],
+        &[],
+    );
     assert!(vacuum.status.success(), "{}", text(&vacuum));
     assert!(parquet("scores") < files_before, "{}", text(&vacuum));
+    assert!(!orphan.exists(), "the orphan was kept: {}", text(&vacuum));
     assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), before);
     // Optimize rewrites the files, not the rows; readers follow it.
     let optimize = scoreland(&["optimize", "--warehouse", &wh], &[]);

@@ -153,20 +153,64 @@ pub struct VacuumArgs {
     #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
     pub warehouse: String,
     /// Files that versions younger than this still need are kept: time travel (`sql
-    /// --as-of`) reaches back this far.
+    /// --as-of`) reaches back this far. The published version's files are always kept.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: std::time::Duration,
+    /// Accept a retention under one hour: a query that started on the version before the
+    /// newest night (`serve`, `sql`) can then lose files it is reading.
+    #[arg(long)]
+    pub allow_short_retention: bool,
 }
 
+/// Below this, `vacuum` needs --allow-short-retention: a query running on the previous
+/// version (`serve`'s queries end within their timeout) keeps its files.
+const SHORT_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
-    let wh = open(&args.warehouse)?;
-    for t in ALL_TABLES {
-        let deleted = wh.vacuum_table(t, args.retention).await?;
-        println!("{t}: {} files deleted", deleted.len());
-        for f in deleted {
-            println!("  {f}");
-        }
+    if args.retention < SHORT_RETENTION && !args.allow_short_retention {
+        return Err(usage(anyhow::anyhow!(
+            "--retention {} is under one hour: files of the version before the newest night \
+             would go while a query (serve, sql) may still read them; give \
+             --allow-short-retention if no query runs now",
+            humantime::format_duration(args.retention)
+        )));
     }
+    let wh = open(&args.warehouse)?;
+    // No publish runs while vacuum does: its uploads would look like orphans.
+    let lock = match wh
+        .lock(
+            scoreland_sink::PUBLISH_LOCK,
+            &format!("vacuum-{}", std::process::id()),
+            std::time::Duration::from_secs(600),
+            &|| {},
+        )
+        .await
+    {
+        Ok(lock) => lock,
+        Err(scoreland_sink::SinkError::Locked { run_id, .. }) => {
+            return Err(Failure {
+                code: 4,
+                error: anyhow::anyhow!(
+                    "run {run_id} is publishing on {}; vacuum when it has finished",
+                    wh.url()
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let vacuumed = async {
+        for t in ALL_TABLES {
+            let deleted = wh.vacuum_table(t, args.retention).await?;
+            println!("{t}: {} files deleted", deleted.len());
+            for f in deleted {
+                println!("  {f}");
+            }
+        }
+        Ok::<_, scoreland_sink::SinkError>(())
+    }
+    .await;
+    lock.release().await?;
+    vacuumed?;
     Ok(0)
 }
 

@@ -984,8 +984,6 @@ async fn publish(
     Ok(())
 }
 
-/// The warehouse's publish lock: held by one publishing run at a time, renewed while it runs.
-const PUBLISH_LOCK: &str = "_publish";
 /// A dead publisher's lock is taken over after this (a live one renews it four times as often).
 const PUBLISH_LOCK_STALE: Duration = Duration::from_secs(600);
 /// How long a run waits for another pipeline's publish.
@@ -999,7 +997,12 @@ async fn publish_lock(
     let mut said = false;
     loop {
         match warehouse
-            .lock(PUBLISH_LOCK, run_id, PUBLISH_LOCK_STALE, &|| {})
+            .lock(
+                scoreland_sink::PUBLISH_LOCK,
+                run_id,
+                PUBLISH_LOCK_STALE,
+                &|| {},
+            )
             .await
         {
             Ok(lock) => return Ok(lock),

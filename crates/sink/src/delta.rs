@@ -742,8 +742,12 @@ impl Warehouse {
         Ok(QueryOutput { schema, batches })
     }
 
-    /// Deletes the files no version within `retention` needs (Delta's vacuum). Returns the
-    /// files deleted.
+    /// Deletes the files no version within `retention` needs (Delta's vacuum, full mode): files
+    /// replaced longer ago than that, and files no version names (uploads of runs that failed
+    /// before their commit, files `convert` left) older than that. The version readers are
+    /// given (`_published`) keeps its files whatever the retention. Returns the files deleted.
+    /// Call it under the publish lock ([`crate::PUBLISH_LOCK`]): a publish's uploads are files no
+    /// version names until its commit.
     pub async fn vacuum_table(
         &self,
         table: &str,
@@ -752,9 +756,18 @@ impl Warehouse {
         let Some(t) = self.delta_table(table, None).await? else {
             return Ok(Vec::new());
         };
+        let keep: Vec<u64> = self
+            .published_versions()
+            .await?
+            .get(table)
+            .copied()
+            .into_iter()
+            .collect();
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let (_, metrics) = t
             .vacuum()
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            .with_keep_versions(&keep)
             .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .await

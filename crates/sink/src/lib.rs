@@ -28,4 +28,4 @@ pub use delta::{
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};
 pub use pause::pause_point;
-pub use store::{Lock, SinkConfig, Warehouse};
+pub use store::{Lock, PUBLISH_LOCK, SinkConfig, Warehouse};

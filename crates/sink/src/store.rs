@@ -577,6 +577,11 @@ fn host_identity() -> String {
     }
 }
 
+/// The warehouse's publish lock (`_locks/_publish.lock`): held by one run's publish at a time,
+/// and by `vacuum`, so that no commit lands between another run's tables and no upload of a
+/// publish is taken for an orphan.
+pub const PUBLISH_LOCK: &str = "_publish";
+
 /// A held pipeline lock, renewed while the run lives (a crash leaves it to go stale);
 /// [`Lock::release`] marks it released, and only if it is still this run's.
 pub struct Lock {
