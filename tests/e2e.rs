@@ -992,23 +992,51 @@ mod shared_warehouse {
         assert!(ra["tables"][0]["version"].as_u64() > rb["tables"][0]["version"].as_u64());
     }
 
+    /// Two platforms of their own datasets, and pipelines `a` and `b` landing them into one
+    /// warehouse.
+    struct Two {
+        ds_a: String,
+        ds_b: String,
+        pa: String,
+        pb: String,
+        wh: String,
+    }
+
+    fn two(tmp: &Path, (seed_a, seed_b): (u64, u64)) -> Two {
+        let (da, db) = (tmp.join("pa"), tmp.join("pb"));
+        Two {
+            ds_a: platform(&da, seed_a),
+            ds_b: platform(&db, seed_b),
+            pa: pipeline(tmp, "a", &da).display().to_string(),
+            pb: pipeline(tmp, "b", &db).display().to_string(),
+            wh: tmp.join("wh").display().to_string(),
+        }
+    }
+
+    /// The `n` of a one-row query over the warehouse.
+    fn n(wh: &str, sql: &str) -> u64 {
+        let o = scoreland(&["sql", sql, "--warehouse", wh, "--format", "json"], &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["n"]
+            .as_u64()
+            .unwrap()
+    }
+
     #[test]
     fn a_second_publish_waits_for_the_first_and_both_land() {
         let tmp = tempfile::tempdir().unwrap();
-        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
-        let (ds_a, ds_b) = (platform(&da, 3), platform(&db, 4));
-        let (pa, pb) = (
-            pipeline(tmp.path(), "a", &da).display().to_string(),
-            pipeline(tmp.path(), "b", &db).display().to_string(),
-        );
-        let wh = tmp.path().join("wh").display().to_string();
+        let Two {
+            ds_a,
+            ds_b,
+            pa,
+            pb,
+            wh,
+        } = two(tmp.path(), (3, 4));
         let count = |ds: &str| {
-            let sql = format!("SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds}'");
-            let o = scoreland(&["sql", &sql, "--warehouse", &wh, "--format", "json"], &[]);
-            assert!(o.status.success(), "{}", text(&o));
-            serde_json::from_slice::<Value>(&o.stdout).unwrap()["n"]
-                .as_u64()
-                .unwrap()
+            n(
+                &wh,
+                &format!("SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds}'"),
+            )
         };
         // a stops inside its publish, about to commit (first while no table exists, then on
         // a table b has written to): b, ready to publish meanwhile, waits for a's publish
@@ -1052,13 +1080,13 @@ mod shared_warehouse {
     #[test]
     fn another_pipelines_crashed_publish_is_finished_before_this_one_publishes() {
         let tmp = tempfile::tempdir().unwrap();
-        let (da, db) = (tmp.path().join("pa"), tmp.path().join("pb"));
-        let (ds_a, ds_b) = (platform(&da, 5), platform(&db, 6));
-        let (pa, pb) = (
-            pipeline(tmp.path(), "a", &da).display().to_string(),
-            pipeline(tmp.path(), "b", &db).display().to_string(),
-        );
-        let wh = tmp.path().join("wh").display().to_string();
+        let Two {
+            ds_a,
+            ds_b,
+            pa,
+            pb,
+            wh,
+        } = two(tmp.path(), (5, 6));
         let crashed = scoreland(
             &["run", &pa, "--json"],
             &[("SCORELAND_CRASH_AT", "between_tables")],
@@ -1076,13 +1104,7 @@ mod shared_warehouse {
             "{rb}"
         );
         // a's night is whole for readers: its scores and its summary, published under a.
-        let n = |sql: String| {
-            let o = scoreland(&["sql", &sql, "--warehouse", &wh, "--format", "json"], &[]);
-            assert!(o.status.success(), "{}", text(&o));
-            serde_json::from_slice::<Value>(&o.stdout).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        };
+        let n = |sql: String| n(&wh, &sql);
         let a_rows = n(format!(
             "SELECT count(*) AS n FROM scores WHERE dataset_id = '{ds_a}'"
         ));

@@ -6,6 +6,7 @@
 //! Which folders are complete is the caller's decision (the flow's runs, or a settle time); this
 //! module lists what is there and stages exactly what was listed.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,6 +250,7 @@ pub async fn list_export_folders(
         .map_err(|e| store_error(&format!("listing {root}"), e))?;
     let prefix: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
     let mut folders: std::collections::BTreeMap<String, ExportFolder> = Default::default();
+    let (mut started, mut committed) = (BTreeSet::new(), BTreeSet::new());
     for o in objects {
         let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
         let rel_parts = &parts[prefix.len().min(parts.len())..];
@@ -275,6 +277,16 @@ pub async fn list_export_folders(
                 last_modified: o.last_modified,
             });
         folder.last_modified = folder.last_modified.max(o.last_modified);
+        // Spark's transactional commit protocol: `_started_<txn>` when a job begins writing,
+        // `_committed_<txn>` when it has. A started job without its commit is unfinished.
+        if let Some(txn) = name.strip_prefix("_started_") {
+            started.insert((folder_rel.clone(), txn.to_string()));
+            continue;
+        }
+        if let Some(txn) = name.strip_prefix("_committed_") {
+            committed.insert((folder_rel.clone(), txn.to_string()));
+            continue;
+        }
         if name.contains('/') || name.starts_with('.') || name.starts_with('_') {
             if name != "_SUCCESS" {
                 folder.unfinished.push(name);
@@ -289,6 +301,12 @@ pub async fn list_export_folders(
                 location: o.location,
             }),
             None => folder.unknown.push(name),
+        }
+    }
+    for (folder, txn) in started.difference(&committed) {
+        if let Some(f) = folders.get_mut(folder) {
+            f.unfinished
+                .push(format!("_started_{txn} (no _committed_{txn} yet)"));
         }
     }
     let mut out: Vec<ExportFolder> = folders.into_values().collect();
@@ -602,9 +620,12 @@ fn json_values(f: &ExportFile, path: &Path) -> Result<Records, String> {
     match first {
         None => Ok(Box::new(std::iter::empty())),
         Some(b'[') => {
-            let all: Vec<serde_json::Value> =
-                serde_json::from_reader(reader).map_err(|e| format!("not a JSON array: {e}"))?;
-            Ok(Box::new(all.into_iter().map(Ok)))
+            reader.consume(1);
+            Ok(Box::new(ArrayElements {
+                reader,
+                done: false,
+                index: 0,
+            }))
         }
         Some(_) => Ok(Box::new(
             serde_json::Deserializer::from_reader(reader)
@@ -615,9 +636,177 @@ fn json_values(f: &ExportFile, path: &Path) -> Result<Records, String> {
     }
 }
 
+/// The elements of a top-level JSON array, one at a time (its `[` already read): each element's
+/// bytes are found by following strings and nesting, then parsed alone, so memory holds one
+/// record, never the whole file.
+struct ArrayElements<R> {
+    reader: R,
+    done: bool,
+    index: usize,
+}
+
+impl<R: BufRead> Iterator for ArrayElements<R> {
+    type Item = Result<serde_json::Value, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.index += 1;
+        let index = self.index;
+        let parse = |bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|e| format!("record {index}: not JSON: {e}"))
+        };
+        let mut element = Vec::new();
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(format!("not readable: {e}")));
+                }
+            };
+            if chunk.is_empty() {
+                self.done = true;
+                return Some(Err(format!(
+                    "the JSON array is not closed: the file ends in record {index}"
+                )));
+            }
+            let mut used = 0;
+            let mut end = None;
+            for &b in chunk {
+                used += 1;
+                if in_string {
+                    element.push(b);
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => depth -= 1,
+                    b']' => {
+                        end = Some(true);
+                        break;
+                    }
+                    b',' if depth == 0 => {
+                        end = Some(false);
+                        break;
+                    }
+                    _ => {}
+                }
+                element.push(b);
+            }
+            self.reader.consume(used);
+            match end {
+                None => continue,
+                Some(last) => {
+                    self.done = last;
+                    let blank = element.iter().all(|c| c.is_ascii_whitespace());
+                    return match (last, blank) {
+                        // `[]`, or the end after the last element.
+                        (true, true) if index == 1 => None,
+                        (_, true) => Some(Err(format!("record {index}: empty (a stray comma)"))),
+                        _ => Some(parse(&element)),
+                    };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn spark_commit_markers_say_whether_a_folder_is_still_written() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let put = |p: &str| {
+            let store = store.clone();
+            let p = ObjectPath::from(p);
+            async move {
+                object_store::ObjectStoreExt::put(store.as_ref(), &p, vec![1u8; 3].into())
+                    .await
+                    .unwrap();
+            }
+        };
+        let done = "aep/ds1/exportTime=202612010200";
+        let writing = "aep/ds1/exportTime=202612010300";
+        for p in [
+            format!("{done}/_started_123"),
+            format!("{done}/part-0.parquet"),
+            format!("{done}/_committed_123"),
+            format!("{done}/_SUCCESS"),
+            format!("{writing}/_started_456"),
+            format!("{writing}/part-0.parquet"),
+        ] {
+            put(&p).await;
+        }
+        let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds1").unwrap();
+        let folders = list_export_folders(&store, &ObjectPath::from("aep"), &pattern)
+            .await
+            .unwrap();
+        assert_eq!(folders.len(), 2);
+        assert_eq!(folders[0].files.len(), 1);
+        assert!(
+            folders[0].unfinished.is_empty(),
+            "{:?}",
+            folders[0].unfinished
+        );
+        assert_eq!(
+            folders[1].unfinished,
+            ["_started_456 (no _committed_456 yet)"]
+        );
+    }
+
+    #[test]
+    fn a_json_array_is_read_one_record_at_a_time() {
+        let records = |text: &str| -> Result<Vec<serde_json::Value>, String> {
+            let mut r = BufReader::with_capacity(7, text.as_bytes());
+            // What json_values does before handing over: up to and including the `[`.
+            let skip = text.find('[').unwrap() + 1;
+            std::io::Read::read_exact(&mut r, &mut vec![0; skip]).unwrap();
+            ArrayElements {
+                reader: r,
+                done: false,
+                index: 0,
+            }
+            .collect()
+        };
+        let text = r#" [ {"a": "x,]}\"[", "b": [1, [2, {"c": null}]]}, {"a": "\\"} ,{"d": 1.5e3}]"#;
+        let want: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(records(text).unwrap(), want);
+        assert_eq!(records("[]").unwrap(), Vec::<serde_json::Value>::new());
+        assert_eq!(records("[ \n ]").unwrap(), Vec::<serde_json::Value>::new());
+        assert!(
+            records(r#"[{"a": 1}, {"b": "#)
+                .unwrap_err()
+                .contains("not closed")
+        );
+        assert!(
+            records(r#"[{"a": 1},, {"b": 2}]"#)
+                .unwrap_err()
+                .contains("record 2")
+        );
+        assert!(
+            records(r#"[{"a": 1}, {"b": 2},]"#)
+                .unwrap_err()
+                .contains("record 3")
+        );
+        assert!(
+            records(r#"[{"a": x}]"#)
+                .unwrap_err()
+                .contains("record 1: not JSON")
+        );
+    }
 
     #[test]
     fn folder_patterns() {

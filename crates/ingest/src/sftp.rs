@@ -468,13 +468,9 @@ impl Inner {
                     dirs.push(location);
                 }
             } else if meta.is_regular() {
-                let modified: DateTime<Utc> = meta
-                    .modified()
-                    .map(DateTime::<Utc>::from)
-                    .unwrap_or_default();
                 out.push(ObjectMeta {
                     location,
-                    last_modified: modified,
+                    last_modified: listed_time(meta.modified().ok()),
                     size: meta.size.unwrap_or(0),
                     e_tag: None,
                     version: None,
@@ -571,10 +567,7 @@ impl ObjectStore for SftpStore {
             .map_err(generic)?;
         let meta = ObjectMeta {
             location: location.clone(),
-            last_modified: meta
-                .modified()
-                .map(DateTime::<Utc>::from)
-                .unwrap_or_default(),
+            last_modified: listed_time(meta.modified().ok()),
             size,
             e_tag: None,
             version: None,
@@ -686,5 +679,22 @@ impl ObjectStore for SftpStore {
             operation: "copy".into(),
             implementer: STORE.into(),
         })
+    }
+}
+
+/// An entry's modification time; a server that gives none makes it "now", so that the settle
+/// rule never takes such an entry for an old, finished one.
+fn listed_time(modified: Option<std::time::SystemTime>) -> DateTime<Utc> {
+    modified.map_or_else(Utc::now, DateTime::<Utc>::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_entry_without_a_modification_time_is_taken_as_new() {
+        let before = chrono::Utc::now();
+        assert!(super::listed_time(None) >= before);
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+        assert_eq!(super::listed_time(Some(old)).timestamp(), 86_400);
     }
 }
