@@ -112,6 +112,14 @@ fn first_dataset(sim: &scoreland_platform_sim::SimHandle) -> String {
         .clone()
 }
 
+/// Whether a lock is free: absent, or marked released by the run that held it.
+fn released(lock: &Path) -> bool {
+    match std::fs::read(lock) {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["released"] == true,
+        Err(_) => !lock.exists(),
+    }
+}
+
 fn record(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
 }
@@ -647,7 +655,7 @@ mod operations {
         write_lock(&demo, "run-from-2000", "2000-01-01T00:00:00+00:00");
         let o = demo.run(&[], &[]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        assert!(!Path::new(&demo.wh()).join("_locks/demo.lock").exists());
+        assert!(released(&Path::new(&demo.wh()).join("_locks/demo.lock")));
     }
 
     #[test]
@@ -702,7 +710,7 @@ mod operations {
         assert_eq!(r["status"], "landed");
         let rows = r["rows_out"].as_u64().unwrap();
         assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), rows);
-        assert!(!Path::new(&demo.wh()).join("_locks/demo.lock").exists());
+        assert!(released(&Path::new(&demo.wh()).join("_locks/demo.lock")));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,7 +747,7 @@ mod operations {
         let wh = tmp.path().join("wh");
         assert!(!wh.join("scores").exists(), "nothing was published");
         assert!(!wh.join("_state").exists());
-        assert!(!wh.join("_locks/customer-ai-nightly.lock").exists());
+        assert!(released(&wh.join("_locks/customer-ai-nightly.lock")));
         let work = tmp.path().join("staging/.work");
         assert!(
             !work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(),
