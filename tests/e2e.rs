@@ -1521,6 +1521,49 @@ url = "{t}/wh"
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aeps_manifest_decides_and_mixed_run_counts_only_warn() {
+        let x = setup_with(
+            SimConfig {
+                export_manifests: true,
+                ..Default::default()
+            },
+            "destination = \"s3\"\nbucket = \"lake\"\npath = \"aep\"\nfile_type = \"PARQUET\"\ncredentials = { access_key = \"AKIA-E2E\" }",
+            None,
+            "",
+            400,
+        )
+        .await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        // The run's counts include another export's: the manifest, all present, decides.
+        x.sim.script_export(ExportFault::MixedCounts);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let full = x.run();
+        assert_eq!(full.status.code(), Some(0), "{}", text(&full));
+        let r = record(&full);
+        let complete = r["export"]["folders"][0]["complete"].as_str().unwrap();
+        assert!(complete.contains("manifest"), "{r}");
+        assert!(
+            r["warnings"].to_string().contains("manifest is followed"),
+            "{r}"
+        );
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+        // A file the manifest lists is missing after its run succeeded: lost, so the run
+        // fails naming it, and nothing of the folder lands.
+        x.sim.set_export_hold_back(1);
+        x.sim.script_export(ExportFault::MissingFile);
+        assert!(x.cli(&["export", "run"]).status.success());
+        let lost = x.run();
+        assert_eq!(lost.status.code(), Some(1), "{}", text(&lost));
+        assert!(
+            text(&lost).contains("which the manifest lists"),
+            "{}",
+            text(&lost)
+        );
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_while_publishing_a_folder_never_loses_the_next_one() {
         let x = setup("PARQUET", "").await;
         x.sim.set_export_hold_back(2);

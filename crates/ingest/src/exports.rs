@@ -82,6 +82,39 @@ pub struct ExportFolder {
     pub unknown: Vec<String>,
     /// When the newest object of the folder was written.
     pub last_modified: DateTime<Utc>,
+    /// What AEP's manifests in the folder (`manifest-<destination>-<run>.json`) list, when
+    /// the flow writes them.
+    pub manifest: Option<ExportManifest>,
+}
+
+/// The files AEP's manifests of a folder list (`exportResults[]`: `sinkPath`, `name`, `size`),
+/// by name, and which manifests said so.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExportManifest {
+    pub names: Vec<String>,
+    pub files: std::collections::BTreeMap<String, u64>,
+}
+
+/// One manifest file as AEP writes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestFile {
+    #[serde(default)]
+    export_results: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestEntry {
+    #[serde(default)]
+    sink_path: String,
+    name: String,
+    size: u64,
+}
+
+/// Whether `name` (a file directly in a folder) is one of AEP's manifests.
+fn is_manifest(name: &str) -> bool {
+    name.starts_with("manifest-") && name.ends_with(".json")
 }
 
 impl ExportFolder {
@@ -251,6 +284,7 @@ pub async fn list_export_folders(
     let prefix: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
     let mut folders: std::collections::BTreeMap<String, ExportFolder> = Default::default();
     let (mut started, mut committed) = (BTreeSet::new(), BTreeSet::new());
+    let mut manifests = Vec::new();
     for o in objects {
         let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
         let rel_parts = &parts[prefix.len().min(parts.len())..];
@@ -275,6 +309,7 @@ pub async fn list_export_folders(
                 unfinished: Vec::new(),
                 unknown: Vec::new(),
                 last_modified: o.last_modified,
+                manifest: None,
             });
         folder.last_modified = folder.last_modified.max(o.last_modified);
         // Spark's transactional commit protocol: `_started_<txn>` when a job begins writing,
@@ -285,6 +320,10 @@ pub async fn list_export_folders(
         }
         if let Some(txn) = name.strip_prefix("_committed_") {
             committed.insert((folder_rel.clone(), txn.to_string()));
+            continue;
+        }
+        if is_manifest(&name) {
+            manifests.push((folder_rel.clone(), name, o.location));
             continue;
         }
         if name.contains('/') || name.starts_with('.') || name.starts_with('_') {
@@ -307,6 +346,39 @@ pub async fn list_export_folders(
         if let Some(f) = folders.get_mut(folder) {
             f.unfinished
                 .push(format!("_started_{txn} (no _committed_{txn} yet)"));
+        }
+    }
+    for (folder_rel, name, location) in manifests {
+        let bad = |why: String| IngestError::BadExportFolder {
+            folder: folder_rel.clone(),
+            why,
+        };
+        let bytes = object_store::ObjectStoreExt::get(store.as_ref(), &location)
+            .await
+            .map_err(|e| store_error(&format!("reading {location}"), e))?
+            .bytes()
+            .await
+            .map_err(|e| store_error(&format!("reading {location}"), e))?;
+        let parsed: ManifestFile = serde_json::from_slice(&bytes).map_err(|e| {
+            bad(format!(
+                "its manifest {name} is not AEP's manifest JSON: {e}"
+            ))
+        })?;
+        let Some(folder) = folders.get_mut(&folder_rel) else {
+            continue;
+        };
+        let m = folder.manifest.get_or_insert_with(ExportManifest::default);
+        m.names.push(name.clone());
+        for entry in parsed.export_results {
+            // The entry's folder, when it says, must be this one.
+            let sink = entry.sink_path.trim_end_matches('/');
+            if !sink.is_empty() && !sink.ends_with(folder_rel.as_str()) {
+                return Err(bad(format!(
+                    "its manifest {name} lists {} under {sink}, another folder",
+                    entry.name
+                )));
+            }
+            m.files.insert(entry.name, entry.size);
         }
     }
     let mut out: Vec<ExportFolder> = folders.into_values().collect();

@@ -30,8 +30,8 @@ pub use config::{
 pub use download::{DownloadObserver, DownloadReport, NoProgress, partial_name};
 pub use error::IngestError;
 pub use exports::{
-    DEFAULT_FOLDER_TEMPLATE, ExportFile, ExportFolder, ExportFormat, FolderPattern, StagedExport,
-    list_export_folders, stage_export_folder,
+    DEFAULT_FOLDER_TEMPLATE, ExportFile, ExportFolder, ExportFormat, ExportManifest, FolderPattern,
+    StagedExport, list_export_folders, stage_export_folder,
 };
 pub use flows::{
     Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination, DestinationAuth,

@@ -465,12 +465,15 @@ impl ExportConn {
             other => other,
         }
         .map_err(PipelineError::Ingest)?;
+        // With AEP's manifest, the run's counts (which can include other exports') only warn:
+        // see `manifest_verdict`.
         if let Some(expected) = self
             .runs
             .as_deref()
             .and_then(|rs| run_of(folder, rs))
             .and_then(|r| r.output_records)
             && expected != staged.rows
+            && folder.manifest.is_none()
         {
             return Err(PipelineError::Ingest(
                 scoreland_ingest::IngestError::BadExportFolder {
@@ -764,7 +767,7 @@ pub async fn download(
         if folder.is_some_and(|want| want.trim_matches('/') != f.rel) {
             continue;
         }
-        match verdict(&f, conn.runs.as_deref(), settle, now)? {
+        match verdict(&f, conn.runs.as_deref(), settle, now, &mut warnings)? {
             Verdict::Complete(why) => {
                 chosen = Some((f, why));
                 break;
@@ -849,7 +852,11 @@ pub(crate) fn verdict(
     runs: Option<&[FlowRun]>,
     settle: Duration,
     now: DateTime<Utc>,
+    warnings: &mut Vec<String>,
 ) -> Result<Verdict, PipelineError> {
+    if let Some(manifest) = &folder.manifest {
+        return manifest_verdict(folder, manifest, runs, warnings);
+    }
     let Some(runs) = runs else {
         if let Some(f) = folder.unfinished.first() {
             return Ok(Verdict::Pending(format!("{f} is still being written")));
@@ -915,6 +922,89 @@ pub(crate) fn verdict(
     )))
 }
 
+/// AEP's manifest decides: every file it lists is in the folder with its size, and no other
+/// data file is. The flow run's counts, which AEP mixes with other exports' (a known
+/// limitation), only warn when they differ; a failed run still fails the folder.
+fn manifest_verdict(
+    folder: &ExportFolder,
+    manifest: &scoreland_ingest::ExportManifest,
+    runs: Option<&[FlowRun]>,
+    warnings: &mut Vec<String>,
+) -> Result<Verdict, PipelineError> {
+    let run = runs.and_then(|rs| run_of(folder, rs));
+    if let Some(run) = run
+        && run.failed()
+    {
+        return Ok(Verdict::Failed(format!(
+            "run {} failed: {}",
+            run.id,
+            run.errors.join("; ")
+        )));
+    }
+    let listed: std::collections::BTreeMap<&str, u64> = folder
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.size))
+        .collect();
+    // Once the run has succeeded, a file the manifest lists and the folder lacks is lost, not
+    // late.
+    let done = run.filter(|r| r.succeeded());
+    for (name, size) in &manifest.files {
+        let short = match listed.get(name.as_str()) {
+            None => format!("{name}, which the manifest lists, is not in the folder"),
+            Some(have) if have != size => {
+                format!("{name} is {have} bytes, the manifest says {size}")
+            }
+            Some(_) => continue,
+        };
+        return match done {
+            None => Ok(Verdict::Pending(format!("{short} (yet)"))),
+            Some(run) => Err(PipelineError::Ingest(
+                scoreland_ingest::IngestError::BadExportFolder {
+                    folder: folder.rel.clone(),
+                    why: format!(
+                        "{short}, and run {} has succeeded; nothing of it is landed: restore the file, or remove the folder and export again (`scoreland export run`)",
+                        run.id
+                    ),
+                },
+            )),
+        };
+    }
+    if let Some(foreign) = listed
+        .keys()
+        .find(|name| !manifest.files.contains_key(**name))
+    {
+        return Err(PipelineError::Ingest(
+            scoreland_ingest::IngestError::BadExportFolder {
+                folder: folder.rel.clone(),
+                why: format!(
+                    "it holds {foreign}, which its manifest ({}) does not list; nothing of it is landed: remove the foreign file",
+                    manifest.names.join(", ")
+                ),
+            },
+        ));
+    }
+    let (files, bytes) = (folder.files.len() as u64, folder.bytes());
+    if let Some(run) = run
+        && (run.output_files.is_some_and(|n| n != files)
+            || run.output_bytes.is_some_and(|b| b != bytes))
+    {
+        let w = format!(
+            "folder {}: its manifest lists {files} files ({bytes} bytes), all present, but run {} reports {} files ({} bytes); AEP's run counts can include other exports', so the manifest is followed",
+            folder.rel,
+            run.id,
+            run.output_files.map_or("?".into(), |n| n.to_string()),
+            run.output_bytes.map_or("?".into(), |n| n.to_string()),
+        );
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
+    Ok(Verdict::Complete(format!(
+        "its manifest {} lists {files} files, {bytes} bytes, all present",
+        manifest.names.join(", ")
+    )))
+}
+
 /// A folder to land: whether it is a full export, and why it counts as complete.
 pub(crate) struct Chosen {
     pub folder: ExportFolder,
@@ -970,7 +1060,7 @@ pub(crate) fn select(
         ExportMode::DailyFullExport => {
             // Each folder holds the whole dataset: the newest complete one is all there is.
             for f in folders.into_iter().rev() {
-                match verdict(&f, runs, settle, now)? {
+                match verdict(&f, runs, settle, now, warnings)? {
                     Verdict::Complete(why) => {
                         if after(&f) {
                             chosen.push(Chosen {
@@ -1034,7 +1124,7 @@ pub(crate) fn select(
                         i == 0
                     }
                 };
-                match verdict(&f, runs, settle, now)? {
+                match verdict(&f, runs, settle, now, warnings)? {
                     Verdict::Complete(why) => {
                         chosen.push(Chosen {
                             folder: f,
@@ -1085,6 +1175,7 @@ mod tests {
                 .collect(),
             unfinished: Vec::new(),
             unknown: Vec::new(),
+            manifest: None,
             last_modified: Utc::now() - chrono::Duration::minutes(minutes_ago),
         }
     }
@@ -1111,17 +1202,17 @@ mod tests {
         let f = folder("ds/exportTime=202612010200", 3, &[("a.parquet", 10)]);
         let settle = Duration::from_secs(600);
         assert!(matches!(
-            verdict(&f, None, settle, now).unwrap(),
+            verdict(&f, None, settle, now, &mut Vec::new()).unwrap(),
             Verdict::Pending(_)
         ));
         let f = folder("ds/exportTime=202612010200", 11, &[("a.parquet", 10)]);
         assert!(
-            matches!(verdict(&f, None, settle, now).unwrap(), Verdict::Complete(w) if w.contains("settle 10m"))
+            matches!(verdict(&f, None, settle, now, &mut Vec::new()).unwrap(), Verdict::Complete(w) if w.contains("settle 10m"))
         );
         let mut f = f;
         f.unfinished.push(".a.parquet.inprogress".into());
         assert!(matches!(
-            verdict(&f, None, settle, now).unwrap(),
+            verdict(&f, None, settle, now, &mut Vec::new()).unwrap(),
             Verdict::Pending(_)
         ));
     }
@@ -1160,7 +1251,7 @@ mod tests {
             15,
         )];
         assert!(matches!(
-            verdict(&f, Some(&ok), settle, now).unwrap(),
+            verdict(&f, Some(&ok), settle, now, &mut Vec::new()).unwrap(),
             Verdict::Complete(_)
         ));
         let missing = [run(
@@ -1171,7 +1262,7 @@ mod tests {
             3,
             20,
         )];
-        let err = verdict(&f, Some(&missing), settle, now).unwrap_err();
+        let err = verdict(&f, Some(&missing), settle, now, &mut Vec::new()).unwrap_err();
         assert!(
             crate::run::error_chain(&err)
                 .contains("holds 2 files (15 bytes) but run r1 wrote 3 files")
@@ -1185,7 +1276,7 @@ mod tests {
             0,
         )];
         assert!(
-            matches!(verdict(&f, Some(&failed), settle, now).unwrap(), Verdict::Failed(w) if w.contains("boom"))
+            matches!(verdict(&f, Some(&failed), settle, now, &mut Vec::new()).unwrap(), Verdict::Failed(w) if w.contains("boom"))
         );
         let other = [run(
             "r1",
@@ -1196,7 +1287,7 @@ mod tests {
             15,
         )];
         assert!(matches!(
-            verdict(&f, Some(&other), settle, now).unwrap(),
+            verdict(&f, Some(&other), settle, now, &mut Vec::new()).unwrap(),
             Verdict::Pending(_)
         ));
     }

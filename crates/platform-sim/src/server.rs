@@ -68,6 +68,10 @@ pub struct SimConfig {
     pub export_dlz: Option<crate::flows::DlzServer>,
     /// How long a segment job takes from creation to its end.
     pub job_duration: Duration,
+    /// Write AEP's opt-in manifest into each export folder after its files:
+    /// `manifest-<flow>-<run>.json`, listing every file (`exportResults[]`: `sinkPath`,
+    /// `name`, `size`).
+    pub export_manifests: bool,
 }
 
 impl Default for SimConfig {
@@ -84,6 +88,7 @@ impl Default for SimConfig {
             export_clock_speed: None,
             export_dlz: None,
             job_duration: Duration::from_secs(2),
+            export_manifests: false,
         }
     }
 }
