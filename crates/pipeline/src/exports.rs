@@ -820,6 +820,51 @@ async fn export_once(client: &AepClient, flow: &Flow, dataset: &str) -> Result<(
     }
 }
 
+/// An export folder as a run without platform access saw it: a digest of its content (names
+/// and sizes, the unfinished ones included), and when a run first saw that content (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFolder {
+    pub content: String,
+    pub since_ms: i64,
+}
+
+/// Moves each folder's "last changed" time to the first sighting of its present content when
+/// that is later: an object's time can be older than its arrival (S3 gives a multipart upload
+/// the time it began; SFTP servers may give none), so a file that just appeared must not make
+/// its folder look settled. Returns the sightings to keep: folders newer than `last` (the
+/// newest landed, epoch ms).
+pub(crate) fn observe(
+    folders: &mut [ExportFolder],
+    seen: &std::collections::BTreeMap<String, SeenFolder>,
+    last: Option<i64>,
+    now: DateTime<Utc>,
+) -> std::collections::BTreeMap<String, SeenFolder> {
+    use sha2::Digest;
+    let mut kept = std::collections::BTreeMap::new();
+    for f in folders.iter_mut() {
+        if last.is_some_and(|l| f.export_time.timestamp_millis() <= l) {
+            continue;
+        }
+        let mut digest = sha2::Sha256::new();
+        for file in &f.files {
+            digest.update(format!("{}\0{}\n", file.name, file.size));
+        }
+        for name in f.unfinished.iter().chain(&f.unknown) {
+            digest.update(format!("{name}\0?\n"));
+        }
+        let content = format!("{:x}", digest.finalize());
+        let since_ms = match seen.get(&f.rel) {
+            Some(s) if s.content == content => s.since_ms,
+            _ => now.timestamp_millis(),
+        };
+        if let Some(since) = DateTime::from_timestamp_millis(since_ms) {
+            f.last_modified = f.last_modified.max(since);
+        }
+        kept.insert(f.rel.clone(), SeenFolder { content, since_ms });
+    }
+    kept
+}
+
 /// Whether a folder may be landed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Verdict {
@@ -1194,6 +1239,63 @@ mod tests {
             assert!(err.contains("only https"), "{err}");
             assert!(sas_allowed(&url(unkind), &sim).is_ok());
         }
+    }
+
+    #[test]
+    fn a_folder_settles_from_the_first_sighting_of_its_content_not_from_old_object_times() {
+        let settle = Duration::from_secs(600);
+        let now = Utc::now();
+        // Objects that look an hour old (a multipart upload's start time), seen for the first
+        // time: not settled.
+        let mut fs = vec![folder(
+            "ds/exportTime=202612010200",
+            60,
+            &[("a.parquet", 10)],
+        )];
+        let seen = observe(&mut fs, &Default::default(), None, now);
+        assert!(matches!(
+            verdict(&fs[0], None, settle, now, &mut Vec::new()).unwrap(),
+            Verdict::Pending(_)
+        ));
+        // Seen so 11 minutes ago: settled.
+        let earlier: std::collections::BTreeMap<String, SeenFolder> = seen
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    SeenFolder {
+                        since_ms: v.since_ms - 11 * 60_000,
+                        ..v
+                    },
+                )
+            })
+            .collect();
+        let mut fs = vec![folder(
+            "ds/exportTime=202612010200",
+            60,
+            &[("a.parquet", 10)],
+        )];
+        let kept = observe(&mut fs, &earlier, None, now);
+        assert_eq!(kept, earlier);
+        assert!(matches!(
+            verdict(&fs[0], None, settle, now, &mut Vec::new()).unwrap(),
+            Verdict::Complete(_)
+        ));
+        // A file arrived since (with an old time): the settle time starts again.
+        let mut fs = vec![folder(
+            "ds/exportTime=202612010200",
+            60,
+            &[("a.parquet", 10), ("b.parquet", 20)],
+        )];
+        let kept = observe(&mut fs, &earlier, None, now);
+        assert_ne!(kept, earlier);
+        assert!(matches!(
+            verdict(&fs[0], None, settle, now, &mut Vec::new()).unwrap(),
+            Verdict::Pending(_)
+        ));
+        // Folders already landed are not kept.
+        let landed = fs[0].export_time.timestamp_millis();
+        assert!(observe(&mut fs, &earlier, Some(landed), now).is_empty());
     }
 
     #[test]

@@ -602,6 +602,7 @@ pub(crate) async fn prepare(
             runs_landed: state.runs_landed + 1,
             histograms: state.histograms.clone(),
             pending_export_job: None,
+            seen_folders: Default::default(),
         },
         replace_dataset: false,
     }))

@@ -100,6 +100,10 @@ pub struct PipelineState {
     /// it (or lands it) rather than exporting again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_export_job: Option<i64>,
+    /// Export folders newer than the last landed, as runs without platform access saw them:
+    /// the settle time counts from the first run that saw a folder's present content.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub seen_folders: std::collections::BTreeMap<String, exports::SeenFolder>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -584,6 +588,7 @@ async fn prepare(
         runs_landed: state.runs_landed + 1,
         histograms: output.histograms.clone(),
         pending_export_job: None,
+        seen_folders: ingested.seen_folders.clone(),
     };
     Ok(Some(Prepared {
         tables: output_dirs(&output)
@@ -602,6 +607,8 @@ async fn prepare(
 
 /// What the source staged for the transform, and what the state keeps of it.
 struct Ingested {
+    /// What the state keeps of export folders not landed yet (see [`exports::observe`]).
+    seen_folders: std::collections::BTreeMap<String, exports::SeenFolder>,
     staged: Vec<StagedBatch>,
     /// Batch ids, or export folders, landed by this run.
     landed: Vec<String>,
@@ -681,6 +688,7 @@ async fn ingest_batches(
     .await?;
     record.timings.ingest_ms = ms(t.elapsed());
     Ok(Some(Ingested {
+        seen_folders: Default::default(),
         last_created: batches.iter().map(|b| b.created).max(),
         landed: record.batches.clone(),
         staged,
@@ -752,7 +760,20 @@ async fn ingest_exports(
         },
         ..Default::default()
     };
-    let folders = conn.folders().await?;
+    let mut folders = conn.folders().await?;
+    let now = chrono::Utc::now();
+    // Without the flow's runs, a folder's settle time counts from when a run first saw it as
+    // it is (kept in the state), not only from its objects' times.
+    let seen_folders = if conn.runs.is_none() {
+        exports::observe(
+            &mut folders,
+            &state.seen_folders,
+            state.last_batch_created,
+            now,
+        )
+    } else {
+        Default::default()
+    };
     let (chosen, gaps) = exports::select(
         &conn.pattern,
         conn.mode,
@@ -761,13 +782,23 @@ async fn ingest_exports(
         conn.runs.as_deref(),
         settle,
         state.last_batch_created,
-        chrono::Utc::now(),
+        now,
         &mut record.warnings,
     )?;
     export.gaps = gaps;
     record.batches = chosen.iter().map(|c| c.folder.rel.clone()).collect();
     record.timings.discover_ms = ms(t.elapsed());
     if chosen.is_empty() {
+        if !options.dry_run && seen_folders != state.seen_folders {
+            let seen = PipelineState {
+                seen_folders,
+                ..state.clone()
+            };
+            warehouse
+                .put_json(&state_rel(&record.pipeline), &seen)
+                .await
+                .map_err(PipelineError::Sink)?;
+        }
         record.status = RunStatus::NothingNew;
         tracing::info!(url = %conn.url, "no complete export folder newer than the last landed");
         record.export = Some(export);
@@ -864,6 +895,7 @@ async fn ingest_exports(
         return Ok(None);
     }
     Ok(Some(Ingested {
+        seen_folders,
         staged,
         landed,
         last_created,
