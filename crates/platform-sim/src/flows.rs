@@ -128,6 +128,9 @@ pub enum ExportFault {
     /// The run's file, byte and record counts include another export's, as AEP's do at times
     /// (a known limitation): one file and 4 KiB more than the folder holds.
     MixedCounts,
+    /// A Spark job's `_started_<txn>` marker is written first and its `_committed_<txn>`
+    /// never: a writer that died, whose folder must never count as finished.
+    UncommittedSparkJob,
 }
 
 /// The Flow Service entities and runs (per simulator, across sandboxes).
@@ -1176,6 +1179,22 @@ fn write_export(
             .clone()
             .unwrap_or_else(|| rel.to_string_lossy().into_owned()),
     };
+    // A small object beside the data files: a marker or the manifest.
+    let put_beside = |name: &str, body: Vec<u8>| -> Result<(), String> {
+        match (&job.remote, &remote_dir) {
+            (Some(remote), Some(remote_dir)) => {
+                let location = object_store::path::Path::from(format!("{remote_dir}/{name}"));
+                tokio::runtime::Handle::current()
+                    .block_on(remote.store.put(&location, body.into()))
+                    .map(|_| ())
+                    .map_err(|e| format!("writing {location}: {e}"))
+            }
+            _ => std::fs::write(dir.join(name), body).map_err(|e| format!("writing {name}: {e}")),
+        }
+    };
+    if fault == Some(&ExportFault::UncommittedSparkJob) {
+        put_beside(&format!("_started_{tid}"), Vec::new())?;
+    }
     let mut listed = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         if let Some(ExportFault::Slow { millis }) = fault {
@@ -1205,24 +1224,13 @@ fn write_export(
     // AEP's manifest, after the files: every file the run wrote (a file lost on the way is
     // listed all the same).
     if let Some(run_id) = manifest_of_run {
-        let name = format!("manifest-{}-{run_id}.json", job.flow_id);
         let body = serde_json::to_vec_pretty(&json!({
             "flowRunId": run_id,
             "scheduledTime": chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default().to_rfc3339(),
             "exportResults": listed,
         }))
         .map_err(|e| e.to_string())?;
-        match (&job.remote, &remote_dir) {
-            (Some(remote), Some(remote_dir)) => {
-                let location = object_store::path::Path::from(format!("{remote_dir}/{name}"));
-                tokio::runtime::Handle::current()
-                    .block_on(remote.store.put(&location, body.into()))
-                    .map_err(|e| format!("writing {location}: {e}"))?;
-            }
-            _ => {
-                std::fs::write(dir.join(&name), body).map_err(|e| format!("writing {name}: {e}"))?
-            }
-        }
+        put_beside(&format!("manifest-{}-{run_id}.json", job.flow_id), body)?;
     }
     if job.remote.is_some() {
         let _ = std::fs::remove_dir_all(&dir);
