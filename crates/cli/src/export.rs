@@ -1,4 +1,5 @@
-//! `scoreland export …`: the Flow Service dataflow that exports a pipeline's dataset (seed 004).
+//! `scoreland export …`: the Flow Service dataflow that exports a pipeline's dataset
+//! (docs/exports.md).
 //! The platform, the dataset and the flow's settings come from the pipeline file's `[source]`
 //! (type `dataset-export`); destination secrets come from the environment.
 

@@ -1,5 +1,5 @@
 //! `scoreland segment-job …`, `scoreland export-job …` and `scoreland schedule …`: audience
-//! evaluation, profile exports and their schedules (seeds 002/003, aep-api.md §5), on the
+//! evaluation, profile exports and their schedules (docs/profile-exports.md), on the
 //! platform from flags or the environment.
 
 use std::time::Duration;

@@ -85,7 +85,7 @@ impl CatalogBatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BatchSelection {
-    /// The newest successful batch from the client (seed 001's query).
+    /// The newest successful batch from the client (Catalog's batches, newest first).
     Newest,
     /// Exactly this batch.
     Batch { id: String },
@@ -109,7 +109,7 @@ fn parse_keyed(map: BTreeMap<String, Value>) -> Vec<CatalogBatch> {
 
 impl AepClient {
     /// The id of the dataset named `name` on `schema`, made if there is none (with the
-    /// `fileDescription` of seed 002: persisted parquet). Returns whether it was made now. A
+    /// `fileDescription` of a profile export's target: persisted parquet). Returns whether it was made now. A
     /// dataset of that name on another schema is an error naming both.
     pub async fn ensure_dataset(
         &self,

@@ -388,7 +388,8 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Reads an error response in any of AEP's body styles (aep-api.md §7.1).
+/// Reads an error response in any of AEP's body styles (RFC 7807 problem details, or the
+/// older `error_code`/`message` bodies).
 pub(crate) async fn status_error(resp: Response, method: &'static str, url: &Url) -> IngestError {
     let status = resp.status();
     let retry_after = retry_after_header(&resp);

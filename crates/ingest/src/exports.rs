@@ -1,4 +1,4 @@
-//! Dataset export folders (seed 004, aep-api.md §6.3): finding them in a store, and staging one
+//! Dataset export folders (docs/exports.md): finding them in a store, and staging one
 //! verified, as parquet, for the transform.
 //!
 //! A flow writes `{path}/{datasetId}/exportTime=YYYYMMDDHHMM/` (or a folder named by its

@@ -1,4 +1,4 @@
-//! Flow Service: dataset export dataflows (seed 004, aep-api.md §6). A dataflow ties a data-lake
+//! Flow Service: dataset export dataflows (docs/exports.md). A dataflow ties a data-lake
 //! source connection (the dataset) to a target connection (where and in which format) on a base
 //! connection (the destination's credentials), with a schedule; each export is a flow run.
 
@@ -321,7 +321,8 @@ pub struct Schedule {
 pub const DEFAULT_FLOW_LIFETIME: Duration = Duration::from_secs(183 * 24 * 3600);
 
 impl Schedule {
-    /// The combinations AEP accepts (aep-api.md §6.2).
+    /// The combinations AEP accepts: a one-time full export (day, interval 0), or first full
+    /// then incremental daily or every 3, 6, 9 or 12 hours.
     pub fn check(&self) -> Result<(), String> {
         match (self.export_mode, self.time_unit, self.interval) {
             (ExportMode::DailyFullExport, TimeUnit::Day, 0) => {}

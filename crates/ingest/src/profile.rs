@@ -1,4 +1,4 @@
-//! Real-Time Customer Profile and Segmentation (seeds 002/003, aep-api.md §5): segment jobs
+//! Real-Time Customer Profile and Segmentation (docs/profile-exports.md): segment jobs
 //! (evaluate audiences), export jobs (profiles into a dataset) and schedules.
 
 use std::collections::BTreeMap;
@@ -217,7 +217,7 @@ pub fn check_cron(cron: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What `POST /export/jobs` asks for (aep-api.md §5.1).
+/// What `POST /export/jobs` asks for.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExportJobRequest {
     /// Comma-separated XDM paths; all fields when absent.

@@ -1720,7 +1720,7 @@ mod export_folders {
     }
 }
 
-/// Segment jobs and schedules against the simulator (aep-api.md §5.2, §5.3).
+/// Segment jobs and schedules against the simulator.
 mod segmentation {
     use std::collections::BTreeMap;
 

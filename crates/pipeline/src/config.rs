@@ -60,12 +60,12 @@ pub enum SourceConfig {
         #[serde(flatten)]
         common: SourceCommon,
     },
-    /// The folders a Flow Service dataset export writes (seed 004), from S3, Azure, GCS, a
+    /// The folders a Flow Service dataset export writes (docs/exports.md), from S3, Azure, GCS, a
     /// path or the Data Landing Zone.
     #[serde(rename = "dataset-export")]
     DatasetExport(Box<ExportSource>),
     /// Profiles and their audience memberships, exported by a profile export job into a
-    /// dataset and landed as `profiles`, `audiences` and `audience_summary` (seeds 002/003).
+    /// dataset and landed as `profiles`, `audiences` and `audience_summary` (docs/profile-exports.md).
     #[serde(rename = "profile-export")]
     ProfileExport(Box<crate::profiles::ProfileExportSource>),
 }

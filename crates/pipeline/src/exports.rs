@@ -1,4 +1,4 @@
-//! The `dataset-export` source: the folders a Flow Service dataflow writes (seed 004), landed
+//! The `dataset-export` source: the folders a Flow Service dataflow writes (docs/exports.md), landed
 //! through the same transform and sink as batches.
 //!
 //! A folder is landed only when complete: the flow's run for it succeeded and the files listed

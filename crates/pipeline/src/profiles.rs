@@ -1,4 +1,4 @@
-//! The `profile-export` source (seeds 002/003): audiences evaluated and their profiles exported
+//! The `profile-export` source (docs/profile-exports.md): audiences evaluated and their profiles exported
 //! into a dataset on the Profile union schema, then downloaded as batches and landed as the
 //! `profiles`, `audiences` and `audience_summary` tables.
 //!

@@ -130,7 +130,8 @@ pub enum Fault {
     ForeignHrefs { origin: String },
 }
 
-/// The error-body styles AEP uses (aep-api.md §7.1); all are seen with the same status codes.
+/// The error-body styles AEP's services answer with (RFC 7807 problem details, and the older
+/// `error_code`/`message` bodies); all are seen with the same status codes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorBodyStyle {

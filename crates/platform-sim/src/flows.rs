@@ -1,4 +1,5 @@
-//! Flow Service for dataset exports (aep-api.md §6): connections, source and target connections,
+//! Flow Service for dataset exports (Adobe's Flow Service API, as its dataset-export guide uses
+//! it): connections, source and target connections,
 //! flows with etags, runs, the ad-hoc run and the Data Landing Zone credentials; and the export
 //! engine that writes a dataset's rows where a flow points, in AEP's layout.
 //!

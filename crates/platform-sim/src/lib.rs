@@ -3,8 +3,8 @@
 //! and the generator of sample Customer AI platforms it serves.
 //!
 //! Tests start it in process on `127.0.0.1:0` with [`start`]; users run `scoreland sim`.
-//! Behaviour follows `shared/aep-api.md`; where the simulator differs from AEP, the
-//! difference is listed in `docs/simulator.md`.
+//! Behaviour follows Adobe's public API references and guides for these services; where the
+//! simulator differs from AEP, the difference is listed in `docs/simulator.md`.
 
 mod data;
 mod faults;

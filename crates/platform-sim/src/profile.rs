@@ -1,4 +1,4 @@
-//! Segmentation (aep-api.md §5.2, §5.3): segment jobs whose life cycle takes time, with AEP's
+//! Segmentation (Adobe's Segmentation Service API: segment jobs, schedules): segment jobs whose life cycle takes time, with AEP's
 //! 429 when too many run at once, and schedules with their cron checks.
 //!
 //! Segment jobs count their metrics from the platform's profile store (`profiles.rs`), when it

@@ -1,4 +1,4 @@
-//! Profile export jobs (aep-api.md §5.1): `POST /export/jobs` selects profiles from the
+//! Profile export jobs (Real-Time Customer Profile's export jobs API): `POST /export/jobs` selects profiles from the
 //! platform's profile store (`profiles.rs`) by the request's filter, and writes them as real
 //! parquet batches into the target dataset: one batch, or one per segment with
 //! `segmentPerBatch`. The batches are then served by Catalog and Data Access like any other.

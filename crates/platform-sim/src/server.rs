@@ -885,7 +885,8 @@ async fn ims_token(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Header gate on every platform route (aep-api.md §1.3)
+// Header gate on every platform route: `Authorization`, `x-api-key`, `x-gw-ims-org-id` and
+// `x-sandbox-name`, as every Experience Platform API asks
 
 #[derive(Debug, Clone)]
 pub(crate) struct SandboxName(pub(crate) String);

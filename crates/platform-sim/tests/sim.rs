@@ -1,4 +1,5 @@
-//! The simulator answered as AEP does (shared/aep-api.md), and the generator's output.
+//! The simulator answered as AEP does (docs/simulator.md lists where it differs), and the
+//! generator's output.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

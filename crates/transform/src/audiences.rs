@@ -1,4 +1,4 @@
-//! A profile export (seeds 002/003) as three tables, partitioned by `night`:
+//! A profile export (docs/profile-exports.md) as three tables, partitioned by `night`:
 //!
 //! - `profiles`: one row per profile: its primary identity and namespace (from `identityMap`),
 //!   the fields the pipeline selects, and the Customer AI scores carried on the profile
