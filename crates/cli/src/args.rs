@@ -33,3 +33,36 @@ mod tests {
         assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
     }
 }
+
+/// `--warehouse` (or `SCORELAND_WAREHOUSE`): where the tables are, for every command that reads
+/// or tidies them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WarehouseArg {
+    /// Warehouse URL or path.
+    #[arg(
+        long = "warehouse",
+        env = "SCORELAND_WAREHOUSE",
+        default_value = "warehouse"
+    )]
+    pub url: String,
+}
+
+impl WarehouseArg {
+    /// The warehouse for reading (nothing is written to check it).
+    pub fn open(&self) -> Result<scoreland_sink::Warehouse, crate::Failure> {
+        self.config().open().map_err(crate::usage)
+    }
+
+    /// The warehouse for writing: checked to be writable first.
+    pub async fn build(&self) -> Result<scoreland_sink::Warehouse, crate::Failure> {
+        self.config().build().await.map_err(crate::usage)
+    }
+
+    fn config(&self) -> scoreland_sink::SinkConfig {
+        scoreland_sink::SinkConfig {
+            url: self.url.clone(),
+            options: Default::default(),
+            single_writer: false,
+        }
+    }
+}

@@ -305,12 +305,9 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             let (staged, why) =
                 scoreland_pipeline::download_export(&source, &a.out, a.folder.as_deref())
                     .await
-                    .map_err(|e| {
-                        let code = if e.is_config() { 2 } else { 1 };
-                        Failure {
-                            code,
-                            error: anyhow::anyhow!(scoreland_pipeline::error_chain(&e)),
-                        }
+                    .map_err(|e| Failure {
+                        code: e.exit_code(),
+                        error: anyhow::anyhow!(scoreland_pipeline::error_chain(&e)),
                     })?;
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             println!(

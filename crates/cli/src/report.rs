@@ -9,9 +9,8 @@ use crate::Failure;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// The HTML file to write (replaced whole).
     #[arg(long, default_value = "report.html")]
     pub out: PathBuf,
@@ -21,7 +20,7 @@ pub struct ReportArgs {
 }
 
 pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
-    let warehouse = crate::sql::open(&args.warehouse)?;
+    let warehouse = args.warehouse.open()?;
     write(&warehouse, &args.out, args.nights).await?;
     eprintln!("report written to {}", args.out.display());
     Ok(0)

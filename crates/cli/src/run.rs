@@ -58,15 +58,8 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
             if let Some(r) = &record {
                 report(r, args.json, true);
             }
-            let code = if error.is_locked() {
-                4
-            } else if error.is_config() {
-                2
-            } else {
-                1
-            };
             Err(Failure {
-                code,
+                code: error.exit_code(),
                 error: anyhow::Error::new(error),
             })
         }

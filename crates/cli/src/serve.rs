@@ -13,9 +13,8 @@ use crate::{Failure, usage};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// Address to listen on. Without a password (SCORELAND_SERVE_PASSWORD) only a loopback
     /// address is accepted.
     #[arg(long, default_value = "127.0.0.1:5432")]
@@ -53,7 +52,7 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
-    let warehouse = crate::sql::open(&args.warehouse)?;
+    let warehouse = args.warehouse.open()?;
     let password = std::env::var("SCORELAND_SERVE_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -81,7 +80,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     eprintln!(
         "scoreland serve: listening on {} for {}{}",
         server.local_addr,
-        args.warehouse,
+        args.warehouse.url,
         if no_password {
             " (no password: SCORELAND_SERVE_PASSWORD is not set, so loopback only)"
         } else {

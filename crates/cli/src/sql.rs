@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
 use scoreland_pipeline::{ALL_TABLES, TABLES, by_score_date};
-use scoreland_sink::{AsOf, SinkConfig, SinkError};
+use scoreland_sink::{AsOf, SinkError};
 
 use crate::{Failure, usage};
 
@@ -23,9 +23,8 @@ pub struct SqlArgs {
     /// The query; the Delta tables `scores`, `summary` and `drift` are registered as the
     /// newest complete runs published them.
     pub query: String,
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// Read an earlier night: a Delta version (`12`) or a time (`2026-11-20T06:00:00Z`, or a
     /// date for its midnight UTC).
     #[arg(long)]
@@ -57,19 +56,8 @@ fn parse_as_of(s: &str) -> Result<AsOf, Failure> {
     )))
 }
 
-/// The warehouse at `url`, with the store options of the environment.
-pub(crate) fn open(url: &str) -> Result<scoreland_sink::Warehouse, Failure> {
-    SinkConfig {
-        url: url.to_string(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .open()
-    .map_err(usage)
-}
-
 pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
-    let wh = open(&args.warehouse)?;
+    let wh = args.warehouse.open()?;
     let as_of = match &args.as_of {
         Some(s) => parse_as_of(s)?,
         None => AsOf::Published,
@@ -149,9 +137,8 @@ fn write_batches(
 
 #[derive(Debug, Args)]
 pub struct VacuumArgs {
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// Files that versions younger than this still need are kept: time travel (`sql
     /// --as-of`) reaches back this far. The published version's files are always kept.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
@@ -175,7 +162,7 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
             humantime::format_duration(args.retention)
         )));
     }
-    let wh = open(&args.warehouse)?;
+    let wh = args.warehouse.open()?;
     // No publish runs while vacuum does: its uploads would look like orphans.
     let lock = match wh
         .lock(
@@ -216,9 +203,8 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
 
 #[derive(Debug, Args)]
 pub struct OptimizeArgs {
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// Memory the ordering may use; it spills to the temporary directory beyond it.
     #[arg(long, default_value = "2GiB", value_parser = crate::args::parse_size)]
     pub memory_limit: u64,
@@ -226,7 +212,7 @@ pub struct OptimizeArgs {
 
 /// Compacts every table; `scores` is also ordered by identity within each partition.
 pub async fn optimize(args: OptimizeArgs) -> Result<u8, Failure> {
-    let wh = open(&args.warehouse)?;
+    let wh = args.warehouse.open()?;
     // A run commits on top of whatever optimize commits, but a run's replace and an optimize
     // of the same partition would conflict: one of them would fail. Optimize between runs.
     let running = wh
@@ -273,9 +259,8 @@ pub async fn optimize(args: OptimizeArgs) -> Result<u8, Failure> {
 pub struct HistoryArgs {
     /// scores, summary or drift.
     pub table: String,
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// At most this many versions, newest first.
     #[arg(long, default_value_t = 30)]
     pub limit: usize,
@@ -292,7 +277,7 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
             ALL_TABLES.join(", ")
         )));
     }
-    let wh = open(&args.warehouse)?;
+    let wh = args.warehouse.open()?;
     let versions = wh.history(&args.table, Some(args.limit)).await?;
     if args.json {
         for v in &versions {
@@ -339,9 +324,8 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// Warehouse URL or path.
-    #[arg(long, env = "SCORELAND_WAREHOUSE", default_value = "warehouse")]
-    pub warehouse: String,
+    #[command(flatten)]
+    pub warehouse: crate::args::WarehouseArg,
     /// The dataset the old tables hold; by default the one the warehouse's run records name.
     #[arg(long)]
     pub dataset: Option<String>,
@@ -349,14 +333,7 @@ pub struct ConvertArgs {
 
 /// Turns a warehouse of the old layout into Delta tables, table by table.
 pub async fn convert(args: ConvertArgs) -> Result<u8, Failure> {
-    let wh = SinkConfig {
-        url: args.warehouse.clone(),
-        options: Default::default(),
-        single_writer: false,
-    }
-    .build()
-    .await
-    .map_err(usage)?;
+    let wh = args.warehouse.build().await?;
     let dataset = match args.dataset {
         Some(d) => d,
         None => {

@@ -56,6 +56,18 @@ pub enum PipelineError {
 
 impl PipelineError {
     /// Another run holds the pipeline's lock (exit code 4).
+    /// The process's exit code for this error: 4 another run holds the lock, 2 bad
+    /// configuration or usage, 1 a failed run.
+    pub fn exit_code(&self) -> u8 {
+        if self.is_locked() {
+            4
+        } else if self.is_config() {
+            2
+        } else {
+            1
+        }
+    }
+
     pub fn is_locked(&self) -> bool {
         matches!(
             self,
