@@ -515,6 +515,24 @@ pub struct DlzCredentials {
     pub expiry_date: Option<String>,
 }
 
+impl DlzCredentials {
+    /// The SAS URI must be Azure's own (`https`): a `file://` URI (a local directory) or plain
+    /// `http` is what the local simulator hands out, and is refused from a platform not on
+    /// this machine. The URI itself (it holds the token) is never put in the message.
+    pub(crate) fn check_scheme(&self, platform: &Url) -> Result<(), String> {
+        let sas = Url::parse(self.sas_uri.expose())
+            .map_err(|e| format!("its SAS URI does not parse ({e})"))?;
+        match sas.scheme() {
+            "https" => Ok(()),
+            "file" | "http" if crate::client::is_loopback(platform) => Ok(()),
+            scheme => Err(format!(
+                "a Data Landing Zone SAS URI of scheme {scheme:?}; only https is accepted from \
+                 a platform not on this machine (file:// and http:// are the local simulator's)"
+            )),
+        }
+    }
+}
+
 impl std::fmt::Debug for DlzCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DlzCredentials")
@@ -952,7 +970,7 @@ impl AepClient {
     pub async fn dlz_credentials(&self, refresh: bool) -> Result<DlzCredentials, IngestError> {
         let mut url = self.url("/data/foundation/connectors/landingzone/credentials")?;
         url.query_pairs_mut().append_pair("type", "dlz_destination");
-        if refresh {
+        let creds = if refresh {
             url.query_pairs_mut().append_pair("action", "refresh");
             self.with_retry(url.as_str(), |_| {
                 self.call_json(Method::POST, &url, None, &[])
@@ -960,7 +978,15 @@ impl AepClient {
             .await
         } else {
             self.get_json(&url).await
-        }
+        };
+        let creds: DlzCredentials = creds?;
+        creds
+            .check_scheme(&self.config().platform_url)
+            .map_err(|what| IngestError::Unexpected {
+                url: url.to_string(),
+                what,
+            })?;
+        Ok(creds)
     }
 }
 
@@ -991,6 +1017,40 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sas_uri_of_file_or_http_is_only_taken_from_a_local_platform() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let creds = |sas: &str| -> DlzCredentials {
+            serde_json::from_value(json!({"containerName": "dlz-user-container",
+                "SASToken": "sv=x&sig=secret", "storageAccountName": "acct", "SASUri": sas}))
+            .unwrap()
+        };
+        let (aep, sim) = (
+            url("https://platform.adobe.io/"),
+            url("http://127.0.0.1:4010/"),
+        );
+        let azure = creds("https://acct.blob.core.windows.net/dlz-user-container?sig=secret");
+        assert!(azure.check_scheme(&aep).is_ok());
+        for unkind in [
+            "file:///etc/",
+            "http://acct.blob.core.windows.net/c?sig=secret",
+            "ftp://acct/c?sig=secret",
+            "not a uri sig=secret",
+        ] {
+            let err = creds(unkind).check_scheme(&aep).unwrap_err();
+            assert!(!err.contains("secret"), "the token leaked: {err}");
+            if !unkind.starts_with("not") {
+                assert!(err.contains("only https"), "{err}");
+            }
+        }
+        for local in [
+            "file:///tmp/dlz/",
+            "http://127.0.0.1:10000/devstoreaccount1/c?sig=x",
+        ] {
+            assert!(creds(local).check_scheme(&sim).is_ok(), "{local}");
+        }
+    }
 
     #[test]
     fn schedules_aep_accepts() {
