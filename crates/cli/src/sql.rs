@@ -185,19 +185,14 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    let vacuumed = async {
-        for t in ALL_TABLES {
-            let deleted = wh.vacuum_table(t, args.retention).await?;
-            println!("{t}: {} files deleted", deleted.len());
-            for f in deleted {
-                println!("  {f}");
-            }
-        }
-        Ok::<_, scoreland_sink::SinkError>(())
-    }
-    .await;
+    let vacuumed = wh.vacuum_tables(&ALL_TABLES, args.retention).await;
     lock.release().await?;
-    vacuumed?;
+    for (t, deleted) in vacuumed? {
+        println!("{t}: {} files deleted", deleted.len());
+        for f in deleted {
+            println!("  {f}");
+        }
+    }
     Ok(0)
 }
 

@@ -742,37 +742,38 @@ impl Warehouse {
         Ok(QueryOutput { schema, batches })
     }
 
-    /// Deletes the files no version within `retention` needs (Delta's vacuum, full mode): files
-    /// replaced longer ago than that, and files no version names (uploads of runs that failed
-    /// before their commit, files `convert` left) older than that. The version readers are
-    /// given (`_published`) keeps its files whatever the retention. Returns the files deleted.
-    /// Call it under the publish lock ([`crate::PUBLISH_LOCK`]): a publish's uploads are files no
-    /// version names until its commit.
-    pub async fn vacuum_table(
+    /// Deletes, in each of `tables`, the files no version within `retention` needs (Delta's
+    /// vacuum, full mode): files replaced longer ago than that, and files no version names
+    /// (uploads of runs that failed before their commit, files `convert` left) older than
+    /// that. The version readers are given (`_published`, read once) keeps its files whatever
+    /// the retention. Returns the files deleted per table. Call it under the publish lock
+    /// ([`crate::PUBLISH_LOCK`]): a publish's uploads are files no version names until its
+    /// commit.
+    pub async fn vacuum_tables(
         &self,
-        table: &str,
+        tables: &[&str],
         retention: std::time::Duration,
-    ) -> Result<Vec<String>, SinkError> {
-        let Some(t) = self.delta_table(table, None).await? else {
-            return Ok(Vec::new());
-        };
-        let keep: Vec<u64> = self
-            .published_versions()
-            .await?
-            .get(table)
-            .copied()
-            .into_iter()
-            .collect();
+    ) -> Result<Vec<(String, Vec<String>)>, SinkError> {
+        let published = self.published_versions().await?;
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let (_, metrics) = t
-            .vacuum()
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-            .with_keep_versions(&keep)
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .await
-            .map_err(delta_err(table, "vacuum"))?;
-        Ok(metrics.files_deleted)
+        let mut out = Vec::new();
+        for &table in tables {
+            let Some(t) = self.delta_table(table, None).await? else {
+                out.push((table.to_string(), Vec::new()));
+                continue;
+            };
+            let keep: Vec<u64> = published.get(table).copied().into_iter().collect();
+            let (_, metrics) = t
+                .vacuum()
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .with_keep_versions(&keep)
+                .with_retention_period(retention)
+                .with_enforce_retention_duration(false)
+                .await
+                .map_err(delta_err(table, "vacuum"))?;
+            out.push((table.to_string(), metrics.files_deleted));
+        }
+        Ok(out)
     }
 
     /// The versions of a table, newest first.
