@@ -302,8 +302,8 @@ fn statement_timeout(value: &str, server: Duration) -> PgWireResult<Option<Durat
     if ms == 0.0 {
         return Ok(None);
     }
-    let timeout = Duration::from_secs_f64(ms / 1_000.0);
-    if timeout > server {
+    // Compared before it is made a Duration: a huge value would not fit one.
+    if ms > server.as_secs_f64() * 1_000.0 {
         return Err(pg_error(
             "22023",
             format!(
@@ -313,7 +313,7 @@ fn statement_timeout(value: &str, server: Duration) -> PgWireResult<Option<Durat
             ),
         ));
     }
-    Ok(Some(timeout))
+    Ok(Some(Duration::from_secs_f64(ms / 1_000.0)))
 }
 
 #[cfg(test)]
@@ -372,6 +372,12 @@ mod tests {
             ),
             ("SET statement_timeout = '1h'", "22023"),
             ("SET statement_timeout = 'soon'", "22023"),
+            ("SET statement_timeout = '-1'", "22023"),
+            ("SET statement_timeout = '1e400'", "22023"),
+            (
+                "SET statement_timeout = '99999999999999999999999d'",
+                "22023",
+            ),
             ("SET ROLE postgres", "42704"),
         ] {
             assert_eq!(answer(sql), Err(code.to_string()), "{sql}");
