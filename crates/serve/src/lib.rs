@@ -274,30 +274,25 @@ async fn serve_connection(
     (login_timeout, idle_timeout): (Duration, Duration),
 ) {
     let (activity, login) = (connection.activity.clone(), connection.login.clone());
-    let serving = process_socket(socket, tls, connection);
-    tokio::pin!(serving);
-    let ended = tokio::select! {
-        ended = &mut serving => Some(ended),
-        logged_in = tokio::time::timeout(login_timeout, login.done.notified()) => {
-            if logged_in.is_err() {
-                tracing::info!(%peer, timeout = ?login_timeout, "connection closed: it did not log in in time");
-                return;
-            }
-            None
+    // Ends (and with it the connection) when the login takes too long, or later when the
+    // session has run nothing for too long.
+    let watch = async {
+        if tokio::time::timeout(login_timeout, login.done.notified())
+            .await
+            .is_err()
+        {
+            return "it did not log in in time";
         }
+        activity.idle_for(idle_timeout).await;
+        "idle for --idle-timeout"
     };
-    let ended = match ended {
-        Some(ended) => ended,
-        None => tokio::select! {
-            ended = &mut serving => ended,
-            _ = activity.idle_for(idle_timeout) => {
-                tracing::info!(%peer, idle = %humantime::format_duration(idle_timeout), "connection closed: idle for --idle-timeout");
-                return;
+    tokio::select! {
+        ended = process_socket(socket, tls, connection) => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended");
             }
-        },
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "connection ended");
+        }
+        why = watch => tracing::info!(%peer, "connection closed: {why}"),
     }
 }
 
@@ -337,8 +332,7 @@ async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
         let _ = socket.write_all(b"N").await;
         let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
     }
-    let message =
-        format!("sorry, too many clients already (scoreland serve --max-connections {max})");
+    let message = session::too_many_clients_message(max);
     let mut body = Vec::new();
     for (code, value) in [(b'S', "FATAL"), (b'C', "53300"), (b'M', message.as_str())] {
         body.push(code);

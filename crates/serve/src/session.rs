@@ -324,12 +324,17 @@ struct Login {
     progress: Arc<LoginProgress>,
 }
 
-/// `53300` too_many_connections, fatal: the connection closes after it.
-pub(crate) fn too_many_clients(max: usize) -> PgWireError {
+/// What a client over a connection limit is told, with `53300` too_many_connections.
+pub(crate) fn too_many_clients_message(max: usize) -> String {
+    format!("sorry, too many clients already (scoreland serve --max-connections {max})")
+}
+
+/// `53300`, fatal: the connection closes after it.
+fn too_many_clients(max: usize) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".into(),
         "53300".into(),
-        format!("sorry, too many clients already (scoreland serve --max-connections {max})"),
+        too_many_clients_message(max),
     )))
 }
 
@@ -461,9 +466,12 @@ impl ReadOnly {
     }
 }
 
-/// `SELECT 'on' AS <name>`: the one-row answer to a `SHOW` of a read-only setting.
-fn show_sql(name: &str) -> String {
-    format!("SELECT 'on' AS {name}")
+/// `SELECT 'on' AS <name>`: the one-row answer to a `SHOW` of a read-only setting (`name` is
+/// one of the two, never the client's text).
+fn show_on(name: &str) -> PgWireResult<Statement> {
+    SqlParser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT 'on' AS {name}"))
+        .map(|mut s| s.remove(0))
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))
 }
 
 #[async_trait]
@@ -498,14 +506,10 @@ impl QueryHook for ReadOnly {
                 }))
             }
             Answer::Refused(e) => Err(e),
-            Answer::Show(name) => {
-                let show = SqlParser::parse_sql(&PostgreSqlDialect {}, &show_sql(&name))
-                    .map_err(|e| PgWireError::ApiError(Box::new(e)));
-                match show {
-                    Ok(mut s) => guard::plan_read(ctx, &s.remove(0)).await,
-                    Err(e) => Err(e),
-                }
-            }
+            Answer::Show(name) => match show_on(&name) {
+                Ok(show) => guard::plan_read(ctx, &show).await,
+                Err(e) => Err(e),
+            },
         })
     }
 
@@ -540,11 +544,7 @@ async fn respond(
             Ok(Response::Execution(Tag::new("SET")))
         }
         Answer::Refused(e) => Err(e),
-        Answer::Show(name) => {
-            let mut show = SqlParser::parse_sql(&PostgreSqlDialect {}, &show_sql(&name))
-                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-            execute(ctx, &show.remove(0), client).await
-        }
+        Answer::Show(name) => execute(ctx, &show_on(&name)?, client).await,
     }
 }
 
@@ -680,58 +680,50 @@ impl Limited {
             data_rows,
             ..
         } = q;
-        type Cancel = Option<oneshot::Receiver<()>>;
-        let rows = futures::stream::unfold(
-            Some((data_rows, bounds, None::<Cancel>)),
-            |state| async move {
-                let (mut rows, bounds, cancel) = state?;
-                // Watched from the first row on: the query's cancel signal is ours from here.
-                let mut cancel = match cancel {
-                    Some(c) => c,
-                    None => match &bounds.cancel {
-                        Some(handle) => Some(handle.start_query().await),
-                        None => None,
-                    },
-                };
-                let next = tokio::time::timeout_at(bounds.deadline, rows.next());
-                tokio::pin!(next);
-                if let Some(signal) = cancel.as_mut() {
-                    tokio::select! {
-                        sent = signal => {
-                            if sent.is_ok() {
-                                return Some((Err(cancelled()), None));
-                            }
-                            // Replaced: nothing can cancel this query any more.
-                            cancel = None;
-                        }
-                        next = &mut next => return Self::row(next, bounds, rows, cancel),
-                    }
-                }
-                let next = next.await;
-                Self::row(next, bounds, rows, cancel)
-            },
-        );
+        let watch = CancelWatch {
+            handle: bounds.cancel.clone(),
+            signal: None,
+        };
+        let rows = futures::stream::unfold(Some((data_rows, bounds, watch)), |state| async move {
+            let (mut rows, bounds, mut watch) = state?;
+            let next = tokio::select! {
+                _ = watch.cancelled() => return Some((Err(cancelled()), None)),
+                next = tokio::time::timeout_at(bounds.deadline, rows.next()) => next,
+            };
+            match next {
+                Ok(Some(row)) => Some((row, Some((rows, bounds, watch)))),
+                Ok(None) => None,
+                Err(_) => Some((Err(timed_out(bounds.timeout)), None)),
+            }
+        });
         let mut q = QueryResponse::new(row_schema, rows);
         q.command_tag = command_tag;
         Response::Query(q)
     }
+}
 
-    /// One step of [`Self::bounded_rows`].
-    #[allow(clippy::type_complexity)]
-    fn row<R, S>(
-        next: Result<Option<PgWireResult<R>>, tokio::time::error::Elapsed>,
-        bounds: Bounds,
-        rows: S,
-        cancel: Option<oneshot::Receiver<()>>,
-    ) -> Option<(
-        PgWireResult<R>,
-        Option<(S, Bounds, Option<Option<oneshot::Receiver<()>>>)>,
-    )> {
-        match next {
-            Ok(Some(row)) => Some((row, Some((rows, bounds, Some(cancel))))),
-            Ok(None) => None,
-            Err(_) => Some((Err(timed_out(bounds.timeout)), None)),
+/// A query's cancel signal while its rows are made and sent (pgwire watches for cancel
+/// requests only while the query is planned): taken from the connection's handle at the
+/// first row.
+struct CancelWatch {
+    handle: Option<Arc<ConnectionHandle>>,
+    signal: Option<oneshot::Receiver<()>>,
+}
+
+impl CancelWatch {
+    /// Completes when the query is cancelled; never otherwise.
+    async fn cancelled(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.signal = Some(handle.start_query().await);
         }
+        if let Some(signal) = self.signal.as_mut()
+            && signal.await.is_ok()
+        {
+            return;
+        }
+        // Replaced by the next query's, or none: nothing can cancel this query any more.
+        self.signal = None;
+        std::future::pending().await
     }
 }
 
@@ -744,10 +736,7 @@ impl SimpleQueryHandler for Limited {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some(why) = crate::subqueries::unsupported(query) {
-            return Err(not_supported(why));
-        }
-        let stamped = crate::subqueries::single_row_subqueries(query);
+        let stamped = crate::subqueries::prepare(query).map_err(not_supported)?;
         let query = stamped.as_deref().unwrap_or(query);
         let bounds = self.bounds(&*client);
         let responses = Self::bounded(
@@ -794,13 +783,9 @@ impl ExtendedQueryHandler for Limited {
     }
 }
 
+/// `0A000` feature_not_supported.
 fn not_supported(why: String) -> PgWireError {
-    // feature_not_supported
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        "0A000".into(),
-        why,
-    )))
+    guard::pg_error("0A000", why)
 }
 
 /// The statement parser, refusing first what the compatibility parser would silently change
@@ -820,10 +805,7 @@ impl QueryParser for Checked {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if let Some(why) = crate::subqueries::unsupported(sql) {
-            return Err(not_supported(why));
-        }
-        let stamped = crate::subqueries::single_row_subqueries(sql);
+        let stamped = crate::subqueries::prepare(sql).map_err(not_supported)?;
         self.0
             .parse_sql(client, stamped.as_deref().unwrap_or(sql), types)
             .await

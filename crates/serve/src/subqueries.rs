@@ -23,68 +23,69 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-/// Why `sql` would be changed under the client, or `None`.
-pub fn unsupported(sql: &str) -> Option<String> {
-    // What does not parse here is left to the real parser and its own error.
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+/// The text to hand to the compatibility parser, from one parse of `sql`: `Err(why)` when that
+/// parser would change a statement under the client; `Ok(Some(text))` when uncorrelated
+/// select-list subqueries without a limit got `LIMIT 2`, so that one of more than one row
+/// fails as in Postgres instead of being cut to its first row; `Ok(None)`: the text as it is.
+/// What does not parse here is left to the real parser and its own error.
+pub fn prepare(sql: &str) -> Result<Option<String>, String> {
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Ok(None);
+    };
     for statement in &statements {
         let mut finder = Finder {
             data_tables: reads_data_tables(statement),
             found: None,
         };
         let _ = statement.visit(&mut finder);
-        if finder.found.is_some() {
-            return finder.found;
-        }
-    }
-    None
-}
-
-/// `sql` with `LIMIT 2` on every uncorrelated select-list subquery that has no limit, so that
-/// one of more than one row fails as in Postgres instead of being cut to its first row by the
-/// compatibility parser; `None` when there is none (the text then goes on unchanged).
-pub fn single_row_subqueries(sql: &str) -> Option<String> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    struct Stamp(bool);
-    impl VisitorMut for Stamp {
-        type Break = ();
-        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-            let SetExpr::Select(select) = query.body.as_mut() else {
-                return ControlFlow::Continue(());
-            };
-            for item in &mut select.projection {
-                let (SelectItem::UnnamedExpr(Expr::Subquery(sub))
-                | SelectItem::ExprWithAlias {
-                    expr: Expr::Subquery(sub),
-                    ..
-                }) = item
-                else {
-                    continue;
-                };
-                let unlimited = sub.limit_clause.is_none() && sub.fetch.is_none();
-                if unlimited && looks_correlated(sub) == (false, false) {
-                    sub.limit_clause = Some(LimitClause::LimitOffset {
-                        limit: Some(Expr::value(Value::Number("2".into(), false))),
-                        offset: None,
-                        limit_by: vec![],
-                    });
-                    self.0 = true;
-                }
-            }
-            ControlFlow::Continue(())
+        if let Some(why) = finder.found {
+            return Err(why);
         }
     }
     let mut stamp = Stamp(false);
     for statement in &mut statements {
         let _ = statement.visit(&mut stamp);
     }
-    stamp.0.then(|| {
+    Ok(stamp.0.then(|| {
         statements
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join("; ")
-    })
+    }))
+}
+
+/// Puts `LIMIT 2` on uncorrelated select-list subqueries without a limit; says if it did.
+struct Stamp(bool);
+
+impl VisitorMut for Stamp {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        for item in &mut select.projection {
+            let (SelectItem::UnnamedExpr(Expr::Subquery(sub))
+            | SelectItem::ExprWithAlias {
+                expr: Expr::Subquery(sub),
+                ..
+            }) = item
+            else {
+                continue;
+            };
+            let unlimited = sub.limit_clause.is_none() && sub.fetch.is_none();
+            if unlimited && looks_correlated(sub) == (false, false) {
+                sub.limit_clause = Some(LimitClause::LimitOffset {
+                    limit: Some(Expr::value(Value::Number("2".into(), false))),
+                    offset: None,
+                    limit_by: vec![],
+                });
+                self.0 = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Whether `statement` reads any table outside `pg_catalog` and `information_schema`.
@@ -221,31 +222,30 @@ fn looks_correlated(sub: &Query) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::unsupported;
+    use super::prepare;
 
     #[test]
     fn only_what_the_compatibility_parser_would_change_is_refused() {
         // A correlated subquery over the warehouse's tables: refused.
         assert!(
-            unsupported(
+            prepare(
                 "SELECT s.identity, (SELECT max(t.score) FROM scores t WHERE t.identity = s.identity) FROM scores s"
             )
-            .is_some()
+            .is_err()
         );
         // A parameter in a select-list subquery: refused, even over the catalog.
-        assert!(unsupported("SELECT (SELECT $1::VARCHAR) AS v").is_some());
+        assert!(prepare("SELECT (SELECT $1::VARCHAR) AS v").is_err());
         // Plain queries, uncorrelated subqueries, and the catalog queries drivers send: kept.
         assert!(
-            unsupported("SELECT model, count(*) FROM scores WHERE identity = $1 GROUP BY 1")
-                .is_none()
+            prepare("SELECT model, count(*) FROM scores WHERE identity = $1 GROUP BY 1").is_ok()
         );
-        assert!(unsupported("SELECT (SELECT max(x.score) FROM scores x) AS m").is_none());
+        assert!(prepare("SELECT (SELECT max(x.score) FROM scores x) AS m").is_ok());
         assert!(
-            unsupported(
+            prepare(
                 "SELECT a.attname, (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d \
                  WHERE d.adrelid = a.attrelid) FROM pg_catalog.pg_attribute a"
             )
-            .is_none()
+            .is_ok()
         );
     }
 }

@@ -151,6 +151,15 @@ impl Running {
         }
     }
 
+    /// A server over a warehouse of 10 rows a day in a directory of its own (kept by the
+    /// returned guard).
+    async fn small(tune: impl FnOnce(&mut ServeOptions)) -> (tempfile::TempDir, Running) {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = warehouse(dir.path(), 10).await;
+        let server = Running::start(wh, &dir.path().join("spill"), tune).await;
+        (dir, server)
+    }
+
     fn config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host("127.0.0.1")
@@ -356,9 +365,7 @@ async fn a_hostile_client_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_drivers_send_are_accepted_and_statement_timeout_only_lowers() {
-    let dir = tempfile::tempdir().unwrap();
-    let wh = warehouse(dir.path(), 10).await;
-    let server = Running::start(wh, &dir.path().join("spill"), |o| {
+    let (_dir, server) = Running::small(|o| {
         o.limits.query_timeout = Duration::from_secs(30);
     })
     .await;
@@ -395,9 +402,7 @@ async fn settings_drivers_send_are_accepted_and_statement_timeout_only_lowers() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_stops_the_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let wh = warehouse(dir.path(), 10).await;
-    let server = Running::start(wh, &dir.path().join("spill"), |o| {
+    let (_dir, server) = Running::small(|o| {
         o.limits.query_timeout = Duration::from_secs(120);
     })
     .await;
@@ -435,9 +440,7 @@ async fn a_cancel_request_stops_the_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_log_in_lose_their_slot_and_idle_sessions_close() {
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let wh = warehouse(dir.path(), 10).await;
-    let server = Running::start(wh, &dir.path().join("spill"), |o| {
+    let (_dir, server) = Running::small(|o| {
         o.max_connections = 2;
         o.login_timeout = Duration::from_secs(1);
         o.limits.idle_timeout = Duration::from_secs(2);
@@ -480,9 +483,7 @@ async fn sockets_that_never_log_in_lose_their_slot_and_idle_sessions_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scalar_subquery_of_many_rows_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let wh = warehouse(dir.path(), 10).await;
-    let server = Running::start(wh, &dir.path().join("spill"), |_| {}).await;
+    let (_dir, server) = Running::small(|_| {}).await;
     let client = server.connect().await.unwrap();
     let sql = "SELECT (SELECT identity FROM scores) AS one";
     assert_eq!(outcome(client.simple_query(sql).await), "21000");
