@@ -587,9 +587,9 @@ pub(crate) async fn prepare(
     ]
     .into_iter()
     .map(|(name, dir)| PreparedTable {
-        name,
+        name: name.to_string(),
         dir,
-        date_column: Some("night"),
+        date_column: Some("night".to_string()),
     })
     .collect();
     Ok(Some(Prepared {

@@ -483,7 +483,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// What a run has ready to publish: the tables written, the extracts (local file and where it
-/// goes in the warehouse), and the state to keep after.
+/// goes in the warehouse), and the state to keep after (its `runs_landed` is the Delta
+/// transaction version of every commit of the publish).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Prepared {
     pub tables: Vec<PreparedTable>,
     pub extracts: Vec<(PathBuf, String)>,
@@ -492,11 +494,12 @@ pub(crate) struct Prepared {
 }
 
 /// One table's files, as the transform wrote them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PreparedTable {
-    pub name: &'static str,
+    pub name: String,
     pub dir: PathBuf,
     /// The date partition column, whose dates in the files are replaced; `None`: appended.
-    pub date_column: Option<&'static str>,
+    pub date_column: Option<String>,
 }
 
 /// Everything before the publish: select ▸ download ▸ transform. `None` when there is nothing
@@ -594,9 +597,9 @@ async fn prepare(
         tables: output_dirs(&output)
             .into_iter()
             .map(|(name, dir)| PreparedTable {
-                name,
+                name: name.to_string(),
                 dir: dir.to_path_buf(),
-                date_column: by_score_date(name).then_some("score_date"),
+                date_column: by_score_date(name).then(|| "score_date".to_string()),
             })
             .collect(),
         extracts,
@@ -905,29 +908,16 @@ async fn ingest_exports(
 }
 
 /// A publish under way, kept at `_state/<pipeline>.publishing.json` from just before the first
-/// commit until the state is written: what the run commits, under which Delta transaction
-/// version. A run that finds one another run left behind knows what a crash half-published.
+/// commit until the state is written: which run commits what ([`Prepared`]). A run that finds
+/// one another run left behind knows what a crash half-published.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Publishing {
     run_id: String,
     dataset: String,
     batches: Vec<String>,
     rows: u64,
-    tables: Vec<PublishingTable>,
-    /// Local extract files, and where each lands in the warehouse.
-    extracts: Vec<(PathBuf, String)>,
-    /// Written once every table is committed. Its `runs_landed` is the transaction version of
-    /// every commit of this publish (the pipeline's name is the application id).
-    state: PipelineState,
-    replace_dataset: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PublishingTable {
-    name: String,
-    dir: PathBuf,
-    /// The date partition column whose dates in the files are replaced; `None`: appended.
-    date_column: Option<String>,
+    #[serde(flatten)]
+    prepared: Prepared,
 }
 
 fn publishing_rel(pipeline: &str) -> String {
@@ -935,31 +925,53 @@ fn publishing_rel(pipeline: &str) -> String {
 }
 
 impl Publishing {
-    fn new(record: &RunRecord, prepared: Prepared) -> Publishing {
+    /// The journal of `record`'s publish, its local paths made absolute (a later run may start
+    /// in another directory).
+    fn new(record: &RunRecord, mut prepared: Prepared) -> Publishing {
+        for t in &mut prepared.tables {
+            t.dir = exports::absolute(&t.dir);
+        }
+        for (local, _) in &mut prepared.extracts {
+            *local = exports::absolute(local);
+        }
         Publishing {
             run_id: record.run_id.clone(),
             dataset: record.dataset.clone(),
             batches: record.batches.clone(),
             rows: record.rows_out,
-            tables: prepared
-                .tables
-                .into_iter()
-                .map(|t| PublishingTable {
-                    name: t.name.to_string(),
-                    dir: t.dir,
-                    date_column: t.date_column.map(str::to_string),
-                })
-                .collect(),
-            extracts: prepared.extracts,
-            state: prepared.state,
-            replace_dataset: prepared.replace_dataset,
+            prepared,
         }
     }
 
-    /// Whether every file this publish would land is still on this machine.
-    fn files_present(&self) -> bool {
-        self.tables.iter().all(|t| t.dir.is_dir())
-            && self.extracts.iter().all(|(local, _)| local.is_file())
+    /// Delta's transaction version of every commit of this publish.
+    fn version(&self) -> i64 {
+        self.prepared.state.runs_landed
+    }
+
+    /// Whether every file this publish would land is still on this machine, in the run's own
+    /// work directory (`…/.work/<run id>/`), and every extract goes under `_extracts/`. A
+    /// journal comes from the warehouse: one that names other local paths (corrupt, or
+    /// written by someone else) is never followed.
+    fn files_usable(&self) -> bool {
+        use std::path::Component;
+        let run = std::ffi::OsStr::new(&self.run_id);
+        let in_work = |p: &Path| {
+            p.is_absolute()
+                && !p.components().any(|c| matches!(c, Component::ParentDir))
+                && p.ancestors().any(|a| {
+                    a.file_name() == Some(run)
+                        && a.parent().and_then(Path::file_name)
+                            == Some(std::ffi::OsStr::new(".work"))
+                })
+        };
+        let p = &self.prepared;
+        p.tables.iter().all(|t| in_work(&t.dir) && t.dir.is_dir())
+            && p.extracts.iter().all(|(local, rel)| {
+                in_work(local)
+                    && local.is_file()
+                    && rel.starts_with("_extracts/")
+                    && !rel.contains("..")
+            })
     }
 }
 
@@ -1084,7 +1096,7 @@ async fn settle_other_pipelines(
         else {
             continue;
         };
-        if !left.files_present() {
+        if !left.files_usable() {
             return Err(PipelineError::OtherPublishInterrupted {
                 pipeline: other.to_string(),
                 run_id: left.run_id,
@@ -1116,17 +1128,17 @@ async fn recover(
     this: &mut Publishing,
     left: Publishing,
 ) -> Result<(), PipelineError> {
-    let version = left.state.runs_landed;
+    let version = left.version();
     if left.dataset == this.dataset && left.batches == this.batches {
         tracing::info!(
             interrupted = %left.run_id,
             batches = ?left.batches,
             "the publish of these batches was interrupted; tables that hold its commit are not committed twice"
         );
-        this.state.runs_landed = version;
+        this.prepared.state.runs_landed = version;
         return Ok(());
     }
-    if left.files_present() {
+    if left.files_usable() {
         tracing::warn!(
             interrupted = %left.run_id,
             batches = ?left.batches,
@@ -1161,7 +1173,7 @@ async fn recover(
         tracing::warn!("{said}");
         record.warnings.push(said);
     }
-    this.state.runs_landed = this.state.runs_landed.max(version + 1);
+    this.prepared.state.runs_landed = this.prepared.state.runs_landed.max(version + 1);
     Ok(())
 }
 
@@ -1183,7 +1195,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
         versions: Default::default(),
     };
     let mut tables: Vec<TableRecord> = Vec::new();
-    for (i, t) in p.tables.iter().enumerate() {
+    for (i, t) in p.prepared.tables.iter().enumerate() {
         let commit = warehouse
             .write_table(&scoreland_sink::TableWrite {
                 table: &t.name,
@@ -1192,9 +1204,9 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
                 run_id: &p.run_id,
                 by_score_date: t.date_column.is_some(),
                 date_column: t.date_column.as_deref().unwrap_or("score_date"),
-                replace_dataset: p.replace_dataset,
+                replace_dataset: p.prepared.replace_dataset,
                 app_id: name,
-                app_version: p.state.runs_landed,
+                app_version: p.version(),
                 metadata: metadata.clone(),
             })
             .await
@@ -1221,7 +1233,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
         .map_err(PipelineError::Sink)?;
     // Extracts last: each is one object, replaced whole, after the night it copies is committed.
     let mut extracts = Vec::new();
-    for (local, rel) in &p.extracts {
+    for (local, rel) in &p.prepared.extracts {
         warehouse
             .upload_file(local, rel)
             .await
@@ -1230,7 +1242,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
     }
     crash_point("before_state");
     warehouse
-        .put_json(&state_rel(name), &p.state)
+        .put_json(&state_rel(name), &p.prepared.state)
         .await
         .map_err(PipelineError::Sink)?;
     warehouse
@@ -1267,5 +1279,64 @@ fn prune_staging(file: &PipelineFile, staging: &Path, record: &RunRecord) {
         if old && entry.file_name() != record.run_id.as_str() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal as the warehouse holds it: of run `run`, its table in `dir`, an extract.
+    fn journal(run: &str, dir: &Path, extract: (&Path, &str)) -> Publishing {
+        serde_json::from_value(serde_json::json!({
+            "run_id": run, "dataset": "ds", "batches": ["b1"], "rows": 1,
+            "tables": [{"name": "scores", "dir": dir, "date_column": "score_date"}],
+            "extracts": [[extract.0, extract.1]],
+            "state": {"last_run_id": null, "landed_batches": [], "histograms": []},
+            "replace_dataset": false
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_journal_is_followed_only_into_its_runs_work_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("staging/.work/run-1");
+        let scores = work.join("out/scores");
+        let extract = work.join("extracts/scores.csv");
+        std::fs::create_dir_all(&scores).unwrap();
+        std::fs::create_dir_all(extract.parent().unwrap()).unwrap();
+        std::fs::write(&extract, "x").unwrap();
+        assert!(journal("run-1", &scores, (&extract, "_extracts/scores/ds.csv")).files_usable());
+        // Elsewhere on this machine, another run's work, a way out with `..`, a relative
+        // path, an extract landing outside `_extracts/`: not followed.
+        let elsewhere = tmp.path().join("home/.ssh");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let escape = work.join("../../../home/.ssh");
+        for (run, dir, rel) in [
+            ("run-1", elsewhere.as_path(), "_extracts/scores/ds.csv"),
+            ("run-2", scores.as_path(), "_extracts/scores/ds.csv"),
+            ("run-1", escape.as_path(), "_extracts/scores/ds.csv"),
+            (
+                "run-1",
+                Path::new("staging/.work/run-1/out/scores"),
+                "_extracts/scores/ds.csv",
+            ),
+            ("run-1", scores.as_path(), "_published/demo.json"),
+            (
+                "run-1",
+                scores.as_path(),
+                "_extracts/../_published/demo.json",
+            ),
+        ] {
+            assert!(
+                !journal(run, dir, (&extract, rel)).files_usable(),
+                "{run} {} {rel}",
+                dir.display()
+            );
+        }
+        // Gone: not usable either.
+        std::fs::remove_dir_all(&scores).unwrap();
+        assert!(!journal("run-1", &scores, (&extract, "_extracts/scores/ds.csv")).files_usable());
     }
 }
