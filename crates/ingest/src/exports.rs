@@ -839,6 +839,47 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn manifests_are_read_with_their_folder_and_unkind_ones_refused() {
+        let folder = "aep/ds1/exportTime=202612010200";
+        let listing = |manifest: &'static str| async move {
+            let pattern = FolderPattern::new(DEFAULT_FOLDER_TEMPLATE, "ds1").unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            for (name, body) in [
+                ("part-0.parquet", "abc"),
+                ("manifest-flow1-run1.json", manifest),
+            ] {
+                let path = ObjectPath::from(format!("{folder}/{name}"));
+                object_store::ObjectStoreExt::put(store.as_ref(), &path, body.into())
+                    .await
+                    .unwrap();
+            }
+            list_export_folders(&store, &ObjectPath::from("aep"), &pattern).await
+        };
+        // AEP's shape: the manifest is not a data file; what it lists is kept by name.
+        let ok = listing(
+            r#"{"flowRunId": "run1", "exportResults": [
+                {"sinkPath": "/aep/ds1/exportTime=202612010200", "name": "part-0.parquet", "size": 3},
+                {"sinkPath": "/aep/ds1/exportTime=202612010200", "name": "part-1.parquet", "size": 9}]}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok[0].files.len(), 1);
+        let m = ok[0].manifest.as_ref().unwrap();
+        assert_eq!(m.names, ["manifest-flow1-run1.json"]);
+        assert_eq!(m.files.get("part-1.parquet"), Some(&9));
+        // Not JSON, not AEP's shape, or listing another folder's files: the folder is refused,
+        // the manifest named.
+        for unkind in [
+            "not json",
+            r#"{"exportResults": [{"name": "part-0.parquet"}]}"#,
+            r#"{"exportResults": [{"sinkPath": "/aep/ds1/exportTime=202612010300", "name": "part-0.parquet", "size": 3}]}"#,
+        ] {
+            let err = listing(unkind).await.unwrap_err().to_string();
+            assert!(err.contains("manifest-flow1-run1.json"), "{unkind}: {err}");
+        }
+    }
+
     #[test]
     fn a_json_array_is_read_one_record_at_a_time() {
         let records = |text: &str| -> Result<Vec<serde_json::Value>, String> {
