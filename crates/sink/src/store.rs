@@ -391,13 +391,11 @@ impl Warehouse {
                 version: current.meta.version.clone(),
             };
             let raw = current.bytes().await.map_err(store_err)?;
-            let held = serde_json::from_slice::<LockInfo>(&raw).unwrap_or_else(|_| LockInfo {
-                run_id: "unreadable".into(),
-                pid: 0,
-                host: String::new(),
-                started_at: "unreadable (delete the lock file if no run holds it)".into(),
-                renewed_at: None,
-                released: false,
+            let held = serde_json::from_slice::<LockInfo>(&raw).unwrap_or_else(|_| {
+                LockInfo::unknown(
+                    "unreadable",
+                    "unreadable (delete the lock file if no run holds it)",
+                )
             });
             if !held.is_stale(stale_after) {
                 return Err(locked(&held));
@@ -418,14 +416,9 @@ impl Warehouse {
             }
         }
         let held: Option<LockInfo> = self.get_json(&rel).await?;
-        Err(locked(&held.unwrap_or(LockInfo {
-            run_id: "unknown".into(),
-            pid: 0,
-            host: String::new(),
-            started_at: "unknown".into(),
-            renewed_at: None,
-            released: false,
-        })))
+        Err(locked(
+            &held.unwrap_or_else(|| LockInfo::unknown("unknown", "unknown")),
+        ))
     }
 
     /// Writes `body` at `path` only if the object is still the one read as `seen` (at
@@ -534,6 +527,18 @@ struct LockInfo {
 }
 
 impl LockInfo {
+    /// A holder that cannot be told (its time does not parse, so it counts as held).
+    fn unknown(run_id: &str, started_at: &str) -> LockInfo {
+        LockInfo {
+            run_id: run_id.into(),
+            pid: 0,
+            host: String::new(),
+            started_at: started_at.into(),
+            renewed_at: None,
+            released: false,
+        }
+    }
+
     /// Stale when released, when not renewed for `stale_after`, or when it belongs to a
     /// process of this host and boot that is gone. A time in the future or unreadable is not
     /// stale: held.
@@ -593,6 +598,14 @@ pub struct Lock {
     /// for longer than the stale time).
     lost: Arc<std::sync::atomic::AtomicBool>,
     renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lock {
+    /// A lock dropped without [`Lock::release`] (an early return, a panic) stops being renewed,
+    /// so that it goes stale rather than stay held by a live process that no longer uses it.
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
 }
 
 impl Lock {
