@@ -288,8 +288,13 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
     let orphan = orphan_dir.join("part-00000-orphan.zstd.parquet");
     std::fs::write(&orphan, b"PAR1 left by a dead run").unwrap();
     let files_before = parquet("scores");
+    let vacuum = |extra: &[&str]| {
+        let mut args = vec!["vacuum", "--warehouse", &wh, "--retention", "0s"];
+        args.extend_from_slice(extra);
+        scoreland(&args, &[])
+    };
     // Under an hour, the retention must be asked for explicitly.
-    let short = scoreland(&["vacuum", "--warehouse", &wh, "--retention", "0s"], &[]);
+    let short = vacuum(&[]);
     assert_eq!(short.status.code(), Some(2), "{}", text(&short));
     assert!(
         text(&short).contains("--allow-short-retention"),
@@ -305,34 +310,14 @@ fn a_crash_between_two_tables_is_invisible_and_the_next_run_completes_it() {
         .to_string(),
     )
     .unwrap();
-    let busy = scoreland(
-        &[
-            "vacuum",
-            "--warehouse",
-            &wh,
-            "--retention",
-            "0s",
-            "--allow-short-retention",
-        ],
-        &[],
-    );
+    let busy = vacuum(&["--allow-short-retention"]);
     assert_eq!(busy.status.code(), Some(4), "{}", text(&busy));
     assert!(orphan.exists());
     std::fs::remove_file(&publish_lock).unwrap();
-    let vacuum = scoreland(
-        &[
-            "vacuum",
-            "--warehouse",
-            &wh,
-            "--retention",
-            "0s",
-            "--allow-short-retention",
-        ],
-        &[],
-    );
-    assert!(vacuum.status.success(), "{}", text(&vacuum));
-    assert!(parquet("scores") < files_before, "{}", text(&vacuum));
-    assert!(!orphan.exists(), "the orphan was kept: {}", text(&vacuum));
+    let vacuumed = vacuum(&["--allow-short-retention"]);
+    assert!(vacuumed.status.success(), "{}", text(&vacuumed));
+    assert!(parquet("scores") < files_before, "{}", text(&vacuumed));
+    assert!(!orphan.exists(), "the orphan was kept: {}", text(&vacuumed));
     assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), before);
     // Optimize rewrites the files, not the rows; readers follow it.
     let optimize = scoreland(&["optimize", "--warehouse", &wh], &[]);
