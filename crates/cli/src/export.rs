@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use scoreland_ingest::{
     AepClient, DownloadOptions, Flow, FlowRun, NotReadyRetry, PollEvery, Polled, poll_job,
 };
-use scoreland_pipeline::{ExportSource, PipelineFile, SourceConfig};
+use scoreland_pipeline::{ExportSource, PipelineFile, Platform, SourceConfig};
 
 use crate::{Failure, usage};
 
@@ -84,7 +84,7 @@ struct Context {
     flow_ref: Option<String>,
 }
 
-fn context(target: &Target) -> Result<Context, Failure> {
+async fn context(target: &Target) -> Result<Context, Failure> {
     let file = PipelineFile::load(&target.pipeline).map_err(usage)?;
     let SourceConfig::DatasetExport(source) = file.source else {
         return Err(usage(anyhow::anyhow!(
@@ -103,10 +103,12 @@ fn context(target: &Target) -> Result<Context, Failure> {
             }
         )));
     };
-    let config = platform
-        .build()
-        .map_err(|e| usage(anyhow::anyhow!("[source.platform]: {e}")))?;
-    let client = AepClient::new(config, DownloadOptions::default()).map_err(ingest)?;
+    let client = Platform::aep(platform)
+        .map_err(|e| usage(anyhow::anyhow!("[source.platform]: {e}")))?
+        .connect(DownloadOptions::default())
+        .await
+        .map_err(Failure::pipeline)?
+        .client;
     let flow_ref = target
         .flow
         .clone()
@@ -141,7 +143,7 @@ impl Context {
 pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
     match args.command {
         ExportCommand::Create(t) => {
-            let cx = context(&t)?;
+            let cx = context(&t).await?;
             let section = cx.source.flow.as_ref().ok_or_else(|| {
                 usage(anyhow::anyhow!(
                     "{}: [source.flow] says what to create",
@@ -173,7 +175,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             Ok(0)
         }
         ExportCommand::List(t) => {
-            let cx = context(&t)?;
+            let cx = context(&t).await?;
             let flows = cx.client.export_flows(None).await.map_err(ingest)?;
             if t.json {
                 println!("{}", serde_json::to_string_pretty(&flows)?);
@@ -206,7 +208,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             Ok(0)
         }
         ExportCommand::Show(t) => {
-            let cx = context(&t)?;
+            let cx = context(&t).await?;
             let flow = cx.flow().await?;
             let target = cx.client.export_target(&flow).await.map_err(ingest)?;
             let datasets = cx.client.export_datasets(&flow).await.map_err(ingest)?;
@@ -252,7 +254,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
         ExportCommand::Enable(t) => set_enabled(&t, true).await,
         ExportCommand::Disable(t) => set_enabled(&t, false).await,
         ExportCommand::Run(a) => {
-            let cx = context(&a.target)?;
+            let cx = context(&a.target).await?;
             let flow = cx.flow().await?;
             let timeout = humantime::parse_duration(&a.timeout).map_err(|e| {
                 usage(anyhow::anyhow!(
@@ -283,7 +285,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             Ok(0)
         }
         ExportCommand::Runs(t) => {
-            let cx = context(&t)?;
+            let cx = context(&t).await?;
             let flow = cx.flow().await?;
             let runs = cx.client.flow_runs(&flow.id).await.map_err(ingest)?;
             if t.json {
@@ -302,13 +304,14 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
                 )));
             };
             let started = Instant::now();
-            let (staged, why) =
-                scoreland_pipeline::download_export(&source, &a.out, a.folder.as_deref())
-                    .await
-                    .map_err(|e| Failure {
-                        code: e.exit_code(),
-                        error: anyhow::anyhow!(scoreland_pipeline::error_chain(&e)),
-                    })?;
+            let (staged, why) = scoreland_pipeline::download_export(
+                &source,
+                &a.pipeline,
+                &a.out,
+                a.folder.as_deref(),
+            )
+            .await
+            .map_err(Failure::pipeline)?;
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             println!(
                 "folder {}: {} files, {} rows, {:.1} MB ({:.1} MB fetched) in {:.1} s ({:.1} MB/s); complete: {why}",
@@ -323,7 +326,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             Ok(0)
         }
         ExportCommand::Delete(t) => {
-            let cx = context(&t)?;
+            let cx = context(&t).await?;
             let flow = cx.flow().await?;
             cx.client.delete_export_flow(&flow).await.map_err(ingest)?;
             println!("deleted dataflow {} ({})", flow.name, flow.id);
@@ -333,7 +336,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
 }
 
 async fn set_enabled(t: &Target, enabled: bool) -> Result<u8, Failure> {
-    let cx = context(t)?;
+    let cx = context(t).await?;
     let flow = cx.flow().await?;
     cx.client
         .set_flow_enabled(&flow, enabled)

@@ -128,6 +128,17 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+impl Failure {
+    /// A pipeline's error, with its exit code (the one mapping: see
+    /// [`scoreland_pipeline::PipelineError::exit_code`]).
+    pub fn pipeline(error: scoreland_pipeline::PipelineError) -> Failure {
+        Failure {
+            code: error.exit_code(),
+            error: anyhow::Error::new(error),
+        }
+    }
+}
+
 pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: 2,

@@ -8,6 +8,8 @@ use scoreland_ingest::{
     SCORING_CLIENT, Secret,
 };
 
+use scoreland_pipeline::Platform;
+
 use crate::{Failure, progress, usage};
 
 #[derive(Debug, Args)]
@@ -42,7 +44,7 @@ pub struct PlatformArgs {
 impl PlatformArgs {
     /// The client, through the same construction a pipeline file uses; errors name the flag
     /// and its environment variable.
-    pub(crate) fn client(&self, options: DownloadOptions) -> Result<AepClient, Failure> {
+    pub(crate) async fn client(&self, options: DownloadOptions) -> Result<AepClient, Failure> {
         let settings = PlatformSettings {
             platform_url: self.platform_url.clone(),
             ims_url: self.ims_url.clone(),
@@ -54,13 +56,17 @@ impl PlatformArgs {
             access_token: self.access_token.clone().map(Secret::new),
             api_key: self.api_key.clone(),
         };
-        let config = settings.build().map_err(|e| match e {
+        let platform = Platform::aep(&settings).map_err(|e| match e {
             IngestError::Config { field, message } => {
                 usage(anyhow::anyhow!("{}: {message}", flag_of(field)))
             }
             other => ingest_failure(other),
         })?;
-        AepClient::new(config, options).map_err(ingest_failure)
+        Ok(platform
+            .connect(options)
+            .await
+            .map_err(Failure::pipeline)?
+            .client)
     }
 }
 
@@ -102,7 +108,7 @@ pub struct BatchesArgs {
 }
 
 pub async fn batches(args: BatchesArgs) -> Result<u8, Failure> {
-    let client = args.platform.client(DownloadOptions::default())?;
+    let client = args.platform.client(DownloadOptions::default()).await?;
     let list = client
         .list_batches(&args.dataset, &[], args.limit)
         .await
@@ -175,7 +181,7 @@ pub async fn download(args: DownloadArgs, quiet: bool) -> Result<u8, Failure> {
             .map_err(|why| usage(anyhow::anyhow!("--concurrency {c}: {why}")))?;
         options.concurrency = c;
     }
-    let client = args.platform.client(options)?;
+    let client = args.platform.client(options).await?;
     let selection = match args.batch {
         Some(id) => BatchSelection::Batch { id },
         None => BatchSelection::Newest,

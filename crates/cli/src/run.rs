@@ -58,10 +58,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
             if let Some(r) = &record {
                 report(r, args.json, true);
             }
-            Err(Failure {
-                code: error.exit_code(),
-                error: anyhow::Error::new(error),
-            })
+            Err(Failure::pipeline(error))
         }
     }
 }

@@ -79,8 +79,8 @@ struct IdArgs {
     id: String,
 }
 
-fn client(p: &PlatformArgs) -> Result<AepClient, Failure> {
-    p.client(DownloadOptions::default())
+async fn client(p: &PlatformArgs) -> Result<AepClient, Failure> {
+    p.client(DownloadOptions::default()).await
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
@@ -126,7 +126,7 @@ fn print_jobs(jobs: &[SegmentJob]) {
 pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failure> {
     match args.command {
         SegmentJobCommand::Run(a) => {
-            let c = client(&a.platform)?;
+            let c = client(&a.platform).await?;
             let timeout = humantime::parse_duration(&a.timeout)
                 .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
             let job = c
@@ -149,7 +149,7 @@ pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failur
             }
         }
         SegmentJobCommand::Status(a) => {
-            let c = client(&a.platform)?;
+            let c = client(&a.platform).await?;
             let jobs = c.segment_jobs_by_id(&a.ids).await.map_err(ingest_failure)?;
             if jobs.len() < a.ids.len() {
                 let missing: Vec<&String> = a
@@ -174,7 +174,7 @@ pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failur
             Ok(0)
         }
         SegmentJobCommand::List(a) => {
-            let c = client(&a.platform)?;
+            let c = client(&a.platform).await?;
             let jobs = c
                 .segment_jobs(a.status.as_deref(), a.limit)
                 .await
@@ -187,7 +187,7 @@ pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failur
             Ok(0)
         }
         SegmentJobCommand::Cancel(a) => {
-            let c = client(&a.platform)?;
+            let c = client(&a.platform).await?;
             c.cancel_segment_job(&a.id).await.map_err(ingest_failure)?;
             println!("segment job {} is being cancelled", a.id);
             Ok(0)
@@ -310,7 +310,8 @@ fn print_schedules(list: &[SegmentSchedule]) {
 pub async fn schedule(args: ScheduleArgs) -> Result<u8, Failure> {
     match args.command {
         ScheduleCommand::List(a) => {
-            let list = client(&a.platform)?
+            let list = client(&a.platform)
+                .await?
                 .segment_schedules()
                 .await
                 .map_err(ingest_failure)?;
@@ -330,7 +331,8 @@ pub async fn schedule(args: ScheduleArgs) -> Result<u8, Failure> {
                     )));
                 }
             };
-            let s = client(&a.platform)?
+            let s = client(&a.platform)
+                .await?
                 .create_segment_schedule(&a.name, kind, &a.segments, &a.cron, a.active)
                 .await
                 .map_err(ingest_failure)?;
@@ -341,28 +343,32 @@ pub async fn schedule(args: ScheduleArgs) -> Result<u8, Failure> {
             }
         }
         ScheduleCommand::Enable(a) => {
-            client(&a.platform)?
+            client(&a.platform)
+                .await?
                 .set_schedule_active(&a.id, true)
                 .await
                 .map_err(ingest_failure)?;
             println!("schedule {} is active", a.id);
         }
         ScheduleCommand::Disable(a) => {
-            client(&a.platform)?
+            client(&a.platform)
+                .await?
                 .set_schedule_active(&a.id, false)
                 .await
                 .map_err(ingest_failure)?;
             println!("schedule {} is inactive", a.id);
         }
         ScheduleCommand::SetCron(a) => {
-            client(&a.platform)?
+            client(&a.platform)
+                .await?
                 .set_schedule_cron(&a.id, &a.cron)
                 .await
                 .map_err(ingest_failure)?;
             println!("schedule {} runs at {:?}", a.id, a.cron);
         }
         ScheduleCommand::Delete(a) => {
-            client(&a.platform)?
+            client(&a.platform)
+                .await?
                 .delete_segment_schedule(&a.id)
                 .await
                 .map_err(ingest_failure)?;
@@ -481,7 +487,7 @@ fn print_export_jobs(jobs: &[ExportJob]) {
 pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure> {
     match args.command {
         ExportJobCommand::Create(a) => {
-            let c = client(&a.platform)?;
+            let c = client(&a.platform).await?;
             let timeout = humantime::parse_duration(&a.timeout)
                 .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
             let dataset_id = match (&a.dataset_id, &a.dataset_name) {
@@ -564,7 +570,8 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
             }
         }
         ExportJobCommand::Status(a) => {
-            let job = client(&a.platform)?
+            let job = client(&a.platform)
+                .await?
                 .export_job(a.id)
                 .await
                 .map_err(ingest_failure)?;
@@ -576,7 +583,8 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
             Ok(0)
         }
         ExportJobCommand::List(a) => {
-            let jobs = client(&a.platform)?
+            let jobs = client(&a.platform)
+                .await?
                 .export_jobs(a.status.as_deref(), a.limit)
                 .await
                 .map_err(ingest_failure)?;
@@ -588,7 +596,8 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
             Ok(0)
         }
         ExportJobCommand::Cancel(a) => {
-            client(&a.platform)?
+            client(&a.platform)
+                .await?
                 .cancel_export_job(a.id)
                 .await
                 .map_err(ingest_failure)?;

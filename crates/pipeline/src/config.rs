@@ -7,19 +7,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use scoreland_ingest::{
-    BatchSelection, DownloadOptions, IngestError, PlatformSettings, RowCountCheck,
-};
 use scoreland_sink::SinkConfig;
 use scoreland_transform::{OutputFormat, TransformConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
-use crate::exports::ExportSource;
+use crate::interpolate::{Lookup, Missing, UNSET, interpolate_table};
+use crate::source::SourceConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
+    /// The file this was read from (for errors that name it).
+    #[serde(skip)]
+    pub path: PathBuf,
     /// Names the pipeline's state, lock and run records; defaults to the file's stem.
     #[serde(default)]
     pub name: Option<String>,
@@ -37,122 +38,6 @@ pub struct PipelineFile {
     #[serde(default)]
     pub transform: TransformConfig,
     pub sink: SinkSection,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// A real AEP org (or anything that speaks its API).
-    Aep {
-        /// URLs, org, sandbox and credentials (use `${VAR}` to keep secrets out of the file).
-        #[serde(flatten)]
-        platform: PlatformSettings,
-        dataset: String,
-        #[serde(flatten)]
-        common: SourceCommon,
-    },
-    /// The bundled simulator, started in process on a loopback port: no credentials needed.
-    Simulator {
-        data: PathBuf,
-        /// Defaults to the platform's first dataset.
-        #[serde(default)]
-        dataset: Option<String>,
-        #[serde(flatten)]
-        common: SourceCommon,
-    },
-    /// The folders a Flow Service dataset export writes (docs/exports.md), from S3, Azure, GCS, a
-    /// path or the Data Landing Zone.
-    #[serde(rename = "dataset-export")]
-    DatasetExport(Box<ExportSource>),
-    /// Profiles and their audience memberships, exported by a profile export job into a
-    /// dataset and landed as `profiles`, `audiences` and `audience_summary` (docs/profile-exports.md).
-    #[serde(rename = "profile-export")]
-    ProfileExport(Box<crate::profiles::ProfileExportSource>),
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceCommon {
-    /// The IMS client that writes the scores (`acp_foundation_push` for Customer AI).
-    #[serde(default)]
-    pub created_client: Option<String>,
-    /// `{ mode = "newest" }` (default), `{ mode = "batch", id = "…" }` or
-    /// `{ mode = "catch_up" }` (every batch since the last one landed).
-    #[serde(default)]
-    pub batches: Option<BatchSelection>,
-    /// Parts downloaded at once.
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    #[serde(default)]
-    pub row_count_check: Option<RowCountCheck>,
-    /// Retry budget per request, e.g. "5m".
-    #[serde(default)]
-    pub max_retry_time: Option<String>,
-    #[serde(default)]
-    pub max_attempts: Option<u32>,
-    /// Bytes per second below which a download is abandoned and resumed, e.g. "16KiB".
-    #[serde(default)]
-    pub min_speed: Option<String>,
-    /// Over how long `min_speed` is measured, e.g. "30s".
-    #[serde(default)]
-    pub min_speed_time: Option<String>,
-    /// Disk space a download must leave free in staging, e.g. "5GiB" (default: none).
-    #[serde(default)]
-    pub keep_free: Option<String>,
-}
-
-impl SourceCommon {
-    /// The download options these settings give; errors name the field.
-    pub fn download_options(&self) -> Result<DownloadOptions, String> {
-        let mut o = DownloadOptions::default();
-        if let Some(c) = self.concurrency {
-            scoreland_ingest::check_concurrency(c)
-                .map_err(|why| format!("source.concurrency = {c}: {why}"))?;
-            o.concurrency = c;
-        }
-        if let Some(r) = self.row_count_check {
-            o.row_count_check = r;
-        }
-        if let Some(n) = self.max_attempts {
-            if n == 0 {
-                return Err("source.max_attempts = 0: must be at least 1".into());
-            }
-            o.retry.max_attempts = n;
-        }
-        if let Some(t) = &self.max_retry_time {
-            o.retry.max_elapsed = duration("max_retry_time", t)?;
-        }
-        if let Some(t) = &self.min_speed_time {
-            o.min_speed_window = duration("min_speed_time", t)?;
-        }
-        if let Some(s) = &self.keep_free {
-            o.keep_free = size("keep_free", s, "5GiB")?;
-        }
-        if let Some(s) = &self.min_speed {
-            // Per second: "16KiB" and "16KiB/s" say the same.
-            o.min_speed = size("min_speed", s.trim().trim_end_matches("/s"), "16KiB")?;
-        }
-        Ok(o)
-    }
-}
-
-fn size(field: &str, s: &str, example: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("source.{field} = {s:?} is not a size like \"{example}\": {e}"))
-}
-
-fn duration(field: &str, t: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(t.trim())
-        .map_err(|e| format!("source.{field} = {t:?} is not a duration like \"5m\": {e}"))
-}
-
-/// A platform setting's error in the words of a pipeline file (`source.client_id: …`).
-pub(crate) fn source_error(e: IngestError) -> String {
-    match e {
-        IngestError::Config { field, message } => format!("source.{field}: {message}"),
-        other => format!("source: {other}"),
-    }
 }
 
 /// `[sink]`: where and how the tables land.
@@ -307,6 +192,7 @@ impl PipelineFile {
         let mut file: PipelineFile = table
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        file.path = path.to_path_buf();
         if file.name.is_none() {
             file.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
@@ -347,47 +233,17 @@ impl PipelineFile {
         self.sink.output_format()?;
         self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
-        if let SourceConfig::Aep { platform, .. } = &self.source {
-            let mut platform = platform.clone();
-            if placeholders {
-                for url in [&mut platform.platform_url, &mut platform.ims_url] {
-                    if url.contains(UNSET) {
-                        *url = "https://unset.invalid".into();
-                    }
-                }
-            }
-            platform.build().map_err(source_error)?;
-        }
-        match &self.source {
-            SourceConfig::Aep { common, .. } | SourceConfig::Simulator { common, .. } => {
-                common.download_options()?;
-            }
-            // With placeholders (`validate` without the variables), a platform whose URL is
-            // still unset is checked at run time.
-            SourceConfig::DatasetExport(src) => {
-                if !placeholders || !unset_url(src.platform.as_ref()) {
-                    src.check()?;
-                }
-            }
-            SourceConfig::ProfileExport(src) => {
-                if !placeholders || !unset_url(src.platform.as_ref()) {
-                    src.check()?;
-                }
-                if !self.sink.extract_formats()?.is_empty() {
-                    return Err(
-                        "sink.extracts: a profile-export pipeline lands tables only; remove extracts"
-                            .into(),
-                    );
-                }
-            }
+        self.source.check(placeholders)?;
+        if let SourceConfig::ProfileExport(_) = &self.source
+            && !self.sink.extracts.is_empty()
+        {
+            return Err(
+                "sink.extracts: a profile-export pipeline lands tables only; remove extracts"
+                    .into(),
+            );
         }
         Ok(())
     }
-}
-
-/// Whether a platform's URL comes from a variable that is not set.
-fn unset_url(platform: Option<&PlatformSettings>) -> bool {
-    platform.is_some_and(|p| p.platform_url.contains(UNSET))
 }
 
 /// A TOML error as "line L, column C: what", without the quoted line that toml's own message
@@ -404,138 +260,9 @@ fn located(raw: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// What a variable not set becomes under `validate`.
-const UNSET: &str = "unset-";
-
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-/// What a required variable that is not set becomes (for `validate`); `None` makes it an error.
-type Missing<'a> = &'a dyn Fn(&str) -> String;
-
-fn interpolate_table(
-    table: &mut toml::Table,
-    path: &mut Vec<String>,
-    lookup: Lookup,
-    missing: Option<Missing>,
-) -> Result<(), String> {
-    for (k, v) in table.iter_mut() {
-        path.push(k.clone());
-        interpolate_value(v, path, lookup, missing)?;
-        path.pop();
-    }
-    Ok(())
-}
-
-fn interpolate_value(
-    v: &mut toml::Value,
-    path: &mut Vec<String>,
-    lookup: Lookup,
-    missing: Option<Missing>,
-) -> Result<(), String> {
-    match v {
-        toml::Value::String(s) => {
-            *s = expand(s, lookup, missing).map_err(|e| format!("{}: {e}", path.join(".")))?;
-        }
-        toml::Value::Table(t) => interpolate_table(t, path, lookup, missing)?,
-        toml::Value::Array(items) => {
-            for item in items {
-                interpolate_value(item, path, lookup, missing)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Expands `${VAR}`, `${VAR:-default}` and `${VAR:?message}`; `$$` is a literal `$`.
-pub fn interpolate(s: &str, lookup: Lookup) -> Result<String, String> {
-    expand(s, lookup, None)
-}
-
-fn expand(s: &str, lookup: Lookup, missing: Option<Missing>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-            continue;
-        }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
-        };
-        let end = body
-            .find('}')
-            .ok_or_else(|| format!("unclosed '${{' in {s:?}"))?;
-        let expr = &body[..end];
-        rest = &body[end + 1..];
-        let (name, op) = match expr.find([':']) {
-            Some(j) => (&expr[..j], Some(&expr[j..])),
-            None => (expr, None),
-        };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("'${{{expr}}}' is not a variable reference"));
-        }
-        let value = lookup(name).filter(|v| !v.is_empty());
-        match (value, op) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(op)) if op.starts_with(":-") => out.push_str(&op[2..]),
-            (None, _) if missing.is_some() => {
-                out.push_str(&missing.map(|m| m(name)).unwrap_or_default())
-            }
-            (None, Some(op)) if op.starts_with(":?") => {
-                let msg = &op[2..];
-                return Err(if msg.is_empty() {
-                    format!("environment variable {name} is not set")
-                } else {
-                    format!("environment variable {name} is not set: {msg}")
-                });
-            }
-            (None, None) => {
-                return Err(format!(
-                    "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-                ));
-            }
-            (None, Some(op)) => return Err(format!("unknown operator '{op}' in '${{{expr}}}'")),
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(name: &str) -> Option<String> {
-        match name {
-            "A" => Some("alpha".into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn interpolation_forms() {
-        assert_eq!(interpolate("x-${A}-y", &env).unwrap(), "x-alpha-y");
-        assert_eq!(interpolate("${B:-dflt}", &env).unwrap(), "dflt");
-        assert_eq!(interpolate("${EMPTY:-dflt}", &env).unwrap(), "dflt");
-        assert_eq!(interpolate("$$5 and $x", &env).unwrap(), "$5 and $x");
-        assert!(
-            interpolate("${B}", &env)
-                .unwrap_err()
-                .contains("B is not set")
-        );
-        assert!(
-            interpolate("${B:?set it}", &env)
-                .unwrap_err()
-                .contains("set it")
-        );
-        assert!(interpolate("${A", &env).is_err());
-    }
 
     #[test]
     fn concurrency_is_bounded() {

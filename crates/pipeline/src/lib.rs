@@ -1,24 +1,34 @@
 //! Pipeline files (TOML: source, transform, sink), the wiring of ingest ▸ transform ▸ sink
 //! under one run id, the per-pipeline state and lock kept with the warehouse, and JSON run
 //! records. ingest, transform and sink never depend on each other; this crate joins them.
+//!
+//! A run ([`run`]) takes the pipeline's lock, has its source ([`source`]) select and stage
+//! what is new, transforms it (`transform`), and publishes the tables (`publish`); what it
+//! keeps of itself is in [`record`].
 
 mod config;
+mod context;
 mod error;
-mod exports;
-mod profiles;
+mod interpolate;
+mod publish;
+pub mod record;
 mod run;
+pub mod source;
+mod transform;
 
-pub use config::{PipelineFile, SinkSection, SourceCommon, SourceConfig, interpolate};
+pub use config::{PipelineFile, SinkSection};
+pub use context::RunOptions;
 pub use error::PipelineError;
-pub use exports::{
-    ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, SECRET_VARS,
-    SimulatorSection, download as download_export,
+pub use interpolate::interpolate;
+pub use record::{
+    ALL_TABLES, AUDIENCE_TABLES, DriftRecord, PipelineState, RunRecord, RunStatus, StageTimings,
+    TABLES, TableRecord, by_score_date, date_column, error_chain,
 };
-pub use profiles::{
-    AUDIENCE_TABLES, MergePolicy, ProfileExportMode, ProfileExportRecord, ProfileExportSource,
-    ProfileSimulator,
-};
-pub use run::{
-    ALL_TABLES, DriftRecord, PipelineState, RunOptions, RunRecord, RunStatus, StageTimings, TABLES,
-    TableRecord, by_score_date, date_column, error_chain, run,
+pub use run::run;
+pub use source::export::download as download_export;
+pub use source::platform::{Connected, Platform};
+pub use source::{
+    ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, MergePolicy,
+    ProfileExportMode, ProfileExportRecord, ProfileExportSource, ProfileSimulator, SECRET_VARS,
+    SimulatorSection, SourceCommon, SourceConfig,
 };

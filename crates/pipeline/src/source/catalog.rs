@@ -1,0 +1,198 @@
+//! The `aep` and `simulator` sources: Customer AI scoring batches found through Catalog
+//! (the newest, one by id, or every one since the last landed) and downloaded through Data
+//! Access, verified and resumable.
+
+use std::path::Path;
+use std::time::Instant;
+
+use scoreland_ingest::{
+    AepClient, BatchSelection, CatalogBatch, DownloadOptions, RowCountCheck, SCORING_CLIENT,
+};
+use scoreland_transform::StagedBatch;
+use serde::{Deserialize, Serialize};
+
+use super::platform::{Platform, concurrency};
+use super::{Ingested, Input, duration};
+use crate::context::{RunContext, RunOptions};
+use crate::error::PipelineError;
+use crate::record::{RunRecord, RunStatus, ms};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceCommon {
+    /// The IMS client that writes the scores (`acp_foundation_push` for Customer AI).
+    #[serde(default)]
+    pub created_client: Option<String>,
+    /// `{ mode = "newest" }` (default), `{ mode = "batch", id = "…" }` or
+    /// `{ mode = "catch_up" }` (every batch since the last one landed).
+    #[serde(default)]
+    pub batches: Option<BatchSelection>,
+    /// Parts downloaded at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default)]
+    pub row_count_check: Option<RowCountCheck>,
+    /// Retry budget per request, e.g. "5m".
+    #[serde(default)]
+    pub max_retry_time: Option<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Bytes per second below which a download is abandoned and resumed, e.g. "16KiB".
+    #[serde(default)]
+    pub min_speed: Option<String>,
+    /// Over how long `min_speed` is measured, e.g. "30s".
+    #[serde(default)]
+    pub min_speed_time: Option<String>,
+    /// Disk space a download must leave free in staging, e.g. "5GiB" (default: none).
+    #[serde(default)]
+    pub keep_free: Option<String>,
+}
+
+impl SourceCommon {
+    /// The download options these settings give; errors name the field.
+    pub fn download_options(&self) -> Result<DownloadOptions, String> {
+        let mut o = DownloadOptions::default();
+        o.concurrency = concurrency(self.concurrency, o.concurrency)?;
+        if let Some(r) = self.row_count_check {
+            o.row_count_check = r;
+        }
+        if let Some(n) = self.max_attempts {
+            if n == 0 {
+                return Err("source.max_attempts = 0: must be at least 1".into());
+            }
+            o.retry.max_attempts = n;
+        }
+        if let Some(t) = &self.max_retry_time {
+            o.retry.max_elapsed = duration("max_retry_time", Some(t), o.retry.max_elapsed)?;
+        }
+        if let Some(t) = &self.min_speed_time {
+            o.min_speed_window = duration("min_speed_time", Some(t), o.min_speed_window)?;
+        }
+        if let Some(s) = &self.keep_free {
+            o.keep_free = size("keep_free", s, "5GiB")?;
+        }
+        if let Some(s) = &self.min_speed {
+            // Per second: "16KiB" and "16KiB/s" say the same.
+            o.min_speed = size("min_speed", s.trim().trim_end_matches("/s"), "16KiB")?;
+        }
+        Ok(o)
+    }
+}
+
+fn size(field: &str, s: &str, example: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("source.{field} = {s:?} is not a size like \"{example}\": {e}"))
+}
+
+/// Selects, and stages, the batches of an `aep` or `simulator` source. `None`: nothing to
+/// land.
+pub(super) async fn prepare(
+    platform: Platform,
+    dataset: Option<&String>,
+    common: &SourceCommon,
+    cx: &RunContext<'_>,
+    record: &mut RunRecord,
+) -> Result<Option<Ingested>, PipelineError> {
+    let (options, state) = (cx.options, cx.state);
+    let t = Instant::now();
+    let download = common.download_options().map_err(|m| cx.invalid(m))?;
+    let connected = platform.connect(download).await?;
+    let dataset = dataset
+        .cloned()
+        .or_else(|| connected.first_dataset())
+        .ok_or_else(|| {
+            cx.invalid("source.dataset: the simulated platform has no dataset".into())
+        })?;
+    let client = &connected.client;
+    let created_client = common.created_client.as_deref().unwrap_or(SCORING_CLIENT);
+    record.dataset = dataset.clone();
+    let selection = match common.batches.clone().unwrap_or(BatchSelection::Newest) {
+        BatchSelection::CatchUp { after: None } => BatchSelection::CatchUp {
+            after: state.landed_batches.last().cloned(),
+        },
+        s => s,
+    };
+    let batches: Vec<CatalogBatch> = match (&selection, state.last_batch_created) {
+        (BatchSelection::CatchUp { after: Some(after) }, Some(created)) => {
+            client
+                .batches_after(&dataset, created_client, after, created)
+                .await
+        }
+        _ => {
+            client
+                .select_batches(&dataset, created_client, &selection)
+                .await
+        }
+    }
+    .map_err(PipelineError::Ingest)?;
+    record.batches = batches.iter().map(|b| b.id.clone()).collect();
+    record.timings.discover_ms = ms(t.elapsed());
+    let already =
+        !batches.is_empty() && batches.iter().all(|b| state.landed_batches.contains(&b.id));
+    if batches.is_empty() || (already && !options.force) {
+        record.status = RunStatus::NothingNew;
+        tracing::info!(batches = ?record.batches, "nothing new to land");
+        return Ok(None);
+    }
+    if options.dry_run {
+        for b in &batches {
+            let parts = client
+                .list_parts(&b.id)
+                .await
+                .map_err(PipelineError::Ingest)?;
+            record.parts += parts.len();
+            record.bytes += parts.iter().map(|p| p.length).sum::<u64>();
+            record.rows_in += b.records.unwrap_or(0);
+        }
+        record.status = RunStatus::DryRun;
+        return Ok(None);
+    }
+
+    let t = Instant::now();
+    let staged = stage_batches(client, &dataset, &batches, cx.staging, options, record).await?;
+    record.timings.ingest_ms = ms(t.elapsed());
+    Ok(Some(Ingested {
+        input: Input::Scores {
+            staged,
+            merge_with: Vec::new(),
+            replace_dataset: false,
+        },
+        landed: record.batches.clone(),
+        last_created: batches.iter().map(|b| b.created).max(),
+        seen_folders: Default::default(),
+    }))
+}
+
+/// Downloads `batches` of `dataset` into staging (verified, resumable), counting into the
+/// record.
+pub(crate) async fn stage_batches(
+    client: &AepClient,
+    dataset: &str,
+    batches: &[CatalogBatch],
+    staging: &Path,
+    options: &RunOptions,
+    record: &mut RunRecord,
+) -> Result<Vec<StagedBatch>, PipelineError> {
+    let t = Instant::now();
+    let mut staged = Vec::new();
+    for b in batches {
+        let report = client
+            .download_batch(dataset, b, staging, options.observer.as_ref())
+            .await
+            .map_err(PipelineError::Ingest)?;
+        record.parts += report.manifest.parts.len();
+        record.parts_skipped += report.skipped_parts;
+        record.bytes += report.manifest.bytes;
+        record.bytes_downloaded += report.bytes_downloaded;
+        staged.push(StagedBatch {
+            batch_id: b.id.clone(),
+            created_ms: b.created,
+            files: report.manifest.part_paths(&report.batch_dir),
+        });
+    }
+    record.retries = client.retries();
+    record.ingest_mb_per_s =
+        record.bytes_downloaded as f64 / 1e6 / t.elapsed().as_secs_f64().max(1e-3);
+    Ok(staged)
+}
