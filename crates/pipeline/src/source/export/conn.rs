@@ -63,7 +63,7 @@ impl ExportConn {
         if !self.url.starts_with("dlz:") || !maybe_refused(e) {
             return Ok(false);
         }
-        tracing::info!(error = %e, "the Data Landing Zone's store failed; asking for new credentials and trying once more");
+        tracing::info!(error = %e, "the Data Landing Zone may have refused its credentials; asking for new ones and trying once more");
         self.store = open_store(
             &self.url,
             &self.options,
