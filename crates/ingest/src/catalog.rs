@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::client::AepClient;
 use crate::error::IngestError;
+use crate::paging;
 
 /// Customer AI writes its scoring batches as this IMS client.
 pub const SCORING_CLIENT: &str = "acp_foundation_push";
@@ -180,37 +181,49 @@ impl AepClient {
         filters: &[(&str, &str)],
         limit: usize,
     ) -> Result<Vec<CatalogBatch>, IngestError> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
         let page = limit.clamp(1, 100);
-        let mut start = 0usize;
-        loop {
-            let mut url = self.url("/data/foundation/catalog/batches")?;
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("dataSet", dataset);
-                for (k, v) in filters {
-                    q.append_pair(k, v);
+        paging::collect(
+            0usize,
+            limit,
+            |b: &CatalogBatch| b.id.clone(),
+            |start| {
+                let url = self.url("/data/foundation/catalog/batches");
+                async move {
+                    let mut url = url?;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("dataSet", dataset);
+                        for (k, v) in filters {
+                            q.append_pair(k, v);
+                        }
+                        q.append_pair("orderBy", "desc:created")
+                            .append_pair("limit", &page.to_string())
+                            .append_pair("start", &start.to_string());
+                    }
+                    let mut batches = self.catalog_page(url, start, page).await?;
+                    batches.items.reverse();
+                    Ok(batches)
                 }
-                q.append_pair("orderBy", "desc:created")
-                    .append_pair("limit", &page.min(limit - out.len()).to_string())
-                    .append_pair("start", &start.to_string());
-            }
-            let map: BTreeMap<String, Value> = self.get_json(&url).await?;
-            let n = map.len();
-            let mut batches = parse_keyed(map);
-            batches.retain(|b| seen.insert(b.id.clone()));
-            if n > 0 && batches.is_empty() {
-                return Err(catalog_not_advancing(&url));
-            }
-            batches.reverse();
-            out.extend(batches);
-            start += n;
-            if n < page || out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            },
+        )
+        .await
+    }
+
+    /// A page of Catalog batches from `start`, at most `page` of them, oldest first: the next
+    /// page starts after it when it is full.
+    async fn catalog_page(
+        &self,
+        url: url::Url,
+        start: usize,
+        page: usize,
+    ) -> Result<paging::Page<CatalogBatch, usize>, IngestError> {
+        let map: BTreeMap<String, Value> = self.get_json(&url).await?;
+        let n = map.len();
+        Ok(paging::Page {
+            url,
+            items: parse_keyed(map),
+            next: (n >= page).then_some(start + n),
+        })
     }
 
     /// The batches `selection` names, oldest first, each checked to be a successful batch of
@@ -263,36 +276,27 @@ impl AepClient {
         after_id: &str,
         after_created: i64,
     ) -> Result<Vec<CatalogBatch>, IngestError> {
-        let mut seen = HashSet::new();
-        let mut all = Vec::new();
-        let mut start = 0usize;
-        loop {
-            let mut url = self.url("/data/foundation/catalog/batches")?;
-            url.query_pairs_mut()
-                .append_pair("dataSet", dataset)
-                .append_pair("createdClient", client)
-                .append_pair("status", "success")
-                .append_pair("createdAfter", &after_created.to_string())
-                .append_pair("orderBy", "asc:created")
-                .append_pair("limit", "100")
-                .append_pair("start", &start.to_string());
-            let map: BTreeMap<String, Value> = self.get_json(&url).await?;
-            let n = map.len();
-            // Pages can shift while we read them; keep each batch once.
-            let before = all.len();
-            for b in parse_keyed(map) {
-                if seen.insert(b.id.clone()) {
-                    all.push(b);
+        let all = paging::collect(
+            0usize,
+            usize::MAX,
+            |b: &CatalogBatch| b.id.clone(),
+            |start| {
+                let url = self.url("/data/foundation/catalog/batches");
+                async move {
+                    let mut url = url?;
+                    url.query_pairs_mut()
+                        .append_pair("dataSet", dataset)
+                        .append_pair("createdClient", client)
+                        .append_pair("status", "success")
+                        .append_pair("createdAfter", &after_created.to_string())
+                        .append_pair("orderBy", "asc:created")
+                        .append_pair("limit", "100")
+                        .append_pair("start", &start.to_string());
+                    self.catalog_page(url, start, 100).await
                 }
-            }
-            if n > 0 && all.len() == before {
-                return Err(catalog_not_advancing(&url));
-            }
-            start += n;
-            if n < 100 {
-                break;
-            }
-        }
+            },
+        )
+        .await?;
         Ok(without_replaced(all, after_id))
     }
 }
@@ -316,14 +320,6 @@ fn without_replaced(all: Vec<CatalogBatch>, after_id: &str) -> Vec<CatalogBatch>
         .collect();
     kept.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
     kept
-}
-
-/// A full Catalog page that brought no batch we had not seen: the server ignores `start`.
-fn catalog_not_advancing(url: &url::Url) -> IngestError {
-    IngestError::ListingNotAdvancing {
-        url: url.to_string(),
-        pages: 1,
-    }
 }
 
 fn check_batch(b: &CatalogBatch, dataset: &str) -> Result<(), IngestError> {

@@ -1,17 +1,16 @@
 //! The HTTP client for Platform calls: the four AEP headers, the origin rule, token renewal on
 //! 401, error bodies in every AEP style, and bounded retries with backoff.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::auth::TokenCache;
-use crate::config::{DownloadOptions, PlatformConfig, RetryPolicy, check_url_security};
+use crate::config::{DownloadOptions, PlatformConfig, check_url_security};
 use crate::error::IngestError;
 
 /// A client for one platform org and sandbox. Cheap to clone; clones share the token cache.
@@ -21,8 +20,8 @@ pub struct AepClient {
     pub(crate) config: Arc<PlatformConfig>,
     pub(crate) options: DownloadOptions,
     tokens: TokenCache,
-    retries: Arc<AtomicU64>,
-    jitter: Arc<AtomicU64>,
+    pub(crate) retries: Arc<AtomicU64>,
+    pub(crate) jitter: Arc<AtomicU64>,
 }
 
 impl AepClient {
@@ -184,103 +183,6 @@ impl AepClient {
             return Ok(Err(()));
         }
         Err(err)
-    }
-
-    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
-    pub(crate) async fn with_retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, IngestError>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, IngestError>>,
-    {
-        self.with_retry_progress(what, || 0, op).await
-    }
-
-    /// Like [`Self::with_retry`], for work that can move forward between failures (a part
-    /// resumed with `Range`): an attempt after which `progress()` has grown, and that did not
-    /// end for being too slow, starts the budget again. So `max_attempts` and `max_elapsed`
-    /// bound the attempts and the time spent *without progress*, and a large part on a link
-    /// that is cut every minute still finishes.
-    pub(crate) async fn with_retry_progress<T, F, Fut>(
-        &self,
-        what: &str,
-        progress: impl Fn() -> u64,
-        mut op: F,
-    ) -> Result<T, IngestError>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, IngestError>>,
-    {
-        let policy: RetryPolicy = self.options.retry;
-        let mut started = Instant::now();
-        let mut attempt = 0u32;
-        let mut total_attempts = 0u32;
-        let mut done = progress();
-        loop {
-            attempt = attempt.saturating_add(1);
-            total_attempts = total_attempts.saturating_add(1);
-            let err = match op(total_attempts).await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if !err.is_retryable() {
-                return Err(err);
-            }
-            let now_done = progress();
-            if now_done > done && !matches!(err, IngestError::TooSlow { .. }) {
-                tracing::debug!(
-                    what,
-                    bytes = now_done - done,
-                    "the attempt made progress; the retry budget starts again"
-                );
-                attempt = 1;
-                started = Instant::now();
-            }
-            done = now_done;
-            let elapsed = started.elapsed();
-            let remaining = policy.max_elapsed.saturating_sub(elapsed);
-            if let Some(asked) = err.retry_after()
-                && asked > remaining
-            {
-                return Err(IngestError::RetryAfterTooLong {
-                    url: what.to_string(),
-                    asked,
-                    remaining,
-                    source: Box::new(err),
-                });
-            }
-            let delay = err
-                .retry_after()
-                .unwrap_or_else(|| self.backoff(&policy, attempt));
-            if attempt >= policy.max_attempts || elapsed.saturating_add(delay) > policy.max_elapsed
-            {
-                return Err(IngestError::GaveUp {
-                    url: what.to_string(),
-                    attempts: total_attempts,
-                    elapsed,
-                    source: Box::new(err),
-                });
-            }
-            self.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "scoreland::retry", what, attempt = total_attempts, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// Exponential backoff with full jitter.
-    fn backoff(&self, policy: &RetryPolicy, attempt: u32) -> Duration {
-        let exp = policy
-            .initial_backoff
-            .saturating_mul(1u32 << (attempt - 1).min(20))
-            .min(policy.max_backoff);
-        // splitmix64 step: jitter needs spread, not secrecy.
-        let mut z = self
-            .jitter
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let fraction = (z >> 11) as f64 / (1u64 << 53) as f64;
-        exp.mul_f64(0.5 + fraction / 2.0)
     }
 
     /// GET a JSON document, with retries.

@@ -12,6 +12,7 @@ use url::Url;
 use crate::auth::Secret;
 use crate::client::AepClient;
 use crate::error::IngestError;
+use crate::paging::{self, item_key};
 
 const FLOW_SERVICE: &str = "/data/foundation/flowservice";
 const ADHOC_RUN: &str = "/data/core/activation/disflowprovider/adhocrun";
@@ -567,44 +568,33 @@ impl AepClient {
 
     /// Every item of a Flow Service list, following `continuationToken` pages.
     async fn list_items(&self, path: &str, filters: &[String]) -> Result<Vec<Value>, IngestError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        let mut pages = 0u32;
-        loop {
-            let mut url = self.flow_url(path)?;
-            {
-                let mut q = url.query_pairs_mut();
-                for f in filters {
-                    q.append_pair("property", f);
+        paging::collect(None, usize::MAX, item_key, |token: Option<String>| {
+            let url = self.flow_url(path);
+            async move {
+                let mut url = url?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    for f in filters {
+                        q.append_pair("property", f);
+                    }
+                    if let Some(t) = &token {
+                        q.append_pair("continuationToken", t);
+                    }
                 }
-                if let Some(t) = &token {
-                    q.append_pair("continuationToken", t);
-                }
+                let page: Value = self.get_json(&url).await?;
+                let next = page
+                    .pointer("/_links/next/href")
+                    .and_then(Value::as_str)
+                    .and_then(continuation_token)
+                    .map(Some);
+                let items = match page.get("items") {
+                    Some(Value::Array(items)) => items.clone(),
+                    _ => Vec::new(),
+                };
+                Ok(paging::Page { url, items, next })
             }
-            let page: Value = self.get_json(&url).await?;
-            let items = page
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let empty = items.is_empty();
-            out.extend(items);
-            let next = page
-                .pointer("/_links/next/href")
-                .and_then(Value::as_str)
-                .and_then(continuation_token);
-            pages += 1;
-            match next {
-                Some(t) if !empty && token.as_deref() != Some(&t) => token = Some(t),
-                Some(_) if !empty => {
-                    return Err(IngestError::ListingNotAdvancing {
-                        url: url.to_string(),
-                        pages,
-                    });
-                }
-                _ => return Ok(out),
-            }
-        }
+        })
+        .await
     }
 
     /// One entity (`GET /flows/{id}` and the like answer `{"items": [entity]}`).

@@ -17,7 +17,9 @@ mod exports;
 mod flows;
 mod listing;
 mod manifest;
+mod paging;
 mod profile;
+mod retry;
 mod sftp;
 
 pub use auth::{Credentials, Secret};
@@ -41,7 +43,8 @@ pub use flows::{
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
 pub use profile::{
-    ExportBatch, ExportJob, ExportJobRequest, JobError, PollEvery, Polled, ScheduleType,
-    SegmentFilter, SegmentJob, SegmentSchedule, check_cron, poll_delay, poll_job,
+    ExportBatch, ExportJob, ExportJobRequest, JobError, ScheduleType, SegmentFilter, SegmentJob,
+    SegmentSchedule, check_cron,
 };
+pub use retry::{PollEvery, Polled, poll_job};
 pub use sftp::{SftpOptions, SftpStore};

@@ -7,6 +7,7 @@ use url::Url;
 
 use crate::client::AepClient;
 use crate::error::IngestError;
+use crate::paging;
 
 /// One downloadable part of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +56,6 @@ struct SelfLinks {
     this: Option<Href>,
 }
 
-/// Empty pages with a `next` link that we follow before calling the listing endless.
-const MAX_PAGES_WITHOUT_NEWS: u32 = 20;
-
 /// Marker files that writers such as Spark leave beside the data (`_SUCCESS`, `_started_*`,
 /// `_committed_*`) and hidden files: not parts of the batch.
 fn is_marker(name: &str) -> bool {
@@ -76,63 +74,39 @@ pub(crate) fn is_safe_name(name: &str) -> bool {
 }
 
 impl AepClient {
-    /// Follows `_links.next` from `first` until it is absent. An entry a page repeats from an
-    /// earlier one (a name cursor that starts at the last name served) is dropped; a link seen
-    /// before, or [`MAX_PAGES_WITHOUT_NEWS`] pages in a row that add nothing, is an error.
+    /// Every entry of a listing, following `_links.next` from `first` (see
+    /// [`paging::collect`]); each entry knows the page that listed it.
     async fn pages(&self, first: Url) -> Result<Vec<Entry>, IngestError> {
-        let mut seen = HashSet::new();
-        let mut keys = HashSet::new();
-        let mut url = first;
-        let mut entries = Vec::new();
-        let mut without_news = 0u32;
-        loop {
-            if !seen.insert(url.to_string()) {
-                return Err(IngestError::RepeatedNextLink {
-                    url: url.to_string(),
-                });
-            }
-            let page: Page = self.get_json(&url).await?;
-            let listed = page.data.len();
-            let mut added = 0usize;
-            for mut e in page.data {
-                e.page = Some(url.clone());
-                if keys.insert((e.dataset_file_id.clone(), e.name.clone())) {
-                    entries.push(e);
-                    added += 1;
-                }
-            }
-            if added < listed {
-                tracing::debug!(url = %url, repeated = listed - added, "dropped entries an earlier page listed");
-            }
-            let Some(next) = page.links.and_then(|l| l.next) else {
-                return Ok(entries);
-            };
-            // A next link that serves only entries already listed, or nothing at all, loops
-            // just the same when its URL differs each time (cursor and offset links).
-            if added == 0 {
-                without_news += 1;
-                if listed > 0 {
-                    return Err(IngestError::RepeatedNextLink {
-                        url: url.to_string(),
-                    });
-                }
-                if without_news >= MAX_PAGES_WITHOUT_NEWS {
-                    return Err(IngestError::ListingNotAdvancing {
-                        url: url.to_string(),
-                        pages: without_news,
-                    });
-                }
-            } else {
-                without_news = 0;
-            }
-            let next = url.join(&next.href).map_err(|e| IngestError::Verify {
-                batch: String::new(),
-                name: next.href.clone(),
-                reason: format!("next link is not a URL: {e}"),
-            })?;
-            self.check_origin(&next)?;
-            url = next;
-        }
+        paging::collect(
+            first,
+            usize::MAX,
+            |e: &Entry| (e.dataset_file_id.clone(), e.name.clone()),
+            |url: Url| async move {
+                let page: Page = self.get_json(&url).await?;
+                let next = match page.links.and_then(|l| l.next) {
+                    None => None,
+                    Some(next) => {
+                        let next = url.join(&next.href).map_err(|e| IngestError::Verify {
+                            batch: String::new(),
+                            name: next.href.clone(),
+                            reason: format!("next link is not a URL: {e}"),
+                        })?;
+                        self.check_origin(&next)?;
+                        Some(next)
+                    }
+                };
+                let items = page
+                    .data
+                    .into_iter()
+                    .map(|mut e| {
+                        e.page = Some(url.clone());
+                        e
+                    })
+                    .collect();
+                Ok(paging::Page { url, items, next })
+            },
+        )
+        .await
     }
 
     /// An entry's `_links.self.href` (or `fallback` when it has none), checked to be on the

@@ -2,7 +2,6 @@
 //! (evaluate audiences), export jobs (profiles into a dataset) and schedules.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -10,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::client::AepClient;
 use crate::error::IngestError;
+use crate::paging;
 
 const UPS: &str = "/data/core/ups";
 
@@ -398,6 +398,14 @@ impl ExportJob {
     }
 }
 
+/// The items of a page's array `field`, each read with `from_json`.
+fn children<T>(page: &Value, field: &str, from_json: impl Fn(&Value) -> T) -> Vec<T> {
+    page[field]
+        .as_array()
+        .map(|items| items.iter().map(from_json).collect())
+        .unwrap_or_default()
+}
+
 impl AepClient {
     fn ups_url(&self, path: &str) -> Result<url::Url, IngestError> {
         self.url(&format!("{UPS}{path}"))
@@ -413,32 +421,17 @@ impl AepClient {
         } else {
             Value::Array(segments.iter().map(|s| json!({"segmentId": s})).collect())
         };
-        let started = std::time::Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            match self
-                .call_json::<Value>(Method::POST, &url, Some(&body), &[])
-                .await
-            {
-                Ok(v) => return Ok(SegmentJob::from_json(&v)),
-                // Anything but a 429 is not repeated: the job may exist already.
-                Err(IngestError::Status {
-                    status: 429,
-                    retry_after,
-                    message,
-                    ..
-                }) if started.elapsed() < self.options.retry.max_elapsed => {
-                    let wait = retry_after.unwrap_or_else(|| poll_delay(attempt));
-                    attempt += 1;
-                    tracing::info!(
-                        wait_s = wait.as_secs_f64(),
-                        "{message}; waiting before asking for the segment job again"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // Anything but a 429 is not repeated: the job may exist already.
+        let busy = |e: &IngestError| matches!(e, IngestError::Status { status: 429, .. });
+        let v: Value = self
+            .retry_if(
+                url.as_str(),
+                busy,
+                || 0,
+                |_| self.call_json(Method::POST, &url, Some(&body), &[]),
+            )
+            .await?;
+        Ok(SegmentJob::from_json(&v))
     }
 
     pub async fn segment_job(&self, id: &str) -> Result<SegmentJob, IngestError> {
@@ -475,38 +468,37 @@ impl AepClient {
         status: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SegmentJob>, IngestError> {
-        let mut out = Vec::new();
-        let mut start: Option<String> = None;
-        loop {
-            let mut url = self.ups_url("/segment/jobs")?;
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("limit", &limit.clamp(1, 100).to_string())
-                    .append_pair("sort", "creationTime:desc");
-                if let Some(s) = status {
-                    q.append_pair("status", s);
+        paging::collect(
+            None,
+            limit,
+            |j: &SegmentJob| j.id.clone(),
+            |start: Option<String>| {
+                let url = self.ups_url("/segment/jobs");
+                async move {
+                    let mut url = url?;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("limit", &limit.clamp(1, 100).to_string())
+                            .append_pair("sort", "creationTime:desc");
+                        if let Some(s) = status {
+                            q.append_pair("status", s);
+                        }
+                        if let Some(s) = &start {
+                            q.append_pair("start", s);
+                        }
+                    }
+                    let page: Value = self.get_json(&url).await?;
+                    let items = children(&page, "children", SegmentJob::from_json);
+                    let next = page
+                        .pointer("/_page/next")
+                        .map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string))
+                        .filter(|n| !n.is_empty() && n != "null")
+                        .map(Some);
+                    Ok(paging::Page { url, items, next })
                 }
-                if let Some(s) = &start {
-                    q.append_pair("start", s);
-                }
-            }
-            let page: Value = self.get_json(&url).await?;
-            let children = page["children"].as_array().cloned().unwrap_or_default();
-            let empty = children.is_empty();
-            out.extend(children.iter().map(SegmentJob::from_json));
-            let next = page
-                .pointer("/_page/next")
-                .map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string))
-                .filter(|n| !n.is_empty() && n != "null");
-            match next {
-                Some(n) if !empty && out.len() < limit && start.as_deref() != Some(&n) => {
-                    start = Some(n)
-                }
-                _ => break,
-            }
-        }
-        out.truncate(limit);
-        Ok(out)
+            },
+        )
+        .await
     }
 
     /// Asks AEP to cancel a segment job (it goes CANCELLING, then CANCELLED).
@@ -545,45 +537,41 @@ impl AepClient {
         status: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ExportJob>, IngestError> {
-        let mut out = Vec::new();
-        let mut offset: Option<String> = None;
-        loop {
-            let mut url = self.ups_url("/export/jobs")?;
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("limit", &limit.clamp(1, 100).to_string());
-                if let Some(s) = status {
-                    q.append_pair("status", s);
+        paging::collect(
+            None,
+            limit,
+            |j: &ExportJob| j.id,
+            |offset: Option<String>| {
+                let url = self.ups_url("/export/jobs");
+                async move {
+                    let mut url = url?;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("limit", &limit.clamp(1, 100).to_string());
+                        if let Some(s) = status {
+                            q.append_pair("status", s);
+                        }
+                        if let Some(o) = &offset {
+                            q.append_pair("offset", o);
+                        }
+                    }
+                    let page: Value = self.get_json(&url).await?;
+                    let items = children(&page, "records", ExportJob::from_json);
+                    let next = page["link"]["next"]
+                        .as_str()
+                        .filter(|n| !n.is_empty())
+                        .and_then(|n| {
+                            url.join(n)
+                                .ok()?
+                                .query_pairs()
+                                .find(|(k, _)| k == "offset")
+                                .map(|(_, v)| Some(v.into_owned()))
+                        });
+                    Ok(paging::Page { url, items, next })
                 }
-                if let Some(o) = &offset {
-                    q.append_pair("offset", o);
-                }
-            }
-            let page: Value = self.get_json(&url).await?;
-            let records = page["records"].as_array().cloned().unwrap_or_default();
-            let empty = records.is_empty();
-            out.extend(records.iter().map(ExportJob::from_json));
-            let next = page["link"]["next"]
-                .as_str()
-                .filter(|n| !n.is_empty())
-                .and_then(|n| {
-                    url::Url::parse("http://x/")
-                        .ok()?
-                        .join(n)
-                        .ok()?
-                        .query_pairs()
-                        .find(|(k, _)| k == "offset")
-                        .map(|(_, v)| v.into_owned())
-                });
-            match next {
-                Some(n) if !empty && out.len() < limit && offset.as_deref() != Some(&n) => {
-                    offset = Some(n)
-                }
-                _ => break,
-            }
-        }
-        out.truncate(limit);
-        Ok(out)
+            },
+        )
+        .await
     }
 
     /// Cancels an export job (AEP answers 200, 202 or 204, with or without a body).
@@ -610,24 +598,32 @@ impl AepClient {
 
     /// Segmentation and export schedules.
     pub async fn segment_schedules(&self) -> Result<Vec<SegmentSchedule>, IngestError> {
-        let mut out = Vec::new();
-        let mut start = 0usize;
-        loop {
-            let mut url = self.ups_url("/config/schedules")?;
-            url.query_pairs_mut()
-                .append_pair("start", &start.to_string())
-                .append_pair("limit", "100");
-            let page: Value = self.get_json(&url).await?;
-            let children = page["children"].as_array().cloned().unwrap_or_default();
-            let n = children.len();
-            out.extend(children.iter().map(SegmentSchedule::from_json));
-            let total = page.pointer("/_page/totalCount").and_then(Value::as_u64);
-            if n == 0 || total.is_some_and(|t| out.len() as u64 >= t) || n < 100 {
-                break;
-            }
-            start += 1;
-        }
-        Ok(out)
+        paging::collect(
+            0usize,
+            usize::MAX,
+            |s: &SegmentSchedule| s.id.clone(),
+            |start| {
+                let url = self.ups_url("/config/schedules");
+                async move {
+                    let mut url = url?;
+                    url.query_pairs_mut()
+                        .append_pair("start", &start.to_string())
+                        .append_pair("limit", "100");
+                    let page: Value = self.get_json(&url).await?;
+                    let items = children(&page, "children", SegmentSchedule::from_json);
+                    // `start` counts pages of 100; the last is short, or reaches the total.
+                    let n = items.len();
+                    let total = page.pointer("/_page/totalCount").and_then(Value::as_u64);
+                    let last = n < 100 || total.is_some_and(|t| (start * 100 + n) as u64 >= t);
+                    Ok(paging::Page {
+                        url,
+                        items,
+                        next: (!last).then_some(start + 1),
+                    })
+                }
+            },
+        )
+        .await
     }
 
     /// Makes a schedule; the cron is checked first (6–7 fields, at most once a day).
@@ -698,72 +694,6 @@ impl AepClient {
     pub async fn delete_segment_schedule(&self, id: &str) -> Result<(), IngestError> {
         self.delete_accepting(&format!("/config/schedules/{}", encode(id)), "schedule", id)
             .await
-    }
-}
-
-/// How long to wait before the next poll of a job: doubling, from a second to a minute.
-pub fn poll_delay(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
-}
-
-/// How a job poll ended.
-#[derive(Debug)]
-pub enum Polled<T> {
-    /// The job is done (by the poll's own test).
-    Done(T),
-    /// The wait ran out first; the job as last seen.
-    TimedOut(T),
-}
-
-/// How often a job is looked at: `first` apart, doubling up to `max`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PollEvery {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl PollEvery {
-    /// For segment and export jobs, which take minutes: from a second to `max`.
-    pub fn jobs(max: Duration) -> Self {
-        PollEvery {
-            first: Duration::from_secs(1),
-            max,
-        }
-    }
-
-    fn delay(&self, attempt: u32) -> Duration {
-        self.first
-            .saturating_mul(1 << attempt.min(16))
-            .min(self.max)
-    }
-}
-
-/// Polls a job, `every` apart, until `done` says it ended or `timeout` passes, calling
-/// `progress` with each look and the time waited.
-pub async fn poll_job<T, Fut>(
-    timeout: Duration,
-    every: PollEvery,
-    mut fetch: impl FnMut() -> Fut,
-    done: impl Fn(&T) -> bool,
-    mut progress: impl FnMut(&T, Duration),
-) -> Result<Polled<T>, IngestError>
-where
-    Fut: std::future::Future<Output = Result<T, IngestError>>,
-{
-    let started = std::time::Instant::now();
-    let mut attempt = 0;
-    loop {
-        let job = fetch().await?;
-        if done(&job) {
-            return Ok(Polled::Done(job));
-        }
-        let waited = started.elapsed();
-        if waited >= timeout {
-            return Ok(Polled::TimedOut(job));
-        }
-        progress(&job, waited);
-        tokio::time::sleep(every.delay(attempt).min(timeout - waited)).await;
-        attempt += 1;
     }
 }
 
