@@ -74,8 +74,8 @@ struct RunArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait for the run, e.g. "2h".
-    #[arg(long, default_value = "2h")]
-    timeout: String,
+    #[arg(long, default_value = "2h", value_parser = crate::args::parse_duration)]
+    timeout: Duration,
 }
 
 struct Context {
@@ -256,12 +256,7 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
         ExportCommand::Run(a) => {
             let cx = context(&a.target).await?;
             let flow = cx.flow().await?;
-            let timeout = humantime::parse_duration(&a.timeout).map_err(|e| {
-                usage(anyhow::anyhow!(
-                    "--timeout {:?} is not a duration: {e}",
-                    a.timeout
-                ))
-            })?;
+            let timeout = a.timeout;
             let run = cx
                 .client
                 .run_export_now(&flow, &cx.dataset()?, NotReadyRetry::default())

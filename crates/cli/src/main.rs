@@ -182,7 +182,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Download(_) | Command::Batches(_) | Command::Export(_) | Command::Sim(_)
     );
-    let pooled_transform = matches!(&cli.command, Command::Transform(a) if a.memory_limit.as_deref() != Some("unlimited"));
+    let pooled_transform = matches!(&cli.command, Command::Transform(a) if !a.memory_limit.is_some_and(scoreland_transform::MemoryLimit::is_unlimited));
     if moves_bytes || pooled_transform {
         without_huge_pages();
     }

@@ -34,7 +34,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     let file = PipelineFile::load(&args.pipeline).map_err(usage)?;
     // Huge pages mostly cost memory under a pool (see `without_huge_pages`); an unlimited
     // transform keeps them.
-    if file.transform.memory_limit.as_deref() != Some("unlimited") {
+    if !file.transform.memory_limit.is_unlimited() {
         crate::without_huge_pages();
     }
     let options = RunOptions {

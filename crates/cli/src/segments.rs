@@ -43,8 +43,8 @@ struct RunArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait, e.g. "2h".
-    #[arg(long, default_value = "2h")]
-    timeout: String,
+    #[arg(long, default_value = "2h", value_parser = crate::args::parse_duration)]
+    timeout: Duration,
     #[arg(long)]
     json: bool,
 }
@@ -127,8 +127,7 @@ pub async fn segment_job(args: SegmentJobArgs, quiet: bool) -> Result<u8, Failur
     match args.command {
         SegmentJobCommand::Run(a) => {
             let c = client(&a.platform).await?;
-            let timeout = humantime::parse_duration(&a.timeout)
-                .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
+            let timeout = a.timeout;
             let job = c
                 .create_segment_job(&a.segments)
                 .await
@@ -438,8 +437,8 @@ struct ExportCreateArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait, e.g. "2h".
-    #[arg(long, default_value = "2h")]
-    timeout: String,
+    #[arg(long, default_value = "2h", value_parser = crate::args::parse_duration)]
+    timeout: Duration,
     #[arg(long)]
     json: bool,
 }
@@ -488,8 +487,7 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
     match args.command {
         ExportJobCommand::Create(a) => {
             let c = client(&a.platform).await?;
-            let timeout = humantime::parse_duration(&a.timeout)
-                .map_err(|e| usage(anyhow::anyhow!("--timeout {:?}: {e}", a.timeout)))?;
+            let timeout = a.timeout;
             let dataset_id = match (&a.dataset_id, &a.dataset_name) {
                 (Some(id), _) => id.clone(),
                 (None, Some(name)) => {
@@ -552,7 +550,7 @@ pub async fn export_job(args: ExportJobArgs, quiet: bool) -> Result<u8, Failure>
                         "export job {} is still {} after {}; `scoreland export-job status {}` shows it later, `scoreland export-job cancel {}` stops it",
                         j.id,
                         j.status,
-                        a.timeout,
+                        humantime::format_duration(a.timeout),
                         j.id,
                         j.id
                     )

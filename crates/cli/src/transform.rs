@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow};
 use clap::Args;
 use scoreland_ingest::Manifest;
-use scoreland_transform::{OutputFormat, StagedBatch, TransformConfig};
+use scoreland_transform::{MemoryLimit, OutputFormat, StagedBatch, TransformConfig};
 
 use crate::{Failure, usage};
 
@@ -25,7 +25,7 @@ pub struct TransformArgs {
     /// Memory limit, e.g. 1GiB: the dedupe's table takes at most half of it (built in ranges
     /// beyond it). Half of the machine's memory by default; `unlimited` opts out.
     #[arg(long)]
-    pub memory_limit: Option<String>,
+    pub memory_limit: Option<MemoryLimit>,
 }
 
 pub async fn transform(args: TransformArgs) -> Result<u8, Failure> {
@@ -61,7 +61,7 @@ pub async fn transform(args: TransformArgs) -> Result<u8, Failure> {
     }
     batches.sort_by_key(|b| b.created_ms);
     let config = TransformConfig {
-        memory_limit: args.memory_limit,
+        memory_limit: args.memory_limit.unwrap_or_default(),
         ..Default::default()
     };
     let started = std::time::Instant::now();

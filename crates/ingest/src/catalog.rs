@@ -183,6 +183,7 @@ impl AepClient {
     ) -> Result<Vec<CatalogBatch>, IngestError> {
         let page = limit.clamp(1, 100);
         paging::collect(
+            paging::Cursors::Counted,
             0usize,
             limit,
             |b: &CatalogBatch| b.id.clone(),
@@ -277,6 +278,7 @@ impl AepClient {
         after_created: i64,
     ) -> Result<Vec<CatalogBatch>, IngestError> {
         let all = paging::collect(
+            paging::Cursors::Counted,
             0usize,
             usize::MAX,
             |b: &CatalogBatch| b.id.clone(),

@@ -568,32 +568,38 @@ impl AepClient {
 
     /// Every item of a Flow Service list, following `continuationToken` pages.
     async fn list_items(&self, path: &str, filters: &[String]) -> Result<Vec<Value>, IngestError> {
-        paging::collect(None, usize::MAX, item_key, |token: Option<String>| {
-            let url = self.flow_url(path);
-            async move {
-                let mut url = url?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    for f in filters {
-                        q.append_pair("property", f);
+        paging::collect(
+            paging::Cursors::Served,
+            None,
+            usize::MAX,
+            item_key,
+            |token: Option<String>| {
+                let url = self.flow_url(path);
+                async move {
+                    let mut url = url?;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        for f in filters {
+                            q.append_pair("property", f);
+                        }
+                        if let Some(t) = &token {
+                            q.append_pair("continuationToken", t);
+                        }
                     }
-                    if let Some(t) = &token {
-                        q.append_pair("continuationToken", t);
-                    }
+                    let page: Value = self.get_json(&url).await?;
+                    let next = page
+                        .pointer("/_links/next/href")
+                        .and_then(Value::as_str)
+                        .and_then(continuation_token)
+                        .map(Some);
+                    let items = match page.get("items") {
+                        Some(Value::Array(items)) => items.clone(),
+                        _ => Vec::new(),
+                    };
+                    Ok(paging::Page { url, items, next })
                 }
-                let page: Value = self.get_json(&url).await?;
-                let next = page
-                    .pointer("/_links/next/href")
-                    .and_then(Value::as_str)
-                    .and_then(continuation_token)
-                    .map(Some);
-                let items = match page.get("items") {
-                    Some(Value::Array(items)) => items.clone(),
-                    _ => Vec::new(),
-                };
-                Ok(paging::Page { url, items, next })
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -78,6 +78,7 @@ impl AepClient {
     /// [`paging::collect`]); each entry knows the page that listed it.
     async fn pages(&self, first: Url) -> Result<Vec<Entry>, IngestError> {
         paging::collect(
+            paging::Cursors::Served,
             first,
             usize::MAX,
             |e: &Entry| (e.dataset_file_id.clone(), e.name.clone()),

@@ -12,6 +12,17 @@ use crate::error::IngestError;
 /// Empty pages in a row, each with a next cursor, followed before a listing is called endless.
 pub(crate) const MAX_EMPTY_PAGES: u32 = 20;
 
+/// Who makes a listing's cursors, which names what a page of old items means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursors {
+    /// The server hands out each next cursor (links, tokens): a page of old items means its
+    /// link leads back ([`IngestError::RepeatedNextLink`]).
+    Served,
+    /// We count them (`start` offsets): a page of old items means the server ignores them
+    /// ([`IngestError::ListingNotAdvancing`]).
+    Counted,
+}
+
 /// One page of a listing.
 pub(crate) struct Page<T, C> {
     /// Where it was read (errors name it).
@@ -26,11 +37,13 @@ pub(crate) struct Page<T, C> {
 /// (pages that shift while they are read, a cursor that starts at the last item served) is
 /// kept once, by `key`. A listing that does not advance is an error, never a loop:
 /// - a next cursor seen before: [`IngestError::RepeatedNextLink`];
-/// - a page whose items were all listed before: [`IngestError::ListingNotAdvancing`] (the
-///   server ignores the cursor);
+/// - a page whose items were all listed before: the cursor leads back
+///   ([`IngestError::RepeatedNextLink`]) or is ignored ([`IngestError::ListingNotAdvancing`]),
+///   as `cursors` says;
 /// - [`MAX_EMPTY_PAGES`] empty pages in a row that each point further:
 ///   [`IngestError::ListingNotAdvancing`].
 pub(crate) async fn collect<T, K, C, Fut>(
+    cursors_are: Cursors,
     first: C,
     limit: usize,
     key: impl Fn(&T) -> K,
@@ -67,9 +80,10 @@ where
             });
         }
         if listed > 0 && added == 0 {
-            return Err(IngestError::ListingNotAdvancing {
-                url: page.url.to_string(),
-                pages: 1,
+            let url = page.url.to_string();
+            return Err(match cursors_are {
+                Cursors::Served => IngestError::RepeatedNextLink { url },
+                Cursors::Counted => IngestError::ListingNotAdvancing { url, pages: 1 },
             });
         }
         empty = if listed == 0 { empty + 1 } else { 0 };
@@ -106,6 +120,7 @@ mod tests {
     ) -> Result<Vec<u32>, IngestError> {
         let url = Url::parse("http://platform.test/list").unwrap();
         collect(
+            Cursors::Counted,
             0usize,
             limit,
             |i: &u32| *i,

@@ -421,11 +421,19 @@ impl AepClient {
         } else {
             Value::Array(segments.iter().map(|s| json!({"segmentId": s})).collect())
         };
-        // Anything but a 429 is not repeated: the job may exist already.
+        // Anything but a 429 is not repeated: the job may exist already. A 429 is a queue, so
+        // it is waited out by time only, at a job poll's pace.
         let busy = |e: &IngestError| matches!(e, IngestError::Status { status: 429, .. });
+        let queue = crate::config::RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(60),
+            ..self.options.retry
+        };
         let v: Value = self
             .retry_if(
                 url.as_str(),
+                queue,
                 busy,
                 || 0,
                 |_| self.call_json(Method::POST, &url, Some(&body), &[]),
@@ -469,6 +477,7 @@ impl AepClient {
         limit: usize,
     ) -> Result<Vec<SegmentJob>, IngestError> {
         paging::collect(
+            paging::Cursors::Served,
             None,
             limit,
             |j: &SegmentJob| j.id.clone(),
@@ -538,6 +547,7 @@ impl AepClient {
         limit: usize,
     ) -> Result<Vec<ExportJob>, IngestError> {
         paging::collect(
+            paging::Cursors::Served,
             None,
             limit,
             |j: &ExportJob| j.id,
@@ -599,6 +609,7 @@ impl AepClient {
     /// Segmentation and export schedules.
     pub async fn segment_schedules(&self) -> Result<Vec<SegmentSchedule>, IngestError> {
         paging::collect(
+            paging::Cursors::Counted,
             0usize,
             usize::MAX,
             |s: &SegmentSchedule| s.id.clone(),

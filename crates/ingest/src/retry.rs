@@ -16,8 +16,14 @@ impl AepClient {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, IngestError>>,
     {
-        self.retry_if(what, IngestError::is_retryable, || 0, op)
-            .await
+        self.retry_if(
+            what,
+            self.options.retry,
+            IngestError::is_retryable,
+            || 0,
+            op,
+        )
+        .await
     }
 
     /// Like [`Self::with_retry`], for work that can move forward between failures (a part
@@ -35,15 +41,22 @@ impl AepClient {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, IngestError>>,
     {
-        self.retry_if(what, IngestError::is_retryable, progress, op)
-            .await
+        self.retry_if(
+            what,
+            self.options.retry,
+            IngestError::is_retryable,
+            progress,
+            op,
+        )
+        .await
     }
 
     /// The retry loop: `op` is repeated while its error is one `retryable` takes (honouring
-    /// a `Retry-After`, else backing off), within the retry budget, which `progress` restarts.
+    /// a `Retry-After`, else backing off), within `policy`'s budget, which `progress` restarts.
     pub(crate) async fn retry_if<T, F, Fut>(
         &self,
         what: &str,
+        policy: RetryPolicy,
         retryable: impl Fn(&IngestError) -> bool,
         progress: impl Fn() -> u64,
         mut op: F,
@@ -52,7 +65,6 @@ impl AepClient {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, IngestError>>,
     {
-        let policy: RetryPolicy = self.options.retry;
         let mut started = Instant::now();
         let mut attempt = 0u32;
         let mut total_attempts = 0u32;

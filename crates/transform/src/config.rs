@@ -18,8 +18,8 @@ pub struct TransformConfig {
     /// ranges of identities beyond it), and what DataFusion runs spills to disk beyond it.
     /// By default half of the machine's memory (or of the cgroup's limit, if lower);
     /// `"unlimited"` opts out.
-    #[serde(default)]
-    pub memory_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "MemoryLimit::is_default")]
+    pub memory_limit: MemoryLimit,
     /// Parallelism; all cores by default.
     #[serde(default)]
     pub target_partitions: Option<usize>,
@@ -33,26 +33,7 @@ pub struct TransformConfig {
 }
 
 impl TransformConfig {
-    /// The memory pool's size: the configured one, else [`default_memory_limit`]; `None` for
-    /// `"unlimited"`.
-    pub fn memory_limit_bytes(&self) -> Result<Option<usize>, TransformError> {
-        match self.memory_limit.as_deref().map(str::trim) {
-            None => Ok(default_memory_limit()),
-            Some("unlimited") => Ok(None),
-            Some(s) => match s.parse::<bytesize::ByteSize>() {
-                Ok(b) if b.as_u64() > 0 => Ok(Some(b.as_u64() as usize)),
-                Ok(_) => Err(TransformError::Config(format!(
-                    "memory_limit = {s:?}: must be more than zero (or \"unlimited\")"
-                ))),
-                Err(e) => Err(TransformError::Config(format!(
-                    "memory_limit = {s:?} is not a size like \"2GiB\" or \"unlimited\": {e}"
-                ))),
-            },
-        }
-    }
-
     pub fn validate(&self) -> Result<(), TransformError> {
-        self.memory_limit_bytes()?;
         if let Some(m) = &self.mapping {
             if m.models.is_empty() {
                 return Err(TransformError::Config(
@@ -71,6 +52,78 @@ impl TransformConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A memory budget, as pipeline files and flags write it: `"2GiB"` (any size bytesize reads,
+/// more than zero), `"unlimited"`, or nothing for the default, half of the machine's memory
+/// ([`default_memory_limit`]). Parsed once, where it is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoryLimit {
+    #[default]
+    Default,
+    Unlimited,
+    Bytes(u64),
+}
+
+impl MemoryLimit {
+    /// The budget in bytes; `None` when unlimited (or the default cannot be known here).
+    pub fn bytes(self) -> Option<usize> {
+        match self {
+            MemoryLimit::Default => default_memory_limit(),
+            MemoryLimit::Unlimited => None,
+            MemoryLimit::Bytes(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+        }
+    }
+
+    pub fn is_unlimited(self) -> bool {
+        self == MemoryLimit::Unlimited
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == MemoryLimit::Default
+    }
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "unlimited" => Ok(MemoryLimit::Unlimited),
+            t => match t.parse::<bytesize::ByteSize>() {
+                Ok(b) if b.as_u64() > 0 => Ok(MemoryLimit::Bytes(b.as_u64())),
+                Ok(_) => Err(format!(
+                    "memory_limit = {s:?}: must be more than zero (or \"unlimited\")"
+                )),
+                Err(e) => Err(format!(
+                    "memory_limit = {s:?} is not a size like \"2GiB\" or \"unlimited\": {e}"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryLimit::Default => f.write_str("default"),
+            MemoryLimit::Unlimited => f.write_str("unlimited"),
+            MemoryLimit::Bytes(b) => write!(f, "{}", bytesize::ByteSize::b(*b).display().iec()),
+        }
+    }
+}
+
+impl Serialize for MemoryLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

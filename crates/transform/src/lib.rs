@@ -28,7 +28,9 @@ pub use audiences::{
     Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
     write_profile_tables,
 };
-pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig, default_memory_limit};
+pub use config::{
+    Mapping, MemoryLimit, ModelMapping, OutputFormat, TransformConfig, default_memory_limit,
+};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};

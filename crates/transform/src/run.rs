@@ -104,7 +104,7 @@ impl TransformConfig {
             .parquet
             .schema_force_view_types = false;
         let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = self.memory_limit_bytes()? {
+        if let Some(limit) = self.memory_limit.bytes() {
             std::fs::create_dir_all(spill_dir).map_err(|source| TransformError::Io {
                 path: spill_dir.to_path_buf(),
                 source,
@@ -140,7 +140,8 @@ impl TransformConfig {
             ctx: SessionContext::new_with_config_rt(config, runtime),
             config: self.clone(),
             limited: self
-                .memory_limit_bytes()?
+                .memory_limit
+                .bytes()
                 .is_some_and(|limit| limit < ROOMY_LIMIT),
             run_id: None,
             landed: Vec::new(),
@@ -243,7 +244,7 @@ impl Transformer {
             workers,
         };
         // The dedupe's table takes at most half of the memory limit.
-        let budget = self.config.memory_limit_bytes()?.map(|limit| limit / 2);
+        let budget = self.config.memory_limit.bytes().map(|limit| limit / 2);
         let stage = Instant::now();
         let written = tokio::task::spawn_blocking(move || {
             let winners = dedupe::winners(&plan, workers, budget)?;

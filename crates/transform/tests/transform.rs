@@ -290,7 +290,7 @@ mod scores {
         let batches = staged(&tmp.path().join("p"), &summary, &[ids[0], ids[2]]);
         let expected = dedupe(&read_rows(&batches));
         let cfg = TransformConfig {
-            memory_limit: Some("8MiB".into()),
+            memory_limit: "8MiB".parse().unwrap(),
             ..Default::default()
         };
         let out = transform(tmp.path(), cfg, &batches, OutputFormat::default(), "w").await;
@@ -298,7 +298,7 @@ mod scores {
         assert_eq!(out.stats.rows_out, expected.len() as u64);
         assert_kept(&out.scores_dir, &expected);
         let unlimited = TransformConfig {
-            memory_limit: Some("unlimited".into()),
+            memory_limit: "unlimited".parse().unwrap(),
             ..Default::default()
         };
         let out = transform(
@@ -454,7 +454,7 @@ mod scores {
             .sum();
         assert!(decoded > 64 << 20, "decoded input is only {decoded} bytes");
         let cfg = TransformConfig {
-            memory_limit: Some("64MiB".into()),
+            memory_limit: "64MiB".parse().unwrap(),
             target_partitions: Some(2),
             ..Default::default()
         };
