@@ -1,0 +1,92 @@
+//! IMS: the OAuth server-to-server token endpoint.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// IMS
+
+pub(super) async fn ims_token(
+    State(st): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    // IMS accepts the parameters in the form body (recommended) or the query string.
+    let mut params: HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    for (k, v) in query {
+        params.entry(k).or_insert(v);
+    }
+    let oauth = |status: StatusCode, error: &str, description: &str| {
+        (
+            status,
+            axum::Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response()
+    };
+    match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return oauth(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be client_credentials",
+            );
+        }
+        None => {
+            return oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing grant_type parameter",
+            );
+        }
+    }
+    let info = &st.platform.info;
+    match params.get("client_id") {
+        None => {
+            return oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing client_id parameter",
+            );
+        }
+        Some(id) if *id != info.client_id => {
+            return oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "invalid client_id parameter",
+            );
+        }
+        Some(_) => {}
+    }
+    if params.get("client_secret") != Some(&info.client_secret) {
+        return oauth(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "invalid client_secret parameter",
+        );
+    }
+    let n = st.token_counter.fetch_add(1, Ordering::Relaxed);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ n.rotate_left(32);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let token = format!(
+        "eyJhbGciOiJSUzI1NiJ9.sim{:016x}{:016x}.{:016x}",
+        rng.random::<u64>(),
+        rng.random::<u64>(),
+        rng.random::<u64>()
+    );
+    let lifetime = st.config.token_lifetime;
+    st.tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(token.clone(), Instant::now() + lifetime);
+    axum::Json(json!({
+        "access_token": token,
+        "token_type": "bearer",
+        "expires_in": lifetime.as_secs(),
+    }))
+    .into_response()
+}

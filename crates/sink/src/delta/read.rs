@@ -1,0 +1,228 @@
+//! Reading the tables: the published versions, a table as of a version or a time, queries,
+//! history, and a dataset's landed files (for a merge or a previous night).
+
+use super::*;
+
+/// The result of a query.
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: deltalake::arrow::datatypes::SchemaRef,
+    pub batches: Vec<deltalake::arrow::array::RecordBatch>,
+}
+
+/// One version of a table, for `scoreland history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVersion {
+    pub version: Option<u64>,
+    pub timestamp: Option<i64>,
+    pub operation: Option<String>,
+    /// The commit info a run added: run id, batches, rows.
+    pub run: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Warehouse {
+    /// Every `_published/<pipeline>.json`, with its object path.
+    pub(super) async fn published(
+        &self,
+    ) -> Result<Vec<(object_store::path::Path, Published)>, SinkError> {
+        let mut out = Vec::new();
+        for meta in self.list(&self.path("_published")).await? {
+            if let Some(p) = self.get_json_at(&meta.location).await? {
+                out.push((meta.location, p));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version of each table that readers see: per table, the newest version any
+    /// pipeline published (`_published/<pipeline>.json`).
+    pub async fn published_versions(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SinkError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, published) in self.published().await? {
+            for (table, v) in published.versions {
+                let e = out.entry(table).or_insert(v);
+                *e = (*e).max(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A table at the snapshot `as_of` asks for; `None` when it does not exist (yet).
+    pub async fn table_as_of(
+        &self,
+        name: &str,
+        as_of: AsOf,
+    ) -> Result<Option<DeltaTable>, SinkError> {
+        let at = match as_of {
+            AsOf::Published => self
+                .published_versions()
+                .await?
+                .get(name)
+                .copied()
+                .map_or(At::Newest, At::Version),
+            AsOf::Version(v) => At::Version(v),
+            AsOf::Time(t) => At::Time(t),
+        };
+        self.open_table(name, at).await
+    }
+
+    /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist
+    /// (yet) is not registered.
+    pub async fn query(
+        &self,
+        tables: &[&str],
+        as_of: AsOf,
+        sql: &str,
+    ) -> Result<QueryOutput, SinkError> {
+        let ctx: SessionContext = DeltaSessionContext::new().into_inner();
+        let mut registered = 0;
+        for &name in tables {
+            let Some(table) = self.table_as_of(name, as_of).await? else {
+                continue;
+            };
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(delta_err(name, "read"))?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            ctx.register_table(name, provider)
+                .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
+            registered += 1;
+        }
+        if registered == 0 {
+            return Err(SinkError::NoTables {
+                url: self.url().to_string(),
+            });
+        }
+        let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+            message: e.to_string(),
+        };
+        let df = ctx.sql(sql).await.map_err(query_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(query_err)?;
+        Ok(QueryOutput { schema, batches })
+    }
+
+    /// The versions of a table, newest first.
+    pub async fn history(
+        &self,
+        table: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<TableVersion>, SinkError> {
+        use futures::StreamExt;
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut stream = t.history(limit);
+        while let Some(info) = stream.next().await {
+            let info = info.map_err(delta_err(table, "history"))?;
+            let run = info
+                .info
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "run_id" | "batches" | "rows" | "pipeline"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            out.push(TableVersion {
+                version: None,
+                timestamp: info.timestamp,
+                operation: info.operation.clone(),
+                run,
+            });
+        }
+        // History comes newest first; number the versions from the newest down.
+        let newest = t.version().unwrap_or(0);
+        for (i, v) in out.iter_mut().enumerate() {
+            v.version = newest.checked_sub(i as u64);
+        }
+        Ok(out)
+    }
+}
+
+impl Warehouse {
+    /// Copies the newest version's data files of `dataset_id` in `table` into `dir` (for a
+    /// merge: the rows already landed), or only those of one partition (`only`: column and
+    /// value). An absent table has none.
+    pub async fn fetch_dataset_files(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        only: Option<(&str, &str)>,
+        dir: &LocalPath,
+    ) -> Result<Vec<std::path::PathBuf>, SinkError> {
+        let Some(current) = self.delta_table(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let err = delta_err(table, "read");
+        let snapshot = current.snapshot().map_err(&err)?;
+        let paths: Vec<String> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| {
+                let pv = f.partition_values_map();
+                pv.get("dataset_id") == Some(&Some(dataset_id.to_string()))
+                    && only.is_none_or(|(c, v)| pv.get(c) == Some(&Some(v.to_string())))
+            })
+            .map(|f| f.path().into_owned())
+            .collect();
+        let store = current.log_store().object_store(None);
+        std::fs::create_dir_all(dir).map_err(|source| SinkError::Local {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        futures::stream::iter(paths.into_iter().enumerate())
+            .map(|(i, rel)| {
+                let store = store.clone();
+                let local = dir.join(format!("landed-{i:05}.parquet"));
+                async move {
+                    let read_err = |source| SinkError::Store {
+                        op: "reading",
+                        path: format!("{table}/{rel}"),
+                        source,
+                    };
+                    let got = object_store::ObjectStoreExt::get(&store, &Path::from(rel.as_str()))
+                        .await
+                        .map_err(read_err)?;
+                    let bytes = got.bytes().await.map_err(read_err)?;
+                    std::fs::write(&local, &bytes).map_err(|source| SinkError::Local {
+                        path: local.clone(),
+                        source,
+                    })?;
+                    Ok::<_, SinkError>(local)
+                }
+            })
+            .buffered(4)
+            .try_collect()
+            .await
+    }
+
+    /// The greatest value of the date partition `column` that `dataset_id` has in `table`'s
+    /// newest version before `before` (`YYYY-MM-DD`): the previous night landed.
+    pub async fn previous_date(
+        &self,
+        table: &str,
+        dataset_id: &str,
+        column: &str,
+        before: &str,
+    ) -> Result<Option<String>, SinkError> {
+        let Some(current) = self.delta_table(table, None).await? else {
+            return Ok(None);
+        };
+        let snapshot = current.snapshot().map_err(delta_err(table, "read"))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter_map(|f| {
+                let pv = f.partition_values_map();
+                if pv.get("dataset_id") != Some(&Some(dataset_id.to_string())) {
+                    return None;
+                }
+                pv.get(column)?.clone().filter(|d| d.as_str() < before)
+            })
+            .max())
+    }
+}
