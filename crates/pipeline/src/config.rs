@@ -184,8 +184,16 @@ impl PipelineFile {
             path: path.to_path_buf(),
             message,
         };
-        // As written: locations for unknown fields and wrong types.
-        toml::from_str::<PipelineFile>(raw).map_err(|e| invalid(located(raw, &e)))?;
+        // As written: locations for unknown fields and wrong types. A typed value written as a
+        // variable (`memory_limit = "${MEM}"`) is checked once interpolated, below.
+        if let Err(e) = toml::from_str::<PipelineFile>(raw)
+            && !e
+                .span()
+                .and_then(|span| raw.get(span))
+                .is_some_and(|written| written.contains("${"))
+        {
+            return Err(invalid(located(raw, &e)));
+        }
         let mut table: toml::Table = toml::from_str(raw).map_err(|e| invalid(located(raw, &e)))?;
         interpolate_table(&mut table, &mut Vec::new(), lookup, missing).map_err(invalid)?;
         // Interpolated values may be secrets: this error says what, never the value.
@@ -332,6 +340,27 @@ mod tests {
                 "SCORELAND_TEST_NEVER_SET_URL"
             ]
         );
+    }
+
+    #[test]
+    fn a_typed_value_may_come_from_a_variable() {
+        let file = |limit: &str| {
+            let raw = format!(
+                "[source]\ntype = \"simulator\"\ndata = \"x\"\n[transform]\nmemory_limit = \"{limit}\"\n[sink]\nurl = \"w\"\n"
+            );
+            PipelineFile::parse(&raw, Path::new("p.toml"))
+        };
+        let parsed = file("${SCORELAND_TEST_NEVER_SET_MEM:-512MiB}").unwrap();
+        assert_eq!(
+            parsed.transform.memory_limit,
+            scoreland_transform::MemoryLimit::Bytes(512 << 20)
+        );
+        let err = file("${SCORELAND_TEST_NEVER_SET_MEM:-lots}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory_limit"), "{err}");
+        let err = file("lots").unwrap_err().to_string();
+        assert!(err.contains("line 5"), "{err}");
     }
 
     #[test]
