@@ -21,6 +21,7 @@ mod paging;
 mod profile;
 mod retry;
 mod sftp;
+mod values;
 
 pub use auth::{Credentials, Secret};
 pub use catalog::{BatchSelection, CatalogBatch, PROFILE_UNION_SCHEMA, SCORING_CLIENT};
@@ -48,3 +49,4 @@ pub use profile::{
 };
 pub use retry::{PollEvery, Polled, poll_job};
 pub use sftp::{SftpOptions, SftpStore};
+pub use values::{HumanDuration, Size};

@@ -30,7 +30,7 @@ pub struct PipelineFile {
     /// How long staged batches are kept after they were verified (default "7d"); older ones
     /// are removed after each landing run. Batches of the run itself are always kept.
     #[serde(default)]
-    pub staging_retention: Option<String>,
+    pub staging_retention: Option<scoreland_ingest::HumanDuration>,
     /// Write the HTML report (`scoreland report`) to this path after every landed run.
     #[serde(default)]
     pub report: Option<PathBuf>,
@@ -209,13 +209,9 @@ impl PipelineFile {
     }
 
     /// `staging_retention`, 7 days by default.
-    pub fn staging_retention(&self) -> Result<std::time::Duration, String> {
-        match &self.staging_retention {
-            None => Ok(std::time::Duration::from_secs(7 * 86_400)),
-            Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                format!("staging_retention = {t:?} is not a duration like \"7d\": {e}")
-            }),
-        }
+    pub fn staging_retention(&self) -> std::time::Duration {
+        self.staging_retention
+            .map_or(std::time::Duration::from_secs(7 * 86_400), |d| d.0)
     }
 
     pub fn name(&self) -> &str {
@@ -237,7 +233,6 @@ impl PipelineFile {
             ));
         }
         self.transform.validate().map_err(|e| e.to_string())?;
-        self.staging_retention()?;
         self.sink.output_format()?;
         self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
@@ -254,18 +249,80 @@ impl PipelineFile {
     }
 }
 
-/// A TOML error as "line L, column C: what", without the quoted line that toml's own message
-/// carries: that line may hold a secret written into the file.
+/// A TOML error as "line L, column C: key: what", naming the key of the value it is about
+/// (`source.min_speed`), without the quoted line that toml's own message carries: that line may
+/// hold a secret written into the file.
 fn located(raw: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let before = &raw[..span.start.min(raw.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", e.message())
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    // A value inside a flattened table is reported at the table: find it there by the value
+    // the message quotes.
+    let at = value_in(raw, span.clone(), e.message()).unwrap_or(span.start);
+    let before = &raw[..at.min(raw.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.len() - line_start + 1;
+    format!(
+        "line {line}, column {column}: {}{}",
+        key_at(raw, line_start, at)
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default(),
+        e.message()
+    )
+}
+
+/// An error inside a flattened table (`[source]`) comes with the table header's span: where,
+/// in that table or its subtables, a `key = "value"` line holds a value `message` quotes.
+fn value_in(raw: &str, span: std::ops::Range<usize>, message: &str) -> Option<usize> {
+    let header = raw.get(span.clone())?.trim();
+    let table = header.strip_prefix('[')?.trim_end_matches(']').trim();
+    let mut offset = span.end;
+    for line in raw.get(span.end..)?.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[')
+            && !trimmed
+                .trim_start_matches('[')
+                .starts_with(&format!("{table}."))
+        {
+            return None;
         }
-        None => e.message().to_string(),
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim();
+            if value.len() > 2 && value.starts_with('"') && message.contains(value) {
+                return Some(offset + key.len() + 1);
+            }
+        }
+        offset += line.len();
     }
+    None
+}
+
+/// The dotted key whose value starts at `at`, on the line from `line_start`: the nearest
+/// `[table]` header above it and the line's `key =`. `None` when `at` is not in a value.
+fn key_at(raw: &str, line_start: usize, at: usize) -> Option<String> {
+    let text = &raw[line_start..];
+    let text = &text[..text.find('\n').unwrap_or(text.len())];
+    let (key, _) = text.split_once('=')?;
+    let key = key.trim();
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !plain(key) || at <= line_start + text.find('=')? {
+        return None;
+    }
+    let table = raw[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let name = l.strip_prefix('[')?.trim_start_matches('[');
+        let name = name.split(']').next()?.trim();
+        plain(name).then(|| name.to_string())
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -193,9 +193,7 @@ async fn shutdown_signal() -> &'static str {
 /// Staging retention, after a landing: staged batches older than `staging_retention` go (the
 /// ones just landed stay), and work directories that dead runs left behind for a day.
 fn prune_staging(file: &PipelineFile, staging: &Path, record: &RunRecord) {
-    let Ok(retention) = file.staging_retention() else {
-        return; // `validate` refused it already
-    };
+    let retention = file.staging_retention();
     match scoreland_ingest::Manifest::prune(staging, &record.dataset, &record.batches, retention) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(batches = ?removed, "removed staged batches older than staging_retention")

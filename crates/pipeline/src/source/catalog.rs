@@ -6,13 +6,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use scoreland_ingest::{
-    AepClient, BatchSelection, CatalogBatch, DownloadOptions, RowCountCheck, SCORING_CLIENT,
+    AepClient, BatchSelection, CatalogBatch, DownloadOptions, HumanDuration, RowCountCheck,
+    SCORING_CLIENT, Size,
 };
 use scoreland_transform::StagedBatch;
 use serde::{Deserialize, Serialize};
 
 use super::platform::{Platform, concurrency};
-use super::{Ingested, Input, duration};
+use super::{Ingested, Input};
 use crate::context::{RunContext, RunOptions};
 use crate::error::PipelineError;
 use crate::record::{RunRecord, RunStatus, ms};
@@ -33,18 +34,18 @@ pub struct SourceCommon {
     pub row_count_check: Option<RowCountCheck>,
     /// Retry budget per request, e.g. "5m".
     #[serde(default)]
-    pub max_retry_time: Option<String>,
+    pub max_retry_time: Option<HumanDuration>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
     /// Bytes per second below which a download is abandoned and resumed, e.g. "16KiB".
     #[serde(default)]
-    pub min_speed: Option<String>,
+    pub min_speed: Option<Size>,
     /// Over how long `min_speed` is measured, e.g. "30s".
     #[serde(default)]
-    pub min_speed_time: Option<String>,
+    pub min_speed_time: Option<HumanDuration>,
     /// Disk space a download must leave free in staging, e.g. "5GiB" (default: none).
     #[serde(default)]
-    pub keep_free: Option<String>,
+    pub keep_free: Option<Size>,
 }
 
 impl SourceCommon {
@@ -61,28 +62,21 @@ impl SourceCommon {
             }
             o.retry.max_attempts = n;
         }
-        if let Some(t) = &self.max_retry_time {
-            o.retry.max_elapsed = duration("max_retry_time", Some(t), o.retry.max_elapsed)?;
+        if let Some(t) = self.max_retry_time {
+            o.retry.max_elapsed = t.0;
         }
-        if let Some(t) = &self.min_speed_time {
-            o.min_speed_window = duration("min_speed_time", Some(t), o.min_speed_window)?;
+        if let Some(t) = self.min_speed_time {
+            o.min_speed_window = t.0;
         }
-        if let Some(s) = &self.keep_free {
-            o.keep_free = size("keep_free", s, "5GiB")?;
+        if let Some(s) = self.keep_free {
+            o.keep_free = s.0;
         }
-        if let Some(s) = &self.min_speed {
-            // Per second: "16KiB" and "16KiB/s" say the same.
-            o.min_speed = size("min_speed", s.trim().trim_end_matches("/s"), "16KiB")?;
+        // Per second: "16KiB" and "16KiB/s" say the same.
+        if let Some(s) = self.min_speed {
+            o.min_speed = s.0;
         }
         Ok(o)
     }
-}
-
-fn size(field: &str, s: &str, example: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("source.{field} = {s:?} is not a size like \"{example}\": {e}"))
 }
 
 /// Selects, and stages, the batches of an `aep` or `simulator` source. `None`: nothing to

@@ -149,19 +149,6 @@ impl SourceConfig {
     }
 }
 
-/// `source.<field>`, a duration such as "10m"; `default` when not set.
-pub(crate) fn duration(
-    field: &str,
-    value: Option<&str>,
-    default: std::time::Duration,
-) -> Result<std::time::Duration, String> {
-    match value {
-        None => Ok(default),
-        Some(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| format!("source.{field} = {t:?} is not a duration like \"10m\": {e}")),
-    }
-}
-
 /// Where the simulator writes the destinations of its exports, by default.
 pub(crate) fn sim_exports(staging: &Path) -> PathBuf {
     crate::context::absolute(&staging.join("sim-exports"))

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use scoreland_ingest::{
-    DownloadOptions, ExportJob, ExportJobRequest, PROFILE_UNION_SCHEMA, PlatformSettings,
-    PollEvery, Polled, SegmentFilter, SegmentJob, poll_job,
+    DownloadOptions, ExportJob, ExportJobRequest, HumanDuration, PROFILE_UNION_SCHEMA,
+    PlatformSettings, PollEvery, Polled, SegmentFilter, SegmentJob, poll_job,
 };
 use scoreland_transform::{ProfileStats, ProfileTables};
 use serde::{Deserialize, Serialize};
 
 use super::platform::{Connected, Platform, concurrency, source_error};
-use super::{Ingested, Input, duration};
+use super::{Ingested, Input};
 use crate::context::{InFlight, Job, RunContext};
 use crate::error::PipelineError;
 use crate::record::{PipelineState, RunRecord, RunStatus, ms};
@@ -61,7 +61,7 @@ pub struct ProfileExportSource {
     pub mode: ProfileExportMode,
     /// How long the jobs may take, e.g. "2h" (default): the job is cancelled after.
     #[serde(default)]
-    pub deadline: Option<String>,
+    pub deadline: Option<HumanDuration>,
     /// Batch parts downloaded at once.
     #[serde(default)]
     pub concurrency: Option<usize>,
@@ -131,7 +131,6 @@ impl ProfileExportSource {
                 "source.fields: {f:?} is not a dotted XDM path such as person.name.firstName"
             ));
         }
-        self.deadline()?;
         self.download_options()?;
         match (&self.platform, &self.simulator) {
             (Some(p), None) => Platform::aep(p).map(drop).map_err(source_error),
@@ -141,12 +140,8 @@ impl ProfileExportSource {
     }
 
     /// How long the jobs may take (default 2 hours).
-    fn deadline(&self) -> Result<Duration, String> {
-        duration(
-            "deadline",
-            self.deadline.as_deref(),
-            Duration::from_secs(2 * 3600),
-        )
+    fn deadline(&self) -> Duration {
+        self.deadline.map_or(Duration::from_secs(2 * 3600), |d| d.0)
     }
 
     fn download_options(&self) -> Result<DownloadOptions, String> {
@@ -279,7 +274,7 @@ impl ProfileExportSource {
         let src = self;
         let (state, in_flight) = (cx.state, cx.in_flight);
         let t = Instant::now();
-        let deadline = Instant::now() + src.deadline().map_err(|m| cx.invalid(m))?;
+        let deadline = Instant::now() + src.deadline();
         let platform = src.platform(cx.staging).map_err(|m| cx.invalid(m))?;
         let download = src.download_options().map_err(|m| cx.invalid(m))?;
         let Connected { client, sim: _sim } = platform.connect(download).await?;

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use scoreland_ingest::{
     Compression, Destination, DestinationAuth, ExportFlowSpec, ExportMode, ExportTarget, FileType,
-    FolderPattern, PlatformSettings, Schedule, Secret, TimeUnit,
+    FolderPattern, HumanDuration, PlatformSettings, Schedule, Secret, TimeUnit,
 };
 use scoreland_transform::StagedBatch;
 use serde::{Deserialize, Serialize};
 
 use super::platform::{Platform, concurrency, source_error};
-use super::{Ingested, Input, duration};
+use super::{Ingested, Input};
 use crate::context::RunContext;
 use crate::error::PipelineError;
 use crate::record::{PipelineState, RunRecord, RunStatus, ms};
@@ -59,7 +59,7 @@ pub struct ExportSource {
     pub folders: FolderSelection,
     /// Without platform access, a folder is complete once unchanged this long (default "10m").
     #[serde(default)]
-    pub settle: Option<String>,
+    pub settle: Option<HumanDuration>,
     /// The flow's mode when the flow is not known here (default `DAILY_FULL_EXPORT`).
     #[serde(default)]
     pub export_mode: Option<ExportMode>,
@@ -329,7 +329,6 @@ impl FlowSection {
 impl ExportSource {
     /// What can be checked without running.
     pub fn check(&self) -> Result<(), String> {
-        self.settle()?;
         if let Some(flow) = &self.flow {
             flow.target()?;
             flow.schedule(Utc::now())?;
@@ -362,8 +361,8 @@ impl ExportSource {
     }
 
     /// Without platform access, how long a folder must stay unchanged (default 10 minutes).
-    pub fn settle(&self) -> Result<Duration, String> {
-        duration("settle", self.settle.as_deref(), Duration::from_secs(600))
+    pub fn settle(&self) -> Duration {
+        self.settle.map_or(Duration::from_secs(600), |s| s.0)
     }
 
     /// Files fetched at once (default 8).
@@ -407,7 +406,7 @@ impl ExportSource {
         let src = self;
         let (options, state) = (cx.options, cx.state);
         let t = Instant::now();
-        let settle = src.settle().map_err(|m| cx.invalid(m))?;
+        let settle = src.settle();
         let concurrency = src.concurrency().map_err(|m| cx.invalid(m))?;
         let mut conn = connect(src, cx.file, cx.staging, &mut record.warnings).await?;
         record.dataset = conn.dataset.clone();
@@ -582,7 +581,7 @@ pub async fn download(
     };
     let mut warnings = Vec::new();
     let mut conn = connect(src, pipeline, out, &mut warnings).await?;
-    let settle = src.settle().map_err(invalid)?;
+    let settle = src.settle();
     let folders = conn.folders().await?;
     let now = Utc::now();
     let mut chosen = None;
