@@ -10,7 +10,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
@@ -103,7 +102,10 @@ impl Connection {
         let limits = &self.sessions.limits;
         let base = &self.sessions.base;
         let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env().as_ref())
-            .with_memory_pool(Arc::new(FairSpillPool::new(limits.query_memory)))
+            .with_memory_pool(scoreland_runtime::pool(
+                limits.query_memory,
+                scoreland_runtime::Sharing::Fair,
+            ))
             .build_arc()
             .expect("a runtime from a working one");
         let state = SessionStateBuilder::new_from_existing(base.state())

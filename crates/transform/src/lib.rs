@@ -18,7 +18,6 @@ mod drift;
 mod error;
 mod flatten;
 mod json;
-mod memory;
 mod run;
 mod scores;
 mod summary;
@@ -28,12 +27,11 @@ pub use audiences::{
     Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
     write_profile_tables,
 };
-pub use config::{
-    Mapping, MemoryLimit, ModelMapping, OutputFormat, TransformConfig, default_memory_limit,
-};
+pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};
+pub use scoreland_runtime::{MemoryLimit, default_memory_limit};
 
 /// Re-exported so callers can name record batches without their own arrow dependency.
 pub use datafusion::arrow;

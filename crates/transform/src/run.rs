@@ -10,7 +10,6 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::file_options::parquet_writer::parse_compression_string;
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::MemTable;
-use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -23,7 +22,6 @@ use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
 use crate::json::to_json;
-use crate::memory::HeadroomPool;
 use crate::scores::{self, Input, InputKind, Plan, WriteOptions};
 
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
@@ -109,14 +107,8 @@ impl TransformConfig {
                 path: spill_dir.to_path_buf(),
                 source,
             })?;
-            // Each sorting partition keeps this much aside for merging: when it spills, it
-            // releases it to merge its sorted in-memory runs, which needs the sort keys of every
-            // buffered row in row format (about a third of the rows' size here); at the end,
-            // the same reservation starts the merge of the spill files. The sorts buffer at
-            // most half the pool together (see `HeadroomPool`), so a quarter of the pool across
-            // the sorting partitions covers both merges.
             config.options_mut().execution.sort_spill_reservation_bytes =
-                limit / (4 * partitions.max(1));
+                scoreland_runtime::sort_spill_reservation(limit, partitions);
             if limit < ROOMY_LIMIT {
                 // Parallel column encoding buffers whole row groups per column, outside what
                 // can spill; under a tight limit, encode serially.
@@ -129,10 +121,10 @@ impl TransformConfig {
                 config = config.with_batch_size(2048);
             }
             runtime = runtime
-                .with_memory_pool(Arc::new(TrackConsumersPool::new(
-                    HeadroomPool::new(limit),
-                    std::num::NonZeroUsize::new(5).expect("5 is not zero"),
-                )))
+                .with_memory_pool(scoreland_runtime::pool(
+                    limit,
+                    scoreland_runtime::Sharing::Headroom,
+                ))
                 .with_temp_file_path(spill_dir);
         }
         let runtime = runtime.build_arc().context("building the runtime")?;

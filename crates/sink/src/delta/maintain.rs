@@ -84,22 +84,22 @@ impl Warehouse {
             .set_max_row_group_row_count(Some(OPTIMIZED_ROW_GROUP_ROWS))
             .build();
         let runtime = deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(
-                deltalake::datafusion::execution::memory_pool::FairSpillPool::new(memory_limit),
+            .with_memory_pool(scoreland_runtime::pool(
+                memory_limit,
+                scoreland_runtime::Sharing::Fair,
             ))
             .build_arc()
             .map_err(|e| delta_err(table, "optimize")(DeltaTableError::from(e)))?;
         let ctx = DeltaSessionContext::with_runtime_env(runtime).into_inner();
-        // Each sorting partition keeps this much aside to merge its spilled runs (the
-        // transform's rule, `transform/src/run.rs`); without it one partition's sort can take
-        // the whole pool and leave the other nothing to merge with.
+        // What each sorting partition keeps aside to merge its spilled runs.
         let partitions = ctx.state().config().target_partitions().max(1);
         ctx.state_ref()
             .write()
             .config_mut()
             .options_mut()
             .execution
-            .sort_spill_reservation_bytes = memory_limit / (4 * partitions);
+            .sort_spill_reservation_bytes =
+            scoreland_runtime::sort_spill_reservation(memory_limit, partitions);
         let session = ctx.state();
         let (optimized, metrics) = t
             .optimize()

@@ -19,7 +19,7 @@ use datafusion::execution::memory_pool::{
 };
 
 #[derive(Debug)]
-pub(crate) struct HeadroomPool {
+pub struct HeadroomPool {
     limit: usize,
     spillable_cap: usize,
     /// The most one consumer that cannot spill may hold.
@@ -37,7 +37,7 @@ struct Used {
 }
 
 impl HeadroomPool {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub fn new(limit: usize) -> Self {
         HeadroomPool {
             limit,
             spillable_cap: limit / 2,
