@@ -157,6 +157,25 @@ fn demo_then_nothing_new_then_forced() {
     );
     let csv = String::from_utf8_lossy(&csv.stdout).to_string();
     assert!(csv.starts_with("model,n\nchurn_risk,"), "{csv}");
+    // Discovery as `serve` answers it.
+    let shown = demo.sql("SHOW TABLES", "csv");
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    for table in ["scores", "summary", "drift"] {
+        assert!(shown.contains(&format!(",public,{table},")), "{shown}");
+    }
+    assert_eq!(
+        demo.count(
+            "SELECT count(*) AS n FROM information_schema.columns WHERE table_name = 'scores' AND column_name = 'score'"
+        ),
+        1
+    );
+    let described = demo.sql("DESCRIBE summary", "csv");
+    assert!(
+        String::from_utf8_lossy(&described.stdout).contains("score_date"),
+        "{}",
+        text(&described)
+    );
 
     let again = demo.run(&["--json"], &[]);
     assert_eq!(again.status.code(), Some(3), "{}", text(&again));

@@ -19,6 +19,7 @@ BIN, WAREHOUSE, WORK = sys.argv[1:4]
 out = os.path.join(WORK, "report.html")
 subprocess.run([BIN, "-q", "report", "--warehouse", WAREHOUSE, "--out", out, "--nights", "30"], check=True)
 html = open(out, encoding="utf-8").read()
+check("readable by others, to be published", oct(os.stat(out).st_mode & 0o777), oct(0o644))
 check("no script", "<script" in html.lower(), False)
 check("no URL to load", re.findall(r"(?:src|href)\s*=|url\(|https?://", html, re.I), [])
 check("a CSP that forbids loading", "default-src 'none'" in html, True)

@@ -43,6 +43,14 @@ pub async fn write(
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing into {}", dir.display()))?;
     std::fs::write(tmp.path(), html).with_context(|| format!("writing {}", out.display()))?;
+    // Readable by others (a temporary file is the owner's alone): the report is made to be
+    // published by a web server or a shared folder, and holds summaries, not scores.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", out.display()))?;
+    }
     tmp.persist(out)
         .with_context(|| format!("replacing {}", out.display()))?;
     Ok(())

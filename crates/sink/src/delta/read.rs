@@ -77,6 +77,13 @@ impl Warehouse {
         sql: &str,
     ) -> Result<QueryOutput, SinkError> {
         let ctx: SessionContext = DeltaSessionContext::new().into_inner();
+        // Discovery as `serve` answers it: `SHOW TABLES`, `information_schema`.
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .information_schema = true;
         let mut registered = 0;
         for &name in tables {
             let Some(table) = self.table_as_of(name, as_of).await? else {
