@@ -118,9 +118,17 @@ mod tests {
         pages: Vec<(Vec<u32>, Option<usize>)>,
         limit: usize,
     ) -> Result<Vec<u32>, IngestError> {
+        read_as(Cursors::Counted, pages, limit).await
+    }
+
+    async fn read_as(
+        cursors: Cursors,
+        pages: Vec<(Vec<u32>, Option<usize>)>,
+        limit: usize,
+    ) -> Result<Vec<u32>, IngestError> {
         let url = Url::parse("http://platform.test/list").unwrap();
         collect(
-            Cursors::Counted,
+            cursors,
             0usize,
             limit,
             |i: &u32| *i,
@@ -171,6 +179,15 @@ mod tests {
             matches!(err, IngestError::ListingNotAdvancing { pages: 1, .. }),
             "{err}"
         );
+        // The same items behind a new link the server made: its link leads back.
+        let err = read_as(
+            Cursors::Served,
+            vec![(vec![1], Some(1)), (vec![1], Some(2))],
+            usize::MAX,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, IngestError::RepeatedNextLink { .. }), "{err}");
         // Empty pages that always point further: followed a while, then an error.
         let endless: Vec<_> = (0..100).map(|i| (Vec::new(), Some(i + 1))).collect();
         let err = read(endless, usize::MAX).await.unwrap_err();

@@ -16,14 +16,7 @@ impl AepClient {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, IngestError>>,
     {
-        self.retry_if(
-            what,
-            self.options.retry,
-            IngestError::is_retryable,
-            || 0,
-            op,
-        )
-        .await
+        self.with_retry_progress(what, || 0, op).await
     }
 
     /// Like [`Self::with_retry`], for work that can move forward between failures (a part
