@@ -5,12 +5,14 @@
 # Delta readers (delta-rs's Python binding, Polars, DuckDB 1.5.5 with its delta extension) that
 # check a landed warehouse, in a venv of their own (venv-delta): the extension is built for
 # DuckDB 1.5.5, while the benchmarks use DuckDB 2.0; and the clients `scoreland serve` is tested
-# with (psql and Chromium from Debian, psycopg 3, SQLAlchemy and pandas in venv-clients); and
+# with (psql and Chromium from Debian; psycopg 3, psycopg2, SQLAlchemy and pandas in venv-clients at
+# the versions of tests/clients/requirements.lock); and
 # OpenSSH's sshd (Debian) serving SFTP to a throwaway sftp-only user with a throwaway host key,
 # for export folders on SFTP.
 # State lives in $SCORELAND_SVC_DIR; `start` writes $SCORELAND_SVC_DIR/env.sh for the tests.
 set -euo pipefail
 SVC=${SCORELAND_SVC_DIR:?set SCORELAND_SVC_DIR to a scratch directory}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$SVC"
 cd "$SVC"
 
@@ -34,11 +36,14 @@ install() {
     touch venv-delta/.complete-1
   fi
   # The Postgres clients `scoreland serve` is tested with (tests/clients/serve_clients.py).
-  if [ ! -f venv-clients/.complete-2 ]; then
+  # Exact versions from the lock file; the venv is made again whenever the file changes.
+  local lock="$ROOT/tests/clients/requirements.lock" stamp
+  stamp=$(sha256sum "$lock" | cut -c1-16)
+  if [ ! -f "venv-clients/.complete-$stamp" ]; then
     rm -rf venv-clients
     python3 -m venv venv-clients
-    venv-clients/bin/pip install -q 'psycopg[binary]==3.3.9' 'psycopg2-binary==2.9.*' 'sqlalchemy==2.0.*' 'pandas==2.*'
-    touch venv-clients/.complete-2
+    venv-clients/bin/pip install -q -r "$lock"
+    touch "venv-clients/.complete-$stamp"
   fi
   # psql, and headless Chromium for the report's rendering test, from Debian.
   local missing=()
@@ -143,4 +148,20 @@ stop() {
   done
 }
 
-case ${1:-} in install) install;; start) start;; stop) stop;; *) echo "usage: $0 install|start|stop" >&2; exit 2;; esac
+# The newest release of each Python client, written to the lock file: run on purpose, then
+# run the tests and commit the file with what the new releases needed.
+lock_clients() {
+  local tmp
+  tmp=$(mktemp -d)
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/pip" install -q 'psycopg[binary]' psycopg2-binary sqlalchemy pandas
+  { sed -n '1,2p' "$ROOT/tests/clients/requirements.lock"; "$tmp/venv/bin/pip" freeze; } > "$tmp/lock"
+  mv "$tmp/lock" "$ROOT/tests/clients/requirements.lock"
+  rm -rf "$tmp"
+  cat "$ROOT/tests/clients/requirements.lock"
+}
+
+case ${1:-} in
+  install) install;; start) start;; stop) stop;; lock-clients) lock_clients;;
+  *) echo "usage: $0 install|start|stop|lock-clients" >&2; exit 2;;
+esac

@@ -137,15 +137,32 @@ try:
     # default Postgres driver) and pandas.
     import pandas
     import sqlalchemy
-    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://scoreland:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{server.port}/datafusion")
-    insp = sqlalchemy.inspect(engine)
-    check("SQLAlchemy get_table_names", sorted(insp.get_table_names()), ["drift", "scores", "summary"])
-    cols = {c["name"]: str(c["type"]) for c in insp.get_columns("scores")}
-    check("SQLAlchemy get_columns(scores)", (cols.get("identity"), cols.get("score"), cols.get("score_date")),
-          ("TEXT", "DOUBLE PRECISION", "DATE"))
-    frame = pandas.read_sql("SELECT model, score FROM scores", engine)
-    check("pandas.read_sql rows", len(frame), sql("SELECT count(*) AS n FROM scores")[0]["n"])
-    engine.dispose()
+    # Both drivers: psycopg2 binds on the client, psycopg 3 on the server (the catalog
+    # queries then carry parameters).
+    for driver in ["psycopg2", "psycopg"]:
+        engine = sqlalchemy.create_engine(
+            f"postgresql+{driver}://scoreland:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{server.port}/datafusion")
+        insp = sqlalchemy.inspect(engine)
+        name = f"SQLAlchemy {sqlalchemy.__version__} + {driver}"
+        check(f"{name}: get_table_names", sorted(insp.get_table_names()), ["drift", "scores", "summary"])
+        check(f"{name}: has_table", (insp.has_table("scores"), insp.has_table("nothing")), (True, False))
+        cols = {c["name"]: str(c["type"]) for c in insp.get_columns("scores")}
+        check(f"{name}: get_columns(scores)", (cols.get("identity"), cols.get("score"), cols.get("score_date")),
+              ("TEXT", "DOUBLE PRECISION", "DATE"))
+        check(f"{name}: no keys, indexes or constraints",
+              (insp.get_pk_constraint("scores")["constrained_columns"], insp.get_foreign_keys("scores"),
+               insp.get_indexes("scores"), insp.get_unique_constraints("scores"),
+               insp.get_check_constraints("scores"), insp.get_table_comment("scores")["text"]),
+              ([], [], [], [], [], None))
+        check(f"{name}: get_schema_names", insp.get_schema_names(), ["public"])
+        meta = sqlalchemy.MetaData()
+        meta.reflect(engine)
+        check(f"{name}: MetaData.reflect", sorted(meta.tables), ["drift", "scores", "summary"])
+        frame = pandas.read_sql("SELECT model, score FROM scores", engine)
+        check(f"{name}: pandas.read_sql rows", len(frame), sql("SELECT count(*) AS n FROM scores")[0]["n"])
+        check(f"{name}: pandas.read_sql_table(summary) rows", len(pandas.read_sql_table("summary", engine)),
+              sql("SELECT count(*) AS n FROM summary")[0]["n"])
+        engine.dispose()
 
     # Limits: a query over the memory limit, or the timeout, fails alone.
     with psycopg.connect(server.dsn()) as a, psycopg.connect(server.dsn()) as b:

@@ -6,6 +6,7 @@
 //! tables that follow new nights ([`live`]), the sessions with their limits and login
 //! ([`session`]), and the listener with TLS, a connection limit and graceful shutdown.
 
+mod compat;
 mod guard;
 mod live;
 pub mod report;
@@ -20,11 +21,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::scalar::ScalarValue;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::pgwire::api::ConnectionManager;
@@ -130,19 +128,7 @@ impl Server {
         let base = Arc::new(SessionContext::new_with_config_rt(config, runtime));
         setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
-        base.register_udf(version_udf());
-        base.register_udf(to_regtype_udf(&base).await?);
-        base.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            JsonBuildObject::new(),
-        ));
-        // Every type is visible: the server has one schema search path.
-        base.register_udf(create_udf(
-            "pg_type_is_visible",
-            vec![DataType::Int32],
-            DataType::Boolean,
-            Volatility::Immutable,
-            Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
-        ));
+        compat::register(&base).await?;
         register_missing(&warehouse, &base, &options.tables).await?;
         let listen_err = |source| ServeError::Listen {
             listen: options.listen,
@@ -344,151 +330,6 @@ async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
     packet.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     packet.extend_from_slice(&body);
     let _ = socket.write_all(&packet).await;
-}
-
-/// `version()` as drivers parse it (SQLAlchemy reads the Postgres version from it).
-fn version_udf() -> datafusion::logical_expr::ScalarUDF {
-    let text = format!(
-        "PostgreSQL 16.6 (scoreland {}, DataFusion {}; read-only)",
-        env!("CARGO_PKG_VERSION"),
-        datafusion::DATAFUSION_VERSION
-    );
-    create_udf(
-        "version",
-        vec![],
-        DataType::Utf8,
-        Volatility::Immutable,
-        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
-    )
-}
-
-/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column reflection
-/// asks for one per identity column; scoreland's tables have none).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
-    signature: datafusion::logical_expr::Signature,
-}
-
-impl JsonBuildObject {
-    fn new() -> Self {
-        JsonBuildObject {
-            signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable),
-        }
-    }
-}
-
-impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
-    fn name(&self) -> &str {
-        "json_build_object"
-    }
-
-    fn signature(&self) -> &datafusion::logical_expr::Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        use datafusion::arrow::array::{Array, StringArray};
-        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-        let n = args.number_rows;
-        let columns: Vec<_> = args
-            .args
-            .iter()
-            .map(|a| a.to_array(n))
-            .collect::<datafusion::error::Result<_>>()?;
-        let options = FormatOptions::default();
-        let formatters: Vec<_> = columns
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(n);
-        for row in 0..n {
-            let mut object = serde_json::Map::new();
-            for pair in (0..columns.len()).collect::<Vec<_>>().chunks(2) {
-                let [k, v] = pair else { break };
-                let key = formatters[*k].value(row).to_string();
-                let value = if columns[*v].is_null(row) {
-                    serde_json::Value::Null
-                } else {
-                    let text = formatters[*v].value(row).to_string();
-                    match columns[*v].data_type() {
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
-                        _ => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-                    }
-                };
-                object.insert(key, value);
-            }
-            out.push(Some(serde_json::Value::Object(object).to_string()));
-        }
-        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
-    }
-}
-
-/// `to_regtype(name)`: the oid of a type by name, or NULL (psycopg and SQLAlchemy look types
-/// up with it on connect), from the static `pg_catalog.pg_type`.
-async fn to_regtype_udf(
-    ctx: &SessionContext,
-) -> Result<datafusion::logical_expr::ScalarUDF, ServeError> {
-    use datafusion::arrow::array::{Array, AsArray, Int32Array};
-    use datafusion::arrow::datatypes::Int32Type;
-    let setup = |e: datafusion::error::DataFusionError| ServeError::Setup(e.to_string());
-    let batches = ctx
-        .sql("SELECT typname, oid FROM pg_catalog.pg_type")
-        .await
-        .map_err(setup)?
-        .collect()
-        .await
-        .map_err(setup)?;
-    let mut types = std::collections::HashMap::new();
-    for b in &batches {
-        let names = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)
-            .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let oids = datafusion::arrow::compute::cast(b.column(1), &DataType::Int32)
-            .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let (names, oids) = (names.as_string::<i32>(), oids.as_primitive::<Int32Type>());
-        for i in 0..b.num_rows() {
-            types.insert(names.value(i).to_string(), oids.value(i));
-        }
-    }
-    let lookup = move |name: Option<&str>| {
-        let name = name?.trim().trim_matches('"');
-        types
-            .get(name.strip_prefix("pg_catalog.").unwrap_or(name))
-            .copied()
-    };
-    Ok(create_udf(
-        "to_regtype",
-        vec![DataType::Utf8],
-        DataType::Int32,
-        Volatility::Stable,
-        Arc::new(move |args: &[ColumnarValue]| {
-            Ok(match &args[0] {
-                ColumnarValue::Scalar(v) => {
-                    let name = match v {
-                        ScalarValue::Utf8(s)
-                        | ScalarValue::LargeUtf8(s)
-                        | ScalarValue::Utf8View(s) => s.as_deref(),
-                        _ => None,
-                    };
-                    ColumnarValue::Scalar(ScalarValue::Int32(lookup(name)))
-                }
-                ColumnarValue::Array(a) => {
-                    let a = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
-                    let names = a.as_string::<i32>();
-                    let oids: Int32Array = (0..names.len())
-                        .map(|i| lookup(names.is_valid(i).then(|| names.value(i))))
-                        .collect();
-                    ColumnarValue::Array(Arc::new(oids))
-                }
-            })
-        }),
-    ))
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServeError> {

@@ -484,7 +484,7 @@ impl QueryHook for ReadOnly {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        if let Some(rewritten) = crate::subqueries::null_catalog_subqueries(statement) {
+        if let Some(rewritten) = crate::compat::rewrite(statement) {
             return Some(execute(ctx, &rewritten, client).await);
         }
         let answer = self.answer(statement, ctx).await?;
@@ -497,7 +497,7 @@ impl QueryHook for ReadOnly {
         ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        if let Some(rewritten) = crate::subqueries::null_catalog_subqueries(statement) {
+        if let Some(rewritten) = crate::compat::rewrite(statement) {
             return Some(guard::plan_read(ctx, &rewritten).await);
         }
         Some(match self.answer(statement, ctx).await? {

@@ -6,7 +6,7 @@
 //! NULLs, and a parameter removed with its subquery shifts the others onto the wrong
 //! placeholders. Such statements are refused, with the way around, before that parser runs.
 //! Catalog queries go the other way: the correlated subqueries the parser leaves (inside
-//! `CASE`) become NULL too, so that column reflection plans.
+//! `CASE`) become NULL too ([`crate::compat::rewrite`]), so that column reflection plans.
 //!
 //! The same parser stamps `LIMIT 1` on every other select-list subquery, which would turn
 //! Postgres' error for a scalar subquery of many rows (`21000`) into an arbitrary row; such
@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     Expr, LimitClause, Query, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, VisitMut,
-    Visitor, VisitorMut, visit_expressions_mut, visit_relations,
+    Visitor, VisitorMut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -89,7 +89,7 @@ impl VisitorMut for Stamp {
 }
 
 /// Whether `statement` reads any table outside `pg_catalog` and `information_schema`.
-fn reads_data_tables(statement: &Statement) -> bool {
+pub(crate) fn reads_data_tables(statement: &Statement) -> bool {
     let mut data_tables = false;
     let _ = visit_relations(statement, |name| {
         let parts: Vec<String> = name
@@ -105,29 +105,6 @@ fn reads_data_tables(statement: &Statement) -> bool {
         ControlFlow::<()>::Continue(())
     });
     data_tables
-}
-
-/// A catalog query with every correlated subquery (one without parameters) replaced by NULL;
-/// `None` when there is none, or when the statement reads the warehouse's tables. Drivers
-/// reflect columns with correlated subqueries into `pg_attrdef`, `pg_collation`, `pg_type` and
-/// `pg_sequence` (defaults, collations, identity options) that DataFusion cannot plan;
-/// scoreland's tables have none of those, so NULL is their true answer.
-pub fn null_catalog_subqueries(statement: &Statement) -> Option<Statement> {
-    if reads_data_tables(statement) {
-        return None;
-    }
-    let mut rewritten = statement.clone();
-    let mut changed = false;
-    let _ = visit_expressions_mut(&mut rewritten, |e| {
-        if let Expr::Subquery(q) = e
-            && let (false, true) = looks_correlated(q)
-        {
-            *e = Expr::value(Value::Null);
-            changed = true;
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    changed.then_some(rewritten)
 }
 
 struct Finder {
@@ -176,7 +153,7 @@ impl Visitor for Finder {
 
 /// (holds a placeholder, names a table its `FROM` does not alias): the compatibility parser's
 /// own test for "correlated", so exactly what it would replace.
-fn looks_correlated(sub: &Query) -> (bool, bool) {
+pub(crate) fn looks_correlated(sub: &Query) -> (bool, bool) {
     let SetExpr::Select(select) = sub.body.as_ref() else {
         return (false, false);
     };

@@ -1,0 +1,968 @@
+//! What Postgres clients send on connect and for discovery that DataFusion would not plan as
+//! Postgres does, made to plan with Postgres' answers: the functions drivers call that
+//! `pg_catalog` lacks ([`register`]), `pg_index` and `pg_constraint` with their key columns as
+//! arrays, and the rewrites of [`rewrite`] (a statement's meaning is kept; only the forms
+//! DataFusion lacks change). Every one is exercised by the start-up and reflection queries of
+//! the clients in docs/serve.md (`tests.rs`, tests/clients/).
+//!
+//! scoreland's tables have no defaults, sequences, identity columns, collations, comments,
+//! indexes or constraints; where a client asks for one of those, NULL or no row is the true
+//! answer.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int16Builder, Int32Array, Int32Builder, ListArray, ListBuilder,
+    RecordBatch, StringArray, StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
+use datafusion::sql::sqlparser::ast::{
+    AccessExpr, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, Ident, ObjectName, ObjectNamePart, Statement, Value, visit_expressions,
+    visit_expressions_mut,
+};
+
+use crate::ServeError;
+
+/// Registers the functions and the array-typed catalog tables on `ctx`, after
+/// `setup_pg_catalog`.
+pub(crate) async fn register(ctx: &SessionContext) -> Result<(), ServeError> {
+    let setup = |e: DataFusionError| ServeError::Setup(e.to_string());
+    ctx.register_udf(version_udf());
+    ctx.register_udf(to_regtype_udf(ctx).await.map_err(setup)?);
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray::new()));
+    ctx.register_udf(like_escape_udf());
+    ctx.register_udf(current_setting_udf());
+    // Every type and collation is visible: the server has one schema search path.
+    for name in ["pg_type_is_visible", "pg_collation_is_visible"] {
+        ctx.register_udf(Constant::udf(name, ScalarValue::Boolean(Some(true))));
+    }
+    // No sequences, comments or indexes: NULL.
+    for name in [
+        "pg_get_serial_sequence",
+        "obj_description",
+        "col_description",
+        "shobj_description",
+        "pg_get_indexdef",
+    ] {
+        ctx.register_udf(Constant::udf(name, ScalarValue::Utf8(None)));
+    }
+    typed_catalog(ctx).await.map_err(setup)
+}
+
+/// `statement` in forms DataFusion plans, or `None` when it needs no change:
+/// - in a statement that reads only the catalog, every correlated subquery becomes NULL
+///   (drivers reflect columns with subqueries into `pg_attrdef`, `pg_collation` and
+///   `pg_sequence`, which DataFusion cannot decorrelate; scoreland's tables have nothing
+///   there), keeping its bound parameters in the statement so that the others keep their
+///   numbers and types;
+/// - `LIKE … ESCAPE 'c'` with another escape than the backslash becomes `LIKE like_escape(…,
+///   'c')` (SQLAlchemy lists schemas with `ESCAPE '/'`);
+/// - `generate_subscripts(a, 1)` becomes `unnest(generate_series(1, array_length(a, 1)))`;
+/// - `information_schema._pg_expandarray(a)` (JDBC's key columns) becomes
+///   `unnest(_pg_expandarray(a))`, the same rows of `(x, n)`;
+/// - `(composite).field` becomes `get_field(composite, 'field')`.
+pub(crate) fn rewrite(statement: &Statement) -> Option<Statement> {
+    let mut rewritten = statement.clone();
+    let mut changed = false;
+    if !crate::subqueries::reads_data_tables(statement) {
+        let _ = visit_expressions_mut(&mut rewritten, |e| {
+            if let Expr::Subquery(q) = e
+                && crate::subqueries::looks_correlated(q).1
+            {
+                *e = null_keeping_parameters(e);
+                changed = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    let _ = visit_expressions_mut(&mut rewritten, |e| {
+        changed |= rewrite_expr(e);
+        ControlFlow::<()>::Continue(())
+    });
+    changed.then_some(rewritten)
+}
+
+/// One expression's rewrite (see [`rewrite`]); says whether it changed.
+fn rewrite_expr(e: &mut Expr) -> bool {
+    match e {
+        Expr::Like {
+            pattern,
+            escape_char: escape @ Some(_),
+            ..
+        }
+        | Expr::ILike {
+            pattern,
+            escape_char: escape @ Some(_),
+            ..
+        } => {
+            let Some(Value::SingleQuotedString(c)) = escape.as_ref().map(|v| v.value.clone())
+            else {
+                return false;
+            };
+            if c == "\\" {
+                return false;
+            }
+            let p = std::mem::replace(pattern.as_mut(), Expr::value(Value::Null));
+            **pattern = call(
+                "like_escape",
+                vec![p, Expr::value(Value::SingleQuotedString(c))],
+            );
+            *escape = None;
+            true
+        }
+        // `(composite).field`, which DataFusion plans only on a column: `get_field`.
+        Expr::CompoundFieldAccess { root, access_chain }
+            if matches!(root.as_ref(), Expr::Nested(_))
+                && access_chain
+                    .iter()
+                    .all(|a| matches!(a, AccessExpr::Dot(Expr::Identifier(_)))) =>
+        {
+            let Expr::Nested(inner) = root.as_ref() else {
+                return false;
+            };
+            // `(_pg_expandarray(a)).x` and `.n` (already `unnest(_pg_expandarray(a))`):
+            // the elements and their positions, unnested alike.
+            if let (Some(array), [AccessExpr::Dot(Expr::Identifier(field))]) =
+                (expanded_array(inner), access_chain.as_slice())
+            {
+                let elements = match field.value.to_ascii_lowercase().as_str() {
+                    "x" => array,
+                    "n" => call(
+                        "generate_series",
+                        vec![
+                            Expr::value(Value::Number("1".into(), false)),
+                            call("array_length", vec![array]),
+                        ],
+                    ),
+                    _ => return false,
+                };
+                *e = call("unnest", vec![elements]);
+                return true;
+            }
+            let mut out = inner.as_ref().clone();
+            for access in access_chain.iter() {
+                if let AccessExpr::Dot(Expr::Identifier(field)) = access {
+                    let name = Value::SingleQuotedString(field.value.clone());
+                    out = call("get_field", vec![out, Expr::value(name)]);
+                }
+            }
+            *e = out;
+            true
+        }
+        Expr::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let args = plain_args(f);
+            match (name.as_str(), args.as_slice()) {
+                ("generate_subscripts" | "pg_catalog.generate_subscripts", [array, dim]) => {
+                    let length = call("array_length", vec![(*array).clone(), (*dim).clone()]);
+                    let series = call(
+                        "generate_series",
+                        vec![Expr::value(Value::Number("1".into(), false)), length],
+                    );
+                    *e = call("unnest", vec![series]);
+                    true
+                }
+                ("information_schema._pg_expandarray", [array]) => {
+                    *e = call(
+                        "unnest",
+                        vec![call("_pg_expandarray", vec![(*array).clone()])],
+                    );
+                    true
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// `a` of `unnest(_pg_expandarray(a))`, or of `information_schema._pg_expandarray(a)`.
+fn expanded_array(e: &Expr) -> Option<Expr> {
+    let Expr::Function(unnest) = e else {
+        return None;
+    };
+    if unnest.name.to_string() == "information_schema._pg_expandarray" {
+        return match plain_args(unnest).as_slice() {
+            [array] => Some((*array).clone()),
+            _ => None,
+        };
+    }
+    let outer = plain_args(unnest);
+    let [Expr::Function(expand)] = outer.as_slice() else {
+        return None;
+    };
+    let inner = plain_args(expand);
+    let [array] = inner.as_slice() else {
+        return None;
+    };
+    (unnest.name.to_string() == "unnest" && expand.name.to_string() == "_pg_expandarray")
+        .then(|| (*array).clone())
+}
+
+/// The positional arguments of a plain function call (no `DISTINCT`, `ORDER BY` or names).
+fn plain_args(f: &Function) -> Vec<&Expr> {
+    let FunctionArguments::List(list) = &f.args else {
+        return Vec::new();
+    };
+    if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
+        return Vec::new();
+    }
+    list.args
+        .iter()
+        .map_while(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// NULL in place of `e`, with `e`'s bound parameters still in the statement: `CASE WHEN p1
+/// IS NULL AND … THEN NULL END`, each parameter with the cast it had (so its type is the
+/// one the client was told).
+fn null_keeping_parameters(e: &Expr) -> Expr {
+    let mut kept: Vec<Expr> = Vec::new();
+    let _ = visit_expressions(e, |x| {
+        let typed = match x {
+            Expr::Cast { expr, .. } if is_placeholder(expr) => Some(x.clone()),
+            x if is_placeholder(x) => Some(x.clone()),
+            _ => None,
+        };
+        if let Some(t) = typed
+            && !kept.iter().any(|k| k == &t || is_cast_of(k, &t))
+        {
+            kept.push(t);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let null = Expr::value(Value::Null);
+    let Some(condition) = kept
+        .into_iter()
+        .map(|p| Expr::IsNull(Box::new(p)))
+        .reduce(|a, b| Expr::BinaryOp {
+            left: Box::new(a),
+            op: BinaryOperator::And,
+            right: Box::new(b),
+        })
+    else {
+        return null;
+    };
+    Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions: vec![datafusion::sql::sqlparser::ast::CaseWhen {
+            condition,
+            result: null,
+        }],
+        else_result: None,
+    }
+}
+
+fn is_placeholder(e: &Expr) -> bool {
+    matches!(e, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)))
+}
+
+/// Whether `cast` is a cast of the placeholder `bare` (the bare one is then not kept twice).
+fn is_cast_of(cast: &Expr, bare: &Expr) -> bool {
+    matches!(cast, Expr::Cast { expr, .. } if expr.as_ref() == bare)
+}
+
+/// `version()` as drivers parse it (SQLAlchemy and Npgsql read the Postgres version from it).
+fn version_udf() -> ScalarUDF {
+    let text = format!(
+        "PostgreSQL 16.6 (scoreland {}, DataFusion {}; read-only)",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+/// The settings `current_setting(name)` answers (drivers read them on connect and when they
+/// reflect), with the values the server runs with.
+const SETTINGS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("default_transaction_read_only", "on"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("max_identifier_length", "63"),
+    ("max_index_keys", "32"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("standard_conforming_strings", "on"),
+    ("timezone", "UTC"),
+    ("transaction_read_only", "on"),
+];
+
+/// `current_setting(name [, missing_ok])`: one of [`SETTINGS`]; another name is Postgres'
+/// error, or NULL with `missing_ok`.
+fn current_setting_udf() -> ScalarUDF {
+    let answer = |name: &str, missing_ok: bool| -> Result<Option<String>> {
+        let lower = name.to_ascii_lowercase();
+        match SETTINGS.iter().find(|(n, _)| *n == lower) {
+            Some((_, v)) => Ok(Some(v.to_string())),
+            None if missing_ok => Ok(None),
+            None => Err(DataFusionError::Execution(format!(
+                "unrecognized configuration parameter \"{name}\""
+            ))),
+        }
+    };
+    let udf = move |args: &[ColumnarValue]| -> Result<ColumnarValue> {
+        let n = args
+            .iter()
+            .find_map(|a| match a {
+                ColumnarValue::Array(a) => Some(a.len()),
+                ColumnarValue::Scalar(_) => None,
+            })
+            .unwrap_or(1);
+        let names = datafusion::arrow::compute::cast(&args[0].to_array(n)?, &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let missing_ok = match args.get(1) {
+            Some(a) => {
+                let a = datafusion::arrow::compute::cast(&a.to_array(n)?, &DataType::Boolean)?;
+                Some(a.as_boolean().clone())
+            }
+            None => None,
+        };
+        let out: StringArray = (0..n)
+            .map(|i| {
+                if names.is_null(i) {
+                    return Ok(None);
+                }
+                let ok = missing_ok
+                    .as_ref()
+                    .is_some_and(|m| m.is_valid(i) && m.value(i));
+                answer(names.value(i), ok)
+            })
+            .collect::<Result<_>>()?;
+        Ok(
+            if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+            } else {
+                ColumnarValue::Array(Arc::new(out))
+            },
+        )
+    };
+    ScalarUDF::new_from_impl(CurrentSetting {
+        signature: Signature::one_of(
+            vec![
+                datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8]),
+                datafusion::logical_expr::TypeSignature::Exact(vec![
+                    DataType::Utf8,
+                    DataType::Boolean,
+                ]),
+            ],
+            Volatility::Stable,
+        ),
+        udf: Arc::new(udf),
+    })
+}
+
+type Fun = Arc<dyn Fn(&[ColumnarValue]) -> Result<ColumnarValue> + Send + Sync>;
+
+/// `current_setting`, of one or two arguments.
+struct CurrentSetting {
+    signature: Signature,
+    udf: Fun,
+}
+
+impl std::fmt::Debug for CurrentSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("current_setting")
+    }
+}
+
+impl PartialEq for CurrentSetting {
+    fn eq(&self, other: &Self) -> bool {
+        self.signature == other.signature
+    }
+}
+
+impl Eq for CurrentSetting {}
+
+impl std::hash::Hash for CurrentSetting {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.signature.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        (self.udf)(&args.args)
+    }
+}
+
+/// A function of any arguments with one answer.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Constant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl Constant {
+    fn udf(name: &'static str, value: ScalarValue) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Constant {
+            name,
+            value,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Constant {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// `like_escape(pattern, escape)`: the pattern with `escape` as its escape character
+/// rewritten to use the backslash, DataFusion's only one (as Postgres' own `like_escape`).
+fn like_escape_udf() -> ScalarUDF {
+    create_udf(
+        "like_escape",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let n = args
+                .iter()
+                .find_map(|a| match a {
+                    ColumnarValue::Array(a) => Some(a.len()),
+                    ColumnarValue::Scalar(_) => None,
+                })
+                .unwrap_or(1);
+            let patterns = args[0].to_array(n)?;
+            let escapes = args[1].to_array(n)?;
+            let (patterns, escapes) = (patterns.as_string::<i32>(), escapes.as_string::<i32>());
+            let out: StringArray = (0..n)
+                .map(|i| {
+                    if patterns.is_null(i) || escapes.is_null(i) {
+                        return Ok(None);
+                    }
+                    let mut escape = escapes.value(i).chars();
+                    match (escape.next(), escape.next()) {
+                        (None, _) => Ok(Some(patterns.value(i).replace('\\', "\\\\"))),
+                        (Some(c), None) => Ok(Some(to_backslash(patterns.value(i), c))),
+                        _ => Err(DataFusionError::Execution(
+                            "invalid escape string: it must be empty or one character".into(),
+                        )),
+                    }
+                })
+                .collect::<Result<_>>()?;
+            Ok(
+                if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+                    ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+                } else {
+                    ColumnarValue::Array(Arc::new(out))
+                },
+            )
+        }),
+    )
+}
+
+/// A LIKE pattern escaped with `escape`, escaped with the backslash instead.
+fn to_backslash(pattern: &str, escape: char) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == escape {
+            match chars.next() {
+                Some(next @ ('%' | '_')) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                Some('\\') => out.push_str("\\\\"),
+                Some(next) => out.push(next),
+                None => {}
+            }
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column reflection
+/// asks for one per identity column; scoreland's tables have none).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let n = args.number_rows;
+        let columns: Vec<_> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<Result<_>>()?;
+        let options = FormatOptions::default();
+        let formatters: Vec<_> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(n);
+        for row in 0..n {
+            let mut object = serde_json::Map::new();
+            for (k, v) in (0..columns.len() / 2).map(|p| (2 * p, 2 * p + 1)) {
+                let key = formatters[k].value(row).to_string();
+                let value = if columns[v].is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    let text = formatters[v].value(row).to_string();
+                    match columns[v].data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
+                        _ => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+                    }
+                };
+                object.insert(key, value);
+            }
+            out.push(Some(serde_json::Value::Object(object).to_string()));
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+    }
+}
+
+/// `_pg_expandarray(a)`: the elements of an integer array with their positions, as a list of
+/// `(x, n)` (information_schema's function returns them as rows; [`rewrite`] unnests it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+impl ExpandArray {
+    fn new() -> Self {
+        ExpandArray {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    fn fields() -> Fields {
+        Fields::from(vec![
+            Field::new("x", DataType::Int32, true),
+            Field::new("n", DataType::Int32, false),
+        ])
+    }
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        "_pg_expandarray"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Struct(Self::fields()), true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = args.args[0].to_array(args.number_rows)?;
+        let lists =
+            datafusion::arrow::compute::cast(&input, &DataType::new_list(DataType::Int32, true))?;
+        let lists = lists.as_list::<i32>();
+        let values = lists.values().as_primitive::<Int32Type>().clone();
+        // Positions line up with the values buffer, which may hold values no list refers to.
+        let mut positions = vec![0; values.len()];
+        for i in 0..lists.len() {
+            let (start, end) = (lists.value_offsets()[i], lists.value_offsets()[i + 1]);
+            for (n, at) in (start as usize..end as usize).enumerate() {
+                positions[at] = n as i32 + 1;
+            }
+        }
+        let rows = StructArray::try_new(
+            Self::fields(),
+            vec![Arc::new(values), Arc::new(Int32Array::from(positions))],
+            None,
+        )?;
+        let out = ListArray::try_new(
+            Arc::new(Field::new_list_field(
+                DataType::Struct(Self::fields()),
+                true,
+            )),
+            OffsetBuffer::new(lists.offsets().inner().clone()),
+            Arc::new(rows),
+            lists.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `to_regtype(name)`: the oid of a type by name, or NULL (psycopg and SQLAlchemy look types
+/// up with it on connect), from the static `pg_catalog.pg_type`.
+async fn to_regtype_udf(ctx: &SessionContext) -> Result<ScalarUDF> {
+    let batches = ctx
+        .sql("SELECT typname, oid FROM pg_catalog.pg_type")
+        .await?
+        .collect()
+        .await?;
+    let mut types = HashMap::new();
+    for b in &batches {
+        let names = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let oids = datafusion::arrow::compute::cast(b.column(1), &DataType::Int32)?;
+        let (names, oids) = (names.as_string::<i32>(), oids.as_primitive::<Int32Type>());
+        for i in 0..b.num_rows() {
+            types.insert(names.value(i).to_string(), oids.value(i));
+        }
+    }
+    let lookup = move |name: Option<&str>| {
+        let name = name?.trim().trim_matches('"');
+        types
+            .get(name.strip_prefix("pg_catalog.").unwrap_or(name))
+            .copied()
+    };
+    Ok(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(v) => {
+                    let name = match v {
+                        ScalarValue::Utf8(s)
+                        | ScalarValue::LargeUtf8(s)
+                        | ScalarValue::Utf8View(s) => s.as_deref(),
+                        _ => None,
+                    };
+                    ColumnarValue::Scalar(ScalarValue::Int32(lookup(name)))
+                }
+                ColumnarValue::Array(a) => {
+                    let a = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+                    let names = a.as_string::<i32>();
+                    let oids: Int32Array = (0..names.len())
+                        .map(|i| lookup(names.is_valid(i).then(|| names.value(i))))
+                        .collect();
+                    ColumnarValue::Array(Arc::new(oids))
+                }
+            })
+        }),
+    ))
+}
+
+/// The array columns of `pg_index` and `pg_constraint` (key columns, operator classes), which
+/// the static catalog holds as text, as integer arrays: SQLAlchemy unnests them.
+const ARRAY_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "pg_index",
+        &["indkey", "indcollation", "indclass", "indoption"],
+    ),
+    (
+        "pg_constraint",
+        &[
+            "conkey",
+            "confkey",
+            "conpfeqop",
+            "conppeqop",
+            "conffeqop",
+            "confdelsetcols",
+            "conexclop",
+        ],
+    ),
+];
+
+/// Puts `pg_catalog` behind [`TypedCatalog`], with the tables of [`ARRAY_COLUMNS`] converted.
+async fn typed_catalog(ctx: &SessionContext) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| DataFusionError::Plan("no catalog named datafusion".into()))?;
+    let inner = catalog
+        .schema("pg_catalog")
+        .ok_or_else(|| DataFusionError::Plan("no pg_catalog".into()))?;
+    let mut tables = HashMap::new();
+    for (table, columns) in ARRAY_COLUMNS {
+        let provider = inner
+            .table(table)
+            .await?
+            .ok_or_else(|| DataFusionError::Plan(format!("no pg_catalog.{table}")))?;
+        let batches = ctx.read_table(provider)?.collect().await?;
+        let converted = batches
+            .iter()
+            .map(|b| with_arrays(b, columns))
+            .collect::<Result<Vec<_>>>()?;
+        let schema = match converted.first() {
+            Some(b) => b.schema(),
+            None => continue,
+        };
+        let table_provider: Arc<dyn TableProvider> =
+            Arc::new(MemTable::try_new(schema, vec![converted])?);
+        tables.insert(table.to_string(), table_provider);
+    }
+    // `pg_class` is made per query (it lists the warehouse's tables as they come): a view
+    // over it, with the columns it lacks as NULLs.
+    let pg_class = inner
+        .table("pg_class")
+        .await?
+        .ok_or_else(|| DataFusionError::Plan("no pg_catalog.pg_class".into()))?;
+    let text_array = DataType::new_list(DataType::Utf8, true);
+    let mut columns: Vec<datafusion::prelude::Expr> = pg_class
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| datafusion::prelude::col(datafusion::common::Column::from_name(f.name())))
+        .collect();
+    for missing in ["relacl", "reloptions"] {
+        if pg_class.schema().field_with_name(missing).is_err() {
+            columns.push(
+                datafusion::prelude::cast(
+                    datafusion::prelude::lit(ScalarValue::Null),
+                    text_array.clone(),
+                )
+                .alias(missing),
+            );
+        }
+    }
+    let plan = ctx
+        .read_table(pg_class)?
+        .select(columns)?
+        .into_unoptimized_plan();
+    let view: Arc<dyn TableProvider> =
+        Arc::new(datafusion::catalog::view::ViewTable::new(plan, None));
+    tables.insert("pg_class".to_string(), view);
+    catalog.register_schema("pg_catalog", Arc::new(TypedCatalog { inner, tables }))?;
+    Ok(())
+}
+
+/// `batch` with `columns` parsed from text (`1 2`, `[1, 2]`, `{1,2}`) into integer lists:
+/// int2 for key positions and options, int4 (oids) for the others.
+fn with_arrays(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        if !columns.contains(&field.name().as_str()) || !matches!(field.data_type(), DataType::Utf8)
+        {
+            fields.push(field.as_ref().clone());
+            arrays.push(array.clone());
+            continue;
+        }
+        let small = matches!(
+            field.name().as_str(),
+            "indkey" | "indoption" | "conkey" | "confkey" | "confdelsetcols"
+        );
+        let text = array.as_string::<i32>();
+        let numbers = |i: usize| {
+            text.value(i)
+                .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<i64>().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let list: ArrayRef = if small {
+            let mut b = ListBuilder::new(Int16Builder::new());
+            for i in 0..text.len() {
+                if text.is_null(i) {
+                    b.append_null();
+                } else {
+                    b.append_value(numbers(i).into_iter().map(|v| Some(v as i16)));
+                }
+            }
+            Arc::new(b.finish())
+        } else {
+            let mut b = ListBuilder::new(Int32Builder::new());
+            for i in 0..text.len() {
+                if text.is_null(i) {
+                    b.append_null();
+                } else {
+                    b.append_value(numbers(i).into_iter().map(|v| Some(v as i32)));
+                }
+            }
+            Arc::new(b.finish())
+        };
+        fields.push(Field::new(field.name(), list.data_type().clone(), true));
+        arrays.push(list);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// `pg_catalog` with some of its tables replaced.
+#[derive(Debug)]
+struct TypedCatalog {
+    inner: Arc<dyn SchemaProvider>,
+    tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for TypedCatalog {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.tables.get(name) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.inner.table(name).await,
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    use super::{rewrite, to_backslash};
+
+    fn rewritten(sql: &str) -> String {
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&statement).map_or_else(|| "unchanged".into(), |s| s.to_string())
+    }
+
+    #[test]
+    fn like_patterns_move_to_the_backslash() {
+        assert_eq!(to_backslash("pg/_%", '/'), "pg\\_%");
+        assert_eq!(to_backslash("a//b", '/'), "a/b");
+        assert_eq!(to_backslash("50!%", '!'), "50\\%");
+        assert_eq!(to_backslash("c:\\x", '/'), "c:\\\\x");
+        assert_eq!(
+            rewritten(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE $1 || '%' ESCAPE '/'"
+            ),
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE like_escape($1 || '%', '/')"
+        );
+        assert_eq!(
+            rewritten("SELECT 1 WHERE 'a' LIKE 'a' ESCAPE '\\'"),
+            "unchanged"
+        );
+    }
+
+    #[test]
+    fn catalog_subqueries_become_null_and_keep_their_parameters() {
+        let sql = "SELECT a.attname, CASE WHEN a.attidentity != $1::VARCHAR THEN (SELECT s.seqstart \
+                   FROM pg_catalog.pg_sequence s WHERE a.attidentity != $2::VARCHAR AND s.seqrelid = a.attrelid) \
+                   ELSE NULL END FROM pg_catalog.pg_attribute a WHERE a.attnum > $3::SMALLINT";
+        assert_eq!(
+            rewritten(sql),
+            "SELECT a.attname, CASE WHEN a.attidentity <> $1::VARCHAR THEN CASE WHEN $2::VARCHAR IS NULL \
+             THEN NULL END ELSE NULL END FROM pg_catalog.pg_attribute a WHERE a.attnum > $3::SMALLINT"
+        );
+        // Over the warehouse's tables nothing is nulled (subqueries.rs refuses what must be).
+        assert_eq!(
+            rewritten("SELECT (SELECT max(t.score) FROM scores t WHERE t.id = s.id) FROM scores s"),
+            "unchanged"
+        );
+    }
+
+    #[test]
+    fn set_returning_catalog_functions_become_unnest() {
+        assert_eq!(
+            rewritten("SELECT generate_subscripts(i.indkey, 1) AS ord FROM pg_catalog.pg_index i"),
+            "SELECT unnest(generate_series(1, array_length(i.indkey, 1))) AS ord FROM pg_catalog.pg_index i"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i"
+            ),
+            "SELECT unnest(generate_series(1, array_length(i.indkey))) FROM pg_catalog.pg_index i"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT information_schema._pg_expandarray(i.indkey) AS keys FROM pg_catalog.pg_index i"
+            ),
+            "SELECT unnest(_pg_expandarray(i.indkey)) AS keys FROM pg_catalog.pg_index i"
+        );
+        assert_eq!(
+            rewritten("SELECT (r.keys).x FROM r"),
+            "SELECT get_field(r.keys, 'x') FROM r"
+        );
+    }
+}
