@@ -45,9 +45,14 @@ install() {
     venv-clients/bin/pip install -q -r "$lock"
     touch "venv-clients/.complete-$stamp"
   fi
-  # psql, and headless Chromium for the report's rendering test, from Debian.
+  # psql, Java with the PostgreSQL JDBC driver, psqlODBC under unixODBC (pyodbc loads
+  # libodbc.so.2), and headless Chromium for the report's rendering test, from Debian.
   local missing=()
   command -v psql > /dev/null || missing+=(postgresql-client)
+  command -v java > /dev/null || missing+=(default-jdk-headless)
+  [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+  grep -qs '^\[PostgreSQL Unicode\]' /etc/odbcinst.ini || missing+=(odbc-postgresql)
+  command -v odbcinst > /dev/null || missing+=(unixodbc)
   command -v chromium > /dev/null || missing+=(chromium)
   command -v openssl > /dev/null || missing+=(openssl)
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
@@ -154,7 +159,7 @@ lock_clients() {
   local tmp
   tmp=$(mktemp -d)
   python3 -m venv "$tmp/venv"
-  "$tmp/venv/bin/pip" install -q 'psycopg[binary]' psycopg2-binary sqlalchemy pandas
+  "$tmp/venv/bin/pip" install -q 'psycopg[binary]' psycopg2-binary sqlalchemy pandas pyodbc
   { sed -n '1,2p' "$ROOT/tests/clients/requirements.lock"; "$tmp/venv/bin/pip" freeze; } > "$tmp/lock"
   mv "$tmp/lock" "$ROOT/tests/clients/requirements.lock"
   rm -rf "$tmp"

@@ -37,8 +37,9 @@ if ! "$SCORELAND_SVC_DIR/venv-delta/bin/python" tests/readers/read_landed.py "$R
   exit 1
 fi
 
-# `scoreland serve` with real Postgres clients (psql, psycopg 3, SQLAlchemy through psycopg2,
-# pandas) on the same warehouse, checked against `scoreland sql`; ends with a bounded load test.
+# `scoreland serve` with real Postgres clients (psql, psycopg 3, SQLAlchemy over psycopg2 and
+# psycopg 3, pandas, JDBC, psqlODBC) on the same warehouse, checked against `scoreland sql`;
+# ends with a bounded load test.
 cargo build --quiet -p scoreland
 BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/scoreland")
 if ! "$SCORELAND_SVC_DIR/venv-clients/bin/python" tests/clients/serve_clients.py \

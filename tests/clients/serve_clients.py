@@ -1,7 +1,7 @@
 """Real Postgres clients against `scoreland serve`: psql, psycopg 3 (extended protocol, bound
-parameters, TLS), SQLAlchemy reflection and pandas.read_sql (through psycopg2, Superset's
-driver); the server's login, read-only
-refusals, limits, connection cap, new nights and graceful shutdown. Every answer is compared
+parameters, TLS), SQLAlchemy reflection and pandas.read_sql (through psycopg2 and psycopg 3),
+the PostgreSQL JDBC driver (JdbcCheck.java) and psqlODBC through pyodbc; the server's login,
+read-only refusals, limits, connection cap, new nights and graceful shutdown. Every answer is compared
 with `scoreland sql` on the same warehouse. Run by scripts/test.sh after landing the demo:
 
     python serve_clients.py SCORELAND_BIN WAREHOUSE STAGING PIPELINE
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 
 import psycopg
 
@@ -163,6 +164,84 @@ try:
         check(f"{name}: pandas.read_sql_table(summary) rows", len(pandas.read_sql_table("summary", engine)),
               sql("SELECT count(*) AS n FROM summary")[0]["n"])
         engine.dispose()
+
+    # What JDBC (Tableau, Metabase, DBeaver) and ODBC (Excel, Power BI) clients ask, each type
+    # bound as a parameter and read back, against scoreland sql.
+    score_date = sql(f"SELECT CAST(min(score_date) AS VARCHAR) AS d FROM scores WHERE identity = '{identity}'")[0]["d"]
+    row = sql("SELECT s.identity, s.score, s.percentile, CAST(s.score_date AS VARCHAR) AS score_date, "
+              "CAST(s.batch_created AS VARCHAR) AS batch_created, m.rows FROM scores s JOIN summary m "
+              f"ON s.model = m.model AND s.score_date = m.score_date WHERE s.identity = '{identity}' "
+              "ORDER BY s.model LIMIT 1")[0]
+    counts = sql(f"SELECT (SELECT count(*) FROM scores WHERE identity = '{identity}') AS text_param, "
+                 "(SELECT count(*) FROM scores WHERE score >= 0.5) AS double_param, "
+                 "(SELECT count(*) FROM scores WHERE percentile >= 50) AS integer_param, "
+                 f"(SELECT count(*) FROM scores WHERE score_date = DATE '{score_date}') AS date_param, "
+                 "(SELECT count(*) FROM scores) AS timestamptz_param, "
+                 "(SELECT count(*) FROM summary WHERE rows >= 1) AS bigint_param")[0]
+    # The scores table's columns as Postgres types (docs/serve.md: lists and structs as JSON text).
+    columns = [("model", "text"), ("identity", "text"), ("identity_namespace", "text"), ("score", "float8"),
+               ("probability", "float8"), ("percentile", "int4"), ("propensity_type", "text"), ("score_date", "date"),
+               ("influential_factors", "text"), ("record_id", "text"), ("batch_id", "text"),
+               ("batch_created", "timestamptz"), ("run_id", "text"), ("dataset_id", "text")]
+
+    jdbc_jar = "/usr/share/java/postgresql.jar"
+    r = subprocess.run(["java", "-cp", jdbc_jar, os.path.join(os.path.dirname(__file__), "JdbcCheck.java"),
+                        str(server.port), PASSWORD, identity, score_date], capture_output=True, text=True, timeout=300)
+    jdbc = json.loads(r.stdout) if r.returncode == 0 else {}
+    check("JDBC: the program ran", (r.returncode, r.stderr[-2000:]), (0, ""))
+    with zipfile.ZipFile(jdbc_jar) as jar:
+        version = re.search(r"Implementation-Version: (\S+)", jar.read("META-INF/MANIFEST.MF").decode())
+    jdbc_name = f"JDBC {version.group(1) if version else '(version unknown)'}"
+    check(f"{jdbc_name}: getSchemas, getTables", (jdbc.get("schemas"), jdbc.get("tables")),
+          (["pg_catalog", "public"], ["drift", "scores", "summary"]))
+    check(f"{jdbc_name}: getColumns(scores) names and types",
+          [tuple(c.split(":")[:2]) for c in jdbc.get("columns", [])], columns)
+    check(f"{jdbc_name}: getPrimaryKeys, getImportedKeys, getIndexInfo: none",
+          (jdbc.get("primary_keys"), jdbc.get("imported_keys"), jdbc.get("index_info")), ([], [], []))
+    check(f"{jdbc_name}: getTypeInfo answers", isinstance(jdbc.get("type_info"), int) and jdbc["type_info"] > 0, True)
+    for kind in ["text", "double", "integer", "date", "timestamptz", "bigint"]:
+        check(f"{jdbc_name}: one {kind} parameter", jdbc.get(f"{kind}_param"), counts[f"{kind}_param"])
+    typed = jdbc.get("typed_row", {})
+    check(f"{jdbc_name}: each type read back",
+          (typed.get("identity"), typed.get("score"), typed.get("percentile"), typed.get("score_date"),
+           typed.get("batch_created_utc", "")[:19], typed.get("rows")),
+          (row["identity"], row["score"], row["percentile"], row["score_date"], row["batch_created"][:19], row["rows"]))
+    check(f"{jdbc_name}: a server-side cursor (setFetchSize 500) reads every row", jdbc.get("cursor_rows"),
+          counts["timestamptz_param"])
+
+    import datetime
+    import pyodbc
+    odbc_dsn = (f"DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={server.port};DATABASE=datafusion;"
+                f"UID=scoreland;PWD={{{PASSWORD}}};")
+    with pyodbc.connect(odbc_dsn, timeout=10) as conn:
+        odbc_name = f"psqlODBC {conn.getinfo(pyodbc.SQL_DRIVER_VER)} (pyodbc {pyodbc.version})"
+        cur = conn.cursor()
+        check(f"{odbc_name}: SQLTables", sorted(r.table_name for r in cur.tables(schema="public", tableType="TABLE")),
+              ["drift", "scores", "summary"])
+        check(f"{odbc_name}: SQLTables lists the schemas",
+              [r.table_schem for r in cur.tables(catalog="", schema="%", table="", tableType="")], ["public"])
+        check(f"{odbc_name}: SQLColumns(scores) names and types",
+              [(r.column_name, r.type_name) for r in cur.columns(table="scores", schema="public")], columns)
+        check(f"{odbc_name}: SQLPrimaryKeys, SQLForeignKeys, SQLStatistics: none",
+              (list(cur.primaryKeys("scores", schema="public")), list(cur.foreignKeys("scores", schema="public")),
+               list(cur.foreignKeys(foreignTable="scores", foreignSchema="public")),
+               list(cur.statistics("scores", schema="public"))), ([], [], [], []))
+        check(f"{odbc_name}: SQLGetTypeInfo answers", len(cur.getTypeInfo().fetchall()) > 0, True)
+        params = {"text": ("SELECT count(*) FROM scores WHERE identity = ?", identity),
+                  "double": ("SELECT count(*) FROM scores WHERE score >= ?", 0.5),
+                  "integer": ("SELECT count(*) FROM scores WHERE percentile >= ?", 50),
+                  "date": ("SELECT count(*) FROM scores WHERE score_date = ?", datetime.date.fromisoformat(score_date)),
+                  "timestamptz": ("SELECT count(*) FROM scores WHERE batch_created <= ?", datetime.datetime.now()),
+                  "bigint": ('SELECT count(*) FROM summary WHERE "rows" >= ?', 1)}
+        for kind, (query, value) in params.items():
+            check(f"{odbc_name}: one {kind} parameter", cur.execute(query, value).fetchone()[0], counts[f"{kind}_param"])
+        got = cur.execute('SELECT s.identity, s.score, s.percentile, s.score_date, s.batch_created, m."rows" '
+                          "FROM scores s JOIN summary m ON s.model = m.model AND s.score_date = m.score_date "
+                          "WHERE s.identity = ? ORDER BY s.model LIMIT 1", identity).fetchone()
+        check(f"{odbc_name}: each type read back",
+              (got[0], got[1], got[2], got[3].isoformat(), got[4].isoformat()[:19], got[5]),
+              (row["identity"], row["score"], row["percentile"], row["score_date"], row["batch_created"][:19],
+               row["rows"]))
 
     # Limits: a query over the memory limit, or the timeout, fails alone.
     with psycopg.connect(server.dsn()) as a, psycopg.connect(server.dsn()) as b:

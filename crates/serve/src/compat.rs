@@ -9,17 +9,17 @@
 //! indexes or constraints; where a client asks for one of those, NULL or no row is the true
 //! answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int16Builder, Int32Array, Int32Builder, ListArray, ListBuilder,
-    RecordBatch, StringArray, StructArray,
+    RecordBatch, StringArray, StructArray, new_null_array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
@@ -27,12 +27,16 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::DataType as SqlType;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
-    AccessExpr, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, ObjectName, ObjectNamePart, Statement, Value, visit_expressions,
-    visit_expressions_mut,
+    AccessExpr, BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem,
+    SetExpr, Statement, TableAliasColumnDef, TableFactor, Value, ValueWithSpan, VisitMut,
+    VisitorMut, visit_expressions, visit_expressions_mut, visit_relations_mut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::ServeError;
 
@@ -45,6 +49,9 @@ pub(crate) async fn register(ctx: &SessionContext) -> Result<(), ServeError> {
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray::new()));
     ctx.register_udf(like_escape_udf());
+    ctx.register_udf(ScalarUDF::new_from_impl(Format {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    }));
     ctx.register_udf(current_setting_udf());
     // Every type and collation is visible: the server has one schema search path.
     for name in ["pg_type_is_visible", "pg_collation_is_visible"] {
@@ -72,19 +79,47 @@ pub(crate) async fn register(ctx: &SessionContext) -> Result<(), ServeError> {
 /// - `LIKE … ESCAPE 'c'` with another escape than the backslash becomes `LIKE like_escape(…,
 ///   'c')` (SQLAlchemy lists schemas with `ESCAPE '/'`);
 /// - `generate_subscripts(a, 1)` becomes `unnest(generate_series(1, array_length(a, 1)))`;
-/// - `information_schema._pg_expandarray(a)` (JDBC's key columns) becomes
-///   `unnest(_pg_expandarray(a))`, the same rows of `(x, n)`;
-/// - `(composite).field` becomes `get_field(composite, 'field')`.
+/// - `information_schema._pg_expandarray(a)` (JDBC's key columns; the parser has stripped the
+///   schema by the time it reaches us) becomes `unnest(_pg_expandarray_list(a))`, the same
+///   rows of `(x, n)`;
+/// - `'pg_catalog.name'::regproc`, which the parser made a lookup of that whole text in
+///   `pg_proc`, looks up `name` (the first of its overloads);
+/// - `(composite).field` becomes `get_field(composite, 'field')`;
+/// - `information_schema.columns`, `views`, `table_constraints`, `key_column_usage` and
+///   `referential_constraints` are read from [`CATALOG_VIEWS`], with Postgres' columns;
+/// - a function in `FROM` under a bare alias reads as in Postgres ([`from_function`]); in a
+///   select list, `generate_series` is rows, and repeated unnamed items get distinct names;
+/// - `'x'::name` is text, and the unquoted keyword `user` is `session_user()`;
+/// - in a statement that reads only the catalog, a boolean catalog column compared with a
+///   string (psqlODBC's `i.indisprimary = 't'`) is compared with the boolean the string spells.
 pub(crate) fn rewrite(statement: &Statement) -> Option<Statement> {
     let mut rewritten = statement.clone();
     let mut changed = false;
     if !crate::subqueries::reads_data_tables(statement) {
         let _ = visit_expressions_mut(&mut rewritten, |e| {
-            if let Expr::Subquery(q) = e
-                && crate::subqueries::looks_correlated(q).1
-            {
-                *e = null_keeping_parameters(e);
-                changed = true;
+            match e {
+                Expr::Subquery(q) if crate::subqueries::looks_correlated(q).1 => {
+                    *e = null_keeping_parameters(e);
+                    changed = true;
+                }
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq | BinaryOperator::NotEq,
+                    right,
+                } => {
+                    if is_boolean_column(left)
+                        && let Some(b) = spelled_boolean(right)
+                    {
+                        **right = Expr::value(Value::Boolean(b));
+                        changed = true;
+                    } else if is_boolean_column(right)
+                        && let Some(b) = spelled_boolean(left)
+                    {
+                        **left = Expr::value(Value::Boolean(b));
+                        changed = true;
+                    }
+                }
+                _ => {}
             }
             ControlFlow::<()>::Continue(())
         });
@@ -93,7 +128,157 @@ pub(crate) fn rewrite(statement: &Statement) -> Option<Statement> {
         changed |= rewrite_expr(e);
         ControlFlow::<()>::Continue(())
     });
+    let _ = visit_relations_mut(&mut rewritten, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| {
+                p.as_ident()
+                    .map_or_else(|| p.to_string(), |i| i.value.clone())
+            })
+            .collect();
+        if let [.., schema, table] = parts.as_slice()
+            && parts.len() <= 3
+            && schema.eq_ignore_ascii_case("information_schema")
+            && INFORMATION_SCHEMA_VIEWS.contains(&table.to_ascii_lowercase().as_str())
+        {
+            *name = ObjectName::from(vec![
+                Ident::new("pg_catalog"),
+                Ident::new(format!("information_schema_{}", table.to_ascii_lowercase())),
+            ]);
+            changed = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut projections = Projections { changed: false };
+    let _ = rewritten.visit(&mut projections);
+    changed |= projections.changed;
     changed.then_some(rewritten)
+}
+
+/// A function in `FROM` under a bare alias, as Postgres reads it (Grafana's
+/// `FROM generate_series(…) AS i, string_to_array(…) s`): the alias also names its column, and
+/// a function returning one value is one row. Says whether it changed.
+fn from_function(factor: &mut TableFactor) -> bool {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias: Some(alias),
+        ..
+    } = factor
+    else {
+        return false;
+    };
+    if !alias.columns.is_empty() {
+        return false;
+    }
+    let function = name.to_string().to_ascii_lowercase();
+    match function.as_str() {
+        "generate_series" | "pg_catalog.generate_series" => {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+            true
+        }
+        "string_to_array" | "current_schemas" | "parse_ident" => {
+            let args: Vec<String> = args.args.iter().map(|a| a.to_string()).collect();
+            let sql = format!("SELECT {name}({}) AS {}", args.join(", "), alias.name);
+            let Ok(Statement::Query(subquery)) =
+                Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut s| s.remove(0))
+            else {
+                return false;
+            };
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery,
+                alias: Some(alias.clone()),
+                sample: None,
+            };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The select lists' rewrite (see [`rewrite`]).
+struct Projections {
+    changed: bool,
+}
+
+impl VisitorMut for Projections {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        for twj in select.from.iter_mut() {
+            for factor in std::iter::once(&mut twj.relation)
+                .chain(twj.joins.iter_mut().map(|j| &mut j.relation))
+            {
+                self.changed |= from_function(factor);
+            }
+        }
+        let mut names = HashSet::new();
+        for (position, item) in select.projection.iter_mut().enumerate() {
+            let expr = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => continue,
+            };
+            // `generate_series(a, b)` in a select list is a set of rows in Postgres and a list
+            // in DataFusion: unnested, it is the rows (psqlODBC's foreign keys).
+            if let Expr::Function(f) = expr
+                && f.name.to_string().eq_ignore_ascii_case("generate_series")
+            {
+                *expr = call("unnest", vec![expr.clone()]);
+                self.changed = true;
+            }
+            // Two unnamed items of one text (`SELECT NULL, nspname, NULL`): Postgres names both
+            // `?column?`; DataFusion wants distinct names, so the later ones get one.
+            if let SelectItem::UnnamedExpr(e) = item
+                && !names.insert(e.to_string())
+            {
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::new(format!("?column?{}", position + 1)),
+                };
+                self.changed = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The names of `pg_catalog`'s boolean columns (`indisprimary`, `attisdropped`, …), read from
+/// the catalog when the first server starts (it is the same for every server).
+static BOOLEAN_COLUMNS: OnceLock<HashSet<String>> = OnceLock::new();
+
+fn is_boolean_column(e: &Expr) -> bool {
+    let name = match e {
+        Expr::Identifier(i) => i,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => i,
+            None => return false,
+        },
+        _ => return false,
+    };
+    BOOLEAN_COLUMNS
+        .get()
+        .is_some_and(|names| names.contains(&name.value.to_ascii_lowercase()))
+}
+
+/// The boolean a string literal spells as Postgres reads it (`'t'`, `'false'`, `'on'`, …).
+fn spelled_boolean(e: &Expr) -> Option<bool> {
+    let Expr::Value(ValueWithSpan {
+        value: Value::SingleQuotedString(s),
+        ..
+    }) = e
+    else {
+        return None;
+    };
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 /// One expression's rewrite (see [`rewrite`]); says whether it changed.
@@ -163,8 +348,53 @@ fn rewrite_expr(e: &mut Expr) -> bool {
             *e = out;
             true
         }
+        // The keyword `user` (parsed as a call without parentheses) is the session's user, as
+        // `current_user` is to the parser (Grafana's search path).
+        Expr::Function(f)
+            if matches!(f.args, FunctionArguments::None)
+                && f.name.to_string().eq_ignore_ascii_case("user") =>
+        {
+            f.name = ObjectName::from(vec![Ident::new("session_user")]);
+            true
+        }
+        // `'x'::name`: Postgres' identifier type is text here.
+        Expr::Cast { data_type, .. } if is_name_type(data_type) => {
+            *data_type = SqlType::Text;
+            true
+        }
+        Expr::Subquery(q) => match regproc_name(q) {
+            Some(name) => {
+                let lookup = format!(
+                    "SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = '{}'",
+                    name.replace('\'', "''")
+                );
+                match Parser::parse_sql(&PostgreSqlDialect {}, &lookup).map(|mut s| s.remove(0)) {
+                    Ok(Statement::Query(query)) => {
+                        *q = query;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            None => false,
+        },
         Expr::Function(f) => {
             let name = f.name.to_string().to_ascii_lowercase();
+            // No comments: NULL, whatever the arguments would evaluate to (Metabase passes
+            // `format('%I.%I', …)::regclass`, which DataFusion cannot cast).
+            if matches!(
+                name.as_str(),
+                "col_description" | "obj_description" | "shobj_description"
+            ) {
+                *e = Expr::Cast {
+                    kind: CastKind::Cast,
+                    expr: Box::new(null_keeping_parameters(e)),
+                    data_type: SqlType::Text,
+                    array: false,
+                    format: None,
+                };
+                return true;
+            }
             let args = plain_args(f);
             match (name.as_str(), args.as_slice()) {
                 ("generate_subscripts" | "pg_catalog.generate_subscripts", [array, dim]) => {
@@ -176,11 +406,8 @@ fn rewrite_expr(e: &mut Expr) -> bool {
                     *e = call("unnest", vec![series]);
                     true
                 }
-                ("information_schema._pg_expandarray", [array]) => {
-                    *e = call(
-                        "unnest",
-                        vec![call("_pg_expandarray", vec![(*array).clone()])],
-                    );
+                ("information_schema._pg_expandarray" | "_pg_expandarray", [array]) => {
+                    *e = call("unnest", vec![call(EXPAND_ARRAY, vec![(*array).clone()])]);
                     true
                 }
                 _ => false,
@@ -190,12 +417,43 @@ fn rewrite_expr(e: &mut Expr) -> bool {
     }
 }
 
-/// `a` of `unnest(_pg_expandarray(a))`, or of `information_schema._pg_expandarray(a)`.
+/// Postgres' `name` (identifiers), `pg_catalog.name` too.
+fn is_name_type(t: &SqlType) -> bool {
+    matches!(t, SqlType::Custom(n, modifiers)
+        if modifiers.is_empty()
+            && matches!(n.to_string().to_ascii_lowercase().as_str(), "name" | "pg_catalog.name"))
+}
+
+/// `name` of the lookup datafusion-pg-catalog makes of `'pg_catalog.name'::regproc`,
+/// `(SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.name')`.
+fn regproc_name(q: &Query) -> Option<String> {
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    let Some(Expr::BinaryOp { right, .. }) = &select.selection else {
+        return None;
+    };
+    let Expr::Value(ValueWithSpan {
+        value: Value::SingleQuotedString(name),
+        ..
+    }) = right.as_ref()
+    else {
+        return None;
+    };
+    let lookup = format!("SELECT oid FROM pg_catalog.pg_proc WHERE proname = '{name}'");
+    let bare = name.strip_prefix("pg_catalog.")?;
+    (q.to_string() == lookup).then(|| bare.to_string())
+}
+
+/// `a` of `unnest(_pg_expandarray_list(a))`, or of `_pg_expandarray(a)`.
 fn expanded_array(e: &Expr) -> Option<Expr> {
     let Expr::Function(unnest) = e else {
         return None;
     };
-    if unnest.name.to_string() == "information_schema._pg_expandarray" {
+    if matches!(
+        unnest.name.to_string().as_str(),
+        "information_schema._pg_expandarray" | "_pg_expandarray"
+    ) {
         return match plain_args(unnest).as_slice() {
             [array] => Some((*array).clone()),
             _ => None,
@@ -209,7 +467,7 @@ fn expanded_array(e: &Expr) -> Option<Expr> {
     let [array] = inner.as_slice() else {
         return None;
     };
-    (unnest.name.to_string() == "unnest" && expand.name.to_string() == "_pg_expandarray")
+    (unnest.name.to_string() == "unnest" && expand.name.to_string() == EXPAND_ARRAY)
         .then(|| (*array).clone())
 }
 
@@ -527,6 +785,120 @@ fn like_escape_udf() -> ScalarUDF {
     )
 }
 
+/// `format(fmt, args…)`: Postgres' `%s` (text, NULL as empty), `%I` (an identifier, quoted
+/// when it needs to be), `%L` (a literal, NULL as `NULL`) and `%%` (Metabase builds type and
+/// table names with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Format {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Format {
+    fn name(&self) -> &str {
+        "format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let texts = args
+            .args
+            .iter()
+            .map(|a| {
+                Ok(datafusion::arrow::compute::cast(
+                    &a.to_array(n)?,
+                    &DataType::Utf8,
+                )?)
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let texts: Vec<&StringArray> = texts.iter().map(|a| a.as_string::<i32>()).collect();
+        let Some((format, values)) = texts.split_first() else {
+            return Err(DataFusionError::Plan(
+                "format() needs a format string".into(),
+            ));
+        };
+        let out: StringArray = (0..n)
+            .map(|i| {
+                if format.is_null(i) {
+                    return Ok(None);
+                }
+                let value = |k: usize| {
+                    values
+                        .get(k)
+                        .and_then(|v| (!v.is_null(i)).then(|| v.value(i)))
+                };
+                let mut out = String::new();
+                let (mut chars, mut next) = (format.value(i).chars(), 0);
+                while let Some(c) = chars.next() {
+                    if c != '%' {
+                        out.push(c);
+                        continue;
+                    }
+                    let spec = chars.next();
+                    if spec == Some('%') {
+                        out.push('%');
+                        continue;
+                    }
+                    if next >= values.len() {
+                        return Err(DataFusionError::Execution(
+                            "format(): too few arguments".into(),
+                        ));
+                    }
+                    let v = value(next);
+                    next += 1;
+                    match (spec, v) {
+                        (Some('s'), v) => out.push_str(v.unwrap_or("")),
+                        (Some('I'), Some(v)) => out.push_str(&quote_ident(v)),
+                        (Some('I'), None) => {
+                            return Err(DataFusionError::Execution(
+                                "format(): a NULL cannot be an identifier (%I)".into(),
+                            ));
+                        }
+                        (Some('L'), Some(v)) => {
+                            out.push('\'');
+                            out.push_str(&v.replace('\'', "''"));
+                            out.push('\'');
+                        }
+                        (Some('L'), None) => out.push_str("NULL"),
+                        (spec, _) => {
+                            return Err(DataFusionError::Execution(format!(
+                                "format(): unsupported conversion %{}",
+                                spec.map(String::from).unwrap_or_default()
+                            )));
+                        }
+                    }
+                }
+                Ok(Some(out))
+            })
+            .collect::<Result<_>>()?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `name` as Postgres' `quote_ident` writes it: bare when lower-case letters, digits and `_`
+/// (not starting with a digit), otherwise in double quotes with inner ones doubled.
+fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 /// A LIKE pattern escaped with `escape`, escaped with the backslash instead.
 fn to_backslash(pattern: &str, escape: char) -> String {
     let mut out = String::with_capacity(pattern.len());
@@ -614,8 +986,13 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
-/// `_pg_expandarray(a)`: the elements of an integer array with their positions, as a list of
-/// `(x, n)` (information_schema's function returns them as rows; [`rewrite`] unnests it).
+/// The name [`ExpandArray`] is registered under: not `_pg_expandarray`, so that [`rewrite`]
+/// never matches its own output.
+const EXPAND_ARRAY: &str = "_pg_expandarray_list";
+
+/// `_pg_expandarray_list(a)`: the elements of an integer array with their positions, as a list
+/// of `(x, n)` (information_schema's `_pg_expandarray` returns them as rows; [`rewrite`] makes
+/// it `unnest(_pg_expandarray_list(a))`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ExpandArray {
     signature: Signature,
@@ -638,7 +1015,7 @@ impl ExpandArray {
 
 impl ScalarUDFImpl for ExpandArray {
     fn name(&self) -> &str {
-        "_pg_expandarray"
+        EXPAND_ARRAY
     }
 
     fn signature(&self) -> &Signature {
@@ -762,6 +1139,20 @@ async fn typed_catalog(ctx: &SessionContext) -> Result<()> {
     let inner = catalog
         .schema("pg_catalog")
         .ok_or_else(|| DataFusionError::Plan("no pg_catalog".into()))?;
+    let mut booleans = HashSet::new();
+    for name in inner.table_names() {
+        if let Some(table) = inner.table(&name).await? {
+            booleans.extend(
+                table
+                    .schema()
+                    .fields()
+                    .iter()
+                    .filter(|f| f.data_type() == &DataType::Boolean)
+                    .map(|f| f.name().to_ascii_lowercase()),
+            );
+        }
+    }
+    let _ = BOOLEAN_COLUMNS.set(booleans);
     let mut tables = HashMap::new();
     for (table, columns) in ARRAY_COLUMNS {
         let provider = inner
@@ -812,8 +1203,210 @@ async fn typed_catalog(ctx: &SessionContext) -> Result<()> {
     let view: Arc<dyn TableProvider> =
         Arc::new(datafusion::catalog::view::ViewTable::new(plan, None));
     tables.insert("pg_class".to_string(), view);
+    // `pg_type`'s function columns as the oids of `pg_proc` (Npgsql joins `pg_proc` on them).
+    let mut procs = HashMap::new();
+    for batch in ctx
+        .sql("SELECT proname, min(oid) AS oid FROM pg_catalog.pg_proc GROUP BY proname")
+        .await?
+        .collect()
+        .await?
+    {
+        let batch = cast_columns(&batch, &[DataType::Utf8, DataType::Int32])?;
+        let (names, oids) = (
+            batch[0].as_string::<i32>(),
+            batch[1].as_primitive::<Int32Type>(),
+        );
+        for i in 0..batch[0].len() {
+            procs.insert(names.value(i).to_string(), oids.value(i));
+        }
+    }
+    let pg_type = inner
+        .table("pg_type")
+        .await?
+        .ok_or_else(|| DataFusionError::Plan("no pg_catalog.pg_type".into()))?;
+    let batches = ctx
+        .read_table(pg_type)?
+        .collect()
+        .await?
+        .iter()
+        .map(|b| with_proc_oids(b, &procs))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(first) = batches.first() {
+        tables.insert(
+            "pg_type".to_string(),
+            Arc::new(MemTable::try_new(first.schema(), vec![batches])?),
+        );
+    }
+    let settings = inner
+        .table("pg_settings")
+        .await?
+        .ok_or_else(|| DataFusionError::Plan("no pg_catalog.pg_settings".into()))?;
+    tables.insert(
+        "pg_settings".to_string(),
+        settings_table(settings.schema())?,
+    );
+    for (name, sql) in CATALOG_VIEWS {
+        let plan = ctx.sql(sql).await?.into_unoptimized_plan();
+        let view: Arc<dyn TableProvider> = Arc::new(datafusion::catalog::view::ViewTable::new(
+            plan,
+            Some(sql.to_string()),
+        ));
+        tables.insert(name.to_string(), view);
+    }
     catalog.register_schema("pg_catalog", Arc::new(TypedCatalog { inner, tables }))?;
     Ok(())
+}
+
+/// What Postgres has and the static catalog lacks, as views: `pg_user` (no rows: `pg_roles` has
+/// none), and the parts of `information_schema` clients read that DataFusion's lacks, under
+/// names [`rewrite`] sends `information_schema.<name>` to. `columns` gains Postgres' type names
+/// (`data_type`, `udt_name`) from `pg_attribute`; the others have no rows, as scoreland's tables
+/// have no constraints.
+const CATALOG_VIEWS: &[(&str, &str)] = &[
+    (
+        "pg_user",
+        "SELECT rolname AS usename, oid AS usesysid, rolcreatedb AS usecreatedb, \
+         rolsuper AS usesuper, rolreplication AS userepl, rolbypassrls AS usebypassrls, \
+         '********' AS passwd, rolvaliduntil AS valuntil, rolconfig AS useconfig \
+         FROM pg_catalog.pg_roles WHERE rolcanlogin",
+    ),
+    (
+        "information_schema_columns",
+        "SELECT c.table_catalog, c.table_schema, c.table_name, c.column_name, \
+         c.ordinal_position, c.column_default, c.is_nullable, \
+         coalesce(format_type(a.atttypid, a.atttypmod), c.data_type) AS data_type, \
+         c.character_maximum_length, c.character_octet_length, c.numeric_precision, \
+         c.numeric_precision_radix, c.numeric_scale, c.datetime_precision, c.interval_type, \
+         CAST(NULL AS TEXT) AS interval_precision, \
+         CAST(NULL AS TEXT) AS character_set_catalog, CAST(NULL AS TEXT) AS character_set_schema, \
+         CAST(NULL AS TEXT) AS character_set_name, CAST(NULL AS TEXT) AS collation_catalog, \
+         CAST(NULL AS TEXT) AS collation_schema, CAST(NULL AS TEXT) AS collation_name, \
+         CAST(NULL AS TEXT) AS domain_catalog, CAST(NULL AS TEXT) AS domain_schema, \
+         CAST(NULL AS TEXT) AS domain_name, \
+         CASE WHEN t.typname IS NULL THEN NULL ELSE c.table_catalog END AS udt_catalog, \
+         CASE WHEN t.typname IS NULL THEN NULL ELSE 'pg_catalog' END AS udt_schema, \
+         t.typname AS udt_name, 'NO' AS is_self_referencing, 'NO' AS is_identity, \
+         CAST(NULL AS TEXT) AS identity_generation, 'NEVER' AS is_generated, \
+         CAST(NULL AS TEXT) AS generation_expression, 'NO' AS is_updatable \
+         FROM information_schema.columns c \
+         LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = c.table_schema \
+         LEFT JOIN pg_catalog.pg_class cl ON cl.relnamespace = n.oid AND cl.relname = c.table_name \
+         LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = cl.oid AND a.attname = c.column_name \
+         LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid",
+    ),
+    (
+        "information_schema_views",
+        "SELECT table_catalog, table_schema, table_name, definition AS view_definition, \
+         'NONE' AS check_option, 'NO' AS is_updatable, 'NO' AS is_insertable_into, \
+         'NO' AS is_trigger_updatable, 'NO' AS is_trigger_deletable, \
+         'NO' AS is_trigger_insertable_into FROM information_schema.views",
+    ),
+    (
+        "information_schema_table_constraints",
+        "SELECT CAST(NULL AS TEXT) AS constraint_catalog, CAST(NULL AS TEXT) AS constraint_schema, \
+         CAST(NULL AS TEXT) AS constraint_name, CAST(NULL AS TEXT) AS table_catalog, \
+         CAST(NULL AS TEXT) AS table_schema, CAST(NULL AS TEXT) AS table_name, \
+         CAST(NULL AS TEXT) AS constraint_type, CAST(NULL AS TEXT) AS is_deferrable, \
+         CAST(NULL AS TEXT) AS initially_deferred, CAST(NULL AS TEXT) AS enforced, \
+         CAST(NULL AS TEXT) AS nulls_distinct WHERE false",
+    ),
+    (
+        "information_schema_key_column_usage",
+        "SELECT CAST(NULL AS TEXT) AS constraint_catalog, CAST(NULL AS TEXT) AS constraint_schema, \
+         CAST(NULL AS TEXT) AS constraint_name, CAST(NULL AS TEXT) AS table_catalog, \
+         CAST(NULL AS TEXT) AS table_schema, CAST(NULL AS TEXT) AS table_name, \
+         CAST(NULL AS TEXT) AS column_name, CAST(NULL AS INT) AS ordinal_position, \
+         CAST(NULL AS INT) AS position_in_unique_constraint WHERE false",
+    ),
+    (
+        "information_schema_referential_constraints",
+        "SELECT CAST(NULL AS TEXT) AS constraint_catalog, CAST(NULL AS TEXT) AS constraint_schema, \
+         CAST(NULL AS TEXT) AS constraint_name, CAST(NULL AS TEXT) AS unique_constraint_catalog, \
+         CAST(NULL AS TEXT) AS unique_constraint_schema, \
+         CAST(NULL AS TEXT) AS unique_constraint_name, CAST(NULL AS TEXT) AS match_option, \
+         CAST(NULL AS TEXT) AS update_rule, CAST(NULL AS TEXT) AS delete_rule WHERE false",
+    ),
+];
+
+/// The `information_schema` tables [`CATALOG_VIEWS`] completes or adds.
+const INFORMATION_SCHEMA_VIEWS: &[&str] = &[
+    "columns",
+    "views",
+    "table_constraints",
+    "key_column_usage",
+    "referential_constraints",
+];
+
+/// `pg_type`'s `regproc` columns: Postgres keeps a function's oid there (0 for none), the
+/// static catalog its name (`-` for none).
+const REGPROC_COLUMNS: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+    "typsubscript",
+];
+
+/// `batch` with the [`REGPROC_COLUMNS`] that hold names as the oids `procs` gives them (0 for
+/// `-` or a name `pg_proc` lacks).
+fn with_proc_oids(batch: &RecordBatch, procs: &HashMap<String, i32>) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        let names = match array.as_string_opt::<i32>() {
+            Some(names) if REGPROC_COLUMNS.contains(&field.name().as_str()) => names,
+            _ => {
+                fields.push(field.as_ref().clone());
+                arrays.push(array.clone());
+                continue;
+            }
+        };
+        let oids: Int32Array = names
+            .iter()
+            .map(|n| n.map(|n| procs.get(n).copied().unwrap_or(0)))
+            .collect();
+        fields.push(Field::new(
+            field.name(),
+            DataType::Int32,
+            field.is_nullable(),
+        ));
+        arrays.push(Arc::new(oids));
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// The columns of `batch` cast to `types`.
+fn cast_columns(batch: &RecordBatch, types: &[DataType]) -> Result<Vec<ArrayRef>> {
+    batch
+        .columns()
+        .iter()
+        .zip(types)
+        .map(|(a, t)| Ok(datafusion::arrow::compute::cast(a, t)?))
+        .collect()
+}
+
+/// `pg_settings` with the rows of [`SETTINGS`] (JDBC reads `max_index_keys` there), in the
+/// library's columns: what a column says of a setting beyond its value is NULL.
+fn settings_table(schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    let text = |value: fn(&(&'static str, &'static str)) -> &'static str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(SETTINGS.iter().map(value)))
+    };
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "name" => text(|(name, _)| name),
+            "setting" | "reset_val" | "boot_val" => text(|(_, value)| value),
+            "source" => text(|_| "default"),
+            _ => new_null_array(f.data_type(), SETTINGS.len()),
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
 /// `batch` with `columns` parsed from text (`1 2`, `[1, 2]`, `{1,2}`) into integer lists:
@@ -878,7 +1471,9 @@ struct TypedCatalog {
 #[async_trait]
 impl SchemaProvider for TypedCatalog {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.push("pg_user".to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -889,7 +1484,7 @@ impl SchemaProvider for TypedCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        self.tables.contains_key(name) || self.inner.table_exist(name)
     }
 }
 
@@ -958,11 +1553,47 @@ mod tests {
             rewritten(
                 "SELECT information_schema._pg_expandarray(i.indkey) AS keys FROM pg_catalog.pg_index i"
             ),
-            "SELECT unnest(_pg_expandarray(i.indkey)) AS keys FROM pg_catalog.pg_index i"
+            "SELECT unnest(_pg_expandarray_list(i.indkey)) AS keys FROM pg_catalog.pg_index i"
+        );
+        // As it reaches the hook: datafusion-pg-catalog has stripped the schema.
+        assert_eq!(
+            rewritten(
+                "SELECT (_pg_expandarray(i.indkey)).n, _pg_expandarray(i.indkey) AS keys FROM pg_catalog.pg_index i"
+            ),
+            "SELECT unnest(generate_series(1, array_length(i.indkey))), \
+             unnest(_pg_expandarray_list(i.indkey)) AS keys FROM pg_catalog.pg_index i"
         );
         assert_eq!(
             rewritten("SELECT (r.keys).x FROM r"),
             "SELECT get_field(r.keys, 'x') FROM r"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_as_postgres_quotes_them() {
+        assert_eq!(super::quote_ident("scores"), "scores");
+        assert_eq!(super::quote_ident("Scores"), "\"Scores\"");
+        assert_eq!(super::quote_ident("a\"b c"), "\"a\"\"b c\"");
+        assert_eq!(super::quote_ident("1a"), "\"1a\"");
+    }
+
+    #[test]
+    fn qualified_regproc_lookups_find_the_function() {
+        assert_eq!(
+            rewritten(
+                "SELECT typinput = (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.array_in') FROM pg_catalog.pg_type"
+            ),
+            "SELECT typinput = (SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = 'array_in') FROM pg_catalog.pg_type"
+        );
+        assert_eq!(
+            rewritten("SELECT (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'array_in')"),
+            "unchanged"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'boolin' AND pronargs = 1)"
+            ),
+            "unchanged"
         );
     }
 }

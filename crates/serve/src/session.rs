@@ -3,6 +3,7 @@
 //! ([`crate::guard`]), and each query bounded by the timeout and stopped by a cancel request.
 
 use std::fmt::Debug;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr, Statement, Value, visit_expressions_mut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser as SqlParser;
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
@@ -387,10 +388,62 @@ struct ReadOnly {
     timeout: Duration,
 }
 
+/// A setting `SHOW` answers here rather than datafusion-postgres' hook (which answers the
+/// one-word `SHOW timezone`, Metabase's, as unsupported).
+#[derive(Clone, Copy)]
+enum Shown {
+    /// `transaction_read_only` or `default_transaction_read_only`: always `on`.
+    ReadOnly(&'static str),
+    /// The session's time zone (`SET TIME ZONE` keeps it), UTC by default.
+    TimeZone,
+}
+
+impl Shown {
+    fn parse(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> Option<Shown> {
+        let [name] = variable else { return None };
+        match name.value.to_ascii_lowercase().as_str() {
+            "transaction_read_only" => Some(Shown::ReadOnly("transaction_read_only")),
+            "default_transaction_read_only" => {
+                Some(Shown::ReadOnly("default_transaction_read_only"))
+            }
+            "timezone" => Some(Shown::TimeZone),
+            _ => None,
+        }
+    }
+
+    /// `SELECT '<value>' AS <column>`: the column is Postgres' name for the setting, never the
+    /// client's text; the value is a literal in the tree, never parsed.
+    fn statement<C: ClientInfo + ?Sized>(self, client: &C) -> PgWireResult<Statement> {
+        let (column, value) = match self {
+            Shown::ReadOnly(name) => (name.to_string(), "on".to_string()),
+            Shown::TimeZone => (
+                "\"TimeZone\"".to_string(),
+                // Where datafusion-postgres' `SET TIME ZONE` keeps it.
+                client
+                    .metadata()
+                    .get("timezone")
+                    .map_or("UTC", String::as_str)
+                    .to_string(),
+            ),
+        };
+        let mut statement =
+            SqlParser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT '' AS {column}"))
+                .map(|mut s| s.remove(0))
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let _ = visit_expressions_mut(&mut statement, |e| {
+            if let Expr::Value(v) = e {
+                v.value = Value::SingleQuotedString(value.clone());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        Ok(statement)
+    }
+}
+
 enum Answer {
     /// An answer of its own: a command tag, or one `SHOW` value.
     Tag(&'static str),
-    Show(String),
+    Show(Shown),
     /// The client's `statement_timeout` (`None`: the server's own).
     StatementTimeout(Option<Duration>),
     Refused(PgWireError),
@@ -406,14 +459,8 @@ impl ReadOnly {
             } => return Some(Answer::Tag("ROLLBACK")),
             // DataFusion's PREPARE is refused, so there is nothing to deallocate.
             Statement::Deallocate { .. } => return Some(Answer::Tag("DEALLOCATE")),
-            Statement::ShowVariable { variable }
-                if variable.len() == 1
-                    && matches!(
-                        variable[0].value.to_ascii_lowercase().as_str(),
-                        "transaction_read_only" | "default_transaction_read_only"
-                    ) =>
-            {
-                return Some(Answer::Show(variable[0].value.to_ascii_lowercase()));
+            Statement::ShowVariable { variable } if Shown::parse(variable).is_some() => {
+                return Shown::parse(variable).map(Answer::Show);
             }
             Statement::Set(set) => {
                 return match guard::set(set, self.timeout) {
@@ -468,14 +515,6 @@ impl ReadOnly {
     }
 }
 
-/// `SELECT 'on' AS <name>`: the one-row answer to a `SHOW` of a read-only setting (`name` is
-/// one of the two, never the client's text).
-fn show_on(name: &str) -> PgWireResult<Statement> {
-    SqlParser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT 'on' AS {name}"))
-        .map(|mut s| s.remove(0))
-        .map_err(|e| PgWireError::ApiError(Box::new(e)))
-}
-
 #[async_trait]
 impl QueryHook for ReadOnly {
     async fn handle_simple_query(
@@ -495,7 +534,7 @@ impl QueryHook for ReadOnly {
         &self,
         statement: &Statement,
         ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         if let Some(rewritten) = crate::compat::rewrite(statement) {
             return Some(guard::plan_read(ctx, &rewritten).await);
@@ -508,7 +547,7 @@ impl QueryHook for ReadOnly {
                 }))
             }
             Answer::Refused(e) => Err(e),
-            Answer::Show(name) => match show_on(&name) {
+            Answer::Show(shown) => match shown.statement(client) {
                 Ok(show) => guard::plan_read(ctx, &show).await,
                 Err(e) => Err(e),
             },
@@ -546,7 +585,7 @@ async fn respond(
             Ok(Response::Execution(Tag::new("SET")))
         }
         Answer::Refused(e) => Err(e),
-        Answer::Show(name) => execute(ctx, &show_on(&name)?, client).await,
+        Answer::Show(shown) => execute(ctx, &shown.statement(client)?, client).await,
     }
 }
 

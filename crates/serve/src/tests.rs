@@ -503,3 +503,61 @@ async fn a_scalar_subquery_of_many_rows_is_an_error() {
     );
     server.stop().await;
 }
+
+/// The start-up and catalog queries of Metabase, Npgsql and Grafana (testdata/client_startup.sql,
+/// each with its source), on both protocols: each is answered, with the same number of rows,
+/// and holds the value its `-- expect:` line names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_startup_queries_are_answered() {
+    let (_dir, server) = Running::small(|_| {}).await;
+    let client = server.connect().await.unwrap();
+    let file = include_str!("../testdata/client_startup.sql");
+    let statements: Vec<&str> = file.split("\n;;\n").collect();
+    assert!(statements.len() >= 20, "{} statements", statements.len());
+    for sql in &statements {
+        let source = sql
+            .lines()
+            .find_map(|l| l.strip_prefix("-- source: "))
+            .expect("every statement names its source");
+        let simple = match client.simple_query(sql).await {
+            Ok(messages) => messages,
+            Err(e) => panic!("{source}: simple protocol: {e:?}"),
+        };
+        let firsts: Vec<String> = simple
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+                _ => None,
+            })
+            .collect();
+        if let Some(want) = sql.lines().find_map(|l| l.strip_prefix("-- expect: ")) {
+            assert!(
+                firsts.iter().any(|f| f.contains(want)),
+                "{source}: no row holds {want:?}: {firsts:?}"
+            );
+        }
+        let extended = match client.query(*sql, &[]).await {
+            Ok(rows) => rows,
+            Err(e) => panic!("{source}: extended protocol: {e:?}"),
+        };
+        assert_eq!(
+            extended.len(),
+            firsts.len(),
+            "{source}: rows on each protocol"
+        );
+    }
+    // Npgsql sends its four type-loading statements as one simple query.
+    let npgsql: Vec<&str> = statements
+        .iter()
+        .filter(|s| s.contains("PostgresDatabaseInfo.cs"))
+        .copied()
+        .collect();
+    assert_eq!(npgsql.len(), 4);
+    let batch = client.simple_query(&npgsql.join("\n")).await.unwrap();
+    let completes = batch
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+        .count();
+    assert_eq!(completes, 4, "one answer per statement of Npgsql's batch");
+    server.stop().await;
+}
