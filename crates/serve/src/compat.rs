@@ -90,6 +90,7 @@ pub(crate) async fn register(ctx: &SessionContext) -> Result<(), ServeError> {
 /// - a function in `FROM` under a bare alias reads as in Postgres ([`from_function`]); in a
 ///   select list, `generate_series` is rows, and repeated unnamed items get distinct names;
 /// - `'x'::name` is text, and the unquoted keyword `user` is `session_user()`;
+/// - Grafana's search-path test, which the parser has made `IN ('')`, is `= current_schema()`;
 /// - in a statement that reads only the catalog, a boolean catalog column compared with a
 ///   string (psqlODBC's `i.indisprimary = 't'`) is compared with the boolean the string spells.
 pub(crate) fn rewrite(statement: &Statement) -> Option<Statement> {
@@ -118,6 +119,21 @@ pub(crate) fn rewrite(statement: &Statement) -> Option<Statement> {
                         **left = Expr::value(Value::Boolean(b));
                         changed = true;
                     }
+                }
+                // datafusion-pg-catalog replaces Grafana's search-path subquery with `''`
+                // (`quote_ident(table_schema) IN ('')`, so no table matched); the search path
+                // here is one schema.
+                Expr::InList {
+                    expr,
+                    list,
+                    negated: false,
+                } if is_grafana_search_path(expr, list) => {
+                    *e = Expr::BinaryOp {
+                        left: expr.clone(),
+                        op: BinaryOperator::Eq,
+                        right: Box::new(call("current_schema", vec![])),
+                    };
+                    changed = true;
                 }
                 _ => {}
             }
@@ -238,13 +254,33 @@ impl VisitorMut for Projections {
             {
                 *item = SelectItem::ExprWithAlias {
                     expr: e.clone(),
-                    alias: Ident::new(format!("?column?{}", position + 1)),
+                    alias: Ident::with_quote('"', format!("?column?{}", position + 1)),
                 };
                 self.changed = true;
             }
         }
         ControlFlow::Continue(())
     }
+}
+
+/// `quote_ident(table_schema) IN ('')`: what Grafana's search-path test becomes in the parser.
+fn is_grafana_search_path(expr: &Expr, list: &[Expr]) -> bool {
+    let [
+        Expr::Value(ValueWithSpan {
+            value: Value::SingleQuotedString(empty),
+            ..
+        }),
+    ] = list
+    else {
+        return false;
+    };
+    let Expr::Function(f) = expr else {
+        return false;
+    };
+    empty.is_empty()
+        && f.name.to_string().eq_ignore_ascii_case("quote_ident")
+        && matches!(plain_args(f).as_slice(),
+            [Expr::Identifier(c)] if c.value.eq_ignore_ascii_case("table_schema"))
 }
 
 /// The names of `pg_catalog`'s boolean columns (`indisprimary`, `attisdropped`, …), read from
@@ -1594,6 +1630,51 @@ mod tests {
                 "SELECT (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'boolin' AND pronargs = 1)"
             ),
             "unchanged"
+        );
+    }
+
+    #[test]
+    fn postgres_forms_of_odbc_jdbc_and_grafana_are_rewritten() {
+        // psqlODBC's foreign keys: rows from generate_series, `'x'::name` as text.
+        assert_eq!(
+            rewritten("SELECT 'datafusion'::name AS cat, generate_series(1, 3) AS i"),
+            "SELECT 'datafusion'::TEXT AS cat, unnest(generate_series(1, 3)) AS i"
+        );
+        // psqlODBC's SQLTables: repeated unnamed items get distinct names.
+        assert_eq!(
+            rewritten("SELECT NULL, nspname, NULL FROM pg_catalog.pg_namespace"),
+            "SELECT NULL, nspname, NULL AS \"?column?3\" FROM pg_catalog.pg_namespace"
+        );
+        // Grafana: functions under bare aliases in FROM, `user`, and the search path.
+        assert_eq!(
+            rewritten(
+                "SELECT s[i], user FROM generate_series(1, 2) AS i, string_to_array('a,b', ',') s"
+            ),
+            "SELECT s[i], session_user FROM generate_series(1, 2) AS i (i), \
+             (SELECT string_to_array('a,b', ',') AS s) s"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT table_name FROM information_schema.tables WHERE quote_ident(table_schema) IN ('')"
+            ),
+            "SELECT table_name FROM information_schema.tables WHERE quote_ident(table_schema) = current_schema()"
+        );
+        assert_eq!(
+            rewritten("SELECT count(*) FROM scores WHERE identity IN ('')"),
+            "unchanged"
+        );
+        // information_schema tables DataFusion lacks or has fewer columns of.
+        assert_eq!(
+            rewritten(
+                "SELECT udt_name FROM \"information_schema\".\"columns\" c JOIN information_schema.table_constraints t ON true"
+            ),
+            "SELECT udt_name FROM pg_catalog.information_schema_columns c \
+             JOIN pg_catalog.information_schema_table_constraints t ON true"
+        );
+        // No comments: NULL, and the arguments (which may not plan) are gone.
+        assert_eq!(
+            rewritten("SELECT col_description(format('%I', t)::regclass::oid, 1) FROM t"),
+            "SELECT CAST(NULL AS TEXT) FROM t"
         );
     }
 }

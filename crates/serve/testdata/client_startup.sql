@@ -3,7 +3,7 @@
 -- `tests.rs` (`client_startup_queries_are_answered`), over the simple and the extended
 -- protocol. Statements are separated by a line holding only `;;`. A `-- source:` line names
 -- where each was taken from (file and commit); an `-- expect:` line names a value the answer
--- must hold (the first column of some row), otherwise any answer without an error passes.
+-- must hold (the first column of some row, exactly), otherwise any answer without an error passes.
 -- Where a source builds its SQL (HoneySQL, string concatenation), the statement is what it
 -- renders for the demo warehouse's schema `public`; bound parameters are written as literals.
 
@@ -29,7 +29,6 @@ SELECT "fk_ns"."nspname" AS "fk-table-schema", "fk_table"."relname" AS "fk-table
 SELECT "tmp"."table-schema", "tmp"."table-name", TRIM(BOTH '"' FROM PG_CATALOG.PG_GET_INDEXDEF("tmp"."ci_oid", "tmp"."pos", FALSE)) AS "field-name" FROM (SELECT "n"."nspname" AS "table-schema", "ct"."relname" AS "table-name", "ci"."oid" AS "ci_oid", (INFORMATION_SCHEMA._PG_EXPANDARRAY("i"."indkey")).n AS "pos" FROM "pg_catalog"."pg_class" AS "ct" INNER JOIN "pg_catalog"."pg_namespace" AS "n" ON "ct"."relnamespace" = "n"."oid" INNER JOIN "pg_catalog"."pg_index" AS "i" ON "ct"."oid" = "i"."indrelid" INNER JOIN "pg_catalog"."pg_class" AS "ci" ON "ci"."oid" = "i"."indexrelid" WHERE (PG_CATALOG.PG_GET_EXPR("i"."indpred", "i"."indrelid") IS NULL) AND n.nspname !~ '^information_schema|catalog_history|pg_' AND ("n"."nspname" IN ('public'))) AS "tmp" WHERE "tmp"."pos" = 1
 ;;
 -- source: npgsql/npgsql src/Npgsql/PostgresDatabaseInfo.cs @00ee7a8 (LoadBackendTypes: the version)
--- expect: PostgreSQL
 SELECT version();
 ;;
 -- source: npgsql/npgsql src/Npgsql/PostgresDatabaseInfo.cs @00ee7a8 (GenerateLoadTypesQuery, with ranges and multiranges, as for a server of version 16)
@@ -183,10 +182,8 @@ SELECT quote_ident(table_name) AS "table"
       WHERE quote_ident(table_schema) = 'public'
       ORDER BY 1
 ;;
--- source: grafana/grafana public/app/plugins/datasource/grafana-postgresql-datasource/postgresMetaQuery.ts @12f912a (showTables())
--- (Postgres names the search path's tables unqualified; serve answers `public.scores`, as the
--- compatibility parser removes a subquery from a select list.)
--- expect: public.scores
+-- source: grafana/grafana public/app/plugins/datasource/grafana-postgresql-datasource/postgresMetaQuery.ts @12f912a (showTables(): the search path's tables unqualified)
+-- expect: scores
 SELECT
     CASE WHEN 
           quote_ident(table_schema) IN (
@@ -222,3 +219,25 @@ SELECT
             ) as i,
             string_to_array(current_setting('search_path'),',') s
           ) THEN 0 ELSE 1 END, 1
+;;
+-- source: grafana/grafana public/app/plugins/datasource/grafana-postgresql-datasource/postgresMetaQuery.ts @12f912a (getSchema("scores"))
+-- expect: score_date
+SELECT quote_ident(column_name) AS "column", data_type AS "type"
+    FROM information_schema.columns
+    WHERE
+      CASE WHEN array_length(parse_ident('scores'),1) = 2
+        THEN quote_ident(table_schema) = (parse_ident('scores'))[1]
+          AND quote_ident(table_name) = (parse_ident('scores'))[2]
+        ELSE quote_ident(table_name) = 'scores'
+          AND 
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      END
