@@ -1236,6 +1236,133 @@ fn extracts_are_plain_copies_of_the_night() {
     );
 }
 
+/// The quality gate: the demo's checks pass and land as the `checks` table; a failing `error`
+/// check lands nothing (exit 5, each failure named), `--skip-checks` lands it as `overridden`,
+/// an unknown name or a bad bound is a usage error.
+#[test]
+fn checks_gate_the_publish() {
+    let demo = Demo::new();
+    let first = demo.run(&["--json"], &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let r = record(&first);
+    let checks = r["checks"].as_array().unwrap();
+    assert!(checks.len() >= 8, "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["status"] == "pass" || c["status"] == "skipped"),
+        "{checks:?}"
+    );
+    // The first night has no baseline for the change of volume, nor for drift.
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "volume.change_pct" && c["status"] == "skipped")
+    );
+    assert_eq!(
+        demo.count("SELECT count(*) AS n FROM checks"),
+        checks.len() as u64
+    );
+    assert_eq!(
+        demo.count("SELECT count(*) AS n FROM checks WHERE status = 'pass' AND \"check\" = 'unique_key' AND value = 0"),
+        1
+    );
+    let versions = |d: &Demo| {
+        let o = d.sql("SELECT count(*) AS n, max(run_id) AS r FROM scores", "csv");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let landed = versions(&demo);
+
+    // A bound the night cannot meet: nothing lands, and the message names each failure.
+    let strict = demo.tmp.path().join("demo-strict.toml");
+    let text_of = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    assert!(text_of.contains("model_rows = { min = 100 }"));
+    std::fs::write(
+        &strict,
+        text_of.replace(
+            "model_rows = { min = 100 }",
+            "model_rows = { min = 1000000 }",
+        ),
+    )
+    .unwrap();
+    let strict = strict.display().to_string();
+    let env = demo.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = scoreland(&["run", &strict, "--force", "--json"], &envs);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("checks failed"), "{said}");
+    assert!(
+        said.contains("model_rows.churn_risk = 1623 (bound >= 1000000)")
+            || said.contains("model_rows.churn_risk ="),
+        "{said}"
+    );
+    let failed = record(&o);
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == "fail")
+    );
+    assert_eq!(
+        versions(&demo),
+        landed,
+        "nothing of the failed night landed"
+    );
+    assert_eq!(
+        demo.count("SELECT count(*) AS n FROM checks"),
+        checks.len() as u64
+    );
+
+    // The operator lands it anyway: the failures are `overridden`, in the record and the table.
+    let o = scoreland(
+        &[
+            "run",
+            &strict,
+            "--force",
+            "--json",
+            "--skip-checks",
+            "model_rows",
+        ],
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let forced = record(&o);
+    let skipped = forced["skipped_checks"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_ne!(versions(&demo), landed);
+    assert_eq!(
+        demo.count("SELECT count(*) AS n FROM checks WHERE status = 'overridden'"),
+        2
+    );
+
+    // An unknown check to skip, and a bound that makes no sense, are usage errors.
+    let o = scoreland(
+        &["run", &strict, "--force", "--skip-checks", "nosuch"],
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--skip-checks nosuch"), "{}", text(&o));
+    let bad = demo.tmp.path().join("demo-bad-checks.toml");
+    std::fs::write(
+        &bad,
+        text_of.replace(
+            "null_rate = { max_pct = { identity = 0, score = 0 } }",
+            "null_rate = { max_pct = { score = 150 } }",
+        ),
+    )
+    .unwrap();
+    let o = scoreland(&["validate", &bad.display().to_string()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("checks.null_rate.max_pct.score = 150"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Dataset exports (Flow Service): the dataflow made and run with `scoreland export`, its
 /// folders landed by a `dataset-export` pipeline, checked against the generator's own truth.
 mod dataset_exports {

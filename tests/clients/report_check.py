@@ -27,6 +27,8 @@ points = [int(n) for n in re.findall(r'data-points="(\d+)"', html)]
 check("charts per model (7 each, 2 models)", len(points), 14)
 check("every chart has data", [n for n in points if n == 0], [])
 check("no chart without data", html.count('class="chart none"'), 0)
+checked = re.findall(r'<tr class="(pass|warn|fail|overridden|skipped)"><td>demo</td>', html)
+check("the demo's newest checks are shown, none failed", (len(checked) >= 8, "fail" in checked), (True, False))
 check("every chart names the night", all("2026-11-16" in t for t in re.findall(r"<title>([^<]*)</title><text", html)), True)
 
 png = os.path.join(WORK, "report.png")

@@ -26,6 +26,8 @@ from checks import check, summary
 
 BIN, WAREHOUSE, STAGING, PIPELINE = sys.argv[1:5]
 PASSWORD = "correct horse battery staple"
+# The tables the demo pipeline lands (`checks`: its quality gate's results).
+TABLES = ["checks", "drift", "scores", "summary"]
 
 
 def sql(query):
@@ -97,8 +99,8 @@ server = Server("--query-memory", "32MiB", "--query-timeout", "4s", "--max-conne
 try:
     # psql: the tables, a table's columns, and a query scoreland sql agrees with.
     code, out, err = psql(server, r"\dt")
-    check("psql \\dt lists the tables", sorted(re.findall(r"\|(drift|scores|summary)\|table", out.replace(" ", ""))),
-          ["drift", "scores", "summary"])
+    check("psql \\dt lists the tables", sorted(re.findall(r"\|(checks|drift|scores|summary)\|table", out.replace(" ", ""))),
+          TABLES)
     code, out, err = psql(server, r"\d scores")
     columns = [l.split("|")[0] for l in out.splitlines() if "|" in l]
     check("psql \\d scores shows its columns", all(c in columns for c in ["identity", "score", "score_date", "dataset_id", "run_id"]), True)
@@ -145,7 +147,7 @@ try:
             f"postgresql+{driver}://scoreland:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{server.port}/datafusion")
         insp = sqlalchemy.inspect(engine)
         name = f"SQLAlchemy {sqlalchemy.__version__} + {driver}"
-        check(f"{name}: get_table_names", sorted(insp.get_table_names()), ["drift", "scores", "summary"])
+        check(f"{name}: get_table_names", sorted(insp.get_table_names()), TABLES)
         check(f"{name}: has_table", (insp.has_table("scores"), insp.has_table("nothing")), (True, False))
         cols = {c["name"]: str(c["type"]) for c in insp.get_columns("scores")}
         check(f"{name}: get_columns(scores)", (cols.get("identity"), cols.get("score"), cols.get("score_date")),
@@ -158,7 +160,7 @@ try:
         check(f"{name}: get_schema_names", insp.get_schema_names(), ["public"])
         meta = sqlalchemy.MetaData()
         meta.reflect(engine)
-        check(f"{name}: MetaData.reflect", sorted(meta.tables), ["drift", "scores", "summary"])
+        check(f"{name}: MetaData.reflect", sorted(meta.tables), TABLES)
         frame = pandas.read_sql("SELECT model, score FROM scores", engine)
         check(f"{name}: pandas.read_sql rows", len(frame), sql("SELECT count(*) AS n FROM scores")[0]["n"])
         check(f"{name}: pandas.read_sql_table(summary) rows", len(pandas.read_sql_table("summary", engine)),
@@ -193,7 +195,7 @@ try:
         version = re.search(r"Implementation-Version: (\S+)", jar.read("META-INF/MANIFEST.MF").decode())
     jdbc_name = f"JDBC {version.group(1) if version else '(version unknown)'}"
     check(f"{jdbc_name}: getSchemas, getTables", (jdbc.get("schemas"), jdbc.get("tables")),
-          (["pg_catalog", "public"], ["drift", "scores", "summary"]))
+          (["pg_catalog", "public"], TABLES))
     check(f"{jdbc_name}: getColumns(scores) names and types",
           [tuple(c.split(":")[:2]) for c in jdbc.get("columns", [])], columns)
     check(f"{jdbc_name}: getPrimaryKeys, getImportedKeys, getIndexInfo: none",
@@ -217,7 +219,7 @@ try:
         odbc_name = f"psqlODBC {conn.getinfo(pyodbc.SQL_DRIVER_VER)} (pyodbc {pyodbc.version})"
         cur = conn.cursor()
         check(f"{odbc_name}: SQLTables", sorted(r.table_name for r in cur.tables(schema="public", tableType="TABLE")),
-              ["drift", "scores", "summary"])
+              TABLES)
         check(f"{odbc_name}: SQLTables lists the schemas",
               [r.table_schem for r in cur.tables(catalog="", schema="%", table="", tableType="")], ["public"])
         check(f"{odbc_name}: SQLColumns(scores) names and types",

@@ -3,7 +3,8 @@
 //! crates.
 //!
 //! Exit codes: 0 success, 1 the run failed, 2 bad configuration or usage, 3 nothing new to
-//! land (`run`), 4 another run holds the pipeline's lock (`run`).
+//! land (`run`), 4 another run holds the pipeline's lock (`run`), 5 checks failed and nothing
+//! was landed (`run`).
 
 mod args;
 mod export;

@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// Print the run record on stdout as one line of JSON (JSON Lines).
     #[arg(long)]
     pub json: bool,
+    /// Land even though this check fails (a check of `[checks]`, e.g. `drift`, or one result,
+    /// e.g. `drift.churn_risk`); repeat or separate with commas. Kept in the run record.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub skip_checks: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +45,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
         force: args.force,
         dry_run: args.dry_run,
         observer: progress::observer(quiet),
+        skip_checks: args.skip_checks,
         ..RunOptions::default()
     };
     match scoreland_pipeline::run(&file, &options).await {
@@ -158,6 +163,16 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
                     Some(p) => eprintln!("  drift     {}: PSI {p:.4}", d.model),
                     None => eprintln!("  drift     {}: no baseline yet", d.model),
                 }
+            }
+            if !r.checks.is_empty() {
+                let count = |s: &str| r.checks.iter().filter(|c| c.status.as_str() == s).count();
+                eprintln!(
+                    "  checks    {} passed, {} warned, {} overridden, {} skipped",
+                    count("pass"),
+                    count("warn"),
+                    count("overridden"),
+                    count("skipped")
+                );
             }
         }
         RunStatus::Failed => {}

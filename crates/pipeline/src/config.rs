@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use scoreland_sink::SinkConfig;
-use scoreland_transform::{OutputFormat, TransformConfig};
+use scoreland_transform::{ChecksConfig, OutputFormat, TransformConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
@@ -37,6 +37,10 @@ pub struct PipelineFile {
     pub source: SourceConfig,
     #[serde(default)]
     pub transform: TransformConfig,
+    /// The quality gate: checks of the night's tables before they are published
+    /// (docs/pipelines.md).
+    #[serde(default)]
+    pub checks: Option<ChecksConfig>,
     pub sink: SinkSection,
 }
 
@@ -233,6 +237,15 @@ impl PipelineFile {
             ));
         }
         self.transform.validate().map_err(|e| e.to_string())?;
+        if let Some(checks) = &self.checks {
+            checks.validate()?;
+            if let SourceConfig::ProfileExport(_) = &self.source {
+                return Err(
+                    "[checks]: the checks are of score tables; a profile-export pipeline has none"
+                        .into(),
+                );
+            }
+        }
         self.sink.output_format()?;
         self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;

@@ -18,6 +18,9 @@ pub struct RunOptions {
     pub observer: Arc<dyn DownloadObserver>,
     /// A lock older than this is taken over.
     pub stale_lock_after: Duration,
+    /// Checks (`drift`, or one result such as `drift.churn_risk`) whose failure does not stop
+    /// the publish this time: the operator decided to land anyway (kept in the run record).
+    pub skip_checks: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -27,6 +30,7 @@ impl Default for RunOptions {
             dry_run: false,
             observer: Arc::new(scoreland_ingest::NoProgress),
             stale_lock_after: Duration::from_secs(6 * 3600),
+            skip_checks: Vec::new(),
         }
     }
 }

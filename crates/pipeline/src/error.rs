@@ -48,6 +48,12 @@ pub enum PipelineError {
     /// A segment or export job that failed, was cancelled or gave nothing to land.
     #[error("{message}")]
     Job { message: String },
+    /// A check at level `error` failed: nothing of the night was published.
+    #[error(
+        "checks failed: {}; nothing of this night was published (every check's result is in the run record; `scoreland run --skip-checks NAME` lands it anyway)",
+        failed.join("; ")
+    )]
+    ChecksFailed { failed: Vec<String> },
     #[error(
         "interrupted by {signal} before publishing; nothing of this run was published (parts already staged are kept for the next run)"
     )]
@@ -56,10 +62,12 @@ pub enum PipelineError {
 
 impl PipelineError {
     /// Another run holds the pipeline's lock (exit code 4).
-    /// The process's exit code for this error: 4 another run holds the lock, 2 bad
-    /// configuration or usage, 1 a failed run.
+    /// The process's exit code for this error: 5 checks failed, 4 another run holds the lock,
+    /// 2 bad configuration or usage, 1 a failed run.
     pub fn exit_code(&self) -> u8 {
-        if self.is_locked() {
+        if matches!(self, PipelineError::ChecksFailed { .. }) {
+            5
+        } else if self.is_locked() {
             4
         } else if self.is_config() {
             2

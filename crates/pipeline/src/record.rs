@@ -4,17 +4,19 @@
 
 use std::time::Duration;
 
-use scoreland_transform::ModelHistogram;
+use scoreland_transform::{CheckResult, ModelHistogram};
 use serde::{Deserialize, Serialize};
 
 /// The tables a scores run lands.
 pub const TABLES: [&str; 3] = ["scores", "summary", "drift"];
 
-/// Every table a warehouse can hold: the scores tables, and those of profile exports.
-pub const ALL_TABLES: [&str; 6] = [
+/// Every table a warehouse can hold: the scores tables, the checks' results, and those of
+/// profile exports.
+pub const ALL_TABLES: [&str; 7] = [
     "scores",
     "summary",
     "drift",
+    "checks",
     "profiles",
     "audiences",
     "audience_summary",
@@ -22,9 +24,9 @@ pub const ALL_TABLES: [&str; 6] = [
 
 /// Whether a table's nights are date partitions (`score_date`, or `night` for the profile
 /// tables), each replaced whole by the run that lands it; `drift` instead gains rows (one per
-/// model and run).
+/// model and run; `checks`, one per check and run).
 pub fn by_score_date(table: &str) -> bool {
-    table != "drift"
+    table != "drift" && table != "checks"
 }
 
 /// A table's date partition column.
@@ -57,6 +59,9 @@ pub struct PipelineState {
     #[serde(default)]
     pub runs_landed: i64,
     pub histograms: Vec<ModelHistogram>,
+    /// Rows of the last landed night's scores: the baseline of the `volume` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rows: Option<u64>,
     /// A profile export job made by a run that has not landed it yet: the next run waits for
     /// it (or lands it) rather than exporting again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +127,12 @@ pub struct RunRecord {
     #[serde(default)]
     pub extracts: Vec<String>,
     pub drift: Vec<DriftRecord>,
+    /// The quality gate's results (`[checks]`), landed or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
+    /// Checks whose failure the operator chose to land anyway (`--skip-checks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_checks: Vec<String>,
     pub error: Option<String>,
     pub warehouse: String,
     /// What an operator should know although the run did not fail (a flow ending soon, an
@@ -175,6 +186,8 @@ impl RunRecord {
             tables: Vec::new(),
             extracts: Vec::new(),
             drift: Vec::new(),
+            checks: Vec::new(),
+            skipped_checks: Vec::new(),
             error: None,
             warehouse: warehouse.to_string(),
             warnings: Vec::new(),

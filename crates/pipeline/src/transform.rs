@@ -44,6 +44,7 @@ pub(crate) async fn transform(
             last_batch_created: ingested.last_created,
             runs_landed: cx.state.runs_landed + 1,
             histograms,
+            last_rows: Some(record.rows_out),
             pending_export_job: None,
             seen_folders: ingested.seen_folders,
         },
@@ -96,6 +97,10 @@ async fn scores(
                 .and_then(|p| scoreland_transform::psi(&h.buckets, &p.buckets)),
         })
         .collect();
+    let checks_dir = match &file.checks {
+        Some(checks) => Some(gate(checks, cx, record, &transformer, &output, &format).await?),
+        None => None,
+    };
     let dirs: [(&str, &Path); 3] = [
         ("scores", &output.scores_dir),
         ("summary", &output.summary_dir),
@@ -118,6 +123,7 @@ async fn scores(
     }
     let tables = dirs
         .into_iter()
+        .chain(checks_dir.as_deref().map(|dir| ("checks", dir)))
         .map(|(name, dir)| PreparedTable {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -125,6 +131,75 @@ async fn scores(
         })
         .collect();
     Ok((tables, extracts, output.histograms))
+}
+
+/// The quality gate: `checks` over the night's tables. Every result goes into the run record;
+/// a failed `error` check that the operator did not skip (`--skip-checks`) stops the run before
+/// anything is published. Otherwise the results are written as the night's `checks` table
+/// (its directory is returned), and a failed `warn` check is a warning of the run.
+async fn gate(
+    checks: &scoreland_transform::ChecksConfig,
+    cx: &RunContext<'_>,
+    record: &mut RunRecord,
+    transformer: &scoreland_transform::Transformer,
+    output: &scoreland_transform::TransformOutput,
+    format: &scoreland_transform::OutputFormat,
+) -> Result<std::path::PathBuf, PipelineError> {
+    use scoreland_transform::CheckStatus;
+    let configured = checks.names();
+    for skip in &cx.options.skip_checks {
+        let kind = skip.split('.').next().unwrap_or(skip);
+        if !configured.contains(&kind) {
+            return Err(cx.invalid(format!(
+                "--skip-checks {skip}: the pipeline has no such check; its checks are: {}",
+                configured.join(", ")
+            )));
+        }
+    }
+    let day = chrono::DateTime::parse_from_rfc3339(&record.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc).date_naive())
+        .unwrap_or_else(|_| chrono::Utc::now().date_naive());
+    let night = scoreland_transform::Night {
+        day,
+        rows: output.stats.rows_out,
+        previous_rows: cx.state.last_rows,
+    };
+    let mut results = transformer
+        .evaluate_checks(checks, &night, output)
+        .await
+        .map_err(PipelineError::Transform)?;
+    for r in &mut results {
+        let skipped = cx
+            .options
+            .skip_checks
+            .iter()
+            .any(|s| s == &r.check || s == r.kind());
+        if r.status == CheckStatus::Fail && skipped {
+            r.status = CheckStatus::Overridden;
+            record.skipped_checks.push(r.check.clone());
+            record.warn(format!(
+                "check {} failed and was landed anyway (--skip-checks)",
+                r.describe()
+            ));
+        } else if r.status == CheckStatus::Warn {
+            record.warn(format!("check {} failed (level warn)", r.describe()));
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.status == CheckStatus::Fail)
+        .map(|r| r.describe())
+        .collect();
+    record.checks = results;
+    if !failed.is_empty() {
+        return Err(PipelineError::ChecksFailed { failed });
+    }
+    let dir = cx.work.join("checks");
+    transformer
+        .write_checks(&record.checks, &record.pipeline, day, &dir, format)
+        .await
+        .map_err(PipelineError::Transform)?;
+    Ok(dir)
 }
 
 /// A profile export: `profiles`, `audiences` and `audience_summary` for the night.

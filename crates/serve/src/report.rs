@@ -1,7 +1,8 @@
 //! `scoreland report`: one self-contained HTML file of charts over the warehouse's newest
 //! nights, per model: the newest night's score histogram, deciles and tier mix, its top
 //! influential factors, rows and null rate over the nights, and PSI drift with its 0.1 and
-//! 0.25 bands. Inline SVG and CSS only: no script, nothing fetched (a Content-Security-Policy
+//! 0.25 bands; and the quality gate's newest results per pipeline (the `checks` table). Inline
+//! SVG and CSS only: no script, nothing fetched (a Content-Security-Policy
 //! forbids it), readable at a laptop's width and in print.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,21 @@ type Row = Map<String, Value>;
 /// Builds the report over the newest `nights` score dates.
 pub async fn render(warehouse: &Warehouse, nights: usize) -> Result<String, SinkError> {
     let summary = rows(warehouse, "SELECT * FROM summary ORDER BY score_date").await?;
+    // The checks of each pipeline's newest run that has any (a warehouse without checks has
+    // no table).
+    let checks = if warehouse.delta_table("checks", None).await?.is_some() {
+        rows(
+            warehouse,
+            "SELECT c.pipeline, CAST(c.night AS VARCHAR) AS night, c.\"check\", c.level, \
+             c.value, c.bound, c.status, c.run_id FROM checks c \
+             JOIN (SELECT pipeline, max(run_id) AS run_id FROM checks GROUP BY pipeline) n \
+             ON c.pipeline = n.pipeline AND c.run_id = n.run_id \
+             ORDER BY c.pipeline, c.\"check\"",
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     // A warehouse may have no drift table yet; any other failure is the report's.
     let drift = if warehouse.delta_table("drift", None).await?.is_some() {
         rows(
@@ -73,6 +89,7 @@ pub async fn render(warehouse: &Warehouse, nights: usize) -> Result<String, Sink
             "<p class=\"empty\">The warehouse has no summary rows yet: run a pipeline first.</p>",
         );
     }
+    html.push_str(&checks_section(&checks));
     for ((dataset, model), nights) in &models {
         let Some(last) = nights.last() else { continue };
         let night = text(last, "score_date").unwrap_or_default();
@@ -200,9 +217,43 @@ pub async fn render(warehouse: &Warehouse, nights: usize) -> Result<String, Sink
     Ok(html)
 }
 
+/// The newest checks of each pipeline, as a table (nothing when there are none).
+fn checks_section(checks: &[Row]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from(
+        "<section><h2>Quality checks</h2><p class=\"sub\">each pipeline's newest checked run</p>\
+         <table class=\"checks\"><thead><tr><th>pipeline</th><th>night</th><th>check</th>\
+         <th>value</th><th>bound</th><th>level</th><th>status</th></tr></thead><tbody>",
+    );
+    for r in checks {
+        let status = text(r, "status").unwrap_or_default();
+        let value = num(r, "value").map_or_else(|| "—".to_string(), |v| format!("{v:.4}"));
+        let _ = write!(
+            html,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            // The class is one of the statuses scoreland writes, never the table's text.
+            match status.as_str() {
+                "pass" | "warn" | "fail" | "overridden" | "skipped" => status.as_str(),
+                _ => "unknown",
+            },
+            esc(&text(r, "pipeline").unwrap_or_default()),
+            esc(&text(r, "night").unwrap_or_default()),
+            esc(&text(r, "check").unwrap_or_default()),
+            esc(&value),
+            esc(&text(r, "bound").unwrap_or_default()),
+            esc(&text(r, "level").unwrap_or_default()),
+            esc(&status),
+        );
+    }
+    html.push_str("</tbody></table></section>");
+    html
+}
+
 async fn rows(warehouse: &Warehouse, sql: &str) -> Result<Vec<Row>, SinkError> {
     let out = warehouse
-        .query(&["summary", "drift"], AsOf::Published, sql)
+        .query(&["summary", "drift", "checks"], AsOf::Published, sql)
         .await?;
     let batches: Vec<&RecordBatch> = out.batches.iter().collect();
     let mut writer = ArrayWriter::new(Vec::new());
@@ -457,5 +508,7 @@ figure.none{color:#778;padding:16px}svg{width:100%;height:auto;display:block}\
 .bar{fill:#3b6fd8}.line{fill:none;stroke:#3b6fd8;stroke-width:2}.dot{fill:#3b6fd8}\
 .band{stroke:#d9822b;stroke-dasharray:5 4}.band-label{font-size:10px;fill:#b5651d}\
 section{break-inside:avoid-page}\
+table.checks{border-collapse:collapse;font-size:13px}table.checks td,table.checks th{border-bottom:1px solid #e3e6ee;\
+padding:3px 10px;text-align:left}tr.warn td{background:#fff6e6}tr.fail td,tr.overridden td{background:#fdeaea}\
 @media print{body{max-width:none;padding:0}.grid{grid-template-columns:repeat(2,1fr)}\
 figure{border-color:#ccc}}";

@@ -12,6 +12,7 @@
 //! pool that spills to disk.
 
 mod audiences;
+mod checks;
 mod config;
 mod dedupe;
 mod drift;
@@ -26,6 +27,10 @@ mod workers;
 pub use audiences::{
     Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
     write_profile_tables,
+};
+pub use checks::{
+    CHECK_NAMES, CheckResult, ChecksConfig, Drift as DriftCheck, Freshness, Level, ModelRows,
+    Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};

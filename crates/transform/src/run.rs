@@ -714,7 +714,7 @@ fn nested_as_json(mut df: DataFrame) -> Result<DataFrame, TransformError> {
 
 impl Transformer {
     /// Writes small in-memory tables (summaries, drift) like the scores.
-    async fn write_batches(
+    pub(crate) async fn write_batches(
         &self,
         batches: Vec<RecordBatch>,
         dir: &Path,
