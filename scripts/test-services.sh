@@ -159,7 +159,7 @@ lock_clients() {
   local tmp
   tmp=$(mktemp -d)
   python3 -m venv "$tmp/venv"
-  "$tmp/venv/bin/pip" install -q 'psycopg[binary]' psycopg2-binary sqlalchemy pandas pyodbc
+  "$tmp/venv/bin/pip" install -q 'psycopg[binary]' psycopg2-binary sqlalchemy pandas pyodbc openlineage-python prometheus-client
   { sed -n '1,2p' "$ROOT/tests/clients/requirements.lock"; "$tmp/venv/bin/pip" freeze; } > "$tmp/lock"
   mv "$tmp/lock" "$ROOT/tests/clients/requirements.lock"
   rm -rf "$tmp"

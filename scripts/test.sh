@@ -57,3 +57,14 @@ if ! python3 tests/clients/report_check.py "$BIN" "$READERS/wh" "$READERS" > "$R
   exit 1
 fi
 grep -E '^report:' "$READERS/report.out"
+
+# `[lineage]` to a local OpenLineage receiver and a file, each event checked against
+# openlineage-python's model of the spec; `--metrics-file` read by prometheus_client.
+mkdir -p "$READERS/lineage"
+if ! "$SCORELAND_SVC_DIR/venv-clients/bin/python" tests/clients/lineage_check.py "$BIN" "$READERS/lineage" pipelines/demo.toml \
+    > "$READERS/lineage.out" 2>&1; then
+  echo "the lineage check failed:" >&2
+  cat "$READERS/lineage.out" >&2
+  exit 1
+fi
+grep -E '^lineage:' "$READERS/lineage.out"

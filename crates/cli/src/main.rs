@@ -8,6 +8,7 @@
 
 mod args;
 mod export;
+mod metrics;
 mod platform;
 mod progress;
 mod report;

@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// e.g. `drift.churn_risk`); repeat or separate with commas. Kept in the run record.
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub skip_checks: Vec<String>,
+    /// Write the run's metrics in Prometheus' text format to this file (for node_exporter's
+    /// textfile collector): status, duration, rows, bytes, retries, checks, last success.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -48,7 +52,17 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
         skip_checks: args.skip_checks,
         ..RunOptions::default()
     };
-    match scoreland_pipeline::run(&file, &options).await {
+    let outcome = scoreland_pipeline::run(&file, &options).await;
+    if let Some(path) = &args.metrics_file {
+        let record = match &outcome {
+            Ok(r) => Some(r),
+            Err((_, r)) => r.as_deref(),
+        };
+        if let Err(e) = crate::metrics::write(path, file.name(), record) {
+            tracing::error!(file = %path.display(), error = %e, "cannot write the metrics file");
+        }
+    }
+    match outcome {
         Ok(record) => {
             report(&record, args.json, quiet);
             if let (Some(out), RunStatus::Landed) = (&file.report, &record.status) {

@@ -41,6 +41,9 @@ pub struct PipelineFile {
     /// (docs/pipelines.md).
     #[serde(default)]
     pub checks: Option<ChecksConfig>,
+    /// OpenLineage run events (docs/pipelines.md).
+    #[serde(default)]
+    pub lineage: Option<crate::lineage::LineageConfig>,
     pub sink: SinkSection,
 }
 
@@ -237,6 +240,9 @@ impl PipelineFile {
             ));
         }
         self.transform.validate().map_err(|e| e.to_string())?;
+        if let Some(lineage) = &self.lineage {
+            lineage.validate(placeholders)?;
+        }
         if let Some(checks) = &self.checks {
             checks.validate()?;
             if let SourceConfig::ProfileExport(_) = &self.source {

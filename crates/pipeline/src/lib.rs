@@ -10,6 +10,7 @@ mod config;
 mod context;
 mod error;
 mod interpolate;
+mod lineage;
 mod publish;
 pub mod record;
 mod run;
@@ -20,6 +21,7 @@ pub use config::{PipelineFile, SinkSection};
 pub use context::RunOptions;
 pub use error::PipelineError;
 pub use interpolate::interpolate;
+pub use lineage::LineageConfig;
 pub use record::{
     ALL_TABLES, AUDIENCE_TABLES, DriftRecord, PipelineState, RunRecord, RunStatus, StageTimings,
     TABLES, TableRecord, by_score_date, date_column, error_chain,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config::PipelineFile;
 use crate::context::{InFlight, RunContext, RunOptions};
 use crate::error::PipelineError;
+use crate::lineage::{Lineage, OutputTable};
 use crate::publish::{Prepared, publish};
 use crate::record::{PipelineState, RunRecord, RunStatus, TABLES, error_chain, state_rel};
 
@@ -61,6 +62,16 @@ pub async fn run(
             Err(e) => return Err((PipelineError::Sink(e), None)),
         }
     };
+    // Lineage events for real runs: START now, COMPLETE or FAIL before the run record.
+    let lineage = file
+        .lineage
+        .as_ref()
+        .filter(|_| !options.dry_run)
+        .map(|config| Lineage::new(config, &name));
+    if let Some(l) = &lineage {
+        l.start(&mut record).await;
+    }
+    let mut outputs = Vec::new();
     let staging = file
         .staging
         .clone()
@@ -100,6 +111,9 @@ pub async fn run(
     }
     let outcome = match prepared {
         Ok(Some(prepared)) => {
+            if lineage.is_some() {
+                outputs = output_tables(&prepared, &mut record);
+            }
             // A run whose lock another run took over (it was thought dead) publishes nothing.
             let held = match &lock {
                 Some(l) => l.check_held().map_err(PipelineError::Sink),
@@ -133,6 +147,15 @@ pub async fn run(
         record.status = RunStatus::Failed;
         record.error = Some(error_chain(e));
     }
+    if let Some(l) = &lineage {
+        l.end(
+            &mut record,
+            &file.source.lineage_namespace(),
+            &outputs,
+            warehouse.url().as_ref(),
+        )
+        .await;
+    }
     if !options.dry_run {
         let rel = format!("_runs/{name}/{run_id}.json");
         if let Err(e) = warehouse.put_json(&rel, &record).await {
@@ -163,6 +186,28 @@ async fn prepare(
     crate::transform::transform(file, cx, record, ingested)
         .await
         .map(Some)
+}
+
+/// The tables of `prepared` as lineage describes them (a table whose files cannot be read is
+/// left out, with a warning).
+fn output_tables(prepared: &Prepared, record: &mut RunRecord) -> Vec<OutputTable> {
+    let mut out = Vec::new();
+    for t in &prepared.tables {
+        match scoreland_transform::table_facts(&t.dir) {
+            Ok(f) => out.push(OutputTable {
+                name: t.name.clone(),
+                rows: f.rows,
+                bytes: f.bytes,
+                fields: f.fields,
+            }),
+            Err(e) => record.warn(format!(
+                "lineage: cannot describe table {}: {}",
+                t.name,
+                error_chain(&e)
+            )),
+        }
+    }
+    out
 }
 
 /// Resolves on SIGINT or SIGTERM with the signal's name. If the handlers cannot be installed,

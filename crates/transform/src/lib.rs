@@ -35,7 +35,7 @@ pub use checks::{
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
-pub use run::{StagedBatch, TransformOutput, TransformStats, Transformer};
+pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};
 pub use scoreland_runtime::{MemoryLimit, default_memory_limit};
 
 /// Re-exported so callers can name record batches without their own arrow dependency.

@@ -611,6 +611,45 @@ fn file_schema(file: &Path) -> Result<(SchemaRef, Arc<ParquetMetaData>), Transfo
     Ok((builder.schema().clone(), builder.metadata().clone()))
 }
 
+/// What a written table holds: rows, bytes and columns (name, Arrow type), from its files'
+/// footers (lineage describes each landed table with them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableFacts {
+    pub rows: u64,
+    pub bytes: u64,
+    pub fields: Vec<(String, String)>,
+}
+
+/// The [`TableFacts`] of the parquet files under `dir` (Hive directories included).
+pub fn table_facts(dir: &Path) -> Result<TableFacts, TransformError> {
+    let mut facts = TableFacts::default();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| TransformError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let (schema, footer) = file_schema(&path)?;
+                facts.rows += footer.file_metadata().num_rows().max(0) as u64;
+                facts.bytes += entry.metadata().map_or(0, |m| m.len());
+                if facts.fields.is_empty() {
+                    facts.fields = schema
+                        .fields()
+                        .iter()
+                        .map(|f| (f.name().clone(), f.data_type().to_string()))
+                        .collect();
+                }
+            }
+        }
+    }
+    Ok(facts)
+}
+
 fn has_files(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;

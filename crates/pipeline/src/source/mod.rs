@@ -63,6 +63,23 @@ pub enum SourceConfig {
     ProfileExport(Box<ProfileExportSource>),
 }
 
+impl SourceConfig {
+    /// Where the source's dataset lives, as lineage names it: `aep://{org}/{sandbox}`, or
+    /// `aep://simulator` for the bundled simulator.
+    pub(crate) fn lineage_namespace(&self) -> String {
+        let platform = match self {
+            SourceConfig::Aep { platform, .. } => Some(platform),
+            SourceConfig::Simulator { .. } => None,
+            SourceConfig::DatasetExport(e) => e.platform.as_ref(),
+            SourceConfig::ProfileExport(p) => p.platform.as_ref(),
+        };
+        match platform {
+            Some(p) => format!("aep://{}/{}", p.org_id, p.sandbox),
+            None => "aep://simulator".to_string(),
+        }
+    }
+}
+
 /// What a source staged for the transform, and what the state keeps of it.
 pub(crate) struct Ingested {
     pub input: Input,

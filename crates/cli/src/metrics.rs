@@ -1,0 +1,142 @@
+//! `scoreland run --metrics-file PATH`: the run in Prometheus' text format, for node_exporter's
+//! textfile collector (the file is replaced whole, by a rename, so the collector never reads
+//! half of it). The last success time survives failed runs: it is read back from the file.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use scoreland_pipeline::{RunRecord, RunStatus};
+
+const STATUSES: [(&str, RunStatus); 4] = [
+    ("landed", RunStatus::Landed),
+    ("nothing_new", RunStatus::NothingNew),
+    ("dry_run", RunStatus::DryRun),
+    ("failed", RunStatus::Failed),
+];
+
+/// Writes the metrics of `pipeline`'s run (`record`, when the run got far enough to have one).
+pub fn write(path: &Path, pipeline: &str, record: Option<&RunRecord>) -> std::io::Result<()> {
+    let status = record.map_or(RunStatus::Failed, |r| r.status);
+    let succeeded = matches!(status, RunStatus::Landed | RunStatus::NothingNew);
+    let p = format!("pipeline=\"{}\"", label(pipeline));
+    let last_success = if succeeded {
+        Some(chrono::Utc::now().timestamp_millis() as f64 / 1e3)
+    } else {
+        previous(path, "scoreland_last_success_timestamp_seconds", &p)
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    metric(
+        "scoreland_run_success",
+        "1 when the pipeline's last run landed or found nothing new, 0 when it failed.",
+        &[(p.clone(), f64::from(u8::from(succeeded)))],
+    );
+    metric(
+        "scoreland_run_status",
+        "The last run's status (1 for the one it ended with).",
+        &STATUSES
+            .iter()
+            .map(|(n, s)| {
+                (
+                    format!("{p},status=\"{n}\""),
+                    f64::from(u8::from(*s == status)),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    if let Some(t) = last_success {
+        metric(
+            "scoreland_last_success_timestamp_seconds",
+            "When a run of the pipeline last landed or found nothing new (Unix time).",
+            &[(p.clone(), t)],
+        );
+    }
+    if let Some(r) = record {
+        let seconds = match (
+            chrono::DateTime::parse_from_rfc3339(&r.started_at),
+            chrono::DateTime::parse_from_rfc3339(&r.finished_at),
+        ) {
+            (Ok(a), Ok(b)) => (b - a).num_milliseconds() as f64 / 1e3,
+            _ => 0.0,
+        };
+        metric(
+            "scoreland_run_duration_seconds",
+            "How long the last run took.",
+            &[(p.clone(), seconds)],
+        );
+        metric(
+            "scoreland_run_rows",
+            "Rows of the last run: read (in) and landed in scores (out).",
+            &[
+                (format!("{p},stage=\"in\""), r.rows_in as f64),
+                (format!("{p},stage=\"out\""), r.rows_out as f64),
+            ],
+        );
+        metric(
+            "scoreland_run_bytes_downloaded",
+            "Bytes the last run downloaded.",
+            &[(p.clone(), r.bytes_downloaded as f64)],
+        );
+        metric(
+            "scoreland_run_retries",
+            "Requests the last run retried.",
+            &[(p.clone(), r.retries as f64)],
+        );
+        if !r.checks.is_empty() {
+            metric(
+                "scoreland_check_failed",
+                "1 when the check failed in the last run (status fail, warn or overridden).",
+                &r.checks
+                    .iter()
+                    .map(|c| {
+                        let failed = matches!(c.status.as_str(), "fail" | "warn" | "overridden");
+                        (
+                            format!(
+                                "{p},check=\"{}\",level=\"{}\"",
+                                label(&c.check),
+                                label(&format!("{:?}", c.level).to_lowercase())
+                            ),
+                            f64::from(u8::from(failed)),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            metric(
+                "scoreland_check_value",
+                "The value each check measured in the last run.",
+                &r.checks
+                    .iter()
+                    .filter_map(|c| Some((format!("{p},check=\"{}\"", label(&c.check)), c.value?)))
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A label value as the text format writes it (backslash, quote and newline escaped).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The value of `name{labels}` in the file a previous run wrote.
+fn previous(path: &Path, name: &str, labels: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
