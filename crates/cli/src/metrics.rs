@@ -99,7 +99,7 @@ pub fn write(path: &Path, pipeline: &str, record: Option<&RunRecord>) -> std::io
                             format!(
                                 "{p},check=\"{}\",level=\"{}\"",
                                 label(&c.check),
-                                label(&format!("{:?}", c.level).to_lowercase())
+                                c.level.as_str()
                             ),
                             f64::from(u8::from(failed)),
                         )

@@ -25,6 +25,17 @@ pub async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let name = file.name().to_string();
+    // What the operator asks to land anyway must be checks this pipeline has (before anything
+    // is downloaded).
+    if let Err(message) = skippable(file, &options.skip_checks) {
+        return Err((
+            PipelineError::Invalid {
+                path: file.path.clone(),
+                message,
+            },
+            None,
+        ));
+    }
     let sink = file.sink.sink_config();
     let warehouse = match if options.dry_run {
         sink.open()
@@ -186,6 +197,26 @@ async fn prepare(
     crate::transform::transform(file, cx, record, ingested)
         .await
         .map(Some)
+}
+
+/// `Err` names a `--skip-checks` name that is not a check of `file` (a check, or one result
+/// of it such as `drift.churn_risk`).
+fn skippable(file: &PipelineFile, skips: &[String]) -> Result<(), String> {
+    let configured = file.checks.as_ref().map(|c| c.names()).unwrap_or_default();
+    for skip in skips {
+        let kind = skip.split('.').next().unwrap_or(skip);
+        if !configured.contains(&kind) {
+            return Err(if configured.is_empty() {
+                format!("--skip-checks {skip}: the pipeline has no [checks]")
+            } else {
+                format!(
+                    "--skip-checks {skip}: the pipeline has no such check; its checks are: {}",
+                    configured.join(", ")
+                )
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The tables of `prepared` as lineage describes them (a table whose files cannot be read is

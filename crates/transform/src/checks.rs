@@ -28,6 +28,15 @@ pub enum Level {
     Warn,
 }
 
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+        }
+    }
+}
+
 /// `[checks]`: every check is optional; each has a `level` (default `error`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -579,10 +588,6 @@ impl Transformer {
         let days = night
             .signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default())
             .num_days() as i32;
-        let level = |l: Level| match l {
-            Level::Error => "error",
-            Level::Warn => "warn",
-        };
         let batch = RecordBatch::try_new(
             schema,
             vec![
@@ -592,7 +597,7 @@ impl Transformer {
                     results.iter().map(|r| r.check.as_str()),
                 )),
                 Arc::new(StringArray::from_iter_values(
-                    results.iter().map(|r| level(r.level)),
+                    results.iter().map(|r| r.level.as_str()),
                 )),
                 Arc::new(Float64Array::from_iter(results.iter().map(|r| r.value))),
                 Arc::new(StringArray::from_iter_values(
