@@ -19,7 +19,8 @@ import threading
 import attr
 from openlineage.client.generated import base
 from openlineage.client.generated import dataset_version_dataset, error_message_run, job_type_job
-from openlineage.client.generated import output_statistics_output_dataset, processing_engine_run, schema_dataset
+from openlineage.client.generated import input_statistics_input_dataset, output_statistics_output_dataset
+from openlineage.client.generated import processing_engine_run, schema_dataset
 from openlineage.client.serde import Serde
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,6 +36,7 @@ KNOWN = {
     "schema": schema_dataset.SchemaDatasetFacet,
     "version": dataset_version_dataset.DatasetVersionDatasetFacet,
     "outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet,
+    "inputStatistics": input_statistics_input_dataset.InputStatisticsInputDatasetFacet,
 }
 CUSTOM_BASES = {"run": base.RunFacet, "input": base.InputDatasetFacet}
 
@@ -165,6 +167,11 @@ complete = Receiver.events[-1]
 check("the input is the AEP dataset, with its batches",
       [(i["namespace"], i["name"], i["inputFacets"]["scoreland_batches"]["batches"]) for i in complete["inputs"]],
       [("aep://simulator", landed["dataset"], landed["batches"])])
+staged = complete["inputs"][0]
+manifest = json.load(open(os.path.join(WORK, "st", landed["dataset"], landed["batches"][0], "manifest.json")))
+check("the input's staged columns (XDM's top level) and records, as the batch's manifest says",
+      ([f["name"] for f in staged["facets"]["schema"]["fields"]][:2], staged["inputFacets"]["inputStatistics"]["rowCount"]),
+      (["_id", "timestamp"], manifest["rows"]))
 check("the outputs are the landed tables at their versions",
       sorted((o["name"], o["facets"]["version"]["datasetVersion"]) for o in complete["outputs"]),
       sorted((t["table"], str(t["version"])) for t in landed["tables"]))

@@ -148,6 +148,7 @@ impl<'a> Lineage<'a> {
         &self,
         record: &mut RunRecord,
         input: &str,
+        staged: Option<&scoreland_transform::TableFacts>,
         outputs: &[OutputTable],
         warehouse: &str,
     ) {
@@ -167,7 +168,7 @@ impl<'a> Lineage<'a> {
         };
         let mut event = self.event(kind, record, facets);
         if !record.dataset.is_empty() {
-            event["inputs"] = json!([{
+            let mut dataset = json!({
                 "namespace": input,
                 "name": record.dataset,
                 "facets": {},
@@ -178,7 +179,19 @@ impl<'a> Lineage<'a> {
                         "batches": record.batches,
                     }
                 },
-            }]);
+            });
+            // The columns of the parts as staged (top-level XDM fields, nested types written
+            // out), and how many rows and bytes were read.
+            if let Some(s) = staged {
+                dataset["facets"]["schema"] = schema_facet(&s.fields);
+                dataset["inputFacets"]["inputStatistics"] = json!({
+                    "_producer": PRODUCER,
+                    "_schemaURL": "https://openlineage.io/spec/facets/1-0-0/InputStatisticsInputDatasetFacet.json#/$defs/InputStatisticsInputDatasetFacet",
+                    "rowCount": s.rows,
+                    "size": s.bytes,
+                });
+            }
+            event["inputs"] = json!([dataset]);
         }
         let landed: Vec<Value> = outputs
             .iter()
@@ -188,11 +201,7 @@ impl<'a> Lineage<'a> {
                     "namespace": warehouse,
                     "name": t.name,
                     "facets": {
-                        "schema": {
-                            "_producer": PRODUCER,
-                            "_schemaURL": "https://openlineage.io/spec/facets/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet",
-                            "fields": t.fields.iter().map(|(n, ty)| json!({"name": n, "type": ty})).collect::<Vec<_>>(),
-                        },
+                        "schema": schema_facet(&t.fields),
                         "version": {
                             "_producer": PRODUCER,
                             "_schemaURL": "https://openlineage.io/spec/facets/1-0-1/DatasetVersionDatasetFacet.json#/$defs/DatasetVersionDatasetFacet",
@@ -260,6 +269,15 @@ impl<'a> Lineage<'a> {
             Err(format!("the endpoint answered {}", response.status()))
         }
     }
+}
+
+/// A `schema` dataset facet of (name, type) columns.
+fn schema_facet(fields: &[(String, String)]) -> Value {
+    json!({
+        "_producer": PRODUCER,
+        "_schemaURL": "https://openlineage.io/spec/facets/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet",
+        "fields": fields.iter().map(|(n, ty)| json!({"name": n, "type": ty})).collect::<Vec<_>>(),
+    })
 }
 
 fn append(file: &Path, event: &Value) -> std::io::Result<()> {

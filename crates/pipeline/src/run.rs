@@ -159,9 +159,11 @@ pub async fn run(
         record.error = Some(error_chain(e));
     }
     if let Some(l) = &lineage {
+        let input = staged_facts(&staging, &record);
         l.end(
             &mut record,
             &file.source.lineage_namespace(),
+            input.as_ref(),
             &outputs,
             warehouse.url().as_ref(),
         )
@@ -217,6 +219,26 @@ fn skippable(file: &PipelineFile, skips: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What the run read, as lineage describes its input: the columns, rows and bytes of the
+/// batches (or folders) it staged, from their parquet footers; `None` when none is staged.
+fn staged_facts(staging: &Path, record: &RunRecord) -> Option<scoreland_transform::TableFacts> {
+    let mut total: Option<scoreland_transform::TableFacts> = None;
+    for batch in &record.batches {
+        let dir = scoreland_ingest::Manifest::batch_dir(staging, &record.dataset, batch);
+        let Ok(facts) = scoreland_transform::table_facts(&dir) else {
+            continue;
+        };
+        match &mut total {
+            Some(t) => {
+                t.rows += facts.rows;
+                t.bytes += facts.bytes;
+            }
+            None => total = Some(facts),
+        }
+    }
+    total.filter(|t| !t.fields.is_empty())
 }
 
 /// The tables of `prepared` as lineage describes them (a table whose files cannot be read is
