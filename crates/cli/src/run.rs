@@ -21,8 +21,9 @@ pub struct RunArgs {
     /// Print the run record on stdout as one line of JSON (JSON Lines).
     #[arg(long)]
     pub json: bool,
-    /// Land even though this check fails (a check of `[checks]`, e.g. `drift`, or one result,
-    /// e.g. `drift.churn_risk`); repeat or separate with commas. Kept in the run record.
+    /// Land even though this check fails (a check of `[checks]`, e.g. `drift`, a part of one,
+    /// e.g. `score_range.churn_risk`, or one result, e.g. `drift.churn_risk`); repeat or
+    /// separate with commas. Kept in the run record.
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub skip_checks: Vec<String>,
     /// Write the run's metrics in Prometheus' text format to this file (for node_exporter's

@@ -159,11 +159,12 @@ async fn gate(
         .await
         .map_err(PipelineError::Transform)?;
     for r in &mut results {
+        // A check (`drift`), a part of one (`score_range.churn_risk`) or one result.
         let skipped = cx
             .options
             .skip_checks
             .iter()
-            .any(|s| s == &r.check || s == r.kind());
+            .any(|s| r.check == *s || r.check.starts_with(&format!("{s}.")));
         if r.status == CheckStatus::Fail && skipped {
             r.status = CheckStatus::Overridden;
             record.skipped_checks.push(r.check.clone());

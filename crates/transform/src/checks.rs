@@ -281,11 +281,6 @@ impl CheckResult {
         }
     }
 
-    /// The check's kind (`null_rate` of `null_rate.score`).
-    pub fn kind(&self) -> &str {
-        self.check.split('.').next().unwrap_or(&self.check)
-    }
-
     /// "null_rate.score = 3.2 (bound <= 1)", for messages.
     pub fn describe(&self) -> String {
         let value = self
@@ -667,6 +662,5 @@ mod tests {
             false,
         );
         assert_eq!(d.describe(), "null_rate.score = 3.2199 (bound <= 1 %)");
-        assert_eq!(d.kind(), "null_rate");
     }
 }
