@@ -261,6 +261,13 @@ const REFUSED: &[&str] = &[
     "SELECT * FROM '/etc/passwd'",
     "LISTEN x",
     "CALL f()",
+    // Through what compat.rs rewrites: still refused.
+    "COPY (SELECT * FROM information_schema.columns) TO '{wh}/x.csv'",
+    "COPY (SELECT format('%I', 'x') AS a) TO '{wh}/x.csv'",
+    "CREATE TABLE t2 AS SELECT * FROM information_schema.table_constraints",
+    "SELECT * INTO audiences FROM pg_catalog.pg_user",
+    "COPY (SELECT s[i] AS a FROM generate_series(1, 1) AS i, string_to_array('a', ',') s) TO '{wh}/y.csv'",
+    "CREATE VIEW v2 AS SELECT generate_series(1, 3) AS i",
 ];
 
 /// Runaway reads: refused with a SQLSTATE, or answered, within the query timeout.
@@ -559,5 +566,27 @@ async fn client_startup_queries_are_answered() {
         .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
         .count();
     assert_eq!(completes, 4, "one answer per statement of Npgsql's batch");
+    // What compat.rs adds fails as Postgres would, with a SQLSTATE, and the session goes on.
+    for sql in [
+        "SELECT format('%s %s', 'one')",
+        "SELECT format('%q', 1)",
+        "SELECT format('%I', NULL)",
+        "SELECT current_setting('no_such_setting')",
+    ] {
+        let got = outcome(client.simple_query(sql).await);
+        assert!(
+            got != "ok" && !got.starts_with("no SQLSTATE"),
+            "{sql}: {got}"
+        );
+    }
+    assert_eq!(
+        value(
+            &client,
+            "SELECT format('%s.%I = %L', 'public', 'My Table', 'it''s')"
+        )
+        .await,
+        "public.\"My Table\" = 'it''s'"
+    );
+    assert_eq!(value(&client, "SHOW timezone").await, "UTC");
     server.stop().await;
 }
