@@ -1236,6 +1236,51 @@ fn extracts_are_plain_copies_of_the_night() {
     );
 }
 
+/// `scoreland schema`: the demo dataset's XDM schema from the Schema Registry, as the columns
+/// it lands as; a profile-export pipeline has no dataset schema to show.
+#[test]
+fn schema_shows_the_datasets_columns() {
+    let o = scoreland(&["-q", "schema", "pipelines/demo.toml", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let columns: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |name: &str| {
+        columns
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no column {name} in {columns:?}"))
+    };
+    assert_eq!(find("_acmeretail_identity_id")["data_type"], "Utf8");
+    assert_eq!(
+        find("_acmeretail_identity_id")["path"],
+        "_acmeretail.identity.id"
+    );
+    assert_eq!(find("timestamp")["xdm_type"], "date-time");
+    assert_eq!(
+        find("_acmeretail_CustomerAI_churn_risk_scoreDate")["data_type"],
+        "Date32"
+    );
+    // One level: the tenant's objects stay structs.
+    let o = scoreland(
+        &[
+            "-q",
+            "schema",
+            "pipelines/demo.toml",
+            "--json",
+            "--depth",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"name\":\"_acmeretail_identity\""));
+    let o = scoreland(&["schema", "pipelines/profile-export.toml"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("profile-export"), "{}", text(&o));
+}
+
 /// The quality gate: the demo's checks pass and land as the `checks` table; a failing `error`
 /// check lands nothing (exit 5, each failure named), `--skip-checks` lands it as `overridden`,
 /// an unknown name or a bad bound is a usage error.

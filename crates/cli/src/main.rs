@@ -13,6 +13,7 @@ mod platform;
 mod progress;
 mod report;
 mod run;
+mod schema;
 mod segments;
 mod serve;
 mod sim;
@@ -85,6 +86,8 @@ enum Command {
     Validate(run::ValidateArgs),
     /// List the batches of a dataset.
     Batches(platform::BatchesArgs),
+    /// The XDM schema of a pipeline's dataset (Schema Registry), as the columns it lands as.
+    Schema(schema::SchemaArgs),
     /// Set up, run and watch the Flow Service dataflow that exports a pipeline's dataset.
     Export(export::ExportArgs),
     /// Evaluate audiences now (segment jobs), and follow them.
@@ -205,6 +208,7 @@ fn main() -> ExitCode {
             Command::Run(a) => run::run(a, quiet).await,
             Command::Validate(a) => run::validate(a),
             Command::Batches(a) => platform::batches(a).await,
+            Command::Schema(a) => schema::schema(a).await,
             Command::Export(a) => export::export(a, quiet).await,
             Command::SegmentJob(a) => segments::segment_job(a, quiet).await,
             Command::ExportJob(a) => segments::export_job(a, quiet).await,

@@ -159,6 +159,42 @@ impl AepClient {
         Ok((id.to_string(), true))
     }
 
+    /// The XDM schema of dataset `id`, fully expanded (the Schema Registry's `xed-full` form,
+    /// every field group and data type inlined): the dataset's `schemaRef`, then that schema.
+    pub async fn dataset_schema(&self, id: &str) -> Result<Value, IngestError> {
+        let mut url = self.url("/data/foundation/catalog/dataSets/")?;
+        url.path_segments_mut()
+            .map_err(|()| IngestError::Config {
+                field: "platform_url",
+                message: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .push(id);
+        let found: BTreeMap<String, Value> = self.get_json(&url).await?;
+        let schema = found
+            .get(id)
+            .and_then(|d| d.pointer("/schemaRef/id"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| IngestError::Unexpected {
+                url: url.to_string(),
+                what: format!("dataset {id} has no schemaRef.id"),
+            })?;
+        // The schema id is a URI: one path segment, percent-encoded.
+        let mut url = self.url("/data/foundation/schemaregistry/tenant/schemas/")?;
+        url.path_segments_mut()
+            .map_err(|()| IngestError::Config {
+                field: "platform_url",
+                message: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .push(schema);
+        let accept = [("accept", "application/vnd.adobe.xed-full+json; version=1")];
+        self.with_retry(url.as_str(), |_| {
+            self.call_json(reqwest::Method::GET, &url, None, &accept)
+        })
+        .await
+    }
+
     /// One batch by id.
     pub async fn batch(&self, id: &str) -> Result<CatalogBatch, IngestError> {
         let url = self.url(&format!("/data/foundation/catalog/batches/{id}"))?;

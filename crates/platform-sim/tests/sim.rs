@@ -944,3 +944,65 @@ mod generator {
         assert!(scoreland_platform_sim::generate(&opts("a")).is_err());
     }
 }
+
+/// The Schema Registry: a dataset's `schemaRef`, expanded (`xed-full`), describing the rows the
+/// simulator serves; the expanded form needs its Accept header, and an unknown schema is 404.
+mod schema_registry {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_datasets_schema_describes_its_rows() {
+        let env = env().await;
+        let ds = &env.summary.dataset_id;
+        let dataset = env
+            .json(&format!("/data/foundation/catalog/dataSets/{ds}"))
+            .await;
+        let id = dataset[ds]["schemaRef"]["id"].as_str().unwrap().to_string();
+        let url = env.url(&format!(
+            "/data/foundation/schemaregistry/tenant/schemas/{}",
+            url_encode(&id)
+        ));
+        let refused = env.req(&url).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::NOT_ACCEPTABLE);
+        let resp = env
+            .req(&url)
+            .header("Accept", "application/vnd.adobe.xed-full+json; version=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let schema = resp.json_value().await.unwrap();
+        assert_eq!(schema["$id"], id.as_str());
+        let identity = &schema["properties"]["_acmeretail"]["properties"]["identity"];
+        assert_eq!(identity["properties"]["id"]["meta:xdmType"], "string");
+        assert_eq!(schema["properties"]["timestamp"]["format"], "date-time");
+        let churn = &schema["properties"]["_acmeretail"]["properties"]["CustomerAI"]["properties"]
+            ["churn_risk"];
+        assert_eq!(churn["properties"]["scoreDate"]["meta:xdmType"], "date");
+        assert_eq!(churn["properties"]["influentialFactors"]["type"], "array");
+        assert_eq!(
+            schema["properties"]["_acmeretail"]["properties"]["CustomerAI"]["title"],
+            "Customer AI"
+        );
+        let unknown = env
+            .req(&env.url(
+                "/data/foundation/schemaregistry/tenant/schemas/https%3A%2F%2Fns.adobe.com%2Fnone",
+            ))
+            .header("Accept", "application/vnd.adobe.xed-full+json; version=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    }
+
+    fn url_encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+}

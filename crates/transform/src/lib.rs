@@ -23,6 +23,7 @@ mod run;
 mod scores;
 mod summary;
 mod workers;
+mod xdm;
 
 pub use audiences::{
     Carry, ProfileOutput, ProfileStats, ProfileTables, STATUSES as AUDIENCE_STATUSES, parse_time,
@@ -37,6 +38,7 @@ pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};
 pub use scoreland_runtime::{MemoryLimit, default_memory_limit};
+pub use xdm::{XdmColumn, columns as xdm_columns};
 
 /// Re-exported so callers can name record batches without their own arrow dependency.
 pub use datafusion::arrow;

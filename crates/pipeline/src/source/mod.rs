@@ -64,6 +64,35 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
+    /// The platform whose Catalog and Schema Registry hold this source's dataset, and the
+    /// dataset when the file names it (`None`: the simulator's first); `Err` says why a
+    /// source has none.
+    pub fn catalog_platform(&self) -> Result<(platform::Platform, Option<String>), String> {
+        match self {
+            SourceConfig::Aep {
+                platform, dataset, ..
+            } => Ok((
+                platform::Platform::aep(platform).map_err(platform::source_error)?,
+                Some(dataset.clone()),
+            )),
+            SourceConfig::Simulator { data, dataset, .. } => Ok((
+                platform::Platform::simulator(data, Default::default()),
+                dataset.clone(),
+            )),
+            SourceConfig::DatasetExport(e) => match &e.platform {
+                Some(p) => Ok((
+                    platform::Platform::aep(p).map_err(platform::source_error)?,
+                    e.dataset.clone(),
+                )),
+                None => Err("[source.platform] is needed to read the dataset's schema".into()),
+            },
+            SourceConfig::ProfileExport(_) => Err(
+                "a profile-export pipeline lands profiles and memberships, not a dataset's rows"
+                    .into(),
+            ),
+        }
+    }
+
     /// Where the source's dataset lives, as lineage names it: `aep://{org}/{sandbox}`, or
     /// `aep://simulator` for the bundled simulator.
     pub(crate) fn lineage_namespace(&self) -> String {

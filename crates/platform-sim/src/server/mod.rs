@@ -11,12 +11,14 @@ mod data_access;
 mod faults;
 mod ims;
 mod router;
+mod schemas;
 
 use catalog::*;
 use data_access::*;
 use faults::*;
 use ims::*;
 use router::*;
+use schemas::*;
 
 pub(crate) use catalog::dataset_exists;
 pub(crate) use router::{SandboxName, now_ms, problem};

@@ -14,6 +14,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/data/foundation/catalog/dataSets/{id}", get(get_dataset))
         .route(
+            "/data/foundation/schemaregistry/tenant/schemas/{id}",
+            get(get_schema),
+        )
+        .route(
             "/data/foundation/export/batches/{id}/files",
             get(batch_files),
         )

@@ -1,0 +1,169 @@
+//! Schema Registry: `GET /data/foundation/schemaregistry/tenant/schemas/{id}` with
+//! `Accept: application/vnd.adobe.xed-full+json; version=1`, the schema a dataset's
+//! `schemaRef` names, fully expanded. The simulator derives it from the parquet parts of the
+//! dataset's newest batch, so it always describes the rows it serves: each field with its XDM
+//! type (`meta:xdmType`), JSON type and format, and a title.
+
+use super::*;
+
+use arrow::datatypes::{DataType, Field};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value, json};
+
+/// The Accept header the expanded form needs, as AEP asks for it.
+const XED_FULL: &str = "application/vnd.adobe.xed-full+json";
+
+pub(super) async fn get_schema(
+    State(st): State<Arc<AppState>>,
+    Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accept.contains(XED_FULL) {
+        return problem(
+            StatusCode::NOT_ACCEPTABLE,
+            "XDM-1010-406",
+            "Not Acceptable",
+            &format!("the schema's expanded form needs Accept: {XED_FULL}; version=1"),
+        );
+    }
+    let datasets = &st.platform.sandboxes[&sandbox].datasets;
+    let Some(dataset) = datasets.values().find(|d| {
+        d.object
+            .get("schemaRef")
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str)
+            == Some(id.as_str())
+    }) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "XDM-1021-404",
+            "Not Found",
+            &format!("schema '{id}' not found"),
+        );
+    };
+    let part = st.with_batches(&sandbox, |all| {
+        all.filter(|b| b.dataset_id == dataset.id && b.status() == "success")
+            .max_by_key(|b| b.created())
+            .and_then(|b| b.part_paths().into_iter().next())
+    });
+    let fields = match part.map(|p| {
+        std::fs::File::open(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| e.to_string()))
+            .map(|b| b.schema().fields().clone())
+    }) {
+        Some(Ok(fields)) => fields,
+        Some(Err(e)) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "XDM-1500-500",
+                "Internal Server Error",
+                &format!("cannot read the dataset's parts: {e}"),
+            );
+        }
+        None => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "XDM-1021-404",
+                "Not Found",
+                &format!("schema '{id}' has no rows to describe yet"),
+            );
+        }
+    };
+    let mut properties = Map::new();
+    for f in fields.iter() {
+        properties.insert(f.name().clone(), xdm_field(f));
+    }
+    let body = json!({
+        "$id": id,
+        "meta:altId": format!("{}.schemas.{}", st.platform.info.tenant, dataset.id),
+        "meta:resourceType": "schemas",
+        "version": "1.0",
+        "title": format!("{} schema", dataset.name()),
+        "type": "object",
+        "description": format!("The schema of dataset {}", dataset.name()),
+        "properties": properties,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.adobe.xed-full+json; version=1"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// One field in XDM's JSON form.
+fn xdm_field(f: &Field) -> Value {
+    let mut v = xdm_type(f.data_type());
+    if let Some(o) = v.as_object_mut() {
+        o.insert("title".into(), json!(title(f.name())));
+    }
+    v
+}
+
+fn xdm_type(t: &DataType) -> Value {
+    let integer = |xdm: &str, bound: i64| json!({"type": "integer", "meta:xdmType": xdm, "minimum": -bound, "maximum": bound});
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            json!({"type": "string", "meta:xdmType": "string"})
+        }
+        DataType::Boolean => json!({"type": "boolean", "meta:xdmType": "boolean"}),
+        DataType::Int64 | DataType::UInt64 => integer("long", 9_007_199_254_740_991),
+        DataType::Int32 | DataType::UInt32 => integer("int", 2_147_483_648),
+        DataType::Int16 | DataType::UInt16 => integer("short", 32_768),
+        DataType::Int8 | DataType::UInt8 => integer("byte", 128),
+        DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            json!({"type": "number", "meta:xdmType": "number"})
+        }
+        DataType::Date32 | DataType::Date64 => {
+            json!({"type": "string", "format": "date", "meta:xdmType": "date"})
+        }
+        DataType::Timestamp(..) => {
+            json!({"type": "string", "format": "date-time", "meta:xdmType": "date-time"})
+        }
+        DataType::List(item) | DataType::LargeList(item) => {
+            json!({"type": "array", "meta:xdmType": "array", "items": xdm_field(item)})
+        }
+        DataType::Struct(fields) => {
+            let properties: Map<String, Value> = fields
+                .iter()
+                .map(|f| (f.name().clone(), xdm_field(f)))
+                .collect();
+            json!({"type": "object", "meta:xdmType": "object", "properties": properties})
+        }
+        DataType::Map(entry, _) => {
+            let value = match entry.data_type() {
+                DataType::Struct(kv) if kv.len() == 2 => xdm_field(&kv[1]),
+                _ => json!({"type": "string"}),
+            };
+            json!({"type": "object", "meta:xdmType": "map", "additionalProperties": value})
+        }
+        _ => json!({"type": "string", "meta:xdmType": "string"}),
+    }
+}
+
+/// `scoreDate` → "Score Date", `CustomerAI` → "Customer AI", `_id` → "Id".
+fn title(name: &str) -> String {
+    let mut out = String::new();
+    let mut previous: Option<char> = None;
+    for c in name.trim_start_matches('_').chars() {
+        match previous {
+            _ if c == '_' => out.push(' '),
+            None => out.extend(c.to_uppercase()),
+            Some(p) if c.is_uppercase() && p.is_lowercase() => {
+                out.push(' ');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+        previous = Some(c);
+    }
+    out
+}
