@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OutputFormat;
 use crate::error::{Context, TransformError};
-use crate::run::{TransformOutput, Transformer, dir_url};
+use crate::run::{TransformOutput, Transformer, cast_to, dir_url};
 
 /// What a failed check does: `error` stops the publish, `warn` lands and says so.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,14 +290,9 @@ impl CheckResult {
     }
 }
 
-/// Column `i` of `b` as `to` (what DataFusion types a string or a count as varies).
+/// Column `i` of `b` as `to`.
 fn column(b: &RecordBatch, i: usize, to: &DataType) -> Result<ArrayRef, TransformError> {
-    cast(b.column(i), to)
-}
-
-fn cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, TransformError> {
-    datafusion::arrow::compute::cast(a, to)
-        .map_err(|e| TransformError::Config(format!("reading a check's result: {e}")))
+    cast_to(b.column(i), to)
 }
 
 fn round(v: f64) -> f64 {
@@ -506,7 +501,10 @@ impl Transformer {
                     else {
                         continue;
                     };
-                    let (m, p) = (cast(m, &DataType::Utf8)?, cast(p, &DataType::Float64)?);
+                    let (m, p) = (
+                        cast_to(m, &DataType::Utf8)?,
+                        cast_to(p, &DataType::Float64)?,
+                    );
                     let (models, psi) = (m.as_string::<i32>(), p.as_primitive::<Float64Type>());
                     for i in 0..b.num_rows() {
                         let check = format!("drift.{}", models.value(i));

@@ -599,8 +599,13 @@ impl Transformer {
 
 /// A string column as `Utf8`, whatever string type DataFusion chose.
 pub(crate) fn utf8(col: &ArrayRef) -> Result<ArrayRef, TransformError> {
-    datafusion::arrow::compute::cast(col, &DataType::Utf8).map_err(|e| TransformError::DataFusion {
-        context: "reading a string column".into(),
+    cast_to(col, &DataType::Utf8)
+}
+
+/// A column as `to` (what DataFusion types a string or a count as varies with the plan).
+pub(crate) fn cast_to(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, TransformError> {
+    datafusion::arrow::compute::cast(col, to).map_err(|e| TransformError::DataFusion {
+        context: format!("reading a column as {to}"),
         source: e.into(),
     })
 }
