@@ -162,14 +162,7 @@ impl AepClient {
     /// The XDM schema of dataset `id`, fully expanded (the Schema Registry's `xed-full` form,
     /// every field group and data type inlined): the dataset's `schemaRef`, then that schema.
     pub async fn dataset_schema(&self, id: &str) -> Result<Value, IngestError> {
-        let mut url = self.url("/data/foundation/catalog/dataSets/")?;
-        url.path_segments_mut()
-            .map_err(|()| IngestError::Config {
-                field: "platform_url",
-                message: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .push(id);
+        let url = self.url_with_segment("/data/foundation/catalog/dataSets/", id)?;
         let found: BTreeMap<String, Value> = self.get_json(&url).await?;
         let schema = found
             .get(id)
@@ -180,19 +173,26 @@ impl AepClient {
                 what: format!("dataset {id} has no schemaRef.id"),
             })?;
         // The schema id is a URI: one path segment, percent-encoded.
-        let mut url = self.url("/data/foundation/schemaregistry/tenant/schemas/")?;
+        let url =
+            self.url_with_segment("/data/foundation/schemaregistry/tenant/schemas/", schema)?;
+        let accept = [("accept", "application/vnd.adobe.xed-full+json; version=1")];
+        self.with_retry(url.as_str(), |_| {
+            self.call_json(reqwest::Method::GET, &url, None, &accept)
+        })
+        .await
+    }
+
+    /// The Platform URL of `path` with `segment` appended as one percent-encoded path segment.
+    fn url_with_segment(&self, path: &str, segment: &str) -> Result<url::Url, IngestError> {
+        let mut url = self.url(path)?;
         url.path_segments_mut()
             .map_err(|()| IngestError::Config {
                 field: "platform_url",
                 message: "cannot be a base URL".into(),
             })?
             .pop_if_empty()
-            .push(schema);
-        let accept = [("accept", "application/vnd.adobe.xed-full+json; version=1")];
-        self.with_retry(url.as_str(), |_| {
-            self.call_json(reqwest::Method::GET, &url, None, &accept)
-        })
-        .await
+            .push(segment);
+        Ok(url)
     }
 
     /// One batch by id.
