@@ -1276,6 +1276,16 @@ fn schema_shows_the_datasets_columns() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"name\":\"_acmeretail_identity\""));
+    // A dataset-export pipeline on the simulator: the same dataset, the same columns.
+    let o = scoreland(
+        &["-q", "schema", "pipelines/dataset-export.toml", "--json"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        columns.len()
+    );
     let o = scoreland(&["schema", "pipelines/profile-export.toml"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("profile-export"), "{}", text(&o));

@@ -79,12 +79,19 @@ impl SourceConfig {
                 platform::Platform::simulator(data, Default::default()),
                 dataset.clone(),
             )),
-            SourceConfig::DatasetExport(e) => match &e.platform {
-                Some(p) => Ok((
+            SourceConfig::DatasetExport(e) => match (&e.platform, &e.simulator) {
+                (Some(p), _) => Ok((
                     platform::Platform::aep(p).map_err(platform::source_error)?,
                     e.dataset.clone(),
                 )),
-                None => Err("[source.platform] is needed to read the dataset's schema".into()),
+                (None, Some(sim)) => Ok((
+                    platform::Platform::simulator(&sim.data, Default::default()),
+                    e.dataset.clone(),
+                )),
+                (None, None) => Err(
+                    "[source.platform] (or [source.simulator]) is needed to read the dataset's schema"
+                        .into(),
+                ),
             },
             SourceConfig::ProfileExport(_) => Err(
                 "a profile-export pipeline lands profiles and memberships, not a dataset's rows"
