@@ -238,7 +238,8 @@ impl<'a> Lineage<'a> {
             && let Err(e) = self.post(url, &event).await
         {
             record.warn(format!(
-                "lineage: the {kind} event was not sent to {url}: {e}"
+                "lineage: the {kind} event was not sent to {}: {e}",
+                without_credentials(url)
             ));
         }
     }
@@ -268,6 +269,18 @@ impl<'a> Lineage<'a> {
         } else {
             Err(format!("the endpoint answered {}", response.status()))
         }
+    }
+}
+
+/// `url` as it may be shown: any user and password in it removed.
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "the lineage url".to_string(),
     }
 }
 
@@ -346,6 +359,11 @@ mod tests {
             config(Some("unset-OPENLINEAGE_URL"), None, None)
                 .validate(false)
                 .is_err()
+        );
+        // A warning never shows credentials written into the URL.
+        assert_eq!(
+            without_credentials("https://ol:s3cret@lineage.example/api/v1/lineage"),
+            "https://lineage.example/api/v1/lineage"
         );
     }
 }
