@@ -1,6 +1,5 @@
 //! `scoreland run --metrics-file PATH`: the run in Prometheus' text format, for node_exporter's
-//! textfile collector (the file is replaced whole, by a rename, so the collector never reads
-//! half of it). The last success time survives failed runs: it is read back from the file.
+//! textfile collector (the file is replaced whole, readable by the collector's user). The last success time survives failed runs: it is read back from the file.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,7 +14,7 @@ const STATUSES: [(&str, RunStatus); 4] = [
 ];
 
 /// Writes the metrics of `pipeline`'s run (`record`, when the run got far enough to have one).
-pub fn write(path: &Path, pipeline: &str, record: Option<&RunRecord>) -> std::io::Result<()> {
+pub fn write(path: &Path, pipeline: &str, record: Option<&RunRecord>) -> anyhow::Result<()> {
     let status = record.map_or(RunStatus::Failed, |r| r.status);
     let succeeded = matches!(status, RunStatus::Landed | RunStatus::NothingNew);
     let p = format!("pipeline=\"{}\"", label(pipeline));
@@ -116,13 +115,7 @@ pub fn write(path: &Path, pipeline: &str, record: Option<&RunRecord>) -> std::io
             );
         }
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, out)?;
-    std::fs::rename(&tmp, path)
+    crate::report::replace_whole(path, out.as_bytes())
 }
 
 /// A label value as the text format writes it (backslash, quote and newline escaped).
@@ -139,4 +132,48 @@ fn previous(path: &Path, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_and_a_garbled_file_stay_inside_their_labels() {
+        // Check names carry model names from the platform's data.
+        assert_eq!(label("a\"} 1\nevil{x=\"1"), "a\\\"} 1\\nevil{x=\\\"1");
+        assert_eq!(label("back\\slash"), "back\\\\slash");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let last = "scoreland_last_success_timestamp_seconds";
+        // A previous file that is not ours, or whose value is not a number: no last success.
+        std::fs::write(
+            &path,
+            format!("garbage\n{last}{{pipeline=\"demo\"}} NaNx\n\u{0}"),
+        )
+        .unwrap();
+        assert_eq!(previous(&path, last, "pipeline=\"demo\""), None);
+        // Another pipeline's line is not this one's.
+        std::fs::write(&path, format!("{last}{{pipeline=\"other\"}} 17\n")).unwrap();
+        assert_eq!(previous(&path, last, "pipeline=\"demo\""), None);
+        // A failed run without a record keeps the previous success and says it failed.
+        std::fs::write(&path, format!("{last}{{pipeline=\"demo\"}} 1700000000.5\n")).unwrap();
+        write(&path, "demo", None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("{last}{{pipeline=\"demo\"}} 1700000000.5\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("scoreland_run_success{pipeline=\"demo\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("scoreland_run_status{pipeline=\"demo\",status=\"failed\"} 1\n"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "node_exporter runs as another user");
+        }
+    }
 }

@@ -35,6 +35,15 @@ pub async fn write(
     let html = scoreland_serve::report::render(warehouse, nights)
         .await
         .context("reading the warehouse for the report")?;
+    // Readable by others: the report is made to be published by a web server or a shared
+    // folder, and holds summaries, not scores.
+    replace_whole(out, html.as_bytes())
+}
+
+/// Puts `bytes` at `out` whole, readable by others (mode 0644): written into a temporary file
+/// beside it (the owner's alone until then), then renamed over it, so a reader (a web server,
+/// node_exporter's textfile collector) never sees half of it.
+pub fn replace_whole(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -42,9 +51,7 @@ pub async fn write(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing into {}", dir.display()))?;
-    std::fs::write(tmp.path(), html).with_context(|| format!("writing {}", out.display()))?;
-    // Readable by others (a temporary file is the owner's alone): the report is made to be
-    // published by a web server or a shared folder, and holds summaries, not scores.
+    std::fs::write(tmp.path(), bytes).with_context(|| format!("writing {}", out.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

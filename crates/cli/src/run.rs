@@ -60,7 +60,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
             Err((_, r)) => r.as_deref(),
         };
         if let Err(e) = crate::metrics::write(path, file.name(), record) {
-            tracing::error!(file = %path.display(), error = %e, "cannot write the metrics file");
+            tracing::error!(file = %path.display(), error = format!("{e:#}"), "cannot write the metrics file");
         }
     }
     match outcome {
