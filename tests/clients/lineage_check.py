@@ -12,9 +12,11 @@ schema file.)"""
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import attr
 from openlineage.client.generated import base
@@ -203,6 +205,23 @@ check("no warning holds the token", any(TOKEN in w for w in refused.get("warning
 m = metrics()
 check("metrics of a landed run", (m[("scoreland_run_success", ())], m[("scoreland_run_rows", (("stage", "out"),))]),
       (1.0, float(landed["rows_out"])))
+
+# An endpoint that takes the connection and never answers: each event gives up after its
+# timeout, and the night lands with warnings.
+silent = socket.socket()
+silent.bind(("127.0.0.1", 0))
+silent.listen(8)
+hanging = with_lineage.replace(url, f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1/lineage").replace(
+    f'file = "{events_file}"\n', "")
+hanging_path = os.path.join(WORK, "demo-lineage-hanging.toml")
+open(hanging_path, "w").write(hanging)
+started = time.time()
+r = run(hanging_path, "--force")
+took = time.time() - started
+hung = json.loads(r.stdout) if r.returncode == 0 else {}
+check("an endpoint that never answers: the night lands, bounded, with a warning per event",
+      (r.returncode, took < 60, sum("lineage" in w for w in hung.get("warnings", []))), (0, True, 2))
+silent.close()
 
 # Every event, as received and as appended to the file, is valid OpenLineage.
 filed = [json.loads(l) for l in open(events_file)]

@@ -84,6 +84,8 @@ pub(crate) struct Lineage<'a> {
     config: &'a LineageConfig,
     pipeline: &'a str,
     run_uuid: uuid::Uuid,
+    /// One client for the run's events (built on the first send to `url`).
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl<'a> Lineage<'a> {
@@ -92,6 +94,7 @@ impl<'a> Lineage<'a> {
             config,
             pipeline,
             run_uuid: uuid::Uuid::new_v4(),
+            http: std::sync::OnceLock::new(),
         }
     }
 
@@ -245,10 +248,18 @@ impl<'a> Lineage<'a> {
     }
 
     async fn post(&self, url: &str, event: &Value) -> Result<(), String> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = match self.http.get() {
+            Some(c) => c,
+            None => {
+                // A lineage endpoint answers in milliseconds; one that hangs costs the run at
+                // most this per event.
+                let c = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                self.http.get_or_init(|| c)
+            }
+        };
         let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let mut request = client
             .post(url)
