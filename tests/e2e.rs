@@ -1334,10 +1334,16 @@ fn checks_gate_the_publish() {
     assert!(text_of.contains("model_rows = { min = 100 }"));
     std::fs::write(
         &strict,
-        text_of.replace(
-            "model_rows = { min = 100 }",
-            "model_rows = { min = 1000000 }",
-        ),
+        text_of
+            .replace(
+                "model_rows = { min = 100 }",
+                "model_rows = { min = 1000000 }",
+            )
+            // The sample platform's newest scores are of 2026-11-16: days old, whenever this runs.
+            .replace(
+                "[checks]\n",
+                "[checks]\nfreshness = { max_age_days = 1, level = \"warn\" }\n",
+            ),
     )
     .unwrap();
     let strict = strict.display().to_string();
@@ -1391,6 +1397,19 @@ fn checks_gate_the_publish() {
     assert_eq!(
         demo.count("SELECT count(*) AS n FROM checks WHERE status = 'overridden'"),
         2
+    );
+    // Freshness counts days from the newest score date to the run's day; at level warn it lands.
+    assert_eq!(
+        demo.count("SELECT count(*) AS n FROM checks WHERE \"check\" = 'freshness' AND status = 'warn' AND value >= 19"),
+        1
+    );
+    assert!(
+        forced["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("check freshness = ")),
+        "{forced}"
     );
 
     // An unknown check to skip, and a bound that makes no sense, are usage errors.

@@ -12,6 +12,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Date32Array, Float64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Float64Type, Int64Type, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::ParquetReadOptions;
 use serde::{Deserialize, Serialize};
 
@@ -343,11 +344,32 @@ impl Transformer {
         self.ctx
             .register_table("checked_scores", scores.into_view())
             .context("registering the night's scores for the checks")?;
+        // Rows, score bounds and dates per model are in the summary the transform already
+        // computed (in memory): those checks read it rather than the scores again. The summary
+        // of an empty night is empty, as its scores are.
+        let summary_schema = output
+            .summary
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| {
+                Arc::new(Schema::new(vec![
+                    Field::new("model", DataType::Utf8, true),
+                    Field::new("score_date", DataType::Date32, true),
+                    Field::new("rows", DataType::Int64, true),
+                    Field::new("score_min", DataType::Float64, true),
+                    Field::new("score_max", DataType::Float64, true),
+                ]))
+            });
+        let summary = MemTable::try_new(summary_schema, vec![output.summary.clone()])
+            .context("staging the night's summary for the checks")?;
+        self.ctx
+            .register_table("checked_summary", Arc::new(summary))
+            .context("registering the night's summary for the checks")?;
         let result = async {
             if let Some(f) = &checks.freshness {
                 need("score_date", "freshness")?;
                 let newest = self
-                    .query("SELECT CAST(max(score_date) AS DATE) AS d FROM checked_scores")
+                    .query("SELECT CAST(max(score_date) AS DATE) AS d FROM checked_summary")
                     .await?;
                 let newest = match newest.first() {
                     Some(b) => {
@@ -442,9 +464,9 @@ impl Transformer {
                 need("score", "score_range")?;
                 let batches = self
                     .query(
-                        "SELECT CAST(model AS VARCHAR) AS m, CAST(count(*) AS BIGINT) AS n, \
-                         CAST(min(score) AS DOUBLE) AS lo, CAST(max(score) AS DOUBLE) AS hi \
-                         FROM checked_scores GROUP BY model ORDER BY m",
+                        "SELECT CAST(model AS VARCHAR) AS m, CAST(sum(\"rows\") AS BIGINT) AS n, \
+                         CAST(min(score_min) AS DOUBLE) AS lo, CAST(max(score_max) AS DOUBLE) AS hi \
+                         FROM checked_summary GROUP BY model ORDER BY m",
                     )
                     .await?;
                 for b in &batches {
@@ -545,6 +567,7 @@ impl Transformer {
         }
         .await;
         let _ = self.ctx.deregister_table("checked_scores");
+        let _ = self.ctx.deregister_table("checked_summary");
         result.map(|()| results)
     }
 
