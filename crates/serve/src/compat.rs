@@ -46,12 +46,10 @@ pub(crate) async fn register(ctx: &SessionContext) -> Result<(), ServeError> {
     let setup = |e: DataFusionError| ServeError::Setup(e.to_string());
     ctx.register_udf(version_udf());
     ctx.register_udf(to_regtype_udf(ctx).await.map_err(setup)?);
-    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    ctx.register_udf(TextFunction::udf("json_build_object", json_build_object));
     ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray::new()));
     ctx.register_udf(like_escape_udf());
-    ctx.register_udf(ScalarUDF::new_from_impl(Format {
-        signature: Signature::variadic_any(Volatility::Immutable),
-    }));
+    ctx.register_udf(TextFunction::udf("format", format_text));
     ctx.register_udf(current_setting_udf());
     // Every type and collation is visible: the server has one schema search path.
     for name in ["pg_type_is_visible", "pg_collation_is_visible"] {
@@ -824,98 +822,71 @@ fn like_escape_udf() -> ScalarUDF {
 /// `format(fmt, args…)`: Postgres' `%s` (text, NULL as empty), `%I` (an identifier, quoted
 /// when it needs to be), `%L` (a literal, NULL as `NULL`) and `%%` (Metabase builds type and
 /// table names with it).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Format {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for Format {
-    fn name(&self) -> &str {
-        "format"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let n = args.number_rows;
-        let texts = args
-            .args
-            .iter()
-            .map(|a| {
-                Ok(datafusion::arrow::compute::cast(
-                    &a.to_array(n)?,
-                    &DataType::Utf8,
-                )?)
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        let texts: Vec<&StringArray> = texts.iter().map(|a| a.as_string::<i32>()).collect();
-        let Some((format, values)) = texts.split_first() else {
-            return Err(DataFusionError::Plan(
-                "format() needs a format string".into(),
-            ));
-        };
-        let out: StringArray = (0..n)
-            .map(|i| {
-                if format.is_null(i) {
-                    return Ok(None);
+fn format_text(args: &[ArrayRef], n: usize) -> Result<StringArray> {
+    let texts = args
+        .iter()
+        .map(|a| Ok(datafusion::arrow::compute::cast(a, &DataType::Utf8)?))
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let texts: Vec<&StringArray> = texts.iter().map(|a| a.as_string::<i32>()).collect();
+    let Some((format, values)) = texts.split_first() else {
+        return Err(DataFusionError::Plan(
+            "format() needs a format string".into(),
+        ));
+    };
+    (0..n)
+        .map(|i| {
+            if format.is_null(i) {
+                return Ok(None);
+            }
+            let value = |k: usize| {
+                values
+                    .get(k)
+                    .and_then(|v| (!v.is_null(i)).then(|| v.value(i)))
+            };
+            let mut out = String::new();
+            let (mut chars, mut next) = (format.value(i).chars(), 0);
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    out.push(c);
+                    continue;
                 }
-                let value = |k: usize| {
-                    values
-                        .get(k)
-                        .and_then(|v| (!v.is_null(i)).then(|| v.value(i)))
-                };
-                let mut out = String::new();
-                let (mut chars, mut next) = (format.value(i).chars(), 0);
-                while let Some(c) = chars.next() {
-                    if c != '%' {
-                        out.push(c);
-                        continue;
-                    }
-                    let spec = chars.next();
-                    if spec == Some('%') {
-                        out.push('%');
-                        continue;
-                    }
-                    if next >= values.len() {
+                let spec = chars.next();
+                if spec == Some('%') {
+                    out.push('%');
+                    continue;
+                }
+                if next >= values.len() {
+                    return Err(DataFusionError::Execution(
+                        "format(): too few arguments".into(),
+                    ));
+                }
+                let v = value(next);
+                next += 1;
+                match (spec, v) {
+                    (Some('s'), v) => out.push_str(v.unwrap_or("")),
+                    (Some('I'), Some(v)) => out.push_str(&quote_ident(v)),
+                    (Some('I'), None) => {
                         return Err(DataFusionError::Execution(
-                            "format(): too few arguments".into(),
+                            "format(): a NULL cannot be an identifier (%I)".into(),
                         ));
                     }
-                    let v = value(next);
-                    next += 1;
-                    match (spec, v) {
-                        (Some('s'), v) => out.push_str(v.unwrap_or("")),
-                        (Some('I'), Some(v)) => out.push_str(&quote_ident(v)),
-                        (Some('I'), None) => {
-                            return Err(DataFusionError::Execution(
-                                "format(): a NULL cannot be an identifier (%I)".into(),
-                            ));
-                        }
-                        (Some('L'), Some(v)) => {
-                            out.push('\'');
-                            out.push_str(&v.replace('\'', "''"));
-                            out.push('\'');
-                        }
-                        (Some('L'), None) => out.push_str("NULL"),
-                        (spec, _) => {
-                            return Err(DataFusionError::Execution(format!(
-                                "format(): unsupported conversion %{}",
-                                spec.map(String::from).unwrap_or_default()
-                            )));
-                        }
+                    (Some('L'), Some(v)) => {
+                        out.push('\'');
+                        out.push_str(&v.replace('\'', "''"));
+                        out.push('\'');
+                    }
+                    (Some('L'), None) => out.push_str("NULL"),
+                    (spec, _) => {
+                        return Err(DataFusionError::Execution(format!(
+                            "format(): unsupported conversion %{}",
+                            spec.map(String::from).unwrap_or_default()
+                        )));
                     }
                 }
-                Ok(Some(out))
-            })
-            .collect::<Result<_>>()?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
+            }
+            Ok(Some(out))
+        })
+        .collect::<Result<_>>()
 }
 
 /// `name` as Postgres' `quote_ident` writes it: bare when lower-case letters, digits and `_`
@@ -961,22 +932,78 @@ fn to_backslash(pattern: &str, escape: char) -> String {
 
 /// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column reflection
 /// asks for one per identity column; scoreland's tables have none).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
-    signature: Signature,
+fn json_build_object(columns: &[ArrayRef], n: usize) -> Result<StringArray> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default();
+    let formatters: Vec<_> = columns
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(n);
+    for row in 0..n {
+        let mut object = serde_json::Map::new();
+        for (k, v) in (0..columns.len() / 2).map(|p| (2 * p, 2 * p + 1)) {
+            let key = formatters[k].value(row).to_string();
+            let value = if columns[v].is_null(row) {
+                serde_json::Value::Null
+            } else {
+                let text = formatters[v].value(row).to_string();
+                match columns[v].data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
+                    _ => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+                }
+            };
+            object.insert(key, value);
+        }
+        out.push(Some(serde_json::Value::Object(object).to_string()));
+    }
+    Ok(StringArray::from(out))
 }
 
-impl JsonBuildObject {
-    fn new() -> Self {
-        JsonBuildObject {
+/// A function of any arguments whose answer is text, computed by `body` over the arguments as
+/// arrays of `n` rows (`format`, `json_build_object`).
+struct TextFunction {
+    name: &'static str,
+    signature: Signature,
+    body: fn(&[ArrayRef], usize) -> Result<StringArray>,
+}
+
+impl TextFunction {
+    fn udf(name: &'static str, body: fn(&[ArrayRef], usize) -> Result<StringArray>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(TextFunction {
+            name,
             signature: Signature::variadic_any(Volatility::Immutable),
-        }
+            body,
+        })
     }
 }
 
-impl ScalarUDFImpl for JsonBuildObject {
+impl std::fmt::Debug for TextFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextFunction")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+// One function per name: the name is the identity.
+impl PartialEq for TextFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TextFunction {}
+
+impl std::hash::Hash for TextFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for TextFunction {
     fn name(&self) -> &str {
-        "json_build_object"
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -988,37 +1015,13 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
         let n = args.number_rows;
-        let columns: Vec<_> = args
+        let arrays = args
             .args
             .iter()
             .map(|a| a.to_array(n))
-            .collect::<Result<_>>()?;
-        let options = FormatOptions::default();
-        let formatters: Vec<_> = columns
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(n);
-        for row in 0..n {
-            let mut object = serde_json::Map::new();
-            for (k, v) in (0..columns.len() / 2).map(|p| (2 * p, 2 * p + 1)) {
-                let key = formatters[k].value(row).to_string();
-                let value = if columns[v].is_null(row) {
-                    serde_json::Value::Null
-                } else {
-                    let text = formatters[v].value(row).to_string();
-                    match columns[v].data_type() {
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
-                        _ => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-                    }
-                };
-                object.insert(key, value);
-            }
-            out.push(Some(serde_json::Value::Object(object).to_string()));
-        }
-        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ColumnarValue::Array(Arc::new((self.body)(&arrays, n)?)))
     }
 }
 
