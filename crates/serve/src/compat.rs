@@ -631,53 +631,8 @@ const SETTINGS: &[(&str, &str)] = &[
 /// `current_setting(name [, missing_ok])`: one of [`SETTINGS`]; another name is Postgres'
 /// error, or NULL with `missing_ok`.
 fn current_setting_udf() -> ScalarUDF {
-    let answer = |name: &str, missing_ok: bool| -> Result<Option<String>> {
-        let lower = name.to_ascii_lowercase();
-        match SETTINGS.iter().find(|(n, _)| *n == lower) {
-            Some((_, v)) => Ok(Some(v.to_string())),
-            None if missing_ok => Ok(None),
-            None => Err(DataFusionError::Execution(format!(
-                "unrecognized configuration parameter \"{name}\""
-            ))),
-        }
-    };
-    let udf = move |args: &[ColumnarValue]| -> Result<ColumnarValue> {
-        let n = args
-            .iter()
-            .find_map(|a| match a {
-                ColumnarValue::Array(a) => Some(a.len()),
-                ColumnarValue::Scalar(_) => None,
-            })
-            .unwrap_or(1);
-        let names = datafusion::arrow::compute::cast(&args[0].to_array(n)?, &DataType::Utf8)?;
-        let names = names.as_string::<i32>();
-        let missing_ok = match args.get(1) {
-            Some(a) => {
-                let a = datafusion::arrow::compute::cast(&a.to_array(n)?, &DataType::Boolean)?;
-                Some(a.as_boolean().clone())
-            }
-            None => None,
-        };
-        let out: StringArray = (0..n)
-            .map(|i| {
-                if names.is_null(i) {
-                    return Ok(None);
-                }
-                let ok = missing_ok
-                    .as_ref()
-                    .is_some_and(|m| m.is_valid(i) && m.value(i));
-                answer(names.value(i), ok)
-            })
-            .collect::<Result<_>>()?;
-        Ok(
-            if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-            } else {
-                ColumnarValue::Array(Arc::new(out))
-            },
-        )
-    };
-    ScalarUDF::new_from_impl(CurrentSetting {
+    ScalarUDF::new_from_impl(TextFunction {
+        name: "current_setting",
         signature: Signature::one_of(
             vec![
                 datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8]),
@@ -688,54 +643,41 @@ fn current_setting_udf() -> ScalarUDF {
             ],
             Volatility::Stable,
         ),
-        udf: Arc::new(udf),
+        body: current_setting,
     })
 }
 
-type Fun = Arc<dyn Fn(&[ColumnarValue]) -> Result<ColumnarValue> + Send + Sync>;
-
-/// `current_setting`, of one or two arguments.
-struct CurrentSetting {
-    signature: Signature,
-    udf: Fun,
-}
-
-impl std::fmt::Debug for CurrentSetting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("current_setting")
-    }
-}
-
-impl PartialEq for CurrentSetting {
-    fn eq(&self, other: &Self) -> bool {
-        self.signature == other.signature
-    }
-}
-
-impl Eq for CurrentSetting {}
-
-impl std::hash::Hash for CurrentSetting {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.signature.hash(state);
-    }
-}
-
-impl ScalarUDFImpl for CurrentSetting {
-    fn name(&self) -> &str {
-        "current_setting"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        (self.udf)(&args.args)
-    }
+fn current_setting(args: &[ArrayRef], n: usize) -> Result<StringArray> {
+    let answer = |name: &str, missing_ok: bool| -> Result<Option<String>> {
+        let lower = name.to_ascii_lowercase();
+        match SETTINGS.iter().find(|(n, _)| *n == lower) {
+            Some((_, v)) => Ok(Some(v.to_string())),
+            None if missing_ok => Ok(None),
+            None => Err(DataFusionError::Execution(format!(
+                "unrecognized configuration parameter \"{name}\""
+            ))),
+        }
+    };
+    let names = datafusion::arrow::compute::cast(&args[0], &DataType::Utf8)?;
+    let names = names.as_string::<i32>();
+    let missing_ok = match args.get(1) {
+        Some(a) => {
+            let a = datafusion::arrow::compute::cast(a, &DataType::Boolean)?;
+            Some(a.as_boolean().clone())
+        }
+        None => None,
+    };
+    (0..n)
+        .map(|i| {
+            if names.is_null(i) {
+                return Ok(None);
+            }
+            let ok = missing_ok
+                .as_ref()
+                .is_some_and(|m| m.is_valid(i) && m.value(i));
+            answer(names.value(i), ok)
+        })
+        .collect()
 }
 
 /// A function of any arguments with one answer.
@@ -960,8 +902,8 @@ fn json_build_object(columns: &[ArrayRef], n: usize) -> Result<StringArray> {
     Ok(StringArray::from(out))
 }
 
-/// A function of any arguments whose answer is text, computed by `body` over the arguments as
-/// arrays of `n` rows (`format`, `json_build_object`).
+/// A function whose answer is text, computed by `body` over the arguments as arrays of `n`
+/// rows (`format`, `json_build_object`, `current_setting`).
 struct TextFunction {
     name: &'static str,
     signature: Signature,
