@@ -512,3 +512,39 @@ table.checks{border-collapse:collapse;font-size:13px}table.checks td,table.check
 padding:3px 10px;text-align:left}tr.warn td{background:#fff6e6}tr.fail td,tr.overridden td{background:#fdeaea}\
 @media print{body{max-width:none;padding:0}.grid{grid-template-columns:repeat(2,1fr)}\
 figure{border-color:#ccc}}";
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Check names carry model names from the platform's data, and a `checks` table can be
+    /// written by anyone with the warehouse: nothing of them becomes markup.
+    #[test]
+    fn a_hostile_checks_table_stays_text() {
+        let row = |check: &str, status: &str| -> Row {
+            json!({"pipeline": "demo<script>", "night": "2026-12-05", "check": check,
+                   "level": "error", "value": 1.5, "bound": "<= 1", "status": status})
+            .as_object()
+            .cloned()
+            .unwrap()
+        };
+        let html = checks_section(&[
+            row("model_rows.<img src=x onerror=alert(1)>", "fail"),
+            row("drift.m", "pass\" onmouseover=\"x"),
+        ]);
+        assert!(
+            !html.contains("<img") && !html.contains("<script"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        // A status scoreland does not write is no class name.
+        assert!(html.contains("<tr class=\"unknown\">"), "{html}");
+        assert!(!html.contains("class=\"pass\" onmouseover"), "{html}");
+        assert!(checks_section(&[]).is_empty());
+    }
+}
