@@ -91,6 +91,13 @@ pub struct GenerateArgs {
     /// Segments the profiles can belong to.
     #[arg(long, default_value_t = 20)]
     pub segments: u32,
+    /// Also write an ExperienceEvent dataset (web and commerce events) with this many rows per
+    /// nightly batch; from the third night its rows carry a new field.
+    #[arg(long, default_value_t = 0)]
+    pub events: u64,
+    /// Nightly batches of the events dataset.
+    #[arg(long, default_value_t = 3)]
+    pub event_nights: u32,
 }
 
 pub async fn run(args: SimArgs) -> Result<()> {
@@ -116,6 +123,20 @@ pub async fn run(args: SimArgs) -> Result<()> {
                     },
                 )?;
                 out["profile_store"] = serde_json::to_value(&store)?;
+            }
+            if g.events > 0 {
+                let nights = scoreland_platform_sim::events::add_event_nights(
+                    &opts.out,
+                    &opts.sandbox,
+                    0,
+                    g.event_nights,
+                    g.events,
+                    g.seed,
+                )?;
+                out["events"] = serde_json::json!({
+                    "dataset_id": scoreland_platform_sim::events::EVENTS_DATASET,
+                    "nights": nights,
+                });
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())

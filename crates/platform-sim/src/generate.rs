@@ -58,8 +58,8 @@ const FACTOR_CODES: [&str; 6] = [
 const IMPORTANCE: [&str; 3] = ["low", "medium", "high"];
 const CHUNK_ROWS: usize = 65_536;
 /// 2026-11-16, a Monday: the newest scoring date, fixed so output depends only on the seed.
-const NEWEST_SCORE_DAY: i32 = 20_773;
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const NEWEST_SCORE_DAY: i32 = 20_773;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -674,7 +674,7 @@ fn model_array(cols: ModelColumns, data_type: &DataType, drift: bool) -> ArrayRe
     Arc::new(StructArray::new(fields.clone(), children, Some(valid)))
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SimError> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SimError> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| SimError::Generate(e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| SimError::io(path, e))
@@ -690,7 +690,7 @@ fn day_string(day: i32) -> String {
         .unwrap_or_default()
 }
 
-fn hex_lower(rng: &mut ChaCha8Rng, n: usize) -> String {
+pub(crate) fn hex_lower(rng: &mut ChaCha8Rng, n: usize) -> String {
     (0..n)
         .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
         .collect()
@@ -701,7 +701,7 @@ fn hex_upper(rng: &mut ChaCha8Rng, n: usize) -> String {
 }
 
 /// A ULID-like batch id, as Catalog issues them (`01E5QSWCAASFQ054FNBKYV6TIQ`).
-fn batch_id(rng: &mut ChaCha8Rng) -> String {
+pub(crate) fn batch_id(rng: &mut ChaCha8Rng) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut id = String::from("01K");
     for _ in 0..23 {

@@ -7,6 +7,7 @@
 //! simulator differs from AEP, the difference is listed in `docs/simulator.md`.
 
 mod data;
+pub mod events;
 mod faults;
 mod flows;
 pub mod generate;
@@ -24,7 +25,7 @@ pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
 pub use flows::{DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
 pub use profile_export::{ProfileExportFault, write_export_part, write_profile_export};
-pub use server::{SimConfig, SimHandle, start};
+pub use server::{SimConfig, SimHandle, start, xdm_properties};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

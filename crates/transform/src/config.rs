@@ -12,6 +12,10 @@ pub struct TransformConfig {
     /// the schema (`_<tenant>.CustomerAI.<instance>.*`, identity at `_<tenant>.identity`).
     #[serde(default)]
     pub mapping: Option<Mapping>,
+    /// Land the source's dataset as it is, flattened from its XDM schema (an ExperienceEvent
+    /// dataset: partitioned by event date, each `_id` once), instead of Customer AI scores.
+    #[serde(default)]
+    pub dataset: Option<crate::dataset::DatasetLanding>,
     /// Keep rows that have no identity (they are never deduplicated); dropped by default.
     #[serde(default)]
     pub keep_null_identities: bool,
@@ -45,6 +49,16 @@ impl TransformConfig {
                 if model.name.trim().is_empty() {
                     return Err(TransformError::Config("a mapping model has no name".into()));
                 }
+            }
+        }
+        if let Some(d) = &self.dataset {
+            d.validate()?;
+            if self.mapping.is_some() {
+                return Err(TransformError::Config(
+                    "[transform.dataset] and [transform.mapping] exclude each other: a dataset \
+                     lands from its schema, scores through a mapping"
+                        .into(),
+                ));
             }
         }
         if self.target_partitions == Some(0) {

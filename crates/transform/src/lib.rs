@@ -14,6 +14,7 @@
 mod audiences;
 mod checks;
 mod config;
+mod dataset;
 mod dedupe;
 mod drift;
 mod error;
@@ -34,6 +35,7 @@ pub use checks::{
     Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
+pub use dataset::{DatasetLanding, EVENT_DATE, EventDataset, EventScan, EventStats};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};

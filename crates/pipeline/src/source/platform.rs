@@ -28,14 +28,15 @@ pub struct Connected {
 }
 
 impl Connected {
-    /// The simulated platform's first dataset (`None` on a real org).
+    /// The simulated platform's first dataset, the one created first (`None` on a real org).
     pub fn first_dataset(&self) -> Option<String> {
         self.sim.as_ref().and_then(|sim| {
-            sim.platform()
-                .sandboxes
-                .values()
-                .next()
-                .and_then(|sb| sb.datasets.keys().next().cloned())
+            sim.platform().sandboxes.values().next().and_then(|sb| {
+                sb.datasets
+                    .values()
+                    .min_by_key(|d| (d.object.get("created").and_then(|c| c.as_i64()), &d.id))
+                    .map(|d| d.id.clone())
+            })
         })
     }
 }

@@ -12,6 +12,7 @@ mod faults;
 mod ims;
 mod router;
 mod schemas;
+pub use schemas::xdm_properties;
 
 use catalog::*;
 use data_access::*;

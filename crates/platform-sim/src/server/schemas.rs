@@ -75,10 +75,7 @@ pub(super) async fn get_schema(
             );
         }
     };
-    let mut properties = Map::new();
-    for f in fields.iter() {
-        properties.insert(f.name().clone(), xdm_field(f));
-    }
+    let properties = xdm_properties(&fields);
     let body = json!({
         "$id": id,
         "meta:altId": format!("{}.schemas.{}", st.platform.info.tenant, dataset.id),
@@ -97,6 +94,16 @@ pub(super) async fn get_schema(
         body.to_string(),
     )
         .into_response()
+}
+
+/// The `properties` of the schema whose rows have these columns, in XDM's JSON form.
+pub fn xdm_properties(fields: &arrow::datatypes::Fields) -> Value {
+    Value::Object(
+        fields
+            .iter()
+            .map(|f| (f.name().clone(), xdm_field(f)))
+            .collect(),
+    )
 }
 
 /// One field in XDM's JSON form.

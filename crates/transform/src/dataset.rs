@@ -1,0 +1,675 @@
+//! Any XDM ExperienceEvent dataset, landed from its Schema Registry schema with no mapping:
+//! each row flattened to the schema's columns (`xdm.rs`), partitioned by event date, and each
+//! event (`_id`) landed once, whatever the night that brings it again.
+//!
+//! Two passes over the staged parts: [`EventDataset::scan`] reads only `_id` and `timestamp`
+//! (the dates a night touches, so the caller can fetch the `_id`s already landed on them);
+//! [`EventDataset::write`] then decides which rows are new (the first of each `_id`, oldest
+//! batch first, and none already landed) and writes them on every core, one file per part and
+//! event date, under `event_date=YYYY-MM-DD/`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, ListArray, RecordBatch, StringArray, StructArray,
+    new_null_array,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Field, Fields, Schema, SchemaRef, TimeUnit,
+};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::TransformError;
+use crate::flatten::{leaves, path_array};
+use crate::run::StagedBatch;
+use crate::workers::on_workers;
+use crate::xdm::{XdmColumn, columns};
+
+/// The date partition column of an events table.
+pub const EVENT_DATE: &str = "event_date";
+/// Table names scoreland's own tables use, which a dataset cannot land as.
+const RESERVED: [&str; 7] = [
+    "scores",
+    "summary",
+    "drift",
+    "checks",
+    "profiles",
+    "audiences",
+    "audience_summary",
+];
+
+/// `[transform.dataset]`: land the source's dataset as it is, from its XDM schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetLanding {
+    /// The table it lands as: lower-case letters, digits and `_`.
+    pub table: String,
+    /// Levels of nested objects that become `a_b_c` columns; deeper ones stay structs.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+}
+
+fn default_depth() -> usize {
+    3
+}
+
+impl DatasetLanding {
+    pub fn validate(&self) -> Result<(), TransformError> {
+        let t = &self.table;
+        let plain = !t.is_empty()
+            && t.len() <= 63
+            && t.starts_with(|c: char| c.is_ascii_lowercase())
+            && t.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(TransformError::Config(format!(
+                "dataset.table {t:?}: use lower-case letters, digits and '_', starting with a letter (at most 63)"
+            )));
+        }
+        if RESERVED.contains(&t.as_str()) {
+            return Err(TransformError::Config(format!(
+                "dataset.table {t:?} is one of scoreland's own tables ({}); choose another name",
+                RESERVED.join(", ")
+            )));
+        }
+        if self.depth > 16 {
+            return Err(TransformError::Config(format!(
+                "dataset.depth = {}: at most 16",
+                self.depth
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What landing a night of events did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventStats {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Rows whose `_id` an older row of this night, or a landed night, already holds.
+    pub duplicates_dropped: u64,
+    /// Rows without a `timestamp` (XDM requires one): not landed.
+    pub without_timestamp: u64,
+    /// Event dates the night's new rows fall on.
+    pub dates: Vec<String>,
+    pub columns: usize,
+}
+
+/// An ExperienceEvent dataset's columns, from its schema.
+#[derive(Debug, Clone)]
+pub struct EventDataset {
+    columns: Vec<XdmColumn>,
+    schema: SchemaRef,
+}
+
+/// The keys of one staged part, in the order parts are landed.
+#[derive(Debug)]
+struct PartKeys {
+    file: PathBuf,
+    batch_id: String,
+    ids: StringArray,
+    days: Vec<Option<i32>>,
+}
+
+/// The first pass over a night: every part's keys, and the event dates they fall on.
+#[derive(Debug)]
+pub struct EventScan {
+    parts: Vec<PartKeys>,
+    /// `YYYY-MM-DD`, sorted.
+    pub dates: Vec<String>,
+}
+
+impl EventDataset {
+    /// The columns of `schema` (the Schema Registry's `xed-full` form), which must be an
+    /// ExperienceEvent's: `_id` (string) and `timestamp` (date-time) at the top.
+    pub fn new(schema: &Value, landing: &DatasetLanding) -> Result<EventDataset, TransformError> {
+        let columns = columns(schema, landing.depth)?;
+        let has = |name: &str, ty: &str| columns.iter().any(|c| c.path == name && c.xdm_type == ty);
+        if !has("_id", "string") || !has("timestamp", "date-time") {
+            return Err(TransformError::Config(format!(
+                "the dataset's schema ({}) is not an ExperienceEvent's: it lacks `_id` (string) or \
+                 `timestamp` (date-time); only ExperienceEvent datasets land from their schema \
+                 today, a record dataset needs a [transform.mapping]",
+                schema["title"].as_str().unwrap_or("untitled")
+            )));
+        }
+        if let Some(c) = columns
+            .iter()
+            .find(|c| [EVENT_DATE, "batch_id", "run_id", "dataset_id"].contains(&c.name.as_str()))
+        {
+            return Err(TransformError::Config(format!(
+                "the schema's field {} flattens to column {}, which scoreland adds itself; land \
+                 with another depth",
+                c.path, c.name
+            )));
+        }
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|c| {
+                let comment = match (&c.title, &c.description) {
+                    (Some(t), Some(d)) => Some(format!("{t}: {d}")),
+                    (Some(t), None) => Some(t.clone()),
+                    (None, d) => d.clone(),
+                };
+                let mut meta = HashMap::from([("xdm_path".to_string(), c.path.clone())]);
+                if let Some(comment) = comment {
+                    meta.insert("comment".to_string(), comment);
+                }
+                Field::new(&c.name, c.data_type.clone(), true).with_metadata(meta)
+            })
+            .collect();
+        fields.push(Field::new(EVENT_DATE, DataType::Date32, true));
+        fields.push(Field::new("batch_id", DataType::Utf8, true));
+        fields.push(Field::new("run_id", DataType::Utf8, true));
+        Ok(EventDataset {
+            columns,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The columns a night lands as (scoreland's own last: `event_date`, `batch_id`, `run_id`).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Reads the keys (`_id`, `timestamp`) of every staged part, on `workers` threads.
+    pub fn scan(
+        &self,
+        staged: &[StagedBatch],
+        workers: usize,
+    ) -> Result<EventScan, TransformError> {
+        let mut batches: Vec<&StagedBatch> = staged.iter().collect();
+        batches.sort_by_key(|b| b.created_ms);
+        let files: Vec<(&Path, &str)> = batches
+            .iter()
+            .flat_map(|b| b.files.iter().map(|f| (f.as_path(), b.batch_id.as_str())))
+            .collect();
+        if files.is_empty() {
+            return Err(TransformError::NoInput);
+        }
+        let states = on_workers(
+            workers,
+            files.len(),
+            |_| Vec::new(),
+            |out: &mut Vec<(usize, PartKeys)>, i| {
+                let (file, batch_id) = files[i];
+                let mut ids = Vec::new();
+                let mut days = Vec::new();
+                for batch in read(file, Some(&["_id", "timestamp"]))? {
+                    let id = path_array(&batch, "_id").ok_or_else(|| missing(file, "_id"))?;
+                    let id = cast(&id, &DataType::Utf8).map_err(|e| parquet(file, e))?;
+                    ids.extend(id.as_string::<i32>().iter().map(|s| s.map(str::to_string)));
+                    days.extend(event_days(&batch, file)?);
+                }
+                out.push((
+                    i,
+                    PartKeys {
+                        file: file.to_path_buf(),
+                        batch_id: batch_id.to_string(),
+                        ids: StringArray::from(ids),
+                        days,
+                    },
+                ));
+                Ok(())
+            },
+        )?;
+        let mut parts: Vec<(usize, PartKeys)> = states.into_iter().flatten().collect();
+        parts.sort_by_key(|(i, _)| *i);
+        let days: BTreeSet<i32> = parts
+            .iter()
+            .flat_map(|(_, p)| p.days.iter().flatten().copied())
+            .collect();
+        Ok(EventScan {
+            parts: parts.into_iter().map(|(_, p)| p).collect(),
+            dates: days.into_iter().map(day_string).collect(),
+        })
+    }
+
+    /// Writes the night's new events under `out` (`event_date=…/part-….parquet`): the first
+    /// row of each `_id`, oldest batch first, unless a file of `landed` (the table's files of
+    /// the night's dates) holds it already.
+    pub fn write(
+        &self,
+        scan: EventScan,
+        landed: &[PathBuf],
+        run_id: &str,
+        out: &Path,
+        workers: usize,
+    ) -> Result<EventStats, TransformError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        for file in landed {
+            for batch in read(file, Some(&["_id"]))? {
+                let ids = path_array(&batch, "_id").ok_or_else(|| missing(file, "_id"))?;
+                let ids = cast(&ids, &DataType::Utf8).map_err(|e| parquet(file, e))?;
+                seen.extend(ids.as_string::<i32>().iter().flatten().map(str::to_string));
+            }
+        }
+        let mut stats = EventStats {
+            columns: self.columns.len(),
+            ..Default::default()
+        };
+        let mut keep: Vec<BooleanArray> = Vec::with_capacity(scan.parts.len());
+        let mut dates = BTreeSet::new();
+        for part in &scan.parts {
+            stats.rows_in += part.ids.len() as u64;
+            let mask: BooleanArray = part
+                .ids
+                .iter()
+                .zip(&part.days)
+                .map(|(id, day)| {
+                    let Some(day) = day else {
+                        stats.without_timestamp += 1;
+                        return Some(false);
+                    };
+                    // XDM requires `_id`; a row without one has nothing to be a duplicate of.
+                    let new = id.is_none_or(|id| seen.insert(id.to_string()));
+                    if new {
+                        dates.insert(*day);
+                    } else {
+                        stats.duplicates_dropped += 1;
+                    }
+                    Some(new)
+                })
+                .collect();
+            stats.rows_out += mask.true_count() as u64;
+            keep.push(mask);
+        }
+        drop(seen);
+        stats.dates = dates.into_iter().map(day_string).collect();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+            .build();
+        on_workers(
+            workers,
+            scan.parts.len(),
+            |_| (),
+            |_, i| self.write_part(&scan.parts[i], &keep[i], i, run_id, out, &props),
+        )?;
+        Ok(stats)
+    }
+
+    /// One part's new rows, flattened, one file per event date.
+    fn write_part(
+        &self,
+        part: &PartKeys,
+        keep: &BooleanArray,
+        index: usize,
+        run_id: &str,
+        out: &Path,
+        props: &WriterProperties,
+    ) -> Result<(), TransformError> {
+        if keep.true_count() == 0 {
+            return Ok(());
+        }
+        let file = part.file.as_path();
+        let paths: Vec<&str> = self.columns.iter().map(|c| c.path.as_str()).collect();
+        let mut writers: BTreeMap<i32, (PathBuf, ArrowWriter<File>)> = BTreeMap::new();
+        let mut offset = 0usize;
+        for batch in read(file, Some(&paths))? {
+            let n = batch.num_rows();
+            let mask = keep.slice(offset, n);
+            offset += n;
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let flat = self.flatten(&batch, file, &part.batch_id, run_id)?;
+            let flat = filter_record_batch(&flat, &mask).map_err(|e| parquet(file, e))?;
+            let days = flat
+                .column_by_name(EVENT_DATE)
+                .map(|d| d.as_primitive::<Date32Type>().clone())
+                .ok_or_else(|| missing(file, EVENT_DATE))?;
+            let distinct: BTreeSet<i32> = days.iter().flatten().collect();
+            for day in distinct {
+                let on_day: BooleanArray = days.iter().map(|d| Some(d == Some(day))).collect();
+                let rows = filter_record_batch(&flat, &on_day).map_err(|e| parquet(file, e))?;
+                let (path, writer) = match writers.entry(day) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let dir = out.join(format!("{EVENT_DATE}={}", day_string(day)));
+                        std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                        let path = dir.join(format!("part-{index:05}.parquet"));
+                        let f = File::create(&path).map_err(|source| TransformError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        let w = ArrowWriter::try_new(f, self.schema.clone(), Some(props.clone()))
+                            .map_err(|e| parquet(&path, e))?;
+                        e.insert((path, w))
+                    }
+                };
+                writer.write(&rows).map_err(|e| parquet(path, e))?;
+            }
+        }
+        for (_, (path, writer)) in writers {
+            writer.close().map_err(|e| parquet(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// One record batch of a part as the table's columns.
+    fn flatten(
+        &self,
+        batch: &RecordBatch,
+        file: &Path,
+        batch_id: &str,
+        run_id: &str,
+    ) -> Result<RecordBatch, TransformError> {
+        let n = batch.num_rows();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for c in &self.columns {
+            arrays.push(match path_array(batch, &c.path) {
+                Some(a) => conform(&a, &c.data_type).map_err(|found| {
+                    TransformError::Config(format!(
+                        "field {} is {found} in {}, but the dataset's schema says {} ({}); the \
+                         schema and the files disagree, so nothing was landed",
+                        c.path,
+                        file.display(),
+                        c.data_type,
+                        c.xdm_type
+                    ))
+                })?,
+                // A field this part's rows do not have (older rows, an optional field).
+                None => new_null_array(&c.data_type, n),
+            });
+        }
+        arrays.push(Arc::new(
+            event_days(batch, file)?
+                .into_iter()
+                .collect::<datafusion::arrow::array::Date32Array>(),
+        ));
+        arrays.push(Arc::new(StringArray::from(vec![batch_id; n])));
+        arrays.push(Arc::new(StringArray::from(vec![run_id; n])));
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| parquet(file, e))
+    }
+}
+
+/// `array` as `ty`: structs matched field by field by name (a field the array lacks is null,
+/// one the type lacks is left out), lists item by item, anything else cast as DataFusion's
+/// `CAST` does. `Err` names the array's type when it cannot be.
+fn conform(array: &ArrayRef, ty: &DataType) -> Result<ArrayRef, String> {
+    if array.data_type() == ty {
+        return Ok(array.clone());
+    }
+    let refuse = || array.data_type().to_string();
+    match (array.data_type(), ty) {
+        (DataType::Struct(_), DataType::Struct(to)) => {
+            let s = array.as_struct();
+            let children = to
+                .iter()
+                .map(|f| match s.column_by_name(f.name()) {
+                    Some(c) => conform(c, f.data_type()),
+                    None => Ok(new_null_array(f.data_type(), s.len())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let fields: Fields = to
+                .iter()
+                .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+                .collect();
+            StructArray::try_new(fields, children, s.nulls().cloned())
+                .map(|a| Arc::new(a) as ArrayRef)
+                .map_err(|_| refuse())
+        }
+        (DataType::List(_), DataType::List(item)) => {
+            let l = array.as_list::<i32>();
+            let values = conform(l.values(), item.data_type())?;
+            ListArray::try_new(
+                item.clone(),
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )
+            .map(|a| Arc::new(a) as ArrayRef)
+            .map_err(|_| refuse())
+        }
+        (DataType::Struct(_) | DataType::List(_), _)
+        | (_, DataType::Struct(_) | DataType::List(_)) => Err(refuse()),
+        _ => crate::flatten::cast_to(array, ty).map_err(|_| refuse()),
+    }
+}
+
+/// Each row's event date (UTC) from its `timestamp`.
+fn event_days(batch: &RecordBatch, file: &Path) -> Result<Vec<Option<i32>>, TransformError> {
+    let ts = path_array(batch, "timestamp").ok_or_else(|| missing(file, "timestamp"))?;
+    let us = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, None)).map_err(|e| {
+        TransformError::Config(format!(
+            "the timestamp column of {} is {}, not a date-time: {e}",
+            file.display(),
+            ts.data_type()
+        ))
+    })?;
+    let us = us.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+    Ok(us
+        .iter()
+        .map(|t| t.map(|t| t.div_euclid(86_400_000_000) as i32))
+        .collect())
+}
+
+/// The record batches of `file`, only the columns under `paths` when given.
+fn read(file: &Path, paths: Option<&[&str]>) -> Result<Vec<RecordBatch>, TransformError> {
+    let f = File::open(file).map_err(|source| TransformError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| TransformError::Footer {
+            file: file.to_path_buf(),
+            source,
+        })?;
+    let builder = match paths {
+        Some(paths) => {
+            let mask = leaves(builder.parquet_schema(), paths.iter().map(|p| (*p, false)));
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    builder
+        .build()
+        .map_err(|e| parquet(file, e))?
+        .map(|b| b.map_err(|e| parquet(file, e)))
+        .collect()
+}
+
+fn day_string(day: i32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+fn missing(file: &Path, column: &str) -> TransformError {
+    TransformError::MissingColumn {
+        file: file.to_path_buf(),
+        column: column.to_string(),
+    }
+}
+
+fn parquet(file: &Path, e: impl std::fmt::Display) -> TransformError {
+    TransformError::Parquet {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::Date32Type;
+    use scoreland_platform_sim::events::{EVENTS_DATASET, add_event_nights, events_schema};
+    use serde_json::json;
+
+    use super::*;
+
+    fn landing() -> DatasetLanding {
+        DatasetLanding {
+            table: "web_events".into(),
+            depth: 3,
+        }
+    }
+
+    fn schema(new_field: bool) -> Value {
+        json!({
+            "title": "Web Events schema",
+            "properties": scoreland_platform_sim::xdm_properties(events_schema(new_field).fields()),
+        })
+    }
+
+    /// Nights `from..to` of the sample events, as staged batches.
+    fn nights(dir: &Path, from: u32, to: u32) -> Vec<StagedBatch> {
+        let made = add_event_nights(dir, "prod", from, to, 200, 7).unwrap();
+        made.iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let parts = dir
+                    .join("prod")
+                    .join(EVENTS_DATASET)
+                    .join(&n.batch_id)
+                    .join(format!("{}-1", n.batch_id));
+                let mut files: Vec<PathBuf> = std::fs::read_dir(parts)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                files.sort();
+                StagedBatch {
+                    batch_id: n.batch_id.clone(),
+                    created_ms: i64::from(from) + i as i64,
+                    files,
+                }
+            })
+            .collect()
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(dir).unwrap() {
+            let p = d.unwrap().path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_night_lands_flat_by_event_date_and_each_event_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staged = nights(&tmp.path().join("platform"), 0, 3);
+        let ds = EventDataset::new(&schema(true), &landing()).unwrap();
+        let out = tmp.path().join("out");
+        let scan = ds.scan(&staged, 2).unwrap();
+        let stats = ds.write(scan, &[], "run-1", &out, 2).unwrap();
+        // Nights 1 and 2 each re-send 6 events of the night before.
+        assert_eq!(
+            (stats.rows_in, stats.rows_out, stats.duplicates_dropped),
+            (600, 588, 12)
+        );
+        assert_eq!(
+            stats.dates,
+            ["2026-11-15", "2026-11-16", "2026-11-17", "2026-11-18"]
+        );
+        let files = files_under(&out);
+        let mut rows = 0;
+        let mut home = (0, 0);
+        for f in &files {
+            let date = f
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            for b in read(f, None).unwrap() {
+                rows += b.num_rows();
+                let schema = b.schema();
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                assert!(
+                    names.contains(&"web_webPageDetails_name")
+                        && names.contains(&"productListItems"),
+                    "{names:?}"
+                );
+                let day = b
+                    .column_by_name(EVENT_DATE)
+                    .unwrap()
+                    .as_primitive::<Date32Type>()
+                    .value(0);
+                assert_eq!(format!("{EVENT_DATE}={}", day_string(day)), date);
+                let is_home = b.column_by_name("web_webPageDetails_isHomePage").unwrap();
+                home.0 += is_home.null_count();
+                home.1 += is_home.len() - is_home.null_count();
+                let field = b
+                    .schema()
+                    .field_with_name("web_webPageDetails_URL")
+                    .unwrap()
+                    .clone();
+                assert_eq!(field.metadata()["comment"], "URL");
+                assert_eq!(field.metadata()["xdm_path"], "web.webPageDetails.URL");
+            }
+        }
+        assert_eq!(rows, 588);
+        // Only the third night's rows have the new field: the older ones have it null.
+        assert_eq!(home, (394, 194));
+
+        // The same night again, its dates' landed files given: nothing is new.
+        let again = tmp.path().join("again");
+        let scan = ds.scan(&staged[2..], 2).unwrap();
+        let stats = ds.write(scan, &files, "run-2", &again, 2).unwrap();
+        assert_eq!((stats.rows_out, stats.duplicates_dropped), (0, 200));
+        assert!(!again.exists() || files_under(&again).is_empty());
+    }
+
+    #[test]
+    fn a_schema_and_files_that_disagree_are_refused_naming_both_types() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staged = nights(&tmp.path().join("platform"), 0, 1);
+        let mut s = schema(false);
+        s["properties"]["eventType"] = json!({"type": "integer", "meta:xdmType": "long"});
+        let ds = EventDataset::new(&s, &landing()).unwrap();
+        let scan = ds.scan(&staged, 1).unwrap();
+        let e = ds
+            .write(scan, &[], "r", &tmp.path().join("out"), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field eventType is Utf8") && e.contains("schema says Int64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_experience_events_and_plain_table_names_are_landed() {
+        let record = json!({"title": "Profile", "properties": {"person": {"type": "string"}}});
+        let e = EventDataset::new(&record, &landing())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not an ExperienceEvent's") && e.contains("Profile"),
+            "{e}"
+        );
+        for bad in ["Scores", "scores", "", "1x", "a-b", "_state"] {
+            let l = DatasetLanding {
+                table: bad.into(),
+                depth: 3,
+            };
+            assert!(l.validate().is_err(), "{bad}");
+        }
+        let mut clash = schema(false);
+        clash["properties"]["event_date"] = json!({"type": "string"});
+        let e = EventDataset::new(&clash, &landing())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scoreland adds itself"), "{e}");
+    }
+}
