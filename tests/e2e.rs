@@ -3002,3 +3002,205 @@ mod recovery {
         }
     }
 }
+
+/// Any ExperienceEvent dataset, landed from its Schema Registry schema with no mapping
+/// (`[transform.dataset]`, `pipelines/web-events.toml`).
+mod datasets {
+    use scoreland_platform_sim::events::{EVENTS_DATASET, add_event_nights};
+
+    use super::*;
+
+    /// `pipelines/web-events.toml` pointed at `platform`, written into `demo`'s directory.
+    fn pointed_at(demo: &Demo, platform: &Path) -> String {
+        let p = demo.tmp.path().join("web-events.toml");
+        let text_of = std::fs::read_to_string(repo().join("pipelines/web-events.toml")).unwrap();
+        std::fs::write(
+            &p,
+            text_of.replace(
+                "data = \"sample-data/platform\"",
+                &format!("data = {:?}", platform.display().to_string()),
+            ),
+        )
+        .unwrap();
+        p.display().to_string()
+    }
+
+    fn run(demo: &Demo, pipeline: &str) -> Output {
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        scoreland(&["run", pipeline, "--json"], &envs)
+    }
+
+    fn columns(demo: &Demo) -> Vec<String> {
+        let o = demo.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'web_events'",
+            "csv",
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_bundled_events_pipeline_lands_the_newest_night() {
+        let demo = Demo::new();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(&["run", "pipelines/web-events.toml", "--json"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert_eq!(
+            (r["rows_in"].as_u64(), r["rows_out"].as_u64()),
+            (Some(1000), Some(1000))
+        );
+        assert_eq!(r["dataset"], EVENTS_DATASET);
+        assert_eq!(
+            demo.count("SELECT count(DISTINCT _id) FROM web_events WHERE web_webPageDetails_isHomePage IS NOT NULL"),
+            1000
+        );
+        // The columns come with the schema's titles as Delta column comments.
+        let log = std::fs::read_to_string(
+            demo.tmp
+                .path()
+                .join("wh/web_events/_delta_log/00000000000000000000.json"),
+        )
+        .unwrap();
+        assert!(log.contains(r#"\"comment\":\"Price Total\""#), "{log}");
+        let o = scoreland(&["history", "web_events", "--warehouse", &demo.wh()], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains("CREATE TABLE"), "{}", text(&o));
+        let o = scoreland(
+            &["-q", "schema", "pipelines/web-events.toml", "--json"],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            text(&o).contains("\"name\":\"web_webPageDetails_isHomePage\""),
+            "{}",
+            text(&o)
+        );
+    }
+
+    /// Night by night: a re-sent event lands once, a field the schema gains becomes a new
+    /// column (null in the nights before), and a dataset that is not an ExperienceEvent's is
+    /// refused before anything lands.
+    #[test]
+    fn events_land_once_and_the_table_follows_the_schema() {
+        let demo = Demo::new();
+        let platform = demo.tmp.path().join("platform");
+        scoreland_platform_sim::generate(&scoreland_platform_sim::GenerateOptions {
+            out: platform.clone(),
+            rows: 100,
+            parts: 1,
+            batches: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let pipeline = pointed_at(&demo, &platform);
+        let night = |n: u32| add_event_nights(&platform, "prod", n, n + 1, 400, 42).unwrap();
+
+        night(0);
+        let o = run(&demo, &pipeline);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(record(&o)["rows_out"], 400);
+        assert!(!columns(&demo).contains(&"web_webPageDetails_isHomePage".to_string()));
+
+        // Night 1 re-sends 12 events of night 0: they are not landed again.
+        night(1);
+        let o = run(&demo, &pipeline);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert_eq!(
+            (r["rows_out"].as_u64(), r["duplicates_dropped"].as_u64()),
+            (Some(388), Some(12))
+        );
+        assert_eq!(demo.count("SELECT count(*) FROM web_events"), 788);
+
+        // Night 2's rows carry a field the schema gains: the table gains the column.
+        let third = night(2);
+        assert!(third[0].new_field);
+        let o = run(&demo, &pipeline);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(columns(&demo).contains(&"web_webPageDetails_isHomePage".to_string()));
+        assert_eq!(demo.count("SELECT count(*) FROM web_events"), 1176);
+        assert_eq!(
+            demo.count("SELECT count(DISTINCT _id) FROM web_events"),
+            1176
+        );
+        assert_eq!(
+            demo.count("SELECT count(web_webPageDetails_isHomePage) FROM web_events"),
+            388
+        );
+        // Every row is on the date of its timestamp.
+        assert_eq!(
+            demo.count(
+                "SELECT count(*) FROM web_events WHERE CAST(timestamp AS DATE) <> event_date"
+            ),
+            0
+        );
+        let o = run(&demo, &pipeline);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert_eq!(record(&o)["status"], "nothing_new");
+
+        // The Customer AI dataset is a record of scores, not events: refused, nothing landed.
+        let scores = std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace(EVENTS_DATASET, &first_dataset_in(&platform))
+            .replace("table = \"web_events\"", "table = \"scores_raw\"")
+            .replace("name = \"web-events\"", "name = \"not-events\"");
+        let scores_pipeline = demo.tmp.path().join("not-events.toml");
+        std::fs::write(&scores_pipeline, scores).unwrap();
+        let o = run(&demo, &scores_pipeline.display().to_string());
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("not an ExperienceEvent's"),
+            "{}",
+            text(&o)
+        );
+        // Refused from the schema, before a row is downloaded.
+        assert!(!text(&o).contains("downloading batch"), "{}", text(&o));
+        assert!(!demo.tmp.path().join("wh/scores_raw").exists());
+    }
+
+    /// The scores dataset's id in a generated platform.
+    fn first_dataset_in(platform: &Path) -> String {
+        std::fs::read_dir(platform.join("prod"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .find(|d| d != EVENTS_DATASET)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dataset_pipeline_refuses_what_it_cannot_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::read_to_string(repo().join("pipelines/web-events.toml")).unwrap();
+        for (change, expect) in [
+            (
+                base.replace("table = \"web_events\"", "table = \"scores\""),
+                "one of scoreland's own tables",
+            ),
+            (
+                base.replace("table = \"web_events\"", "table = \"Web-Events\""),
+                "lower-case letters",
+            ),
+            (
+                format!("{base}\n[checks]\nvolume = {{ min_rows = 1 }}\n"),
+                "a [transform.dataset] pipeline has none",
+            ),
+            (
+                base.replace("depth = 3", "depth = 3\n[transform.mapping]\nidentity = \"a\"\nmodels = [{ name = \"m\", score = \"s\" }]"),
+                "exclude each other",
+            ),
+        ] {
+            let p = dir.path().join("p.toml");
+            std::fs::write(&p, &change).unwrap();
+            let o = scoreland(&["validate", &p.display().to_string()], &[]);
+            assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+            assert!(text(&o).contains(expect), "{expect}: {}", text(&o));
+        }
+    }
+}

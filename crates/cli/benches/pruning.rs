@@ -59,6 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             by_score_date: true,
             date_column: "score_date",
             replace_dataset: false,
+            append: false,
+            evolve_schema: false,
             app_id: "pruning-bench",
             app_version: i64::from(night) + 1,
             metadata: Default::default(),

@@ -50,6 +50,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             by_score_date: true,
             date_column: "score_date",
             replace_dataset: false,
+            append: false,
+            evolve_schema: false,
             app_id: "bench",
             app_version: chrono::Utc::now().timestamp_millis(),
             metadata: Default::default(),

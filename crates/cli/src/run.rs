@@ -127,6 +127,10 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
                 .map(|e| format!(" (complete means: {})", e.completeness))
                 .unwrap_or_default()
         ),
+        RunStatus::NothingNew if r.batches.is_empty() => eprintln!(
+            "nothing new: dataset {} has no successful batch after the last one landed in {}",
+            r.dataset, r.warehouse
+        ),
         RunStatus::NothingNew => eprintln!(
             "nothing new: batch {} is already landed in {} (use --force to land it again)",
             r.batches.join(", "),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use scoreland_pipeline::ALL_TABLES;
+use scoreland_pipeline::warehouse_tables;
 use scoreland_serve::{Limits, ServeOptions, Server};
 
 use crate::args::{parse_duration, parse_size};
@@ -72,7 +72,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         shutdown_grace: args.shutdown_grace,
         login_timeout: Duration::from_secs(10),
         spill_dir: args.spill_dir,
-        tables: ALL_TABLES.iter().map(|t| t.to_string()).collect(),
+        tables: warehouse_tables(&warehouse).await?,
     };
     let no_password = options.login.is_none();
     let server = Server::bind(warehouse, options).await.map_err(usage)?;

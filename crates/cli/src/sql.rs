@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
-use scoreland_pipeline::{ALL_TABLES, TABLES, by_score_date};
+use scoreland_pipeline::{TABLES, by_score_date, warehouse_tables};
 use scoreland_sink::{AsOf, SinkError};
 
 use crate::{Failure, usage};
@@ -62,8 +62,10 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
         Some(s) => parse_as_of(s)?,
         None => AsOf::Published,
     };
+    let tables = warehouse_tables(&wh).await?;
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
     let out = wh
-        .query(&ALL_TABLES, as_of, &args.query)
+        .query(&tables, as_of, &args.query)
         .await
         .map_err(|e| match e {
             SinkError::NoTables { .. } => usage(e),
@@ -185,7 +187,13 @@ pub async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    let vacuumed = wh.vacuum_tables(&ALL_TABLES, args.retention).await;
+    let vacuumed = match warehouse_tables(&wh).await {
+        Ok(tables) => {
+            let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+            wh.vacuum_tables(&tables, args.retention).await
+        }
+        Err(e) => Err(e),
+    };
     lock.release().await?;
     for (t, deleted) in vacuumed? {
         println!("{t}: {} files deleted", deleted.len());
@@ -265,14 +273,15 @@ pub struct HistoryArgs {
 }
 
 pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
-    if !ALL_TABLES.contains(&args.table.as_str()) {
+    let wh = args.warehouse.open()?;
+    let tables = warehouse_tables(&wh).await?;
+    if !tables.contains(&args.table) {
         return Err(usage(anyhow::anyhow!(
             "unknown table {:?}; the tables are {}",
             args.table,
-            ALL_TABLES.join(", ")
+            tables.join(", ")
         )));
     }
-    let wh = args.warehouse.open()?;
     let versions = wh.history(&args.table, Some(args.limit)).await?;
     if args.json {
         for v in &versions {

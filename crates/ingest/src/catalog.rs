@@ -11,6 +11,13 @@ use crate::paging;
 
 /// Customer AI writes its scoring batches as this IMS client.
 pub const SCORING_CLIENT: &str = "acp_foundation_push";
+/// As a `createdClient`: batches from any client (no `createdClient` filter).
+pub const ANY_CLIENT: &str = "*";
+
+/// The `createdClient` filter for `client`: none for [`ANY_CLIENT`].
+fn client_filter(client: &str) -> Option<(&'static str, &str)> {
+    (client != ANY_CLIENT).then_some(("createdClient", client))
+}
 
 /// A Catalog batch, reduced to what landing needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,13 +281,11 @@ impl AepClient {
         match selection {
             BatchSelection::Newest | BatchSelection::CatchUp { after: None } => {
                 // Exactly the query of Adobe's "Download scores" guide.
-                let found = self
-                    .list_batches(
-                        dataset,
-                        &[("createdClient", client), ("status", "success")],
-                        1,
-                    )
-                    .await?;
+                let filters: Vec<(&str, &str)> = client_filter(client)
+                    .into_iter()
+                    .chain([("status", "success")])
+                    .collect();
+                let found = self.list_batches(dataset, &filters, 1).await?;
                 match found.into_iter().next() {
                     Some(b) => Ok(vec![b]),
                     None => Err(IngestError::NoSuccessfulBatch {
@@ -322,14 +327,18 @@ impl AepClient {
                 let url = self.url("/data/foundation/catalog/batches");
                 async move {
                     let mut url = url?;
-                    url.query_pairs_mut()
-                        .append_pair("dataSet", dataset)
-                        .append_pair("createdClient", client)
-                        .append_pair("status", "success")
-                        .append_pair("createdAfter", &after_created.to_string())
-                        .append_pair("orderBy", "asc:created")
-                        .append_pair("limit", "100")
-                        .append_pair("start", &start.to_string());
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.append_pair("dataSet", dataset);
+                        if let Some((k, v)) = client_filter(client) {
+                            q.append_pair(k, v);
+                        }
+                        q.append_pair("status", "success")
+                            .append_pair("createdAfter", &after_created.to_string())
+                            .append_pair("orderBy", "asc:created")
+                            .append_pair("limit", "100")
+                            .append_pair("start", &start.to_string());
+                    }
                     self.catalog_page(url, start, 100).await
                 }
             },

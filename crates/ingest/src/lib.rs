@@ -24,7 +24,7 @@ mod sftp;
 mod values;
 
 pub use auth::{Credentials, Secret};
-pub use catalog::{BatchSelection, CatalogBatch, PROFILE_UNION_SCHEMA, SCORING_CLIENT};
+pub use catalog::{ANY_CLIENT, BatchSelection, CatalogBatch, PROFILE_UNION_SCHEMA, SCORING_CLIENT};
 pub use client::AepClient;
 pub use config::{
     DownloadOptions, MAX_CONCURRENCY, PlatformConfig, PlatformSettings, RetryPolicy, RowCountCheck,

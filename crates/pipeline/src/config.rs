@@ -256,6 +256,33 @@ impl PipelineFile {
         self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         self.source.check(placeholders)?;
+        if self.transform.dataset.is_some() {
+            match &self.source {
+                SourceConfig::Aep { .. } | SourceConfig::Simulator { .. } => {}
+                _ => {
+                    return Err(
+                        "[transform.dataset]: a dataset lands from its schema through \
+                         Catalog (source type \"aep\" or \"simulator\"); export folders and \
+                         profile exports land their own tables"
+                            .into(),
+                    );
+                }
+            }
+            if self.checks.is_some() {
+                return Err(
+                    "[checks]: the checks are of score tables; a [transform.dataset] \
+                     pipeline has none"
+                        .into(),
+                );
+            }
+            if !self.sink.extracts.is_empty() {
+                return Err(
+                    "sink.extracts: a [transform.dataset] pipeline lands its table only; \
+                     remove extracts"
+                        .into(),
+                );
+            }
+        }
         if let SourceConfig::ProfileExport(_) = &self.source
             && !self.sink.extracts.is_empty()
         {

@@ -49,6 +49,9 @@ pub(crate) struct RunContext<'a> {
     /// The pipeline's state as the last landing run left it.
     pub state: &'a PipelineState,
     pub in_flight: &'a InFlight,
+    /// `[transform.dataset]`: the run lands the dataset from its XDM schema, which the source
+    /// reads from the Schema Registry (and checks) before the rows.
+    pub dataset: Option<&'a scoreland_transform::DatasetLanding>,
 }
 
 impl RunContext<'_> {

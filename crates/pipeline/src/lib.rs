@@ -24,7 +24,7 @@ pub use interpolate::interpolate;
 pub use lineage::LineageConfig;
 pub use record::{
     ALL_TABLES, AUDIENCE_TABLES, DriftRecord, PipelineState, RunRecord, RunStatus, StageTimings,
-    TABLES, TableRecord, by_score_date, date_column, error_chain,
+    TABLES, TableRecord, by_score_date, date_column, error_chain, warehouse_tables,
 };
 pub use run::run;
 pub use source::export::download as download_export;

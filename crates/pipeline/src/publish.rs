@@ -31,6 +31,12 @@ pub(crate) struct PreparedTable {
     pub dir: PathBuf,
     /// The date partition column, whose dates in the files are replaced; `None`: appended.
     pub date_column: Option<String>,
+    /// With a date column: the files join their dates instead of replacing them (events).
+    #[serde(default)]
+    pub append: bool,
+    /// New columns in the files are added to the table (a dataset whose schema grew).
+    #[serde(default)]
+    pub evolve_schema: bool,
 }
 
 /// A publish under way, kept at `_state/<pipeline>.publishing.json` from just before the first
@@ -330,6 +336,8 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
                 by_score_date: t.date_column.is_some(),
                 date_column: t.date_column.as_deref().unwrap_or("score_date"),
                 replace_dataset: p.prepared.replace_dataset,
+                append: t.append,
+                evolve_schema: t.evolve_schema,
                 app_id: name,
                 app_version: p.version(),
                 metadata: metadata.clone(),

@@ -22,6 +22,25 @@ pub const ALL_TABLES: [&str; 7] = [
     "audience_summary",
 ];
 
+/// Every table readers of `warehouse` see: scoreland's own, and each dataset a pipeline
+/// landed from its schema (`[transform.dataset]`), as `_published` names them. A name that
+/// is not a plain table name (lower-case letters, digits, `_`) is not a table.
+pub async fn warehouse_tables(
+    warehouse: &scoreland_sink::Warehouse,
+) -> Result<Vec<String>, scoreland_sink::SinkError> {
+    let mut tables: Vec<String> = ALL_TABLES.iter().map(|t| t.to_string()).collect();
+    for name in warehouse.published_versions().await?.into_keys() {
+        let plain = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if plain && !tables.contains(&name) {
+            tables.push(name);
+        }
+    }
+    Ok(tables)
+}
+
 /// Whether a table's nights are date partitions (`score_date`, or `night` for the profile
 /// tables), each replaced whole by the run that lands it; `drift` instead gains rows (one per
 /// model and run; `checks`, one per check and run).

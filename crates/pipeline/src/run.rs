@@ -108,6 +108,7 @@ pub async fn run(
                 work: &work,
                 state: &state,
                 in_flight: &in_flight,
+                dataset: file.transform.dataset.as_ref(),
             };
             prepare(file, &cx, &mut record).await
         } => r,

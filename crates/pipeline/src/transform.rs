@@ -33,6 +33,13 @@ pub(crate) async fn transform(
             let tables = profiles(record, *input).await?;
             (tables, Vec::new(), cx.state.histograms.clone(), false)
         }
+        Input::Dataset { staged, schema } => {
+            let landing = file.transform.dataset.as_ref().ok_or_else(|| {
+                cx.invalid("the source staged a dataset but [transform.dataset] is not set".into())
+            })?;
+            let table = events(file, landing, cx, record, staged, schema).await?;
+            (vec![table], Vec::new(), cx.state.histograms.clone(), false)
+        }
     };
     record.timings.transform_ms = ms(t.elapsed());
     Ok(Prepared {
@@ -128,6 +135,8 @@ async fn scores(
             name: name.to_string(),
             dir: dir.to_path_buf(),
             date_column: by_score_date(name).then(|| "score_date".to_string()),
+            append: false,
+            evolve_schema: false,
         })
         .collect();
     Ok((tables, extracts, output.histograms))
@@ -193,6 +202,92 @@ async fn gate(
     Ok(dir)
 }
 
+/// An ExperienceEvent dataset, landed from its schema as `landing.table`: the night's new
+/// events (none whose `_id` the table already holds on their date), added to their
+/// `event_date` partitions; a field the schema gained becomes a new column.
+async fn events(
+    file: &PipelineFile,
+    landing: &scoreland_transform::DatasetLanding,
+    cx: &RunContext<'_>,
+    record: &mut RunRecord,
+    staged: Vec<scoreland_transform::StagedBatch>,
+    schema: serde_json::Value,
+) -> Result<PreparedTable, PipelineError> {
+    use scoreland_transform::{EVENT_DATE, EventDataset};
+    let dataset = EventDataset::new(&schema, landing).map_err(|e| {
+        cx.invalid(format!(
+            "[transform.dataset]: dataset {}: {e}",
+            record.dataset
+        ))
+    })?;
+    let workers = file
+        .transform
+        .target_partitions
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let blocking = |what: &'static str| {
+        move |e: tokio::task::JoinError| {
+            PipelineError::Transform(scoreland_transform::TransformError::Panicked {
+                message: format!("{what}: {e}"),
+            })
+        }
+    };
+    let scan = {
+        let dataset = dataset.clone();
+        tokio::task::spawn_blocking(move || dataset.scan(&staged, workers))
+            .await
+            .map_err(blocking("reading the events' keys"))?
+            .map_err(PipelineError::Transform)?
+    };
+    // The `_id`s already landed on the night's dates: an event sent again is not landed twice.
+    let landed_dir = cx.work.join("landed");
+    let mut landed = Vec::new();
+    for date in &scan.dates {
+        landed.extend(
+            cx.warehouse
+                .fetch_dataset_files(
+                    &landing.table,
+                    &record.dataset,
+                    Some((EVENT_DATE, date)),
+                    &landed_dir.join(date),
+                )
+                .await
+                .map_err(PipelineError::Sink)?,
+        );
+    }
+    let dir = cx.work.join(&landing.table);
+    let stats = {
+        let (dir, run_id) = (dir.clone(), record.run_id.clone());
+        tokio::task::spawn_blocking(move || dataset.write(scan, &landed, &run_id, &dir, workers))
+            .await
+            .map_err(blocking("writing the events"))?
+            .map_err(PipelineError::Transform)?
+    };
+    record.rows_in = stats.rows_in;
+    record.rows_out = stats.rows_out;
+    record.duplicates_dropped = stats.duplicates_dropped;
+    if stats.without_timestamp > 0 {
+        record.warn(format!(
+            "{} rows have no timestamp (XDM requires one) and were not landed",
+            stats.without_timestamp
+        ));
+    }
+    tracing::info!(
+        table = %landing.table,
+        rows = stats.rows_out,
+        duplicates = stats.duplicates_dropped,
+        dates = ?stats.dates,
+        columns = stats.columns,
+        "events written"
+    );
+    Ok(PreparedTable {
+        name: landing.table.clone(),
+        dir,
+        date_column: Some(EVENT_DATE.to_string()),
+        append: true,
+        evolve_schema: true,
+    })
+}
+
 /// A profile export: `profiles`, `audiences` and `audience_summary` for the night.
 async fn profiles(
     record: &mut RunRecord,
@@ -238,6 +333,8 @@ async fn profiles(
         name: name.to_string(),
         dir,
         date_column: Some("night".to_string()),
+        append: false,
+        evolve_schema: false,
     })
     .collect())
 }

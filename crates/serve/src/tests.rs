@@ -91,6 +91,8 @@ async fn warehouse(dir: &Path, rows: usize) -> Warehouse {
             by_score_date: true,
             date_column: "score_date",
             replace_dataset: false,
+            append: false,
+            evolve_schema: false,
             app_id: "demo",
             app_version: 1,
             metadata: serde_json::Map::new(),

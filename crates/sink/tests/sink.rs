@@ -451,6 +451,8 @@ fn write<'a>(
         by_score_date: true,
         date_column: "score_date",
         replace_dataset: false,
+        append: false,
+        evolve_schema: false,
         app_id: "nightly",
         app_version: seq,
         metadata: serde_json::Map::from_iter([("run_id".to_string(), serde_json::json!(run))]),
@@ -555,4 +557,129 @@ async fn delta_logs_are_checkpointed_and_optimize_compacts_without_changing_rows
     assert_eq!(report.files_removed, 12);
     assert_eq!(report.files_added, 1);
     assert_eq!(delta_rows(&wh, None).await, before);
+}
+
+/// Writes `columns` (with `score_date` = `day` and `run_id` = `run` added) as the one file of
+/// `dir`'s `score_date=day/`.
+fn night_file(dir: &Path, day: &str, run: &str, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+    use arrow::array::{Array, Date32Array};
+    let rows = columns[0].1.len();
+    let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+    let days = (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32;
+    let mut all = columns;
+    all.push((
+        "score_date",
+        Arc::new(Date32Array::from_iter_values((0..rows).map(|_| days))),
+    ));
+    all.push((
+        "run_id",
+        Arc::new(StringArray::from_iter_values((0..rows).map(|_| run))),
+    ));
+    let batch = RecordBatch::try_from_iter(all).unwrap();
+    let path = dir.join(format!("score_date={day}")).join("part-0.parquet");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// An events table: each night's files join their dates (nothing replaced), a column the
+/// files gain is added to the table only when the write allows it, and a type change is
+/// refused with both types named.
+#[tokio::test]
+async fn appended_dates_keep_their_rows_and_new_columns_evolve_the_table() {
+    use arrow::array::{ArrayRef, BooleanArray, Int64Array};
+    let tmp = tempfile::tempdir().unwrap();
+    let wh = local_warehouse(tmp.path()).await;
+    let ids = |r: std::ops::Range<i64>| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(r.map(|i| format!("e{i}"))))
+    };
+    fn events(
+        mut w: scoreland_sink::TableWrite<'_>,
+        evolve: bool,
+    ) -> scoreland_sink::TableWrite<'_> {
+        w.table = "events";
+        w.append = true;
+        w.evolve_schema = evolve;
+        w
+    }
+    let one = tmp.path().join("one");
+    night_file(&one, "2026-11-16", "r1", vec![("_id", ids(0..5))]);
+    let c = wh
+        .write_table(&events(write(&one, "ds", "r1", 1), false))
+        .await
+        .unwrap();
+    assert!(c.replaced_dates.is_empty());
+
+    let two = tmp.path().join("two");
+    night_file(
+        &two,
+        "2026-11-16",
+        "r2",
+        vec![
+            ("_id", ids(5..8)),
+            (
+                "isHomePage",
+                Arc::new(BooleanArray::from(vec![true, false, true])) as ArrayRef,
+            ),
+        ],
+    );
+    let e = wh
+        .write_table(&events(write(&two, "ds", "r2", 2), false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a column isHomePage that the table does not"),
+        "{e}"
+    );
+    wh.write_table(&events(write(&two, "ds", "r2", 2), true))
+        .await
+        .unwrap();
+    let q = wh
+        .query(
+            &["events"],
+            scoreland_sink::AsOf::Version(1),
+            "SELECT count(*) AS n, count(\"isHomePage\") AS home FROM events",
+        )
+        .await
+        .unwrap();
+    let b = &q.batches[0];
+    let n = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    // Night one's five rows are still there (nulls in the new column), beside night two's three.
+    assert_eq!((n(0), n(1)), (8, 3));
+
+    let three = tmp.path().join("three");
+    night_file(
+        &three,
+        "2026-11-17",
+        "r3",
+        vec![
+            ("_id", ids(8..9)),
+            (
+                "isHomePage",
+                Arc::new(StringArray::from(vec!["yes"])) as ArrayRef,
+            ),
+        ],
+    );
+    let e = wh
+        .write_table(&events(write(&three, "ds", "r3", 3), true))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("column isHomePage is boolean in the table and string in the files"),
+        "{e}"
+    );
 }

@@ -36,6 +36,8 @@ use crate::xdm::{XdmColumn, columns};
 
 /// The date partition column of an events table.
 pub const EVENT_DATE: &str = "event_date";
+/// XDM's ExperienceEvent class.
+const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
 /// Table names scoreland's own tables use, which a dataset cannot land as.
 const RESERVED: [&str; 7] = [
     "scores",
@@ -135,12 +137,22 @@ impl EventDataset {
     pub fn new(schema: &Value, landing: &DatasetLanding) -> Result<EventDataset, TransformError> {
         let columns = columns(schema, landing.depth)?;
         let has = |name: &str, ty: &str| columns.iter().any(|c| c.path == name && c.xdm_type == ty);
-        if !has("_id", "string") || !has("timestamp", "date-time") {
+        // The class the Schema Registry names (`meta:class`, or one it extends); without one,
+        // the fields every ExperienceEvent has.
+        let class = schema.get("meta:class").and_then(Value::as_str);
+        let extends = schema
+            .get("meta:extends")
+            .and_then(Value::as_array)
+            .is_some_and(|e| e.iter().any(|c| c.as_str() == Some(EVENT_CLASS)));
+        let is_event = class.is_none_or(|c| c == EVENT_CLASS) || extends;
+        if !is_event || !has("_id", "string") || !has("timestamp", "date-time") {
             return Err(TransformError::Config(format!(
-                "the dataset's schema ({}) is not an ExperienceEvent's: it lacks `_id` (string) or \
-                 `timestamp` (date-time); only ExperienceEvent datasets land from their schema \
-                 today, a record dataset needs a [transform.mapping]",
-                schema["title"].as_str().unwrap_or("untitled")
+                "the dataset's schema ({}, class {}) is not an ExperienceEvent's (class \
+                 {EVENT_CLASS} with `_id` and `timestamp`); only ExperienceEvent datasets land \
+                 from their schema today: land Customer AI scores without [transform.dataset], \
+                 other records through a [transform.mapping]",
+                schema["title"].as_str().unwrap_or("untitled"),
+                class.unwrap_or("not given")
             )));
         }
         if let Some(c) = columns
@@ -658,6 +670,18 @@ mod tests {
             e.contains("not an ExperienceEvent's") && e.contains("Profile"),
             "{e}"
         );
+        // `_id` and `timestamp` are not enough when the registry names another class.
+        let mut profile = schema(false);
+        profile["meta:class"] = json!("https://ns.adobe.com/xdm/context/profile");
+        let e = EventDataset::new(&profile, &landing())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("class https://ns.adobe.com/xdm/context/profile"),
+            "{e}"
+        );
+        profile["meta:extends"] = json!([EVENT_CLASS]);
+        assert!(EventDataset::new(&profile, &landing()).is_ok());
         for bad in ["Scores", "scores", "", "1x", "a-b", "_state"] {
             let l = DatasetLanding {
                 table: bad.into(),

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use scoreland_ingest::{
-    AepClient, BatchSelection, CatalogBatch, DownloadOptions, HumanDuration, RowCountCheck,
-    SCORING_CLIENT, Size,
+    ANY_CLIENT, AepClient, BatchSelection, CatalogBatch, DownloadOptions, HumanDuration,
+    RowCountCheck, SCORING_CLIENT, Size,
 };
 use scoreland_transform::StagedBatch;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,8 @@ use crate::record::{RunRecord, RunStatus, ms};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceCommon {
-    /// The IMS client that writes the scores (`acp_foundation_push` for Customer AI).
+    /// The IMS client whose batches land (`createdClient`): `acp_foundation_push` (Customer
+    /// AI) by default, any client (`"*"`) for a `[transform.dataset]` pipeline.
     #[serde(default)]
     pub created_client: Option<String>,
     /// `{ mode = "newest" }` (default), `{ mode = "batch", id = "…" }` or
@@ -99,7 +100,14 @@ pub(super) async fn prepare(
             cx.invalid("source.dataset: the simulated platform has no dataset".into())
         })?;
     let client = &connected.client;
-    let created_client = common.created_client.as_deref().unwrap_or(SCORING_CLIENT);
+    // Customer AI's scoring client by default; any client's batches for a dataset landed as
+    // it is.
+    let default_client = if cx.dataset.is_some() {
+        ANY_CLIENT
+    } else {
+        SCORING_CLIENT
+    };
+    let created_client = common.created_client.as_deref().unwrap_or(default_client);
     record.dataset = dataset.clone();
     let selection = match common.batches.clone().unwrap_or(BatchSelection::Newest) {
         BatchSelection::CatchUp { after: None } => BatchSelection::CatchUp {
@@ -143,14 +151,30 @@ pub(super) async fn prepare(
         return Ok(None);
     }
 
+    // Read before the rows: a dataset whose schema cannot be read or landed stops here.
+    let schema = match cx.dataset {
+        Some(landing) => {
+            let schema = client
+                .dataset_schema(&dataset)
+                .await
+                .map_err(PipelineError::Ingest)?;
+            scoreland_transform::EventDataset::new(&schema, landing)
+                .map_err(|e| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}")))?;
+            Some(schema)
+        }
+        None => None,
+    };
     let t = Instant::now();
     let staged = stage_batches(client, &dataset, &batches, cx.staging, options, record).await?;
     record.timings.ingest_ms = ms(t.elapsed());
     Ok(Some(Ingested {
-        input: Input::Scores {
-            staged,
-            merge_with: Vec::new(),
-            replace_dataset: false,
+        input: match schema {
+            Some(schema) => Input::Dataset { staged, schema },
+            None => Input::Scores {
+                staged,
+                merge_with: Vec::new(),
+                replace_dataset: false,
+            },
         },
         landed: record.batches.clone(),
         last_created: batches.iter().map(|b| b.created).max(),

@@ -139,6 +139,12 @@ pub(crate) enum Input {
     },
     /// A profile export's night, with the landed nights it builds on.
     Profiles(Box<ProfileTables>),
+    /// Any dataset's rows, with its schema (the Schema Registry's `xed-full` form), landed
+    /// from that schema (`[transform.dataset]`).
+    Dataset {
+        staged: Vec<StagedBatch>,
+        schema: serde_json::Value,
+    },
 }
 
 impl SourceConfig {

@@ -12,6 +12,9 @@ use serde_json::{Map, Value, json};
 
 /// The Accept header the expanded form needs, as AEP asks for it.
 const XED_FULL: &str = "application/vnd.adobe.xed-full+json";
+const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
+const PROFILE_CLASS: &str = "https://ns.adobe.com/xdm/context/profile";
+const RECORD_CLASS: &str = "https://ns.adobe.com/xdm/data/record";
 
 pub(super) async fn get_schema(
     State(st): State<Arc<AppState>>,
@@ -76,7 +79,21 @@ pub(super) async fn get_schema(
         }
     };
     let properties = xdm_properties(&fields);
+    // The class, from the rows: Customer AI writes its scores as profile records; other rows
+    // with `_id` and `timestamp` are events.
+    let scores = fields.iter().any(|f| {
+        matches!(f.data_type(), DataType::Struct(c) if c.iter().any(|c| c.name() == "CustomerAI"))
+    });
+    let class = if scores {
+        PROFILE_CLASS
+    } else if fields.find("_id").is_some() && fields.find("timestamp").is_some() {
+        EVENT_CLASS
+    } else {
+        RECORD_CLASS
+    };
     let body = json!({
+        "meta:class": class,
+        "meta:extends": [class],
         "$id": id,
         "meta:altId": format!("{}.schemas.{}", st.platform.info.tenant, dataset.id),
         "meta:resourceType": "schemas",

@@ -120,6 +120,8 @@ impl Warehouse {
                 by_score_date,
                 date_column: "score_date",
                 replace_dataset: false,
+                append: false,
+                evolve_schema: false,
                 app_id: "scoreland-convert",
                 app_version: latest.seq as i64 + 1,
                 metadata: serde_json::Map::from_iter([

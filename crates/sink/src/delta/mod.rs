@@ -20,7 +20,7 @@ use deltalake::delta_datafusion::DeltaSessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{
-    Action, Add, DataType as KernelType, StructField, StructType, Transaction,
+    Action, Add, DataType as KernelType, MetadataExt, StructField, StructType, Transaction,
 };
 use deltalake::logstore::{LogStore, LogStoreFactory, StorageConfig, default_logstore};
 use deltalake::operations::create::CreateBuilder;

@@ -21,6 +21,12 @@ pub struct TableWrite<'a> {
     /// With `by_score_date`: replace every score date of `dataset_id`, not only those of this
     /// run (the run holds the dataset's whole content: a full export, or a merge).
     pub replace_dataset: bool,
+    /// With `by_score_date`: the files join their date partitions instead of replacing them
+    /// (events, each landed once).
+    pub append: bool,
+    /// Columns the files have and the table lacks are added to the table, nullable, in the
+    /// same commit (a field the dataset's schema gained); otherwise they are refused.
+    pub evolve_schema: bool,
     /// Delta's transaction identifier: the pipeline, and the run's sequence number. A commit
     /// whose (app id, version) the table already holds is not made twice.
     pub app_id: &'a str,
@@ -100,6 +106,7 @@ impl Warehouse {
                 )));
             }
         }
+        let replaces = w.by_score_date && !w.append;
         let dates: Vec<String> = if w.by_score_date {
             let d: BTreeSet<&String> = files.iter().filter_map(|f| f.date.as_ref()).collect();
             d.into_iter().cloned().collect()
@@ -181,11 +188,34 @@ impl Warehouse {
             let version = match current.take() {
                 Some(current) => {
                     let snapshot = current.snapshot().map_err(&err)?;
-                    if let Some(f) = files.first() {
-                        check_schema(&snapshot.schema(), &f.schema).map_err(&schema_err)?;
+                    let mut added: Vec<StructField> = Vec::new();
+                    for f in &files {
+                        for c in check_schema(&snapshot.schema(), &f.schema, w.evolve_schema)
+                            .map_err(&schema_err)?
+                        {
+                            if !added.iter().any(|a| a.name() == c.name()) {
+                                added.push(c);
+                            }
+                        }
                     }
                     let mut actions = adds.clone();
-                    if w.by_score_date {
+                    if !added.is_empty() {
+                        tracing::info!(
+                            table,
+                            columns = ?added.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                            "the table gains the files' new columns"
+                        );
+                        let merged =
+                            StructType::try_new(snapshot.schema().fields().cloned().chain(added))
+                                .map_err(|e| schema_err(e.to_string()))?;
+                        let metadata = snapshot
+                            .metadata()
+                            .clone()
+                            .with_schema(&merged)
+                            .map_err(|e| schema_err(e.to_string()))?;
+                        actions.push(Action::Metadata(metadata));
+                    }
+                    if replaces {
                         actions.extend(
                             snapshot
                                 .log_data()
@@ -203,13 +233,13 @@ impl Warehouse {
                         );
                     }
                     let operation = DeltaOperation::Write {
-                        mode: if w.by_score_date {
+                        mode: if replaces {
                             SaveMode::Overwrite
                         } else {
                             SaveMode::Append
                         },
                         partition_by: Some(partitions.clone()),
-                        predicate: w.by_score_date.then(|| predicate.clone()),
+                        predicate: replaces.then(|| predicate.clone()),
                     };
                     let done = CommitBuilder::from(commit())
                         .with_actions(actions)
@@ -259,7 +289,7 @@ impl Warehouse {
                 table: table.to_string(),
                 version,
                 committed: true,
-                replaced_dates: dates,
+                replaced_dates: if replaces { dates } else { Vec::new() },
             });
         }
         unreachable!("the second attempt returns")
@@ -354,11 +384,23 @@ pub(super) fn table_columns(file: &ArrowSchema) -> Result<Vec<StructField>, Stri
 
 /// The files' columns against the table's: every column the table has that the files lack
 /// must be nullable, and every column they share has one type. A column the table lacks is
-/// refused: the table's schema does not change under a nightly job.
-pub(super) fn check_schema(table: &StructType, file: &ArrowSchema) -> Result<(), String> {
+/// refused unless `evolve` (then it is returned, nullable, for the table to gain): otherwise
+/// the table's schema does not change under a nightly job.
+pub(super) fn check_schema(
+    table: &StructType,
+    file: &ArrowSchema,
+    evolve: bool,
+) -> Result<Vec<StructField>, String> {
     let file_columns = table_columns(file)?;
+    let mut new = Vec::new();
     for c in &file_columns {
         match table.field(c.name()) {
+            None if evolve => {
+                new.push(
+                    StructField::nullable(c.name(), c.data_type().clone())
+                        .with_metadata(c.metadata().clone()),
+                );
+            }
             None => {
                 return Err(format!(
                     "the files have a column {} that the table does not; land into a new \
@@ -385,7 +427,7 @@ pub(super) fn check_schema(table: &StructType, file: &ArrowSchema) -> Result<(),
             ));
         }
     }
-    Ok(())
+    Ok(new)
 }
 
 /// `dataset_id = '…' AND score_date IN (DATE '…', …)`: the partitions a run replaces.
