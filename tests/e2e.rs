@@ -2195,16 +2195,15 @@ url = "{t}/wh"
         );
         let sim = sample_sim(SimConfig::default()).await;
         let sb = &sim.platform().sandboxes["prod"];
-        let replaced: Vec<&str> = sb
-            .batches
-            .values()
-            .filter(|b| b.status() == "success")
-            .flat_map(|b| b.replaces())
-            .collect();
-        let exported: Vec<(Vec<PathBuf>, i64)> = sb
-            .batches
-            .values()
-            .filter(|b| b.status() == "success" && !replaced.contains(&b.id.as_str()))
+        let dataset = first_dataset(&sim);
+        let scores = || {
+            sb.batches
+                .values()
+                .filter(|b| b.status() == "success" && b.dataset_id == dataset)
+        };
+        let replaced: Vec<&str> = scores().flat_map(|b| b.replaces()).collect();
+        let exported: Vec<(Vec<PathBuf>, i64)> = scores()
+            .filter(|b| !replaced.contains(&b.id.as_str()))
             .map(|b| (b.part_paths(), 0))
             .collect();
         let truth = scoreland_platform_sim::truth::newest_scores(&exported).unwrap();

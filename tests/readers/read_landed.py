@@ -3,7 +3,8 @@ the delta-rs Python binding, Polars and DuckDB's delta extension get the same ro
 same sums and the same partitions. Run by scripts/test.sh after landing the demo:
 `python read_landed.py WAREHOUSE EXPECTED_DIR`, where EXPECTED_DIR holds what `scoreland sql
 --format json` answered: scores.json (per "dataset/score_date" key `k`, rows `n` and score sum
-`s`) and counts.json (summary and drift rows)."""
+`s`), counts.json (summary and drift rows) and events.json (the web_events table's rows and
+non-null new field per event date)."""
 import glob
 import json
 import os
@@ -74,6 +75,30 @@ check("duckdb batch_created type", types.get("batch_created"), "TIMESTAMP WITH T
 for name in ("summary", "drift"):
     n = con.execute(f"SELECT count(*) FROM delta_scan('{table(name)}')").fetchone()[0]
     check(f"duckdb {name} rows", n, expected[name])
+
+# An events table landed from its XDM schema, whose schema grew in its second commit
+# (events.json: per event date `k`, rows `n` and non-null `web_webPageDetails_isHomePage` `h`).
+want_events = {r["k"]: [r["n"], r["h"]] for r in lines("events.json")}
+check("events: two nights' worth of dates", len(want_events) >= 3, True)
+events = table("web_events")
+dt = DeltaTable(events)
+check("deltalake web_events partition columns", dt.metadata().partition_columns, ["dataset_id", "event_date"])
+field = next(f for f in dt.schema().fields if f.name == "commerce_order_priceTotal")
+check("deltalake column comment", field.metadata.get("comment"), "Price Total")
+t = dt.to_pyarrow_table(columns=["event_date", "web_webPageDetails_isHomePage"])
+got = {}
+for d, h in zip(t.column("event_date").to_pylist(), t.column("web_webPageDetails_isHomePage").to_pylist()):
+    n, hs = got.get(str(d), (0, 0))
+    got[str(d)] = (n + 1, hs + (h is not None))
+check("deltalake web_events per event_date", {k: list(v) for k, v in got.items()}, want_events)
+df = pl.read_delta(events)
+agg = df.group_by("event_date").agg(pl.len().alias("n"), pl.col("web_webPageDetails_isHomePage").count().alias("h"))
+check("polars web_events per event_date",
+      {str(r["event_date"]): [r["n"], r["h"]] for r in agg.iter_rows(named=True)}, want_events)
+got = con.execute(
+    f"SELECT CAST(event_date AS VARCHAR), count(*), count(web_webPageDetails_isHomePage) FROM delta_scan('{events}') GROUP BY 1"
+).fetchall()
+check("duckdb delta_scan web_events per event_date", {k: [n, h] for k, n, h in got}, want_events)
 
 print(f"readers: {passed} passed, {failures} failed")
 sys.exit(1 if failures else 0)
