@@ -26,8 +26,9 @@ from checks import check, summary
 
 BIN, WAREHOUSE, STAGING, PIPELINE = sys.argv[1:5]
 PASSWORD = "correct horse battery staple"
-# The tables the demo pipeline lands (`checks`: its quality gate's results).
-TABLES = ["checks", "drift", "scores", "summary"]
+# The tables scripts/test.sh lands before: the demo pipeline's (`checks`: its quality gate's
+# results) and web-events' `web_events` (a dataset landed from its schema).
+TABLES = ["checks", "drift", "scores", "summary", "web_events"]
 
 
 def sql(query):
@@ -99,7 +100,7 @@ server = Server("--query-memory", "32MiB", "--query-timeout", "4s", "--max-conne
 try:
     # psql: the tables, a table's columns, and a query scoreland sql agrees with.
     code, out, err = psql(server, r"\dt")
-    check("psql \\dt lists the tables", sorted(re.findall(r"\|(checks|drift|scores|summary)\|table", out.replace(" ", ""))),
+    check("psql \\dt lists the tables", sorted(re.findall(r"\|([a-z_]+)\|table", out.replace(" ", ""))),
           TABLES)
     code, out, err = psql(server, r"\d scores")
     columns = [l.split("|")[0] for l in out.splitlines() if "|" in l]

@@ -57,7 +57,8 @@ pub struct EventNight {
 }
 
 /// Adds nights `from..to` of the events dataset to the platform in `platform_dir` (sandbox
-/// `sandbox`), creating the dataset on the first. Each batch has `rows` rows in two parts.
+/// `sandbox`), creating the dataset on the first. Each batch has `rows` rows in two parts, or
+/// one per 250,000 rows.
 pub fn add_event_nights(
     platform_dir: &Path,
     sandbox: &str,
@@ -135,8 +136,10 @@ fn write_night(dir: &Path, night: u32, rows: u64, seed: u64) -> Result<EventNigh
     let new_field = night >= 2;
     let schema = events_schema(new_field);
     let repeated = if night == 0 { 0 } else { rows * 3 / 100 };
-    let half = rows / 2;
-    for (part, range) in [(0u32, 0..half), (1, half..rows)].into_iter() {
+    // Two parts, or one per 250,000 rows; written 65,536 rows at a time.
+    let parts = (rows / 250_000).max(2);
+    for part in 0..parts {
+        let range = part * rows / parts..(part + 1) * rows / parts;
         let path = file_dir.join(format!("part-{part:05}-{id}.snappy.parquet"));
         let file = File::create(&path).map_err(|e| SimError::io(&path, e))?;
         let parquet_err = |source| SimError::Parquet {
@@ -148,25 +151,30 @@ fn write_night(dir: &Path, night: u32, rows: u64, seed: u64) -> Result<EventNigh
             .build();
         let mut writer =
             ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?;
-        let events: Vec<Event> = range
-            .map(|i| {
-                // The first `repeated` rows of a night re-send events of the night before
-                // (among its own, not those it re-sent itself).
-                if i < repeated {
-                    Event::new(
-                        night - 1,
-                        repeated + (i * 7) % (rows - repeated),
-                        rows,
-                        seed,
-                    )
-                } else {
-                    Event::new(night, i, rows, seed)
-                }
-            })
-            .collect();
-        writer
-            .write(&events_batch(&schema, &events, new_field))
-            .map_err(parquet_err)?;
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + 65_536).min(range.end);
+            let events: Vec<Event> = (start..end)
+                .map(|i| {
+                    // The first `repeated` rows of a night re-send events of the night before
+                    // (among its own, not those it re-sent itself).
+                    if i < repeated {
+                        Event::new(
+                            night - 1,
+                            repeated + (i * 7) % (rows - repeated),
+                            rows,
+                            seed,
+                        )
+                    } else {
+                        Event::new(night, i, rows, seed)
+                    }
+                })
+                .collect();
+            writer
+                .write(&events_batch(&schema, &events, new_field))
+                .map_err(parquet_err)?;
+            start = end;
+        }
         writer.close().map_err(parquet_err)?;
     }
     Ok(EventNight {
