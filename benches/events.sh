@@ -82,7 +82,7 @@ import sys, duckdb
 w = sys.argv[1]
 duckdb.sql("SET TimeZone = 'UTC'")
 q = """SELECT count(*), sum(hash(_id, event_date, eventType, web_webPageDetails_name,
-       commerce_order_priceTotal, "timestamp", list_transform(productListItems, x -> x.SKU)))
+       commerce_order_priceTotal, "timestamp", list_transform(productListItems, lambda x: x.SKU)))
        FROM read_parquet('{}', hive_partitioning = true)"""
 a = duckdb.sql(q.format(f"{w}/out-duckdb/*/*.parquet")).fetchall()
 b = duckdb.sql(q.format(f"{w}/out-scoreland/*/*.parquet")).fetchall()

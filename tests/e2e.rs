@@ -1725,6 +1725,133 @@ url = "{t}/wh"
         assert_eq!(last.status.code(), Some(3), "{}", text(&last));
     }
 
+    /// `export plan` before the first night, and `export create` running it first: the
+    /// dataset's eligibility, size and class, the schedule spelled out, the flow's datasets,
+    /// the folder template; a failed check exits 2 and creates nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_export_plan_checks_before_anything_is_created() {
+        let x = setup("PARQUET", "").await;
+        let plan = x.cli(&["export", "plan"]);
+        assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+        let out = text(&plan);
+        for want in [
+            "dataflow not created yet",
+            "ok    eligible",
+            "a profile dataset of",
+            "ok    schedule",
+            "a full export first, then what was added since, once a day",
+            "six months after its start",
+            "ok    folders",
+            "first exports:",
+            "(incremental)",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        let json = x.cli(&["export", "plan", "--json"]);
+        assert_eq!(json.status.code(), Some(0), "{}", text(&json));
+        let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+        let verdicts: BTreeMap<String, String> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().into(),
+                    c["verdict"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            BTreeMap::from_iter(
+                ["eligible", "size", "schedule", "folders"]
+                    .map(|c| (c.to_string(), "ok".to_string()))
+            )
+        );
+
+        // `create` runs the plan first (on stderr); afterwards the plan reads the flow itself.
+        let created = x.cli(&["export", "create"]);
+        assert!(created.status.success(), "{}", text(&created));
+        assert!(
+            text(&created).contains("export plan for dataset"),
+            "{}",
+            text(&created)
+        );
+        let plan = x.cli(&["export", "plan"]);
+        assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+        assert!(
+            text(&plan).contains("exports this dataset alone"),
+            "{}",
+            text(&plan)
+        );
+        assert!(!text(&plan).contains("not created yet"), "{}", text(&plan));
+
+        let base = std::fs::read_to_string(&x.pipeline).unwrap();
+        let variant = |name: &str, text_of: String| {
+            let p = x.tmp.path().join(name);
+            std::fs::write(&p, text_of).unwrap();
+            let mut envs = vec![("SIM_CLIENT_SECRET", x.secret.as_str())];
+            envs.push(("SCORELAND_EXPORT_SECRET_KEY", "test"));
+            let plan = scoreland(&["export", "plan", p.to_str().unwrap()], &envs);
+            let create = scoreland(&["export", "create", p.to_str().unwrap()], &envs);
+            (plan, create)
+        };
+        // Uncompressed parquet of a profile dataset: a warning with the limit and the fix.
+        let (plan, _) = variant(
+            "raw.toml",
+            base.replace("name = \"e2e-s3\"", "name = \"e2e-raw\"")
+                .replace("compression = \"GZIP\"", "compression = \"NONE\""),
+        );
+        assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+        assert!(text(&plan).contains("warn  size"), "{}", text(&plan));
+        assert!(
+            text(&plan).contains("fails such exports above 1000000 records"),
+            "{}",
+            text(&plan)
+        );
+        // The existing flow writes AEP's default folders; a pipeline reading another template
+        // would never find them.
+        let (plan, create) = variant(
+            "template.toml",
+            base.replace(
+                "compression = \"GZIP\"",
+                "compression = \"GZIP\"\nfoldername_template = \"%DATASET_ID%/%DATETIME(YYYYMMdd_HHmmss)%\"",
+            ),
+        );
+        assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+        assert!(text(&plan).contains("FAIL  folders"), "{}", text(&plan));
+        assert!(
+            text(&plan).contains("the export plan has 1 failed check: folders"),
+            "{}",
+            text(&plan)
+        );
+        assert_eq!(create.status.code(), Some(2), "{}", text(&create));
+        // A dataset the data lake does not offer: nothing is created.
+        let (plan, create) = variant(
+            "other.toml",
+            base.replace("name = \"e2e-s3\"", "name = \"e2e-other\"")
+                .replace(&x.summary.dataset_id, "000000000000000000000000"),
+        );
+        assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+        assert!(text(&plan).contains("FAIL  eligible"), "{}", text(&plan));
+        assert_eq!(create.status.code(), Some(2), "{}", text(&create));
+        assert!(
+            !text(&create).contains("created dataflow"),
+            "{}",
+            text(&create)
+        );
+        // Only the plans that passed (with a warning, for e2e-raw) created their flow.
+        let flows = x.cli(&["export", "list", "--json"]);
+        let flows: Value = serde_json::from_slice(&flows.stdout).unwrap();
+        let names: Vec<&str> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["e2e-raw", "e2e-s3"], "{flows}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn aeps_manifest_decides_and_mixed_run_counts_only_warn() {
         let x = setup_with(

@@ -22,7 +22,11 @@ pub struct ExportArgs {
 
 #[derive(Debug, Subcommand)]
 enum ExportCommand {
-    /// Set up the pipeline's export dataflow ([source.flow]); one of that name is reused.
+    /// Check the export before the first night: the dataset is exportable, its size and class,
+    /// the schedule and when the flow ends, the flow's other datasets, the folder template.
+    Plan(Target),
+    /// Set up the pipeline's export dataflow ([source.flow]); one of that name is reused. The
+    /// plan's checks run first: a failed one creates nothing.
     Create(Target),
     /// The export dataflows of the platform.
     List(Target),
@@ -140,8 +144,103 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The pipeline's flow, or `None` when there is none of its name yet.
+    async fn existing_flow(&self) -> Result<Option<Flow>, Failure> {
+        let Some(r) = self.flow_ref.as_deref() else {
+            return Ok(None);
+        };
+        match self.client.export_flow(r).await {
+            Ok(f) => Ok(Some(f)),
+            Err(scoreland_ingest::IngestError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(ingest(e)),
+        }
+    }
+
+    /// The export plan, printed (text or JSON); `Err` (exit 2) when a check failed.
+    async fn plan(&self, json: bool, to_stderr: bool) -> Result<(), Failure> {
+        let flow = self.existing_flow().await?;
+        let plan = scoreland_pipeline::export_plan(
+            &self.client,
+            &self.source,
+            &self.dataset()?,
+            flow.as_ref(),
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(ingest)?;
+        let text = if json {
+            serde_json::to_string_pretty(&plan)?
+        } else {
+            plan_text(&plan)
+        };
+        if to_stderr {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+        let failed = plan.failed();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Failure {
+            code: 2,
+            error: anyhow::anyhow!(
+                "the export plan has {} failed check{}: {}",
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                failed
+                    .iter()
+                    .map(|c| c.check)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+}
+
+fn plan_text(plan: &scoreland_pipeline::ExportPlan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "export plan for dataset {}{}, dataflow {}",
+        plan.dataset,
+        plan.dataset_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        plan.flow.as_deref().unwrap_or("not created yet")
+    );
+    for c in &plan.checks {
+        let verdict = match c.verdict {
+            scoreland_pipeline::PlanVerdict::Ok => "ok",
+            scoreland_pipeline::PlanVerdict::Warn => "warn",
+            scoreland_pipeline::PlanVerdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "  {verdict:<4}  {:<9} {}", c.check, c.detail);
+        if let Some(fix) = &c.fix {
+            let _ = writeln!(out, "        {:<9} fix: {fix}", "");
+        }
+    }
+    if !plan.first_exports.is_empty() {
+        let runs: Vec<String> = plan
+            .first_exports
+            .iter()
+            .map(|(t, what)| format!("{t} ({what})"))
+            .collect();
+        let _ = write!(out, "first exports: {}", runs.join(", "));
+    }
+    out.trim_end().to_string()
+}
+
 pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
     match args.command {
+        ExportCommand::Plan(t) => {
+            let cx = context(&t).await?;
+            cx.plan(t.json, false).await?;
+            Ok(0)
+        }
         ExportCommand::Create(t) => {
             let cx = context(&t).await?;
             let section = cx.source.flow.as_ref().ok_or_else(|| {
@@ -153,6 +252,8 @@ pub async fn export(args: ExportArgs, quiet: bool) -> Result<u8, Failure> {
             let spec = section
                 .spec(&cx.dataset()?, &|v| std::env::var(v).ok(), false)
                 .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
+            // The plan first, on stderr: nothing is created when a check fails.
+            cx.plan(false, true).await?;
             let (flow, created) = cx.client.create_export_flow(&spec).await.map_err(ingest)?;
             if t.json {
                 println!(

@@ -426,6 +426,14 @@ impl Flow {
     }
 }
 
+/// A dataset the data lake offers for export.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportableDataset {
+    pub id: String,
+    pub name: String,
+    pub state: Option<String>,
+}
+
 /// One export of a dataflow (`GET /runs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowRun {
@@ -650,6 +658,55 @@ impl AepClient {
             Ok((id.to_string(), true))
         })
         .await
+    }
+
+    /// The datasets the data lake offers for export (`GET /connectionSpecs/{data lake}/configs
+    /// ?outputType=activationDatasets&outputField=datasets`), paged by `start` and `limit`
+    /// (`pageInfo.hasNext`).
+    pub async fn exportable_datasets(&self) -> Result<Vec<ExportableDataset>, IngestError> {
+        const PAGE: usize = 100;
+        let path = format!("/connectionSpecs/{DATA_LAKE_SPEC}/configs");
+        let items = paging::collect(
+            paging::Cursors::Counted,
+            0usize,
+            usize::MAX,
+            item_key,
+            |start| {
+                let url = self.flow_url(&path);
+                async move {
+                    let mut url = url?;
+                    url.query_pairs_mut()
+                        .append_pair("outputType", "activationDatasets")
+                        .append_pair("outputField", "datasets")
+                        .append_pair("start", &start.to_string())
+                        .append_pair("limit", &PAGE.to_string())
+                        .append_pair("properties", "name,state");
+                    let page: Value = self.get_json(&url).await?;
+                    let items = match page.get("items") {
+                        Some(Value::Array(items)) => items.clone(),
+                        _ => Vec::new(),
+                    };
+                    let more = page
+                        .pointer("/pageInfo/hasNext")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    let next = (more && !items.is_empty()).then_some(start + items.len());
+                    Ok(paging::Page { url, items, next })
+                }
+            },
+        )
+        .await?;
+        Ok(items
+            .iter()
+            .filter_map(|v| {
+                let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                Some(ExportableDataset {
+                    id: text("id")?,
+                    name: text("name").unwrap_or_default(),
+                    state: text("state"),
+                })
+            })
+            .collect())
     }
 
     /// Export dataflows (of the destinations we know), optionally only the one named `name`.

@@ -38,8 +38,8 @@ pub use exports::{
 };
 pub use flows::{
     Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination, DestinationAuth,
-    DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, FileType, Flow, FlowRun,
-    NotReadyRetry, Schedule, TimeUnit,
+    DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, ExportableDataset, FileType, Flow,
+    FlowRun, NotReadyRetry, Schedule, TimeUnit,
 };
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};

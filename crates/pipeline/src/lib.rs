@@ -30,7 +30,8 @@ pub use run::run;
 pub use source::export::download as download_export;
 pub use source::platform::{Connected, Platform};
 pub use source::{
-    ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, MergePolicy,
-    ProfileExportMode, ProfileExportRecord, ProfileExportSource, ProfileSimulator, SECRET_VARS,
-    SimulatorSection, SourceCommon, SourceConfig,
+    ExportPlan, ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection,
+    MergePolicy, PlanCheck, PlanVerdict, ProfileExportMode, ProfileExportRecord,
+    ProfileExportSource, ProfileSimulator, SECRET_VARS, SimulatorSection, SourceCommon,
+    SourceConfig, export_plan,
 };

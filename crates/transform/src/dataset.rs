@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, ListArray, RecordBatch, StringArray, StructArray,
     new_null_array,
 };
-use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::compute::{cast, concat, filter_record_batch};
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Field, Fields, Schema, SchemaRef, TimeUnit,
 };
@@ -215,20 +215,28 @@ impl EventDataset {
             |_| Vec::new(),
             |out: &mut Vec<(usize, PartKeys)>, i| {
                 let (file, batch_id) = files[i];
-                let mut ids = Vec::new();
+                let mut ids: Vec<ArrayRef> = Vec::new();
                 let mut days = Vec::new();
                 for batch in read(file, Some(&["_id", "timestamp"]))? {
                     let id = path_array(&batch, "_id").ok_or_else(|| missing(file, "_id"))?;
-                    let id = cast(&id, &DataType::Utf8).map_err(|e| parquet(file, e))?;
-                    ids.extend(id.as_string::<i32>().iter().map(|s| s.map(str::to_string)));
+                    ids.push(cast(&id, &DataType::Utf8).map_err(|e| parquet(file, e))?);
                     days.extend(event_days(&batch, file)?);
                 }
+                // The part's ids in one array, as read (no string copied one by one).
+                let ids: Vec<&dyn Array> = ids.iter().map(|a| a.as_ref()).collect();
+                let ids = match ids.as_slice() {
+                    [] => StringArray::from(Vec::<Option<&str>>::new()),
+                    all => concat(all)
+                        .map_err(|e| parquet(file, e))?
+                        .as_string::<i32>()
+                        .clone(),
+                };
                 out.push((
                     i,
                     PartKeys {
                         file: file.to_path_buf(),
                         batch_id: batch_id.to_string(),
-                        ids: StringArray::from(ids),
+                        ids,
                         days,
                     },
                 ));
@@ -258,13 +266,18 @@ impl EventDataset {
         out: &Path,
         workers: usize,
     ) -> Result<EventStats, TransformError> {
-        let mut seen: HashSet<String> = HashSet::new();
+        // The ids already landed on the night's dates, then the night's own: borrowed from
+        // the arrays that hold them.
+        let mut landed_ids: Vec<ArrayRef> = Vec::new();
         for file in landed {
             for batch in read(file, Some(&["_id"]))? {
                 let ids = path_array(&batch, "_id").ok_or_else(|| missing(file, "_id"))?;
-                let ids = cast(&ids, &DataType::Utf8).map_err(|e| parquet(file, e))?;
-                seen.extend(ids.as_string::<i32>().iter().flatten().map(str::to_string));
+                landed_ids.push(cast(&ids, &DataType::Utf8).map_err(|e| parquet(file, e))?);
             }
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for ids in &landed_ids {
+            seen.extend(ids.as_string::<i32>().iter().flatten());
         }
         let mut stats = EventStats {
             columns: self.columns.len(),
@@ -284,7 +297,7 @@ impl EventDataset {
                         return Some(false);
                     };
                     // XDM requires `_id`; a row without one has nothing to be a duplicate of.
-                    let new = id.is_none_or(|id| seen.insert(id.to_string()));
+                    let new = id.is_none_or(|id| seen.insert(id));
                     if new {
                         dates.insert(*day);
                     } else {
@@ -334,16 +347,23 @@ impl EventDataset {
             if mask.true_count() == 0 {
                 continue;
             }
-            let flat = self.flatten(&batch, file, &part.batch_id, run_id)?;
-            let flat = filter_record_batch(&flat, &mask).map_err(|e| parquet(file, e))?;
+            let mut flat = self.flatten(&batch, file, &part.batch_id, run_id)?;
+            if mask.true_count() < n {
+                flat = filter_record_batch(&flat, &mask).map_err(|e| parquet(file, e))?;
+            }
             let days = flat
                 .column_by_name(EVENT_DATE)
                 .map(|d| d.as_primitive::<Date32Type>().clone())
                 .ok_or_else(|| missing(file, EVENT_DATE))?;
             let distinct: BTreeSet<i32> = days.iter().flatten().collect();
+            let one_day = distinct.len() == 1;
             for day in distinct {
-                let on_day: BooleanArray = days.iter().map(|d| Some(d == Some(day))).collect();
-                let rows = filter_record_batch(&flat, &on_day).map_err(|e| parquet(file, e))?;
+                let rows = if one_day {
+                    flat.clone()
+                } else {
+                    let on_day: BooleanArray = days.iter().map(|d| Some(d == Some(day))).collect();
+                    filter_record_batch(&flat, &on_day).map_err(|e| parquet(file, e))?
+                };
                 let (path, writer) = match writers.entry(day) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => {

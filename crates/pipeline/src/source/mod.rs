@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::SourceCommon;
 pub use export::{
-    ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, SECRET_VARS,
-    SeenFolder, SimulatorSection,
+    ExportPlan, ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, PlanCheck,
+    PlanVerdict, SECRET_VARS, SeenFolder, SimulatorSection, export_plan,
 };
 pub use profile::{
     MergePolicy, ProfileExportMode, ProfileExportRecord, ProfileExportSource, ProfileSimulator,

@@ -219,6 +219,64 @@ fn etag_of(n: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Exportable datasets
+
+/// `GET /connectionSpecs/{data lake}/configs?outputType=activationDatasets&outputField=datasets`:
+/// the sandbox's datasets that can be exported, paged by `start` and `limit` (default 20, at
+/// most 100), with `pageInfo`. A dataset whose `dataset.json` says `"exportable": false` is
+/// left out, as AEP leaves out datasets created through the API.
+pub(crate) async fn dataset_configs(
+    State(st): State<Arc<AppState>>,
+    Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    UrlPath(spec): UrlPath<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if spec != DATA_LAKE_SPEC {
+        return not_found(&format!("connectionSpec {spec} configs"));
+    }
+    let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if param("outputType") != Some("activationDatasets") || param("outputField") != Some("datasets")
+    {
+        return bad_request("outputType=activationDatasets and outputField=datasets are required");
+    }
+    let number = |k: &str, default: usize| match param(k) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| bad_request(&format!("{k} must be a non-negative integer, got '{v}'"))),
+    };
+    let (start, limit) = match (number("start", 0), number("limit", 20)) {
+        (Ok(s), Ok(l)) if (1..=100).contains(&l) => (s, l),
+        (Ok(_), Ok(l)) => return bad_request(&format!("limit must be 1 to 100, got {l}")),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let cap = st.page_size.load(std::sync::atomic::Ordering::Relaxed);
+    let limit = if cap > 0 { limit.min(cap) } else { limit };
+    let items: Vec<Value> = st.platform.sandboxes[&sandbox]
+        .datasets
+        .values()
+        .filter(|d| d.object.get("exportable") != Some(&Value::Bool(false)))
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "name": d.name(),
+                "description": d.object.get("description"),
+                "fileDescription": d.object.get("fileDescription"),
+                "aspect": "dataset",
+                "state": d.object.get("state"),
+            })
+        })
+        .collect();
+    let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
+    let end = start + page.len();
+    axum::Json(json!({
+        "items": page,
+        "pageInfo": {"start": start, "end": end, "total": items.len(), "hasNext": end < items.len()},
+    }))
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entities
 
 pub(crate) async fn list(

@@ -23,6 +23,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/data/foundation/export/files/{id}", get(files))
         .route(
+            "/data/foundation/flowservice/connectionSpecs/{id}/configs",
+            get(flows::dataset_configs),
+        )
+        .route(
             "/data/foundation/flowservice/{kind}",
             get(flows::list).post(flows::create),
         )

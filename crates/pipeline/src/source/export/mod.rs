@@ -9,9 +9,11 @@
 //!
 //! - this file: `[source]` and `[source.flow]`, and the run ▸ select ▸ stage steps;
 //! - [`conn`]: reaching the folders (the platform or simulator, the flow, the store);
-//! - [`select`]: which folders are complete and which of them a run lands.
+//! - [`select`]: which folders are complete and which of them a run lands;
+//! - [`plan`]: `scoreland export plan`, the export checked before the first night.
 
 mod conn;
+mod plan;
 mod select;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ use crate::context::RunContext;
 use crate::error::PipelineError;
 use crate::record::{PipelineState, RunRecord, RunStatus, ms};
 use conn::connect;
+pub use plan::{ExportPlan, PlanCheck, PlanVerdict, plan as export_plan};
 pub use select::SeenFolder;
 pub(crate) use select::observe;
 use select::{Chosen, Verdict, select, verdict};
