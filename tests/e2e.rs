@@ -3270,6 +3270,34 @@ mod datasets {
         let o = run(&demo, &pipeline);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));
         assert_eq!(record(&o)["status"], "nothing_new");
+        // The third night forced again: every event is landed already, so nothing is added.
+        let forced = std::fs::read_to_string(&pipeline).unwrap().replace(
+            "batches = { mode = \"catch_up\" }",
+            &format!(
+                "batches = {{ mode = \"batch\", id = \"{}\" }}",
+                third[0].batch_id
+            ),
+        );
+        let forced_pipeline = demo.tmp.path().join("forced.toml");
+        std::fs::write(&forced_pipeline, forced).unwrap();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(
+            &[
+                "run",
+                forced_pipeline.to_str().unwrap(),
+                "--json",
+                "--force",
+            ],
+            &envs,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert_eq!(
+            (r["rows_out"].as_u64(), r["duplicates_dropped"].as_u64()),
+            (Some(0), Some(400))
+        );
+        assert_eq!(demo.count("SELECT count(*) FROM web_events"), 1176);
 
         // The Customer AI dataset is a record of scores, not events: refused, nothing landed.
         let scores = std::fs::read_to_string(&pipeline)

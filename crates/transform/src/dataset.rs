@@ -279,6 +279,11 @@ impl EventDataset {
         for ids in &landed_ids {
             seen.extend(ids.as_string::<i32>().iter().flatten());
         }
+        // The table's directory even when no row is new: the night lands as an empty commit.
+        std::fs::create_dir_all(out).map_err(|source| TransformError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
         let mut stats = EventStats {
             columns: self.columns.len(),
             ..Default::default()
@@ -659,7 +664,7 @@ mod tests {
         let scan = ds.scan(&staged[2..], 2).unwrap();
         let stats = ds.write(scan, &files, "run-2", &again, 2).unwrap();
         assert_eq!((stats.rows_out, stats.duplicates_dropped), (0, 200));
-        assert!(!again.exists() || files_under(&again).is_empty());
+        assert!(again.is_dir() && files_under(&again).is_empty());
     }
 
     #[test]
