@@ -3319,6 +3319,48 @@ mod datasets {
         assert!(!demo.tmp.path().join("wh/scores_raw").exists());
     }
 
+    /// The dataset-export route: the simulator exports the events dataset whole (a full export,
+    /// every night in it, re-sent events included) and the folder lands as the Catalog route
+    /// lands it; the next run's full export adds nothing.
+    #[test]
+    fn an_exported_events_dataset_lands_each_event_once() {
+        let demo = Demo::new();
+        let text_of = std::fs::read_to_string(repo().join("pipelines/dataset-export.toml"))
+            .unwrap()
+            .replace("name = \"dataset-export\"", "name = \"events-export\"")
+            .replace(
+                "simulator = { data = \"sample-data/platform\" }",
+                &format!("simulator = {{ data = \"sample-data/platform\" }}\ndataset = \"{EVENTS_DATASET}\""),
+            )
+            .replace(
+                "memory_limit = \"1GiB\"",
+                "memory_limit = \"1GiB\"\n\n[transform.dataset]\ntable = \"web_events\"",
+            );
+        let p = demo.tmp.path().join("events-export.toml");
+        std::fs::write(&p, text_of).unwrap();
+        let p = p.display().to_string();
+        let o = run(&demo, &p);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        // Three nights of 1,000 events, the second and third re-sending 30 each.
+        assert_eq!(
+            (
+                r["rows_in"].as_u64(),
+                r["rows_out"].as_u64(),
+                r["duplicates_dropped"].as_u64()
+            ),
+            (Some(3000), Some(2940), Some(60))
+        );
+        assert_eq!(
+            demo.count("SELECT count(DISTINCT _id) FROM web_events"),
+            2940
+        );
+        let o = run(&demo, &p);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(record(&o)["rows_out"], 0);
+        assert_eq!(demo.count("SELECT count(*) FROM web_events"), 2940);
+    }
+
     /// The scores dataset's id in a generated platform.
     fn first_dataset_in(platform: &Path) -> String {
         std::fs::read_dir(platform.join("prod"))
@@ -3348,6 +3390,14 @@ mod datasets {
             (
                 base.replace("depth = 3", "depth = 3\n[transform.mapping]\nidentity = \"a\"\nmodels = [{ name = \"m\", score = \"s\" }]"),
                 "exclude each other",
+            ),
+            (
+                base.replace(
+                    "type = \"simulator\"\ndata = \"sample-data/platform\"",
+                    "type = \"dataset-export\"\nurl = \"/tmp/exports\"",
+                )
+                .replace("batches = { mode = \"catch_up\" }", ""),
+                "give [source.platform]",
             ),
         ] {
             let p = dir.path().join("p.toml");

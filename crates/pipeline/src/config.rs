@@ -259,11 +259,19 @@ impl PipelineFile {
         if self.transform.dataset.is_some() {
             match &self.source {
                 SourceConfig::Aep { .. } | SourceConfig::Simulator { .. } => {}
-                _ => {
+                SourceConfig::DatasetExport(e) if e.platform.is_some() || e.simulator.is_some() => {
+                }
+                SourceConfig::DatasetExport(_) => {
                     return Err(
-                        "[transform.dataset]: a dataset lands from its schema through \
-                         Catalog (source type \"aep\" or \"simulator\"); export folders and \
-                         profile exports land their own tables"
+                        "[transform.dataset] reads the dataset's schema from the Schema \
+                         Registry: give [source.platform] (or [source.simulator])"
+                            .into(),
+                    );
+                }
+                SourceConfig::ProfileExport(_) => {
+                    return Err(
+                        "[transform.dataset]: a profile-export pipeline lands profiles \
+                         and memberships as its own tables"
                             .into(),
                     );
                 }

@@ -153,15 +153,7 @@ pub(super) async fn prepare(
 
     // Read before the rows: a dataset whose schema cannot be read or landed stops here.
     let schema = match cx.dataset {
-        Some(landing) => {
-            let schema = client
-                .dataset_schema(&dataset)
-                .await
-                .map_err(PipelineError::Ingest)?;
-            scoreland_transform::EventDataset::new(&schema, landing)
-                .map_err(|e| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}")))?;
-            Some(schema)
-        }
+        Some(landing) => Some(checked_schema(client, &dataset, landing, cx).await?),
         None => None,
     };
     let t = Instant::now();
@@ -180,6 +172,23 @@ pub(super) async fn prepare(
         last_created: batches.iter().map(|b| b.created).max(),
         seen_folders: Default::default(),
     }))
+}
+
+/// `dataset`'s schema from the Schema Registry, checked to be one `landing` can land (an
+/// ExperienceEvent's): a pipeline setting that does not hold otherwise.
+pub(super) async fn checked_schema(
+    client: &AepClient,
+    dataset: &str,
+    landing: &scoreland_transform::DatasetLanding,
+    cx: &RunContext<'_>,
+) -> Result<serde_json::Value, PipelineError> {
+    let schema = client
+        .dataset_schema(dataset)
+        .await
+        .map_err(PipelineError::Ingest)?;
+    scoreland_transform::EventDataset::new(&schema, landing)
+        .map_err(|e| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}")))?;
+    Ok(schema)
 }
 
 /// Downloads `batches` of `dataset` into staging (verified, resumable), counting into the

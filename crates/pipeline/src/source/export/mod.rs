@@ -413,6 +413,20 @@ impl ExportSource {
         let concurrency = src.concurrency().map_err(|m| cx.invalid(m))?;
         let mut conn = connect(src, cx.file, cx.staging, &mut record.warnings).await?;
         record.dataset = conn.dataset.clone();
+        // `[transform.dataset]`: the schema, read and checked before any file is fetched.
+        let schema = match (cx.dataset, &conn.client) {
+            (None, _) => None,
+            (Some(landing), Some(client)) => {
+                Some(super::catalog::checked_schema(client, &conn.dataset, landing, cx).await?)
+            }
+            (Some(_), None) => {
+                return Err(cx.invalid(
+                    "[transform.dataset] reads the dataset's schema from the Schema Registry: \
+                     give [source.platform] (or [source.simulator])"
+                        .into(),
+                ));
+            }
+        };
         let mut export = ExportRecord {
             url: conn.url.clone(),
             flow: conn.flow.as_ref().map(|f| format!("{} ({})", f.name, f.id)),
@@ -534,8 +548,9 @@ impl ExportSource {
             .map(|c| c.folder.export_time.timestamp_millis())
             .max();
         let landed = record.batches.clone();
-        // An increment without its full export in this run merges with what is landed.
-        let merge_with = if chosen[0].full {
+        // An increment without its full export in this run merges with what is landed (scores;
+        // events are each landed once whatever the export that brings them).
+        let merge_with = if chosen[0].full || schema.is_some() {
             Vec::new()
         } else {
             cx.warehouse
@@ -557,10 +572,13 @@ impl ExportSource {
             return Ok(None);
         }
         Ok(Some(Ingested {
-            input: Input::Scores {
-                staged,
-                merge_with,
-                replace_dataset: true,
+            input: match schema {
+                Some(schema) => Input::Dataset { staged, schema },
+                None => Input::Scores {
+                    staged,
+                    merge_with,
+                    replace_dataset: true,
+                },
             },
             landed,
             last_created,
