@@ -256,7 +256,15 @@ impl PipelineFile {
         self.sink.extract_formats()?;
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         self.source.check(placeholders)?;
-        if self.transform.dataset.is_some() {
+        if let Some(landing) = &self.transform.dataset {
+            if crate::record::ALL_TABLES.contains(&landing.table.as_str()) {
+                return Err(format!(
+                    "transform.dataset.table = {:?} is one of scoreland's own tables ({}); \
+                     choose another name",
+                    landing.table,
+                    crate::record::ALL_TABLES.join(", ")
+                ));
+            }
             match &self.source {
                 SourceConfig::Aep { .. } | SourceConfig::Simulator { .. } => {}
                 SourceConfig::DatasetExport(e) if e.platform.is_some() || e.simulator.is_some() => {

@@ -224,19 +224,12 @@ async fn events(
         .transform
         .target_partitions
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let blocking = |what: &'static str| {
-        move |e: tokio::task::JoinError| {
-            PipelineError::Transform(scoreland_transform::TransformError::Panicked {
-                message: format!("{what}: {e}"),
-            })
-        }
-    };
     let scan = {
         let dataset = dataset.clone();
-        tokio::task::spawn_blocking(move || dataset.scan(&staged, workers))
-            .await
-            .map_err(blocking("reading the events' keys"))?
-            .map_err(PipelineError::Transform)?
+        blocking("reading the events' keys", move || {
+            dataset.scan(&staged, workers)
+        })
+        .await?
     };
     // The `_id`s already landed on the night's dates: an event sent again is not landed twice.
     let landed_dir = cx.work.join("landed");
@@ -257,10 +250,10 @@ async fn events(
     let dir = cx.work.join(&landing.table);
     let stats = {
         let (dir, run_id) = (dir.clone(), record.run_id.clone());
-        tokio::task::spawn_blocking(move || dataset.write(scan, &landed, &run_id, &dir, workers))
-            .await
-            .map_err(blocking("writing the events"))?
-            .map_err(PipelineError::Transform)?
+        blocking("writing the events", move || {
+            dataset.write(scan, &landed, &run_id, &dir, workers)
+        })
+        .await?
     };
     record.rows_in = stats.rows_in;
     record.rows_out = stats.rows_out;
@@ -293,15 +286,10 @@ async fn profiles(
     record: &mut RunRecord,
     input: scoreland_transform::ProfileTables,
 ) -> Result<Vec<PreparedTable>, PipelineError> {
-    let output =
-        tokio::task::spawn_blocking(move || scoreland_transform::write_profile_tables(&input))
-            .await
-            .map_err(|e| {
-                PipelineError::Transform(scoreland_transform::TransformError::Panicked {
-                    message: format!("the profile tables' task: {e}"),
-                })
-            })?
-            .map_err(PipelineError::Transform)?;
+    let output = blocking("the profile tables' task", move || {
+        scoreland_transform::write_profile_tables(&input)
+    })
+    .await?;
     let stats = &output.stats;
     record.rows_in = stats.rows_in;
     record.rows_out = stats.profiles;
@@ -337,4 +325,20 @@ async fn profiles(
         evolve_schema: false,
     })
     .collect())
+}
+
+/// Runs `work` on tokio's blocking pool; a panic in it is an internal error of the transform
+/// (exit 1, with `what` and the panic's message).
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, scoreland_transform::TransformError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| {
+            PipelineError::Transform(scoreland_transform::TransformError::Panicked {
+                message: format!("{what}: {e}"),
+            })
+        })?
+        .map_err(PipelineError::Transform)
 }

@@ -38,17 +38,6 @@ use crate::xdm::{XdmColumn, columns};
 pub const EVENT_DATE: &str = "event_date";
 /// XDM's ExperienceEvent class.
 const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
-/// Table names scoreland's own tables use, which a dataset cannot land as.
-const RESERVED: [&str; 7] = [
-    "scores",
-    "summary",
-    "drift",
-    "checks",
-    "profiles",
-    "audiences",
-    "audience_summary",
-];
-
 /// `[transform.dataset]`: land the source's dataset as it is, from its XDM schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,12 +64,6 @@ impl DatasetLanding {
         if !plain {
             return Err(TransformError::Config(format!(
                 "dataset.table {t:?}: use lower-case letters, digits and '_', starting with a letter (at most 63)"
-            )));
-        }
-        if RESERVED.contains(&t.as_str()) {
-            return Err(TransformError::Config(format!(
-                "dataset.table {t:?} is one of scoreland's own tables ({}); choose another name",
-                RESERVED.join(", ")
             )));
         }
         if self.depth > 16 {
@@ -707,7 +690,7 @@ mod tests {
         );
         profile["meta:extends"] = json!([EVENT_CLASS]);
         assert!(EventDataset::new(&profile, &landing()).is_ok());
-        for bad in ["Scores", "scores", "", "1x", "a-b", "_state"] {
+        for bad in ["Scores", "", "1x", "a-b", "_state"] {
             let l = DatasetLanding {
                 table: bad.into(),
                 depth: 3,
