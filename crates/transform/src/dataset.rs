@@ -37,7 +37,7 @@ use crate::xdm::{XdmColumn, columns};
 /// The date partition column of an events table.
 pub const EVENT_DATE: &str = "event_date";
 /// XDM's ExperienceEvent class.
-const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
+pub const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
 /// `[transform.dataset]`: land the source's dataset as it is, from its XDM schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -35,7 +35,7 @@ pub use checks::{
     Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
-pub use dataset::{DatasetLanding, EVENT_DATE, EventDataset, EventScan, EventStats};
+pub use dataset::{DatasetLanding, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::ExportSource;
 
-const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
+use scoreland_transform::EVENT_CLASS;
 const PROFILE_CLASS: &str = "https://ns.adobe.com/xdm/context/profile";
 /// Profile-class datasets exported as uncompressed parquet fail above this many records.
 pub const PROFILE_PARQUET_LIMIT: u64 = 1_000_000;
