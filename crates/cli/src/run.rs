@@ -65,7 +65,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     }
     match outcome {
         Ok(record) => {
-            report(&record, args.json, quiet);
+            report(&record, &file.tables().join(", "), args.json, quiet);
             if let (Some(out), RunStatus::Landed) = (&file.report, &record.status) {
                 write_report(&file, out).await;
             }
@@ -76,7 +76,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
         }
         Err((error, record)) => {
             if let Some(r) = &record {
-                report(r, args.json, true);
+                report(r, &file.tables().join(", "), args.json, true);
             }
             Err(Failure::pipeline(error))
         }
@@ -98,7 +98,8 @@ async fn write_report(file: &PipelineFile, out: &std::path::Path) {
     }
 }
 
-fn report(r: &RunRecord, json: bool, quiet: bool) {
+/// What a run did, for people (or its record as JSON); `tables`: those the pipeline lands.
+fn report(r: &RunRecord, tables: &str, json: bool, quiet: bool) {
     if json {
         // One object per line (JSON Lines), so a nightly job can append to a .jsonl file.
         match serde_json::to_string(r) {
@@ -137,7 +138,7 @@ fn report(r: &RunRecord, json: bool, quiet: bool) {
             r.warehouse
         ),
         RunStatus::DryRun => eprintln!(
-            "dry run: would download {what} {} of dataset {} ({} parts, {:.1} MB, {} records) and land scores, summary and drift in {}",
+            "dry run: would download {what} {} of dataset {} ({} parts, {:.1} MB, {} records) and land {tables} in {}",
             r.batches.join(", "),
             r.dataset,
             r.parts,

@@ -221,6 +221,21 @@ impl PipelineFile {
             .map_or(std::time::Duration::from_secs(7 * 86_400), |d| d.0)
     }
 
+    /// The tables a run of this pipeline lands.
+    pub fn tables(&self) -> Vec<&str> {
+        if let Some(d) = &self.transform.dataset {
+            return vec![d.table.as_str()];
+        }
+        let mut tables = match &self.source {
+            SourceConfig::ProfileExport(_) => crate::record::AUDIENCE_TABLES.to_vec(),
+            _ => crate::record::TABLES.to_vec(),
+        };
+        if self.checks.is_some() {
+            tables.push("checks");
+        }
+        tables
+    }
+
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("pipeline")
     }

@@ -238,3 +238,45 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `_published` comes from the warehouse: a name that is not a plain table name (a path,
+    /// a quote, upper case) is never a table, whatever a file there says.
+    #[tokio::test]
+    async fn only_plain_published_names_are_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = scoreland_sink::SinkConfig {
+            url: dir.path().display().to_string(),
+            options: Default::default(),
+            single_writer: false,
+        }
+        .open()
+        .unwrap();
+        let versions: std::collections::BTreeMap<&str, u64> = [
+            "web_events",
+            "../_state",
+            "a/b",
+            "Web",
+            "x\"; DROP",
+            "_locks",
+            "scores",
+            "",
+        ]
+        .into_iter()
+        .map(|n| (n, 1))
+        .collect();
+        wh.put_json(
+            "_published/hostile.json",
+            &serde_json::json!({"run_id": "r", "versions": versions}),
+        )
+        .await
+        .unwrap();
+        let tables = warehouse_tables(&wh).await.unwrap();
+        let mut want: Vec<String> = ALL_TABLES.iter().map(|t| t.to_string()).collect();
+        want.push("web_events".into());
+        assert_eq!(tables, want);
+    }
+}

@@ -46,6 +46,7 @@ pub fn columns(schema: &Value, depth: usize) -> Result<Vec<XdmColumn>, Transform
         .ok_or_else(|| invalid("", "the schema has no properties"))?;
     let mut out = Vec::new();
     for (name, field) in properties {
+        check_name(name, name)?;
         flatten(name, name, field, depth, 0, &mut out)?;
     }
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
@@ -89,6 +90,7 @@ fn flatten(
             .and_then(Value::as_object)
             .ok_or_else(|| invalid(path, "an object without properties"))?;
         for (child, f) in properties {
+            check_name(child, &format!("{path}.{child}"))?;
             flatten(
                 &format!("{name}_{child}"),
                 &format!("{path}.{child}"),
@@ -118,6 +120,24 @@ fn flatten(
             })
             .unwrap_or_default(),
     });
+    Ok(())
+}
+
+/// A field's name (`name`, at `path`) as a column name: not empty, and none of what separates our paths
+/// (`.`) or what a Delta column name cannot hold without column mapping (` ,;{}()=`, controls).
+fn check_name(name: &str, path: &str) -> Result<(), TransformError> {
+    if name.is_empty() {
+        return Err(invalid(path, "a field without a name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || " ,;{}()=.".contains(*c))
+    {
+        return Err(invalid(
+            path,
+            &format!("its name holds {c:?}, which a column name cannot hold"),
+        ));
+    }
     Ok(())
 }
 
@@ -181,6 +201,7 @@ fn arrow_type(field: &Value, path: &str, nesting: usize) -> Result<DataType, Tra
             let fields = properties
                 .iter()
                 .map(|(n, f)| {
+                    check_name(n, &format!("{path}.{n}"))?;
                     Ok(Field::new(
                         n,
                         arrow_type(f, &format!("{path}.{n}"), nesting + 1)?,
@@ -284,5 +305,12 @@ mod tests {
             .to_string();
         assert!(e.contains("deeper than 64"), "{e}");
         assert!(columns(&json!({}), 1).is_err());
+        for bad in ["a b", "a.b", "x=1", "", "tab\there", "(c)"] {
+            let schema = json!({"properties": {"o": {"type": "object", "properties": {bad: {"type": "string"}}}}});
+            let e = columns(&schema, 1).unwrap_err().to_string();
+            assert!(e.contains("field o."), "{bad:?}: {e}");
+            // Also inside an object kept as a struct.
+            assert!(columns(&schema, 0).is_err(), "{bad:?}");
+        }
     }
 }
