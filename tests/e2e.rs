@@ -3171,21 +3171,28 @@ mod datasets {
     }
 
     #[test]
-    fn the_bundled_events_pipeline_lands_the_newest_night() {
+    fn the_bundled_events_pipeline_lands_every_night() {
         let demo = Demo::new();
         let env = demo.env();
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let o = scoreland(&["run", "pipelines/web-events.toml", "--json"], &envs);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let r = record(&o);
+        // Every night, from the first: 3 × 1,000 events, of which 2 × 30 re-sent.
         assert_eq!(
-            (r["rows_in"].as_u64(), r["rows_out"].as_u64()),
-            (Some(1000), Some(1000))
+            (
+                r["rows_in"].as_u64(),
+                r["rows_out"].as_u64(),
+                r["duplicates_dropped"].as_u64()
+            ),
+            (Some(3000), Some(2940), Some(60))
         );
+        assert_eq!(r["batches"].as_array().map(Vec::len), Some(3));
         assert_eq!(r["dataset"], EVENTS_DATASET);
+        // The third night's own events carry the new field; its re-sent ones landed before.
         assert_eq!(
             demo.count("SELECT count(DISTINCT _id) FROM web_events WHERE web_webPageDetails_isHomePage IS NOT NULL"),
-            1000
+            970
         );
         // The columns come with the schema's titles as Delta column comments.
         let log = std::fs::read_to_string(
@@ -3299,7 +3306,8 @@ mod datasets {
         );
         assert_eq!(demo.count("SELECT count(*) FROM web_events"), 1176);
 
-        // The Customer AI dataset is a record of scores, not events: refused, nothing landed.
+        // The Customer AI dataset is a record (of scores) whose schema marks no primary
+        // identity: refused, nothing landed.
         let scores = std::fs::read_to_string(&pipeline)
             .unwrap()
             .replace(EVENTS_DATASET, &first_dataset_in(&platform))
@@ -3310,7 +3318,7 @@ mod datasets {
         let o = run(&demo, &scores_pipeline.display().to_string());
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(
-            text(&o).contains("not an ExperienceEvent's"),
+            text(&o).contains("no primary identity descriptor"),
             "{}",
             text(&o)
         );
@@ -3361,12 +3369,98 @@ mod datasets {
         assert_eq!(demo.count("SELECT count(*) FROM web_events"), 2940);
     }
 
+    /// A record dataset (loyalty members): the primary identity from the schema's identity
+    /// descriptor, one row per member, the newest, night after night.
+    #[test]
+    fn a_record_dataset_keeps_the_newest_row_per_identity() {
+        use scoreland_platform_sim::records::{add_record_nights, member_at, member_id};
+        let demo = Demo::new();
+        let platform = demo.tmp.path().join("platform");
+        scoreland_platform_sim::generate(&scoreland_platform_sim::GenerateOptions {
+            out: platform.clone(),
+            rows: 100,
+            parts: 1,
+            batches: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let text_of = std::fs::read_to_string(repo().join("pipelines/loyalty-members.toml"))
+            .unwrap()
+            .replace(
+                "data = \"sample-data/platform\"",
+                &format!("data = {:?}", platform.display().to_string()),
+            );
+        let p = demo.tmp.path().join("loyalty.toml");
+        std::fs::write(&p, text_of).unwrap();
+        let p = p.display().to_string();
+        let points = |member: u64| {
+            demo.count(&format!(
+                "SELECT _acmeretail_loyalty_points FROM loyalty_members \
+                 WHERE _acmeretail_loyalty_memberId = '{}'",
+                member_id(member)
+            ))
+        };
+
+        add_record_nights(&platform, "prod", 0, 1, 200, 42).unwrap();
+        let o = run(&demo, &p);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(record(&o)["rows_out"], 200);
+        // Night 1: 20 members updated (2 sent twice, the stale row first) and 10 new.
+        add_record_nights(&platform, "prod", 1, 2, 200, 42).unwrap();
+        let o = run(&demo, &p);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert_eq!(
+            (
+                r["rows_in"].as_u64(),
+                r["rows_out"].as_u64(),
+                r["duplicates_dropped"].as_u64()
+            ),
+            (Some(32), Some(210), Some(2))
+        );
+        assert_eq!(demo.count("SELECT count(*) FROM loyalty_members"), 210);
+        assert_eq!(
+            demo.count("SELECT count(DISTINCT _acmeretail_loyalty_memberId) FROM loyalty_members"),
+            210
+        );
+        assert_eq!(points(1) as i64, member_at(1, 1).1);
+        assert_eq!(points(2) as i64, member_at(2, 0).1);
+        assert_eq!(points(205) as i64, member_at(205, 1).1);
+        // The bundled pipeline on the sample platform: three nights of 1,000 members, 50 new
+        // each night after the first.
+        let sample = Demo::new();
+        let env = sample.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(&["run", "pipelines/loyalty-members.toml", "--json"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(record(&o)["rows_out"], 1100);
+        // The night before is still there to read, as Delta time travel.
+        let o = scoreland(
+            &[
+                "sql",
+                "SELECT count(*) AS n FROM loyalty_members",
+                "--warehouse",
+                &demo.wh(),
+                "--as-of",
+                "0",
+                "--format",
+                "json",
+            ],
+            &[],
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("200"),
+            "{}",
+            text(&o)
+        );
+    }
+
     /// The scores dataset's id in a generated platform.
     fn first_dataset_in(platform: &Path) -> String {
         std::fs::read_dir(platform.join("prod"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .find(|d| d != EVENTS_DATASET)
+            .find(|d| d != EVENTS_DATASET && d != scoreland_platform_sim::records::RECORDS_DATASET)
             .unwrap()
     }
 

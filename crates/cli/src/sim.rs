@@ -98,6 +98,13 @@ pub struct GenerateArgs {
     /// Nightly batches of the events dataset.
     #[arg(long, default_value_t = 3)]
     pub event_nights: u32,
+    /// Also write a record dataset of this many loyalty members (updated and added to every
+    /// night, its primary identity in an identity descriptor).
+    #[arg(long, default_value_t = 0)]
+    pub records: u64,
+    /// Nightly batches of the record dataset.
+    #[arg(long, default_value_t = 3)]
+    pub record_nights: u32,
 }
 
 pub async fn run(args: SimArgs) -> Result<()> {
@@ -135,6 +142,20 @@ pub async fn run(args: SimArgs) -> Result<()> {
                 )?;
                 out["events"] = serde_json::json!({
                     "dataset_id": scoreland_platform_sim::events::EVENTS_DATASET,
+                    "nights": nights,
+                });
+            }
+            if g.records > 0 {
+                let nights = scoreland_platform_sim::records::add_record_nights(
+                    &opts.out,
+                    &opts.sandbox,
+                    0,
+                    g.record_nights,
+                    g.records,
+                    g.seed,
+                )?;
+                out["records"] = serde_json::json!({
+                    "dataset_id": scoreland_platform_sim::records::RECORDS_DATASET,
                     "nights": nights,
                 });
             }

@@ -189,6 +189,35 @@ impl AepClient {
         .await
     }
 
+    /// The primary identity of the schema `schema_id` (its `$id`), as a dotted path
+    /// (`_tenant.loyalty.memberId`), from its identity descriptors (`GET
+    /// /schemaregistry/tenant/descriptors?property=xdm:sourceSchema==ID`); `None` when it has
+    /// no primary identity descriptor.
+    pub async fn primary_identity(&self, schema_id: &str) -> Result<Option<String>, IngestError> {
+        let mut url = self.url("/data/foundation/schemaregistry/tenant/descriptors")?;
+        url.query_pairs_mut()
+            .append_pair("property", &format!("xdm:sourceSchema=={schema_id}"));
+        let accept = [("accept", "application/vnd.adobe.xdm+json")];
+        let found: Value = self
+            .with_retry(url.as_str(), |_| {
+                self.call_json(reqwest::Method::GET, &url, None, &accept)
+            })
+            .await?;
+        let identities = found
+            .get("xdm:descriptorIdentity")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let primary = identities
+            .iter()
+            .find(|d| d.get("xdm:isPrimary").and_then(Value::as_bool) == Some(true));
+        Ok(primary
+            .and_then(|d| d.get("xdm:sourceProperty"))
+            .and_then(Value::as_str)
+            .map(|p| p.trim_start_matches('/').replace('/', "."))
+            .filter(|p| !p.is_empty()))
+    }
+
     /// The Platform URL of `path` with `segment` appended as one percent-encoded path segment.
     fn url_with_segment(&self, path: &str, segment: &str) -> Result<url::Url, IngestError> {
         let mut url = self.url(path)?;

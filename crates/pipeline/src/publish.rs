@@ -37,6 +37,9 @@ pub(crate) struct PreparedTable {
     /// New columns in the files are added to the table (a dataset whose schema grew).
     #[serde(default)]
     pub evolve_schema: bool,
+    /// Without a date column: the files replace all the dataset's rows (a record dataset).
+    #[serde(default)]
+    pub replace_dataset: bool,
 }
 
 /// A publish under way, kept at `_state/<pipeline>.publishing.json` from just before the first
@@ -335,7 +338,10 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
                 run_id: &p.run_id,
                 by_score_date: t.date_column.is_some(),
                 date_column: t.date_column.as_deref().unwrap_or("score_date"),
-                replace_dataset: p.prepared.replace_dataset,
+                replace_dataset: match t.date_column {
+                    Some(_) => p.prepared.replace_dataset,
+                    None => t.replace_dataset,
+                },
                 append: t.append,
                 evolve_schema: t.evolve_schema,
                 app_id: name,

@@ -37,7 +37,12 @@ pub(crate) async fn transform(
             let landing = file.transform.dataset.as_ref().ok_or_else(|| {
                 cx.invalid("the source staged a dataset but [transform.dataset] is not set".into())
             })?;
-            let table = events(file, landing, cx, record, staged, schema).await?;
+            let table = match schema.identity {
+                None => events(file, landing, cx, record, staged, schema.schema).await?,
+                Some(identity) => {
+                    records(file, landing, cx, record, staged, schema.schema, &identity).await?
+                }
+            };
             (vec![table], Vec::new(), cx.state.histograms.clone(), false)
         }
     };
@@ -137,6 +142,7 @@ async fn scores(
             date_column: by_score_date(name).then(|| "score_date".to_string()),
             append: false,
             evolve_schema: false,
+            replace_dataset: false,
         })
         .collect();
     Ok((tables, extracts, output.histograms))
@@ -220,10 +226,7 @@ async fn events(
             record.dataset
         ))
     })?;
-    let workers = file
-        .transform
-        .target_partitions
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = workers(file);
     let scan = {
         let dataset = dataset.clone();
         blocking("reading the events' keys", move || {
@@ -278,7 +281,74 @@ async fn events(
         date_column: Some(EVENT_DATE.to_string()),
         append: true,
         evolve_schema: true,
+        replace_dataset: false,
     })
+}
+
+/// A record dataset, landed from its schema as `landing.table`: one row per primary identity,
+/// the newest of the landed rows and the night's; the dataset's rows are replaced whole.
+async fn records(
+    file: &PipelineFile,
+    landing: &scoreland_transform::DatasetLanding,
+    cx: &RunContext<'_>,
+    record: &mut RunRecord,
+    staged: Vec<scoreland_transform::StagedBatch>,
+    schema: serde_json::Value,
+    identity: &str,
+) -> Result<PreparedTable, PipelineError> {
+    let dataset =
+        scoreland_transform::RecordDataset::new(&schema, landing, identity).map_err(|e| {
+            cx.invalid(format!(
+                "[transform.dataset]: dataset {}: {e}",
+                record.dataset
+            ))
+        })?;
+    let landed = cx
+        .warehouse
+        .fetch_dataset_files(
+            &landing.table,
+            &record.dataset,
+            None,
+            &cx.work.join("landed"),
+        )
+        .await
+        .map_err(PipelineError::Sink)?;
+    let dir = cx.work.join(&landing.table);
+    let workers = workers(file);
+    let stats = {
+        let (dir, run_id) = (dir.clone(), record.run_id.clone());
+        blocking("writing the records", move || {
+            dataset.land(&staged, &landed, &run_id, &dir, workers)
+        })
+        .await?
+    };
+    record.rows_in = stats.rows_in;
+    record.rows_out = stats.rows_out;
+    record.duplicates_dropped = stats.superseded;
+    record.null_identity_dropped = stats.without_identity;
+    tracing::info!(
+        table = %landing.table,
+        rows = stats.rows_out,
+        added = stats.added,
+        replaced = stats.replaced,
+        superseded = stats.superseded,
+        "records written"
+    );
+    Ok(PreparedTable {
+        name: landing.table.clone(),
+        dir,
+        date_column: None,
+        append: false,
+        evolve_schema: true,
+        replace_dataset: true,
+    })
+}
+
+/// Worker threads of a transform: `target_partitions`, or every core.
+fn workers(file: &PipelineFile) -> usize {
+    file.transform
+        .target_partitions
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// A profile export: `profiles`, `audiences` and `audience_summary` for the night.
@@ -323,6 +393,7 @@ async fn profiles(
         date_column: Some("night".to_string()),
         append: false,
         evolve_schema: false,
+        replace_dataset: false,
     })
     .collect())
 }

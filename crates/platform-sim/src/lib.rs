@@ -14,6 +14,7 @@ pub mod generate;
 mod profile;
 mod profile_export;
 pub mod profiles;
+pub mod records;
 mod server;
 pub mod truth;
 

@@ -38,6 +38,18 @@ use crate::xdm::{XdmColumn, columns};
 pub const EVENT_DATE: &str = "event_date";
 /// XDM's ExperienceEvent class.
 pub const EVENT_CLASS: &str = "https://ns.adobe.com/xdm/context/experienceevent";
+/// Whether `schema` is an ExperienceEvent's: the class the Schema Registry names
+/// (`meta:class`, or one it extends); a schema that names none is taken for one (its fields
+/// are checked when it lands).
+pub fn is_event_schema(schema: &Value) -> bool {
+    let class = schema.get("meta:class").and_then(Value::as_str);
+    let extends = schema
+        .get("meta:extends")
+        .and_then(Value::as_array)
+        .is_some_and(|e| e.iter().any(|c| c.as_str() == Some(EVENT_CLASS)));
+    class.is_none_or(|c| c == EVENT_CLASS) || extends
+}
+
 /// `[transform.dataset]`: land the source's dataset as it is, from its XDM schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,20 +132,11 @@ impl EventDataset {
     pub fn new(schema: &Value, landing: &DatasetLanding) -> Result<EventDataset, TransformError> {
         let columns = columns(schema, landing.depth)?;
         let has = |name: &str, ty: &str| columns.iter().any(|c| c.path == name && c.xdm_type == ty);
-        // The class the Schema Registry names (`meta:class`, or one it extends); without one,
-        // the fields every ExperienceEvent has.
         let class = schema.get("meta:class").and_then(Value::as_str);
-        let extends = schema
-            .get("meta:extends")
-            .and_then(Value::as_array)
-            .is_some_and(|e| e.iter().any(|c| c.as_str() == Some(EVENT_CLASS)));
-        let is_event = class.is_none_or(|c| c == EVENT_CLASS) || extends;
-        if !is_event || !has("_id", "string") || !has("timestamp", "date-time") {
+        if !is_event_schema(schema) || !has("_id", "string") || !has("timestamp", "date-time") {
             return Err(TransformError::Config(format!(
                 "the dataset's schema ({}, class {}) is not an ExperienceEvent's (class \
-                 {EVENT_CLASS} with `_id` and `timestamp`); only ExperienceEvent datasets land \
-                 from their schema today: land Customer AI scores without [transform.dataset], \
-                 other records through a [transform.mapping]",
+                 {EVENT_CLASS} with `_id` and `timestamp`)",
                 schema["title"].as_str().unwrap_or("untitled"),
                 class.unwrap_or("not given")
             )));
@@ -148,21 +151,7 @@ impl EventDataset {
                 c.path, c.name
             )));
         }
-        let mut fields: Vec<Field> = columns
-            .iter()
-            .map(|c| {
-                let comment = match (&c.title, &c.description) {
-                    (Some(t), Some(d)) => Some(format!("{t}: {d}")),
-                    (Some(t), None) => Some(t.clone()),
-                    (None, d) => d.clone(),
-                };
-                let mut meta = HashMap::from([("xdm_path".to_string(), c.path.clone())]);
-                if let Some(comment) = comment {
-                    meta.insert("comment".to_string(), comment);
-                }
-                Field::new(&c.name, c.data_type.clone(), true).with_metadata(meta)
-            })
-            .collect();
+        let mut fields = column_fields(&columns);
         fields.push(Field::new(EVENT_DATE, DataType::Date32, true));
         fields.push(Field::new("batch_id", DataType::Utf8, true));
         fields.push(Field::new("run_id", DataType::Utf8, true));
@@ -388,23 +377,7 @@ impl EventDataset {
         run_id: &str,
     ) -> Result<RecordBatch, TransformError> {
         let n = batch.num_rows();
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for c in &self.columns {
-            arrays.push(match path_array(batch, &c.path) {
-                Some(a) => conform(&a, &c.data_type).map_err(|found| {
-                    TransformError::Config(format!(
-                        "field {} is {found} in {}, but the dataset's schema says {} ({}); the \
-                         schema and the files disagree, so nothing was landed",
-                        c.path,
-                        file.display(),
-                        c.data_type,
-                        c.xdm_type
-                    ))
-                })?,
-                // A field this part's rows do not have (older rows, an optional field).
-                None => new_null_array(&c.data_type, n),
-            });
-        }
+        let mut arrays = flat_columns(&self.columns, batch, file)?;
         arrays.push(Arc::new(
             event_days(batch, file)?
                 .into_iter()
@@ -416,10 +389,57 @@ impl EventDataset {
     }
 }
 
+/// The table columns of `columns`, nullable, each with its XDM path and its title and
+/// description as its `comment`.
+pub(crate) fn column_fields(columns: &[XdmColumn]) -> Vec<Field> {
+    columns
+        .iter()
+        .map(|c| {
+            let comment = match (&c.title, &c.description) {
+                (Some(t), Some(d)) => Some(format!("{t}: {d}")),
+                (Some(t), None) => Some(t.clone()),
+                (None, d) => d.clone(),
+            };
+            let mut meta = HashMap::from([("xdm_path".to_string(), c.path.clone())]);
+            if let Some(comment) = comment {
+                meta.insert("comment".to_string(), comment);
+            }
+            Field::new(&c.name, c.data_type.clone(), true).with_metadata(meta)
+        })
+        .collect()
+}
+
+/// `columns` read out of one record batch of XDM rows: each at its path, conformed to its type
+/// (a field the rows lack is null); a type the schema does not allow is refused.
+pub(crate) fn flat_columns(
+    columns: &[XdmColumn],
+    batch: &RecordBatch,
+    file: &Path,
+) -> Result<Vec<ArrayRef>, TransformError> {
+    let n = batch.num_rows();
+    columns
+        .iter()
+        .map(|c| match path_array(batch, &c.path) {
+            Some(a) => conform(&a, &c.data_type).map_err(|found| {
+                TransformError::Config(format!(
+                    "field {} is {found} in {}, but the dataset's schema says {} ({}); the \
+                     schema and the files disagree, so nothing was landed",
+                    c.path,
+                    file.display(),
+                    c.data_type,
+                    c.xdm_type
+                ))
+            }),
+            // A field this part's rows do not have (older rows, an optional field).
+            None => Ok(new_null_array(&c.data_type, n)),
+        })
+        .collect()
+}
+
 /// `array` as `ty`: structs matched field by field by name (a field the array lacks is null,
 /// one the type lacks is left out), lists item by item, anything else cast as DataFusion's
 /// `CAST` does. `Err` names the array's type when it cannot be.
-fn conform(array: &ArrayRef, ty: &DataType) -> Result<ArrayRef, String> {
+pub(crate) fn conform(array: &ArrayRef, ty: &DataType) -> Result<ArrayRef, String> {
     if array.data_type() == ty {
         return Ok(array.clone());
     }
@@ -478,7 +498,10 @@ fn event_days(batch: &RecordBatch, file: &Path) -> Result<Vec<Option<i32>>, Tran
 }
 
 /// The record batches of `file`, only the columns under `paths` when given.
-fn read(file: &Path, paths: Option<&[&str]>) -> Result<Vec<RecordBatch>, TransformError> {
+pub(crate) fn read(
+    file: &Path,
+    paths: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, TransformError> {
     let f = File::open(file).map_err(|source| TransformError::Io {
         path: file.to_path_buf(),
         source,
@@ -508,14 +531,14 @@ fn day_string(day: i32) -> String {
         .unwrap_or_default()
 }
 
-fn missing(file: &Path, column: &str) -> TransformError {
+pub(crate) fn missing(file: &Path, column: &str) -> TransformError {
     TransformError::MissingColumn {
         file: file.to_path_buf(),
         column: column.to_string(),
     }
 }
 
-fn parquet(file: &Path, e: impl std::fmt::Display) -> TransformError {
+pub(crate) fn parquet(file: &Path, e: impl std::fmt::Display) -> TransformError {
     TransformError::Parquet {
         file: file.to_path_buf(),
         message: e.to_string(),

@@ -20,6 +20,7 @@ mod drift;
 mod error;
 mod flatten;
 mod json;
+mod records;
 mod run;
 mod scores;
 mod summary;
@@ -35,9 +36,12 @@ pub use checks::{
     Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
-pub use dataset::{DatasetLanding, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats};
+pub use dataset::{
+    DatasetLanding, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats, is_event_schema,
+};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
+pub use records::{RecordDataset, RecordStats};
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};
 pub use scoreland_runtime::{MemoryLimit, default_memory_limit};
 pub use xdm::{XdmColumn, columns as xdm_columns};

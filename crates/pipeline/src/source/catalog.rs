@@ -121,6 +121,11 @@ pub(super) async fn prepare(
                 .batches_after(&dataset, created_client, after, created)
                 .await
         }
+        // A dataset landed as it is starts from its first batch (a Customer AI batch holds
+        // every score, so scores start from the newest).
+        (BatchSelection::CatchUp { after: None }, _) if cx.dataset.is_some() => {
+            client.batches_after(&dataset, created_client, "", 0).await
+        }
         _ => {
             client
                 .select_batches(&dataset, created_client, &selection)
@@ -174,21 +179,59 @@ pub(super) async fn prepare(
     }))
 }
 
-/// `dataset`'s schema from the Schema Registry, checked to be one `landing` can land (an
-/// ExperienceEvent's): a pipeline setting that does not hold otherwise.
+/// `dataset`'s schema from the Schema Registry, checked to be one `landing` can land: an
+/// ExperienceEvent's, or a record's with a primary identity descriptor (whose path is
+/// returned as well). A pipeline setting that does not hold otherwise.
 pub(super) async fn checked_schema(
     client: &AepClient,
     dataset: &str,
     landing: &scoreland_transform::DatasetLanding,
     cx: &RunContext<'_>,
-) -> Result<serde_json::Value, PipelineError> {
+) -> Result<DatasetSchema, PipelineError> {
     let schema = client
         .dataset_schema(dataset)
         .await
         .map_err(PipelineError::Ingest)?;
-    scoreland_transform::EventDataset::new(&schema, landing)
-        .map_err(|e| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}")))?;
-    Ok(schema)
+    let invalid = |e: String| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}"));
+    if scoreland_transform::is_event_schema(&schema) {
+        scoreland_transform::EventDataset::new(&schema, landing)
+            .map_err(|e| invalid(e.to_string()))?;
+        return Ok(DatasetSchema {
+            schema,
+            identity: None,
+        });
+    }
+    let id = schema
+        .get("$id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let identity = client
+        .primary_identity(id)
+        .await
+        .map_err(PipelineError::Ingest)?
+        .ok_or_else(|| {
+            invalid(format!(
+                "its schema ({}) is a record's, which keeps the newest row per primary \
+                 identity, and it has no primary identity descriptor; mark one in the schema \
+                 (Schema Registry, identity descriptor with xdm:isPrimary)",
+                schema
+                    .get("title")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(id)
+            ))
+        })?;
+    scoreland_transform::RecordDataset::new(&schema, landing, &identity)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(DatasetSchema {
+        schema,
+        identity: Some(identity),
+    })
+}
+
+/// A dataset's schema, and the primary identity of a record dataset (dotted path).
+pub(crate) struct DatasetSchema {
+    pub schema: serde_json::Value,
+    pub identity: Option<String>,
 }
 
 /// Downloads `batches` of `dataset` into staging (verified, resumable), counting into the

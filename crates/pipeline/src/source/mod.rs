@@ -143,7 +143,7 @@ pub(crate) enum Input {
     /// from that schema (`[transform.dataset]`).
     Dataset {
         staged: Vec<StagedBatch>,
-        schema: serde_json::Value,
+        schema: catalog::DatasetSchema,
     },
 }
 

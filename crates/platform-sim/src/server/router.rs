@@ -18,6 +18,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
             get(get_schema),
         )
         .route(
+            "/data/foundation/schemaregistry/tenant/descriptors",
+            get(get_descriptors),
+        )
+        .route(
             "/data/foundation/export/batches/{id}/files",
             get(batch_files),
         )

@@ -113,6 +113,80 @@ pub(super) async fn get_schema(
         .into_response()
 }
 
+/// `GET /data/foundation/schemaregistry/tenant/descriptors?property=xdm:sourceSchema==ID` with
+/// `Accept: application/vnd.adobe.xdm+json`: the descriptors of a dataset's schema, grouped by
+/// type (`{"xdm:descriptorIdentity": [...]}`), from the dataset's `descriptors.json` (none
+/// without one).
+pub(super) async fn get_descriptors(
+    State(st): State<Arc<AppState>>,
+    Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accept.contains("application/vnd.adobe.xdm+json") {
+        return problem(
+            StatusCode::NOT_ACCEPTABLE,
+            "XDM-1010-406",
+            "Not Acceptable",
+            "descriptors need Accept: application/vnd.adobe.xdm+json",
+        );
+    }
+    let Some(schema) = q
+        .iter()
+        .filter(|(k, _)| k == "property")
+        .find_map(|(_, v)| v.strip_prefix("xdm:sourceSchema=="))
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "XDM-1000-400",
+            "Bad Request",
+            "give property=xdm:sourceSchema==<schema id>",
+        );
+    };
+    let mut grouped = Map::new();
+    let datasets = &st.platform.sandboxes[&sandbox].datasets;
+    let found = datasets.values().find(|d| {
+        d.object
+            .get("schemaRef")
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str)
+            == Some(schema)
+    });
+    if let Some(d) = found {
+        let path = st
+            .platform
+            .dir
+            .join(&sandbox)
+            .join(&d.id)
+            .join("descriptors.json");
+        let listed: Vec<Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for (i, mut desc) in listed.into_iter().enumerate() {
+            let kind = desc["@type"]
+                .as_str()
+                .unwrap_or("xdm:descriptor")
+                .to_string();
+            if let Some(o) = desc.as_object_mut() {
+                o.insert("xdm:sourceSchema".into(), json!(schema));
+                o.insert("xdm:sourceVersion".into(), json!(1));
+                o.insert("@id".into(), json!(format!("{}{i:04x}", &d.id[..8])));
+            }
+            grouped
+                .entry(kind)
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .map(|a| a.push(desc));
+        }
+    }
+    axum::Json(Value::Object(grouped)).into_response()
+}
+
 /// The `properties` of the schema whose rows have these columns, in XDM's JSON form.
 pub fn xdm_properties(fields: &arrow::datatypes::Fields) -> Value {
     Value::Object(

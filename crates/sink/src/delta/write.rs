@@ -18,8 +18,9 @@ pub struct TableWrite<'a> {
     /// The date partition column (kept in the files): `score_date` for the scores tables,
     /// `night` for the audience tables.
     pub date_column: &'a str,
-    /// With `by_score_date`: replace every score date of `dataset_id`, not only those of this
-    /// run (the run holds the dataset's whole content: a full export, or a merge).
+    /// Replace every row of `dataset_id`: with `by_score_date`, every score date, not only
+    /// those of this run (the run holds the dataset's whole content: a full export, or a
+    /// merge); without, the table's files of the dataset (a record dataset, written whole).
     pub replace_dataset: bool,
     /// With `by_score_date`: the files join their date partitions instead of replacing them
     /// (events, each landed once).
@@ -106,7 +107,11 @@ impl Warehouse {
                 )));
             }
         }
-        let replaces = w.by_score_date && !w.append;
+        let replaces = if w.by_score_date {
+            !w.append
+        } else {
+            w.replace_dataset
+        };
         let dates: Vec<String> = if w.by_score_date {
             let d: BTreeSet<&String> = files.iter().filter_map(|f| f.date.as_ref()).collect();
             d.into_iter().cloned().collect()
