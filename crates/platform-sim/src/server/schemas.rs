@@ -177,11 +177,13 @@ pub(super) async fn get_descriptors(
                 o.insert("xdm:sourceVersion".into(), json!(1));
                 o.insert("@id".into(), json!(format!("{}{i:04x}", &d.id[..8])));
             }
-            grouped
+            if let Some(a) = grouped
                 .entry(kind)
                 .or_insert_with(|| json!([]))
                 .as_array_mut()
-                .map(|a| a.push(desc));
+            {
+                a.push(desc);
+            }
         }
     }
     axum::Json(Value::Object(grouped)).into_response()
