@@ -3367,6 +3367,19 @@ mod datasets {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         assert_eq!(record(&o)["rows_out"], 0);
         assert_eq!(demo.count("SELECT count(*) FROM web_events"), 2940);
+        // A record dataset does not land from export folders: which row is newest is unknown.
+        let records = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(
+                EVENTS_DATASET,
+                scoreland_platform_sim::records::RECORDS_DATASET,
+            )
+            .replace("table = \"web_events\"", "table = \"loyalty_members\"")
+            .replace("name = \"events-export\"", "name = \"records-export\"");
+        std::fs::write(&p, records).unwrap();
+        let o = run(&demo, &p);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("land it through Catalog"), "{}", text(&o));
     }
 
     /// A record dataset (loyalty members): the primary identity from the schema's identity

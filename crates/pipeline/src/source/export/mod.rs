@@ -417,7 +417,19 @@ impl ExportSource {
         let schema = match (cx.dataset, &conn.client) {
             (None, _) => None,
             (Some(landing), Some(client)) => {
-                Some(super::catalog::checked_schema(client, &conn.dataset, landing, cx).await?)
+                let schema =
+                    super::catalog::checked_schema(client, &conn.dataset, landing, cx).await?;
+                if schema.identity.is_some() {
+                    // An export folder holds every batch's rows in no particular order: which of
+                    // an identity's rows is the newest is not known from it.
+                    return Err(cx.invalid(format!(
+                        "[transform.dataset]: dataset {} is a record dataset, which keeps the \
+                         newest row per identity; an export folder does not say which row is \
+                         the newest, so land it through Catalog (source type \"aep\")",
+                        conn.dataset
+                    )));
+                }
+                Some(schema)
             }
             (Some(_), None) => {
                 return Err(cx.invalid(
