@@ -3233,6 +3233,11 @@ mod datasets {
         })
         .unwrap();
         let pipeline = pointed_at(&demo, &platform);
+        // With the items of productListItems as a child table too.
+        let with_items = std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace("depth = 3", "depth = 3\nexplode = [\"productListItems\"]");
+        std::fs::write(&pipeline, with_items).unwrap();
         let night = |n: u32| add_event_nights(&platform, "prod", n, n + 1, 400, 42).unwrap();
 
         night(0);
@@ -3262,6 +3267,21 @@ mod datasets {
         assert_eq!(
             demo.count("SELECT count(DISTINCT _id) FROM web_events"),
             1176
+        );
+        // One child row per item of each landed event, on its event's date.
+        let items = demo
+            .count("SELECT CAST(sum(cardinality(\"productListItems\")) AS BIGINT) FROM web_events");
+        assert!(items > 0);
+        assert_eq!(
+            demo.count("SELECT count(*) FROM web_events_productlistitems"),
+            items
+        );
+        assert_eq!(
+            demo.count(
+                "SELECT count(*) FROM web_events_productlistitems i JOIN web_events e \
+                 ON i._id = e._id AND i.event_date = e.event_date"
+            ),
+            items
         );
         assert_eq!(
             demo.count("SELECT count(web_webPageDetails_isHomePage) FROM web_events"),

@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let landing = scoreland_transform::DatasetLanding {
                 table: "web_events".into(),
                 depth: 3,
+                explode: Vec::new(),
             };
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let started = Instant::now();

@@ -222,9 +222,10 @@ impl PipelineFile {
     }
 
     /// The tables a run of this pipeline lands.
-    pub fn tables(&self) -> Vec<&str> {
+    pub fn tables(&self) -> Vec<String> {
         if let Some(d) = &self.transform.dataset {
-            return vec![d.table.as_str()];
+            let children = d.explode.iter().map(|c| d.child_table(c));
+            return std::iter::once(d.table.clone()).chain(children).collect();
         }
         let mut tables = match &self.source {
             SourceConfig::ProfileExport(_) => crate::record::AUDIENCE_TABLES.to_vec(),
@@ -233,7 +234,7 @@ impl PipelineFile {
         if self.checks.is_some() {
             tables.push("checks");
         }
-        tables
+        tables.into_iter().map(str::to_string).collect()
     }
 
     pub fn name(&self) -> &str {
@@ -272,13 +273,15 @@ impl PipelineFile {
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         self.source.check(placeholders)?;
         if let Some(landing) = &self.transform.dataset {
-            if crate::record::ALL_TABLES.contains(&landing.table.as_str()) {
-                return Err(format!(
-                    "transform.dataset.table = {:?} is one of scoreland's own tables ({}); \
-                     choose another name",
-                    landing.table,
-                    crate::record::ALL_TABLES.join(", ")
-                ));
+            let children = landing.explode.iter().map(|c| landing.child_table(c));
+            for table in std::iter::once(landing.table.clone()).chain(children) {
+                if crate::record::ALL_TABLES.contains(&table.as_str()) {
+                    return Err(format!(
+                        "transform.dataset: table {table:?} is one of scoreland's own tables \
+                         ({}); choose another name",
+                        crate::record::ALL_TABLES.join(", ")
+                    ));
+                }
             }
             match &self.source {
                 SourceConfig::Aep { .. } | SourceConfig::Simulator { .. } => {}

@@ -37,13 +37,13 @@ pub(crate) async fn transform(
             let landing = file.transform.dataset.as_ref().ok_or_else(|| {
                 cx.invalid("the source staged a dataset but [transform.dataset] is not set".into())
             })?;
-            let table = match schema.identity {
+            let tables = match schema.identity {
                 None => events(file, landing, cx, record, staged, schema.schema).await?,
-                Some(identity) => {
-                    records(file, landing, cx, record, staged, schema.schema, &identity).await?
-                }
+                Some(identity) => vec![
+                    records(file, landing, cx, record, staged, schema.schema, &identity).await?,
+                ],
             };
-            (vec![table], Vec::new(), cx.state.histograms.clone(), false)
+            (tables, Vec::new(), cx.state.histograms.clone(), false)
         }
     };
     record.timings.transform_ms = ms(t.elapsed());
@@ -210,7 +210,8 @@ async fn gate(
 
 /// An ExperienceEvent dataset, landed from its schema as `landing.table`: the night's new
 /// events (none whose `_id` the table already holds on their date), added to their
-/// `event_date` partitions; a field the schema gained becomes a new column.
+/// `event_date` partitions; a field the schema gained becomes a new column. Each exploded list
+/// column's items go to a child table the same way.
 async fn events(
     file: &PipelineFile,
     landing: &scoreland_transform::DatasetLanding,
@@ -218,7 +219,7 @@ async fn events(
     record: &mut RunRecord,
     staged: Vec<scoreland_transform::StagedBatch>,
     schema: serde_json::Value,
-) -> Result<PreparedTable, PipelineError> {
+) -> Result<Vec<PreparedTable>, PipelineError> {
     use scoreland_transform::{EVENT_DATE, EventDataset};
     let dataset = EventDataset::new(&schema, landing).map_err(|e| {
         cx.invalid(format!(
@@ -251,6 +252,11 @@ async fn events(
         );
     }
     let dir = cx.work.join(&landing.table);
+    let children: Vec<String> = dataset
+        .child_tables()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let stats = {
         let (dir, run_id) = (dir.clone(), record.run_id.clone());
         blocking("writing the events", move || {
@@ -275,14 +281,17 @@ async fn events(
         columns = stats.columns,
         "events written"
     );
-    Ok(PreparedTable {
-        name: landing.table.clone(),
-        dir,
-        date_column: Some(EVENT_DATE.to_string()),
-        append: true,
-        evolve_schema: true,
-        replace_dataset: false,
-    })
+    Ok(std::iter::once(landing.table.clone())
+        .chain(children)
+        .map(|name| PreparedTable {
+            dir: cx.work.join(&name),
+            name,
+            date_column: Some(EVENT_DATE.to_string()),
+            append: true,
+            evolve_schema: true,
+            replace_dataset: false,
+        })
+        .collect())
 }
 
 /// A record dataset, landed from its schema as `landing.table`: one row per primary identity,

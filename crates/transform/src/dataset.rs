@@ -59,6 +59,10 @@ pub struct DatasetLanding {
     /// Levels of nested objects that become `a_b_c` columns; deeper ones stay structs.
     #[serde(default = "default_depth")]
     pub depth: usize,
+    /// List columns (events only) also landed as a child table each, `<table>_<column>` in
+    /// lower case: one row per item, with its event's `_id`, `event_date` and `position`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explode: Vec<String>,
 }
 
 fn default_depth() -> usize {
@@ -66,6 +70,11 @@ fn default_depth() -> usize {
 }
 
 impl DatasetLanding {
+    /// The child table an exploded list column lands as.
+    pub fn child_table(&self, column: &str) -> String {
+        format!("{}_{}", self.table, column.to_lowercase())
+    }
+
     pub fn validate(&self) -> Result<(), TransformError> {
         let t = &self.table;
         let plain = !t.is_empty()
@@ -77,6 +86,18 @@ impl DatasetLanding {
             return Err(TransformError::Config(format!(
                 "dataset.table {t:?}: use lower-case letters, digits and '_', starting with a letter (at most 63)"
             )));
+        }
+        for column in &self.explode {
+            let child = self.child_table(column);
+            if child.len() > 63
+                || !child
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(TransformError::Config(format!(
+                    "dataset.explode {column:?}: its table {child:?} is not a plain table name"
+                )));
+            }
         }
         if self.depth > 16 {
             return Err(TransformError::Config(format!(
@@ -107,6 +128,8 @@ pub struct EventStats {
 pub struct EventDataset {
     columns: Vec<XdmColumn>,
     schema: SchemaRef,
+    /// Exploded list columns: (column, child table, its schema).
+    children: Vec<(String, String, SchemaRef)>,
 }
 
 /// The keys of one staged part, in the order parts are landed.
@@ -155,15 +178,67 @@ impl EventDataset {
         fields.push(Field::new(EVENT_DATE, DataType::Date32, true));
         fields.push(Field::new("batch_id", DataType::Utf8, true));
         fields.push(Field::new("run_id", DataType::Utf8, true));
+        let children = landing
+            .explode
+            .iter()
+            .map(|column| {
+                let item = match columns
+                    .iter()
+                    .find(|c| c.name == *column)
+                    .map(|c| &c.data_type)
+                {
+                    Some(DataType::List(item)) => item.data_type().clone(),
+                    _ => {
+                        return Err(TransformError::Config(format!(
+                            "dataset.explode {column:?} is not a list column of the schema at \
+                             depth {} (`scoreland schema` lists them)",
+                            landing.depth
+                        )));
+                    }
+                };
+                let mut fields = vec![
+                    Field::new("_id", DataType::Utf8, true),
+                    Field::new(EVENT_DATE, DataType::Date32, true),
+                    Field::new("position", DataType::Int32, true),
+                ];
+                match &item {
+                    DataType::Struct(items) => {
+                        fields.extend(items.iter().map(|f| f.as_ref().clone().with_nullable(true)))
+                    }
+                    other => fields.push(Field::new("value", other.clone(), true)),
+                }
+                fields.push(Field::new("batch_id", DataType::Utf8, true));
+                fields.push(Field::new("run_id", DataType::Utf8, true));
+                let names: BTreeSet<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+                if names.len() < fields.len() {
+                    return Err(TransformError::Config(format!(
+                        "dataset.explode {column:?}: its items have a field named like one \
+                         scoreland adds (_id, event_date, position, batch_id, run_id)"
+                    )));
+                }
+                Ok((
+                    column.clone(),
+                    landing.child_table(column),
+                    Arc::new(Schema::new(fields)),
+                ))
+            })
+            .collect::<Result<Vec<_>, TransformError>>()?;
         Ok(EventDataset {
             columns,
             schema: Arc::new(Schema::new(fields)),
+            children,
         })
     }
 
     /// The columns a night lands as (scoreland's own last: `event_date`, `batch_id`, `run_id`).
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The child tables of exploded list columns, each written beside the table's directory
+    /// (`write`'s `out`), in a directory named after it.
+    pub fn child_tables(&self) -> Vec<&str> {
+        self.children.iter().map(|(_, t, _)| t.as_str()).collect()
     }
 
     /// Reads the keys (`_id`, `timestamp`) of every staged part, on `workers` threads.
@@ -251,11 +326,15 @@ impl EventDataset {
         for ids in &landed_ids {
             seen.extend(ids.as_string::<i32>().iter().flatten());
         }
-        // The table's directory even when no row is new: the night lands as an empty commit.
-        std::fs::create_dir_all(out).map_err(|source| TransformError::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        // The tables' directories even when no row is new: the night lands as empty commits.
+        for dir in std::iter::once(out.to_path_buf())
+            .chain(self.children.iter().map(|(_, t, _)| out.with_file_name(t)))
+        {
+            std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let mut stats = EventStats {
             columns: self.columns.len(),
             ..Default::default()
@@ -315,7 +394,14 @@ impl EventDataset {
         }
         let file = part.file.as_path();
         let paths: Vec<&str> = self.columns.iter().map(|c| c.path.as_str()).collect();
-        let mut writers: BTreeMap<i32, (PathBuf, ArrowWriter<File>)> = BTreeMap::new();
+        let mut writers = DayWriters::new(out, self.schema.clone(), index, props);
+        let mut child_writers: Vec<DayWriters> = self
+            .children
+            .iter()
+            .map(|(_, table, schema)| {
+                DayWriters::new(&out.with_file_name(table), schema.clone(), index, props)
+            })
+            .collect();
         let mut offset = 0usize;
         for batch in read(file, Some(&paths))? {
             let n = batch.num_rows();
@@ -341,29 +427,18 @@ impl EventDataset {
                     let on_day: BooleanArray = days.iter().map(|d| Some(d == Some(day))).collect();
                     filter_record_batch(&flat, &on_day).map_err(|e| parquet(file, e))?
                 };
-                let (path, writer) = match writers.entry(day) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        let dir = out.join(format!("{EVENT_DATE}={}", day_string(day)));
-                        std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
-                            path: dir.clone(),
-                            source,
-                        })?;
-                        let path = dir.join(format!("part-{index:05}.parquet"));
-                        let f = File::create(&path).map_err(|source| TransformError::Io {
-                            path: path.clone(),
-                            source,
-                        })?;
-                        let w = ArrowWriter::try_new(f, self.schema.clone(), Some(props.clone()))
-                            .map_err(|e| parquet(&path, e))?;
-                        e.insert((path, w))
+                for ((column, _, schema), w) in self.children.iter().zip(&mut child_writers) {
+                    let items = explode(&rows, column, schema).map_err(|e| parquet(file, e))?;
+                    if items.num_rows() > 0 {
+                        w.write(day, &items)?;
                     }
-                };
-                writer.write(&rows).map_err(|e| parquet(path, e))?;
+                }
+                writers.write(day, &rows)?;
             }
         }
-        for (_, (path, writer)) in writers {
-            writer.close().map_err(|e| parquet(&path, e))?;
+        writers.close()?;
+        for w in child_writers {
+            w.close()?;
         }
         Ok(())
     }
@@ -387,6 +462,106 @@ impl EventDataset {
         arrays.push(Arc::new(StringArray::from(vec![run_id; n])));
         RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| parquet(file, e))
     }
+}
+
+/// One part's files of one table, one per event date, opened as rows for a date come.
+struct DayWriters {
+    dir: PathBuf,
+    schema: SchemaRef,
+    index: usize,
+    props: WriterProperties,
+    open: BTreeMap<i32, (PathBuf, ArrowWriter<File>)>,
+}
+
+impl DayWriters {
+    fn new(dir: &Path, schema: SchemaRef, index: usize, props: &WriterProperties) -> DayWriters {
+        DayWriters {
+            dir: dir.to_path_buf(),
+            schema,
+            index,
+            props: props.clone(),
+            open: BTreeMap::new(),
+        }
+    }
+
+    fn write(&mut self, day: i32, rows: &RecordBatch) -> Result<(), TransformError> {
+        let (path, writer) = match self.open.entry(day) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let dir = self.dir.join(format!("{EVENT_DATE}={}", day_string(day)));
+                std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let path = dir.join(format!("part-{:05}.parquet", self.index));
+                let f = File::create(&path).map_err(|source| TransformError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let w = ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
+                    .map_err(|e| parquet(&path, e))?;
+                e.insert((path, w))
+            }
+        };
+        writer.write(rows).map_err(|e| parquet(path, e))
+    }
+
+    fn close(self) -> Result<(), TransformError> {
+        for (_, (path, writer)) in self.open {
+            writer.close().map_err(|e| parquet(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The items of the list column `column` of `rows` as `schema`'s rows: each with its row's
+/// `_id`, `event_date`, `batch_id` and `run_id`, and its position in the list (from 0).
+fn explode(
+    rows: &RecordBatch,
+    column: &str,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{Int32Array, UInt32Array};
+    use datafusion::arrow::compute::take;
+    let list = rows
+        .column_by_name(column)
+        .map(|c| c.as_list::<i32>().clone())
+        .ok_or_else(|| {
+            datafusion::arrow::error::ArrowError::SchemaError(format!("no column {column}"))
+        })?;
+    let offsets = list.offsets();
+    let (mut parents, mut items, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+    for row in 0..list.len() {
+        if list.is_null(row) {
+            continue;
+        }
+        let (start, end) = (offsets[row], offsets[row + 1]);
+        for k in start..end {
+            parents.push(row as u32);
+            items.push(k as u32);
+            positions.push(k - start);
+        }
+    }
+    let parents = UInt32Array::from(parents);
+    let values = take(list.values().as_ref(), &UInt32Array::from(items), None)?;
+    let parent = |name: &str| -> Result<ArrayRef, datafusion::arrow::error::ArrowError> {
+        let c = rows.column_by_name(name).ok_or_else(|| {
+            datafusion::arrow::error::ArrowError::SchemaError(format!("no column {name}"))
+        })?;
+        take(c.as_ref(), &parents, None)
+    };
+    let mut arrays = vec![
+        parent("_id")?,
+        parent(EVENT_DATE)?,
+        Arc::new(Int32Array::from(positions)) as ArrayRef,
+    ];
+    match values.as_struct_opt() {
+        Some(s) => arrays.extend(s.columns().iter().cloned()),
+        None => arrays.push(values),
+    }
+    arrays.push(parent("batch_id")?);
+    arrays.push(parent("run_id")?);
+    RecordBatch::try_new(schema.clone(), arrays)
 }
 
 /// The table columns of `columns`, nullable, each with its XDM path and its title and
@@ -557,6 +732,7 @@ mod tests {
         DatasetLanding {
             table: "web_events".into(),
             depth: 3,
+            explode: Vec::new(),
         }
     }
 
@@ -673,6 +849,94 @@ mod tests {
         assert!(again.is_dir() && files_under(&again).is_empty());
     }
 
+    /// `explode`: a list column's items as a child table beside the events, one row per item
+    /// of each new event, with its `_id`, date and position.
+    #[test]
+    fn exploded_lists_land_one_row_per_item_of_each_new_event() {
+        use datafusion::arrow::datatypes::Int32Type;
+        let tmp = tempfile::tempdir().unwrap();
+        let staged = nights(&tmp.path().join("platform"), 0, 2);
+        let mut l = landing();
+        l.explode = vec!["productListItems".into()];
+        let ds = EventDataset::new(&schema(false), &l).unwrap();
+        assert_eq!(ds.child_tables(), ["web_events_productlistitems"]);
+        let out = tmp.path().join("work").join("web_events");
+        let scan = ds.scan(&staged, 2).unwrap();
+        let stats = ds.write(scan, &[], "r", &out, 2).unwrap();
+        // The items the events table's lists hold, against the child table's rows.
+        let mut items = 0usize;
+        for f in files_under(&out) {
+            for b in read(&f, None).unwrap() {
+                let lists = b
+                    .column_by_name("productListItems")
+                    .unwrap()
+                    .as_list::<i32>()
+                    .clone();
+                items += (0..lists.len())
+                    .filter(|i| !lists.is_null(*i))
+                    .map(|i| lists.value_length(i) as usize)
+                    .sum::<usize>();
+            }
+        }
+        let child = tmp.path().join("work").join("web_events_productlistitems");
+        let mut rows = 0usize;
+        let mut ids = BTreeSet::new();
+        for f in files_under(&child) {
+            let date = f
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            assert!(date.starts_with("event_date="), "{date}");
+            for b in read(&f, None).unwrap() {
+                rows += b.num_rows();
+                let names: Vec<String> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                assert_eq!(
+                    names,
+                    [
+                        "_id",
+                        "event_date",
+                        "position",
+                        "SKU",
+                        "priceTotal",
+                        "quantity",
+                        "batch_id",
+                        "run_id"
+                    ]
+                );
+                let pos = b
+                    .column_by_name("position")
+                    .unwrap()
+                    .as_primitive::<Int32Type>();
+                assert!(pos.iter().all(|p| p.is_some_and(|p| (0..3).contains(&p))));
+                ids.extend(
+                    b.column_by_name("_id")
+                        .unwrap()
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_string),
+                );
+            }
+        }
+        assert!(items > 0);
+        assert_eq!(rows, items);
+        assert!(ids.len() as u64 <= stats.rows_out);
+        let mut bad = landing();
+        bad.explode = vec!["eventType".into()];
+        let e = EventDataset::new(&schema(false), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a list column"), "{e}");
+    }
+
     #[test]
     fn a_schema_and_files_that_disagree_are_refused_naming_both_types() {
         let tmp = tempfile::tempdir().unwrap();
@@ -717,6 +981,7 @@ mod tests {
             let l = DatasetLanding {
                 table: bad.into(),
                 depth: 3,
+                explode: Vec::new(),
             };
             assert!(l.validate().is_err(), "{bad}");
         }

@@ -75,6 +75,13 @@ impl RecordDataset {
         identity: &str,
     ) -> Result<RecordDataset, TransformError> {
         let columns = columns(schema, landing.depth)?;
+        if !landing.explode.is_empty() {
+            return Err(TransformError::Config(
+                "dataset.explode is for ExperienceEvent datasets; a record dataset keeps its \
+                 lists as list columns"
+                    .into(),
+            ));
+        }
         if crate::dataset::is_event_schema(schema) {
             return Err(TransformError::Config(
                 "an ExperienceEvent dataset lands as events, not records".into(),
@@ -320,6 +327,7 @@ mod tests {
         DatasetLanding {
             table: "loyalty_members".into(),
             depth: 3,
+            explode: Vec::new(),
         }
     }
 
@@ -426,6 +434,7 @@ mod tests {
         let shallow = DatasetLanding {
             table: "t".into(),
             depth: 1,
+            explode: Vec::new(),
         };
         let e = RecordDataset::new(&schema(), &shallow, &identity())
             .unwrap_err()
