@@ -236,21 +236,18 @@ async fn events(
         .await?
     };
     // The `_id`s already landed on the night's dates: an event sent again is not landed twice.
-    let landed_dir = cx.work.join("landed");
-    let mut landed = Vec::new();
-    for date in &scan.dates {
-        landed.extend(
-            cx.warehouse
-                .fetch_dataset_files(
-                    &landing.table,
-                    &record.dataset,
-                    Some((EVENT_DATE, date)),
-                    &landed_dir.join(date),
-                )
-                .await
-                .map_err(PipelineError::Sink)?,
-        );
-    }
+    // One read of the table's log for all of them.
+    let dates: Vec<&str> = scan.dates.iter().map(String::as_str).collect();
+    let landed = cx
+        .warehouse
+        .fetch_dataset_files(
+            &landing.table,
+            &record.dataset,
+            Some((EVENT_DATE, &dates)),
+            &cx.work.join("landed"),
+        )
+        .await
+        .map_err(PipelineError::Sink)?;
     let dir = cx.work.join(&landing.table);
     let children: Vec<String> = dataset
         .child_tables()

@@ -417,7 +417,7 @@ impl ProfileExportSource {
                 .fetch_dataset_files(
                     "audiences",
                     &dataset,
-                    Some(("night", p)),
+                    Some(("night", &[p.as_str()])),
                     &cx.work.join("previous"),
                 )
                 .await
@@ -445,7 +445,7 @@ impl ProfileExportSource {
                                     .fetch_dataset_files(
                                         table,
                                         &dataset,
-                                        Some(("night", &base)),
+                                        Some(("night", &[base.as_str()])),
                                         &cx.work.join("carry").join(table),
                                     )
                                     .await

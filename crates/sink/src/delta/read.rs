@@ -152,13 +152,13 @@ impl Warehouse {
 
 impl Warehouse {
     /// Copies the newest version's data files of `dataset_id` in `table` into `dir` (for a
-    /// merge: the rows already landed), or only those of one partition (`only`: column and
-    /// value). An absent table has none.
+    /// merge: the rows already landed), or only those of some partitions (`only`: a column and
+    /// its values). An absent table has none.
     pub async fn fetch_dataset_files(
         &self,
         table: &str,
         dataset_id: &str,
-        only: Option<(&str, &str)>,
+        only: Option<(&str, &[&str])>,
         dir: &LocalPath,
     ) -> Result<Vec<std::path::PathBuf>, SinkError> {
         let Some(current) = self.delta_table(table, None).await? else {
@@ -172,7 +172,11 @@ impl Warehouse {
             .filter(|f| {
                 let pv = f.partition_values_map();
                 pv.get("dataset_id") == Some(&Some(dataset_id.to_string()))
-                    && only.is_none_or(|(c, v)| pv.get(c) == Some(&Some(v.to_string())))
+                    && only.is_none_or(|(c, values)| {
+                        pv.get(c)
+                            .and_then(|v| v.as_deref())
+                            .is_some_and(|v| values.contains(&v))
+                    })
             })
             .map(|f| f.path().into_owned())
             .collect();
