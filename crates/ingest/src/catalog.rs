@@ -203,19 +203,7 @@ impl AepClient {
                 self.call_json(reqwest::Method::GET, &url, None, &accept)
             })
             .await?;
-        let identities = found
-            .get("xdm:descriptorIdentity")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let primary = identities
-            .iter()
-            .find(|d| d.get("xdm:isPrimary").and_then(Value::as_bool) == Some(true));
-        Ok(primary
-            .and_then(|d| d.get("xdm:sourceProperty"))
-            .and_then(Value::as_str)
-            .map(|p| p.trim_start_matches('/').replace('/', "."))
-            .filter(|p| !p.is_empty()))
+        Ok(primary_identity_of(&found))
     }
 
     /// The Platform URL of `path` with `segment` appended as one percent-encoded path segment.
@@ -381,6 +369,22 @@ impl AepClient {
 /// landing, oldest first. A batch is skipped as replaced only when what replaces it is landed
 /// with it (it is in `all`) or already landed (`after_id`): a successor outside the query
 /// (another client, not successful) must not make the batch's rows disappear.
+/// The primary identity descriptor's path in a descriptors answer, dotted: the first
+/// `xdm:descriptorIdentity` whose `xdm:isPrimary` is `true`, whose `xdm:sourceProperty` is a
+/// path of plain names (`/a/b`). Anything else (no primary, an empty or odd path) is none.
+fn primary_identity_of(found: &Value) -> Option<String> {
+    let path = found
+        .get("xdm:descriptorIdentity")?
+        .as_array()?
+        .iter()
+        .find(|d| d.get("xdm:isPrimary").and_then(Value::as_bool) == Some(true))?
+        .get("xdm:sourceProperty")?
+        .as_str()?
+        .strip_prefix('/')?;
+    let plain = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    path.split('/').all(plain).then(|| path.replace('/', "."))
+}
+
 fn without_replaced(all: Vec<CatalogBatch>, after_id: &str) -> Vec<CatalogBatch> {
     let landable: HashSet<String> = all.iter().map(|b| b.id.clone()).collect();
     let replaced: HashSet<String> = all.iter().flat_map(|b| b.replaces.clone()).collect();
@@ -418,6 +422,43 @@ fn check_batch(b: &CatalogBatch, dataset: &str) -> Result<(), IngestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptors come from the platform: only a primary identity with a plain path is one.
+    #[test]
+    fn only_a_primary_identity_with_a_plain_path_is_taken() {
+        let of = |v: serde_json::Value| primary_identity_of(&v);
+        let desc = |path: serde_json::Value, primary: serde_json::Value| {
+            serde_json::json!({"xdm:descriptorIdentity": [
+                {"xdm:sourceProperty": "/other/id", "xdm:isPrimary": false},
+                {"xdm:sourceProperty": path, "xdm:isPrimary": primary},
+            ]})
+        };
+        assert_eq!(
+            of(desc("/_acme/loyalty/memberId".into(), true.into())).as_deref(),
+            Some("_acme.loyalty.memberId")
+        );
+        for (path, primary) in [
+            (serde_json::json!("/_acme/id"), serde_json::json!("true")),
+            (serde_json::json!("/"), serde_json::json!(true)),
+            (serde_json::json!("_acme/id"), serde_json::json!(true)),
+            (serde_json::json!("/a/../b"), serde_json::json!(true)),
+            (serde_json::json!("/a//b"), serde_json::json!(true)),
+            (serde_json::json!("/a.b/c"), serde_json::json!(true)),
+            (serde_json::json!(7), serde_json::json!(true)),
+        ] {
+            assert_eq!(
+                of(desc(path.clone(), primary.clone())),
+                None,
+                "{path} {primary}"
+            );
+        }
+        assert_eq!(of(serde_json::json!({})), None);
+        assert_eq!(
+            of(serde_json::json!({"xdm:descriptorIdentity": {"a": 1}})),
+            None
+        );
+        assert_eq!(of(serde_json::json!([])), None);
+    }
 
     fn batch(id: &str, created: i64, replaced_by: Option<&str>, replaces: &[&str]) -> CatalogBatch {
         CatalogBatch {
