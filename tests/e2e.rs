@@ -3217,6 +3217,74 @@ mod datasets {
         );
     }
 
+    /// `pipelines/attribution-ai.toml`: Attribution AI's scored conversions, each once, their
+    /// touchpoints a row each, and summaries that agree with the touchpoints they sum.
+    #[test]
+    fn the_bundled_attribution_pipeline_lands_conversions_touchpoints_and_summaries() {
+        let demo = Demo::new();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(&["run", "pipelines/attribution-ai.toml", "--json"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        // 3 nights of 1,000 scored conversions; the second and third re-send 50 each.
+        assert_eq!(
+            (
+                r["rows_in"].as_u64(),
+                r["rows_out"].as_u64(),
+                r["duplicates_dropped"].as_u64()
+            ),
+            (Some(3000), Some(2900), Some(100))
+        );
+        assert_eq!(
+            demo.count("SELECT count(DISTINCT _id) FROM attribution"),
+            2900
+        );
+        let touchpoints = demo.count(
+            "SELECT CAST(sum(cardinality(\"_acmeretail_attributionAI_touchpointsDetail\")) AS BIGINT) FROM attribution",
+        );
+        assert_eq!(
+            demo.count("SELECT count(*) FROM attribution_touchpoints"),
+            touchpoints
+        );
+        // Every model shares each conversion's one unit of credit among its touchpoints.
+        for model in [
+            "first_touch",
+            "last_touch",
+            "linear",
+            "u_shape",
+            "decay_units",
+            "algorithmic_influenced",
+        ] {
+            assert_eq!(
+                demo.count(&format!(
+                    "SELECT CAST(round(sum({model})) AS BIGINT) FROM attribution_summary"
+                )),
+                2900,
+                "{model}"
+            );
+        }
+        // Each summary row is what its date's touchpoints say, and no touchpoint is left out.
+        let disagree = demo.count(
+            "SELECT count(*) FROM attribution_summary s FULL JOIN ( \
+               SELECT t.event_date, a._acmeretail_attributionAI_conversionName AS conversion_name, \
+                 t.touchpointName AS touchpoint_name, count(DISTINCT t._id) AS conversions, \
+                 count(*) AS touchpoints, sum(t.scores_linear) AS linear, \
+                 sum(t.scores_firstTouch * a._acmeretail_attributionAI_conversion_priceTotal) AS revenue \
+               FROM attribution_touchpoints t JOIN attribution a \
+                 ON a._id = t._id AND a.event_date = t.event_date GROUP BY 1, 2, 3) x \
+             ON s.event_date = x.event_date AND s.conversion_name = x.conversion_name \
+               AND s.touchpoint_name = x.touchpoint_name \
+             WHERE (s.conversions IS DISTINCT FROM x.conversions) \
+               OR (s.touchpoints IS DISTINCT FROM x.touchpoints) \
+               OR abs(s.linear - x.linear) > 1e-9 OR x.linear IS NULL OR s.linear IS NULL \
+               OR abs(s.first_touch_revenue - x.revenue) > 1e-6",
+        );
+        assert_eq!(disagree, 0);
+        let o = scoreland(&["run", "pipelines/attribution-ai.toml", "--json"], &envs);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    }
+
     /// Night by night: a re-sent event lands once, a field the schema gains becomes a new
     /// column (null in the nights before), and a dataset that is not an ExperienceEvent's is
     /// refused before anything lands.

@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 table: "web_events".into(),
                 depth: 3,
                 explode: Vec::new(),
+                summary: None,
             };
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let started = Instant::now();

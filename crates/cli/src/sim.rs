@@ -105,6 +105,13 @@ pub struct GenerateArgs {
     /// Nightly batches of the record dataset.
     #[arg(long, default_value_t = 3)]
     pub record_nights: u32,
+    /// Also write an Attribution AI scores dataset with this many scored conversions (and
+    /// their touchpoints' credit under every attribution model) per nightly batch.
+    #[arg(long, default_value_t = 0)]
+    pub attribution: u64,
+    /// Nightly batches of the Attribution AI dataset.
+    #[arg(long, default_value_t = 3)]
+    pub attribution_nights: u32,
 }
 
 pub async fn run(args: SimArgs) -> Result<()> {
@@ -156,6 +163,20 @@ pub async fn run(args: SimArgs) -> Result<()> {
                 )?;
                 out["records"] = serde_json::json!({
                     "dataset_id": scoreland_platform_sim::records::RECORDS_DATASET,
+                    "nights": nights,
+                });
+            }
+            if g.attribution > 0 {
+                let nights = scoreland_platform_sim::attribution::add_attribution_nights(
+                    &opts.out,
+                    &opts.sandbox,
+                    0,
+                    g.attribution_nights,
+                    g.attribution,
+                    g.seed,
+                )?;
+                out["attribution"] = serde_json::json!({
+                    "dataset_id": scoreland_platform_sim::attribution::ATTRIBUTION_DATASET,
                     "nights": nights,
                 });
             }

@@ -224,8 +224,7 @@ impl PipelineFile {
     /// The tables a run of this pipeline lands.
     pub fn tables(&self) -> Vec<String> {
         if let Some(d) = &self.transform.dataset {
-            let children = d.explode.iter().map(|c| d.child_table(c));
-            return std::iter::once(d.table.clone()).chain(children).collect();
+            return d.tables();
         }
         let mut tables = match &self.source {
             SourceConfig::ProfileExport(_) => crate::record::AUDIENCE_TABLES.to_vec(),
@@ -273,8 +272,7 @@ impl PipelineFile {
         self.sink.sink_config().url().map_err(|e| e.to_string())?;
         self.source.check(placeholders)?;
         if let Some(landing) = &self.transform.dataset {
-            let children = landing.explode.iter().map(|c| landing.child_table(c));
-            for table in std::iter::once(landing.table.clone()).chain(children) {
+            for table in landing.tables() {
                 if crate::record::ALL_TABLES.contains(&table.as_str()) {
                     return Err(format!(
                         "transform.dataset: table {table:?} is one of scoreland's own tables \

@@ -254,6 +254,7 @@ async fn events(
         .iter()
         .map(|t| t.to_string())
         .collect();
+    let summary = dataset.summary_table().map(str::to_string);
     let stats = {
         let (dir, run_id) = (dir.clone(), record.run_id.clone());
         blocking("writing the events", move || {
@@ -276,15 +277,20 @@ async fn events(
         duplicates = stats.duplicates_dropped,
         dates = ?stats.dates,
         columns = stats.columns,
+        summary_rows = stats.summary_rows,
         "events written"
     );
-    Ok(std::iter::once(landing.table.clone())
+    let appended = std::iter::once(landing.table.clone())
         .chain(children)
-        .map(|name| PreparedTable {
+        .map(|name| (name, true));
+    // The summary's dates are recomputed whole, so they replace the table's rows of them.
+    Ok(appended
+        .chain(summary.map(|name| (name, false)))
+        .map(|(name, append)| PreparedTable {
             dir: cx.work.join(&name),
             name,
             date_column: Some(EVENT_DATE.to_string()),
-            append: true,
+            append,
             evolve_schema: true,
             replace_dataset: false,
         })

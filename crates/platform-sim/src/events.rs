@@ -25,10 +25,11 @@ use parquet::file::properties::WriterProperties;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::SimError;
-use crate::generate::{DAY_MS, NEWEST_SCORE_DAY, TENANT, batch_id, hex_lower, write_json};
+use crate::generate::{
+    DAY_MS, NEWEST_SCORE_DAY, NewDataset, TENANT, hex_lower, new_batch, write_dataset,
+};
 
 /// The client that writes the event batches (streaming ingestion).
 pub const EVENTS_CLIENT: &str = "acp_streaming_ingest";
@@ -71,28 +72,14 @@ pub fn add_event_nights(
         return Err(SimError::Generate("--events needs at least 2 rows".into()));
     }
     let dir = platform_dir.join(sandbox).join(EVENTS_DATASET);
-    std::fs::create_dir_all(&dir).map_err(|e| SimError::io(&dir, e))?;
-    let dataset_json = dir.join("dataset.json");
-    if !dataset_json.exists() {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xe7e7);
-        write_json(
-            &dataset_json,
-            &json!({
-                "name": "Web Events - Acme Retail",
-                "description": "Web and commerce events of the Acme Retail site (XDM ExperienceEvent)",
-                "state": "DRAFT",
-                "schemaRef": {
-                    "id": format!("https://ns.adobe.com/{}/schemas/{}", &TENANT[1..], hex_lower(&mut rng, 32)),
-                    "contentType": "application/vnd.adobe.xed+json;version=1",
-                },
-                "tags": {"adobe/pqs/table": ["web_events_acme_retail"]},
-                "fileDescription": {"persisted": true, "containerFormat": "parquet", "format": "parquet"},
-                "created": i64::from(FIRST_DAY) * DAY_MS - 7 * DAY_MS,
-                "updated": i64::from(FIRST_DAY) * DAY_MS,
-                "version": "1.0.0",
-            }),
-        )?;
-    }
+    let dataset = NewDataset {
+        name: "Web Events - Acme Retail",
+        description: "Web and commerce events of the Acme Retail site (XDM ExperienceEvent)",
+        table: "web_events_acme_retail",
+        days_before: 7,
+        first_day: FIRST_DAY,
+    };
+    write_dataset(&dir, &dataset, seed ^ 0xe7e7)?;
     (from..to)
         .map(|night| write_night(&dir, night, rows, seed))
         .collect()
@@ -114,24 +101,15 @@ fn event_id(night: u32, i: u64, seed: u64) -> String {
 
 fn write_night(dir: &Path, night: u32, rows: u64, seed: u64) -> Result<EventNight, SimError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(31) ^ u64::from(night) << 24);
-    let id = batch_id(&mut rng);
     let day = FIRST_DAY + night as i32;
     let created = i64::from(day + 1) * DAY_MS + 2 * 3_600_000;
-    let batch_dir = dir.join(&id);
-    let file_dir = batch_dir.join(format!("{id}-1"));
-    std::fs::create_dir_all(&file_dir).map_err(|e| SimError::io(&file_dir, e))?;
-    write_json(
-        &batch_dir.join("batch.json"),
-        &json!({
-            "status": "success",
-            "createdClient": EVENTS_CLIENT,
-            "createdUser": "acp_streaming_ingest@AdobeID",
-            "inputFormat": {"format": "parquet"},
-            "created": created,
-            "started": created + 300,
-            "completed": created + 5_200,
-            "updated": created + 5_300,
-        }),
+    let (id, file_dir) = new_batch(
+        dir,
+        &mut rng,
+        EVENTS_CLIENT,
+        "acp_streaming_ingest@AdobeID",
+        created,
+        5_200,
     )?;
     let new_field = night >= 2;
     let schema = events_schema(new_field);

@@ -680,6 +680,76 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), S
     std::fs::write(path, text + "\n").map_err(|e| SimError::io(path, e))
 }
 
+/// What a generated dataset's `dataset.json` says of it.
+pub(crate) struct NewDataset<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    /// Query Service's table name (`tags.adobe/pqs/table`).
+    pub table: &'a str,
+    /// Created this many days before the first night it holds.
+    pub days_before: i64,
+    pub first_day: i32,
+}
+
+/// Writes the Catalog object of a generated dataset into `dir` unless it is there already
+/// (nights are added to a dataset one at a time); its schema id comes from `seed`.
+pub(crate) fn write_dataset(dir: &Path, d: &NewDataset, seed: u64) -> Result<(), SimError> {
+    std::fs::create_dir_all(dir).map_err(|e| SimError::io(dir, e))?;
+    let path = dir.join("dataset.json");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    write_json(
+        &path,
+        &serde_json::json!({
+            "name": d.name,
+            "description": d.description,
+            "state": "DRAFT",
+            "schemaRef": {
+                "id": format!("https://ns.adobe.com/{}/schemas/{}", &TENANT[1..], hex_lower(&mut rng, 32)),
+                "contentType": "application/vnd.adobe.xed+json;version=1",
+            },
+            "tags": {"adobe/pqs/table": [d.table]},
+            "fileDescription": {"persisted": true, "containerFormat": "parquet", "format": "parquet"},
+            "created": day_ms(d.first_day) - d.days_before * DAY_MS,
+            "updated": day_ms(d.first_day),
+            "version": "1.0.0",
+        }),
+    )
+}
+
+/// Writes a successful batch's Catalog object under `dataset_dir`, created at `created` (ms) by
+/// `client` as `user`, taking `took_ms`; returns its id and the directory of its one
+/// `dataSetFileId`, for the parts.
+pub(crate) fn new_batch(
+    dataset_dir: &Path,
+    rng: &mut ChaCha8Rng,
+    client: &str,
+    user: &str,
+    created: i64,
+    took_ms: i64,
+) -> Result<(String, PathBuf), SimError> {
+    let id = batch_id(rng);
+    let batch_dir = dataset_dir.join(&id);
+    let file_dir = batch_dir.join(format!("{id}-1"));
+    std::fs::create_dir_all(&file_dir).map_err(|e| SimError::io(&file_dir, e))?;
+    write_json(
+        &batch_dir.join("batch.json"),
+        &serde_json::json!({
+            "status": "success",
+            "createdClient": client,
+            "createdUser": user,
+            "inputFormat": {"format": "parquet"},
+            "created": created,
+            "started": created + 300,
+            "completed": created + took_ms,
+            "updated": created + took_ms + 100,
+        }),
+    )?;
+    Ok((id, file_dir))
+}
+
 fn day_ms(day: i32) -> i64 {
     i64::from(day) * DAY_MS
 }

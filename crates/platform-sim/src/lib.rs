@@ -6,6 +6,7 @@
 //! Behaviour follows Adobe's public API references and guides for these services; where the
 //! simulator differs from AEP, the difference is listed in `docs/simulator.md`.
 
+pub mod attribution;
 mod data;
 pub mod events;
 mod faults;

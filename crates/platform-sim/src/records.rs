@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::SimError;
-use crate::generate::{DAY_MS, NEWEST_SCORE_DAY, TENANT, batch_id, hex_lower, write_json};
+use crate::generate::{
+    DAY_MS, NEWEST_SCORE_DAY, NewDataset, TENANT, new_batch, write_dataset, write_json,
+};
 
 /// The dataset's id: fixed, after the scores dataset's and the events'.
 pub const RECORDS_DATASET: &str = "f1a2b3c4d5e6f70819a2b3c4";
@@ -79,26 +81,15 @@ pub fn add_record_nights(
         ));
     }
     let dir = platform_dir.join(sandbox).join(RECORDS_DATASET);
-    std::fs::create_dir_all(&dir).map_err(|e| SimError::io(&dir, e))?;
-    if !dir.join("dataset.json").exists() {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ec0);
-        write_json(
-            &dir.join("dataset.json"),
-            &json!({
-                "name": "Loyalty Members - Acme Retail",
-                "description": "Loyalty program members from the CRM (XDM Individual Profile attributes)",
-                "state": "DRAFT",
-                "schemaRef": {
-                    "id": format!("https://ns.adobe.com/{}/schemas/{}", &TENANT[1..], hex_lower(&mut rng, 32)),
-                    "contentType": "application/vnd.adobe.xed+json;version=1",
-                },
-                "tags": {"adobe/pqs/table": ["loyalty_members_acme_retail"]},
-                "fileDescription": {"persisted": true, "containerFormat": "parquet", "format": "parquet"},
-                "created": i64::from(NEWEST_SCORE_DAY) * DAY_MS - 6 * DAY_MS,
-                "updated": i64::from(NEWEST_SCORE_DAY) * DAY_MS,
-                "version": "1.0.0",
-            }),
-        )?;
+    let dataset = NewDataset {
+        name: "Loyalty Members - Acme Retail",
+        description: "Loyalty program members from the CRM (XDM Individual Profile attributes)",
+        table: "loyalty_members_acme_retail",
+        days_before: 6,
+        first_day: NEWEST_SCORE_DAY,
+    };
+    if !dir.join("descriptors.json").exists() {
+        write_dataset(&dir, &dataset, seed ^ 0x7ec0)?;
         write_json(
             &dir.join("descriptors.json"),
             &json!([{
@@ -117,23 +108,14 @@ pub fn add_record_nights(
 
 fn write_night(dir: &Path, night: u32, members: u64, seed: u64) -> Result<RecordNight, SimError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(53) ^ u64::from(night) << 28);
-    let id = batch_id(&mut rng);
     let created = i64::from(NEWEST_SCORE_DAY + night as i32 + 1) * DAY_MS + 3 * 3_600_000;
-    let batch_dir = dir.join(&id);
-    let file_dir = batch_dir.join(format!("{id}-1"));
-    std::fs::create_dir_all(&file_dir).map_err(|e| SimError::io(&file_dir, e))?;
-    write_json(
-        &batch_dir.join("batch.json"),
-        &json!({
-            "status": "success",
-            "createdClient": RECORDS_CLIENT,
-            "createdUser": "crm-sync@AdobeID",
-            "inputFormat": {"format": "parquet"},
-            "created": created,
-            "started": created + 400,
-            "completed": created + 3_900,
-            "updated": created + 4_000,
-        }),
+    let (id, file_dir) = new_batch(
+        dir,
+        &mut rng,
+        RECORDS_CLIENT,
+        "crm-sync@AdobeID",
+        created,
+        3_900,
     )?;
     let rows = night_members(members, night);
     let path = file_dir.join(format!("part-00000-{id}.snappy.parquet"));

@@ -28,8 +28,9 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::attribution::AttributionSummary;
 use crate::error::TransformError;
-use crate::flatten::{leaves, path_array};
+use crate::flatten::{field_of, leaves, path_array};
 use crate::run::StagedBatch;
 use crate::workers::on_workers;
 use crate::xdm::{XdmColumn, columns};
@@ -59,10 +60,48 @@ pub struct DatasetLanding {
     /// Levels of nested objects that become `a_b_c` columns; deeper ones stay structs.
     #[serde(default = "default_depth")]
     pub depth: usize,
-    /// List columns (events only) also landed as a child table each, `<table>_<column>` in
-    /// lower case: one row per item, with its event's `_id`, `event_date` and `position`.
+    /// List columns (events only) also landed as a child table each: one row per item, with
+    /// its event's `_id`, `event_date` and `position`, an item's objects flattened like the
+    /// event's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub explode: Vec<String>,
+    pub explode: Vec<Explode>,
+    /// A summary table of the events, `<table>_summary` (events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<DatasetSummary>,
+}
+
+/// A list column to explode: its name (the child table is `<table>_<column>` in lower case),
+/// or `{ column = "…", table = "…" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Explode {
+    Column(String),
+    Named(NamedExplode),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedExplode {
+    pub column: String,
+    pub table: String,
+}
+
+impl Explode {
+    pub fn column(&self) -> &str {
+        match self {
+            Explode::Column(c) => c,
+            Explode::Named(n) => &n.column,
+        }
+    }
+}
+
+/// The summaries a dataset can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetSummary {
+    /// Attribution AI's scores: per event date, conversion and touchpoint, the conversions and
+    /// revenue each attribution model credits to the touchpoint.
+    Attribution,
 }
 
 fn default_depth() -> usize {
@@ -71,33 +110,65 @@ fn default_depth() -> usize {
 
 impl DatasetLanding {
     /// The child table an exploded list column lands as.
-    pub fn child_table(&self, column: &str) -> String {
-        format!("{}_{}", self.table, column.to_lowercase())
+    pub fn child_table(&self, explode: &Explode) -> String {
+        match explode {
+            Explode::Column(c) => format!("{}_{}", self.table, c.to_lowercase()),
+            Explode::Named(n) => n.table.clone(),
+        }
+    }
+
+    /// The summary table, if the dataset has one.
+    pub fn summary_table(&self) -> Option<String> {
+        self.summary.map(|_| format!("{}_summary", self.table))
+    }
+
+    /// Every table a night of the dataset lands: its own, its child tables, its summary.
+    pub fn tables(&self) -> Vec<String> {
+        std::iter::once(self.table.clone())
+            .chain(self.explode.iter().map(|e| self.child_table(e)))
+            .chain(self.summary_table())
+            .collect()
     }
 
     pub fn validate(&self) -> Result<(), TransformError> {
+        let plain = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 63
+                && t.starts_with(|c: char| c.is_ascii_lowercase())
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
         let t = &self.table;
-        let plain = !t.is_empty()
-            && t.len() <= 63
-            && t.starts_with(|c: char| c.is_ascii_lowercase())
-            && t.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !plain {
+        if !plain(t) {
             return Err(TransformError::Config(format!(
                 "dataset.table {t:?}: use lower-case letters, digits and '_', starting with a letter (at most 63)"
             )));
         }
-        for column in &self.explode {
-            let child = self.child_table(column);
-            if child.len() > 63
-                || !child
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
+        for explode in &self.explode {
+            let child = self.child_table(explode);
+            if !plain(&child) {
                 return Err(TransformError::Config(format!(
-                    "dataset.explode {column:?}: its table {child:?} is not a plain table name"
+                    "dataset.explode {:?}: its table {child:?} is not a plain table name \
+                     (lower-case letters, digits and '_', at most 63; name it with \
+                     {{ column = \"…\", table = \"…\" }})",
+                    explode.column()
                 )));
             }
+        }
+        if let Some(summary) = self.summary_table()
+            && !plain(&summary)
+        {
+            return Err(TransformError::Config(format!(
+                "dataset.summary: its table {summary:?} is longer than 63 characters"
+            )));
+        }
+        let tables = self.tables();
+        let distinct: BTreeSet<&String> = tables.iter().collect();
+        if distinct.len() < tables.len() {
+            return Err(TransformError::Config(format!(
+                "[transform.dataset] lands two tables of one name among {}",
+                tables.join(", ")
+            )));
         }
         if self.depth > 16 {
             return Err(TransformError::Config(format!(
@@ -121,6 +192,8 @@ pub struct EventStats {
     /// Event dates the night's new rows fall on.
     pub dates: Vec<String>,
     pub columns: usize,
+    /// Rows of the summary table (its dates' rows, recomputed).
+    pub summary_rows: u64,
 }
 
 /// An ExperienceEvent dataset's columns, from its schema.
@@ -128,8 +201,20 @@ pub struct EventStats {
 pub struct EventDataset {
     columns: Vec<XdmColumn>,
     schema: SchemaRef,
-    /// Exploded list columns: (column, child table, its schema).
-    children: Vec<(String, String, SchemaRef)>,
+    /// Exploded list columns.
+    children: Vec<Child>,
+    /// `<table>_summary` and how it is computed.
+    summary: Option<(String, AttributionSummary)>,
+}
+
+/// An exploded list column and the child table its items land as.
+#[derive(Debug, Clone)]
+struct Child {
+    column: String,
+    table: String,
+    schema: SchemaRef,
+    /// Levels of an item's objects flattened to `a_b` columns.
+    depth: usize,
 }
 
 /// The keys of one staged part, in the order parts are landed.
@@ -181,10 +266,11 @@ impl EventDataset {
         let children = landing
             .explode
             .iter()
-            .map(|column| {
+            .map(|explode| {
+                let column = explode.column();
                 let item = match columns
                     .iter()
-                    .find(|c| c.name == *column)
+                    .find(|c| c.name == column)
                     .map(|c| &c.data_type)
                 {
                     Some(DataType::List(item)) => item.data_type().clone(),
@@ -203,7 +289,7 @@ impl EventDataset {
                 ];
                 match &item {
                     DataType::Struct(items) => {
-                        fields.extend(items.iter().map(|f| f.as_ref().clone().with_nullable(true)))
+                        flat_item_fields(items, "", landing.depth, &mut fields)
                     }
                     other => fields.push(Field::new("value", other.clone(), true)),
                 }
@@ -216,17 +302,25 @@ impl EventDataset {
                          scoreland adds (_id, event_date, position, batch_id, run_id)"
                     )));
                 }
-                Ok((
-                    column.clone(),
-                    landing.child_table(column),
-                    Arc::new(Schema::new(fields)),
-                ))
+                Ok(Child {
+                    column: column.to_string(),
+                    table: landing.child_table(explode),
+                    schema: Arc::new(Schema::new(fields)),
+                    depth: landing.depth,
+                })
             })
             .collect::<Result<Vec<_>, TransformError>>()?;
+        let summary = match (landing.summary, landing.summary_table()) {
+            (Some(DatasetSummary::Attribution), Some(table)) => {
+                Some((table, AttributionSummary::new(schema, &columns)?))
+            }
+            _ => None,
+        };
         Ok(EventDataset {
             columns,
             schema: Arc::new(Schema::new(fields)),
             children,
+            summary,
         })
     }
 
@@ -238,7 +332,12 @@ impl EventDataset {
     /// The child tables of exploded list columns, each written beside the table's directory
     /// (`write`'s `out`), in a directory named after it.
     pub fn child_tables(&self) -> Vec<&str> {
-        self.children.iter().map(|(_, t, _)| t.as_str()).collect()
+        self.children.iter().map(|c| c.table.as_str()).collect()
+    }
+
+    /// The summary table, written beside the table's directory like the child tables.
+    pub fn summary_table(&self) -> Option<&str> {
+        self.summary.as_ref().map(|(t, _)| t.as_str())
     }
 
     /// Reads the keys (`_id`, `timestamp`) of every staged part, on `workers` threads.
@@ -328,7 +427,7 @@ impl EventDataset {
         }
         // The tables' directories even when no row is new: the night lands as empty commits.
         for dir in std::iter::once(out.to_path_buf())
-            .chain(self.children.iter().map(|(_, t, _)| out.with_file_name(t)))
+            .chain(self.children.iter().map(|c| out.with_file_name(&c.table)))
         {
             std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
                 path: dir.clone(),
@@ -366,7 +465,7 @@ impl EventDataset {
             keep.push(mask);
         }
         drop(seen);
-        stats.dates = dates.into_iter().map(day_string).collect();
+        stats.dates = dates.iter().copied().map(day_string).collect();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
             .build();
@@ -376,6 +475,26 @@ impl EventDataset {
             |_| (),
             |_, i| self.write_part(&scan.parts[i], &keep[i], i, run_id, out, &props),
         )?;
+        if let Some((table, summary)) = &self.summary {
+            // The dates with new events, over all their events: those landed and the new.
+            let mut files = landed.to_vec();
+            for day in &dates {
+                let dir = out.join(format!("{EVENT_DATE}={}", day_string(*day)));
+                let listed = std::fs::read_dir(&dir).map_err(|source| TransformError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                for entry in listed {
+                    let entry = entry.map_err(|source| TransformError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    files.push(entry.path());
+                }
+            }
+            stats.summary_rows =
+                summary.write(&files, &dates, run_id, &out.with_file_name(table), workers)?;
+        }
         Ok(stats)
     }
 
@@ -398,8 +517,13 @@ impl EventDataset {
         let mut child_writers: Vec<DayWriters> = self
             .children
             .iter()
-            .map(|(_, table, schema)| {
-                DayWriters::new(&out.with_file_name(table), schema.clone(), index, props)
+            .map(|c| {
+                DayWriters::new(
+                    &out.with_file_name(&c.table),
+                    c.schema.clone(),
+                    index,
+                    props,
+                )
             })
             .collect();
         let mut offset = 0usize;
@@ -427,8 +551,8 @@ impl EventDataset {
                     let on_day: BooleanArray = days.iter().map(|d| Some(d == Some(day))).collect();
                     filter_record_batch(&flat, &on_day).map_err(|e| parquet(file, e))?
                 };
-                for ((column, _, schema), w) in self.children.iter().zip(&mut child_writers) {
-                    let items = explode(&rows, column, schema).map_err(|e| parquet(file, e))?;
+                for (child, w) in self.children.iter().zip(&mut child_writers) {
+                    let items = explode(&rows, child).map_err(|e| parquet(file, e))?;
                     if items.num_rows() > 0 {
                         w.write(day, &items)?;
                     }
@@ -514,13 +638,13 @@ impl DayWriters {
     }
 }
 
-/// The items of the list column `column` of `rows` as `schema`'s rows: each with its row's
+/// The items of the child's list column of `rows` as its table's rows: each with its row's
 /// `_id`, `event_date`, `batch_id` and `run_id`, and its position in the list (from 0).
 fn explode(
     rows: &RecordBatch,
-    column: &str,
-    schema: &SchemaRef,
+    child: &Child,
 ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let column = child.column.as_str();
     use datafusion::arrow::array::{Int32Array, UInt32Array};
     use datafusion::arrow::compute::take;
     let list = rows
@@ -556,12 +680,38 @@ fn explode(
         Arc::new(Int32Array::from(positions)) as ArrayRef,
     ];
     match values.as_struct_opt() {
-        Some(s) => arrays.extend(s.columns().iter().cloned()),
+        Some(s) => flat_item_arrays(s, child.depth, &mut arrays),
         None => arrays.push(values),
     }
     arrays.push(parent("batch_id")?);
     arrays.push(parent("run_id")?);
-    RecordBatch::try_new(schema.clone(), arrays)
+    RecordBatch::try_new(child.schema.clone(), arrays)
+}
+
+/// A list item's fields as columns: objects flattened to `a_b` columns `depth` levels deep.
+fn flat_item_fields(fields: &Fields, prefix: &str, depth: usize, out: &mut Vec<Field>) {
+    for f in fields {
+        let name = format!("{prefix}{}", f.name());
+        match f.data_type() {
+            DataType::Struct(inner) if depth > 0 => {
+                flat_item_fields(inner, &format!("{name}_"), depth - 1, out)
+            }
+            ty => out.push(Field::new(name, ty.clone(), true)),
+        }
+    }
+}
+
+/// The arrays of [`flat_item_fields`]' columns: a field of a null object is null.
+fn flat_item_arrays(items: &StructArray, depth: usize, out: &mut Vec<ArrayRef>) {
+    for (f, column) in items.fields().iter().zip(items.columns()) {
+        let column = field_of(items, column);
+        match f.data_type() {
+            DataType::Struct(_) if depth > 0 => {
+                flat_item_arrays(column.as_struct(), depth - 1, out)
+            }
+            _ => out.push(column),
+        }
+    }
 }
 
 /// The table columns of `columns`, nullable, each with its XDM path and its title and
@@ -700,7 +850,7 @@ pub(crate) fn read(
         .collect()
 }
 
-fn day_string(day: i32) -> String {
+pub(crate) fn day_string(day: i32) -> String {
     chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
         .map(|d| d.format("%Y-%m-%d").to_string())
         .unwrap_or_default()
@@ -733,6 +883,7 @@ mod tests {
             table: "web_events".into(),
             depth: 3,
             explode: Vec::new(),
+            summary: None,
         }
     }
 
@@ -857,7 +1008,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let staged = nights(&tmp.path().join("platform"), 0, 2);
         let mut l = landing();
-        l.explode = vec!["productListItems".into()];
+        l.explode = vec![Explode::Column("productListItems".into())];
         let ds = EventDataset::new(&schema(false), &l).unwrap();
         assert_eq!(ds.child_tables(), ["web_events_productlistitems"]);
         let out = tmp.path().join("work").join("web_events");
@@ -930,7 +1081,7 @@ mod tests {
         assert_eq!(rows, items);
         assert!(ids.len() as u64 <= stats.rows_out);
         let mut bad = landing();
-        bad.explode = vec!["eventType".into()];
+        bad.explode = vec![Explode::Column("eventType".into())];
         let e = EventDataset::new(&schema(false), &bad)
             .unwrap_err()
             .to_string();
@@ -982,6 +1133,7 @@ mod tests {
                 table: bad.into(),
                 depth: 3,
                 explode: Vec::new(),
+                summary: None,
             };
             assert!(l.validate().is_err(), "{bad}");
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, make_array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, make_array};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -216,18 +216,22 @@ pub(crate) fn path_array(batch: &RecordBatch, path: &str) -> Option<ArrayRef> {
     let mut array = batch.column_by_name(parts.next()?)?.clone();
     for p in parts {
         let parent = array.as_struct_opt()?;
-        let child = parent.column_by_name(p)?.clone();
-        array = match parent.nulls().filter(|n| n.null_count() > 0) {
-            Some(nulls) => {
-                let merged = NullBuffer::union(Some(nulls), child.nulls());
-                let data = child.to_data().into_builder().nulls(merged);
-                // SAFETY: the child's own buffers, unchanged, with more of its slots null.
-                make_array(unsafe { data.build_unchecked() })
-            }
-            None => child,
-        };
+        array = field_of(parent, parent.column_by_name(p)?);
     }
     Some(array)
+}
+
+/// `child`, a field of the struct array `parent`, null wherever `parent` is.
+pub(crate) fn field_of(parent: &StructArray, child: &ArrayRef) -> ArrayRef {
+    match parent.nulls().filter(|n| n.null_count() > 0) {
+        Some(nulls) => {
+            let merged = NullBuffer::union(Some(nulls), child.nulls());
+            let data = child.to_data().into_builder().nulls(merged);
+            // SAFETY: the child's own buffers, unchanged, with more of its slots null.
+            make_array(unsafe { data.build_unchecked() })
+        }
+        None => child.clone(),
+    }
 }
 
 /// The parquet leaf columns under each dotted path: all of them, or only the first when the

@@ -11,6 +11,7 @@
 //! DataFusion types the union, writes the small tables and the text formats, under a memory
 //! pool that spills to disk.
 
+mod attribution;
 mod audiences;
 mod checks;
 mod config;
@@ -37,7 +38,8 @@ pub use checks::{
 };
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use dataset::{
-    DatasetLanding, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats, is_event_schema,
+    DatasetLanding, DatasetSummary, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats,
+    Explode, NamedExplode, is_event_schema,
 };
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;

@@ -75,10 +75,10 @@ impl RecordDataset {
         identity: &str,
     ) -> Result<RecordDataset, TransformError> {
         let columns = columns(schema, landing.depth)?;
-        if !landing.explode.is_empty() {
+        if !landing.explode.is_empty() || landing.summary.is_some() {
             return Err(TransformError::Config(
-                "dataset.explode is for ExperienceEvent datasets; a record dataset keeps its \
-                 lists as list columns"
+                "dataset.explode and dataset.summary are for ExperienceEvent datasets; a record \
+                 dataset keeps its lists as list columns"
                     .into(),
             ));
         }
@@ -328,6 +328,7 @@ mod tests {
             table: "loyalty_members".into(),
             depth: 3,
             explode: Vec::new(),
+            summary: None,
         }
     }
 
@@ -435,6 +436,7 @@ mod tests {
             table: "t".into(),
             depth: 1,
             explode: Vec::new(),
+            summary: None,
         };
         let e = RecordDataset::new(&schema(), &shallow, &identity())
             .unwrap_err()
