@@ -3594,6 +3594,24 @@ mod datasets {
                 .replace("batches = { mode = \"catch_up\" }", ""),
                 "give [source.platform]",
             ),
+            (
+                base.replace(
+                    "depth = 3",
+                    "depth = 3\nexplode = [{ column = \"productListItems\", table = \"web_events\" }]",
+                ),
+                "two tables of one name",
+            ),
+            (
+                base.replace(
+                    "depth = 3",
+                    "depth = 3\nexplode = [{ column = \"productListItems\", table = \"../items\" }]",
+                ),
+                "not a plain table name",
+            ),
+            (
+                base.replace("depth = 3", "depth = 3\nsummary = \"revenue\""),
+                "unknown variant",
+            ),
         ] {
             let p = dir.path().join("p.toml");
             std::fs::write(&p, &change).unwrap();
@@ -3601,5 +3619,24 @@ mod datasets {
             assert_eq!(o.status.code(), Some(2), "{}", text(&o));
             assert!(text(&o).contains(expect), "{expect}: {}", text(&o));
         }
+        // A summary the dataset's schema cannot give is refused when the schema is read,
+        // before anything lands.
+        let demo = Demo::new();
+        let p = demo.tmp.path().join("summary.toml");
+        std::fs::write(
+            &p,
+            base.replace("depth = 3", "depth = 3\nsummary = \"attribution\""),
+        )
+        .unwrap();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(&["run", p.to_str().unwrap()], &envs);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("no touchpointsDetail array"),
+            "{}",
+            text(&o)
+        );
+        assert!(!demo.tmp.path().join("wh/web_events").exists());
     }
 }
