@@ -3217,6 +3217,110 @@ mod datasets {
         );
     }
 
+    /// `[checks]` on a dataset's night: freshness of the newest event date, volume, null rates
+    /// of its columns and the uniqueness of `_id` (events) or the identity (records); a failed
+    /// check lands nothing, `--skip-checks` lands it; the checks of scores are refused.
+    #[test]
+    fn a_datasets_night_passes_the_quality_gate_before_it_lands() {
+        let demo = Demo::new();
+        let base = std::fs::read_to_string(repo().join("pipelines/web-events.toml")).unwrap();
+        let p = demo.tmp.path().join("checked.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "{base}\n[checks]\nfreshness = {{ max_age_days = 3650 }}\n\
+                 volume = {{ min_rows = 100 }}\nunique_key = {{}}\n\
+                 null_rate = {{ max_pct = {{ _id = 0, web_webPageDetails_isHomePage = 50 }} }}\n"
+            ),
+        )
+        .unwrap();
+        let p = p.to_str().unwrap();
+        let env = demo.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // Two of the three nights' events lack isHomePage: two thirds are null.
+        let o = scoreland(&["run", p, "--json"], &envs);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        assert!(
+            text(&o).contains("null_rate.web_webPageDetails_isHomePage = 67."),
+            "{}",
+            text(&o)
+        );
+        assert!(!demo.tmp.path().join("wh/web_events").exists());
+        let o = scoreland(&["run", p, "--json", "--skip-checks", "null_rate"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        let status = |check: &str| {
+            r["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["check"] == check)
+                .map(|c| c["status"].as_str().unwrap().to_string())
+        };
+        assert_eq!(status("freshness").as_deref(), Some("pass"));
+        assert_eq!(status("volume.rows").as_deref(), Some("pass"));
+        assert_eq!(status("unique_key").as_deref(), Some("pass"));
+        assert_eq!(status("null_rate._id").as_deref(), Some("pass"));
+        assert_eq!(
+            status("null_rate.web_webPageDetails_isHomePage").as_deref(),
+            Some("overridden")
+        );
+        assert_eq!(
+            demo.count("SELECT count(*) FROM checks WHERE pipeline = 'web-events'"),
+            5
+        );
+        assert_eq!(demo.count("SELECT count(*) FROM web_events"), 2940);
+
+        // The checks of scores are not a dataset's; a record dataset has no date to be fresh.
+        let o = scoreland(&["validate", p], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let scores_only = demo.tmp.path().join("drift.toml");
+        std::fs::write(
+            &scores_only,
+            format!("{base}\n[checks]\ndrift = {{ max_psi = 0.2 }}\n"),
+        )
+        .unwrap();
+        let o = scoreland(&["validate", scores_only.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("drift are checks of Customer AI scores"),
+            "{}",
+            text(&o)
+        );
+        let members =
+            std::fs::read_to_string(repo().join("pipelines/loyalty-members.toml")).unwrap();
+        let fresh = demo.tmp.path().join("fresh.toml");
+        std::fs::write(
+            &fresh,
+            format!("{members}\n[checks]\nfreshness = {{ max_age_days = 3 }}\nunique_key = {{}}\n"),
+        )
+        .unwrap();
+        let o = scoreland(&["run", fresh.to_str().unwrap()], &envs);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("a record dataset has none"),
+            "{}",
+            text(&o)
+        );
+        let unique = demo.tmp.path().join("unique.toml");
+        std::fs::write(
+            &unique,
+            format!("{members}\n[checks]\nunique_key = {{}}\nvolume = {{ min_rows = 1000 }}\n"),
+        )
+        .unwrap();
+        let o = scoreland(&["run", unique.to_str().unwrap(), "--json"], &envs);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let r = record(&o);
+        assert!(
+            r["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["status"] == "pass"),
+            "{r}"
+        );
+    }
+
     /// `pipelines/attribution-ai.toml`: Attribution AI's scored conversions, each once, their
     /// touchpoints a row each, and summaries that agree with the touchpoints they sum.
     #[test]

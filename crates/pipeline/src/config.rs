@@ -300,12 +300,11 @@ impl PipelineFile {
                     );
                 }
             }
-            if self.checks.is_some() {
-                return Err(
-                    "[checks]: the checks are of score tables; a [transform.dataset] \
-                     pipeline has none"
-                        .into(),
-                );
+            if let Some(checks) = &self.checks {
+                // Whether the dataset has dates (events) is known when its schema is read.
+                checks
+                    .validate_for_dataset(true)
+                    .map_err(|e| e.to_string())?;
             }
             if !self.sink.extracts.is_empty() {
                 return Err(

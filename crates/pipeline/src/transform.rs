@@ -39,9 +39,9 @@ pub(crate) async fn transform(
             })?;
             let tables = match schema.identity {
                 None => events(file, landing, cx, record, staged, schema.schema).await?,
-                Some(identity) => vec![
-                    records(file, landing, cx, record, staged, schema.schema, &identity).await?,
-                ],
+                Some(identity) => {
+                    records(file, landing, cx, record, staged, schema.schema, &identity).await?
+                }
             };
             (tables, Vec::new(), cx.state.histograms.clone(), false)
         }
@@ -110,7 +110,18 @@ async fn scores(
         })
         .collect();
     let checks_dir = match &file.checks {
-        Some(checks) => Some(gate(checks, cx, record, &transformer, &output, &format).await?),
+        Some(checks) => {
+            let night = scoreland_transform::Night {
+                day: run_day(record),
+                rows: output.stats.rows_out,
+                previous_rows: cx.state.last_rows,
+            };
+            let results = transformer
+                .evaluate_checks(checks, &night, &output)
+                .await
+                .map_err(PipelineError::Transform)?;
+            Some(gate(results, cx, record, &transformer, &format).await?)
+        }
         None => None,
     };
     let dirs: [(&str, &Path); 3] = [
@@ -148,31 +159,25 @@ async fn scores(
     Ok((tables, extracts, output.histograms))
 }
 
-/// The quality gate: `checks` over the night's tables. Every result goes into the run record;
+/// The run's day (UTC), which the checks count from.
+fn run_day(record: &RunRecord) -> chrono::NaiveDate {
+    chrono::DateTime::parse_from_rfc3339(&record.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc).date_naive())
+        .unwrap_or_else(|_| chrono::Utc::now().date_naive())
+}
+
+/// The quality gate over the night's check `results`: every result goes into the run record;
 /// a failed `error` check that the operator did not skip (`--skip-checks`) stops the run before
 /// anything is published. Otherwise the results are written as the night's `checks` table
 /// (its directory is returned), and a failed `warn` check is a warning of the run.
 async fn gate(
-    checks: &scoreland_transform::ChecksConfig,
+    mut results: Vec<scoreland_transform::CheckResult>,
     cx: &RunContext<'_>,
     record: &mut RunRecord,
     transformer: &scoreland_transform::Transformer,
-    output: &scoreland_transform::TransformOutput,
     format: &scoreland_transform::OutputFormat,
 ) -> Result<std::path::PathBuf, PipelineError> {
     use scoreland_transform::CheckStatus;
-    let day = chrono::DateTime::parse_from_rfc3339(&record.started_at)
-        .map(|t| t.with_timezone(&chrono::Utc).date_naive())
-        .unwrap_or_else(|_| chrono::Utc::now().date_naive());
-    let night = scoreland_transform::Night {
-        day,
-        rows: output.stats.rows_out,
-        previous_rows: cx.state.last_rows,
-    };
-    let mut results = transformer
-        .evaluate_checks(checks, &night, output)
-        .await
-        .map_err(PipelineError::Transform)?;
     for r in &mut results {
         // A check (`drift`), a part of one (`score_range.churn_risk`) or one result.
         let skipped = cx
@@ -202,10 +207,60 @@ async fn gate(
     }
     let dir = cx.work.join("checks");
     transformer
-        .write_checks(&record.checks, &record.pipeline, day, &dir, format)
+        .write_checks(
+            &record.checks,
+            &record.pipeline,
+            run_day(record),
+            &dir,
+            format,
+        )
         .await
         .map_err(PipelineError::Transform)?;
     Ok(dir)
+}
+
+/// A dataset's night through the gate, when the pipeline has `[checks]`: its rows under `dir`
+/// (`schema`'s columns), dated by `date_column` (events), unique on `key`; the `checks` table
+/// to publish with it.
+async fn dataset_gate(
+    file: &PipelineFile,
+    cx: &RunContext<'_>,
+    record: &mut RunRecord,
+    dir: &Path,
+    schema: scoreland_transform::arrow::datatypes::SchemaRef,
+    date_column: Option<&str>,
+    key: &str,
+) -> Result<Option<PreparedTable>, PipelineError> {
+    let Some(checks) = &file.checks else {
+        return Ok(None);
+    };
+    let format = file.sink.output_format().map_err(|m| cx.invalid(m))?;
+    checks
+        .validate_for_dataset(date_column.is_some())
+        .map_err(|e| cx.invalid(format!("dataset {}: {e}", record.dataset)))?;
+    let transformer = file
+        .transform
+        .build(&cx.work.join("spill"))
+        .map_err(PipelineError::Transform)?
+        .with_run_id(&record.run_id);
+    let night = scoreland_transform::Night {
+        day: run_day(record),
+        rows: record.rows_out,
+        previous_rows: cx.state.last_rows,
+    };
+    let results = transformer
+        .evaluate_dataset_checks(checks, &night, dir, schema, date_column, &[key])
+        .await
+        .map_err(PipelineError::Transform)?;
+    let dir = gate(results, cx, record, &transformer, &format).await?;
+    Ok(Some(PreparedTable {
+        name: "checks".to_string(),
+        dir,
+        date_column: None,
+        append: false,
+        evolve_schema: false,
+        replace_dataset: false,
+    }))
 }
 
 /// An ExperienceEvent dataset, landed from its schema as `landing.table`: the night's new
@@ -228,6 +283,7 @@ async fn events(
         ))
     })?;
     let workers = workers(file);
+    let table_schema = dataset.schema().clone();
     let scan = {
         let dataset = dataset.clone();
         blocking("reading the events' keys", move || {
@@ -280,6 +336,16 @@ async fn events(
         summary_rows = stats.summary_rows,
         "events written"
     );
+    let checks = dataset_gate(
+        file,
+        cx,
+        record,
+        &dir,
+        table_schema,
+        Some(EVENT_DATE),
+        "_id",
+    )
+    .await?;
     let appended = std::iter::once(landing.table.clone())
         .chain(children)
         .map(|name| (name, true));
@@ -294,6 +360,7 @@ async fn events(
             evolve_schema: true,
             replace_dataset: false,
         })
+        .chain(checks)
         .collect())
 }
 
@@ -307,7 +374,7 @@ async fn records(
     staged: Vec<scoreland_transform::StagedBatch>,
     schema: serde_json::Value,
     identity: &str,
-) -> Result<PreparedTable, PipelineError> {
+) -> Result<Vec<PreparedTable>, PipelineError> {
     let dataset =
         scoreland_transform::RecordDataset::new(&schema, landing, identity).map_err(|e| {
             cx.invalid(format!(
@@ -327,6 +394,7 @@ async fn records(
         .map_err(PipelineError::Sink)?;
     let dir = cx.work.join(&landing.table);
     let workers = workers(file);
+    let (table_schema, key) = (dataset.schema().clone(), dataset.key().to_string());
     let stats = {
         let (dir, run_id) = (dir.clone(), record.run_id.clone());
         blocking("writing the records", move || {
@@ -346,7 +414,8 @@ async fn records(
         superseded = stats.superseded,
         "records written"
     );
-    Ok(PreparedTable {
+    let checks = dataset_gate(file, cx, record, &dir, table_schema, None, &key).await?;
+    Ok(std::iter::once(PreparedTable {
         name: landing.table.clone(),
         dir,
         date_column: None,
@@ -354,6 +423,8 @@ async fn records(
         evolve_schema: true,
         replace_dataset: true,
     })
+    .chain(checks)
+    .collect())
 }
 
 /// Worker threads of a transform: `target_partitions`, or every core.

@@ -11,7 +11,9 @@ use chrono::NaiveDate;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Date32Array, Float64Array, RecordBatch, StringArray,
 };
-use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Float64Type, Int64Type, Schema};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Field, Float64Type, Int64Type, Schema, SchemaRef,
+};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::ParquetReadOptions;
 use serde::{Deserialize, Serialize};
@@ -199,6 +201,34 @@ impl ChecksConfig {
         Ok(())
     }
 
+    /// The checks a dataset's night can have: not those of scores (model_rows, score_range,
+    /// drift), and freshness only with a date (events).
+    pub fn validate_for_dataset(&self, dated: bool) -> Result<(), TransformError> {
+        let scores_only: Vec<&str> = [
+            ("model_rows", self.model_rows.is_some()),
+            ("score_range", self.score_range.is_some()),
+            ("drift", self.drift.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect();
+        if !scores_only.is_empty() {
+            return Err(TransformError::Config(format!(
+                "[checks]: {} are checks of Customer AI scores; a dataset's night has \
+                 freshness (events), volume, null_rate and unique_key",
+                scores_only.join(", ")
+            )));
+        }
+        if self.freshness.is_some() && !dated {
+            return Err(TransformError::Config(
+                "[checks]: freshness counts from the newest event date; a record dataset has \
+                 none (use volume)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The names of the checks configured, in [`CHECK_NAMES`]' order.
     pub fn names(&self) -> Vec<&'static str> {
         let set = [
@@ -311,6 +341,108 @@ pub struct Night {
     pub previous_rows: Option<u64>,
 }
 
+/// The table the checks read: the night's scores, or a dataset's night of rows.
+const CHECKED: &str = "checked_rows";
+
+/// What the row checks know of the table they read.
+struct Checked<'a> {
+    /// "scores" or "rows", for messages.
+    what: &'a str,
+    columns: Vec<String>,
+    /// The query of the newest date, for freshness (none: the table has no date).
+    newest: Option<&'a str>,
+    /// The columns unique_key holds unique.
+    key: &'a [&'a str],
+}
+
+impl Checked<'_> {
+    fn need(&self, column: &str, check: &str) -> Result<(), TransformError> {
+        if self.columns.iter().any(|c| c == column) {
+            Ok(())
+        } else {
+            Err(TransformError::Config(format!(
+                "checks.{check}: the {} have no column {column}; they have {}",
+                self.what,
+                self.columns.join(", ")
+            )))
+        }
+    }
+}
+
+fn names(schema: &Schema) -> Vec<String> {
+    schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
+/// Whether any parquet file is under `dir`.
+fn walk_parquet(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk_parquet(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "parquet")
+            }
+        })
+}
+
+/// model_rows and score_range over one batch of the summary's rows per model (model, rows,
+/// lowest score, highest score).
+fn model_results(
+    checks: &ChecksConfig,
+    b: &RecordBatch,
+) -> Result<Vec<CheckResult>, TransformError> {
+    let mut results = Vec::new();
+    let models = column(b, 0, &DataType::Utf8)?;
+    let models = models.as_string::<i32>();
+    let rows = column(b, 1, &DataType::Int64)?;
+    let rows = rows.as_primitive::<Int64Type>();
+    let (mins, maxs) = (
+        column(b, 2, &DataType::Float64)?,
+        column(b, 3, &DataType::Float64)?,
+    );
+    let (mins, maxs) = (
+        mins.as_primitive::<Float64Type>(),
+        maxs.as_primitive::<Float64Type>(),
+    );
+    for i in 0..b.num_rows() {
+        let model = if models.is_null(i) {
+            "null"
+        } else {
+            models.value(i)
+        };
+        if let Some(m) = &checks.model_rows {
+            results.push(CheckResult::new(
+                format!("model_rows.{model}"),
+                m.level,
+                Some(rows.value(i) as f64),
+                format!(">= {}", m.min),
+                rows.value(i) as u64 >= m.min,
+            ));
+        }
+        if let Some(r) = &checks.score_range {
+            for (name, value, bound, ok) in [
+                ("score_min", mins, format!(">= {}", r.min), true),
+                ("score_max", maxs, format!("<= {}", r.max), false),
+            ] {
+                let v = (!value.is_null(i)).then(|| value.value(i));
+                let within = v.is_none_or(|v| if ok { v >= r.min } else { v <= r.max });
+                results.push(CheckResult::new(
+                    format!("score_range.{model}.{name}"),
+                    r.level,
+                    v,
+                    bound,
+                    within,
+                ));
+            }
+        }
+    }
+    Ok(results)
+}
+
 impl Transformer {
     /// Evaluates `checks` over the tables `output` wrote.
     pub async fn evaluate_checks(
@@ -319,30 +451,14 @@ impl Transformer {
         night: &Night,
         output: &TransformOutput,
     ) -> Result<Vec<CheckResult>, TransformError> {
-        let mut results = Vec::new();
         let scores = self
             .ctx
             .read_parquet(dir_url(&output.scores_dir), ParquetReadOptions::default())
             .await
             .context("reading the night's scores for the checks")?;
-        let columns: Vec<String> = scores
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let need = |column: &str, check: &str| {
-            if columns.iter().any(|c| c == column) {
-                Ok(())
-            } else {
-                Err(TransformError::Config(format!(
-                    "checks.{check}: the scores have no column {column}; they have {}",
-                    columns.join(", ")
-                )))
-            }
-        };
+        let columns = names(scores.schema().as_arrow());
         self.ctx
-            .register_table("checked_scores", scores.into_view())
+            .register_table(CHECKED, scores.into_view())
             .context("registering the night's scores for the checks")?;
         // Rows, score bounds and dates per model are in the summary the transform already
         // computed (in memory): those checks read it rather than the scores again. The summary
@@ -365,103 +481,17 @@ impl Transformer {
         self.ctx
             .register_table("checked_summary", Arc::new(summary))
             .context("registering the night's summary for the checks")?;
+        let rows = Checked {
+            what: "scores",
+            columns,
+            newest: Some("SELECT CAST(max(score_date) AS DATE) AS d FROM checked_summary"),
+            key: &["model", "identity"],
+        };
         let result = async {
-            if let Some(f) = &checks.freshness {
-                need("score_date", "freshness")?;
-                let newest = self
-                    .query("SELECT CAST(max(score_date) AS DATE) AS d FROM checked_summary")
-                    .await?;
-                let newest = match newest.first() {
-                    Some(b) => {
-                        let dates = column(b, 0, &DataType::Date32)?;
-                        let dates = dates.as_primitive::<Date32Type>();
-                        (!dates.is_null(0))
-                            .then(|| dates.value_as_date(0))
-                            .flatten()
-                    }
-                    None => None,
-                };
-                let age = newest.map(|d| (night.day - d).num_days() as f64);
-                results.push(CheckResult::new(
-                    "freshness".into(),
-                    f.level,
-                    age,
-                    format!("<= {} days", f.max_age_days),
-                    age.is_some_and(|a| a <= f64::from(f.max_age_days)),
-                ));
-            }
-            if let Some(v) = &checks.volume {
-                if let Some(max) = v.max_change_pct {
-                    let bound = format!("<= {max} %");
-                    results.push(match night.previous_rows {
-                        Some(prev) if prev > 0 => {
-                            let change =
-                                (night.rows as f64 - prev as f64).abs() / prev as f64 * 100.0;
-                            CheckResult::new(
-                                "volume.change_pct".into(),
-                                v.level,
-                                Some(change),
-                                bound,
-                                change <= max,
-                            )
-                        }
-                        _ => CheckResult::skipped("volume.change_pct".into(), v.level, bound),
-                    });
-                }
-                if let Some(min) = v.min_rows {
-                    results.push(CheckResult::new(
-                        "volume.rows".into(),
-                        v.level,
-                        Some(night.rows as f64),
-                        format!(">= {min}"),
-                        night.rows >= min,
-                    ));
-                }
-            }
-            if let Some(n) = &checks.null_rate {
-                for column in n.max_pct.keys() {
-                    need(column, "null_rate")?;
-                }
-                let list: Vec<String> = n
-                    .max_pct
-                    .keys()
-                    .map(|c| format!("CAST(count(\"{c}\") AS BIGINT)"))
-                    .collect();
-                let batches = self
-                    .query(&format!(
-                        "SELECT CAST(count(*) AS BIGINT), {} FROM checked_scores",
-                        list.join(", ")
-                    ))
-                    .await?;
-                let batch = batches.first();
-                let count = |i: usize| -> Result<i64, TransformError> {
-                    Ok(match batch {
-                        Some(b) => column(b, i, &DataType::Int64)?
-                            .as_primitive::<Int64Type>()
-                            .value(0),
-                        None => 0,
-                    })
-                };
-                let rows = count(0)?;
-                for (i, (column, max)) in n.max_pct.iter().enumerate() {
-                    let nulls = rows - count(i + 1)?;
-                    let pct = if rows == 0 {
-                        0.0
-                    } else {
-                        nulls as f64 / rows as f64 * 100.0
-                    };
-                    results.push(CheckResult::new(
-                        format!("null_rate.{column}"),
-                        n.level,
-                        Some(pct),
-                        format!("<= {max} %"),
-                        pct <= *max,
-                    ));
-                }
-            }
+            let mut results = self.row_checks(checks, night, &rows).await?;
             if checks.model_rows.is_some() || checks.score_range.is_some() {
-                need("model", "model_rows")?;
-                need("score", "score_range")?;
+                rows.need("model", "model_rows")?;
+                rows.need("score", "score_range")?;
                 let batches = self
                     .query(
                         "SELECT CAST(model AS VARCHAR) AS m, CAST(sum(\"rows\") AS BIGINT) AS n, \
@@ -470,51 +500,7 @@ impl Transformer {
                     )
                     .await?;
                 for b in &batches {
-                    let models = column(b, 0, &DataType::Utf8)?;
-                    let models = models.as_string::<i32>();
-                    let rows = column(b, 1, &DataType::Int64)?;
-                    let rows = rows.as_primitive::<Int64Type>();
-                    let (mins, maxs) = (
-                        column(b, 2, &DataType::Float64)?,
-                        column(b, 3, &DataType::Float64)?,
-                    );
-                    let (mins, maxs) = (
-                        mins.as_primitive::<Float64Type>(),
-                        maxs.as_primitive::<Float64Type>(),
-                    );
-                    for i in 0..b.num_rows() {
-                        let model = if models.is_null(i) {
-                            "null"
-                        } else {
-                            models.value(i)
-                        };
-                        if let Some(m) = &checks.model_rows {
-                            results.push(CheckResult::new(
-                                format!("model_rows.{model}"),
-                                m.level,
-                                Some(rows.value(i) as f64),
-                                format!(">= {}", m.min),
-                                rows.value(i) as u64 >= m.min,
-                            ));
-                        }
-                        if let Some(r) = &checks.score_range {
-                            for (name, value, bound, ok) in [
-                                ("score_min", mins, format!(">= {}", r.min), true),
-                                ("score_max", maxs, format!("<= {}", r.max), false),
-                            ] {
-                                let v = (!value.is_null(i)).then(|| value.value(i));
-                                let within =
-                                    v.is_none_or(|v| if ok { v >= r.min } else { v <= r.max });
-                                results.push(CheckResult::new(
-                                    format!("score_range.{model}.{name}"),
-                                    r.level,
-                                    v,
-                                    bound,
-                                    within,
-                                ));
-                            }
-                        }
-                    }
+                    results.extend(model_results(checks, b)?);
                 }
             }
             if let Some(d) = &checks.drift {
@@ -540,35 +526,196 @@ impl Transformer {
                     }
                 }
             }
-            if let Some(u) = &checks.unique_key {
-                need("model", "unique_key")?;
-                need("identity", "unique_key")?;
-                let batches = self
-                    .query(
-                        "SELECT CAST(count(*) AS BIGINT) FROM (SELECT model, identity \
-                         FROM checked_scores GROUP BY model, identity HAVING count(*) > 1)",
-                    )
-                    .await?;
-                let repeated = match batches.first() {
-                    Some(b) => column(b, 0, &DataType::Int64)?
+            Ok::<_, TransformError>(results)
+        }
+        .await;
+        let _ = self.ctx.deregister_table(CHECKED);
+        let _ = self.ctx.deregister_table("checked_summary");
+        result.map(|mut results| {
+            // In [`CHECK_NAMES`]' order, whatever order they were computed in.
+            results.sort_by_key(|r| {
+                let name = r.check.split('.').next().unwrap_or("");
+                CHECK_NAMES.iter().position(|n| *n == name)
+            });
+            results
+        })
+    }
+
+    /// Evaluates `checks` over a dataset's night: the rows written under `dir` (`schema`'s
+    /// columns; none when every row of the night was landed already), the newest date of
+    /// `date_column` for freshness, and `key` for unique_key. The checks of scores (model_rows,
+    /// score_range, drift) are refused.
+    pub async fn evaluate_dataset_checks(
+        &self,
+        checks: &ChecksConfig,
+        night: &Night,
+        dir: &Path,
+        schema: SchemaRef,
+        date_column: Option<&str>,
+        key: &[&str],
+    ) -> Result<Vec<CheckResult>, TransformError> {
+        checks.validate_for_dataset(date_column.is_some())?;
+        let has_files = walk_parquet(dir);
+        let table: Arc<dyn datafusion::datasource::TableProvider> = if has_files {
+            self.ctx
+                .read_parquet(
+                    dir_url(dir),
+                    ParquetReadOptions::default().schema(schema.as_ref()),
+                )
+                .await
+                .context("reading the night's rows for the checks")?
+                .into_view()
+        } else {
+            Arc::new(
+                MemTable::try_new(schema, vec![Vec::new()])
+                    .context("staging the night's rows for the checks")?,
+            )
+        };
+        let columns = names(&table.schema());
+        self.ctx
+            .register_table(CHECKED, table)
+            .context("registering the night's rows for the checks")?;
+        let newest =
+            date_column.map(|c| format!("SELECT CAST(max(\"{c}\") AS DATE) AS d FROM {CHECKED}"));
+        let rows = Checked {
+            what: "rows",
+            columns,
+            newest: newest.as_deref(),
+            key,
+        };
+        let result = self.row_checks(checks, night, &rows).await;
+        let _ = self.ctx.deregister_table(CHECKED);
+        result
+    }
+
+    /// The checks of any night's rows (registered as [`CHECKED`]): freshness, volume,
+    /// null_rate and unique_key.
+    async fn row_checks(
+        &self,
+        checks: &ChecksConfig,
+        night: &Night,
+        rows: &Checked<'_>,
+    ) -> Result<Vec<CheckResult>, TransformError> {
+        let mut results = Vec::new();
+        if let (Some(f), Some(newest)) = (&checks.freshness, rows.newest) {
+            let newest = match self.query(newest).await?.first() {
+                Some(b) => {
+                    let dates = column(b, 0, &DataType::Date32)?;
+                    let dates = dates.as_primitive::<Date32Type>();
+                    (!dates.is_null(0))
+                        .then(|| dates.value_as_date(0))
+                        .flatten()
+                }
+                None => None,
+            };
+            let age = newest.map(|d| (night.day - d).num_days() as f64);
+            results.push(CheckResult::new(
+                "freshness".into(),
+                f.level,
+                age,
+                format!("<= {} days", f.max_age_days),
+                age.is_some_and(|a| a <= f64::from(f.max_age_days)),
+            ));
+        }
+        if let Some(v) = &checks.volume {
+            if let Some(max) = v.max_change_pct {
+                let bound = format!("<= {max} %");
+                results.push(match night.previous_rows {
+                    Some(prev) if prev > 0 => {
+                        let change = (night.rows as f64 - prev as f64).abs() / prev as f64 * 100.0;
+                        CheckResult::new(
+                            "volume.change_pct".into(),
+                            v.level,
+                            Some(change),
+                            bound,
+                            change <= max,
+                        )
+                    }
+                    _ => CheckResult::skipped("volume.change_pct".into(), v.level, bound),
+                });
+            }
+            if let Some(min) = v.min_rows {
+                results.push(CheckResult::new(
+                    "volume.rows".into(),
+                    v.level,
+                    Some(night.rows as f64),
+                    format!(">= {min}"),
+                    night.rows >= min,
+                ));
+            }
+        }
+        if let Some(n) = &checks.null_rate {
+            for column in n.max_pct.keys() {
+                rows.need(column, "null_rate")?;
+            }
+            let list: Vec<String> = n
+                .max_pct
+                .keys()
+                .map(|c| format!("CAST(count(\"{c}\") AS BIGINT)"))
+                .collect();
+            let batches = self
+                .query(&format!(
+                    "SELECT CAST(count(*) AS BIGINT), {} FROM {CHECKED}",
+                    list.join(", ")
+                ))
+                .await?;
+            let batch = batches.first();
+            let count = |i: usize| -> Result<i64, TransformError> {
+                Ok(match batch {
+                    Some(b) => column(b, i, &DataType::Int64)?
                         .as_primitive::<Int64Type>()
                         .value(0),
                     None => 0,
+                })
+            };
+            let total = count(0)?;
+            for (i, (column, max)) in n.max_pct.iter().enumerate() {
+                let nulls = total - count(i + 1)?;
+                let pct = if total == 0 {
+                    0.0
+                } else {
+                    nulls as f64 / total as f64 * 100.0
                 };
                 results.push(CheckResult::new(
-                    "unique_key".into(),
-                    u.level,
-                    Some(repeated as f64),
-                    "= 0 repeated (model, identity)".into(),
-                    repeated == 0,
+                    format!("null_rate.{column}"),
+                    n.level,
+                    Some(pct),
+                    format!("<= {max} %"),
+                    pct <= *max,
                 ));
             }
-            Ok::<_, TransformError>(())
         }
-        .await;
-        let _ = self.ctx.deregister_table("checked_scores");
-        let _ = self.ctx.deregister_table("checked_summary");
-        result.map(|()| results)
+        if let Some(u) = &checks.unique_key {
+            for column in rows.key {
+                rows.need(column, "unique_key")?;
+            }
+            let key = rows
+                .key
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let batches = self
+                .query(&format!(
+                    "SELECT CAST(count(*) AS BIGINT) FROM (SELECT {key} \
+                     FROM {CHECKED} GROUP BY {key} HAVING count(*) > 1)"
+                ))
+                .await?;
+            let repeated = match batches.first() {
+                Some(b) => column(b, 0, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .value(0),
+                None => 0,
+            };
+            results.push(CheckResult::new(
+                "unique_key".into(),
+                u.level,
+                Some(repeated as f64),
+                format!("= 0 repeated ({})", rows.key.join(", ")),
+                repeated == 0,
+            ));
+        }
+        Ok(results)
     }
 
     async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, TransformError> {

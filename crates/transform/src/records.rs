@@ -120,6 +120,11 @@ impl RecordDataset {
         })
     }
 
+    /// The columns the table lands as.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// The table's column that holds the identity.
     pub fn key(&self) -> &str {
         &self.key
