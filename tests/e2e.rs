@@ -3631,6 +3631,19 @@ mod datasets {
         assert_eq!(points(1) as i64, member_at(1, 1).1);
         assert_eq!(points(2) as i64, member_at(2, 0).1);
         assert_eq!(points(205) as i64, member_at(205, 1).1);
+        // Each member's rewards are rows of loyalty_rewards, as the member's newest row holds.
+        let rewards = demo.count(
+            "SELECT CAST(sum(cardinality(_acmeretail_loyalty_rewards)) AS BIGINT) FROM loyalty_members",
+        );
+        assert!(rewards > 0);
+        assert_eq!(demo.count("SELECT count(*) FROM loyalty_rewards"), rewards);
+        assert_eq!(
+            demo.count(&format!(
+                "SELECT count(*) FROM loyalty_rewards WHERE _acmeretail_loyalty_memberId = '{}'",
+                member_id(1)
+            )),
+            scoreland_platform_sim::records::rewards_at(1, 1).len() as u64
+        );
         // The bundled pipeline on the sample platform: three nights of 1,000 members, 50 new
         // each night after the first.
         let sample = Demo::new();
@@ -3683,8 +3696,8 @@ mod datasets {
                 "lower-case letters",
             ),
             (
-                format!("{base}\n[checks]\nvolume = {{ min_rows = 1 }}\n"),
-                "a [transform.dataset] pipeline has none",
+                format!("{base}\n[checks]\nmodel_rows = {{ min = 1 }}\n"),
+                "model_rows are checks of Customer AI scores",
             ),
             (
                 base.replace("depth = 3", "depth = 3\n[transform.mapping]\nidentity = \"a\"\nmodels = [{ name = \"m\", score = \"s\" }]"),

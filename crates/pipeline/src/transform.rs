@@ -395,6 +395,11 @@ async fn records(
     let dir = cx.work.join(&landing.table);
     let workers = workers(file);
     let (table_schema, key) = (dataset.schema().clone(), dataset.key().to_string());
+    let children: Vec<String> = dataset
+        .child_tables()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let stats = {
         let (dir, run_id) = (dir.clone(), record.run_id.clone());
         blocking("writing the records", move || {
@@ -415,16 +420,19 @@ async fn records(
         "records written"
     );
     let checks = dataset_gate(file, cx, record, &dir, table_schema, None, &key).await?;
-    Ok(std::iter::once(PreparedTable {
-        name: landing.table.clone(),
-        dir,
-        date_column: None,
-        append: false,
-        evolve_schema: true,
-        replace_dataset: true,
-    })
-    .chain(checks)
-    .collect())
+    // The child tables are replaced whole with the table: they hold the items of its rows.
+    Ok(std::iter::once(landing.table.clone())
+        .chain(children)
+        .map(|name| PreparedTable {
+            dir: cx.work.join(&name),
+            name,
+            date_column: None,
+            append: false,
+            evolve_schema: true,
+            replace_dataset: true,
+        })
+        .chain(checks)
+        .collect())
 }
 
 /// Worker threads of a transform: `target_partitions`, or every core.

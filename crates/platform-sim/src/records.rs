@@ -12,7 +12,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray, StructArray};
+use arrow::array::{
+    ArrayRef, Date32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+};
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -143,13 +146,37 @@ fn write_night(dir: &Path, night: u32, members: u64, seed: u64) -> Result<Record
     })
 }
 
+fn reward_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("code", DataType::Utf8, true),
+        Field::new("points", DataType::Int64, true),
+    ])
+}
+
 fn loyalty_fields() -> Fields {
     Fields::from(vec![
         Field::new("memberId", DataType::Utf8, true),
         Field::new("tier", DataType::Utf8, true),
         Field::new("points", DataType::Int64, true),
         Field::new("joined", DataType::Date32, true),
+        Field::new(
+            "rewards",
+            DataType::new_list(DataType::Struct(reward_fields()), true),
+            true,
+        ),
     ])
+}
+
+/// The rewards a member holds when night `night` sends it: 0 to 2, (code, points).
+pub fn rewards_at(member: u64, night: u32) -> Vec<(String, i64)> {
+    (0..(member + u64::from(night)) % 3)
+        .map(|k| {
+            (
+                format!("RW-{:03}", (member * 13 + k) % 97),
+                50 * (k as i64 + 1),
+            )
+        })
+        .collect()
 }
 
 /// The Arrow schema of a loyalty-members part.
@@ -192,6 +219,7 @@ fn records_batch(schema: &SchemaRef, rows: &[(u64, bool)], night: u32) -> Record
                 rows.iter()
                     .map(|(m, _)| NEWEST_SCORE_DAY - (m % 700) as i32),
             )),
+            Arc::new(rewards_list(rows, night)),
         ],
         None,
     );
@@ -222,6 +250,28 @@ fn records_batch(schema: &SchemaRef, rows: &[(u64, bool)], night: u32) -> Record
         ],
     )
     .expect("the columns are built from records_schema, so they match it")
+}
+
+fn rewards_list(rows: &[(u64, bool)], night: u32) -> ListArray {
+    let per_row: Vec<Vec<(String, i64)>> =
+        rows.iter().map(|(m, _)| rewards_at(*m, night)).collect();
+    let all: Vec<&(String, i64)> = per_row.iter().flatten().collect();
+    let items = StructArray::new(
+        reward_fields(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|r| r.0.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(all.iter().map(|r| r.1))),
+        ],
+        None,
+    );
+    ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(reward_fields()), true)),
+        OffsetBuffer::from_lengths(per_row.iter().map(Vec::len)),
+        Arc::new(items),
+        None,
+    )
 }
 
 #[cfg(test)]

@@ -209,12 +209,68 @@ pub struct EventDataset {
 
 /// An exploded list column and the child table its items land as.
 #[derive(Debug, Clone)]
-struct Child {
+pub(crate) struct Child {
     column: String,
-    table: String,
-    schema: SchemaRef,
+    pub(crate) table: String,
+    pub(crate) schema: SchemaRef,
     /// Levels of an item's objects flattened to `a_b` columns.
     depth: usize,
+    /// The columns of its row each item carries (`_id` and `event_date`; a record's identity).
+    parents: Vec<String>,
+}
+
+/// The child tables of `landing.explode` over a table of `columns`, each item carrying the
+/// `parents` columns of its row, then its `position`, its fields, `batch_id` and `run_id`.
+pub(crate) fn children(
+    columns: &[XdmColumn],
+    landing: &DatasetLanding,
+    parents: &[Field],
+) -> Result<Vec<Child>, TransformError> {
+    landing
+        .explode
+        .iter()
+        .map(|explode| {
+            let column = explode.column();
+            let item = match columns
+                .iter()
+                .find(|c| c.name == column)
+                .map(|c| &c.data_type)
+            {
+                Some(DataType::List(item)) => item.data_type().clone(),
+                _ => {
+                    return Err(TransformError::Config(format!(
+                        "dataset.explode {column:?} is not a list column of the schema at \
+                         depth {} (`scoreland schema` lists them)",
+                        landing.depth
+                    )));
+                }
+            };
+            let mut fields = parents.to_vec();
+            fields.push(Field::new("position", DataType::Int32, true));
+            match &item {
+                DataType::Struct(items) => flat_item_fields(items, "", landing.depth, &mut fields),
+                other => fields.push(Field::new("value", other.clone(), true)),
+            }
+            fields.push(Field::new("batch_id", DataType::Utf8, true));
+            fields.push(Field::new("run_id", DataType::Utf8, true));
+            let names: BTreeSet<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+            if names.len() < fields.len() {
+                let added: Vec<&str> = parents.iter().map(|f| f.name().as_str()).collect();
+                return Err(TransformError::Config(format!(
+                    "dataset.explode {column:?}: its items have a field named like one \
+                     scoreland adds ({}, position, batch_id, run_id)",
+                    added.join(", ")
+                )));
+            }
+            Ok(Child {
+                column: column.to_string(),
+                table: landing.child_table(explode),
+                schema: Arc::new(Schema::new(fields)),
+                depth: landing.depth,
+                parents: parents.iter().map(|f| f.name().clone()).collect(),
+            })
+        })
+        .collect()
 }
 
 /// The keys of one staged part, in the order parts are landed.
@@ -263,53 +319,11 @@ impl EventDataset {
         fields.push(Field::new(EVENT_DATE, DataType::Date32, true));
         fields.push(Field::new("batch_id", DataType::Utf8, true));
         fields.push(Field::new("run_id", DataType::Utf8, true));
-        let children = landing
-            .explode
-            .iter()
-            .map(|explode| {
-                let column = explode.column();
-                let item = match columns
-                    .iter()
-                    .find(|c| c.name == column)
-                    .map(|c| &c.data_type)
-                {
-                    Some(DataType::List(item)) => item.data_type().clone(),
-                    _ => {
-                        return Err(TransformError::Config(format!(
-                            "dataset.explode {column:?} is not a list column of the schema at \
-                             depth {} (`scoreland schema` lists them)",
-                            landing.depth
-                        )));
-                    }
-                };
-                let mut fields = vec![
-                    Field::new("_id", DataType::Utf8, true),
-                    Field::new(EVENT_DATE, DataType::Date32, true),
-                    Field::new("position", DataType::Int32, true),
-                ];
-                match &item {
-                    DataType::Struct(items) => {
-                        flat_item_fields(items, "", landing.depth, &mut fields)
-                    }
-                    other => fields.push(Field::new("value", other.clone(), true)),
-                }
-                fields.push(Field::new("batch_id", DataType::Utf8, true));
-                fields.push(Field::new("run_id", DataType::Utf8, true));
-                let names: BTreeSet<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-                if names.len() < fields.len() {
-                    return Err(TransformError::Config(format!(
-                        "dataset.explode {column:?}: its items have a field named like one \
-                         scoreland adds (_id, event_date, position, batch_id, run_id)"
-                    )));
-                }
-                Ok(Child {
-                    column: column.to_string(),
-                    table: landing.child_table(explode),
-                    schema: Arc::new(Schema::new(fields)),
-                    depth: landing.depth,
-                })
-            })
-            .collect::<Result<Vec<_>, TransformError>>()?;
+        let parents = [
+            Field::new("_id", DataType::Utf8, true),
+            Field::new(EVENT_DATE, DataType::Date32, true),
+        ];
+        let children = children(&columns, landing, &parents)?;
         let summary = match (landing.summary, landing.summary_table()) {
             (Some(DatasetSummary::Attribution), Some(table)) => {
                 Some((table, AttributionSummary::new(schema, &columns)?))
@@ -639,8 +653,8 @@ impl DayWriters {
 }
 
 /// The items of the child's list column of `rows` as its table's rows: each with its row's
-/// `_id`, `event_date`, `batch_id` and `run_id`, and its position in the list (from 0).
-fn explode(
+/// parent columns, `batch_id` and `run_id`, and its position in the list (from 0).
+pub(crate) fn explode(
     rows: &RecordBatch,
     child: &Child,
 ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
@@ -674,11 +688,12 @@ fn explode(
         })?;
         take(c.as_ref(), &parents, None)
     };
-    let mut arrays = vec![
-        parent("_id")?,
-        parent(EVENT_DATE)?,
-        Arc::new(Int32Array::from(positions)) as ArrayRef,
-    ];
+    let mut arrays = child
+        .parents
+        .iter()
+        .map(|p| parent(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    arrays.push(Arc::new(Int32Array::from(positions)));
     match values.as_struct_opt() {
         Some(s) => flat_item_arrays(s, child.depth, &mut arrays),
         None => arrays.push(values),

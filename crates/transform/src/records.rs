@@ -24,7 +24,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::dataset::{
-    DatasetLanding, column_fields, conform, flat_columns, missing, parquet, read,
+    Child, DatasetLanding, children, column_fields, conform, explode, flat_columns, missing,
+    parquet, read,
 };
 use crate::error::TransformError;
 use crate::flatten::path_array;
@@ -57,6 +58,8 @@ pub struct RecordDataset {
     /// The identity's dotted path in the rows, and its column.
     identity: String,
     key: String,
+    /// Exploded list columns: each item of each row, keyed by the row's identity.
+    children: Vec<Child>,
 }
 
 /// One input of a night, in the order rows are newer.
@@ -75,11 +78,9 @@ impl RecordDataset {
         identity: &str,
     ) -> Result<RecordDataset, TransformError> {
         let columns = columns(schema, landing.depth)?;
-        if !landing.explode.is_empty() || landing.summary.is_some() {
+        if landing.summary.is_some() {
             return Err(TransformError::Config(
-                "dataset.explode and dataset.summary are for ExperienceEvent datasets; a record \
-                 dataset keeps its lists as list columns"
-                    .into(),
+                "dataset.summary is for ExperienceEvent datasets (Attribution AI's scores)".into(),
             ));
         }
         if crate::dataset::is_event_schema(schema) {
@@ -112,11 +113,13 @@ impl RecordDataset {
         let mut fields = column_fields(&columns);
         fields.push(Field::new("batch_id", DataType::Utf8, true));
         fields.push(Field::new("run_id", DataType::Utf8, true));
+        let children = children(&columns, landing, &[Field::new(&key, DataType::Utf8, true)])?;
         Ok(RecordDataset {
             columns,
             schema: Arc::new(Schema::new(fields)),
             identity: identity.to_string(),
             key,
+            children,
         })
     }
 
@@ -128,6 +131,12 @@ impl RecordDataset {
     /// The table's column that holds the identity.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The child tables of exploded list columns, each written beside the table's directory
+    /// (`land`'s `out`) and replaced whole with it.
+    pub fn child_tables(&self) -> Vec<&str> {
+        self.children.iter().map(|c| c.table.as_str()).collect()
     }
 
     /// Writes the table's new content for the dataset under `out`: the newest row of each
@@ -155,10 +164,14 @@ impl RecordDataset {
                 })
             }))
             .collect();
-        std::fs::create_dir_all(out).map_err(|source| TransformError::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        for dir in std::iter::once(out.to_path_buf())
+            .chain(self.children.iter().map(|c| out.with_file_name(&c.table)))
+        {
+            std::fs::create_dir_all(&dir).map_err(|source| TransformError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
 
         // The keys, input by input, as read.
         let keys = on_workers(
@@ -259,6 +272,22 @@ impl RecordDataset {
         })?;
         let mut writer = ArrowWriter::try_new(f, self.schema.clone(), Some(props.clone()))
             .map_err(|e| parquet(&path, e))?;
+        let mut child_writers = self
+            .children
+            .iter()
+            .map(|c| {
+                let path = out
+                    .with_file_name(&c.table)
+                    .join(format!("part-{index:05}.parquet"));
+                let f = std::fs::File::create(&path).map_err(|source| TransformError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let w = ArrowWriter::try_new(f, c.schema.clone(), Some(props.clone()))
+                    .map_err(|e| parquet(&path, e))?;
+                Ok((path, w))
+            })
+            .collect::<Result<Vec<_>, TransformError>>()?;
         let mut offset = 0;
         for batch in read(file, None)? {
             let n = batch.num_rows();
@@ -288,9 +317,16 @@ impl RecordDataset {
             } else {
                 flat
             };
+            for (child, (child_path, w)) in self.children.iter().zip(&mut child_writers) {
+                let items = explode(&rows, child).map_err(|e| parquet(file, e))?;
+                w.write(&items).map_err(|e| parquet(child_path, e))?;
+            }
             writer.write(&rows).map_err(|e| parquet(&path, e))?;
         }
         writer.close().map_err(|e| parquet(&path, e))?;
+        for (child_path, w) in child_writers {
+            w.close().map_err(|e| parquet(&child_path, e))?;
+        }
         Ok(())
     }
 
@@ -433,6 +469,88 @@ mod tests {
             "not updated: night 0's"
         );
         assert_eq!(got[&member_id(205)], member_at(205, 1).1);
+    }
+
+    /// `explode` on records: the items of each landed row, keyed by its identity, written whole
+    /// with the table every night (an item of a replaced row goes with it).
+    #[test]
+    fn exploded_lists_of_records_follow_their_rows() {
+        use scoreland_platform_sim::records::rewards_at;
+        let tmp = tempfile::tempdir().unwrap();
+        let platform = tmp.path().join("platform");
+        let mut l = landing();
+        l.explode = vec![crate::dataset::Explode::Named(
+            crate::dataset::NamedExplode {
+                column: "_acmeretail_loyalty_rewards".into(),
+                table: "loyalty_rewards".into(),
+            },
+        )];
+        let ds = RecordDataset::new(&schema(), &l, &identity()).unwrap();
+        assert_eq!(ds.child_tables(), ["loyalty_rewards"]);
+        let one = tmp.path().join("one").join("loyalty_members");
+        ds.land(&[night(&platform, 0)], &[], "r1", &one, 2).unwrap();
+        let two = tmp.path().join("two").join("loyalty_members");
+        ds.land(&[night(&platform, 1)], &files(&one), "r2", &two, 2)
+            .unwrap();
+        // (member → its rewards' codes, by position) in the child table.
+        let mut items: HashMap<String, Vec<(i32, String)>> = HashMap::new();
+        for f in files(&tmp.path().join("two").join("loyalty_rewards")) {
+            for b in read(&f, None).unwrap() {
+                let names: Vec<&str> = b
+                    .schema_ref()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                assert_eq!(
+                    names,
+                    [
+                        "_acmeretail_loyalty_memberId",
+                        "position",
+                        "code",
+                        "points",
+                        "batch_id",
+                        "run_id"
+                    ]
+                );
+                let ids = b.column(0).as_string::<i32>();
+                let pos = b
+                    .column(1)
+                    .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+                let codes = b.column(2).as_string::<i32>();
+                for i in 0..b.num_rows() {
+                    items
+                        .entry(ids.value(i).to_string())
+                        .or_default()
+                        .push((pos.value(i), codes.value(i).to_string()));
+                }
+            }
+        }
+        let codes = |m: u64, n: u32| -> Vec<(i32, String)> {
+            rewards_at(m, n)
+                .into_iter()
+                .enumerate()
+                .map(|(k, (c, _))| (k as i32, c))
+                .collect()
+        };
+        let table = points(&two);
+        let items_of = |m: u64| items.get(&member_id(m)).cloned().unwrap_or_default();
+        // Member 1 was updated on night 1 (its rewards with it); member 2 was not.
+        assert_eq!(items_of(1), codes(1, 1));
+        assert_eq!(items_of(2), codes(2, 0));
+        assert_eq!(items_of(205), codes(205, 1));
+        let total: usize = items.values().map(Vec::len).sum();
+        let expected: usize = table
+            .keys()
+            .map(|id| {
+                let m: u64 = id.trim_start_matches("LM").parse().unwrap();
+                let updated = scoreland_platform_sim::records::night_members(200, 1)
+                    .iter()
+                    .any(|(u, _)| *u == m);
+                rewards_at(m, u32::from(updated)).len()
+            })
+            .sum();
+        assert_eq!(total, expected);
     }
 
     #[test]
