@@ -3631,6 +3631,19 @@ mod datasets {
         assert_eq!(points(1) as i64, member_at(1, 1).1);
         assert_eq!(points(2) as i64, member_at(2, 0).1);
         assert_eq!(points(205) as i64, member_at(205, 1).1);
+        // The dataset's data usage labels landed with it, and what serve masks.
+        let o = scoreland(
+            &["history", "loyalty_members", "--warehouse", &demo.wh()],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        for said in [
+            "dataset (every field): C1",
+            "personalEmail_address: C2, I1",
+            "serve shows as NULL the columns labelled C2",
+        ] {
+            assert!(text(&o).contains(said), "{said}: {}", text(&o));
+        }
         // Each member's rewards are rows of loyalty_rewards, as the member's newest row holds.
         let rewards = demo.count(
             "SELECT CAST(sum(cardinality(_acmeretail_loyalty_rewards)) AS BIGINT) FROM loyalty_members",
@@ -3728,6 +3741,17 @@ mod datasets {
             (
                 base.replace("depth = 3", "depth = 3\nsummary = \"revenue\""),
                 "unknown variant",
+            ),
+            (
+                format!("{base}\n[serve]\ndeny_labels = [\"C2,I1\"]\n"),
+                "is not a label",
+            ),
+            (
+                format!(
+                    "{}\n[serve]\ndeny_labels = [\"C2\"]\n",
+                    std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap()
+                ),
+                "apply to a [transform.dataset] pipeline's tables",
             ),
         ] {
             let p = dir.path().join("p.toml");

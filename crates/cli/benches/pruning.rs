@@ -64,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app_id: "pruning-bench",
             app_version: i64::from(night) + 1,
             metadata: Default::default(),
+            properties: Default::default(),
         })
         .await?;
         std::fs::remove_dir_all(&dir)?;

@@ -55,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app_id: "bench",
             app_version: chrono::Utc::now().timestamp_millis(),
             metadata: Default::default(),
+            properties: Default::default(),
         })
         .await?;
     let total = started.elapsed().as_secs_f64();

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Where queries spill beyond --query-memory (the system's temporary directory without).
     #[arg(long)]
     pub spill_dir: Option<PathBuf>,
+    /// Data usage labels (comma-separated, e.g. C2,I1) whose columns every table shows as
+    /// NULL, besides those each table's pipeline denies ([serve] deny_labels).
+    #[arg(long, env = "SCORELAND_SERVE_DENY_LABELS", default_value = "")]
+    pub deny_labels: String,
     /// After SIGTERM, how long running queries get to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -73,6 +77,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         login_timeout: Duration::from_secs(10),
         spill_dir: args.spill_dir,
         tables: warehouse_tables(&warehouse).await?,
+        deny_labels: scoreland_transform::labels::parse_labels(&args.deny_labels),
     };
     let no_password = options.login.is_none();
     let server = Server::bind(warehouse, options).await.map_err(usage)?;

@@ -323,6 +323,24 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
             field("batches")
         );
     }
+    // The data usage labels it carries now (AEP's, landed with the dataset).
+    let labels = wh.table_labels(&args.table).await?;
+    if !labels.dataset.is_empty() || !labels.columns.is_empty() || !labels.denied.is_empty() {
+        println!();
+        println!("data usage labels");
+        if !labels.dataset.is_empty() {
+            println!("  dataset (every field): {}", labels.dataset.join(", "));
+        }
+        for (column, l) in &labels.columns {
+            println!("  {column}: {}", l.join(", "));
+        }
+        if !labels.denied.is_empty() {
+            println!(
+                "  serve shows as NULL the columns labelled {}",
+                labels.denied.join(", ")
+            );
+        }
+    }
     Ok(0)
 }
 

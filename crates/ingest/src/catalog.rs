@@ -365,10 +365,6 @@ impl AepClient {
     }
 }
 
-/// The batches of `all` (successful, from the scoring client, newer than `after_id`) worth
-/// landing, oldest first. A batch is skipped as replaced only when what replaces it is landed
-/// with it (it is in `all`) or already landed (`after_id`): a successor outside the query
-/// (another client, not successful) must not make the batch's rows disappear.
 /// The primary identity descriptor's path in a descriptors answer, dotted: the first
 /// `xdm:descriptorIdentity` whose `xdm:isPrimary` is `true`, whose `xdm:sourceProperty` is a
 /// path of plain names (`/a/b`). Anything else (no primary, an empty or odd path) is none.
@@ -385,6 +381,10 @@ fn primary_identity_of(found: &Value) -> Option<String> {
     path.split('/').all(plain).then(|| path.replace('/', "."))
 }
 
+/// The batches of `all` (successful, from the scoring client, newer than `after_id`) worth
+/// landing, oldest first. A batch is skipped as replaced only when what replaces it is landed
+/// with it (it is in `all`) or already landed (`after_id`): a successor outside the query
+/// (another client, not successful) must not make the batch's rows disappear.
 fn without_replaced(all: Vec<CatalogBatch>, after_id: &str) -> Vec<CatalogBatch> {
     let landable: HashSet<String> = all.iter().map(|b| b.id.clone()).collect();
     let replaced: HashSet<String> = all.iter().flat_map(|b| b.replaces.clone()).collect();

@@ -15,6 +15,7 @@ mod download;
 mod error;
 mod exports;
 mod flows;
+mod labels;
 mod listing;
 mod manifest;
 mod paging;
@@ -41,6 +42,7 @@ pub use flows::{
     DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, ExportableDataset, FileType, Flow,
     FlowRun, NotReadyRetry, Schedule, TimeUnit,
 };
+pub use labels::DataLabels;
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
 pub use profile::{

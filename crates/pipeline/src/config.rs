@@ -44,7 +44,21 @@ pub struct PipelineFile {
     /// OpenLineage run events (docs/pipelines.md).
     #[serde(default)]
     pub lineage: Option<crate::lineage::LineageConfig>,
+    /// What `serve` may show of the tables this pipeline lands.
+    #[serde(default)]
+    pub serve: Option<ServeSection>,
     pub sink: SinkSection,
+}
+
+/// `[serve]`: kept with the tables (a table property), so every `serve` of the warehouse
+/// enforces it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// Data usage labels (`C2`, `I1`, …) whose columns `serve` shows as NULL: a column whose
+    /// field (or the dataset) carries one of them.
+    #[serde(default)]
+    pub deny_labels: Vec<String>,
 }
 
 /// `[sink]`: where and how the tables land.
@@ -257,6 +271,22 @@ impl PipelineFile {
         self.transform.validate().map_err(|e| e.to_string())?;
         if let Some(lineage) = &self.lineage {
             lineage.validate(placeholders)?;
+        }
+        if let Some(serve) = &self.serve {
+            if self.transform.dataset.is_none() {
+                return Err(
+                    "[serve] deny_labels: the labels are of a dataset's fields; they \
+                            apply to a [transform.dataset] pipeline's tables"
+                        .into(),
+                );
+            }
+            for l in &serve.deny_labels {
+                if l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "serve.deny_labels: {l:?} is not a label (letters, digits and '_', e.g. \"C2\")"
+                    ));
+                }
+            }
         }
         if let Some(checks) = &self.checks {
             checks.validate()?;

@@ -40,6 +40,10 @@ pub(crate) struct PreparedTable {
     /// Without a date column: the files replace all the dataset's rows (a record dataset).
     #[serde(default)]
     pub replace_dataset: bool,
+    /// Table properties the run sets (the dataset's labels, the labels `serve` masks); an
+    /// empty value removes one.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// A publish under way, kept at `_state/<pipeline>.publishing.json` from just before the first
@@ -347,6 +351,7 @@ async fn land(name: &str, warehouse: &Warehouse, p: &Publishing) -> Result<Lande
                 app_id: name,
                 app_version: p.version(),
                 metadata: metadata.clone(),
+                properties: t.properties.clone(),
             })
             .await
             .map_err(|source| PipelineError::Publish {

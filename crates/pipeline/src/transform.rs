@@ -9,7 +9,7 @@ use crate::context::RunContext;
 use crate::error::PipelineError;
 use crate::publish::{Prepared, PreparedTable};
 use crate::record::{DriftRecord, PipelineState, RunRecord, by_score_date, ms};
-use crate::source::{Ingested, Input};
+use crate::source::{DatasetSchema, Ingested, Input};
 
 /// Transforms what the source staged into the tables to publish.
 pub(crate) async fn transform(
@@ -37,12 +37,29 @@ pub(crate) async fn transform(
             let landing = file.transform.dataset.as_ref().ok_or_else(|| {
                 cx.invalid("the source staged a dataset but [transform.dataset] is not set".into())
             })?;
-            let tables = match schema.identity {
-                None => events(file, landing, cx, record, staged, schema.schema).await?,
+            let mut tables = match &schema.identity {
+                None => events(file, landing, cx, record, staged, &schema).await?,
                 Some(identity) => {
-                    records(file, landing, cx, record, staged, schema.schema, &identity).await?
+                    records(file, landing, cx, record, staged, &schema, identity).await?
                 }
             };
+            let labels = &schema.labels;
+            // The dataset's labels, and those `serve` masks, go with the dataset's tables (not
+            // with `checks`, which every pipeline shares).
+            let deny = file
+                .serve
+                .as_ref()
+                .map(|s| &s.deny_labels[..])
+                .unwrap_or(&[]);
+            let deny: std::collections::BTreeSet<String> = deny.iter().cloned().collect();
+            for t in tables.iter_mut().filter(|t| t.name != "checks") {
+                use scoreland_transform::labels::{DENY_LABELS, TABLE_LABELS, join_labels};
+                t.properties = [
+                    (TABLE_LABELS.to_string(), join_labels(&labels.dataset)),
+                    (DENY_LABELS.to_string(), join_labels(&deny)),
+                ]
+                .into();
+            }
             (tables, Vec::new(), cx.state.histograms.clone(), false)
         }
     };
@@ -154,6 +171,7 @@ async fn scores(
             append: false,
             evolve_schema: false,
             replace_dataset: false,
+            properties: Default::default(),
         })
         .collect();
     Ok((tables, extracts, output.histograms))
@@ -260,6 +278,7 @@ async fn dataset_gate(
         append: false,
         evolve_schema: false,
         replace_dataset: false,
+        properties: Default::default(),
     }))
 }
 
@@ -273,15 +292,17 @@ async fn events(
     cx: &RunContext<'_>,
     record: &mut RunRecord,
     staged: Vec<scoreland_transform::StagedBatch>,
-    schema: serde_json::Value,
+    schema: &DatasetSchema,
 ) -> Result<Vec<PreparedTable>, PipelineError> {
     use scoreland_transform::{EVENT_DATE, EventDataset};
-    let dataset = EventDataset::new(&schema, landing).map_err(|e| {
-        cx.invalid(format!(
-            "[transform.dataset]: dataset {}: {e}",
-            record.dataset
-        ))
-    })?;
+    let dataset = EventDataset::new(&schema.schema, landing)
+        .map_err(|e| {
+            cx.invalid(format!(
+                "[transform.dataset]: dataset {}: {e}",
+                record.dataset
+            ))
+        })?
+        .with_labels(&schema.labels.fields);
     let workers = workers(file);
     let table_schema = dataset.schema().clone();
     let scan = {
@@ -359,6 +380,7 @@ async fn events(
             append,
             evolve_schema: true,
             replace_dataset: false,
+            properties: Default::default(),
         })
         .chain(checks)
         .collect())
@@ -372,16 +394,17 @@ async fn records(
     cx: &RunContext<'_>,
     record: &mut RunRecord,
     staged: Vec<scoreland_transform::StagedBatch>,
-    schema: serde_json::Value,
+    schema: &DatasetSchema,
     identity: &str,
 ) -> Result<Vec<PreparedTable>, PipelineError> {
-    let dataset =
-        scoreland_transform::RecordDataset::new(&schema, landing, identity).map_err(|e| {
+    let dataset = scoreland_transform::RecordDataset::new(&schema.schema, landing, identity)
+        .map_err(|e| {
             cx.invalid(format!(
                 "[transform.dataset]: dataset {}: {e}",
                 record.dataset
             ))
-        })?;
+        })?
+        .with_labels(&schema.labels.fields);
     let landed = cx
         .warehouse
         .fetch_dataset_files(
@@ -430,6 +453,7 @@ async fn records(
             append: false,
             evolve_schema: true,
             replace_dataset: true,
+            properties: Default::default(),
         })
         .chain(checks)
         .collect())
@@ -485,6 +509,7 @@ async fn profiles(
         append: false,
         evolve_schema: false,
         replace_dataset: false,
+        properties: Default::default(),
     })
     .collect())
 }

@@ -80,6 +80,11 @@ pub fn add_event_nights(
         first_day: FIRST_DAY,
     };
     write_dataset(&dir, &dataset, seed ^ 0xe7e7)?;
+    // The visitors' ECIDs are indirectly identifying (I2).
+    crate::generate::write_json(
+        &dir.join("labels.json"),
+        &serde_json::json!({"fields": {format!("{TENANT}.identity.ecid"): ["I2"]}}),
+    )?;
     (from..to)
         .map(|night| write_night(&dir, night, rows, seed))
         .collect()

@@ -93,6 +93,12 @@ pub fn add_record_nights(
     };
     if !dir.join("descriptors.json").exists() {
         write_dataset(&dir, &dataset, seed ^ 0x7ec0)?;
+        // Data usage labels: C1 (no export to third parties) on the dataset, and the
+        // members' e-mail addresses directly identifying (I1) and not for ad targeting (C2).
+        write_json(
+            &dir.join("labels.json"),
+            &json!({"labels": ["C1"], "fields": {"personalEmail.address": ["I1", "C2"]}}),
+        )?;
         write_json(
             &dir.join("descriptors.json"),
             &json!([{

@@ -1,9 +1,11 @@
 //! The memory a DataFusion job may use, built one way for the transform, `optimize` and
 //! `serve`: the limit as settings write it ([`MemoryLimit`]), the pool that shares it among a
 //! job's operators ([`pool`]), and what each sorting partition keeps aside to merge its spilled
-//! runs ([`sort_spill_reservation`]).
+//! runs ([`sort_spill_reservation`]). And where data usage labels live in a warehouse
+//! ([`labels`]), which the transform, the sink and `serve` share.
 
 mod headroom;
+pub mod labels;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -56,6 +56,9 @@ pub struct ServeOptions {
     pub spill_dir: Option<PathBuf>,
     /// The tables served (those that exist; a table created later appears within seconds).
     pub tables: Vec<String>,
+    /// Data usage labels whose columns are masked in every table, besides those each table
+    /// denies itself.
+    pub deny_labels: std::collections::BTreeSet<String>,
 }
 
 /// A user name and its password; the password never shows in `Debug` output or logs.
@@ -115,9 +118,16 @@ impl Server {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
         };
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
+        // DataFusion compares an aggregate's input schema between the logical and the physical
+        // plan, field metadata included, and a masked column's metadata (its labels) differs
+        // between the two; the check says nothing of the values, which are NULL either way.
+        config
+            .options_mut()
+            .execution
+            .skip_physical_aggregate_schema_check = true;
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(dir) = &options.spill_dir {
             runtime = runtime.with_temp_file_path(dir);
@@ -129,7 +139,8 @@ impl Server {
         setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         compat::register(&base).await?;
-        register_missing(&warehouse, &base, &options.tables).await?;
+        let deny = Arc::new(options.deny_labels.clone());
+        register_missing(&warehouse, &base, &options.tables, &deny).await?;
         let listen_err = |source| ServeError::Listen {
             listen: options.listen,
             source,
@@ -172,10 +183,11 @@ impl Server {
         let watcher = {
             let (warehouse, base, tables) =
                 (warehouse.clone(), base.clone(), options.tables.clone());
+            let deny = Arc::new(options.deny_labels.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(REFRESH * 5).await;
-                    if let Err(e) = register_missing(&warehouse, &base, &tables).await {
+                    if let Err(e) = register_missing(&warehouse, &base, &tables, &deny).await {
                         tracing::warn!(error = %e, "looking for new tables");
                     }
                 }
@@ -287,12 +299,13 @@ async fn register_missing(
     warehouse: &Warehouse,
     ctx: &SessionContext,
     tables: &[String],
+    deny: &Arc<std::collections::BTreeSet<String>>,
 ) -> Result<(), ServeError> {
     for name in tables {
         if ctx.table_exist(name.as_str()).unwrap_or(false) {
             continue;
         }
-        let live = LiveTable::open(warehouse.clone(), name)
+        let live = LiveTable::open(warehouse.clone(), name, deny.clone())
             .await
             .map_err(|e| ServeError::Setup(format!("table {name}: {e}")))?;
         if let Some(live) = live {

@@ -2,18 +2,31 @@
 //! newest complete runs published (looked up at most once per [`REFRESH`]), so a night a run
 //! commits is visible to the next query without a restart, while a query already running keeps
 //! the snapshot it started with (its scan holds that version's files).
+//!
+//! Columns carrying a data usage label the table denies (its `scoreland.serve.deny_labels`
+//! property, from the pipeline's `[serve] deny_labels`) or the server denies
+//! (`--deny-labels`) are masked: they keep their name and type, every value reads as NULL, and
+//! no filter on them reaches the scan (so neither row selection nor file pruning can reveal
+//! their values).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
+use datafusion::common::metadata::FieldMetadata;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use deltalake::DeltaTable;
+use scoreland_runtime::labels::{COLUMN_LABELS, DENY_LABELS, TABLE_LABELS, parse_labels};
 use scoreland_sink::{AsOf, Warehouse};
 
 /// How often a table looks for a newer published version.
@@ -22,6 +35,8 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 pub struct LiveTable {
     warehouse: Warehouse,
     name: String,
+    /// Labels the server denies on every table (`serve --deny-labels`).
+    deny: Arc<BTreeSet<String>>,
     current: Mutex<Current>,
 }
 
@@ -29,6 +44,8 @@ struct Current {
     version: Option<u64>,
     table: Arc<DeltaTable>,
     provider: Arc<dyn TableProvider>,
+    /// Per column of the provider's schema: whether it is masked.
+    masked: Arc<Vec<bool>>,
     checked: Instant,
 }
 
@@ -46,23 +63,28 @@ fn df_err(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError 
 
 impl LiveTable {
     /// The table at its published version now; `None` when the warehouse has no such table.
-    pub async fn open(warehouse: Warehouse, name: &str) -> Result<Option<LiveTable>> {
-        let Some(current) = load(&warehouse, name).await? else {
+    pub async fn open(
+        warehouse: Warehouse,
+        name: &str,
+        deny: Arc<BTreeSet<String>>,
+    ) -> Result<Option<LiveTable>> {
+        let Some(current) = load(&warehouse, name, &deny).await? else {
             return Ok(None);
         };
         Ok(Some(LiveTable {
             warehouse,
             name: name.to_string(),
+            deny,
             current: Mutex::new(current),
         }))
     }
 
     /// The version to scan: the cached one, or a newer published one when it is time to look.
-    async fn fresh(&self) -> Result<(Arc<DeltaTable>, Arc<dyn TableProvider>)> {
+    async fn fresh(&self) -> Result<(Arc<DeltaTable>, Arc<dyn TableProvider>, Arc<Vec<bool>>)> {
         {
             let c = self.current.lock().expect("not poisoned");
             if c.checked.elapsed() < REFRESH {
-                return Ok((c.table.clone(), c.provider.clone()));
+                return Ok((c.table.clone(), c.provider.clone(), c.masked.clone()));
             }
         }
         // The version to serve, found cheaply: the one a run published, or else the newest in
@@ -94,7 +116,7 @@ impl LiveTable {
                 .await
                 .map_err(df_err)?
             {
-                Some(t) => Some(current(t).await?),
+                Some(t) => Some(current(t, &self.deny).await?),
                 None => None,
             }
         };
@@ -104,29 +126,102 @@ impl LiveTable {
             tracing::info!(table = self.name, version = ?next.version, "serving a newer night");
             *c = next;
         }
-        Ok((c.table.clone(), c.provider.clone()))
+        Ok((c.table.clone(), c.provider.clone(), c.masked.clone()))
     }
 }
 
-async fn load(warehouse: &Warehouse, name: &str) -> Result<Option<Current>> {
+async fn load(
+    warehouse: &Warehouse,
+    name: &str,
+    deny: &BTreeSet<String>,
+) -> Result<Option<Current>> {
     match warehouse
         .table_as_of(name, AsOf::Published)
         .await
         .map_err(df_err)?
     {
-        Some(t) => Ok(Some(current(t).await?)),
+        Some(t) => Ok(Some(current(t, deny).await?)),
         None => Ok(None),
     }
 }
 
-async fn current(t: DeltaTable) -> Result<Current> {
+async fn current(t: DeltaTable, deny: &BTreeSet<String>) -> Result<Current> {
     let provider = t.table_provider().await.map_err(df_err)?;
+    let config = t
+        .snapshot()
+        .map_err(df_err)?
+        .metadata()
+        .configuration()
+        .clone();
+    let masked = masked_columns(&provider.schema(), &config, deny);
     Ok(Current {
         version: t.version(),
         table: Arc::new(t),
         provider,
+        masked: Arc::new(masked),
         checked: Instant::now(),
     })
+}
+
+/// Per column of `schema`: whether it carries a label denied by the table (`config`'s
+/// [`DENY_LABELS`]) or by `deny`. A column carries its own labels ([`COLUMN_LABELS`]) and,
+/// when it holds a field of the dataset (it has an `xdm_path`), the dataset's
+/// ([`TABLE_LABELS`]).
+pub(crate) fn masked_columns(
+    schema: &SchemaRef,
+    config: &std::collections::HashMap<String, String>,
+    deny: &BTreeSet<String>,
+) -> Vec<bool> {
+    let mut denied = deny.clone();
+    denied.extend(parse_labels(
+        config.get(DENY_LABELS).map_or("", String::as_str),
+    ));
+    let dataset = parse_labels(config.get(TABLE_LABELS).map_or("", String::as_str));
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let meta = f.metadata();
+            let own = parse_labels(meta.get(COLUMN_LABELS).map_or("", String::as_str));
+            let of_dataset = meta.contains_key("xdm_path") && !dataset.is_disjoint(&denied);
+            of_dataset || !own.is_disjoint(&denied)
+        })
+        .collect()
+}
+
+/// `plan` (the scan of `projection` of the table whose schema is `table`) with the masked
+/// columns' values NULL.
+fn mask(
+    plan: Arc<dyn ExecutionPlan>,
+    table: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    masked: &[bool],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let table_index = |i: usize| projection.map_or(i, |p| p[i]);
+    let schema = plan.schema();
+    if !(0..schema.fields().len()).any(|i| masked.get(table_index(i)) == Some(&true)) {
+        return Ok(plan);
+    }
+    let exprs = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let expr: Arc<dyn PhysicalExpr> = if masked.get(table_index(i)) == Some(&true) {
+                // The column as the table declares it (metadata and all): plans compare
+                // their schemas with it.
+                let declared = table.field(table_index(i));
+                Arc::new(Literal::new_with_metadata(
+                    ScalarValue::try_from(f.data_type())?,
+                    Some(FieldMetadata::from(declared)),
+                ))
+            } else {
+                Arc::new(Column::new(f.name(), i))
+            };
+            Ok((expr, f.name().clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 #[async_trait]
@@ -143,8 +238,27 @@ impl TableProvider for LiveTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        let provider = self.current.lock().expect("not poisoned").provider.clone();
-        provider.supports_filters_pushdown(filters)
+        let (provider, masked) = {
+            let c = self.current.lock().expect("not poisoned");
+            (c.provider.clone(), c.masked.clone())
+        };
+        // A filter on a masked column is applied above the scan, to its NULLs: it must not
+        // select rows or prune files by the real values.
+        let schema = provider.schema();
+        let on_masked = |e: &Expr| {
+            e.column_refs().iter().any(|c| {
+                schema
+                    .index_of(c.name())
+                    .is_ok_and(|i| masked.get(i) == Some(&true))
+            })
+        };
+        let mut answer = provider.supports_filters_pushdown(filters)?;
+        for (a, f) in answer.iter_mut().zip(filters) {
+            if on_masked(f) {
+                *a = TableProviderFilterPushDown::Unsupported;
+            }
+        }
+        Ok(answer)
     }
 
     async fn scan(
@@ -154,9 +268,11 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        // The sink refuses schema changes, so the version scanned has the schema planned on.
-        let (table, provider) = self.fresh().await?;
+        // A newer version's schema only ever adds columns at the end, so the projection
+        // planned on still names the same columns.
+        let (table, provider, masked) = self.fresh().await?;
         table.update_datafusion_session(state).map_err(df_err)?;
-        provider.scan(state, projection, filters, limit).await
+        let plan = provider.scan(state, projection, filters, limit).await?;
+        mask(plan, &provider.schema(), projection, &masked)
     }
 }

@@ -96,6 +96,7 @@ async fn warehouse(dir: &Path, rows: usize) -> Warehouse {
             app_id: "demo",
             app_version: 1,
             metadata: serde_json::Map::new(),
+            properties: Default::default(),
         })
         .await
         .unwrap();
@@ -133,6 +134,7 @@ impl Running {
             login_timeout: Duration::from_secs(10),
             spill_dir: Some(spill.to_path_buf()),
             tables: vec!["scores".into(), "audiences".into()],
+            deny_labels: Default::default(),
         };
         tune(&mut options);
         let server = Server::bind(wh, options).await.unwrap();
@@ -197,7 +199,10 @@ fn outcome<T>(r: Result<T, tokio_postgres::Error>) -> String {
 
 /// One value of a one-row simple query.
 async fn value(client: &Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap();
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     rows.iter()
         .find_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
@@ -590,5 +595,175 @@ async fn client_startup_queries_are_answered() {
         "public.\"My Table\" = 'it''s'"
     );
     assert_eq!(value(&client, "SHOW timezone").await, "UTC");
+    server.stop().await;
+}
+
+/// Writes a night of `people` (id, email, run_id), the email labelled `email_labels` (empty:
+/// none), with the table's properties; returns the version committed.
+async fn people_night(
+    wh: &Warehouse,
+    dir: &Path,
+    run: &str,
+    email_labels: &str,
+    properties: &[(&str, &str)],
+) -> u64 {
+    use scoreland_runtime::labels::COLUMN_LABELS;
+    let local = dir.join(run);
+    std::fs::create_dir_all(&local).unwrap();
+    let mut email = Field::new("email", DataType::Utf8, true);
+    let mut meta = std::collections::HashMap::from([(
+        "xdm_path".to_string(),
+        "personalEmail.address".to_string(),
+    )]);
+    if !email_labels.is_empty() {
+        meta.insert(COLUMN_LABELS.to_string(), email_labels.to_string());
+    }
+    email.set_metadata(meta);
+    let id = Field::new("id", DataType::Utf8, true)
+        .with_metadata([("xdm_path".to_string(), "memberId".to_string())].into());
+    let schema = Arc::new(Schema::new(vec![
+        id,
+        email,
+        Field::new("run_id", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["m1", "m2", "m3"])),
+            Arc::new(StringArray::from(vec![
+                "a@example.com",
+                "b@example.com",
+                "c@example.com",
+            ])),
+            Arc::new(StringArray::from(vec![run; 3])),
+        ],
+    )
+    .unwrap();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(local.join("part-0.parquet")).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let commit = wh
+        .write_table(&TableWrite {
+            table: "people",
+            local_dir: &local,
+            dataset_id: "ds1",
+            run_id: run,
+            by_score_date: false,
+            date_column: "score_date",
+            replace_dataset: true,
+            append: false,
+            evolve_schema: true,
+            app_id: "people",
+            app_version: if run == "r1" { 1 } else { 2 },
+            metadata: serde_json::Map::new(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await
+        .unwrap();
+    wh.put_json(
+        "_published/people.json",
+        &scoreland_sink::Published {
+            run_id: run.into(),
+            versions: [("people".to_string(), commit.version)].into(),
+        },
+    )
+    .await
+    .unwrap();
+    commit.version
+}
+
+/// A column whose labels the table (or the server) denies reads as NULL however it is asked
+/// for: selected, filtered on, aggregated, grouped, compared, joined; no filter on it reaches
+/// the scan. When the labels change with a later night, the served table follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_with_denied_labels_read_as_null() {
+    use scoreland_runtime::labels::{DENY_LABELS, TABLE_LABELS};
+    let dir = tempfile::tempdir().unwrap();
+    let wh = warehouse(dir.path(), 10).await;
+    people_night(
+        &wh,
+        dir.path(),
+        "r1",
+        "C2,I1",
+        &[(DENY_LABELS, "C2"), (TABLE_LABELS, "C9")],
+    )
+    .await;
+    let server = Running::start(wh.clone(), &dir.path().join("spill"), |o| {
+        o.tables.push("people".into())
+    })
+    .await;
+    let client = server.connect().await.unwrap();
+    for (sql, want) in [
+        ("SELECT count(*) FROM people", "3"),
+        ("SELECT email FROM people LIMIT 1", "NULL"),
+        ("SELECT count(email) FROM people", "0"),
+        (
+            "SELECT coalesce(max(email), 'hidden') FROM people",
+            "hidden",
+        ),
+        (
+            "SELECT count(*) FROM people WHERE email = 'a@example.com'",
+            "0",
+        ),
+        ("SELECT count(*) FROM people WHERE email LIKE '%@%'", "0"),
+        ("SELECT count(*) FROM people WHERE email IS NULL", "3"),
+        (
+            "SELECT count(*) FROM (SELECT email FROM people GROUP BY email) g",
+            "1",
+        ),
+        (
+            "SELECT count(*) FROM people WHERE length(email) > 0 OR email > ''",
+            "0",
+        ),
+        (
+            "SELECT count(*) FROM people p JOIN people q ON p.email = q.email",
+            "0",
+        ),
+        (
+            "SELECT string_agg(id, ',' ORDER BY id) FROM people",
+            "m1,m2,m3",
+        ),
+        ("SELECT count(*) FROM people WHERE id = 'm1'", "1"),
+        ("SELECT count(id) FROM people", "3"),
+    ] {
+        assert_eq!(value(&client, sql).await, want, "{sql}");
+    }
+    server.stop().await;
+
+    // The server's own denial: C9 is the dataset's label, so every field of it is masked
+    // (id and email), not scoreland's own columns.
+    let server = Running::start(wh.clone(), &dir.path().join("spill"), |o| {
+        o.tables.push("people".into());
+        o.deny_labels = ["C9".to_string()].into();
+    })
+    .await;
+    let client = server.connect().await.unwrap();
+    assert_eq!(value(&client, "SELECT count(id) FROM people").await, "0");
+    assert_eq!(
+        value(&client, "SELECT count(run_id) FROM people").await,
+        "3"
+    );
+
+    // A later night labels the email C5 only, and the dataset nothing: once published, the
+    // email is served.
+    people_night(
+        &wh,
+        dir.path(),
+        "r2",
+        "",
+        &[(DENY_LABELS, "C2"), (TABLE_LABELS, "")],
+    )
+    .await;
+    tokio::time::sleep(crate::live::REFRESH + Duration::from_millis(200)).await;
+    assert_eq!(value(&client, "SELECT count(email) FROM people").await, "3");
+    assert_eq!(value(&client, "SELECT count(id) FROM people").await, "3");
     server.stop().await;
 }

@@ -456,6 +456,7 @@ fn write<'a>(
         app_id: "nightly",
         app_version: seq,
         metadata: serde_json::Map::from_iter([("run_id".to_string(), serde_json::json!(run))]),
+        properties: Default::default(),
     }
 }
 

@@ -28,6 +28,8 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use scoreland_runtime::labels::{COLUMN_LABELS, join_labels};
+
 use crate::attribution::AttributionSummary;
 use crate::error::TransformError;
 use crate::flatten::{field_of, leaves, path_array};
@@ -336,6 +338,12 @@ impl EventDataset {
             children,
             summary,
         })
+    }
+
+    /// The dataset's field labels as its columns' metadata (and its child tables').
+    pub fn with_labels(mut self, labels: &FieldLabels) -> Self {
+        self.schema = label_tables(&self.schema, &mut self.children, labels);
+        self
     }
 
     /// The columns a night lands as (scoreland's own last: `event_date`, `batch_id`, `run_id`).
@@ -727,6 +735,82 @@ fn flat_item_arrays(items: &StructArray, depth: usize, out: &mut Vec<ArrayRef>) 
             _ => out.push(column),
         }
     }
+}
+
+/// Data usage labels of single fields (AEP's `optionalLabels`), by dotted XDM path.
+pub type FieldLabels = BTreeMap<String, BTreeSet<String>>;
+
+/// The labels a column at XDM path `path` carries: those of its field, of the objects it is in,
+/// and of the fields inside it (a column kept as a struct holds them).
+pub fn column_labels(path: &str, labels: &FieldLabels) -> BTreeSet<String> {
+    let within = |outer: &str, inner: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner[outer.len()..].starts_with('.')
+    };
+    labels
+        .iter()
+        .filter(|(p, _)| *p == path || within(p, path) || within(path, p))
+        .flat_map(|(_, l)| l.iter().cloned())
+        .collect()
+}
+
+/// `schema` with each column's labels in its metadata ([`COLUMN_LABELS`]): `of(field)` gives the
+/// XDM path whose labels a column carries (none: scoreland's own columns).
+fn with_labels(
+    schema: &SchemaRef,
+    labels: &FieldLabels,
+    of: impl Fn(&Field) -> Option<String>,
+) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut meta = f.metadata().clone();
+            meta.remove(COLUMN_LABELS);
+            if let Some(path) = of(f) {
+                meta.entry("xdm_path".to_string())
+                    .or_insert_with(|| path.clone());
+                let l = column_labels(&path, labels);
+                if !l.is_empty() {
+                    meta.insert(COLUMN_LABELS.to_string(), join_labels(&l));
+                }
+            }
+            f.as_ref().clone().with_metadata(meta)
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// A table's and its child tables' schemas with the labels of their columns (and the XDM path
+/// each holds): a child's item columns carry the labels of the list column they come from, the
+/// columns it copies from its row (`_id`, a record's identity) those of the row's column.
+pub(crate) fn label_tables(
+    schema: &SchemaRef,
+    children: &mut [Child],
+    labels: &FieldLabels,
+) -> SchemaRef {
+    let xdm_path = |name: &str| {
+        schema
+            .field_with_name(name)
+            .ok()
+            .and_then(|f| f.metadata().get("xdm_path").cloned())
+    };
+    for child in children.iter_mut() {
+        let list = xdm_path(&child.column);
+        let parents = child.parents.clone();
+        child.schema = with_labels(&child.schema, labels, |f| {
+            let name = f.name().as_str();
+            if parents.iter().any(|p| p == name) {
+                xdm_path(name)
+            } else if ["position", "batch_id", "run_id"].contains(&name) {
+                None
+            } else {
+                list.clone()
+            }
+        });
+    }
+    with_labels(schema, labels, |f| f.metadata().get("xdm_path").cloned())
 }
 
 /// The table columns of `columns`, nullable, each with its XDM path and its title and

@@ -39,13 +39,13 @@ pub use checks::{
 pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
 pub use dataset::{
     DatasetLanding, DatasetSummary, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats,
-    Explode, NamedExplode, is_event_schema,
+    Explode, FieldLabels, NamedExplode, column_labels, is_event_schema,
 };
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use records::{RecordDataset, RecordStats};
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};
-pub use scoreland_runtime::{MemoryLimit, default_memory_limit};
+pub use scoreland_runtime::{MemoryLimit, default_memory_limit, labels};
 pub use xdm::{XdmColumn, columns as xdm_columns};
 
 /// Re-exported so callers can name record batches without their own arrow dependency.

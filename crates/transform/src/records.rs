@@ -123,6 +123,12 @@ impl RecordDataset {
         })
     }
 
+    /// The dataset's field labels as its columns' metadata (and its child tables').
+    pub fn with_labels(mut self, labels: &crate::dataset::FieldLabels) -> Self {
+        self.schema = crate::dataset::label_tables(&self.schema, &mut self.children, labels);
+        self
+    }
+
     /// The columns the table lands as.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

@@ -193,12 +193,19 @@ pub(super) async fn checked_schema(
         .await
         .map_err(PipelineError::Ingest)?;
     let invalid = |e: String| cx.invalid(format!("[transform.dataset]: dataset {dataset}: {e}"));
+    // Its data usage labels land with it: labels that cannot be read stop the run rather
+    // than land the dataset as unlabelled.
+    let labels = client
+        .dataset_labels(dataset)
+        .await
+        .map_err(PipelineError::Ingest)?;
     if scoreland_transform::is_event_schema(&schema) {
         scoreland_transform::EventDataset::new(&schema, landing)
             .map_err(|e| invalid(e.to_string()))?;
         return Ok(DatasetSchema {
             schema,
             identity: None,
+            labels,
         });
     }
     let id = schema
@@ -225,13 +232,16 @@ pub(super) async fn checked_schema(
     Ok(DatasetSchema {
         schema,
         identity: Some(identity),
+        labels,
     })
 }
 
-/// A dataset's schema, and the primary identity of a record dataset (dotted path).
+/// A dataset's schema, the primary identity of a record dataset (dotted path), and the
+/// dataset's data usage labels.
 pub(crate) struct DatasetSchema {
     pub schema: serde_json::Value,
     pub identity: Option<String>,
+    pub labels: scoreland_ingest::DataLabels,
 }
 
 /// Downloads `batches` of `dataset` into staging (verified, resumable), counting into the

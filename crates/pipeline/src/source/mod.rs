@@ -19,6 +19,7 @@ use scoreland_ingest::PlatformSettings;
 use scoreland_transform::{ProfileTables, StagedBatch};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use catalog::DatasetSchema;
 pub use catalog::SourceCommon;
 pub use export::{
     ExportPlan, ExportRecord, ExportSource, FlowSection, FolderRecord, FolderSelection, PlanCheck,

@@ -22,6 +22,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
             get(get_descriptors),
         )
         .route(
+            "/data/foundation/dataset/datasets/{id}/labels",
+            get(get_labels),
+        )
+        .route(
             "/data/foundation/export/batches/{id}/files",
             get(batch_files),
         )

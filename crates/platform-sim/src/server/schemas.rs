@@ -189,6 +189,61 @@ pub(super) async fn get_descriptors(
     axum::Json(Value::Object(grouped)).into_response()
 }
 
+/// Dataset Service's `GET /data/foundation/dataset/datasets/{id}/labels`: the dataset's data
+/// usage labels from its `labels.json` (`{"labels": [...], "fields": {"a.b": [...]}}`), in
+/// AEP's form (field labels as `optionalLabels` with a `schemaPath`); 404 without one.
+pub(super) async fn get_labels(
+    State(st): State<Arc<AppState>>,
+    Extension(SandboxName(sandbox)): Extension<SandboxName>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let datasets = &st.platform.sandboxes[&sandbox].datasets;
+    let not_found = |what: &str| problem(StatusCode::NOT_FOUND, "DSS-1404-404", "Not Found", what);
+    let Some(dataset) = datasets.get(&id) else {
+        return not_found(&format!("dataset '{id}' not found"));
+    };
+    let path = st.platform.dir.join(&sandbox).join(&id).join("labels.json");
+    let Some(labels) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return not_found(&format!("no labels on dataset '{id}'"));
+    };
+    let schema_id = dataset
+        .object
+        .get("schemaRef")
+        .and_then(|r| r.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let optional: Vec<Value> = labels["fields"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(field, l)| {
+            let schema_path: String = field
+                .split('.')
+                .map(|n| format!("/properties/{n}"))
+                .collect();
+            json!({
+                "option": {
+                    "id": schema_id,
+                    "contentType": "application/vnd.adobe.xed-full+json;version=1",
+                    "schemaPath": schema_path,
+                },
+                "labels": l,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        format!("AEP:dataset:{id}"): {
+            "imsOrg": st.platform.info.org_id,
+            "labels": labels.get("labels").cloned().unwrap_or_else(|| json!([])),
+            "optionalLabels": optional,
+        }
+    }))
+    .into_response()
+}
+
 /// The `properties` of the schema whose rows have these columns, in XDM's JSON form.
 pub fn xdm_properties(fields: &arrow::datatypes::Fields) -> Value {
     Value::Object(

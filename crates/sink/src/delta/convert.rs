@@ -133,6 +133,7 @@ impl Warehouse {
                         serde_json::json!(latest.seq),
                     ),
                 ]),
+                properties: Default::default(),
             })
             .await?;
         Ok(commit)

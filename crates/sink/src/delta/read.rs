@@ -150,7 +150,47 @@ impl Warehouse {
     }
 }
 
+/// The data usage labels a table carries at its newest version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableLabels {
+    /// The dataset's own labels (every field of it carries them).
+    pub dataset: Vec<String>,
+    /// Labels whose columns `serve` masks (the pipeline's `[serve] deny_labels`).
+    pub denied: Vec<String>,
+    /// Columns with labels of their own: (column, labels).
+    pub columns: Vec<(String, Vec<String>)>,
+}
+
 impl Warehouse {
+    /// The labels of `table` (none when it does not exist).
+    pub async fn table_labels(&self, table: &str) -> Result<TableLabels, SinkError> {
+        use scoreland_runtime::labels::{COLUMN_LABELS, DENY_LABELS, TABLE_LABELS, parse_labels};
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(TableLabels::default());
+        };
+        let snapshot = t.snapshot().map_err(delta_err(table, "read"))?;
+        let config = snapshot.metadata().configuration();
+        let listed = |key: &str| {
+            parse_labels(config.get(key).map_or("", String::as_str))
+                .into_iter()
+                .collect()
+        };
+        let columns = snapshot
+            .schema()
+            .fields()
+            .filter_map(|f| {
+                let own = f.metadata().get(COLUMN_LABELS)?.to_string();
+                let own = own.trim_matches('"');
+                Some((f.name().clone(), parse_labels(own).into_iter().collect()))
+            })
+            .collect();
+        Ok(TableLabels {
+            dataset: listed(TABLE_LABELS),
+            denied: listed(DENY_LABELS),
+            columns,
+        })
+    }
+
     /// Copies the newest version's data files of `dataset_id` in `table` into `dir` (for a
     /// merge: the rows already landed), or only those of some partitions (`only`: a column and
     /// its values). An absent table has none.

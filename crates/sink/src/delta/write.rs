@@ -1,6 +1,8 @@
 //! Landing a table's files in one Delta commit: partition replace or append, the run's
 //! transaction identifier, the schema check, a rerun after a crash not committed twice.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// One table's part of a run: the files the transform wrote, and how they land.
@@ -34,6 +36,9 @@ pub struct TableWrite<'a> {
     pub app_version: i64,
     /// Commit info: run id, batches, rows.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Table properties (Delta `configuration`) this run sets; an empty value removes one.
+    /// Changed in the same commit as the rows.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// What one table's commit did.
@@ -204,20 +209,53 @@ impl Warehouse {
                         }
                     }
                     let mut actions = adds.clone();
-                    if !added.is_empty() {
+                    let config = snapshot.metadata().configuration();
+                    let properties: Vec<(&String, &String)> = w
+                        .properties
+                        .iter()
+                        .filter(|(k, v)| config.get(*k).map_or(!v.is_empty(), |c| c != *v))
+                        .collect();
+                    if !added.is_empty() || !properties.is_empty() {
                         tracing::info!(
                             table,
                             columns = ?added.iter().map(|c| c.name()).collect::<Vec<_>>(),
-                            "the table gains the files' new columns"
+                            properties = ?properties,
+                            "the table's columns or properties change with this night"
+                        );
+                        // A column the table has is replaced in place (its labels changed);
+                        // a new one is added at the end.
+                        let mut fields: Vec<StructField> = snapshot
+                            .schema()
+                            .fields()
+                            .map(|t| {
+                                added
+                                    .iter()
+                                    .find(|a| a.name() == t.name())
+                                    .unwrap_or(t)
+                                    .clone()
+                            })
+                            .collect();
+                        fields.extend(
+                            added
+                                .iter()
+                                .filter(|a| snapshot.schema().field(a.name()).is_none())
+                                .cloned(),
                         );
                         let merged =
-                            StructType::try_new(snapshot.schema().fields().cloned().chain(added))
-                                .map_err(|e| schema_err(e.to_string()))?;
-                        let metadata = snapshot
+                            StructType::try_new(fields).map_err(|e| schema_err(e.to_string()))?;
+                        let mut metadata = snapshot
                             .metadata()
                             .clone()
                             .with_schema(&merged)
                             .map_err(|e| schema_err(e.to_string()))?;
+                        for (k, v) in properties {
+                            metadata = if v.is_empty() {
+                                metadata.remove_config_key(k)
+                            } else {
+                                metadata.add_config_key(k.to_string(), v.to_string())
+                            }
+                            .map_err(|e| schema_err(e.to_string()))?;
+                        }
                         actions.push(Action::Metadata(metadata));
                     }
                     if replaces {
@@ -273,6 +311,14 @@ impl Warehouse {
                         .with_configuration_property(
                             TableProperty::CheckpointInterval,
                             Some(CHECKPOINT_INTERVAL),
+                        )
+                        // scoreland's own properties are not Delta's.
+                        .with_raise_if_key_not_exists(false)
+                        .with_configuration(
+                            w.properties
+                                .iter()
+                                .filter(|(_, v)| !v.is_empty())
+                                .map(|(k, v)| (k.clone(), Some(v.clone()))),
                         )
                         .with_actions(adds.clone())
                         .with_commit_properties(commit())
@@ -391,6 +437,8 @@ pub(super) fn table_columns(file: &ArrowSchema) -> Result<Vec<StructField>, Stri
 /// must be nullable, and every column they share has one type. A column the table lacks is
 /// refused unless `evolve` (then it is returned, nullable, for the table to gain): otherwise
 /// the table's schema does not change under a nightly job.
+/// The columns `file` adds to `table` (with `evolve`), or whose labels it changes; a type
+/// change, or a new column without `evolve`, is refused with what differs.
 pub(super) fn check_schema(
     table: &StructType,
     file: &ArrowSchema,
@@ -420,6 +468,22 @@ pub(super) fn check_schema(
                     t.data_type(),
                     c.data_type()
                 ));
+            }
+            // The column's data usage labels changed: the table's column takes the files'.
+            Some(t)
+                if evolve
+                    && t.metadata().get(scoreland_runtime::labels::COLUMN_LABELS)
+                        != c.metadata().get(scoreland_runtime::labels::COLUMN_LABELS) =>
+            {
+                let mut metadata = t.metadata().clone();
+                match c.metadata().get(scoreland_runtime::labels::COLUMN_LABELS) {
+                    Some(l) => metadata.insert(
+                        scoreland_runtime::labels::COLUMN_LABELS.to_string(),
+                        l.clone(),
+                    ),
+                    None => metadata.remove(scoreland_runtime::labels::COLUMN_LABELS),
+                };
+                new.push(t.clone().with_metadata(metadata));
             }
             Some(_) => {}
         }
