@@ -3781,3 +3781,104 @@ mod datasets {
         assert!(!demo.tmp.path().join("wh/web_events").exists());
     }
 }
+
+/// `scoreland forget`: an identity deleted from every table in one commit per table, with who
+/// and why and never the identity itself; a later night does not land it again; hostile
+/// identities delete nothing else.
+#[test]
+fn a_forgotten_identity_is_deleted_and_never_lands_again() {
+    let demo = Demo::new();
+    let o = demo.run(&[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let all = demo.count("SELECT count(*) FROM scores");
+    let o = demo.sql(
+        "SELECT identity FROM scores ORDER BY identity LIMIT 1",
+        "csv",
+    );
+    let id = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let held = demo.count(&format!(
+        "SELECT count(*) FROM scores WHERE identity = '{id}'"
+    ));
+    assert!(held > 0);
+    let wh = demo.wh();
+    let forget = |args: &[&str]| {
+        let mut all = vec!["forget", "--warehouse", wh.as_str()];
+        all.extend_from_slice(args);
+        scoreland(&all, &[])
+    };
+    // Hostile and careless requests: refused, or deleting nothing but what they name.
+    let o = forget(&["--identity", &id]);
+    assert_eq!(o.status.code(), Some(2), "no reason: {}", text(&o));
+    let o = forget(&["--reason", "x"]);
+    assert_eq!(o.status.code(), Some(2), "no identity: {}", text(&o));
+    let o = forget(&[
+        "--identity",
+        "x' OR '1'='1",
+        "--reason",
+        "probe",
+        "--by",
+        "t",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(demo.count("SELECT count(*) FROM scores"), all);
+
+    let o = forget(&[
+        "--identity",
+        &id,
+        "--reason",
+        "privacy job 42",
+        "--by",
+        "dpo",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("scores: {held} rows deleted")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        demo.count(&format!(
+            "SELECT count(*) FROM scores WHERE identity = '{id}'"
+        )),
+        0
+    );
+    assert_eq!(demo.count("SELECT count(*) FROM scores"), all - held);
+    let o = scoreland(&["history", "scores", "--warehouse", &wh], &[]);
+    assert!(
+        text(&o).contains("forget by dpo: privacy job 42"),
+        "{}",
+        text(&o)
+    );
+    // The identity is written nowhere new: not in the commit, not in the list kept.
+    let log = std::fs::read_dir(demo.tmp.path().join("wh/scores/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()
+        .unwrap();
+    assert!(!std::fs::read_to_string(log).unwrap().contains(&id));
+    let kept = std::fs::read_to_string(demo.tmp.path().join("wh/_state/forgotten.json")).unwrap();
+    assert!(!kept.contains(&id) && kept.contains("privacy job 42"));
+
+    // The same night again: its batch holds the identity, which does not land again.
+    let o = demo.run(&["--force", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = record(&o);
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("rows of forgotten identities"),
+        "{r}"
+    );
+    assert_eq!(
+        demo.count(&format!(
+            "SELECT count(*) FROM scores WHERE identity = '{id}'"
+        )),
+        0
+    );
+    assert_eq!(demo.count("SELECT count(*) FROM scores"), all - held);
+}

@@ -8,6 +8,7 @@
 
 mod args;
 mod export;
+mod forget;
 mod metrics;
 mod platform;
 mod progress;
@@ -104,6 +105,9 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Delete files that no table version within the retention needs.
     Vacuum(sql::VacuumArgs),
+    /// Delete identities from every table (privacy requests), recorded with who and why;
+    /// later runs keep them out.
+    Forget(forget::ForgetArgs),
     /// Compact the tables' files; order `scores` by identity within each partition.
     Optimize(sql::OptimizeArgs),
     /// A table's versions: when, which run, which batches, how many rows.
@@ -217,6 +221,7 @@ fn main() -> ExitCode {
             Command::Transform(a) => transform::transform(a).await,
             Command::Sql(a) => sql::sql(a).await,
             Command::Vacuum(a) => sql::vacuum(a).await,
+            Command::Forget(a) => forget::forget(a).await,
             Command::History(a) => sql::history(a).await,
             Command::Optimize(a) => sql::optimize(a).await,
             Command::Convert(a) => sql::convert(a).await,

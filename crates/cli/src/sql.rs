@@ -318,7 +318,11 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
             v.version.map(|n| n.to_string()).unwrap_or_default(),
             time,
             v.operation.clone().unwrap_or_default(),
-            field("run_id"),
+            if field("scoreland") == "forget" {
+                format!("forget by {}: {}", field("by"), field("reason"))
+            } else {
+                field("run_id")
+            },
             field("rows"),
             field("batches")
         );

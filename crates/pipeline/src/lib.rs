@@ -9,6 +9,7 @@
 mod config;
 mod context;
 mod error;
+pub mod forget;
 mod interpolate;
 mod lineage;
 mod publish;

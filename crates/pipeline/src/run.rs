@@ -197,9 +197,9 @@ async fn prepare(
     let Some(ingested) = file.source.prepare(cx, record).await? else {
         return Ok(None);
     };
-    crate::transform::transform(file, cx, record, ingested)
-        .await
-        .map(Some)
+    let prepared = crate::transform::transform(file, cx, record, ingested).await?;
+    crate::forget::keep_out(cx.warehouse, &prepared, record).await?;
+    Ok(Some(prepared))
 }
 
 /// `Err` names a `--skip-checks` name that is not a check of `file` (a check, or one result

@@ -22,8 +22,8 @@ mod pause;
 mod store;
 
 pub use delta::{
-    AsOf, CHECKPOINT_INTERVAL, OptimizeReport, Published, QueryOutput, TableCommit, TableLabels,
-    TableVersion, TableWrite,
+    AsOf, CHECKPOINT_INTERVAL, FORGET_POINTER, ForgetReport, OptimizeReport, Published,
+    QueryOutput, TableCommit, TableLabels, TableVersion, TableWrite,
 };
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};

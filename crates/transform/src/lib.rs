@@ -20,6 +20,7 @@ mod dedupe;
 mod drift;
 mod error;
 mod flatten;
+mod forget;
 mod json;
 mod records;
 mod run;
@@ -43,6 +44,7 @@ pub use dataset::{
 };
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
+pub use forget::{drop_identities, identity_digest};
 pub use records::{RecordDataset, RecordStats};
 pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transformer, table_facts};
 pub use scoreland_runtime::{MemoryLimit, default_memory_limit, labels};

@@ -125,3 +125,106 @@ impl Warehouse {
         }))
     }
 }
+
+/// What forgetting identities did to one table.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ForgetReport {
+    pub table: String,
+    /// The columns searched for the identities.
+    pub columns: Vec<String>,
+    pub rows_deleted: u64,
+    /// The version that no longer holds them (none when the table held none).
+    pub version: Option<u64>,
+}
+
+/// The readers' pointer of the versions `forget` committed: like a pipeline's, so every reader
+/// sees the version without the forgotten rows (a name no pipeline can have).
+pub const FORGET_POINTER: &str = "_published/.forget.json";
+
+impl Warehouse {
+    /// Deletes from `table` the rows whose `columns` hold an identity whose SHA-256 digest (hex)
+    /// is one of `digests` (and, with `namespace` = (column, value), only those of that
+    /// namespace) in one Delta commit carrying `metadata` (who and why); then publishes that
+    /// version to readers. The identities themselves are never written: the commit's
+    /// predicate names their digests. Refused when the table
+    /// has commits newer than the version readers see (a run that stopped mid-publish): the
+    /// delete would publish them too. Hold [`crate::PUBLISH_LOCK`] around it.
+    pub async fn forget_rows(
+        &self,
+        table: &str,
+        columns: &[String],
+        digests: &[String],
+        namespace: Option<(&str, &str)>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ForgetReport, SinkError> {
+        let mut report = ForgetReport {
+            table: table.to_string(),
+            columns: columns.to_vec(),
+            rows_deleted: 0,
+            version: None,
+        };
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(report);
+        };
+        if columns.is_empty() || digests.is_empty() {
+            return Ok(report);
+        }
+        let newest = t.version().unwrap_or(0);
+        if let Some(published) = self.published_versions().await?.get(table)
+            && *published != newest
+        {
+            return Err(SinkError::Schema {
+                table: table.to_string(),
+                message: format!(
+                    "it has commits (version {newest}) newer than the version readers see \
+                     ({published}): a run stopped while publishing; run its pipeline again \
+                     (it completes the publish), then forget"
+                ),
+            });
+        }
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let list = digests
+            .iter()
+            .map(|d| quote(d))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let any = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "encode(sha256(CAST(\"{}\" AS VARCHAR)), 'hex') IN ({list})",
+                    c.replace('"', "\"\"")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let predicate = match namespace {
+            Some((column, ns)) => format!(
+                "({any}) AND \"{}\" = {}",
+                column.replace('"', "\"\""),
+                quote(ns)
+            ),
+            None => any,
+        };
+        let (t, metrics) = t
+            .delete()
+            .with_predicate(predicate)
+            .with_commit_properties(CommitProperties::default().with_metadata(metadata))
+            .await
+            .map_err(delta_err(table, "delete"))?;
+        report.rows_deleted = metrics.num_deleted_rows.unwrap_or(0) as u64;
+        let version = t.version().unwrap_or(0);
+        if version == newest {
+            return Ok(report);
+        }
+        report.version = Some(version);
+        let mut pointer: Published = self.get_json(FORGET_POINTER).await?.unwrap_or(Published {
+            run_id: String::new(),
+            versions: Default::default(),
+        });
+        pointer.run_id = "forget".to_string();
+        pointer.versions.insert(table.to_string(), version);
+        self.put_json(FORGET_POINTER, &pointer).await?;
+        Ok(report)
+    }
+}

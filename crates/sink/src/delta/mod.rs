@@ -43,7 +43,7 @@ mod maintain;
 mod read;
 mod write;
 
-pub use maintain::OptimizeReport;
+pub use maintain::{FORGET_POINTER, ForgetReport, OptimizeReport};
 pub use read::{QueryOutput, TableLabels, TableVersion};
 pub use write::{TableCommit, TableWrite};
 #[allow(unused_imports)]

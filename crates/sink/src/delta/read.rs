@@ -16,7 +16,8 @@ pub struct TableVersion {
     pub version: Option<u64>,
     pub timestamp: Option<i64>,
     pub operation: Option<String>,
-    /// The commit info a run added: run id, batches, rows.
+    /// The commit info a run added (run id, batches, rows), or `forget`'s (`scoreland`:
+    /// "forget", by, reason).
     pub run: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -131,7 +132,12 @@ impl Warehouse {
             let run = info
                 .info
                 .iter()
-                .filter(|(k, _)| matches!(k.as_str(), "run_id" | "batches" | "rows" | "pipeline"))
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "run_id" | "batches" | "rows" | "pipeline" | "scoreland" | "by" | "reason"
+                    )
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             out.push(TableVersion {
@@ -162,6 +168,21 @@ pub struct TableLabels {
 }
 
 impl Warehouse {
+    /// The column names of `table` at its newest version; `None` when it does not exist.
+    pub async fn table_columns(&self, table: &str) -> Result<Option<Vec<String>>, SinkError> {
+        let Some(t) = self.delta_table(table, None).await? else {
+            return Ok(None);
+        };
+        let snapshot = t.snapshot().map_err(delta_err(table, "read"))?;
+        Ok(Some(
+            snapshot
+                .schema()
+                .fields()
+                .map(|f| f.name().clone())
+                .collect(),
+        ))
+    }
+
     /// The labels of `table` (none when it does not exist).
     pub async fn table_labels(&self, table: &str) -> Result<TableLabels, SinkError> {
         use scoreland_runtime::labels::{COLUMN_LABELS, DENY_LABELS, TABLE_LABELS, parse_labels};
