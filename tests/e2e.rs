@@ -2090,6 +2090,48 @@ url = "{t}/wh"
         );
     }
 
+    /// The Data Landing Zone on AWS: a bucket on moto reached with session credentials from
+    /// the platform's credentials call (`dlzPath`, `expiryTime`); credentials that expire
+    /// within five minutes are renewed before they sign anything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_aws_data_landing_zone_lands_with_renewed_session_credentials() {
+        let Some(s3) = service("SCORELAND_TEST_S3_ENDPOINT") else {
+            return;
+        };
+        for (lifetime, renews) in [(3600, false), (120, true)] {
+            let prefix = unique("dlz-aws");
+            let x = setup_with(
+                SimConfig {
+                    export_dlz_aws: Some(scoreland_platform_sim::DlzAws {
+                        endpoint: s3.clone(),
+                        bucket: "scoreland-test".into(),
+                        folder: "dlz-destination".into(),
+                        lifetime: std::time::Duration::from_secs(lifetime),
+                    }),
+                    ..SimConfig::default()
+                },
+                &format!("destination = \"dlz\"\npath = \"{prefix}\""),
+                Some(&format!("dlz:{prefix}")),
+                "",
+                400,
+            )
+            .await;
+            x.sim.set_export_hold_back(2);
+            assert!(x.cli(&["export", "create"]).status.success());
+            let exported = x.cli(&["export", "run"]);
+            assert!(exported.status.success(), "{}", text(&exported));
+            assert!(
+                !x.tmp.path().join("exports/dlz").exists(),
+                "written to moto"
+            );
+            let landed = x.run();
+            assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
+            assert_eq!(x.landed(), x.truth(&[&[1]]), "lifetime {lifetime}");
+            let issued = x.sim.dlz_credentials_issued();
+            assert_eq!(issued > 1, renews, "lifetime {lifetime}: {issued} issued");
+        }
+    }
+
     /// GCS through fake-gcs-server, which serves object_store's reads but refuses its writes:
     /// the simulator's folder is copied in through the emulator's JSON API, then landed from
     /// `gs://`.

@@ -552,6 +552,108 @@ impl std::fmt::Debug for DlzCredentials {
     }
 }
 
+/// The Data Landing Zone's credentials: a SAS for its Azure container, or (a landing zone on
+/// AWS) temporary S3 credentials for its bucket and folder.
+#[derive(Clone, Debug)]
+pub enum Dlz {
+    Azure(DlzCredentials),
+    Aws(AwsDlzCredentials),
+}
+
+/// A landing zone on AWS: session credentials for `bucket`/`folder`, good until `expiry`.
+#[derive(Clone)]
+pub struct AwsDlzCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    pub bucket: String,
+    pub folder: String,
+    pub expiry: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where the bucket is served when it is not AWS's own S3: the local simulator's, and
+    /// accepted only from a platform on this machine.
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for AwsDlzCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsDlzCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("bucket", &self.bucket)
+            .field("folder", &self.folder)
+            .field("expiry", &self.expiry)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials answer: AWS-style when it names a `dlzPath` (`credentials{awsAccessKeyId,
+/// awsSecretAccessKey, awsSessionToken}` or the same keys at the top, `dlzPath{bucketName,
+/// dlzFolder}`, `expiryTime` in epoch seconds or RFC 3339), else Azure's SAS.
+pub(crate) fn dlz_of(v: Value, platform: &Url) -> Result<Dlz, String> {
+    let Some(path) = v.get("dlzPath") else {
+        let azure: DlzCredentials = serde_json::from_value(v)
+            .map_err(|e| format!("the Data Landing Zone's credentials do not read: {e}"))?;
+        azure.check_scheme(platform)?;
+        return Ok(Dlz::Azure(azure));
+    };
+    let keys = v.get("credentials").unwrap_or(&v);
+    let text = |from: &Value, k: &str| -> Result<String, String> {
+        from.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("the Data Landing Zone's AWS credentials have no {k}"))
+    };
+    let expiry = match v.get("expiryTime") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+        Some(Value::String(t)) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        Some(_) => None,
+    };
+    if v.get("expiryTime").is_some_and(|e| !e.is_null()) && expiry.is_none() {
+        return Err("the Data Landing Zone's expiryTime is not a time".into());
+    }
+    let endpoint = v
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if endpoint.is_some() && !crate::client::is_loopback(platform) {
+        return Err(
+            "the Data Landing Zone's credentials name an endpoint of their own; only the local \
+             simulator's are accepted"
+                .into(),
+        );
+    }
+    let bucket = text(path, "bucketName")?;
+    let plain = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+            && !s.split('/').any(|p| p == "..")
+    };
+    let folder = path
+        .get("dlzFolder")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if !plain(&bucket) || bucket.contains('/') || !plain(&folder) {
+        return Err("the Data Landing Zone's dlzPath is not a plain bucket and folder".into());
+    }
+    Ok(Dlz::Aws(AwsDlzCredentials {
+        access_key_id: text(keys, "awsAccessKeyId")?,
+        secret_access_key: Secret::new(text(keys, "awsSecretAccessKey")?),
+        session_token: Secret::new(text(keys, "awsSessionToken")?),
+        bucket,
+        folder,
+        expiry,
+        endpoint,
+    }))
+}
+
 /// How long and how often an ad-hoc run waits for a new flow to become ready.
 #[derive(Debug, Clone, Copy)]
 pub struct NotReadyRetry {
@@ -1019,8 +1121,9 @@ impl AepClient {
         Ok(FlowRun::from_json(&self.get_entity("runs", run_id).await?))
     }
 
-    /// The SAS of the Data Landing Zone's destination container; `refresh` asks for a new one.
-    pub async fn dlz_credentials(&self, refresh: bool) -> Result<DlzCredentials, IngestError> {
+    /// The credentials of the Data Landing Zone's destination (a SAS for its container, or
+    /// AWS session credentials for its bucket); `refresh` asks for new ones.
+    pub async fn dlz_credentials(&self, refresh: bool) -> Result<Dlz, IngestError> {
         let mut url = self.url("/data/foundation/connectors/landingzone/credentials")?;
         url.query_pairs_mut().append_pair("type", "dlz_destination");
         let creds = if refresh {
@@ -1032,14 +1135,11 @@ impl AepClient {
         } else {
             self.get_json(&url).await
         };
-        let creds: DlzCredentials = creds?;
-        creds
-            .check_scheme(&self.config().platform_url)
-            .map_err(|what| IngestError::Unexpected {
-                url: url.to_string(),
-                what,
-            })?;
-        Ok(creds)
+        let creds: Value = creds?;
+        dlz_of(creds, &self.config().platform_url).map_err(|what| IngestError::Unexpected {
+            url: url.to_string(),
+            what,
+        })
     }
 }
 
@@ -1103,6 +1203,72 @@ mod tests {
         ] {
             assert!(creds(local).check_scheme(&sim).is_ok(), "{local}");
         }
+    }
+
+    /// A landing zone on AWS: session credentials, read nested or flat; what cannot be used
+    /// safely is refused, and the secrets never print.
+    #[test]
+    fn aws_landing_zone_credentials_are_read_and_checked() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let (aep, sim) = (
+            url("https://platform.adobe.io/"),
+            url("http://127.0.0.1:4010/"),
+        );
+        let answer = json!({
+            "credentials": {"awsAccessKeyId": "ASIAKEY", "awsSecretAccessKey": "s3cr3t",
+                            "awsSessionToken": "t0ken"},
+            "dlzPath": {"bucketName": "dlz-bucket", "dlzFolder": "dlz-destination/"},
+            "dlzProvider": "Amazon S3",
+            "expiryTime": 1796500000,
+        });
+        let Ok(Dlz::Aws(c)) = dlz_of(answer.clone(), &aep) else {
+            panic!("not AWS")
+        };
+        assert_eq!(
+            (c.bucket.as_str(), c.folder.as_str()),
+            ("dlz-bucket", "dlz-destination")
+        );
+        assert_eq!(c.expiry.map(|e| e.timestamp()), Some(1796500000));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+        let mut flat = answer.clone();
+        flat["awsAccessKeyId"] = json!("ASIAKEY");
+        flat["awsSecretAccessKey"] = json!("s");
+        flat["awsSessionToken"] = json!("t");
+        flat.as_object_mut().unwrap().remove("credentials");
+        flat["expiryTime"] = json!("2026-12-06T00:00:00Z");
+        assert!(matches!(dlz_of(flat, &aep), Ok(Dlz::Aws(_))));
+        for (change, said) in [
+            (
+                json!({"endpoint": "http://evil.example/"}),
+                "endpoint of their own",
+            ),
+            (json!({"dlzPath": {"bucketName": "b/../c"}}), "plain bucket"),
+            (
+                json!({"dlzPath": {"bucketName": "b", "dlzFolder": "../x"}}),
+                "plain bucket",
+            ),
+            (json!({"dlzPath": {"dlzFolder": "x"}}), "no bucketName"),
+            (
+                json!({"credentials": {"awsAccessKeyId": "k"}}),
+                "no awsSecretAccessKey",
+            ),
+            (json!({"expiryTime": "soon"}), "not a time"),
+        ] {
+            let mut a = answer.clone();
+            for (k, v) in change.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            let e = dlz_of(a, &aep).unwrap_err();
+            assert!(e.contains(said), "{change}: {e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        let mut local = answer;
+        local["endpoint"] = json!("http://127.0.0.1:5000");
+        assert!(matches!(dlz_of(local, &sim), Ok(Dlz::Aws(c)) if c.endpoint.is_some()));
     }
 
     #[test]

@@ -38,9 +38,9 @@ pub use exports::{
     StagedExport, list_export_folders, stage_export_folder,
 };
 pub use flows::{
-    Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination, DestinationAuth,
-    DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget, ExportableDataset, FileType, Flow,
-    FlowRun, NotReadyRetry, Schedule, TimeUnit,
+    AwsDlzCredentials, Compression, DATA_LAKE_SPEC, DEFAULT_FLOW_LIFETIME, Destination,
+    DestinationAuth, Dlz, DlzCredentials, ExportFlowSpec, ExportMode, ExportTarget,
+    ExportableDataset, FileType, Flow, FlowRun, NotReadyRetry, Schedule, TimeUnit,
 };
 pub use labels::DataLabels;
 pub use listing::RemotePart;

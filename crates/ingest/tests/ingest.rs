@@ -1583,9 +1583,13 @@ mod flows {
             other => panic!("{other}"),
         }
         // The Data Landing Zone's SAS is never printed.
-        let creds = c.dlz_credentials(false).await.unwrap();
+        let scoreland_ingest::Dlz::Azure(creds) = c.dlz_credentials(false).await.unwrap() else {
+            panic!("the simulator's landing zone is Azure's by default")
+        };
         assert!(!format!("{creds:?}").contains("sig="));
-        let refreshed = c.dlz_credentials(true).await.unwrap();
+        let scoreland_ingest::Dlz::Azure(refreshed) = c.dlz_credentials(true).await.unwrap() else {
+            panic!("Azure's")
+        };
         assert_ne!(creds.sas_token.expose(), refreshed.sas_token.expose());
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use data::{Batch, DataSetFile, Dataset, Part, Platform, PlatformInfo, Sandbox};
 pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
-pub use flows::{DlzServer, ExportFault};
+pub use flows::{DlzAws, DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
 pub use profile_export::{ProfileExportFault, write_export_part, write_profile_export};
 pub use server::{SimConfig, SimHandle, start, xdm_properties};

@@ -1,5 +1,5 @@
-//! The Data Landing Zone: its credentials (a SAS for a real Azure Blob server, or a
-//! `file://` directory).
+//! The Data Landing Zone: its credentials (a SAS for a real Azure Blob server, session
+//! credentials for a bucket on a real S3 server, or a `file://` directory).
 
 use super::*;
 
@@ -31,8 +31,30 @@ pub(crate) async fn dlz_credentials(
     } else {
         chrono::Utc::now() + chrono::Duration::days(7)
     };
-    let body = match &st.config.export_dlz {
-        Some(dlz) => {
+    let body = match (&st.config.export_dlz_aws, &st.config.export_dlz) {
+        (Some(aws), _) => {
+            let expiry = if expired {
+                expiry
+            } else {
+                chrono::Utc::now()
+                    + chrono::Duration::from_std(aws.lifetime)
+                        .unwrap_or(chrono::Duration::hours(12))
+            };
+            let generation = g.dlz_generation;
+            json!({
+                "credentials": {
+                    "awsAccessKeyId": format!("ASIASIMDLZ{generation:06}"),
+                    "awsSecretAccessKey": format!("sim-secret-{:x}", generation * 104_729),
+                    "awsSessionToken": format!("sim-session-{generation}"),
+                },
+                "dlzPath": {"bucketName": aws.bucket, "dlzFolder": aws.folder},
+                "dlzProvider": "Amazon S3",
+                "expiryTime": expiry.timestamp(),
+                // Not AEP's: where the simulator's bucket is served.
+                "endpoint": aws.endpoint,
+            })
+        }
+        (None, Some(dlz)) => {
             let token = dlz.sas(expiry, g.dlz_generation);
             json!({
                 "containerName": dlz.container,
@@ -42,7 +64,7 @@ pub(crate) async fn dlz_credentials(
                 "expiryDate": expiry.format("%Y-%m-%d").to_string(),
             })
         }
-        None => {
+        (None, None) => {
             let token = format!(
                 "sv=2020-10-02&si=dlz-{}&sr=c&sp=racwdlm&sig=sim{:x}",
                 g.dlz_generation,
@@ -110,6 +132,33 @@ impl DlzServer {
             .with_allow_http(true)
             .build()
             .map_err(|e| format!("the Data Landing Zone's container: {e}"))?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// A Data Landing Zone on AWS: a bucket on a real S3 server (moto), handed out as session
+/// credentials that expire after `lifetime`.
+#[derive(Debug, Clone)]
+pub struct DlzAws {
+    pub endpoint: String,
+    pub bucket: String,
+    /// The landing zone's folder in the bucket (`dlzFolder`).
+    pub folder: String,
+    pub lifetime: std::time::Duration,
+}
+
+impl DlzAws {
+    /// The store exports are written to (the simulator writes as the platform: any key).
+    pub(super) fn store(&self) -> Result<Arc<dyn ObjectStore>, String> {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("sim")
+            .with_secret_access_key("sim")
+            .build()
+            .map_err(|e| format!("the Data Landing Zone's bucket: {e}"))?;
         Ok(Arc::new(store))
     }
 }

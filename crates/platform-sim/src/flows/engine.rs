@@ -102,12 +102,16 @@ pub(super) fn remote_target(
     let prefix = s(params, "path");
     let s3_endpoint = config.export_s3_endpoint.as_deref();
     match (spec.dir, auth) {
-        ("dlz", _) => match &config.export_dlz {
-            Some(dlz) => Ok(Some(Remote {
+        ("dlz", _) => match (&config.export_dlz_aws, &config.export_dlz) {
+            (Some(aws), _) => Ok(Some(Remote {
+                store: aws.store()?,
+                prefix: format!("{}/{prefix}", aws.folder.trim_matches('/')),
+            })),
+            (None, Some(dlz)) => Ok(Some(Remote {
                 store: dlz.store()?,
                 prefix,
             })),
-            None => Ok(None),
+            (None, None) => Ok(None),
         },
         ("s3", Some(auth)) => {
             let Some(endpoint) = s3_endpoint else {

@@ -34,8 +34,8 @@ use crate::server::{AppState, SandboxName, now_ms, problem};
 mod dlz;
 mod engine;
 
-pub use dlz::DlzServer;
 pub(crate) use dlz::dlz_credentials;
+pub use dlz::{DlzAws, DlzServer};
 pub(crate) use engine::{adhoc_run, schedule};
 #[allow(unused_imports)]
 use {dlz::*, engine::*};
@@ -180,6 +180,10 @@ impl FlowStore {
 
     pub(crate) fn expire_dlz_next(&self) {
         self.lock().dlz_expire_next = true;
+    }
+
+    pub(crate) fn dlz_generation(&self) -> u64 {
+        self.lock().dlz_generation
     }
 
     pub(crate) fn set_hold_back(&self, n: usize) {

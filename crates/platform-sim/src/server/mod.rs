@@ -87,6 +87,10 @@ pub struct SimConfig {
     /// container and its credentials are SAS tokens signed for it. Without it the DLZ is the
     /// export root's `dlz` directory, handed out as a `file://` URI.
     pub export_dlz: Option<crate::flows::DlzServer>,
+    /// The Data Landing Zone on AWS (a bucket on a real S3 server): its credentials are AWS
+    /// session credentials (`credentials`, `dlzPath`, `expiryTime`, and `endpoint`, which AEP's
+    /// answer has not); it takes precedence over `export_dlz`.
+    pub export_dlz_aws: Option<crate::flows::DlzAws>,
     /// How long a segment job takes from creation to its end.
     pub job_duration: Duration,
     /// Write AEP's opt-in manifest into each export folder after its files:
@@ -108,6 +112,7 @@ impl Default for SimConfig {
             export_sftp_root: None,
             export_clock_speed: None,
             export_dlz: None,
+            export_dlz_aws: None,
             job_duration: Duration::from_secs(2),
             export_manifests: false,
         }
@@ -271,6 +276,10 @@ impl SimHandle {
     /// What the next profile export job does instead of exporting.
     pub fn script_profile_export(&self, fault: crate::profile_export::ProfileExportFault) {
         self.state.export_jobs.script(fault);
+    }
+    /// How many Data Landing Zone credentials were issued (the first, and one per refresh).
+    pub fn dlz_credentials_issued(&self) -> u64 {
+        self.state.flows.dlz_generation()
     }
     /// The next Data Landing Zone credentials handed out (not a refresh) have already expired.
     pub fn expire_dlz_credentials(&self) {

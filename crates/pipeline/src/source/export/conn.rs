@@ -254,6 +254,112 @@ pub(crate) async fn connect(
     })
 }
 
+/// A Data Landing Zone on AWS: its bucket through object_store's S3 client, with session
+/// credentials that [`DlzSession`] renews from the platform before they expire; the folder
+/// `path` under the landing zone's own (`dlzFolder`).
+fn aws_landing_zone(
+    client: &AepClient,
+    creds: scoreland_ingest::AwsDlzCredentials,
+    path: &str,
+    options: &BTreeMap<String, String>,
+    pipeline: &Path,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath), PipelineError> {
+    let invalid = |message: String| invalid(pipeline, message);
+    let root: Vec<&str> = [creds.folder.as_str(), path.trim_matches('/')]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    let root = ObjectPath::from(root.join("/"));
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(creds.bucket.clone())
+        .with_region("us-east-1");
+    if let Some(endpoint) = &creds.endpoint {
+        b = b
+            .with_endpoint(endpoint.clone())
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    for (k, v) in options {
+        b = b.with_config(
+            k.parse()
+                .map_err(|e| invalid(format!("source.options.{k}: {e}")))?,
+            v,
+        );
+    }
+    let store = b
+        .with_credentials(Arc::new(DlzSession::new(client.clone(), creds)))
+        .build()
+        .map_err(|e| invalid(format!("the Data Landing Zone's bucket: {e}")))?;
+    Ok((Arc::new(store), root))
+}
+
+/// The landing zone's AWS session credentials, renewed from the platform (`action=refresh`)
+/// when less than [`DlzSession::MARGIN`] of their life is left, so a long listing or download
+/// never signs with expired ones.
+#[derive(Debug)]
+struct DlzSession {
+    client: AepClient,
+    current: tokio::sync::Mutex<(
+        Arc<object_store::aws::AwsCredential>,
+        Option<chrono::DateTime<Utc>>,
+    )>,
+}
+
+impl DlzSession {
+    const MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+    fn new(client: AepClient, creds: scoreland_ingest::AwsDlzCredentials) -> Self {
+        DlzSession {
+            client,
+            current: tokio::sync::Mutex::new(Self::credential(&creds)),
+        }
+    }
+
+    fn credential(
+        c: &scoreland_ingest::AwsDlzCredentials,
+    ) -> (
+        Arc<object_store::aws::AwsCredential>,
+        Option<chrono::DateTime<Utc>>,
+    ) {
+        (
+            Arc::new(object_store::aws::AwsCredential {
+                key_id: c.access_key_id.clone(),
+                secret_key: c.secret_access_key.expose().to_string(),
+                token: Some(c.session_token.expose().to_string()),
+            }),
+            c.expiry,
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for DlzSession {
+    type Credential = object_store::aws::AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        let mut current = self.current.lock().await;
+        let expiring = current.1.is_some_and(|e| e - Utc::now() < Self::MARGIN);
+        if expiring {
+            tracing::info!("the Data Landing Zone's AWS credentials expire soon; renewing them");
+            let renewed = self.client.dlz_credentials(true).await.map_err(|e| {
+                object_store::Error::Generic {
+                    store: "S3",
+                    source: format!("renewing the Data Landing Zone's credentials: {e}").into(),
+                }
+            })?;
+            match renewed {
+                scoreland_ingest::Dlz::Aws(c) => *current = Self::credential(&c),
+                scoreland_ingest::Dlz::Azure(_) => {
+                    return Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: "the Data Landing Zone moved from AWS to Azure while in use".into(),
+                    });
+                }
+            }
+        }
+        Ok(current.0.clone())
+    }
+}
+
 /// The store and root of a folder URL. `dlz:` asks the platform for the Data Landing Zone's
 /// SAS (a new one with `refresh`).
 pub(crate) async fn open_store(
@@ -270,10 +376,16 @@ pub(crate) async fn open_store(
                 "source.url = {url:?}: the Data Landing Zone is reached through the platform; add [source.platform]"
             ))
         })?;
-        let creds = client
+        let creds = match client
             .dlz_credentials(refresh)
             .await
-            .map_err(PipelineError::Ingest)?;
+            .map_err(PipelineError::Ingest)?
+        {
+            scoreland_ingest::Dlz::Azure(creds) => creds,
+            scoreland_ingest::Dlz::Aws(aws) => {
+                return aws_landing_zone(client, aws, path, options, pipeline);
+            }
+        };
         let sas = url::Url::parse(creds.sas_uri.expose()).map_err(|e| {
             invalid(format!(
                 "the Data Landing Zone's SAS URI does not parse: {e}"
