@@ -2090,6 +2090,73 @@ url = "{t}/wh"
         );
     }
 
+    /// OpenPGP-encrypted export files (`….gpg`, as AEP writes them for a destination given
+    /// the user's public key): decrypted while staging with the key and passphrase from the
+    /// environment; a wrong passphrase, a missing key or a tampered file lands nothing and
+    /// names the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn encrypted_exports_are_decrypted_and_a_bad_key_or_file_lands_nothing() {
+        const PUBLIC: &str = include_str!("../crates/ingest/testdata/pgp-test-key.pub.asc");
+        const SECRET: &str = include_str!("../crates/ingest/testdata/pgp-test-key.sec.asc");
+        let x = setup_with(
+            SimConfig {
+                export_pgp_public_key: Some(PUBLIC.into()),
+                ..SimConfig::default()
+            },
+            "destination = \"s3\"\nbucket = \"lake\"\npath = \"aep\"\nfile_type = \"PARQUET\"\ncredentials = { access_key = \"AKIA-E2E\" }",
+            None,
+            "pgp = {}",
+            400,
+        )
+        .await;
+        x.sim.set_export_hold_back(2);
+        assert!(x.cli(&["export", "create"]).status.success());
+        assert!(x.cli(&["export", "run"]).status.success());
+        let encrypted: Vec<PathBuf> = walk(&x.tmp.path().join("exports"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".parquet.gpg"))
+            .collect();
+        assert!(!encrypted.is_empty());
+        let run_with = |key: &str, pass: &str| {
+            x.cli_with(
+                &["run", "--json"],
+                &[
+                    ("SCORELAND_PGP_PRIVATE_KEY", key),
+                    ("SCORELAND_PGP_PASSPHRASE", pass),
+                ],
+            )
+        };
+        // No key: refused before anything is read.
+        let o = x.run();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("SCORELAND_PGP_PRIVATE_KEY is not set"),
+            "{}",
+            text(&o)
+        );
+        // The wrong passphrase: the file is named, nothing lands, the passphrase is not said.
+        let o = run_with(SECRET, "wrong-passphrase");
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains(".parquet.gpg"), "{}", text(&o));
+        assert!(text(&o).contains("cannot be decrypted"), "{}", text(&o));
+        assert!(!text(&o).contains("wrong-passphrase"), "{}", text(&o));
+        assert!(!x.tmp.path().join("wh/scores").exists());
+        // A tampered file: its integrity check fails; nothing lands.
+        let original = std::fs::read(&encrypted[0]).unwrap();
+        let mut tampered = original.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0x01;
+        std::fs::write(&encrypted[0], tampered).unwrap();
+        let o = run_with(SECRET, "scoreland-test-passphrase");
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!x.tmp.path().join("wh/scores").exists());
+        // The file as written: it lands, as the unencrypted export would.
+        std::fs::write(&encrypted[0], original).unwrap();
+        let o = run_with(SECRET, "scoreland-test-passphrase");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(x.landed(), x.truth(&[&[1]]));
+    }
+
     /// The Data Landing Zone on AWS: a bucket on moto reached with session credentials from
     /// the platform's credentials call (`dlzPath`, `expiryTime`); credentials that expire
     /// within five minutes are renewed before they sign anything.

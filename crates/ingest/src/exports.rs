@@ -64,7 +64,11 @@ impl ExportFormat {
 pub struct ExportFile {
     pub name: String,
     pub size: u64,
+    /// The format of its contents (of the decrypted file, when it is encrypted).
     pub format: ExportFormat,
+    /// OpenPGP-encrypted (`.gpg`, `.pgp` after the format's own suffix).
+    #[serde(default)]
+    pub encrypted: bool,
     #[serde(skip)]
     location: ObjectPath,
 }
@@ -332,8 +336,10 @@ pub async fn list_export_folders(
             }
             continue;
         }
-        match ExportFormat::of(&name) {
+        let plain = crate::pgp::encrypted_name(&name);
+        match ExportFormat::of(plain.unwrap_or(&name)) {
             Some(format) => folder.files.push(ExportFile {
+                encrypted: plain.is_some(),
                 name,
                 size: o.size,
                 format,
@@ -418,6 +424,7 @@ pub async fn stage_export_folder(
     folder: &ExportFolder,
     dir: &Path,
     concurrency: usize,
+    key: Option<&Arc<crate::pgp::PgpKey>>,
 ) -> Result<StagedExport, IngestError> {
     if let Some(staged) = read_mark(dir)?
         && staged.folder == folder.rel
@@ -433,7 +440,20 @@ pub async fn stage_export_folder(
         return Err(IngestError::BadExportFolder {
             folder: folder.rel.clone(),
             why: format!(
-                "{name:?} is not a dataset export file (.parquet, .gz.parquet, .json.gz or .json)"
+                "{name:?} is not a dataset export file (.parquet, .gz.parquet, .json.gz or .json, \
+                 each maybe .gpg)"
+            ),
+        });
+    }
+    if key.is_none()
+        && let Some(f) = folder.files.iter().find(|f| f.encrypted)
+    {
+        return Err(IngestError::BadExportFolder {
+            folder: folder.rel.clone(),
+            why: format!(
+                "{} is OpenPGP-encrypted: give the source a private key to decrypt with \
+                 ([source.pgp], its key and passphrase from the environment)",
+                f.name
             ),
         });
     }
@@ -447,7 +467,10 @@ pub async fn stage_export_folder(
     .try_collect()
     .await?;
     let bytes_downloaded = fetched.iter().map(|(_, n)| n).sum();
-    let raw_paths: Vec<PathBuf> = fetched.into_iter().map(|(p, _)| p).collect();
+    let mut raw_paths: Vec<PathBuf> = fetched.into_iter().map(|(p, _)| p).collect();
+    if let Some(key) = key {
+        raw_paths = decrypt_files(key, folder, raw_paths).await?;
+    }
     let out = dir.join("files");
     std::fs::create_dir_all(&out).map_err(|e| IngestError::io(&out, e))?;
     let files: Vec<(ExportFile, PathBuf)> = folder.files.iter().cloned().zip(raw_paths).collect();
@@ -472,6 +495,39 @@ pub async fn stage_export_folder(
     std::fs::write(&mark, text).map_err(|e| IngestError::io(&mark, e))?;
     let _ = std::fs::remove_dir_all(&raw);
     Ok(staged)
+}
+
+/// The encrypted files among `raw` decrypted beside them (on the blocking pool, a file at a
+/// time); the paths to read the folder's contents from.
+async fn decrypt_files(
+    key: &Arc<crate::pgp::PgpKey>,
+    folder: &ExportFolder,
+    raw: Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, IngestError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (f, path) in folder.files.iter().zip(raw) {
+        if !f.encrypted {
+            out.push(path);
+            continue;
+        }
+        let plain = path.with_extension("decrypted");
+        let (k, src, dst) = (key.clone(), path.clone(), plain.clone());
+        let decrypted = tokio::task::spawn_blocking(move || k.decrypt_file(&src, &dst))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if let Err(why) = decrypted {
+            // Fetched again next time: a copy that does not decrypt is not kept.
+            let _ = std::fs::remove_file(&path);
+            return Err(IngestError::BadExportFolder {
+                folder: folder.rel.clone(),
+                why: format!("{}: {why}; nothing of the folder was staged", f.name),
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+        out.push(plain);
+    }
+    Ok(out)
 }
 
 fn read_mark(dir: &Path) -> Result<Option<StagedExport>, IngestError> {

@@ -19,6 +19,7 @@ mod labels;
 mod listing;
 mod manifest;
 mod paging;
+mod pgp;
 mod profile;
 mod retry;
 mod sftp;
@@ -45,6 +46,7 @@ pub use flows::{
 pub use labels::DataLabels;
 pub use listing::RemotePart;
 pub use manifest::{Manifest, ManifestPart};
+pub use pgp::{PgpKey, encrypted_name};
 pub use profile::{
     ExportBatch, ExportJob, ExportJobRequest, JobError, ScheduleType, SegmentFilter, SegmentJob,
     SegmentSchedule, check_cron,

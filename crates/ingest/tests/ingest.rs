@@ -1648,9 +1648,10 @@ mod export_folders {
             .unwrap();
         assert_eq!(folders.len(), 1);
         assert_eq!(folders[0].files.len(), 2);
-        let staged = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
-            .await
-            .unwrap();
+        let staged =
+            stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2, None)
+                .await
+                .unwrap();
         assert_eq!(staged.rows, 3);
         assert_eq!(staged.files.len(), 2);
         // Both files have the merged schema (n.y appears in the second file only).
@@ -1663,9 +1664,10 @@ mod export_folders {
             assert!(n.contains("\"y\""), "{n}");
         }
         // A second staging reuses the first.
-        let again = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
-            .await
-            .unwrap();
+        let again =
+            stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2, None)
+                .await
+                .unwrap();
         assert_eq!(again.bytes_downloaded, 0);
     }
 
@@ -1690,7 +1692,7 @@ mod export_folders {
         let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
             .await
             .unwrap();
-        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2)
+        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st"), 2, None)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("part-0.csv"), "{err}");
@@ -1703,7 +1705,7 @@ mod export_folders {
         let folders = list_export_folders(&store(&root), &ObjectPath::from(""), &pattern)
             .await
             .unwrap();
-        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st2"), 2)
+        let err = stage_export_folder(&store(&root), &folders[0], &tmp.path().join("st2"), 2, None)
             .await
             .unwrap_err();
         assert!(

@@ -81,6 +81,8 @@ pub(super) struct ExportJob {
     /// Where a destination that is a real server here (S3 at `export_s3_endpoint`, Azure Blob
     /// at its connection string's `BlobEndpoint`) is written, under `folder_root`'s path.
     remote: Option<Remote>,
+    /// Files are OpenPGP-encrypted to this (armored) public key, named `….gpg`.
+    encrypt_to: Option<String>,
 }
 
 #[derive(Clone)]
@@ -218,6 +220,7 @@ pub(super) fn export_job(
             .unwrap_or("")
             .into(),
         dataset_id: dataset_id.to_string(),
+        encrypt_to: config.export_pgp_public_key.clone(),
         folder_root: folder,
         parquet: p["datasetFileType"]
             .as_str()
@@ -488,9 +491,16 @@ pub(super) fn write_export(
         if let Some(ExportFault::Slow { millis }) = fault {
             std::thread::sleep(Duration::from_millis(*millis));
         }
-        let name = format!("part-{i:05}-tid-{tid}-{uuid}-{}-1-c000{ext}", 2000 + i);
-        let path = dir.join(&name);
-        let (bytes, records) = write_file(part, &path, job.parquet, job.gzip)?;
+        let mut name = format!("part-{i:05}-tid-{tid}-{uuid}-{}-1-c000{ext}", 2000 + i);
+        let mut path = dir.join(&name);
+        let (mut bytes, records) = write_file(part, &path, job.parquet, job.gzip)?;
+        if let Some(key) = &job.encrypt_to {
+            name.push_str(".gpg");
+            let encrypted = dir.join(&name);
+            bytes = encrypt_file(&path, &encrypted, key)?;
+            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+            path = encrypted;
+        }
         listed.push(json!({"sinkPath": format!("/{}", out.folder.trim_matches('/')), "name": name, "size": bytes}));
         out.files += 1;
         out.bytes += bytes;
@@ -524,6 +534,29 @@ pub(super) fn write_export(
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(out)
+}
+
+/// `src` encrypted to the armored public key `key` (its first encryption subkey, or the key
+/// itself) as `dst`, streaming; returns the encrypted size.
+pub(super) fn encrypt_file(src: &Path, dst: &Path, key: &str) -> Result<u64, String> {
+    use pgp::composed::{Deserializable, MessageBuilder, SignedPublicKey};
+    use pgp::crypto::sym::SymmetricKeyAlgorithm;
+    let (public, _) = SignedPublicKey::from_armor_single(key.as_bytes())
+        .map_err(|e| format!("the export's PGP public key: {e}"))?;
+    let input = File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut rng = rand08::thread_rng();
+    let mut builder = MessageBuilder::from_reader("", std::io::BufReader::new(input))
+        .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
+    match public.public_subkeys.first() {
+        Some(sub) => builder.encrypt_to_key(&mut rng, sub),
+        None => builder.encrypt_to_key(&mut rng, &public),
+    }
+    .map_err(|e| format!("encrypting {}: {e}", src.display()))?;
+    let out = BufWriter::new(File::create(dst).map_err(|e| format!("{}: {e}", dst.display()))?);
+    builder
+        .to_writer(&mut rng, out)
+        .map_err(|e| format!("encrypting {}: {e}", src.display()))?;
+    Ok(std::fs::metadata(dst).map_err(|e| e.to_string())?.len())
 }
 
 /// Rewrites one dataset part as an export file; returns its size and rows. Written under a

@@ -91,6 +91,9 @@ pub struct SimConfig {
     /// session credentials (`credentials`, `dlzPath`, `expiryTime`, and `endpoint`, which AEP's
     /// answer has not); it takes precedence over `export_dlz`.
     pub export_dlz_aws: Option<crate::flows::DlzAws>,
+    /// Encrypt every export file to this ASCII-armored OpenPGP public key (`….gpg`), as AEP
+    /// does when a destination is given the user's key.
+    pub export_pgp_public_key: Option<String>,
     /// How long a segment job takes from creation to its end.
     pub job_duration: Duration,
     /// Write AEP's opt-in manifest into each export folder after its files:
@@ -113,6 +116,7 @@ impl Default for SimConfig {
             export_clock_speed: None,
             export_dlz: None,
             export_dlz_aws: None,
+            export_pgp_public_key: None,
             job_duration: Duration::from_secs(2),
             export_manifests: false,
         }

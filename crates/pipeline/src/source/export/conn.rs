@@ -36,6 +36,8 @@ pub(crate) struct ExportConn {
     /// The flow's runs, newest first, when the flow is known here.
     pub runs: Option<Vec<FlowRun>>,
     options: BTreeMap<String, String>,
+    /// The key encrypted files are decrypted with (`[source.pgp]`).
+    pgp: Option<Arc<scoreland_ingest::PgpKey>>,
     /// The pipeline file, for errors that name it.
     pipeline: PathBuf,
     _sim: Option<scoreland_platform_sim::SimHandle>,
@@ -96,11 +98,25 @@ impl ExportConn {
         dir: &Path,
         concurrency: usize,
     ) -> Result<scoreland_ingest::StagedExport, PipelineError> {
-        let staged =
-            scoreland_ingest::stage_export_folder(&self.store, folder, dir, concurrency).await;
+        let key = self.pgp.clone();
+        let staged = scoreland_ingest::stage_export_folder(
+            &self.store,
+            folder,
+            dir,
+            concurrency,
+            key.as_ref(),
+        )
+        .await;
         let staged = match staged {
             Err(e) if self.renew_if_refused(&e).await? => {
-                scoreland_ingest::stage_export_folder(&self.store, folder, dir, concurrency).await
+                scoreland_ingest::stage_export_folder(
+                    &self.store,
+                    folder,
+                    dir,
+                    concurrency,
+                    key.as_ref(),
+                )
+                .await
             }
             other => other,
         }
@@ -233,6 +249,10 @@ pub(crate) async fn connect(
         }
         _ => return Err(invalid("source.url is required".into())),
     };
+    let pgp = match &src.pgp {
+        Some(p) => Some(Arc::new(p.key().map_err(invalid)?)),
+        None => None,
+    };
     let (store, root) = open_store(&url, &src.options, client.as_ref(), false, pipeline).await?;
     let runs = match (&client, &flow) {
         (Some(c), Some(f)) => Some(c.flow_runs(&f.id).await.map_err(PipelineError::Ingest)?),
@@ -249,6 +269,7 @@ pub(crate) async fn connect(
         pattern,
         runs,
         options: src.options.clone(),
+        pgp,
         pipeline: pipeline.to_path_buf(),
         _sim: connected.and_then(|c| c.sim),
     })

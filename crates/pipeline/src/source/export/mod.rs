@@ -80,6 +80,50 @@ pub struct ExportSource {
     /// created there and exported once, then landed.
     #[serde(default)]
     pub simulator: Option<SimulatorSection>,
+    /// OpenPGP-encrypted export files (`.gpg`): the private key to decrypt them with.
+    #[serde(default)]
+    pub pgp: Option<PgpSection>,
+}
+
+/// `[source.pgp]`: where the private key and its passphrase are, never in the file itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgpSection {
+    /// The environment variable holding the ASCII-armored private key.
+    #[serde(default = "default_pgp_key_env")]
+    pub private_key_env: String,
+    /// The environment variable holding its passphrase.
+    #[serde(default = "default_pgp_passphrase_env")]
+    pub passphrase_env: String,
+}
+
+fn default_pgp_key_env() -> String {
+    "SCORELAND_PGP_PRIVATE_KEY".into()
+}
+
+fn default_pgp_passphrase_env() -> String {
+    "SCORELAND_PGP_PASSPHRASE".into()
+}
+
+impl PgpSection {
+    /// The key, from the environment; the error names the variable, never its value.
+    pub(crate) fn key(&self) -> Result<scoreland_ingest::PgpKey, String> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("source.pgp: the environment variable {name} is not set"))
+        };
+        let armored = var(&self.private_key_env)?;
+        let passphrase = var(&self.passphrase_env)?;
+        scoreland_ingest::PgpKey::from_armored(&armored, scoreland_ingest::Secret::new(passphrase))
+            .map_err(|e| {
+                format!(
+                    "source.pgp: {} holds no usable key: {e}",
+                    self.private_key_env
+                )
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
