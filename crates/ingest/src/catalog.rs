@@ -169,7 +169,7 @@ impl AepClient {
     /// The XDM schema of dataset `id`, fully expanded (the Schema Registry's `xed-full` form,
     /// every field group and data type inlined): the dataset's `schemaRef`, then that schema.
     pub async fn dataset_schema(&self, id: &str) -> Result<Value, IngestError> {
-        let url = self.url_with_segment("/data/foundation/catalog/dataSets/", id)?;
+        let url = self.url_with_segments("/data/foundation/catalog/dataSets/", &[id])?;
         let found: BTreeMap<String, Value> = self.get_json(&url).await?;
         let schema = found
             .get(id)
@@ -181,7 +181,7 @@ impl AepClient {
             })?;
         // The schema id is a URI: one path segment, percent-encoded.
         let url =
-            self.url_with_segment("/data/foundation/schemaregistry/tenant/schemas/", schema)?;
+            self.url_with_segments("/data/foundation/schemaregistry/tenant/schemas/", &[schema])?;
         let accept = [("accept", "application/vnd.adobe.xed-full+json; version=1")];
         self.with_retry(url.as_str(), |_| {
             self.call_json(reqwest::Method::GET, &url, None, &accept)
@@ -206,8 +206,13 @@ impl AepClient {
         Ok(primary_identity_of(&found))
     }
 
-    /// The Platform URL of `path` with `segment` appended as one percent-encoded path segment.
-    fn url_with_segment(&self, path: &str, segment: &str) -> Result<url::Url, IngestError> {
+    /// The Platform URL of `path` with `segments` appended, each one percent-encoded path
+    /// segment.
+    pub(crate) fn url_with_segments(
+        &self,
+        path: &str,
+        segments: &[&str],
+    ) -> Result<url::Url, IngestError> {
         let mut url = self.url(path)?;
         url.path_segments_mut()
             .map_err(|()| IngestError::Config {
@@ -215,7 +220,7 @@ impl AepClient {
                 message: "cannot be a base URL".into(),
             })?
             .pop_if_empty()
-            .push(segment);
+            .extend(segments);
         Ok(url)
     }
 

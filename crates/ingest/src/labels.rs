@@ -25,15 +25,7 @@ impl DataLabels {
 impl AepClient {
     /// The data usage labels of dataset `id`; none when the dataset has none (404).
     pub async fn dataset_labels(&self, id: &str) -> Result<DataLabels, IngestError> {
-        let mut url = self.url("/data/foundation/dataset/datasets/")?;
-        url.path_segments_mut()
-            .map_err(|()| IngestError::Config {
-                field: "platform_url",
-                message: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .push(id)
-            .push("labels");
+        let url = self.url_with_segments("/data/foundation/dataset/datasets/", &[id, "labels"])?;
         let found: Value = match self.get_json(&url).await {
             Err(IngestError::Status { status: 404, .. }) => return Ok(DataLabels::default()),
             other => other?,

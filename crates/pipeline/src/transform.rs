@@ -296,12 +296,7 @@ async fn events(
 ) -> Result<Vec<PreparedTable>, PipelineError> {
     use scoreland_transform::{EVENT_DATE, EventDataset};
     let dataset = EventDataset::new(&schema.schema, landing)
-        .map_err(|e| {
-            cx.invalid(format!(
-                "[transform.dataset]: dataset {}: {e}",
-                record.dataset
-            ))
-        })?
+        .map_err(|e| not_landable(cx, record, e))?
         .with_labels(&schema.labels.fields);
     let workers = workers(file);
     let table_schema = dataset.schema().clone();
@@ -398,12 +393,7 @@ async fn records(
     identity: &str,
 ) -> Result<Vec<PreparedTable>, PipelineError> {
     let dataset = scoreland_transform::RecordDataset::new(&schema.schema, landing, identity)
-        .map_err(|e| {
-            cx.invalid(format!(
-                "[transform.dataset]: dataset {}: {e}",
-                record.dataset
-            ))
-        })?
+        .map_err(|e| not_landable(cx, record, e))?
         .with_labels(&schema.labels.fields);
     let landed = cx
         .warehouse
@@ -457,6 +447,18 @@ async fn records(
         })
         .chain(checks)
         .collect())
+}
+
+/// A dataset whose schema `[transform.dataset]` cannot land (exit 2).
+fn not_landable(
+    cx: &RunContext<'_>,
+    record: &RunRecord,
+    e: scoreland_transform::TransformError,
+) -> PipelineError {
+    cx.invalid(format!(
+        "[transform.dataset]: dataset {}: {e}",
+        record.dataset
+    ))
 }
 
 /// Worker threads of a transform: `target_partitions`, or every core.
