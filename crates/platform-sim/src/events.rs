@@ -429,6 +429,6 @@ mod tests {
         let batches = std::fs::read_dir(dir.path().join("prod").join(EVENTS_DATASET))
             .unwrap()
             .count();
-        assert_eq!(batches, 5, "dataset.json and four batches");
+        assert_eq!(batches, 6, "dataset.json, labels.json and four batches");
     }
 }
