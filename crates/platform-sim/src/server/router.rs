@@ -89,6 +89,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), header_gate));
     Router::new()
         .route("/ims/token/v3", post(ims_token))
+        .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
         .route(
             "/__sim/faults",
             post(admin_push_faults).delete(admin_clear_faults),
