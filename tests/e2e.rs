@@ -2141,17 +2141,27 @@ url = "{t}/wh"
         assert!(text(&o).contains("cannot be decrypted"), "{}", text(&o));
         assert!(!text(&o).contains("wrong-passphrase"), "{}", text(&o));
         assert!(!x.tmp.path().join("wh/scores").exists());
-        // A tampered file: its integrity check fails; nothing lands.
-        let original = std::fs::read(&encrypted[0]).unwrap();
-        let mut tampered = original.clone();
-        let mid = tampered.len() / 2;
-        tampered[mid] ^= 0x01;
-        std::fs::write(&encrypted[0], tampered).unwrap();
+        // Tampered files (every one: a copy staged before is reused, so tamper them all): the
+        // integrity check fails; nothing lands.
+        let originals: Vec<Vec<u8>> = encrypted
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect();
+        for (f, original) in encrypted.iter().zip(&originals) {
+            let mut tampered = original.clone();
+            let n = tampered.len();
+            for at in [n / 3, n / 2, 2 * n / 3] {
+                tampered[at] ^= 0x01;
+            }
+            std::fs::write(f, tampered).unwrap();
+        }
         let o = run_with(SECRET, "scoreland-test-passphrase");
         assert_ne!(o.status.code(), Some(0), "{}", text(&o));
         assert!(!x.tmp.path().join("wh/scores").exists());
-        // The file as written: it lands, as the unencrypted export would.
-        std::fs::write(&encrypted[0], original).unwrap();
+        // The files as written: they land, as the unencrypted export would.
+        for (f, original) in encrypted.iter().zip(originals) {
+            std::fs::write(f, original).unwrap();
+        }
         let o = run_with(SECRET, "scoreland-test-passphrase");
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         assert_eq!(x.landed(), x.truth(&[&[1]]));
