@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The distributed engine (`scoreland cluster`, `sql --cluster`) is a cargo feature the demo
+# does not build; every build here has it, so one set of artifacts serves them all.
+FEATURES=(--features scoreland/cluster)
+
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets "${FEATURES[@]}" --quiet -- -D warnings
 
 # Real S3 (moto) and Azure Blob (azurite) servers for the sink's conformance suite.
 export SCORELAND_SVC_DIR=${SCORELAND_SVC_DIR:-$HOME/.cache/scoreland-test-services}
@@ -17,17 +21,17 @@ source "$SCORELAND_SVC_DIR/env.sh"
 # A test whose server is missing fails rather than skips (crates/sink/tests/sink.rs).
 export SCORELAND_REQUIRE_SERVICES=1
 
-cargo run --quiet -p scoreland -- validate pipelines/*.toml
-cargo test --workspace
+cargo run --quiet -p scoreland "${FEATURES[@]}" -- validate pipelines/*.toml
+cargo test --workspace "${FEATURES[@]}"
 
 # delta-rs (Python), Polars and DuckDB read the Delta tables the demo lands, and agree with
 # `scoreland sql` on rows, sums and partitions.
 READERS=$(mktemp -d)
 trap 'scripts/test-services.sh stop; rm -rf "$READERS"' EXIT
 SCORELAND_WAREHOUSE="$READERS/wh" SCORELAND_STAGING="$READERS/staging" \
-  cargo run --quiet -p scoreland -- -q run pipelines/demo.toml
+  cargo run --quiet -p scoreland "${FEATURES[@]}" -- -q run pipelines/demo.toml
 # What `scoreland sql` answers, for the readers to agree with (JSON lines).
-sql() { cargo run --quiet -p scoreland -- sql --warehouse "$READERS/wh" --format json "$1" > "$READERS/$2"; }
+sql() { cargo run --quiet -p scoreland "${FEATURES[@]}" -- sql --warehouse "$READERS/wh" --format json "$1" > "$READERS/$2"; }
 sql "SELECT dataset_id || '/' || CAST(score_date AS VARCHAR) AS k, count(*) AS n, sum(score) AS s FROM scores GROUP BY 1" scores.json
 sql "SELECT (SELECT count(*) FROM summary) AS summary, (SELECT count(*) FROM drift) AS drift" counts.json
 # An ExperienceEvent dataset landed from its schema in two runs, the oldest night then the two
@@ -37,7 +41,7 @@ sed 's/batches = { mode = "catch_up" }/batches = { mode = "batch", id = "01KQTSV
   pipelines/web-events.toml > "$READERS/web-events-first.toml"
 for p in "$READERS/web-events-first.toml" pipelines/web-events.toml; do
   SCORELAND_WAREHOUSE="$READERS/wh" SCORELAND_STAGING="$READERS/staging" \
-    cargo run --quiet -p scoreland -- -q run "$p"
+    cargo run --quiet -p scoreland "${FEATURES[@]}" -- -q run "$p"
 done
 sql "SELECT CAST(event_date AS VARCHAR) AS k, count(*) AS n, count(web_webPageDetails_isHomePage) AS h FROM web_events GROUP BY 1" events.json
 # The readers' stderr is kept aside and shown only when they fail.
@@ -50,7 +54,7 @@ fi
 # `scoreland serve` with real Postgres clients (psql, psycopg 3, SQLAlchemy over psycopg2 and
 # psycopg 3, pandas, JDBC, psqlODBC) on the same warehouse, checked against `scoreland sql`;
 # ends with a bounded load test.
-cargo build --quiet -p scoreland
+cargo build --quiet -p scoreland "${FEATURES[@]}"
 BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/scoreland")
 if ! "$SCORELAND_SVC_DIR/venv-clients/bin/python" tests/clients/serve_clients.py \
     "$BIN" "$READERS/wh" "$READERS/staging" pipelines/demo.toml > "$READERS/clients.out" 2>&1; then

@@ -4085,3 +4085,7 @@ fn a_forgotten_identity_is_deleted_and_never_lands_again() {
     );
     assert_eq!(demo.count("SELECT count(*) FROM scores"), all - held);
 }
+
+#[cfg(feature = "cluster")]
+#[path = "e2e/cluster.rs"]
+mod cluster;

@@ -7,6 +7,7 @@
 //! was landed (`run`).
 
 mod args;
+mod cluster;
 mod export;
 mod forget;
 mod metrics;
@@ -120,6 +121,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Serve a simulated AEP platform, or generate one (`sim generate`).
     Sim(sim::SimArgs),
+    /// A distributed engine (Apache DataFusion Ballista) for `sql --cluster`: a scheduler and
+    /// executors, or both on this machine (`cluster local`).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// An error with the exit code it deserves.
@@ -228,6 +232,7 @@ fn main() -> ExitCode {
             Command::Report(a) => report::report(a).await,
             Command::Serve(a) => serve::serve(a).await,
             Command::Sim(a) => sim::run(a).await.map(|()| 0).map_err(Failure::from),
+            Command::Cluster(a) => cluster::cluster(a).await,
         }
     });
     match result {

@@ -34,6 +34,14 @@ pub struct SqlArgs {
     /// Write to this file instead of stdout (required for parquet).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Run the query on a cluster (`df://HOST:PORT`, its scheduler; see `scoreland cluster`).
+    /// The warehouse must be a directory every executor mounts at the same path.
+    #[arg(long, env = "SCORELAND_CLUSTER")]
+    pub cluster: Option<String>,
+    /// With --cluster: how many tasks each table scan is split into (default: this machine's
+    /// cores).
+    #[arg(long, requires = "cluster")]
+    pub partitions: Option<usize>,
 }
 
 /// `--as-of`: a version number, an RFC 3339 time, or a date.
@@ -64,13 +72,18 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
     };
     let tables = warehouse_tables(&wh).await?;
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-    let out = wh
-        .query(&tables, as_of, &args.query)
-        .await
-        .map_err(|e| match e {
-            SinkError::NoTables { .. } => usage(e),
-            other => Failure::from(other),
-        })?;
+    let out = match &args.cluster {
+        Some(url) => {
+            crate::cluster::query(url, args.partitions, &wh, &tables, as_of, &args.query).await?
+        }
+        None => wh
+            .query(&tables, as_of, &args.query)
+            .await
+            .map_err(|e| match e {
+                SinkError::NoTables { .. } => usage(e),
+                other => Failure::from(other),
+            })?,
+    };
     let mut sink: Box<dyn std::io::Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p)

@@ -23,7 +23,7 @@ mod store;
 
 pub use delta::{
     AsOf, CHECKPOINT_INTERVAL, FORGET_POINTER, ForgetReport, OptimizeReport, Published,
-    QueryOutput, TableCommit, TableLabels, TableVersion, TableWrite,
+    QueryOutput, TableCommit, TableFile, TableFiles, TableLabels, TableVersion, TableWrite,
 };
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};

@@ -44,7 +44,7 @@ mod read;
 mod write;
 
 pub use maintain::{FORGET_POINTER, ForgetReport, OptimizeReport};
-pub use read::{QueryOutput, TableLabels, TableVersion};
+pub use read::{QueryOutput, TableFile, TableFiles, TableLabels, TableVersion};
 pub use write::{TableCommit, TableWrite};
 #[allow(unused_imports)]
 use {convert::*, maintain::*, read::*, write::*};

@@ -21,6 +21,30 @@ pub struct TableVersion {
     pub run: serde_json::Map<String, serde_json::Value>,
 }
 
+/// One version of a table as plain Parquet files with their partition values: what an engine
+/// that does not read Delta scans (the cluster's executors: delta-rs scans do not serialise).
+#[derive(Debug, Clone)]
+pub struct TableFiles {
+    pub version: u64,
+    /// The store the files are on (`file:///`, `s3://bucket/`…).
+    pub store_url: Url,
+    /// The table's columns as delta-rs's provider gives them: the files' columns, then the
+    /// partition columns.
+    pub schema: deltalake::arrow::datatypes::SchemaRef,
+    pub partition_columns: Vec<String>,
+    pub files: Vec<TableFile>,
+}
+
+/// A data file of a table version.
+#[derive(Debug, Clone)]
+pub struct TableFile {
+    /// From the root of `TableFiles::store_url`.
+    pub location: Path,
+    pub size: u64,
+    /// A value per partition column (`None`: null), as Delta keeps them (strings).
+    pub partition_values: std::collections::HashMap<String, Option<String>>,
+}
+
 impl Warehouse {
     /// Every `_published/<pipeline>.json`, with its object path.
     pub(super) async fn published(
@@ -67,6 +91,51 @@ impl Warehouse {
             AsOf::Time(t) => At::Time(t),
         };
         self.open_table(name, at).await
+    }
+
+    /// The data files of `name` at the snapshot `as_of` asks for; `None` when the table does
+    /// not exist (yet). A file the log names by a URL of its own (a shallow clone; scoreland
+    /// never writes one) is refused.
+    pub async fn table_files(
+        &self,
+        name: &str,
+        as_of: AsOf,
+    ) -> Result<Option<TableFiles>, SinkError> {
+        use deltalake::delta_datafusion::DataFusionMixins;
+        let Some(table) = self.table_as_of(name, as_of).await? else {
+            return Ok(None);
+        };
+        let err = delta_err(name, "read");
+        let snapshot = table.snapshot().map_err(&err)?;
+        let table_url = self.table_url(name);
+        let mut store_url = table_url.clone();
+        store_url.set_path("/");
+        let root = Path::from_url_path(table_url.path()).map_err(|e| SinkError::Url {
+            url: table_url.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut files = Vec::with_capacity(snapshot.log_data().num_files());
+        for f in snapshot.log_data().iter() {
+            let rel = f.path();
+            if rel.contains("://") {
+                return Err(err(DeltaTableError::Generic(format!(
+                    "the log names the data file {rel} by a URL of its own; only files under \
+                     the table's directory can be read this way"
+                ))));
+            }
+            files.push(TableFile {
+                location: rel.split('/').fold(root.clone(), |p, part| p.join(part)),
+                size: u64::try_from(f.size()).unwrap_or(0),
+                partition_values: f.partition_values_map(),
+            });
+        }
+        Ok(Some(TableFiles {
+            version: snapshot.version(),
+            store_url,
+            schema: snapshot.snapshot().input_schema(),
+            partition_columns: snapshot.metadata().partition_columns().to_vec(),
+            files,
+        }))
     }
 
     /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist

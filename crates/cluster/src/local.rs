@@ -1,0 +1,216 @@
+//! A cluster on this machine: the scheduler in this process and each executor a process of its
+//! own (`scoreland cluster executor`), so one can be killed and the job goes on without it.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::error::ClusterError;
+use crate::processes::{Scheduler, SchedulerOptions, start_scheduler};
+use crate::query::ClusterUrl;
+
+/// A scheduler and its executor processes on 127.0.0.1; the executors are killed on drop.
+pub struct LocalCluster {
+    url: ClusterUrl,
+    scheduler: Scheduler,
+    executors: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+/// How long the executors may take to register.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free port on 127.0.0.1 (the executor binds it a moment later).
+fn free_port() -> Result<u16, ClusterError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ClusterError::Process {
+            what: "finding a free port for an executor".into(),
+            message: e.to_string(),
+        })
+}
+
+impl LocalCluster {
+    /// Starts a scheduler on `port` (0: any free one) and `executors` processes of `bin`
+    /// (`bin cluster executor …`) with `vcores` task slots each, their shuffle files and logs
+    /// under `work_dir`; returns once every executor has registered.
+    pub async fn start(
+        bin: &Path,
+        executors: usize,
+        vcores: usize,
+        port: u16,
+        work_dir: &Path,
+    ) -> Result<Self, ClusterError> {
+        let options = SchedulerOptions {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            external_host: "127.0.0.1".into(),
+            executor_timeout: Duration::from_secs(10),
+        };
+        let (addr, scheduler) = start_scheduler(&options).await?;
+        let url = ClusterUrl::new("127.0.0.1", addr.port());
+        let mut cluster = Self {
+            url,
+            scheduler,
+            executors: Vec::new(),
+            logs: Vec::new(),
+        };
+        for i in 0..executors {
+            cluster.spawn_executor(bin, i, vcores, work_dir)?;
+        }
+        cluster.wait_for(executors).await?;
+        Ok(cluster)
+    }
+
+    fn spawn_executor(
+        &mut self,
+        bin: &Path,
+        i: usize,
+        vcores: usize,
+        work_dir: &Path,
+    ) -> Result<(), ClusterError> {
+        let what = format!("starting executor {i} ({})", bin.display());
+        let fail = |message: String| ClusterError::Process {
+            what: what.clone(),
+            message,
+        };
+        let dir = work_dir.join(format!("executor-{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let log_path = work_dir.join(format!("executor-{i}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
+        let err_log = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let child = Command::new(bin)
+            .args(["cluster", "executor", "--scheduler"])
+            .arg(self.url.to_string())
+            .arg("--port")
+            .arg(free_port()?.to_string())
+            .arg("--grpc-port")
+            .arg(free_port()?.to_string())
+            .arg("--vcores")
+            .arg(vcores.to_string())
+            .arg("--work-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(e.to_string()))?;
+        self.executors.push(child);
+        self.logs.push(log_path);
+        Ok(())
+    }
+
+    /// Waits until `n` executors are registered with the scheduler.
+    async fn wait_for(&mut self, n: usize) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        loop {
+            for (child, log) in self.executors.iter_mut().zip(&self.logs) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(ClusterError::Process {
+                        what: "an executor".into(),
+                        message: format!(
+                            "exited with {status} before registering; its log: {}",
+                            log.display()
+                        ),
+                    });
+                }
+            }
+            if self.registered().await >= n {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(ClusterError::Process {
+                    what: "the executors".into(),
+                    message: format!(
+                        "{} of {n} registered within {START_TIMEOUT:?}; their logs are in {}",
+                        self.registered().await,
+                        self.logs
+                            .first()
+                            .and_then(|l| l.parent())
+                            .map_or_else(String::new, |d| d.display().to_string())
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Executors the scheduler knows.
+    pub async fn registered(&self) -> usize {
+        self.scheduler
+            .state
+            .executor_manager
+            .get_executors_state()
+            .await
+            .map_or(0, |s| s.len())
+    }
+
+    pub fn url(&self) -> &ClusterUrl {
+        &self.url
+    }
+
+    /// The executors' process ids, in start order.
+    pub fn executor_pids(&self) -> Vec<u32> {
+        self.executors.iter().filter_map(Child::id).collect()
+    }
+
+    /// Runs until the process is stopped (SIGINT/SIGTERM) or no executor is left; an executor
+    /// that exits is reported and its tasks run on the others. Then stops the executors.
+    pub async fn serve_until_stopped(mut self) -> Result<(), ClusterError> {
+        let logs = self.logs.clone();
+        let executors = &mut self.executors;
+        let all_gone = async move {
+            let mut gone = vec![false; executors.len()];
+            loop {
+                for (i, child) in executors.iter_mut().enumerate() {
+                    if gone[i] {
+                        continue;
+                    }
+                    if let Ok(Some(status)) = child.try_wait() {
+                        gone[i] = true;
+                        tracing::warn!(
+                            "executor {i} exited with {status} (its log: {}); its tasks run on the others",
+                            logs[i].display()
+                        );
+                    }
+                }
+                if gone.iter().all(|g| *g) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let result = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminated() => Ok(()),
+            () = all_gone => Err(ClusterError::Process {
+                what: "the local cluster".into(),
+                message: "every executor has exited".into(),
+            }),
+        };
+        for child in &mut self.executors {
+            let _ = child.kill().await;
+        }
+        result
+    }
+}
+
+#[cfg(unix)]
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminated() {
+    std::future::pending().await
+}

@@ -1,0 +1,311 @@
+//! SQL over the warehouse, executed on the cluster.
+//!
+//! The query is planned here, over each table's published files ([`PublishedTable`]), and
+//! the physical plan is submitted to the scheduler, which splits it into stages at its
+//! shuffles and runs their tasks on the executors; the rows come back here. Only queries run:
+//! a statement that would write (DDL, DML, `COPY`) is refused before anything is submitted.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use scoreland_sink::{AsOf, QueryOutput, Warehouse};
+
+use crate::error::ClusterError;
+use crate::job::{self, JobError};
+use crate::table::PublishedTable;
+
+/// A scheduler's address: `df://HOST:PORT` (also `HOST:PORT` or `http://HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    host: String,
+    port: u16,
+}
+
+impl ClusterUrl {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The scheduler's gRPC endpoint.
+    pub(crate) fn grpc(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+}
+
+impl fmt::Display for ClusterUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "df://{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for ClusterUrl {
+    type Err = ClusterError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let bad = |message: &str| ClusterError::Url {
+            url: raw.to_string(),
+            message: message.to_string(),
+        };
+        let s = raw.trim();
+        let rest = ["df://", "http://"]
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .unwrap_or(s);
+        if rest.contains("://") {
+            return Err(bad("the scheme is not df://"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("the port is missing"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if host.is_empty() || !host.chars().all(plain) {
+            return Err(bad("the host is not a plain host name or IPv4 address"));
+        }
+        Ok(Self::new(host, port))
+    }
+}
+
+/// A connection to a cluster's scheduler.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    url: ClusterUrl,
+    partitions: usize,
+}
+
+/// How long reaching the scheduler may take before the cluster is called unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Reaches the scheduler at `url` (within 10 s), so a wrong address fails before any
+    /// planning.
+    pub async fn connect(url: ClusterUrl) -> Result<Self, ClusterError> {
+        let unreachable = |message: String| ClusterError::Unreachable {
+            url: url.to_string(),
+            message,
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, SchedulerGrpcClient::connect(url.grpc())).await
+        {
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+            Ok(Ok(_)) => {}
+        }
+        Ok(Self {
+            url,
+            partitions: std::thread::available_parallelism().map_or(4, |n| n.get()),
+        })
+    }
+
+    /// How many tasks each scan is split into (default: this machine's cores). A cluster with
+    /// more cores than the machine that plans wants more.
+    pub fn with_partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions.max(1);
+        self
+    }
+
+    pub fn url(&self) -> &ClusterUrl {
+        &self.url
+    }
+
+    /// Runs `sql` over `tables` as `as_of` gives them. The warehouse must be a directory every
+    /// executor reaches by the same path.
+    pub async fn query(
+        &self,
+        warehouse: &Warehouse,
+        tables: &[&str],
+        as_of: AsOf,
+        sql: &str,
+    ) -> Result<QueryOutput, ClusterError> {
+        if warehouse.url().scheme() != "file" {
+            return Err(ClusterError::NotShared {
+                url: warehouse.url().to_string(),
+            });
+        }
+        let config = SessionConfig::new_with_ballista()
+            .with_target_partitions(self.partitions)
+            .with_information_schema(true);
+        let state = SessionStateBuilder::new()
+            .with_config(config.clone())
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let mut registered = 0;
+        for &name in tables {
+            let Some(files) = warehouse.table_files(name, as_of).await? else {
+                continue;
+            };
+            ctx.register_table(name, Arc::new(PublishedTable::new(files)))
+                .map_err(|e| self.failed(e))?;
+            registered += 1;
+        }
+        if registered == 0 {
+            return Err(ClusterError::NoTables {
+                url: warehouse.url().to_string(),
+            });
+        }
+        let read_only = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(sql, read_only)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let plan = df
+            .create_physical_plan()
+            .await
+            .map_err(|e| self.failed(e))?;
+        // A query that reads no file (`SELECT 1`, the catalog's tables) has nothing to
+        // distribute: it runs here.
+        if !reads_files(&plan) {
+            let batches = collect(plan, ctx.task_ctx())
+                .await
+                .map_err(|e| self.failed(e))?;
+            return Ok(QueryOutput { schema, batches });
+        }
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let codec = config.ballista_physical_extension_codec();
+        let mut attempt = 1;
+        loop {
+            let why = match job::run(
+                &self.url.grpc(),
+                &plan,
+                codec.as_ref(),
+                &config,
+                &session_id,
+            )
+            .await
+            {
+                Ok(batches) => return Ok(QueryOutput { schema, batches }),
+                Err(JobError::Duplicated(m)) => m,
+                Err(JobError::Failed(m)) if lost_executor(&m) => m,
+                Err(JobError::Failed(message)) => {
+                    return Err(ClusterError::Query {
+                        url: self.url.to_string(),
+                        message,
+                    });
+                }
+            };
+            if attempt == ATTEMPTS {
+                return Err(ClusterError::Query {
+                    url: self.url.to_string(),
+                    message: format!("{why} (after {ATTEMPTS} attempts)"),
+                });
+            }
+            attempt += 1;
+            tracing::warn!(
+                "the query lost an executor ({why}); running it again on the cluster \
+                 (attempt {attempt} of {ATTEMPTS})"
+            );
+        }
+    }
+
+    fn failed(&self, e: impl std::error::Error) -> ClusterError {
+        ClusterError::Query {
+            url: self.url.to_string(),
+            message: error_chain(&e),
+        }
+    }
+}
+
+/// How many times a query that lost an executor is submitted in all.
+const ATTEMPTS: usize = 3;
+
+/// Whether a job failed because an executor went away (the tasks' output or the result
+/// partitions it held are gone; the scheduler retries tasks within a job, not the rows an
+/// executor held for this client), so the query (read-only) is run again. Errors of the query
+/// itself are not retried.
+fn lost_executor(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "transport error",
+        "h2 protocol error",
+        "broken pipe",
+        "connection refused",
+        "connection reset",
+        "error trying to connect",
+        "fetch failed",
+        "executor lost",
+        "cancelled",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// Whether a plan scans any file.
+fn reads_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<DataSourceExec>() || plan.children().into_iter().any(reads_files)
+}
+
+/// An error with its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_a_scheduler_and_nothing_else() {
+        for (raw, host, port) in [
+            ("df://127.0.0.1:50050", "127.0.0.1", 50050),
+            ("scheduler.internal:50050", "scheduler.internal", 50050),
+            ("http://sched-1:7000/", "sched-1", 7000),
+        ] {
+            let u: ClusterUrl = raw.parse().unwrap();
+            assert_eq!((u.host(), u.port()), (host, port), "{raw}");
+        }
+        for raw in [
+            "",
+            "df://",
+            "df://host",
+            "df://host:0",
+            "df://host:99999",
+            "s3://bucket:1",
+            "df://user@host:1",
+            "df://host/path:1",
+            "df://[::1]:1",
+            "df://host:1?x=1",
+        ] {
+            let e = raw.parse::<ClusterUrl>().unwrap_err().to_string();
+            assert!(e.contains("df://HOST:PORT"), "{raw}: {e}");
+        }
+    }
+}

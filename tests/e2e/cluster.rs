@@ -1,0 +1,337 @@
+//! `scoreland cluster local` and `sql --cluster`: the same answers as `sql` here, exactly one
+//! published version read, and the faults: an unreachable scheduler, a bad URL, an executor
+//! killed mid-query.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// `scoreland cluster local` on a free port, stopped on drop.
+struct LocalCluster {
+    child: Child,
+    url: String,
+    executors: Vec<u32>,
+    work: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    fn start(executors: usize) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let n = executors.to_string();
+        let dir = work.path().display().to_string();
+        let mut child = command(
+            &[
+                "cluster",
+                "local",
+                "--executors",
+                &n,
+                "--vcores",
+                "1",
+                "--port",
+                "0",
+                "--work-dir",
+                &dir,
+            ],
+            &[("SCORELAND_LOG", "warn,ballista_executor=info")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = lines.next().expect("the cluster prints its URL").unwrap();
+        assert!(url.starts_with("df://127.0.0.1:"), "{url}");
+        let pids = lines.next().expect("and its executors").unwrap();
+        let executors: Vec<u32> = pids
+            .strip_prefix("executors ")
+            .unwrap()
+            .split(' ')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(executors.len(), n.parse::<usize>().unwrap(), "{pids}");
+        LocalCluster {
+            child,
+            url,
+            executors,
+            work,
+        }
+    }
+
+    /// Tasks the executors' logs say they ran.
+    fn tasks_run(&self) -> usize {
+        std::fs::read_dir(self.work.path())
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                (p.extension().is_some_and(|x| x == "log")).then_some(p)
+            })
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .matches("Finished task")
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: signals a process this test started.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill {pid}");
+}
+
+/// JSON lines equal, but for the last bits of floating-point sums (a distributed sum adds in
+/// another order).
+fn assert_same(here: &str, there: &str, query: &str) {
+    fn close(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((ka, a), (kb, b))| ka == kb && close(a, b))
+            }
+            _ => a == b,
+        }
+    }
+    let lines = |s: &str| -> Vec<Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (h, t) = (lines(here), lines(there));
+    assert!(
+        h.len() == t.len() && h.iter().zip(&t).all(|(a, b)| close(a, b)),
+        "{query}\nhere:\n{here}\non the cluster:\n{there}"
+    );
+}
+
+/// `sql` here and on the cluster, as JSON lines.
+fn both(demo: &Demo, cluster: &LocalCluster, query: &str) -> (String, String) {
+    let here = demo.sql(query, "json");
+    assert!(here.status.success(), "{query}: {}", text(&here));
+    let there = scoreland(
+        &[
+            "sql",
+            query,
+            "--warehouse",
+            &demo.wh(),
+            "--format",
+            "json",
+            "--cluster",
+            &cluster.url,
+        ],
+        &[],
+    );
+    assert!(
+        there.status.success(),
+        "{query} on the cluster: {}",
+        text(&there)
+    );
+    (
+        String::from_utf8(here.stdout).unwrap(),
+        String::from_utf8(there.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn sql_on_a_local_cluster_answers_as_sql_here_from_the_published_files_only() {
+    let demo = Demo::new();
+    let run = demo.run(&[], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    // A file no version names (an upload of a run that died before its commit): a listing of
+    // the table's directory would read it, the published version does not.
+    let partition = std::fs::read_dir(Path::new(&demo.wh()).join("scores"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("dataset_id=")
+        })
+        .unwrap();
+    let day = std::fs::read_dir(&partition)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let file = std::fs::read_dir(&day)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    std::fs::copy(&file, day.join("uncommitted-upload.parquet")).unwrap();
+
+    let cluster = LocalCluster::start(2);
+    for query in [
+        "SELECT dataset_id, CAST(score_date AS VARCHAR) AS d, model, count(*) AS n, \
+         sum(score) AS s, min(identity) AS lo, max(identity) AS hi \
+         FROM scores GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        "SELECT * FROM summary ORDER BY model, score_date",
+        "SELECT * FROM scores WHERE score_date = DATE '2026-11-16' AND model = 'churn_risk' \
+         ORDER BY identity LIMIT 50",
+        "SELECT s.model, count(*) AS n, avg(s.score - m.score_mean) AS centred \
+         FROM scores s JOIN summary m ON s.model = m.model AND s.score_date = m.score_date \
+         GROUP BY s.model ORDER BY s.model",
+        "SELECT count(DISTINCT identity) AS identities FROM scores",
+        "SELECT 1 AS one",
+    ] {
+        let (here, there) = both(&demo, &cluster, query);
+        assert!(!here.trim().is_empty(), "{query}");
+        assert_same(&here, &there, query);
+    }
+    assert!(
+        cluster.tasks_run() > 0,
+        "the executors ran no task: the queries did not reach the cluster"
+    );
+    // Only queries run there.
+    let o = scoreland(
+        &[
+            "sql",
+            "COPY (SELECT * FROM scores) TO '/tmp/scoreland-cluster-copy.parquet'",
+            "--warehouse",
+            &demo.wh(),
+            "--cluster",
+            &cluster.url,
+        ],
+        &[],
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!Path::new("/tmp/scoreland-cluster-copy.parquet").exists());
+}
+
+#[test]
+fn a_scheduler_that_cannot_be_reached_or_named_fails_clearly() {
+    let demo = Demo::new();
+    let run = demo.run(&[], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("df://127.0.0.1:{port}");
+    let started = Instant::now();
+    let o = scoreland(
+        &[
+            "sql",
+            "SELECT count(*) FROM scores",
+            "--warehouse",
+            &demo.wh(),
+            "--cluster",
+            &url,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("scheduler at {url} cannot be reached")),
+        "{}",
+        text(&o)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for bad in ["df://127.0.0.1", "s3://bucket:1", "df://a b:1"] {
+        let o = scoreland(
+            &[
+                "sql",
+                "SELECT 1",
+                "--warehouse",
+                &demo.wh(),
+                "--cluster",
+                bad,
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(text(&o).contains("df://HOST:PORT"), "{}", text(&o));
+    }
+    // A warehouse the executors cannot reach by path.
+    let o = scoreland(
+        &[
+            "sql",
+            "SELECT 1",
+            "--warehouse",
+            "s3://bucket/wh",
+            "--cluster",
+            &url,
+        ],
+        &[],
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn an_executor_killed_mid_query_is_replaced_by_the_other() {
+    let demo = Demo::new();
+    let run = demo.run(&[], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let cluster = LocalCluster::start(2);
+    // A self-join of each night's scores per model: millions of pairs, two shuffles.
+    let query = "SELECT a.model, count(*) AS pairs, sum(a.score * b.score) AS s \
+                 FROM scores a JOIN scores b \
+                 ON a.model = b.model AND a.score_date = b.score_date AND a.identity <> b.identity \
+                 GROUP BY a.model ORDER BY a.model";
+    let here = demo.sql(query, "json");
+    assert!(here.status.success(), "{}", text(&here));
+    let child = command(
+        &[
+            "sql",
+            query,
+            "--warehouse",
+            &demo.wh(),
+            "--format",
+            "json",
+            "--cluster",
+            &cluster.url,
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Kill the first executor a second after it has started a task of this query.
+    let log = cluster.work.path().join("executor-0.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Received task")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "executor 0 ran no task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    kill(cluster.executors[0]);
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(180));
+    assert!(out.status.success(), "{}", text(&out));
+    // Every group once, with the values computed here: a job that lost the executor is
+    // cancelled and the query runs again (never its rows twice).
+    assert_same(
+        &String::from_utf8(here.stdout).unwrap(),
+        &String::from_utf8(out.stdout).unwrap(),
+        query,
+    );
+}
