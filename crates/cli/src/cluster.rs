@@ -168,6 +168,29 @@ pub async fn cluster(_: ClusterArgs) -> Result<u8, Failure> {
     Err(not_built())
 }
 
+/// The engine a scores job runs on (`run --cluster`, `transform --cluster`, `[transform]
+/// engine`): the cluster at `url`, reached before anything runs.
+#[cfg(feature = "cluster")]
+pub async fn engine(
+    url: &str,
+    partitions: Option<usize>,
+) -> Result<std::sync::Arc<dyn scoreland_transform::ClusterEngine>, Failure> {
+    let url = url.parse().map_err(crate::usage)?;
+    let mut cluster = scoreland_cluster::Cluster::connect(url).await?;
+    if let Some(n) = partitions {
+        cluster = cluster.with_partitions(n);
+    }
+    Ok(std::sync::Arc::new(cluster))
+}
+
+#[cfg(not(feature = "cluster"))]
+pub async fn engine(
+    _url: &str,
+    _partitions: Option<usize>,
+) -> Result<std::sync::Arc<dyn scoreland_transform::ClusterEngine>, Failure> {
+    Err(not_built())
+}
+
 /// `sql --cluster`: the query on the cluster at `url`.
 #[cfg(feature = "cluster")]
 pub async fn query(

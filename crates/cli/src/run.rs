@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// textfile collector): status, duration, rows, bytes, retries, checks, last success.
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Run the scores transform on this cluster (`df://HOST:PORT`, its scheduler; see
+    /// `scoreland cluster`) rather than here or where `[transform] engine` says. The staging
+    /// directory must be reachable by every executor at the same path.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +56,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
         dry_run: args.dry_run,
         observer: progress::observer(quiet),
         skip_checks: args.skip_checks,
+        cluster: cluster_engine(args.cluster.as_deref(), &file.transform).await?,
         ..RunOptions::default()
     };
     let outcome = scoreland_pipeline::run(&file, &options).await;
@@ -81,6 +87,25 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
             Err(Failure::pipeline(error))
         }
     }
+}
+
+/// The cluster the scores transform runs on: `--cluster`, else `[transform] engine`, else none.
+pub async fn cluster_engine(
+    flag: Option<&str>,
+    transform: &scoreland_transform::TransformConfig,
+) -> Result<Option<std::sync::Arc<dyn scoreland_transform::ClusterEngine>>, Failure> {
+    let configured = transform.engine.as_ref();
+    let Some(url) = flag.or(configured.map(|e| e.cluster.as_str())) else {
+        return Ok(None);
+    };
+    if transform.dataset.is_some() {
+        return Err(usage(anyhow!(
+            "--cluster runs the transform of Customer AI scores; a [transform.dataset] \
+             landing runs here only"
+        )));
+    }
+    let partitions = configured.and_then(|e| e.partitions);
+    crate::cluster::engine(url, partitions).await.map(Some)
 }
 
 /// The pipeline's `report`, after a landed night. A report that cannot be written is said

@@ -26,6 +26,10 @@ pub struct TransformArgs {
     /// beyond it). Half of the machine's memory by default; `unlimited` opts out.
     #[arg(long)]
     pub memory_limit: Option<MemoryLimit>,
+    /// Run the dedupe on this cluster (`df://HOST:PORT`; see `scoreland cluster`); the
+    /// staging directory must be reachable by every executor at the same path.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 pub async fn transform(args: TransformArgs) -> Result<u8, Failure> {
@@ -65,7 +69,10 @@ pub async fn transform(args: TransformArgs) -> Result<u8, Failure> {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let transformer = config.build(&args.out.join("spill")).map_err(usage)?;
+    let mut transformer = config.build(&args.out.join("spill")).map_err(usage)?;
+    if let Some(cluster) = crate::run::cluster_engine(args.cluster.as_deref(), &config).await? {
+        transformer = transformer.with_cluster(cluster);
+    }
     let out = transformer
         .run(&batches, &OutputFormat::default(), &[], &args.out)
         .await?;

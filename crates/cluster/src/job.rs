@@ -1,11 +1,11 @@
 //! Submitting a physical plan to the scheduler and reading its result partitions.
 //!
-//! Ballista's own client (`execute_physical_plan`) streams every location the finished job
-//! lists. After an executor is lost mid-job, the scheduler can list a final partition twice
-//! (once per attempt of its stage: seen here with Ballista 55.0, a killed executor and a
-//! two-model self-join, which came back with every row twice). This client takes the job's
-//! locations, refuses a job that lists one partition twice (the query is run again), and only
-//! then fetches the partitions, each in full, before any row is handed on.
+//! The job is followed until it has finished; only then are its result partitions fetched
+//! from the executors holding them, so nothing of a job that fails is handed on. As a guard,
+//! a job listing one result partition twice is refused (and run again). After an executor is
+//! lost mid-job, Ballista 55's stage rollback can return rows twice under distinct locations;
+//! that case is prevented by the scheduler cancelling such jobs (`processes.rs`), which the
+//! caller then runs again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +23,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::{AsExecutionPlan, PhysicalExtensionCodec};
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 /// Why a job gave no rows.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub(crate) enum JobError {
 /// The largest gRPC message either side sends (plans, batches).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// Runs `plan` and reads its result partitions whole, in order.
 pub(crate) async fn run(
     scheduler_url: &str,
     plan: &Arc<dyn ExecutionPlan>,
@@ -44,6 +46,37 @@ pub(crate) async fn run(
     config: &SessionConfig,
     session_id: &str,
 ) -> Result<Vec<RecordBatch>, JobError> {
+    let mut batches = Vec::new();
+    for location in finished(scheduler_url, plan, codec, config, session_id).await? {
+        batches.extend(fetch(location).await?.try_collect::<Vec<_>>().await?);
+    }
+    Ok(batches)
+}
+
+/// Runs `plan` and streams its result partitions one after the other, once the job has
+/// finished and listed each partition once.
+pub(crate) async fn stream(
+    scheduler_url: &str,
+    plan: &Arc<dyn ExecutionPlan>,
+    codec: &dyn PhysicalExtensionCodec,
+    config: &SessionConfig,
+    session_id: &str,
+) -> Result<BoxStream<'static, Result<RecordBatch, JobError>>, JobError> {
+    let locations = finished(scheduler_url, plan, codec, config, session_id).await?;
+    Ok(futures::stream::iter(locations)
+        .then(fetch)
+        .try_flatten()
+        .boxed())
+}
+
+/// Submits `plan`, waits for the job to finish, and returns its result partitions' locations.
+async fn finished(
+    scheduler_url: &str,
+    plan: &Arc<dyn ExecutionPlan>,
+    codec: &dyn PhysicalExtensionCodec,
+    config: &SessionConfig,
+    session_id: &str,
+) -> Result<Vec<PartitionLocation>, JobError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| JobError::Failed(format!("{what}: {e}"));
     let node = PhysicalPlanNode::try_from_physical_plan(plan.clone(), codec)
         .map_err(|e| failed("serialising the plan", &e))?;
@@ -108,11 +141,7 @@ pub(crate) async fn run(
         }
     };
     check_once_each(&job_id, &locations)?;
-    let mut batches = Vec::new();
-    for location in locations {
-        batches.extend(fetch(location).await?);
-    }
-    Ok(batches)
+    Ok(locations)
 }
 
 /// Each result partition (output partition, map task, file) listed once.
@@ -136,8 +165,10 @@ fn check_once_each(job_id: &str, locations: &[PartitionLocation]) -> Result<(), 
     Ok(())
 }
 
-/// One result partition, read whole from the executor holding it.
-async fn fetch(location: PartitionLocation) -> Result<Vec<RecordBatch>, JobError> {
+/// One result partition, streamed from the executor holding it.
+async fn fetch(
+    location: PartitionLocation,
+) -> Result<BoxStream<'static, Result<RecordBatch, JobError>>, JobError> {
     let layout = location.layout();
     let (Some(executor), Some(partition)) = (location.executor_meta, location.partition_id) else {
         return Err(JobError::Failed(
@@ -160,5 +191,12 @@ async fn fetch(location: PartitionLocation) -> Result<Vec<RecordBatch>, JobError
         .fetch_partition(&executor.id, &partition, location.file_id, layout, true)
         .await
         .map_err(|e| failed(&e))?;
-    stream.try_collect().await.map_err(|e| failed(&e))
+    let host = format!("{}:{}", executor.host, executor.port);
+    Ok(stream
+        .map_err(move |e| {
+            JobError::Failed(format!(
+                "reading a result partition from executor {host}: {e}"
+            ))
+        })
+        .boxed())
 }

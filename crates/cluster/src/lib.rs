@@ -7,10 +7,13 @@
 //! - `table.rs`: a table's published version as plain Parquet files with their partition
 //!   values: delta-rs scans do not serialise to executors (delta-rs #4171), plain Parquet scans
 //!   do, so what a query reads is still exactly one published version.
+//! - `engine.rs`: the transform's scores job (its dedupe plan) run on the executors, the kept
+//!   rows streamed back to be written here.
 //! - `query.rs`: SQL planned here over those files and executed on the cluster's executors
 //!   (the plan, not the SQL, crosses the wire); `job.rs` submits it and reads the result
 //!   partitions, refusing a job that lists one twice.
 
+mod engine;
 mod error;
 mod job;
 mod local;

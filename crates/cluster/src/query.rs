@@ -132,6 +132,10 @@ impl Cluster {
         &self.url
     }
 
+    pub(crate) fn partitions(&self) -> usize {
+        self.partitions
+    }
+
     /// Runs `sql` over `tables` as `as_of` gives them. The warehouse must be a directory every
     /// executor reaches by the same path.
     pub async fn query(
@@ -241,7 +245,7 @@ const ATTEMPTS: usize = 3;
 /// partitions it held are gone; the scheduler retries tasks within a job, not the rows an
 /// executor held for this client), so the query (read-only) is run again. Errors of the query
 /// itself are not retried.
-fn lost_executor(message: &str) -> bool {
+pub(crate) fn lost_executor(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
         "transport error",

@@ -21,6 +21,9 @@ pub struct RunOptions {
     /// Checks (`drift`, or one result such as `drift.churn_risk`) whose failure does not stop
     /// the publish this time: the operator decided to land anyway (kept in the run record).
     pub skip_checks: Vec<String>,
+    /// The distributed engine the scores job runs on (`run --cluster`, or `[transform]
+    /// engine`); the transform runs here without one.
+    pub cluster: Option<Arc<dyn scoreland_transform::ClusterEngine>>,
 }
 
 impl Default for RunOptions {
@@ -31,6 +34,7 @@ impl Default for RunOptions {
             observer: Arc::new(scoreland_ingest::NoProgress),
             stale_lock_after: Duration::from_secs(6 * 3600),
             skip_checks: Vec::new(),
+            cluster: None,
         }
     }
 }

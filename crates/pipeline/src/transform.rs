@@ -19,6 +19,16 @@ pub(crate) async fn transform(
     ingested: Ingested,
 ) -> Result<Prepared, PipelineError> {
     let t = Instant::now();
+    if let (Some(cluster), false) = (
+        &cx.options.cluster,
+        matches!(ingested.input, Input::Scores { .. }),
+    ) {
+        return Err(cx.invalid(format!(
+            "the cluster {} runs the transform of Customer AI scores; this pipeline lands a \
+             profile export or a dataset, which runs here only (run it without --cluster)",
+            cluster.name()
+        )));
+    }
     let (tables, extracts, histograms, replace_dataset) = match ingested.input {
         Input::Scores {
             staged,
@@ -99,12 +109,15 @@ async fn scores(
     PipelineError,
 > {
     let format = file.sink.output_format().map_err(|m| cx.invalid(m))?;
-    let transformer = file
+    let mut transformer = file
         .transform
         .build(&cx.work.join("spill"))
         .map_err(PipelineError::Transform)?
         .with_run_id(&record.run_id)
         .with_landed(merge_with);
+    if let Some(cluster) = &cx.options.cluster {
+        transformer = transformer.with_cluster(cluster.clone());
+    }
     let output = transformer
         .run(staged, &format, &cx.state.histograms, cx.work)
         .await

@@ -35,6 +35,22 @@ pub struct TransformConfig {
     /// without nested types. CSV and NDJSON output always write it as JSON text.
     #[serde(default)]
     pub factors_as_json: bool,
+    /// Where the scores job runs: here by default, or on a distributed engine,
+    /// `engine = { cluster = "df://HOST:PORT" }` (see docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+}
+
+/// `[transform] engine`: the cluster whose executors run the scores job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Engine {
+    /// The scheduler, `df://HOST:PORT`.
+    pub cluster: String,
+    /// How many tasks the scan and the dedupe are split into; this machine's cores by default
+    /// (a cluster with more cores wants more).
+    #[serde(default)]
+    pub partitions: Option<usize>,
 }
 
 impl TransformConfig {
@@ -58,6 +74,20 @@ impl TransformConfig {
                     "[transform.dataset] and [transform.mapping] exclude each other: a dataset \
                      lands from its schema, scores through a mapping"
                         .into(),
+                ));
+            }
+        }
+        if let Some(engine) = &self.engine {
+            if self.dataset.is_some() {
+                return Err(TransformError::Config(
+                    "[transform] engine = { cluster = … } runs the scores job; a \
+                     [transform.dataset] landing runs here only (remove one of them)"
+                        .into(),
+                ));
+            }
+            if engine.partitions == Some(0) {
+                return Err(TransformError::Config(
+                    "engine.partitions must be at least 1".into(),
                 ));
             }
         }

@@ -44,6 +44,9 @@ pub enum TransformError {
         #[source]
         source: std::io::Error,
     },
+    /// The distributed engine failed the scores job (nothing of this run was published).
+    #[error("the scores job failed on the cluster {engine}: {message}")]
+    Cluster { engine: String, message: String },
     #[error("query failed while {context}")]
     DataFusion {
         context: String,

@@ -17,6 +17,7 @@ mod checks;
 mod config;
 mod dataset;
 mod dedupe;
+mod distributed;
 mod drift;
 mod error;
 mod flatten;
@@ -37,7 +38,8 @@ pub use checks::{
     CHECK_NAMES, CheckResult, ChecksConfig, Drift as DriftCheck, Freshness, Level, ModelRows,
     Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
-pub use config::{Mapping, ModelMapping, OutputFormat, TransformConfig};
+pub use config::{Engine, Mapping, ModelMapping, OutputFormat, TransformConfig};
+pub use distributed::{ClusterEngine, ClusterFailure};
 pub use dataset::{
     DatasetLanding, DatasetSummary, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats,
     Explode, FieldLabels, NamedExplode, column_labels, is_event_schema,

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
 use crate::dedupe;
+use crate::distributed::{self, ClusterEngine};
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
@@ -80,6 +81,8 @@ pub struct Transformer {
     run_id: Option<String>,
     /// Scores already landed, merged with the batches' rows (see [`Transformer::with_landed`]).
     landed: Vec<PathBuf>,
+    /// The distributed engine the dedupe runs on (see [`Transformer::with_cluster`]).
+    cluster: Option<Arc<dyn ClusterEngine>>,
 }
 
 impl TransformConfig {
@@ -137,6 +140,7 @@ impl TransformConfig {
                 .is_some_and(|limit| limit < ROOMY_LIMIT),
             run_id: None,
             landed: Vec::new(),
+            cluster: None,
         })
     }
 }
@@ -154,6 +158,13 @@ impl Transformer {
     /// of the merged rows. This is how an incremental export lands.
     pub fn with_landed(mut self, files: Vec<PathBuf>) -> Self {
         self.landed = files;
+        self
+    }
+
+    /// Runs the scores job's dedupe on `cluster`'s executors (the engine `[transform] engine`
+    /// names); the rows it keeps are written and summarised here.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterEngine>) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -238,12 +249,28 @@ impl Transformer {
         // The dedupe's table takes at most half of the memory limit.
         let budget = self.config.memory_limit.bytes().map(|limit| limit / 2);
         let stage = Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            let winners = dedupe::winners(&plan, workers, budget)?;
-            scores::write(&plan, &winners, &options)
-        })
-        .await
-        .map_err(|e| TransformError::Config(format!("the transform's workers failed: {e}")))??;
+        let written = match (&self.cluster, &self.config.engine) {
+            (Some(cluster), _) => {
+                let base = self.ctx.copied_config();
+                distributed::write(cluster.as_ref(), base, plan, options).await?
+            }
+            (None, Some(engine)) => {
+                return Err(TransformError::Config(format!(
+                    "[transform] engine names the cluster {}, but this scoreland cannot reach \
+                     one: build it with the `cluster` feature (cargo build --features \
+                     scoreland/cluster)",
+                    engine.cluster
+                )));
+            }
+            (None, None) => tokio::task::spawn_blocking(move || {
+                let winners = dedupe::winners(&plan, workers, budget)?;
+                scores::write(&plan, &winners, &options)
+            })
+            .await
+            .map_err(|e| {
+                TransformError::Config(format!("the transform's workers failed: {e}"))
+            })??,
+        };
         let (rows_in, null_identity, rows_out) =
             (written.rows_in, written.null_identities, written.rows_out);
         tracing::info!(
@@ -593,6 +620,7 @@ impl Transformer {
             ranks,
             schema: Arc::new(union.schema().as_arrow().clone()),
             keep_null_identities: self.config.keep_null_identities,
+            union,
         })
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, new_null_array,
@@ -71,6 +71,9 @@ pub(crate) struct Plan {
     /// The scores table's columns, as the flattening types them (`run_id` is added on write).
     pub schema: SchemaRef,
     pub keep_null_identities: bool,
+    /// The flat rows of every input as one DataFusion plan (typed as `schema`), which a
+    /// distributed engine deduplicates (`distributed.rs`).
+    pub union: datafusion::dataframe::DataFrame,
 }
 
 impl Plan {
@@ -442,30 +445,83 @@ pub(crate) fn write(
     winners: &Winners,
     opts: &WriteOptions,
 ) -> Result<Written, TransformError> {
+    let schema = output_schema(plan, opts)?;
+    let workers = on_workers(
+        opts.workers,
+        plan.inputs.len(),
+        |id| Worker::new(id),
+        |w, i| w.input(plan, winners, opts, &schema, i),
+    )?;
+    let mut all = finish(workers, opts)?;
+    all.dedupe_passes = winners.passes;
+    Ok(all)
+}
+
+/// Writes rows a distributed engine deduplicated (`distributed.rs`): batches of `plan.schema`'s
+/// columns and the count of flat rows each stands for, from `rows`, on `opts.workers` threads
+/// (each writing its own file per score date, as [`write`] does), summarised on the way.
+pub(crate) fn write_deduplicated(
+    plan: &Plan,
+    opts: &WriteOptions,
+    rows: Mutex<tokio::sync::mpsc::Receiver<RecordBatch>>,
+) -> Result<Written, TransformError> {
+    let schema = output_schema(plan, opts)?;
+    let workers = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.workers.max(1))
+            .map(|id| {
+                let (rows, schema) = (&rows, &schema);
+                s.spawn(move || {
+                    let mut w = Worker::new(id);
+                    loop {
+                        // Take the lock only to receive, so the others write meanwhile.
+                        let next = rows.lock().map_or(None, |mut r| r.blocking_recv());
+                        let Some(batch) = next else {
+                            return Ok(w);
+                        };
+                        if let Err(e) = w.deduplicated(plan, opts, schema, &batch) {
+                            // Closing the channel stops the feeder; the others drain and end.
+                            if let Ok(mut r) = rows.lock() {
+                                r.close();
+                            }
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TransformError::Panicked {
+                        message: "a writer of the cluster's rows panicked".into(),
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut all = finish(workers, opts)?;
+    all.dedupe_passes = 1;
+    Ok(all)
+}
+
+/// The written table's columns: the plan's, and `run_id` when the run has one. The directory
+/// exists even when no row is kept (an empty batch lands empty tables).
+fn output_schema(plan: &Plan, opts: &WriteOptions) -> Result<SchemaRef, TransformError> {
     let mut fields: Vec<Arc<Field>> = plan.schema.fields().iter().cloned().collect();
     if opts.run_id.is_some() {
         fields.push(Arc::new(Field::new("run_id", DataType::Utf8, false)));
     }
-    let schema = Arc::new(Schema::new(fields));
-    // The directory exists even when no row is kept (an empty batch lands empty tables).
     std::fs::create_dir_all(&opts.dir).map_err(|source| TransformError::Io {
         path: opts.dir.clone(),
         source,
     })?;
-    let workers = on_workers(
-        opts.workers,
-        plan.inputs.len(),
-        |id| Worker {
-            id,
-            writers: HashMap::new(),
-            seen: Written::default(),
-        },
-        |w, i| w.input(plan, winners, opts, &schema, i),
-    )?;
-    let mut all = Written {
-        dedupe_passes: winners.passes,
-        ..Written::default()
-    };
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Closes every worker's files and adds up what they saw.
+fn finish(workers: Vec<Worker>, opts: &WriteOptions) -> Result<Written, TransformError> {
+    let mut all = Written::default();
     for w in workers {
         for (date, writer) in w.writers {
             writer
@@ -492,6 +548,57 @@ fn part_path(dir: &Path, date: Option<i32>, worker: usize) -> PathBuf {
 }
 
 impl Worker {
+    fn new(id: usize) -> Self {
+        Worker {
+            id,
+            writers: HashMap::new(),
+            seen: Written::default(),
+        }
+    }
+
+    /// One batch of rows a distributed engine kept: written per model, with the flat rows
+    /// they stood for counted as read.
+    fn deduplicated(
+        &mut self,
+        plan: &Plan,
+        opts: &WriteOptions,
+        schema: &SchemaRef,
+        batch: &RecordBatch,
+    ) -> Result<(), TransformError> {
+        let source = Path::new("the rows the cluster kept");
+        let bad = |e: &dyn std::fmt::Display| parquet_err(source, e);
+        let width = plan.schema.fields().len();
+        if batch.num_columns() != width + 1 {
+            return Err(bad(&format!(
+                "{} columns where {} were planned",
+                batch.num_columns(),
+                width + 1
+            )));
+        }
+        let stood_for = batch
+            .column(width)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad(&"the row count is not a 64-bit integer"))?;
+        let index = |name: &str| plan.schema.index_of(name).map_err(|e| bad(&e));
+        let identity = batch.column(index("identity")?);
+        let model = crate::run::utf8(batch.column(index("model")?))?;
+        let model = model.as_string::<i32>();
+        self.seen.rows_in += stood_for.iter().flatten().map(|n| n.max(0) as u64).sum::<u64>();
+        self.seen.null_identities += identity.null_count() as u64;
+        let columns = batch.columns()[..width].to_vec();
+        for (k, name) in plan.models.iter().enumerate() {
+            let keep = BooleanBuffer::collect_bool(batch.num_rows(), |r| {
+                model.is_valid(r)
+                    && model.value(r) == name
+                    && (identity.is_valid(r) || plan.keep_null_identities)
+            });
+            if keep.count_set_bits() > 0 {
+                self.emit(plan, opts, schema, source, k, columns.clone(), &keep)?;
+            }
+        }
+        Ok(())
+    }
+
     fn input(
         &mut self,
         plan: &Plan,

@@ -1,0 +1,64 @@
+//! The transform's scores job on the cluster: [`ClusterEngine`] for a scheduler.
+//!
+//! The transform plans its dedupe here (over the staged parts, which every executor must reach
+//! by the same path, as the warehouse) and this submits the physical plan, waits for the job,
+//! and streams the kept rows back. A job that lost an executor is reported as such, so the
+//! transform runs it again from the start.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use scoreland_transform::{ClusterEngine, ClusterFailure};
+
+use crate::job::{self, JobError};
+use crate::query::{Cluster, lost_executor};
+
+#[async_trait]
+impl ClusterEngine for Cluster {
+    fn name(&self) -> String {
+        self.url().to_string()
+    }
+
+    fn session_config(&self, base: SessionConfig) -> SessionConfig {
+        base.upgrade_for_ballista()
+            .with_target_partitions(self.partitions())
+    }
+
+    async fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &SessionConfig,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, ClusterFailure>>, ClusterFailure> {
+        let codec = config.ballista_physical_extension_codec();
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let rows = job::stream(
+            &self.url().grpc(),
+            &plan,
+            codec.as_ref(),
+            config,
+            &session_id,
+        )
+        .await
+        .map_err(failure)?;
+        Ok(rows.map_err(failure).boxed())
+    }
+}
+
+fn failure(e: JobError) -> ClusterFailure {
+    match e {
+        JobError::Duplicated(message) => ClusterFailure {
+            message,
+            lost_executor: true,
+        },
+        JobError::Failed(message) => ClusterFailure {
+            lost_executor: lost_executor(&message),
+            message,
+        },
+    }
+}

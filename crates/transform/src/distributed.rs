@@ -1,0 +1,171 @@
+//! The scores job on a distributed engine (`[transform] engine = { cluster = "…" }`).
+//!
+//! The flat union of the staged parts (and of the landed scores, when merging) is deduplicated
+//! by a DataFusion plan that the engine runs on its executors: the rows are shuffled by
+//! (identity, model) and sorted oldest first within each, and the last row of each (identity,
+//! model), the one the single-machine dedupe keeps, is kept with the count of the rows it stood
+//! for (`row_number`, and `lead` marking the last row; one sort serves both). The kept rows
+//! stream back here and are written as the single-machine transform writes them, a thread per
+//! core, with the summaries accumulated on the way; the publish stays the driver's.
+//!
+//! A job that loses an executor is run again from the start (the rows written so far are
+//! removed first); any other failure stops the transform with nothing published.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::error::{Context, TransformError};
+use crate::scores::{self, Plan, WriteOptions, Written};
+
+/// A distributed engine that runs physical plans made here (scoreland's cluster crate
+/// implements it for a Ballista scheduler).
+#[async_trait]
+pub trait ClusterEngine: Send + Sync {
+    /// The engine's address, for messages.
+    fn name(&self) -> String;
+
+    /// The session configuration plans for this engine are made with, from `base` (the
+    /// transform's own settings).
+    fn session_config(&self, base: SessionConfig) -> SessionConfig;
+
+    /// Runs `plan` and streams its rows back once the job has finished.
+    async fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &SessionConfig,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, ClusterFailure>>, ClusterFailure>;
+}
+
+/// Why a job on the engine gave no rows.
+#[derive(Debug, Clone)]
+pub struct ClusterFailure {
+    pub message: String,
+    /// An executor went away (its tasks' output with it): the job can be run again.
+    pub lost_executor: bool,
+}
+
+/// How many times a job that lost an executor is run in all.
+const ATTEMPTS: usize = 3;
+
+/// The column of each kept row that counts the flat rows it stood for.
+pub(crate) const ROWS: &str = "__rows";
+
+/// Deduplicates `plan`'s flat rows on `engine` and writes them under `opts.dir`.
+pub(crate) async fn write(
+    engine: &dyn ClusterEngine,
+    base: SessionConfig,
+    plan: Plan,
+    opts: WriteOptions,
+) -> Result<Written, TransformError> {
+    let failed = |message: String| TransformError::Cluster {
+        engine: engine.name(),
+        message,
+    };
+    let config = engine.session_config(base);
+    let physical = dedupe_plan(&config, plan.union.clone()).await?;
+    let (plan, opts) = (Arc::new(plan), Arc::new(opts));
+    let mut attempt = 1;
+    loop {
+        if opts.dir.exists() {
+            std::fs::remove_dir_all(&opts.dir).map_err(|source| TransformError::Io {
+                path: opts.dir.clone(),
+                source,
+            })?;
+        }
+        let why = match engine.execute(physical.clone(), &config).await {
+            Ok(mut rows) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(opts.workers * 2);
+                let writer = tokio::task::spawn_blocking({
+                    let (plan, opts) = (plan.clone(), opts.clone());
+                    move || scores::write_deduplicated(&plan, &opts, Mutex::new(rx))
+                });
+                let mut streamed = Ok(());
+                while let Some(batch) = rows.next().await {
+                    match batch {
+                        Ok(b) => {
+                            // A closed channel: the writer stopped, its error is returned below.
+                            if tx.send(b).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            streamed = Err(e);
+                            break;
+                        }
+                    }
+                }
+                drop(tx);
+                let written = writer.await.map_err(|e| TransformError::Panicked {
+                    message: e.to_string(),
+                })?;
+                match streamed {
+                    Ok(()) => return written,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if !why.lost_executor {
+            return Err(failed(why.message));
+        }
+        if attempt == ATTEMPTS {
+            return Err(failed(format!(
+                "{} (after {ATTEMPTS} attempts)",
+                why.message
+            )));
+        }
+        attempt += 1;
+        tracing::warn!(
+            "the scores job lost an executor ({}); running it again on {} (attempt {attempt} \
+             of {ATTEMPTS})",
+            why.message,
+            engine.name()
+        );
+    }
+}
+
+/// The physical plan that keeps the newest flat row of each (identity, model) of `union`, with
+/// the rows it stood for in [`ROWS`]; rows without identity pass through (the writer keeps or
+/// drops them, as configured), each standing for itself.
+async fn dedupe_plan(
+    config: &SessionConfig,
+    union: DataFrame,
+) -> Result<Arc<dyn ExecutionPlan>, TransformError> {
+    let columns = union
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name().replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ctx = SessionContext::new_with_config(config.clone());
+    ctx.register_table("flat", union.into_view())
+        .context("planning the dedupe")?;
+    // Oldest first: the single-machine dedupe keeps the newest score date (null is the
+    // oldest), then the newest batch (creation time, then id), then the smallest record id
+    // (null last); that row comes last here.
+    let window = "PARTITION BY identity, model ORDER BY score_date ASC NULLS FIRST, \
+                  batch_created ASC, batch_id ASC, record_id DESC NULLS FIRST";
+    let sql = format!(
+        "SELECT {columns}, {ROWS} FROM ( \
+           SELECT *, CAST(row_number() OVER ({window}) AS BIGINT) AS {ROWS}, \
+                  lead(1) OVER ({window}) AS __next \
+           FROM flat WHERE identity IS NOT NULL) \
+         WHERE __next IS NULL \
+         UNION ALL \
+         SELECT {columns}, CAST(1 AS BIGINT) AS {ROWS} FROM flat WHERE identity IS NULL"
+    );
+    ctx.sql(&sql)
+        .await
+        .context("planning the dedupe")?
+        .create_physical_plan()
+        .await
+        .context("planning the dedupe")
+}
