@@ -335,3 +335,77 @@ fn an_executor_killed_mid_query_is_replaced_by_the_other() {
         query,
     );
 }
+
+/// The run record's figures of the transform.
+fn transform_figures(run: &Output) -> Vec<u64> {
+    let record = record(run);
+    [
+        "rows_in",
+        "rows_out",
+        "duplicates_dropped",
+        "null_identity_dropped",
+    ]
+    .iter()
+    .map(|k| {
+        record[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {record}"))
+    })
+    .collect()
+}
+
+#[test]
+fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
+    let here = Demo::new();
+    let run = here.run(&["--json"], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let figures = transform_figures(&run);
+    assert!(
+        figures[2] > 0 && figures[3] > 0,
+        "{figures:?}: duplicates and null identities to drop"
+    );
+
+    // A scheduler that cannot be reached stops the run before anything lands.
+    let there = Demo::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("df://127.0.0.1:{port}");
+    let o = there.run(&["--cluster", &unreachable], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(&unreachable), "{}", text(&o));
+    assert!(!Path::new(&there.wh()).join("scores").exists());
+
+    let cluster = LocalCluster::start(2);
+    let o = there.run(&["--json", "--cluster", &cluster.url], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        cluster.tasks_run() > 0,
+        "the executors ran no task: the transform did not reach the cluster"
+    );
+    assert_eq!(transform_figures(&o), figures);
+    // The same rows, value for value (only the run differs), and the same summaries but for the
+    // last bits of float sums (added in another order).
+    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
+    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        text(&a),
+        text(&b)
+    );
+    assert_eq!(
+        a.stdout.iter().filter(|&&c| c == b'\n').count() as u64,
+        figures[1]
+    );
+    assert!(a.stdout == b.stdout, "the cluster landed other scores");
+    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
+    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
+    assert_same(
+        &String::from_utf8(a.stdout).unwrap(),
+        &String::from_utf8(b.stdout).unwrap(),
+        summary,
+    );
+}

@@ -39,11 +39,11 @@ pub use checks::{
     Night, NullRate, ScoreRange, Status as CheckStatus, UniqueKey, Volume,
 };
 pub use config::{Engine, Mapping, ModelMapping, OutputFormat, TransformConfig};
-pub use distributed::{ClusterEngine, ClusterFailure};
 pub use dataset::{
     DatasetLanding, DatasetSummary, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats,
     Explode, FieldLabels, NamedExplode, column_labels, is_event_schema,
 };
+pub use distributed::{ClusterEngine, ClusterFailure};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use forget::{drop_identities, identity_digest};

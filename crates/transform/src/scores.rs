@@ -446,12 +446,9 @@ pub(crate) fn write(
     opts: &WriteOptions,
 ) -> Result<Written, TransformError> {
     let schema = output_schema(plan, opts)?;
-    let workers = on_workers(
-        opts.workers,
-        plan.inputs.len(),
-        |id| Worker::new(id),
-        |w, i| w.input(plan, winners, opts, &schema, i),
-    )?;
+    let workers = on_workers(opts.workers, plan.inputs.len(), Worker::new, |w, i| {
+        w.input(plan, winners, opts, &schema, i)
+    })?;
     let mut all = finish(workers, opts)?;
     all.dedupe_passes = winners.passes;
     Ok(all)
@@ -583,7 +580,11 @@ impl Worker {
         let identity = batch.column(index("identity")?);
         let model = crate::run::utf8(batch.column(index("model")?))?;
         let model = model.as_string::<i32>();
-        self.seen.rows_in += stood_for.iter().flatten().map(|n| n.max(0) as u64).sum::<u64>();
+        self.seen.rows_in += stood_for
+            .iter()
+            .flatten()
+            .map(|n| n.max(0) as u64)
+            .sum::<u64>();
         self.seen.null_identities += identity.null_count() as u64;
         let columns = batch.columns()[..width].to_vec();
         for (k, name) in plan.models.iter().enumerate() {
