@@ -6,14 +6,16 @@
 # (the same rows kept, the same summaries: `engines.py compare`); the script fails if they differ.
 #   benches/transform.sh [ROWS]
 # ENGINES="scoreland scoreland_1gib" leaves Polars out (at 20 M rows it runs ~10 min, then dies
-# out of memory); DuckDB, the baseline, always runs.
+# out of memory); DuckDB, the baseline, always runs. Engines cluster1, cluster2 and cluster4 run
+# `scoreland transform --cluster` on a local Ballista cluster of 1, 2 or 4 executors (started
+# before the clock, the machine's cores shared among them); their shuffle files are measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-20000000}
 WORK=$(realpath -m "${SCORELAND_BENCH_DIR:-target/bench}")
 BIN=target/release/scoreland
 mkdir -p "$WORK"
-cargo build --release --quiet -p scoreland
+cargo build --release --quiet -p scoreland --features cluster
 source benches/sim-env.sh
 [ -x "$WORK/venv/bin/python" ] || { python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q duckdb polars pyarrow; }
 
@@ -37,7 +39,26 @@ run_duckdb() { "$WORK/venv/bin/python" benches/engines.py duckdb "$1" "${PARTS[@
 run_polars() { "$WORK/venv/bin/python" benches/engines.py polars "$1" "${PARTS[@]}"; }
 run_scoreland() { "$BIN" -q transform --staging "$STAGING" --dataset "$DATASET" --out "$1"; }
 run_scoreland_1gib() { "$BIN" -q transform --staging "$STAGING" --dataset "$DATASET" --out "$1" --memory-limit 1GiB; }
-export -f run_duckdb run_polars run_scoreland run_scoreland_1gib
+run_cluster() { "$BIN" -q transform --staging "$STAGING" --dataset "$DATASET" --out "$1" --cluster "$CLUSTER_URL"; }
+run_cluster1() { run_cluster "$@"; }
+run_cluster2() { run_cluster "$@"; }
+run_cluster4() { run_cluster "$@"; }
+export -f run_duckdb run_polars run_scoreland run_scoreland_1gib run_cluster run_cluster1 run_cluster2 run_cluster4
+
+# A local cluster of N executors sharing the cores (URL in CLUSTER_URL); stop_cluster ends it.
+start_cluster() {
+  local n=$1 slots=$(( $(nproc) / $1 ))
+  [ "$slots" -ge 1 ] || slots=1
+  rm -rf "$WORK/cluster"; mkdir -p "$WORK/cluster"
+  "$BIN" cluster local --executors "$n" --vcores "$slots" --port 0 --work-dir "$WORK/cluster" \
+    > "$WORK/cluster.out" 2> "$WORK/cluster.log" &
+  CLUSTER_PID=$!
+  for _ in $(seq 1 600); do [ "$(wc -l < "$WORK/cluster.out")" -ge 2 ] && break; sleep 0.1; done
+  CLUSTER_URL=$(head -1 "$WORK/cluster.out")
+  [[ $CLUSTER_URL == df://* ]] || { cat "$WORK/cluster.log" >&2; exit 1; }
+  export CLUSTER_URL
+}
+stop_cluster() { kill "$CLUSTER_PID"; wait "$CLUSTER_PID" 2>/dev/null || true; }
 export WORK BIN STAGING DATASET
 export PARTS_LIST="${PARTS[*]}"
 
@@ -54,10 +75,17 @@ echo "input: ${#PARTS[@]} parts, $(calc "$BYTES/1000000") MB, $ROWS rows; $(npro
 read -r base_s base_mb < <(measure duckdb)
 printf '%-24s %8s s  peak RSS %7s MB\n' "duckdb (baseline)" "$base_s" "$base_mb"
 for e in ${ENGINES:-polars scoreland scoreland_1gib}; do
+  case $e in cluster*) start_cluster "${e#cluster}" ;; esac
   read -r s mb < <(measure "$e")
+  case $e in cluster*)
+    # Shuffle files the executors wrote (kept until the cluster stops).
+    shuffle=$(du -sb --exclude='*.log' "$WORK/cluster" | cut -f1)
+    stop_cluster
+    echo "$e: shuffle files $(calc "$shuffle/1000000") MB" >&2 ;;
+  esac
   if [ "$s" = failed ]; then printf '%-24s failed (see %s)\n' "$e" "$WORK/log-$e"; continue; fi
   printf '%-24s %8s s  peak RSS %7s MB  %.2fx duckdb time\n' "$e" "$s" "$mb" "$(calc "$s/$base_s")"
   # scoreland must keep the rows DuckDB keeps, and agree on the summaries (exits non-zero if not).
-  case $e in scoreland*) "$WORK/venv/bin/python" benches/engines.py compare "$WORK/out-duckdb" "$WORK/out-$e" ;; esac
+  case $e in scoreland*|cluster*) "$WORK/venv/bin/python" benches/engines.py compare "$WORK/out-duckdb" "$WORK/out-$e" ;; esac
 done
 grep -h "rows in" "$WORK"/log-* >&2 || true
