@@ -455,6 +455,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_engine_is_for_scores_only_and_names_nothing_else() {
+        let parse = |transform: &str| {
+            let raw = format!(
+                "[source]\ntype = \"simulator\"\ndata = \"x\"\n[transform]\n{transform}\n[sink]\nurl = \"w\"\n"
+            );
+            PipelineFile::parse(&raw, Path::new("p.toml")).map(|f| f.transform.engine)
+        };
+        let engine = parse("engine = { cluster = \"df://sched:50050\", partitions = 8 }")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (engine.cluster.as_str(), engine.partitions),
+            ("df://sched:50050", Some(8))
+        );
+        for (bad, says) in [
+            (
+                "engine = { cluster = \"df://s:1\", partitions = 0 }",
+                "engine.partitions",
+            ),
+            (
+                "engine = { cluster = \"df://s:1\", token = \"x\" }",
+                "token",
+            ),
+            ("engine = { }", "cluster"),
+            (
+                "engine = { cluster = \"df://s:1\" }\n[transform.dataset]\ntable = \"events\"",
+                "[transform.dataset]",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_syntax_error_does_not_echo_a_secret() {
         let raw =
             "[source]\ntype = \"aep\"\nclient_secret = \"hunter2-very-secret\nsandbox = \"prod\"\n";
