@@ -14,7 +14,7 @@ use std::time::Duration;
 use ballista_core::client::BallistaClient;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    ExecuteQueryParams, GetJobStatusParams, KeyValuePair, PartitionLocation, SuccessfulJob,
+    CancelJobParams, ExecuteQueryParams, GetJobStatusParams, KeyValuePair, PartitionLocation, SuccessfulJob,
     execute_query_params::Query, execute_query_result, job_status,
 };
 use ballista_core::serde::scheduler::PartitionId;
@@ -117,6 +117,11 @@ async fn finished(
             )));
         }
     };
+    // A caller that stops waiting (a run stopped by SIGTERM) cancels the job.
+    let mut pending = Pending {
+        scheduler: Some(scheduler.clone()),
+        job_id: job_id.clone(),
+    };
     let locations = loop {
         let status = scheduler
             .get_job_status(GetJobStatusParams {
@@ -132,6 +137,7 @@ async fn finished(
                 partition_location, ..
             })) => break partition_location,
             Some(job_status::Status::Failed(f)) => {
+                pending.scheduler = None;
                 return Err(JobError::Failed(format!(
                     "job {job_id} failed: {}",
                     f.error
@@ -140,8 +146,40 @@ async fn finished(
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
+    pending.scheduler = None;
     check_once_each(&job_id, &locations)?;
     Ok(locations)
+}
+
+/// A job submitted and not yet finished: cancelled on drop, best effort (a task on the runtime,
+/// which a process that exits at once may not run; the scheduler then finishes the job and
+/// drops its output).
+struct Pending {
+    scheduler: Option<SchedulerGrpcClient<tonic::transport::Channel>>,
+    job_id: String,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let (Some(mut scheduler), Ok(runtime)) = (
+            self.scheduler.take(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let job_id = std::mem::take(&mut self.job_id);
+        runtime.spawn(async move {
+            match scheduler
+                .cancel_job(CancelJobParams {
+                    job_id: job_id.clone(),
+                })
+                .await
+            {
+                Ok(_) => tracing::info!("job {job_id} cancelled on the cluster"),
+                Err(e) => tracing::warn!("cannot cancel job {job_id} on the cluster: {e}"),
+            }
+        });
+    }
 }
 
 /// Each result partition (output partition, map task, file) listed once.

@@ -133,7 +133,7 @@ pub(crate) async fn write(
 
 /// The physical plan that keeps the newest flat row of each (identity, model) of `union`, with
 /// the rows it stood for in [`ROWS`]; rows without identity pass through (the writer keeps or
-/// drops them, as configured), each standing for itself.
+/// drops them, as configured), each standing for itself. One scan, one shuffle, one sort.
 async fn dedupe_plan(
     config: &SessionConfig,
     union: DataFrame,
@@ -153,19 +153,25 @@ async fn dedupe_plan(
     // (null last); that row comes last here.
     let window = "PARTITION BY identity, model ORDER BY score_date ASC NULLS FIRST, \
                   batch_created ASC, batch_id ASC, record_id DESC NULLS FIRST";
+    // Rows without identity share a window per model; each passes, standing for itself.
     let sql = format!(
-        "SELECT {columns}, {ROWS} FROM ( \
-           SELECT *, CAST(row_number() OVER ({window}) AS BIGINT) AS {ROWS}, \
-                  lead(1) OVER ({window}) AS __next \
-           FROM flat WHERE identity IS NOT NULL) \
-         WHERE __next IS NULL \
-         UNION ALL \
-         SELECT {columns}, CAST(1 AS BIGINT) AS {ROWS} FROM flat WHERE identity IS NULL"
+        "SELECT {columns}, CASE WHEN identity IS NULL THEN CAST(1 AS BIGINT) ELSE {ROWS} END \
+           AS {ROWS} \
+         FROM (SELECT *, CAST(row_number() OVER ({window}) AS BIGINT) AS {ROWS}, \
+                      lead(1) OVER ({window}) AS __next \
+               FROM flat) \
+         WHERE __next IS NULL OR identity IS NULL"
     );
-    ctx.sql(&sql)
+    let plan = ctx
+        .sql(&sql)
         .await
         .context("planning the dedupe")?
         .create_physical_plan()
         .await
-        .context("planning the dedupe")
+        .context("planning the dedupe")?;
+    tracing::debug!(
+        "the dedupe's plan:\n{}",
+        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+    );
+    Ok(plan)
 }
