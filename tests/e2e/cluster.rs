@@ -409,3 +409,81 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
         summary,
     );
 }
+
+#[test]
+fn an_executor_killed_mid_transform_lands_each_row_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A platform big enough that the transform's job runs for seconds.
+    let platform = tmp.path().join("platform");
+    let made = scoreland(
+        &[
+            "sim",
+            "generate",
+            "--out",
+            &platform.display().to_string(),
+            "--rows",
+            "60000",
+            "--parts",
+            "4",
+            "--batches",
+            "1",
+            "-q",
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let pipeline = tmp.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"big\"\nstaging = \"${{SCORELAND_STAGING}}\"\n[source]\ntype = \"simulator\"\n\
+             data = \"{}\"\n[sink]\nurl = \"${{SCORELAND_WAREHOUSE}}\"\n",
+            platform.display()
+        ),
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (here, there) = (Demo::new(), Demo::new());
+    let run = |d: &Demo, extra: &[&str]| {
+        let mut args = vec!["run", pipeline.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let env = d.env();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        command(&args, &envs)
+    };
+    let local = run(&here, &[]).output().unwrap();
+    assert_eq!(local.status.code(), Some(0), "{}", text(&local));
+
+    let cluster = LocalCluster::start(2);
+    let child = run(&there, &["--cluster", &cluster.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = cluster.work.path().join("executor-0.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Received task")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "executor 0 ran no task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    kill(cluster.executors[0]);
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(300));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("lost an executor"),
+        "the job did not run again: {}",
+        text(&out)
+    );
+    assert_eq!(transform_figures(&out), transform_figures(&local));
+    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
+    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
+    assert!(a.stdout == b.stdout, "the cluster landed other scores");
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ballista_core::client::BallistaClient;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    CancelJobParams, ExecuteQueryParams, GetJobStatusParams, KeyValuePair, PartitionLocation, SuccessfulJob,
-    execute_query_params::Query, execute_query_result, job_status,
+    CancelJobParams, ExecuteQueryParams, GetJobStatusParams, KeyValuePair, PartitionLocation,
+    SuccessfulJob, execute_query_params::Query, execute_query_result, job_status,
 };
 use ballista_core::serde::scheduler::PartitionId;
 use datafusion::arrow::array::RecordBatch;
@@ -161,10 +161,9 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let (Some(mut scheduler), Ok(runtime)) = (
-            self.scheduler.take(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let (Some(mut scheduler), Ok(runtime)) =
+            (self.scheduler.take(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
         let job_id = std::mem::take(&mut self.job_id);
