@@ -59,6 +59,25 @@ impl LocalCluster {
         }
     }
 
+    /// Kills executor 0 a second after it has started a task; returns when it started waiting.
+    fn kill_first_executor_once_busy(&self) -> Instant {
+        let log = self.work.path().join("executor-0.log");
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Received task")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "executor 0 ran no task"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        kill(self.executors[0]);
+        started
+    }
+
     /// Tasks the executors' logs say they ran.
     fn tasks_run(&self) -> usize {
         std::fs::read_dir(self.work.path())
@@ -309,21 +328,7 @@ fn an_executor_killed_mid_query_is_replaced_by_the_other() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Kill the first executor a second after it has started a task of this query.
-    let log = cluster.work.path().join("executor-0.log");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("Received task")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "executor 0 ran no task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    kill(cluster.executors[0]);
+    let started = cluster.kill_first_executor_once_busy();
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(180));
     assert!(out.status.success(), "{}", text(&out));
@@ -460,20 +465,7 @@ fn an_executor_killed_mid_transform_lands_each_row_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = cluster.work.path().join("executor-0.log");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("Received task")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "executor 0 ran no task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    kill(cluster.executors[0]);
+    let started = cluster.kill_first_executor_once_busy();
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(300));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

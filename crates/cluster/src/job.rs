@@ -46,11 +46,10 @@ pub(crate) async fn run(
     config: &SessionConfig,
     session_id: &str,
 ) -> Result<Vec<RecordBatch>, JobError> {
-    let mut batches = Vec::new();
-    for location in finished(scheduler_url, plan, codec, config, session_id).await? {
-        batches.extend(fetch(location).await?.try_collect::<Vec<_>>().await?);
-    }
-    Ok(batches)
+    stream(scheduler_url, plan, codec, config, session_id)
+        .await?
+        .try_collect()
+        .await
 }
 
 /// Runs `plan` and streams its result partitions one after the other, once the job has
