@@ -479,3 +479,93 @@ fn an_executor_killed_mid_transform_lands_each_row_once() {
     let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
     assert!(a.stdout == b.stdout, "the cluster landed other scores");
 }
+
+/// `serve` on port 0, its address read from its first line.
+fn serve(wh: &str, extra: &[&str]) -> (Running, String) {
+    let mut args = vec!["serve", "--warehouse", wh, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut server = Running::start(&args, &[]);
+    server.wait_for("scoreland serve: listening on ");
+    let line = server.stderr.last().unwrap().clone();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    (server, addr)
+}
+
+/// psql's unaligned rows for `query` against the server at `addr`.
+fn psql(addr: &str, query: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let o = Command::new("psql")
+        .args(["-h", host, "-p", port, "-U", "scoreland", "-d", "scoreland"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (scripts/test-services.sh installs it)");
+    assert!(o.status.success(), "psql {query}: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn serve_on_a_local_cluster_answers_psql_as_serve_here() {
+    let demo = Demo::new();
+    let run = demo.run(&[], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let cluster = LocalCluster::start(2);
+    let (here_server, here) = serve(&demo.wh(), &[]);
+    let (there_server, there) = serve(&demo.wh(), &["--cluster", &cluster.url]);
+    assert!(
+        there_server.stderr.last().unwrap().contains(&cluster.url),
+        "{:?}",
+        there_server.stderr
+    );
+    for query in [
+        "SELECT dataset_id, CAST(score_date AS VARCHAR), model, count(*), \
+         round(sum(score), 6), min(identity), max(identity) \
+         FROM scores GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        "SELECT identity, model, score FROM scores WHERE model = 'churn_risk' \
+         ORDER BY identity LIMIT 20",
+        "SELECT model, count(*) FROM summary GROUP BY model ORDER BY model",
+        // The catalog a BI tool reads at start-up answers here, whatever the engine.
+        "SELECT relname FROM pg_catalog.pg_class WHERE relname IN ('scores', 'summary') \
+         ORDER BY relname",
+    ] {
+        let (a, b) = (psql(&here, query), psql(&there, query));
+        assert!(!a.trim().is_empty(), "{query}");
+        assert_eq!(a, b, "{query}");
+    }
+    assert!(
+        cluster.tasks_run() > 0,
+        "the executors ran no task: serve's queries did not reach the cluster"
+    );
+    // Still read-only on the cluster.
+    let (host, port) = there.rsplit_once(':').unwrap();
+    let o = Command::new("psql")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            "scoreland",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .args([
+            "-c",
+            "COPY (SELECT * FROM scores) TO '/tmp/scoreland-serve-cluster.parquet'",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!Path::new("/tmp/scoreland-serve-cluster.parquet").exists());
+    for s in [here_server, there_server] {
+        s.signal("TERM");
+        let (code, _, err) = s.finish();
+        assert_eq!(code, Some(0), "{err}");
+    }
+}

@@ -174,7 +174,7 @@ pub async fn cluster(_: ClusterArgs) -> Result<u8, Failure> {
 pub async fn engine(
     url: &str,
     partitions: Option<usize>,
-) -> Result<std::sync::Arc<dyn scoreland_transform::ClusterEngine>, Failure> {
+) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
     let url = url.parse().map_err(crate::usage)?;
     let mut cluster = scoreland_cluster::Cluster::connect(url).await?;
     if let Some(n) = partitions {
@@ -187,7 +187,7 @@ pub async fn engine(
 pub async fn engine(
     _url: &str,
     _partitions: Option<usize>,
-) -> Result<std::sync::Arc<dyn scoreland_transform::ClusterEngine>, Failure> {
+) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
     Err(not_built())
 }
 

@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, Failure> {
 pub async fn cluster_engine(
     flag: Option<&str>,
     transform: &scoreland_transform::TransformConfig,
-) -> Result<Option<std::sync::Arc<dyn scoreland_transform::ClusterEngine>>, Failure> {
+) -> Result<Option<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>>, Failure> {
     let configured = transform.engine.as_ref();
     let Some(url) = flag.or(configured.map(|e| e.cluster.as_str())) else {
         return Ok(None);

@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// NULL, besides those each table's pipeline denies ([serve] deny_labels).
     #[arg(long, env = "SCORELAND_SERVE_DENY_LABELS", default_value = "")]
     pub deny_labels: String,
+    /// Run the queries that read the tables on a cluster (`df://HOST:PORT`, its scheduler; see
+    /// `scoreland cluster`). The warehouse must be a directory every executor mounts at the
+    /// same path.
+    #[arg(long, env = "SCORELAND_CLUSTER")]
+    pub cluster: Option<String>,
+    /// With --cluster: how many tasks each table scan is split into (default: this machine's
+    /// cores).
+    #[arg(long, requires = "cluster")]
+    pub partitions: Option<usize>,
     /// After SIGTERM, how long running queries get to finish.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -78,14 +87,22 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         spill_dir: args.spill_dir,
         tables: warehouse_tables(&warehouse).await?,
         deny_labels: scoreland_transform::labels::parse_labels(&args.deny_labels),
+        cluster: match &args.cluster {
+            Some(url) => Some(crate::cluster::engine(url, args.partitions).await?),
+            None => None,
+        },
     };
     let no_password = options.login.is_none();
     let server = Server::bind(warehouse, options).await.map_err(usage)?;
     // One plain line, whatever the log level: scripts and tests read the address from it.
     eprintln!(
-        "scoreland serve: listening on {} for {}{}",
+        "scoreland serve: listening on {} for {}{}{}",
         server.local_addr,
         args.warehouse.url,
+        args.cluster
+            .as_deref()
+            .map(|c| format!(", queries on the cluster {c}"))
+            .unwrap_or_default(),
         if no_password {
             " (no password: SCORELAND_SERVE_PASSWORD is not set, so loopback only)"
         } else {

@@ -1,9 +1,7 @@
-//! The transform's scores job on the cluster: [`ClusterEngine`] for a scheduler.
-//!
-//! The transform plans its dedupe here (over the staged parts, which every executor must reach
-//! by the same path, as the warehouse) and this submits the physical plan, waits for the job,
-//! and streams the kept rows back. A job that lost an executor is reported as such, so the
-//! transform runs it again from the start.
+//! [`ClusterEngine`] for a scheduler: plans made here (the transform's dedupe over the staged
+//! parts, a query over the warehouse's files, which every executor must reach by the same path)
+//! are submitted, followed to their end, and their rows streamed back. A job that lost an
+//! executor is reported as such, so the caller runs it again from the start.
 
 use std::sync::Arc;
 
@@ -12,9 +10,11 @@ use ballista_core::extension::SessionConfigExt;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::AsExecutionPlan;
+use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use scoreland_transform::{ClusterEngine, ClusterFailure};
+use scoreland_runtime::engine::{ClusterEngine, ClusterFailure};
 
 use crate::job::{self, JobError};
 use crate::query::{Cluster, lost_executor};
@@ -28,6 +28,11 @@ impl ClusterEngine for Cluster {
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
         base.upgrade_for_ballista()
             .with_target_partitions(self.partitions())
+    }
+
+    fn carries(&self, plan: &Arc<dyn ExecutionPlan>, config: &SessionConfig) -> bool {
+        let codec = config.ballista_physical_extension_codec();
+        PhysicalPlanNode::try_from_physical_plan(plan.clone(), codec.as_ref()).is_ok()
     }
 
     async fn execute(

@@ -38,20 +38,6 @@ pub(crate) enum JobError {
 /// The largest gRPC message either side sends (plans, batches).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Runs `plan` and reads its result partitions whole, in order.
-pub(crate) async fn run(
-    scheduler_url: &str,
-    plan: &Arc<dyn ExecutionPlan>,
-    codec: &dyn PhysicalExtensionCodec,
-    config: &SessionConfig,
-    session_id: &str,
-) -> Result<Vec<RecordBatch>, JobError> {
-    stream(scheduler_url, plan, codec, config, session_id)
-        .await?
-        .try_collect()
-        .await
-}
-
 /// Runs `plan` and streams its result partitions one after the other, once the job has
 /// finished and listed each partition once.
 pub(crate) async fn stream(

@@ -4,14 +4,14 @@
 //!
 //! - `processes.rs`: a scheduler and an executor as scoreland runs them.
 //! - `local.rs`: a scheduler and N executor processes on this machine.
-//! - `table.rs`: a table's published version as plain Parquet files with their partition
-//!   values: delta-rs scans do not serialise to executors (delta-rs #4171), plain Parquet scans
-//!   do, so what a query reads is still exactly one published version.
-//! - `engine.rs`: the transform's scores job (its dedupe plan) run on the executors, the kept
-//!   rows streamed back to be written here.
-//! - `query.rs`: SQL planned here over those files and executed on the cluster's executors
-//!   (the plan, not the SQL, crosses the wire); `job.rs` submits it and reads the result
-//!   partitions, refusing a job that lists one twice.
+//! - `engine.rs`: [`scoreland_runtime::engine::ClusterEngine`] for a scheduler: the
+//!   transform's scores job (its dedupe plan) and queries (`sql --cluster`, `serve --cluster`)
+//!   run on the executors, the rows streamed back.
+//! - `query.rs`: SQL planned here over each table's version as plain Parquet files
+//!   ([`scoreland_sink::PublishedTable`]: delta-rs scans do not serialise to executors,
+//!   delta-rs #4171) and executed on the cluster's executors (the plan, not the SQL, crosses
+//!   the wire); `job.rs` submits it and reads the result partitions, refusing a job that lists
+//!   one twice.
 
 mod engine;
 mod error;
@@ -19,7 +19,6 @@ mod job;
 mod local;
 mod processes;
 mod query;
-mod table;
 
 pub use error::ClusterError;
 pub use local::LocalCluster;

@@ -1,8 +1,8 @@
 //! SQL over the warehouse, executed on the cluster.
 //!
 //! The query is planned here, over each table's published files ([`PublishedTable`]), and
-//! the physical plan is submitted to the scheduler, which splits it into stages at its
-//! shuffles and runs their tasks on the executors; the rows come back here. Only queries run:
+//! the physical plan is submitted to the scheduler ([`ClusterPlanner`]), which splits it into
+//! stages at its shuffles and runs their tasks on the executors; the rows come back here. Only queries run:
 //! a statement that would write (DDL, DML, `COPY`) is refused before anything is submitted.
 
 use std::fmt;
@@ -10,18 +10,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
-use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use scoreland_sink::{AsOf, QueryOutput, Warehouse};
+use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
+use scoreland_sink::{AsOf, PublishedTable, QueryOutput, Warehouse};
 
 use crate::error::ClusterError;
-use crate::job::{self, JobError};
-use crate::table::PublishedTable;
 
 /// A scheduler's address: `df://HOST:PORT` (also `HOST:PORT` or `http://HOST:PORT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,12 +146,11 @@ impl Cluster {
                 url: warehouse.url().to_string(),
             });
         }
-        let config = SessionConfig::new_with_ballista()
-            .with_target_partitions(self.partitions)
-            .with_information_schema(true);
+        let engine: Arc<dyn ClusterEngine> = Arc::new(self.clone());
         let state = SessionStateBuilder::new()
-            .with_config(config.clone())
+            .with_config(engine.session_config(SessionConfig::new().with_information_schema(true)))
             .with_default_features()
+            .with_query_planner(Arc::new(ClusterPlanner::new(engine)))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let mut registered = 0;
@@ -181,53 +176,8 @@ impl Cluster {
             .await
             .map_err(|e| self.failed(e))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let plan = df
-            .create_physical_plan()
-            .await
-            .map_err(|e| self.failed(e))?;
-        // A query that reads no file (`SELECT 1`, the catalog's tables) has nothing to
-        // distribute: it runs here.
-        if !reads_files(&plan) {
-            let batches = collect(plan, ctx.task_ctx())
-                .await
-                .map_err(|e| self.failed(e))?;
-            return Ok(QueryOutput { schema, batches });
-        }
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let codec = config.ballista_physical_extension_codec();
-        let mut attempt = 1;
-        loop {
-            let why = match job::run(
-                &self.url.grpc(),
-                &plan,
-                codec.as_ref(),
-                &config,
-                &session_id,
-            )
-            .await
-            {
-                Ok(batches) => return Ok(QueryOutput { schema, batches }),
-                Err(JobError::Duplicated(m)) => m,
-                Err(JobError::Failed(m)) if lost_executor(&m) => m,
-                Err(JobError::Failed(message)) => {
-                    return Err(ClusterError::Query {
-                        url: self.url.to_string(),
-                        message,
-                    });
-                }
-            };
-            if attempt == ATTEMPTS {
-                return Err(ClusterError::Query {
-                    url: self.url.to_string(),
-                    message: format!("{why} (after {ATTEMPTS} attempts)"),
-                });
-            }
-            attempt += 1;
-            tracing::warn!(
-                "the query lost an executor ({why}); running it again on the cluster \
-                 (attempt {attempt} of {ATTEMPTS})"
-            );
-        }
+        let batches = df.collect().await.map_err(|e| self.failed(e))?;
+        Ok(QueryOutput { schema, batches })
     }
 
     fn failed(&self, e: impl std::error::Error) -> ClusterError {
@@ -237,9 +187,6 @@ impl Cluster {
         }
     }
 }
-
-/// How many times a query that lost an executor is submitted in all.
-const ATTEMPTS: usize = 3;
 
 /// Whether a job failed because an executor went away (the tasks' output or the result
 /// partitions it held are gone; the scheduler retries tasks within a job, not the rows an
@@ -260,11 +207,6 @@ pub(crate) fn lost_executor(message: &str) -> bool {
     ]
     .iter()
     .any(|needle| m.contains(needle))
-}
-
-/// Whether a plan scans any file.
-fn reads_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.is::<DataSourceExec>() || plan.children().into_iter().any(reads_files)
 }
 
 /// An error with its sources, one line.

@@ -23,7 +23,7 @@ pub struct RunOptions {
     pub skip_checks: Vec<String>,
     /// The distributed engine the scores job runs on (`run --cluster`, or `[transform]
     /// engine`); the transform runs here without one.
-    pub cluster: Option<Arc<dyn scoreland_transform::ClusterEngine>>,
+    pub cluster: Option<Arc<dyn scoreland_runtime::engine::ClusterEngine>>,
 }
 
 impl Default for RunOptions {

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -29,6 +30,7 @@ use datafusion_postgres::pgwire::api::ConnectionManager;
 use datafusion_postgres::pgwire::tokio::process_socket;
 use datafusion_postgres::pgwire::tokio::tokio_rustls::TlsAcceptor;
 use datafusion_postgres::pgwire::tokio::tokio_rustls::rustls;
+use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
 use scoreland_sink::Warehouse;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -59,6 +61,9 @@ pub struct ServeOptions {
     /// Data usage labels whose columns are masked in every table, besides those each table
     /// denies itself.
     pub deny_labels: std::collections::BTreeSet<String>,
+    /// The distributed engine queries that read the tables run on (`serve --cluster`); the
+    /// warehouse must then be a directory every executor reaches by the same path.
+    pub cluster: Option<Arc<dyn ClusterEngine>>,
 }
 
 /// A user name and its password; the password never shows in `Debug` output or logs.
@@ -94,6 +99,12 @@ pub enum ServeError {
     Tls { path: PathBuf, message: String },
     #[error("setting up the tables: {0}")]
     Setup(String),
+    #[error(
+        "the warehouse {url} is not a local directory: the cluster's executors read the \
+         published files by path, so serve a warehouse on a file system every executor mounts, \
+         or serve without --cluster"
+    )]
+    NotShared { url: String },
 }
 
 /// A running server: the address it listens on, and the serving itself.
@@ -135,12 +146,33 @@ impl Server {
         let runtime = runtime
             .build_arc()
             .map_err(|e| ServeError::Setup(format!("the spill directory: {e}")))?;
-        let base = Arc::new(SessionContext::new_with_config_rt(config, runtime));
+        let mut state = SessionStateBuilder::new()
+            .with_runtime_env(runtime)
+            .with_default_features();
+        if let Some(engine) = &options.cluster {
+            if warehouse.url().scheme() != "file" {
+                return Err(ServeError::NotShared {
+                    url: warehouse.url().to_string(),
+                });
+            }
+            config = engine.session_config(config);
+            state = state.with_query_planner(Arc::new(ClusterPlanner::new(engine.clone())));
+        }
+        let base = Arc::new(SessionContext::new_with_state(
+            state.with_config(config).build(),
+        ));
         setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         compat::register(&base).await?;
         let deny = Arc::new(options.deny_labels.clone());
-        register_missing(&warehouse, &base, &options.tables, &deny).await?;
+        register_missing(
+            &warehouse,
+            &base,
+            &options.tables,
+            &deny,
+            options.cluster.is_some(),
+        )
+        .await?;
         let listen_err = |source| ServeError::Listen {
             listen: options.listen,
             source,
@@ -181,13 +213,18 @@ impl Server {
         });
         // Tables that did not exist when the server started appear once a run creates them.
         let watcher = {
-            let (warehouse, base, tables) =
-                (warehouse.clone(), base.clone(), options.tables.clone());
+            let (warehouse, base, tables, plain) = (
+                warehouse.clone(),
+                base.clone(),
+                options.tables.clone(),
+                options.cluster.is_some(),
+            );
             let deny = Arc::new(options.deny_labels.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(REFRESH * 5).await;
-                    if let Err(e) = register_missing(&warehouse, &base, &tables, &deny).await {
+                    if let Err(e) = register_missing(&warehouse, &base, &tables, &deny, plain).await
+                    {
                         tracing::warn!(error = %e, "looking for new tables");
                     }
                 }
@@ -294,18 +331,20 @@ async fn serve_connection(
     }
 }
 
-/// Registers the tables of `tables` that exist in the warehouse and are not registered yet.
+/// Registers the tables of `tables` that exist in the warehouse and are not registered yet;
+/// `plain`: scanned as plain Parquet files, as a distributed engine runs them.
 async fn register_missing(
     warehouse: &Warehouse,
     ctx: &SessionContext,
     tables: &[String],
     deny: &Arc<std::collections::BTreeSet<String>>,
+    plain: bool,
 ) -> Result<(), ServeError> {
     for name in tables {
         if ctx.table_exist(name.as_str()).unwrap_or(false) {
             continue;
         }
-        let live = LiveTable::open(warehouse.clone(), name, deny.clone())
+        let live = LiveTable::open(warehouse.clone(), name, deny.clone(), plain)
             .await
             .map_err(|e| ServeError::Setup(format!("table {name}: {e}")))?;
         if let Some(live) = live {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::common::metadata::FieldMetadata;
@@ -27,7 +27,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
 use deltalake::DeltaTable;
 use scoreland_runtime::labels::{COLUMN_LABELS, DENY_LABELS, TABLE_LABELS, parse_labels};
-use scoreland_sink::{AsOf, Warehouse};
+use scoreland_sink::{AsOf, PublishedTable, Warehouse};
 
 /// How often a table looks for a newer published version.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -37,6 +37,9 @@ pub struct LiveTable {
     name: String,
     /// Labels the server denies on every table (`serve --deny-labels`).
     deny: Arc<BTreeSet<String>>,
+    /// Scan the version's files as plain Parquet ([`PublishedTable`]) rather than through
+    /// delta-rs: a distributed engine's executors can run that scan (`serve --cluster`).
+    plain: bool,
     current: Mutex<Current>,
 }
 
@@ -67,14 +70,21 @@ impl LiveTable {
         warehouse: Warehouse,
         name: &str,
         deny: Arc<BTreeSet<String>>,
+        plain: bool,
     ) -> Result<Option<LiveTable>> {
-        let Some(current) = load(&warehouse, name, &deny).await? else {
+        let Some(table) = warehouse
+            .table_as_of(name, AsOf::Published)
+            .await
+            .map_err(df_err)?
+        else {
             return Ok(None);
         };
+        let current = Current::of(&warehouse, name, table, &deny, plain).await?;
         Ok(Some(LiveTable {
             warehouse,
             name: name.to_string(),
             deny,
+            plain,
             current: Mutex::new(current),
         }))
     }
@@ -116,7 +126,9 @@ impl LiveTable {
                 .await
                 .map_err(df_err)?
             {
-                Some(t) => Some(current(t, &self.deny).await?),
+                Some(t) => {
+                    Some(Current::of(&self.warehouse, &self.name, t, &self.deny, self.plain).await?)
+                }
                 None => None,
             }
         };
@@ -130,37 +142,51 @@ impl LiveTable {
     }
 }
 
-async fn load(
-    warehouse: &Warehouse,
-    name: &str,
-    deny: &BTreeSet<String>,
-) -> Result<Option<Current>> {
-    match warehouse
-        .table_as_of(name, AsOf::Published)
-        .await
-        .map_err(df_err)?
-    {
-        Some(t) => Ok(Some(current(t, deny).await?)),
-        None => Ok(None),
+impl Current {
+    /// Table `name` at the version `t` was loaded at, as served: its scan, and which columns
+    /// are masked.
+    async fn of(
+        warehouse: &Warehouse,
+        name: &str,
+        t: DeltaTable,
+        deny: &BTreeSet<String>,
+        plain: bool,
+    ) -> Result<Current> {
+        let delta = t.table_provider().await.map_err(df_err)?;
+        let config = t
+            .snapshot()
+            .map_err(df_err)?
+            .metadata()
+            .configuration()
+            .clone();
+        let provider: Arc<dyn TableProvider> = if plain {
+            let mut files = warehouse.files_of(name, &t).map_err(df_err)?;
+            // Each column with its labels as delta-rs serves it (the plain scan orders the
+            // partition columns last).
+            let served = delta.schema();
+            let fields: Vec<_> = files
+                .schema
+                .fields()
+                .iter()
+                .map(|f| match served.field_with_name(f.name()) {
+                    Ok(s) => f.as_ref().clone().with_metadata(s.metadata().clone()),
+                    Err(_) => f.as_ref().clone(),
+                })
+                .collect();
+            files.schema = Arc::new(Schema::new(fields));
+            Arc::new(PublishedTable::new(files))
+        } else {
+            delta
+        };
+        let masked = masked_columns(&provider.schema(), &config, deny);
+        Ok(Current {
+            version: t.version(),
+            table: Arc::new(t),
+            provider,
+            masked: Arc::new(masked),
+            checked: Instant::now(),
+        })
     }
-}
-
-async fn current(t: DeltaTable, deny: &BTreeSet<String>) -> Result<Current> {
-    let provider = t.table_provider().await.map_err(df_err)?;
-    let config = t
-        .snapshot()
-        .map_err(df_err)?
-        .metadata()
-        .configuration()
-        .clone();
-    let masked = masked_columns(&provider.schema(), &config, deny);
-    Ok(Current {
-        version: t.version(),
-        table: Arc::new(t),
-        provider,
-        masked: Arc::new(masked),
-        checked: Instant::now(),
-    })
 }
 
 /// Per column of `schema`: whether it carries a label denied by the table (`config`'s

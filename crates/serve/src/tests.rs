@@ -135,6 +135,7 @@ impl Running {
             spill_dir: Some(spill.to_path_buf()),
             tables: vec!["scores".into(), "audiences".into()],
             deny_labels: Default::default(),
+            cluster: None,
         };
         tune(&mut options);
         let server = Server::bind(wh, options).await.unwrap();

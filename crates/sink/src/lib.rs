@@ -23,7 +23,8 @@ mod store;
 
 pub use delta::{
     AsOf, CHECKPOINT_INTERVAL, FORGET_POINTER, ForgetReport, OptimizeReport, Published,
-    QueryOutput, TableCommit, TableFile, TableFiles, TableLabels, TableVersion, TableWrite,
+    PublishedTable, QueryOutput, TableCommit, TableFile, TableFiles, TableLabels, TableVersion,
+    TableWrite,
 };
 pub use error::SinkError;
 pub use legacy::{Commit, CommitFile};

@@ -13,46 +13,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
-use futures::stream::BoxStream;
+
+use scoreland_runtime::engine::{ATTEMPTS, ClusterEngine};
 
 use crate::error::{Context, TransformError};
 use crate::scores::{self, Plan, WriteOptions, Written};
-
-/// A distributed engine that runs physical plans made here (scoreland's cluster crate
-/// implements it for a Ballista scheduler).
-#[async_trait]
-pub trait ClusterEngine: Send + Sync {
-    /// The engine's address, for messages.
-    fn name(&self) -> String;
-
-    /// The session configuration plans for this engine are made with, from `base` (the
-    /// transform's own settings).
-    fn session_config(&self, base: SessionConfig) -> SessionConfig;
-
-    /// Runs `plan` and streams its rows back once the job has finished.
-    async fn execute(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        config: &SessionConfig,
-    ) -> Result<BoxStream<'static, Result<RecordBatch, ClusterFailure>>, ClusterFailure>;
-}
-
-/// Why a job on the engine gave no rows.
-#[derive(Debug, Clone)]
-pub struct ClusterFailure {
-    pub message: String,
-    /// An executor went away (its tasks' output with it): the job can be run again.
-    pub lost_executor: bool,
-}
-
-/// How many times a job that lost an executor is run in all.
-const ATTEMPTS: usize = 3;
 
 /// The column of each kept row that counts the flat rows it stood for.
 pub(crate) const ROWS: &str = "__rows";

@@ -43,7 +43,6 @@ pub use dataset::{
     DatasetLanding, DatasetSummary, EVENT_CLASS, EVENT_DATE, EventDataset, EventScan, EventStats,
     Explode, FieldLabels, NamedExplode, column_labels, is_event_schema,
 };
-pub use distributed::{ClusterEngine, ClusterFailure};
 pub use drift::{DRIFT_EPSILON, ModelHistogram, psi};
 pub use error::TransformError;
 pub use forget::{drop_identities, identity_digest};

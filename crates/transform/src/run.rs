@@ -14,11 +14,12 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
+use scoreland_runtime::engine::ClusterEngine;
 use serde::Serialize;
 
 use crate::config::{OutputFormat, TransformConfig};
 use crate::dedupe;
-use crate::distributed::{self, ClusterEngine};
+use crate::distributed;
 use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;

@@ -40,10 +40,12 @@ use crate::store::{Warehouse, upload};
 
 mod convert;
 mod maintain;
+mod published;
 mod read;
 mod write;
 
 pub use maintain::{FORGET_POINTER, ForgetReport, OptimizeReport};
+pub use published::PublishedTable;
 pub use read::{QueryOutput, TableFile, TableFiles, TableLabels, TableVersion};
 pub use write::{TableCommit, TableWrite};
 #[allow(unused_imports)]

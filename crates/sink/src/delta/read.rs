@@ -101,10 +101,16 @@ impl Warehouse {
         name: &str,
         as_of: AsOf,
     ) -> Result<Option<TableFiles>, SinkError> {
+        match self.table_as_of(name, as_of).await? {
+            Some(table) => self.files_of(name, &table).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The data files of `table` (the warehouse's table `name`) at the version it was loaded
+    /// at.
+    pub fn files_of(&self, name: &str, table: &DeltaTable) -> Result<TableFiles, SinkError> {
         use deltalake::delta_datafusion::DataFusionMixins;
-        let Some(table) = self.table_as_of(name, as_of).await? else {
-            return Ok(None);
-        };
         let err = delta_err(name, "read");
         let snapshot = table.snapshot().map_err(&err)?;
         let table_url = self.table_url(name);
@@ -129,13 +135,13 @@ impl Warehouse {
                 partition_values: f.partition_values_map(),
             });
         }
-        Ok(Some(TableFiles {
+        Ok(TableFiles {
             version: snapshot.version(),
             store_url,
             schema: snapshot.snapshot().input_schema(),
             partition_columns: snapshot.metadata().partition_columns().to_vec(),
             files,
-        }))
+        })
     }
 
     /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist

@@ -1,4 +1,5 @@
-//! A table's published version as plain Parquet files: the scan the executors run.
+//! A table's version as plain Parquet files: the scan a distributed engine's executors run
+//! (`sql --cluster`, `serve --cluster`).
 //!
 //! delta-rs's scan does not serialise to executors (delta-rs #4171), and a listing table would
 //! list the table's directory on the cluster, seeing files of other versions. This provider
@@ -8,24 +9,26 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
-use datafusion::catalog::Session;
-use datafusion::common::config::TableParquetOptions;
-use datafusion::common::{Result, ScalarValue};
-use datafusion::datasource::TableType;
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
-use datafusion::datasource::table_schema::TableSchema;
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
-use scoreland_sink::TableFiles;
+use super::TableFiles;
+use deltalake::datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use deltalake::datafusion::catalog::Session;
+use deltalake::datafusion::common::config::TableParquetOptions;
+use deltalake::datafusion::common::{Result, ScalarValue};
+use deltalake::datafusion::datasource::TableType;
+use deltalake::datafusion::datasource::listing::PartitionedFile;
+use deltalake::datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetSource,
+};
+use deltalake::datafusion::datasource::source::DataSourceExec;
+use deltalake::datafusion::datasource::table_schema::TableSchema;
+use deltalake::datafusion::execution::object_store::ObjectStoreUrl;
+use deltalake::datafusion::logical_expr::utils::conjunction;
+use deltalake::datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use deltalake::datafusion::physical_plan::ExecutionPlan;
 
 /// One published version of a table, scanned file by file.
 #[derive(Debug)]
-pub(crate) struct PublishedTable {
+pub struct PublishedTable {
     files: TableFiles,
     /// The columns the files hold (the table's, less its partition columns).
     file_schema: SchemaRef,
@@ -33,7 +36,7 @@ pub(crate) struct PublishedTable {
 }
 
 impl PublishedTable {
-    pub(crate) fn new(files: TableFiles) -> Self {
+    pub fn new(files: TableFiles) -> Self {
         let (partition, file): (Vec<FieldRef>, Vec<FieldRef>) = files
             .schema
             .fields()
@@ -96,7 +99,7 @@ fn balanced_groups(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> 
 }
 
 #[async_trait::async_trait]
-impl datafusion::catalog::TableProvider for PublishedTable {
+impl deltalake::datafusion::catalog::TableProvider for PublishedTable {
     fn schema(&self) -> SchemaRef {
         self.files.schema.clone()
     }
@@ -141,8 +144,9 @@ impl datafusion::catalog::TableProvider for PublishedTable {
             .cloned()
             .collect();
         if let Some(predicate) = conjunction(on_files) {
-            let df_schema =
-                datafusion::common::DFSchema::try_from(self.file_schema.as_ref().clone())?;
+            let df_schema = deltalake::datafusion::common::DFSchema::try_from(
+                self.file_schema.as_ref().clone(),
+            )?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         let url = ObjectStoreUrl::parse(self.files.store_url.as_str())?;
