@@ -569,3 +569,34 @@ fn serve_on_a_local_cluster_answers_psql_as_serve_here() {
         assert_eq!(code, Some(0), "{err}");
     }
 }
+
+#[test]
+fn a_file_the_executors_cannot_read_fails_the_query_naming_it() {
+    let demo = Demo::new();
+    let run = demo.run(&[], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    // A data file the published version names, gone from where the executors read it.
+    let gone = walk(&Path::new(&demo.wh()).join("summary"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let cluster = LocalCluster::start(2);
+    let o = scoreland(
+        &[
+            "sql",
+            "SELECT model, sum(rows) FROM summary GROUP BY model",
+            "--warehouse",
+            &demo.wh(),
+            "--cluster",
+            &cluster.url,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let name = gone.file_name().unwrap().to_string_lossy().to_string();
+    assert!(text(&o).contains(&name), "{}", text(&o));
+    // A fault of the store, not of an executor: not run again.
+    assert!(!text(&o).contains("lost an executor"), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "no partial answer: {}", text(&o));
+}
