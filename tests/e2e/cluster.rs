@@ -600,3 +600,58 @@ fn a_file_the_executors_cannot_read_fails_the_query_naming_it() {
     assert!(!text(&o).contains("lost an executor"), "{}", text(&o));
     assert!(o.stdout.is_empty(), "no partial answer: {}", text(&o));
 }
+
+#[test]
+fn serve_on_a_local_cluster_masks_denied_columns_as_serve_here() {
+    let sample = Demo::new();
+    let env = sample.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Its `[serve] deny_labels = ["C2"]` masks the member's e-mail address.
+    let o = scoreland(&["run", "pipelines/loyalty-members.toml"], &envs);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let plain = sample.sql(
+        "SELECT count(\"personalEmail_address\") AS n FROM loyalty_members",
+        "csv",
+    );
+    assert!(
+        text(&plain).contains("1100"),
+        "the rows hold e-mails: {}",
+        text(&plain)
+    );
+    let cluster = LocalCluster::start(2);
+    let (here_server, here) = serve(&sample.wh(), &[]);
+    let (there_server, there) = serve(&sample.wh(), &["--cluster", &cluster.url]);
+    for (query, expect) in [
+        (
+            "SELECT count(*), count(\"personalEmail_address\") FROM loyalty_members",
+            Some("1100|0\n"),
+        ),
+        // A filter on the masked column selects by its NULLs, never by the address.
+        (
+            "SELECT count(*) FROM loyalty_members \
+             WHERE \"personalEmail_address\" LIKE 'member1%'",
+            Some("0\n"),
+        ),
+        (
+            "SELECT \"_acmeretail_loyalty_memberId\", \"personalEmail_address\", \
+             \"_acmeretail_loyalty_points\" FROM loyalty_members \
+             WHERE \"_acmeretail_loyalty_tier\" = 'gold' ORDER BY 1 LIMIT 20",
+            None,
+        ),
+    ] {
+        let (a, b) = (psql(&here, query), psql(&there, query));
+        assert_eq!(a, b, "{query}");
+        if let Some(expect) = expect {
+            assert_eq!(b, expect, "{query}");
+        }
+    }
+    assert!(
+        cluster.tasks_run() > 0,
+        "the queries did not reach the cluster"
+    );
+    for s in [here_server, there_server] {
+        s.signal("TERM");
+        let (code, _, err) = s.finish();
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
