@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::common::metadata::FieldMetadata;
@@ -160,20 +160,7 @@ impl Current {
             .configuration()
             .clone();
         let provider: Arc<dyn TableProvider> = if plain {
-            let mut files = warehouse.files_of(name, &t).map_err(df_err)?;
-            // Each column with its labels as delta-rs serves it (the plain scan orders the
-            // partition columns last).
-            let served = delta.schema();
-            let fields: Vec<_> = files
-                .schema
-                .fields()
-                .iter()
-                .map(|f| match served.field_with_name(f.name()) {
-                    Ok(s) => f.as_ref().clone().with_metadata(s.metadata().clone()),
-                    Err(_) => f.as_ref().clone(),
-                })
-                .collect();
-            files.schema = Arc::new(Schema::new(fields));
+            let files = warehouse.files_of(name, &t).map_err(df_err)?;
             Arc::new(PublishedTable::new(files))
         } else {
             delta
