@@ -7,6 +7,7 @@
 //! engine's job has finished. A plan that reads no file (`SELECT 1`, the catalog) runs here.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -58,8 +59,8 @@ pub struct ClusterFailure {
     pub lost_executor: bool,
 }
 
-/// How many times a query that lost an executor is submitted in all.
-pub const ATTEMPTS: usize = 3;
+/// How many times a job that lost an executor is submitted in all.
+const ATTEMPTS: usize = 3;
 
 /// Plans as DataFusion does, then hands a plan that reads files to the engine.
 #[derive(Debug)]
@@ -210,40 +211,50 @@ async fn run(
     plan: Arc<dyn ExecutionPlan>,
     config: SessionConfig,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-    let failed = |message: String| {
+    let on = |message: String| {
         DataFusionError::Execution(format!("on the cluster {}: {message}", engine.name()))
     };
-    let mut attempt = 1;
+    let rows = retry_lost_executor(&engine.name(), "the query", || {
+        engine.execute(plan.clone(), &config)
+    })
+    .await
+    .map_err(on)?;
+    let name = engine.name();
+    Ok(rows
+        .map_err(move |e| {
+            DataFusionError::Execution(format!("on the cluster {name}: {}", e.message))
+        })
+        .boxed())
+}
+
+/// Runs `attempt` until it succeeds or fails for another reason than a lost executor (whose
+/// job can run again whole), [`ATTEMPTS`] times at most; `what` names the job in the warning
+/// before each new attempt. The error is the last failure's message.
+pub async fn retry_lost_executor<T, F, Fut>(
+    engine: &str,
+    what: &str,
+    mut attempt: F,
+) -> std::result::Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, ClusterFailure>>,
+{
+    let mut n = 1;
     loop {
-        let why = match engine.execute(plan.clone(), &config).await {
-            Ok(rows) => {
-                let engine = engine.name();
-                return Ok(rows
-                    .map_err(move |e| {
-                        DataFusionError::Execution(format!(
-                            "on the cluster {engine}: {}",
-                            e.message
-                        ))
-                    })
-                    .boxed());
-            }
-            Err(e) => e,
+        let why = match attempt().await {
+            Ok(t) => return Ok(t),
+            Err(why) => why,
         };
         if !why.lost_executor {
-            return Err(failed(why.message));
+            return Err(why.message);
         }
-        if attempt == ATTEMPTS {
-            return Err(failed(format!(
-                "{} (after {ATTEMPTS} attempts)",
-                why.message
-            )));
+        if n == ATTEMPTS {
+            return Err(format!("{} (after {ATTEMPTS} attempts)", why.message));
         }
-        attempt += 1;
+        n += 1;
         tracing::warn!(
-            "the query lost an executor ({}); running it again on {} (attempt {attempt} of \
-             {ATTEMPTS})",
+            "{what} lost an executor ({}); running it again on {engine} (attempt {n} of {ATTEMPTS})",
             why.message,
-            engine.name()
         );
     }
 }
@@ -272,6 +283,35 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn only_a_lost_executor_is_retried_and_at_most_three_times_in_all() {
+        let failure = |lost| ClusterFailure {
+            message: "x".into(),
+            lost_executor: lost,
+        };
+        // Each case: the failures before success (lost executor or not), the calls expected,
+        // the outcome.
+        for (failures, calls, outcome) in [
+            (vec![true, true], 3, Ok(7)),
+            (
+                vec![true, true, true],
+                3,
+                Err("x (after 3 attempts)".to_string()),
+            ),
+            (vec![false], 1, Err("x".to_string())),
+            (vec![true, false], 2, Err("x".to_string())),
+        ] {
+            let mut n = 0;
+            let got = retry_lost_executor("df://h:1", "the test", || {
+                n += 1;
+                let next = failures.get(n - 1).map(|&lost| failure(lost));
+                async move { next.map_or(Ok(7), Err) }
+            })
+            .await;
+            assert_eq!((n, got), (calls, outcome), "{failures:?}");
+        }
+    }
 
     #[test]
     fn rows_of_another_shape_from_the_cluster_are_refused() {

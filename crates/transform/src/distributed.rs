@@ -19,7 +19,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use scoreland_runtime::engine::{ATTEMPTS, ClusterEngine};
+use scoreland_runtime::engine::{ClusterEngine, ClusterFailure, retry_lost_executor};
 
 use crate::error::{Context, TransformError};
 use crate::scores::{self, Plan, WriteOptions, Written};
@@ -34,71 +34,69 @@ pub(crate) async fn write(
     plan: Plan,
     opts: WriteOptions,
 ) -> Result<Written, TransformError> {
-    let failed = |message: String| TransformError::Cluster {
-        engine: engine.name(),
-        message,
-    };
     let config = engine.session_config(base);
     let physical = dedupe_plan(&config, plan.union.clone()).await?;
     let (plan, opts) = (Arc::new(plan), Arc::new(opts));
-    let mut attempt = 1;
-    loop {
-        if opts.dir.exists() {
-            std::fs::remove_dir_all(&opts.dir).map_err(|source| TransformError::Io {
-                path: opts.dir.clone(),
-                source,
-            })?;
-        }
-        let why = match engine.execute(physical.clone(), &config).await {
-            Ok(mut rows) => {
-                let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(opts.workers * 2);
-                let writer = tokio::task::spawn_blocking({
-                    let (plan, opts) = (plan.clone(), opts.clone());
-                    move || scores::write_deduplicated(&plan, &opts, Mutex::new(rx))
-                });
-                let mut streamed = Ok(());
-                while let Some(batch) = rows.next().await {
-                    match batch {
-                        Ok(b) => {
-                            // A closed channel: the writer stopped, its error is returned below.
-                            if tx.send(b).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            streamed = Err(e);
-                            break;
-                        }
-                    }
-                }
-                drop(tx);
-                let written = writer.await.map_err(|e| TransformError::Panicked {
-                    message: e.to_string(),
-                })?;
-                match streamed {
-                    Ok(()) => return written,
-                    Err(e) => e,
+    let config = &config;
+    retry_lost_executor(&engine.name(), "the scores job", || {
+        attempt(engine, physical.clone(), config, plan.clone(), opts.clone())
+    })
+    .await
+    .map_err(|message| TransformError::Cluster {
+        engine: engine.name(),
+        message,
+    })?
+}
+
+/// One run of the dedupe on `engine`, its rows written under `opts.dir` (emptied first): the
+/// engine's failure, or what the writing gave.
+async fn attempt(
+    engine: &dyn ClusterEngine,
+    physical: Arc<dyn ExecutionPlan>,
+    config: &SessionConfig,
+    plan: Arc<Plan>,
+    opts: Arc<WriteOptions>,
+) -> Result<Result<Written, TransformError>, ClusterFailure> {
+    if opts.dir.exists()
+        && let Err(source) = std::fs::remove_dir_all(&opts.dir)
+    {
+        return Ok(Err(TransformError::Io {
+            path: opts.dir.clone(),
+            source,
+        }));
+    }
+    let mut rows = engine.execute(physical, config).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(opts.workers * 2);
+    let writer = tokio::task::spawn_blocking({
+        let (plan, opts) = (plan.clone(), opts.clone());
+        move || scores::write_deduplicated(&plan, &opts, Mutex::new(rx))
+    });
+    let mut streamed = Ok(());
+    while let Some(batch) = rows.next().await {
+        match batch {
+            Ok(b) => {
+                // A closed channel: the writer stopped, its error is returned below.
+                if tx.send(b).await.is_err() {
+                    break;
                 }
             }
-            Err(e) => e,
-        };
-        if !why.lost_executor {
-            return Err(failed(why.message));
+            Err(e) => {
+                streamed = Err(e);
+                break;
+            }
         }
-        if attempt == ATTEMPTS {
-            return Err(failed(format!(
-                "{} (after {ATTEMPTS} attempts)",
-                why.message
-            )));
-        }
-        attempt += 1;
-        tracing::warn!(
-            "the scores job lost an executor ({}); running it again on {} (attempt {attempt} \
-             of {ATTEMPTS})",
-            why.message,
-            engine.name()
-        );
     }
+    drop(tx);
+    let written = match writer.await {
+        Ok(written) => written,
+        Err(e) => {
+            return Ok(Err(TransformError::Panicked {
+                message: e.to_string(),
+            }));
+        }
+    };
+    streamed?;
+    Ok(written)
 }
 
 /// The physical plan that keeps the newest flat row of each (identity, model) of `union`, with
