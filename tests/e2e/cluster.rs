@@ -568,6 +568,24 @@ fn serve_on_a_local_cluster_answers_psql_as_serve_here() {
         let (code, _, err) = s.finish();
         assert_eq!(code, Some(0), "{err}");
     }
+    // A warehouse the executors cannot read by path: refused before it is touched (no
+    // credentials are asked for).
+    for command in ["sql", "serve"] {
+        let mut args = vec![command];
+        if command == "sql" {
+            args.push("SELECT 1");
+        } else {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(["--warehouse", "s3://bucket/wh", "--cluster", &cluster.url]);
+        let o = scoreland(&args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{command}: {}", text(&o));
+        assert!(
+            text(&o).contains("s3://bucket/wh is not a local directory"),
+            "{command}: {}",
+            text(&o)
+        );
+    }
 }
 
 #[test]

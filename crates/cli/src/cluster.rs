@@ -191,39 +191,16 @@ pub async fn engine(
     Err(not_built())
 }
 
-/// `sql --cluster`: the query on the cluster at `url`.
-#[cfg(feature = "cluster")]
-pub async fn query(
+/// `--cluster` of a command that reads `warehouse` (`sql`, `serve`): the engine, reached and
+/// able to read the warehouse, before the warehouse is touched.
+pub async fn engine_reading(
     url: &str,
     partitions: Option<usize>,
     warehouse: &scoreland_sink::Warehouse,
-    tables: &[&str],
-    as_of: scoreland_sink::AsOf,
-    sql: &str,
-) -> Result<scoreland_sink::QueryOutput, Failure> {
-    use scoreland_cluster::{Cluster, ClusterError};
-    let url = url.parse().map_err(crate::usage)?;
-    let mut cluster = Cluster::connect(url).await?;
-    if let Some(n) = partitions {
-        cluster = cluster.with_partitions(n);
-    }
-    cluster
-        .query(warehouse, tables, as_of, sql)
-        .await
-        .map_err(|e| match e {
-            ClusterError::NoTables { .. } | ClusterError::NotShared { .. } => crate::usage(e),
-            other => Failure::from(other),
-        })
-}
-
-#[cfg(not(feature = "cluster"))]
-pub async fn query(
-    _url: &str,
-    _partitions: Option<usize>,
-    _warehouse: &scoreland_sink::Warehouse,
-    _tables: &[&str],
-    _as_of: scoreland_sink::AsOf,
-    _sql: &str,
-) -> Result<scoreland_sink::QueryOutput, Failure> {
-    Err(not_built())
+) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
+    let engine = engine(url, partitions).await?;
+    engine
+        .reads(warehouse.url().as_str())
+        .map_err(|why| crate::usage(anyhow::anyhow!("--cluster: the warehouse {why}")))?;
+    Ok(engine)
 }

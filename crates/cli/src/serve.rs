@@ -66,6 +66,10 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let warehouse = args.warehouse.open()?;
+    let cluster = match &args.cluster {
+        Some(url) => Some(crate::cluster::engine_reading(url, args.partitions, &warehouse).await?),
+        None => None,
+    };
     let password = std::env::var("SCORELAND_SERVE_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -87,10 +91,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         spill_dir: args.spill_dir,
         tables: warehouse_tables(&warehouse).await?,
         deny_labels: scoreland_transform::labels::parse_labels(&args.deny_labels),
-        cluster: match &args.cluster {
-            Some(url) => Some(crate::cluster::engine(url, args.partitions).await?),
-            None => None,
-        },
+        cluster,
     };
     let no_password = options.login.is_none();
     let server = Server::bind(warehouse, options).await.map_err(usage)?;

@@ -70,20 +70,20 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
         Some(s) => parse_as_of(s)?,
         None => AsOf::Published,
     };
+    let engine = match &args.cluster {
+        Some(url) => Some(crate::cluster::engine_reading(url, args.partitions, &wh).await?),
+        None => None,
+    };
     let tables = warehouse_tables(&wh).await?;
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-    let out = match &args.cluster {
-        Some(url) => {
-            crate::cluster::query(url, args.partitions, &wh, &tables, as_of, &args.query).await?
-        }
-        None => wh
-            .query(&tables, as_of, &args.query)
-            .await
-            .map_err(|e| match e {
-                SinkError::NoTables { .. } => usage(e),
-                other => Failure::from(other),
-            })?,
-    };
+    let out = match engine {
+        Some(engine) => wh.query_on(engine, &tables, as_of, &args.query).await,
+        None => wh.query(&tables, as_of, &args.query).await,
+    }
+    .map_err(|e| match e {
+        SinkError::NoTables { .. } => usage(e),
+        other => Failure::from(other),
+    })?;
     let mut sink: Box<dyn std::io::Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p)

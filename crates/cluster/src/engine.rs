@@ -16,8 +16,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use scoreland_runtime::engine::{ClusterEngine, ClusterFailure};
 
+use crate::client::{Cluster, lost_executor};
 use crate::job::{self, JobError};
-use crate::query::{Cluster, lost_executor};
 
 #[async_trait]
 impl ClusterEngine for Cluster {
@@ -28,6 +28,17 @@ impl ClusterEngine for Cluster {
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
         base.upgrade_for_ballista()
             .with_target_partitions(self.partitions())
+    }
+
+    fn reads(&self, url: &str) -> Result<(), String> {
+        // Executors build no remote store (yet): they read files by path.
+        if url.starts_with("file:") {
+            return Ok(());
+        }
+        Err(format!(
+            "{url} is not a local directory: the cluster's executors read the files by path, \
+             so give a warehouse on a file system every executor mounts at the same path"
+        ))
     }
 
     fn carries(&self, plan: &Arc<dyn ExecutionPlan>, config: &SessionConfig) -> bool {

@@ -6,21 +6,21 @@
 //! - `local.rs`: a scheduler and N executor processes on this machine.
 //! - `engine.rs`: [`scoreland_runtime::engine::ClusterEngine`] for a scheduler: the
 //!   transform's scores job (its dedupe plan) and queries (`sql --cluster`, `serve --cluster`)
-//!   run on the executors, the rows streamed back.
-//! - `query.rs`: SQL planned here over each table's version as plain Parquet files
-//!   ([`scoreland_sink::PublishedTable`]: delta-rs scans do not serialise to executors,
-//!   delta-rs #4171) and executed on the cluster's executors (the plan, not the SQL, crosses
-//!   the wire); `job.rs` submits it and reads the result partitions, refusing a job that lists
-//!   one twice.
+//!   run on the executors, the rows streamed back; which warehouses the executors read.
+//! - `client.rs`: the scheduler's address, reaching it, and which failures mean a lost
+//!   executor. Queries over the warehouse are planned by the sink (`Warehouse::query_on`, each
+//!   table's version as plain Parquet files: delta-rs scans do not serialise to executors,
+//!   delta-rs #4171) and submitted through `engine.rs`; `job.rs` submits a plan and reads the
+//!   result partitions, refusing a job that lists one twice.
 
+mod client;
 mod engine;
 mod error;
 mod job;
 mod local;
 mod processes;
-mod query;
 
+pub use client::{Cluster, ClusterUrl};
 pub use error::ClusterError;
 pub use local::LocalCluster;
 pub use processes::{ExecutorOptions, SchedulerOptions, run_executor, run_scheduler};
-pub use query::{Cluster, ClusterUrl};

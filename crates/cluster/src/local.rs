@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::client::ClusterUrl;
 use crate::error::ClusterError;
 use crate::processes::{Scheduler, SchedulerOptions, start_scheduler};
-use crate::query::ClusterUrl;
 
 /// A scheduler and its executor processes on 127.0.0.1; the executors are killed on drop.
 pub struct LocalCluster {

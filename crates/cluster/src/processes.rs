@@ -14,8 +14,8 @@ use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
+use crate::client::ClusterUrl;
 use crate::error::ClusterError;
-use crate::query::ClusterUrl;
 
 /// A scheduler's settings.
 #[derive(Debug, Clone)]

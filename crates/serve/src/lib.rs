@@ -61,8 +61,8 @@ pub struct ServeOptions {
     /// Data usage labels whose columns are masked in every table, besides those each table
     /// denies itself.
     pub deny_labels: std::collections::BTreeSet<String>,
-    /// The distributed engine queries that read the tables run on (`serve --cluster`); the
-    /// warehouse must then be a directory every executor reaches by the same path.
+    /// The distributed engine queries that read the tables run on (`serve --cluster`); it must
+    /// read the warehouse (`ClusterEngine::reads`, which the caller checks first).
     pub cluster: Option<Arc<dyn ClusterEngine>>,
 }
 
@@ -99,12 +99,6 @@ pub enum ServeError {
     Tls { path: PathBuf, message: String },
     #[error("setting up the tables: {0}")]
     Setup(String),
-    #[error(
-        "the warehouse {url} is not a local directory: the cluster's executors read the \
-         published files by path, so serve a warehouse on a file system every executor mounts, \
-         or serve without --cluster"
-    )]
-    NotShared { url: String },
 }
 
 /// A running server: the address it listens on, and the serving itself.
@@ -150,11 +144,6 @@ impl Server {
             .with_runtime_env(runtime)
             .with_default_features();
         if let Some(engine) = &options.cluster {
-            if warehouse.url().scheme() != "file" {
-                return Err(ServeError::NotShared {
-                    url: warehouse.url().to_string(),
-                });
-            }
             config = engine.session_config(config);
             state = state.with_query_planner(Arc::new(ClusterPlanner::new(engine.clone())));
         }

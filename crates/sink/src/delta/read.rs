@@ -1,7 +1,10 @@
 //! Reading the tables: the published versions, a table as of a version or a time, queries,
 //! history, and a dataset's landed files (for a merge or a previous night).
 
+use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
+
 use super::*;
+use crate::PublishedTable;
 
 /// The result of a query.
 #[derive(Debug)]
@@ -185,6 +188,56 @@ impl Warehouse {
             message: e.to_string(),
         };
         let df = ctx.sql(sql).await.map_err(query_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(query_err)?;
+        Ok(QueryOutput { schema, batches })
+    }
+
+    /// Runs `sql` over `tables` at the snapshot `as_of` asks for on `engine`'s executors: each
+    /// table is that version's files as a plain Parquet scan ([`PublishedTable`]), the plan is
+    /// made here ([`ClusterPlanner`]). Only queries run: DDL, DML and `COPY` are refused
+    /// before anything is submitted. The engine must read the warehouse
+    /// ([`ClusterEngine::reads`]; the caller checks it before anything else).
+    pub async fn query_on(
+        &self,
+        engine: Arc<dyn ClusterEngine>,
+        tables: &[&str],
+        as_of: AsOf,
+        sql: &str,
+    ) -> Result<QueryOutput, SinkError> {
+        use deltalake::datafusion::execution::SessionStateBuilder;
+        use deltalake::datafusion::execution::context::SQLOptions;
+        let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+            message: e.to_string(),
+        };
+        let state = SessionStateBuilder::new()
+            .with_config(engine.session_config(SessionConfig::new().with_information_schema(true)))
+            .with_default_features()
+            .with_query_planner(Arc::new(ClusterPlanner::new(engine)))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let mut registered = 0;
+        for &name in tables {
+            let Some(files) = self.table_files(name, as_of).await? else {
+                continue;
+            };
+            ctx.register_table(name, Arc::new(PublishedTable::new(files)))
+                .map_err(query_err)?;
+            registered += 1;
+        }
+        if registered == 0 {
+            return Err(SinkError::NoTables {
+                url: self.url().to_string(),
+            });
+        }
+        let read_only = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(sql, read_only)
+            .await
+            .map_err(query_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(query_err)?;
         Ok(QueryOutput { schema, batches })

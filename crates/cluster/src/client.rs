@@ -1,21 +1,11 @@
-//! SQL over the warehouse, executed on the cluster.
-//!
-//! The query is planned here, over each table's published files ([`PublishedTable`]), and
-//! the physical plan is submitted to the scheduler ([`ClusterPlanner`]), which splits it into
-//! stages at its shuffles and runs their tasks on the executors; the rows come back here. Only queries run:
-//! a statement that would write (DDL, DML, `COPY`) is refused before anything is submitted.
+//! A client of a cluster: the scheduler's address ([`ClusterUrl`]), reaching it
+//! ([`Cluster::connect`]), and which job failures mean an executor was lost.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{SessionConfig, SessionContext};
-use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
-use scoreland_sink::{AsOf, PublishedTable, QueryOutput, Warehouse};
 
 use crate::error::ClusterError;
 
@@ -130,61 +120,6 @@ impl Cluster {
 
     pub(crate) fn partitions(&self) -> usize {
         self.partitions
-    }
-
-    /// Runs `sql` over `tables` as `as_of` gives them. The warehouse must be a directory every
-    /// executor reaches by the same path.
-    pub async fn query(
-        &self,
-        warehouse: &Warehouse,
-        tables: &[&str],
-        as_of: AsOf,
-        sql: &str,
-    ) -> Result<QueryOutput, ClusterError> {
-        if warehouse.url().scheme() != "file" {
-            return Err(ClusterError::NotShared {
-                url: warehouse.url().to_string(),
-            });
-        }
-        let engine: Arc<dyn ClusterEngine> = Arc::new(self.clone());
-        let state = SessionStateBuilder::new()
-            .with_config(engine.session_config(SessionConfig::new().with_information_schema(true)))
-            .with_default_features()
-            .with_query_planner(Arc::new(ClusterPlanner::new(engine)))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let mut registered = 0;
-        for &name in tables {
-            let Some(files) = warehouse.table_files(name, as_of).await? else {
-                continue;
-            };
-            ctx.register_table(name, Arc::new(PublishedTable::new(files)))
-                .map_err(|e| self.failed(e))?;
-            registered += 1;
-        }
-        if registered == 0 {
-            return Err(ClusterError::NoTables {
-                url: warehouse.url().to_string(),
-            });
-        }
-        let read_only = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = ctx
-            .sql_with_options(sql, read_only)
-            .await
-            .map_err(|e| self.failed(e))?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| self.failed(e))?;
-        Ok(QueryOutput { schema, batches })
-    }
-
-    fn failed(&self, e: impl std::error::Error) -> ClusterError {
-        ClusterError::Query {
-            url: self.url.to_string(),
-            message: error_chain(&e),
-        }
     }
 }
 
