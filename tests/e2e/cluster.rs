@@ -673,3 +673,33 @@ fn serve_on_a_local_cluster_masks_denied_columns_as_serve_here() {
         assert_eq!(code, Some(0), "{err}");
     }
 }
+
+/// Whether process `pid` still runs (a zombie, left for a parent that never reaps it, does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn a_killed_local_cluster_takes_its_executors_with_it() {
+    let mut cluster = LocalCluster::start(2);
+    assert!(cluster.executors.iter().all(|&pid| running(pid)));
+    // SIGKILL: `cluster local` gets no chance to stop them itself.
+    cluster.child.kill().unwrap();
+    cluster.child.wait().unwrap();
+    let started = Instant::now();
+    while cluster.executors.iter().any(|&pid| running(pid)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "executors {:?} outlived their local cluster",
+            cluster.executors
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

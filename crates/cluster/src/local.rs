@@ -83,7 +83,9 @@ impl LocalCluster {
         let log = std::fs::File::create(&log_path)
             .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
         let err_log = log.try_clone().map_err(|e| fail(e.to_string()))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        dies_with_this_process(&mut command);
+        let child = command
             .args(["cluster", "executor", "--scheduler"])
             .arg(self.url.to_string())
             .arg("--port")
@@ -199,6 +201,31 @@ impl LocalCluster {
         result
     }
 }
+
+/// An executor of a local cluster ends with the process that started it, however that ends
+/// (SIGKILL included): otherwise it would run on alone, heartbeating to a scheduler that is
+/// gone. Linux delivers the signal when the thread that spawned the child exits; these are
+/// spawned from the runtime's worker threads, which live as long as the process.
+#[cfg(target_os = "linux")]
+fn dies_with_this_process(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the local cluster exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dies_with_this_process(_: &mut Command) {}
 
 #[cfg(unix)]
 async fn terminated() {
