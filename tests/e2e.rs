@@ -41,6 +41,32 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// A test server's URL from scripts/test-services.sh; under it (or CI) a missing one fails.
+fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_)
+            if std::env::var_os("CI").is_some()
+                || std::env::var_os("SCORELAND_REQUIRE_SERVICES").is_some() =>
+        {
+            panic!("{var} is not set: run the tests through scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!("skipped: {var} is not set (scripts/test.sh starts the test servers)");
+            None
+        }
+    }
+}
+
+/// A name no other test run uses, for objects on the shared test servers.
+fn unique(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    )
+}
+
 struct Demo {
     tmp: tempfile::TempDir,
 }
@@ -1937,32 +1963,6 @@ url = "{t}/wh"
             out = run();
         }
         out
-    }
-
-    /// A test server's URL from scripts/test-services.sh; under it (or CI) a missing one fails.
-    fn service(var: &str) -> Option<String> {
-        match std::env::var(var) {
-            Ok(v) => Some(v),
-            Err(_)
-                if std::env::var_os("CI").is_some()
-                    || std::env::var_os("SCORELAND_REQUIRE_SERVICES").is_some() =>
-            {
-                panic!("{var} is not set: run the tests through scripts/test.sh")
-            }
-            Err(_) => {
-                eprintln!("skipped: {var} is not set (scripts/test.sh starts the test servers)");
-                None
-            }
-        }
-    }
-
-    /// A name no other test run uses, for objects on the shared test servers.
-    fn unique(what: &str) -> String {
-        format!(
-            "{what}-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-        )
     }
 
     const AZURITE_KEY: &str =

@@ -18,6 +18,11 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn start(executors: usize) -> Self {
+        Self::start_with(executors, &[])
+    }
+
+    /// With `env` added to the cluster's environment (which its executors inherit).
+    fn start_with(executors: usize, env: &[(&str, &str)]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let n = executors.to_string();
         let dir = work.path().display().to_string();
@@ -34,7 +39,7 @@ impl LocalCluster {
                 "--work-dir",
                 &dir,
             ],
-            &[("SCORELAND_LOG", "warn,ballista_executor=info")],
+            &[&[("SCORELAND_LOG", "warn,ballista_executor=info")], env].concat(),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -482,9 +487,13 @@ fn an_executor_killed_mid_transform_lands_each_row_once() {
 
 /// `serve` on port 0, its address read from its first line.
 fn serve(wh: &str, extra: &[&str]) -> (Running, String) {
+    serve_with(wh, extra, &[])
+}
+
+fn serve_with(wh: &str, extra: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     let mut args = vec!["serve", "--warehouse", wh, "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut server = Running::start(&args, &[]);
+    let mut server = Running::start(&args, env);
     server.wait_for("scoreland serve: listening on ");
     let line = server.stderr.last().unwrap().clone();
     let addr = line
@@ -568,22 +577,71 @@ fn serve_on_a_local_cluster_answers_psql_as_serve_here() {
         let (code, _, err) = s.finish();
         assert_eq!(code, Some(0), "{err}");
     }
-    // A warehouse the executors cannot read by path: refused before it is touched (no
-    // credentials are asked for).
-    for command in ["sql", "serve"] {
-        let mut args = vec![command];
-        if command == "sql" {
-            args.push("SELECT 1");
-        } else {
-            args.extend(["--listen", "127.0.0.1:0"]);
+}
+
+/// A warehouse on S3 (moto): `sql --cluster` and `serve --cluster` answer as they do here, the
+/// executors reading the published files from the bucket with the credentials of their own
+/// environment (none is in the plan).
+#[test]
+fn a_warehouse_on_s3_is_read_by_the_executors_with_their_own_credentials() {
+    let Some(s3) = service("SCORELAND_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let wh = format!("s3://scoreland-test/{}", unique("cluster-wh"));
+    let secret = "cluster-secret-1234";
+    let aws = [
+        ("AWS_ENDPOINT", s3.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let demo = Demo::new();
+    let staging = demo.tmp.path().join("staging").display().to_string();
+    let landed = scoreland(
+        &["run", "pipelines/demo.toml"],
+        &[&aws[..], &[("SCORELAND_WAREHOUSE", &wh), ("SCORELAND_STAGING", &staging)]].concat(),
+    );
+    assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
+    let cluster = LocalCluster::start_with(2, &aws);
+    let sql = |query: &str, cluster_url: Option<&str>| {
+        let mut args = vec!["sql", query, "--warehouse", &wh, "--format", "json"];
+        if let Some(url) = cluster_url {
+            args.extend(["--cluster", url]);
         }
-        args.extend(["--warehouse", "s3://bucket/wh", "--cluster", &cluster.url]);
-        let o = scoreland(&args, &[]);
-        assert_eq!(o.status.code(), Some(2), "{command}: {}", text(&o));
+        let o = scoreland(&args, &aws);
+        assert!(o.status.success(), "{query} ({cluster_url:?}): {}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    for query in [
+        "SELECT dataset_id, score_date, model, count(*) AS n, sum(score) AS total, \
+         min(identity) AS lo, max(identity) AS hi FROM scores GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        "SELECT model, score_date, rows, score_mean FROM summary ORDER BY model, score_date",
+    ] {
+        let (here, there) = (sql(query, None), sql(query, Some(&cluster.url)));
+        assert!(here.lines().count() > 1, "{query}: {here}");
+        assert_same(&here, &there, query);
+    }
+    assert!(cluster.tasks_run() > 0, "the executors ran no task");
+    let (here_server, here) = serve_with(&wh, &[], &aws);
+    let (there_server, there) = serve_with(&wh, &["--cluster", &cluster.url], &aws);
+    let query = "SELECT model, count(*), min(identity), max(identity) FROM scores \
+                 GROUP BY model ORDER BY model";
+    let (a, b) = (psql(&here, query), psql(&there, query));
+    assert!(a.lines().count() == 2, "{a}");
+    assert_eq!(a, b, "{query}");
+    for s in [here_server, there_server] {
+        s.signal("TERM");
+        let (code, _, err) = s.finish();
+        assert_eq!(code, Some(0), "{err}");
+    }
+    // The secret is in no log the executors or the scheduler wrote.
+    for log in walk(cluster.work.path()) {
+        let written = std::fs::read(&log).unwrap_or_default();
         assert!(
-            text(&o).contains("s3://bucket/wh is not a local directory"),
-            "{command}: {}",
-            text(&o)
+            !String::from_utf8_lossy(&written).contains(secret),
+            "{} holds the secret",
+            log.display()
         );
     }
 }

@@ -190,17 +190,3 @@ pub async fn engine(
 ) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
     Err(not_built())
 }
-
-/// `--cluster` of a command that reads `warehouse` (`sql`, `serve`): the engine, reached and
-/// able to read the warehouse, before the warehouse is touched.
-pub async fn engine_reading(
-    url: &str,
-    partitions: Option<usize>,
-    warehouse: &scoreland_sink::Warehouse,
-) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
-    let engine = engine(url, partitions).await?;
-    engine
-        .reads(warehouse.url().as_str())
-        .map_err(|why| crate::usage(anyhow::anyhow!("--cluster: the warehouse {why}")))?;
-    Ok(engine)
-}

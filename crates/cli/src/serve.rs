@@ -67,7 +67,7 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let warehouse = args.warehouse.open()?;
     let cluster = match &args.cluster {
-        Some(url) => Some(crate::cluster::engine_reading(url, args.partitions, &warehouse).await?),
+        Some(url) => Some(crate::cluster::engine(url, args.partitions).await?),
         None => None,
     };
     let password = std::env::var("SCORELAND_SERVE_PASSWORD")

@@ -71,7 +71,7 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
         None => AsOf::Published,
     };
     let engine = match &args.cluster {
-        Some(url) => Some(crate::cluster::engine_reading(url, args.partitions, &wh).await?),
+        Some(url) => Some(crate::cluster::engine(url, args.partitions).await?),
         None => None,
     };
     let tables = warehouse_tables(&wh).await?;

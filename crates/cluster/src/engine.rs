@@ -1,5 +1,6 @@
 //! [`ClusterEngine`] for a scheduler: plans made here (the transform's dedupe over the staged
-//! parts, a query over the warehouse's files, which every executor must reach by the same path)
+//! parts, a query over the warehouse's files, which every executor must reach: by the same path,
+//! or a bucket each opens with its own credentials)
 //! are submitted, followed to their end, and their rows streamed back. A job that lost an
 //! executor is reported as such, so the caller runs it again from the start.
 
@@ -28,17 +29,6 @@ impl ClusterEngine for Cluster {
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
         base.upgrade_for_ballista()
             .with_target_partitions(self.partitions())
-    }
-
-    fn reads(&self, url: &str) -> Result<(), String> {
-        // Executors build no remote store (yet): they read files by path.
-        if url.starts_with("file:") {
-            return Ok(());
-        }
-        Err(format!(
-            "{url} is not a local directory: the cluster's executors read the files by path, \
-             so give a warehouse on a file system every executor mounts at the same path"
-        ))
     }
 
     fn carries(&self, plan: &Arc<dyn ExecutionPlan>, config: &SessionConfig) -> bool {

@@ -19,6 +19,7 @@ mod error;
 mod job;
 mod local;
 mod processes;
+mod stores;
 
 pub use client::{Cluster, ClusterUrl};
 pub use error::ClusterError;

@@ -11,11 +11,15 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
-use ballista_scheduler::scheduler_server::SchedulerServer;
+use ballista_scheduler::scheduler_server::{SchedulerServer, SessionBuilder};
+use ballista_core::RuntimeProducer;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
 use crate::client::ClusterUrl;
 use crate::error::ClusterError;
+use crate::stores::ClusterStores;
 
 /// A scheduler's settings.
 #[derive(Debug, Clone)]
@@ -75,6 +79,7 @@ pub(crate) async fn start_scheduler(
         executor_timeout_seconds: timeout,
         expire_dead_executor_interval_seconds: (timeout / 4).max(1),
         no_executors_grace_period_seconds: timeout,
+        override_session_builder: Some(session_builder()),
         ..SchedulerConfig::default()
     };
     let config = Arc::new(config);
@@ -92,6 +97,21 @@ pub(crate) async fn start_scheduler(
     });
     tokio::spawn(cancel_jobs_on_executor_loss(scheduler.clone()));
     Ok((addr, scheduler))
+}
+
+/// The scheduler's sessions: Ballista's, with the cluster's stores ([`ClusterStores`]), which
+/// decoding a plan over a bucket's files needs.
+fn session_builder() -> SessionBuilder {
+    let stores = Arc::new(ClusterStores::new());
+    Arc::new(move |config| {
+        let state = ballista_core::utils::default_session_builder(config)?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(stores.clone())
+            .build_arc()?;
+        Ok(SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build())
+    })
 }
 
 /// When an executor is lost, every job running then is cancelled, and its client runs the
@@ -148,6 +168,19 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), ClusterError
     Ok(())
 }
 
+/// Each task's runtime: spill files under `work_dir` (when given), and the executor's stores,
+/// built once and shared by every task ([`ClusterStores`]).
+fn runtime_producer(work_dir: Option<PathBuf>) -> RuntimeProducer {
+    let stores = Arc::new(ClusterStores::new());
+    Arc::new(move |_| {
+        let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(stores.clone());
+        if let Some(dir) = &work_dir {
+            runtime = runtime.with_temp_file_path(dir);
+        }
+        Ok(Arc::new(runtime.build()?))
+    })
+}
+
 /// Runs an executor until the process is stopped or its scheduler tells it to stop.
 pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> {
     let what = format!("the executor of {}", options.scheduler);
@@ -166,6 +199,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
             .as_ref()
             .map(|d| d.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
+        override_runtime_producer: Some(runtime_producer(options.work_dir.clone())),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))

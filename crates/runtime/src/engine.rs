@@ -40,10 +40,6 @@ pub trait ClusterEngine: Send + Sync + fmt::Debug {
     /// The session configuration plans for this engine are made with, from `base`.
     fn session_config(&self, base: SessionConfig) -> SessionConfig;
 
-    /// Whether the executors read the files under `url` (a warehouse's URL); when not, why,
-    /// naming it and the fix.
-    fn reads(&self, url: &str) -> std::result::Result<(), String>;
-
     /// Whether the engine can carry `plan` to its executors (every node of it serialises).
     fn carries(&self, plan: &Arc<dyn ExecutionPlan>, config: &SessionConfig) -> bool;
 

@@ -2,11 +2,14 @@
 //! `serve`: the limit as settings write it ([`MemoryLimit`]), the pool that shares it among a
 //! job's operators ([`pool`]), and what each sorting partition keeps aside to merge its spilled
 //! runs ([`sort_spill_reservation`]). And where data usage labels live in a warehouse
-//! ([`labels`]), which the transform, the sink and `serve` share. And the distributed engine a plan may run on ([`engine`]).
+//! ([`labels`]), which the transform, the sink and `serve` share; the distributed engine a plan
+//! may run on ([`engine`]); and the object store of a bucket URL, which the warehouse and the
+//! engine's executors build alike ([`stores`]).
 
 pub mod engine;
 mod headroom;
 pub mod labels;
+pub mod stores;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -150,6 +150,10 @@ impl Server {
         let base = Arc::new(SessionContext::new_with_state(
             state.with_config(config).build(),
         ));
+        if options.cluster.is_some() {
+            // The plain scans of the tables' files, when a plan runs here.
+            warehouse.register_store(&base);
+        }
         setup_pg_catalog(&base, "datafusion", EmptyContextProvider)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         compat::register(&base).await?;

@@ -5,9 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -88,44 +85,17 @@ impl SinkConfig {
                 let fs = LocalFileSystem::new_with_prefix(&dir).map_err(open_err)?;
                 (Arc::new(fs), Path::default())
             }
-            "s3" | "s3a" => {
-                let mut b = AmazonS3Builder::from_env().with_url(url.as_str());
-                for (k, v) in &self.options {
-                    b = b.with_config(k.parse().map_err(open_err)?, v);
+            other => match scoreland_runtime::stores::remote(&url, &self.options) {
+                Some(store) => (store.map_err(open_err)?, Path::from(url.path())),
+                None => {
+                    return Err(SinkError::Url {
+                        url: url.to_string(),
+                        message: format!(
+                            "scheme '{other}' is not supported; use a path, file://, s3://, gs://, az:// or abfss://"
+                        ),
+                    });
                 }
-                (
-                    Arc::new(b.build().map_err(open_err)?),
-                    Path::from(url.path()),
-                )
-            }
-            "gs" => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
-                for (k, v) in &self.options {
-                    b = b.with_config(k.parse().map_err(open_err)?, v);
-                }
-                (
-                    Arc::new(b.build().map_err(open_err)?),
-                    Path::from(url.path()),
-                )
-            }
-            "az" | "azure" | "abfs" | "abfss" | "adl" => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-                for (k, v) in &self.options {
-                    b = b.with_config(k.parse().map_err(open_err)?, v);
-                }
-                (
-                    Arc::new(b.build().map_err(open_err)?),
-                    Path::from(url.path()),
-                )
-            }
-            other => {
-                return Err(SinkError::Url {
-                    url: url.to_string(),
-                    message: format!(
-                        "scheme '{other}' is not supported; use a path, file://, s3://, gs://, az:// or abfss://"
-                    ),
-                });
-            }
+            },
         };
         Ok(Warehouse { store, root, url })
     }
@@ -153,6 +123,23 @@ impl Warehouse {
         rel.split('/')
             .filter(|p| !p.is_empty())
             .fold(self.root.clone(), |p, part| p.clone().join(part))
+    }
+
+    /// The URL of the store's root (`file:///`, `s3://bucket/`…): what a scan of the
+    /// warehouse's files by their object paths names as its store.
+    pub fn store_url(&self) -> Url {
+        let mut u = self.url.clone();
+        u.set_path("/");
+        u
+    }
+
+    /// Lets `ctx` read the warehouse's files by [`Self::store_url`], for a plan over a
+    /// version's files (`TableFiles`) that runs in this process. A local warehouse's files are
+    /// read by their paths already.
+    pub fn register_store(&self, ctx: &deltalake::datafusion::prelude::SessionContext) {
+        if self.url.scheme() != "file" {
+            ctx.register_object_store(&self.store_url(), self.store.clone());
+        }
     }
 
     /// A full URL for `rel`, for engines that read the files.

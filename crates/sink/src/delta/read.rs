@@ -117,8 +117,6 @@ impl Warehouse {
         let err = delta_err(name, "read");
         let snapshot = table.snapshot().map_err(&err)?;
         let table_url = self.table_url(name);
-        let mut store_url = table_url.clone();
-        store_url.set_path("/");
         let root = Path::from_url_path(table_url.path()).map_err(|e| SinkError::Url {
             url: table_url.to_string(),
             message: e.to_string(),
@@ -140,7 +138,7 @@ impl Warehouse {
         }
         Ok(TableFiles {
             version: snapshot.version(),
-            store_url,
+            store_url: self.store_url(),
             schema: snapshot.snapshot().input_schema(),
             partition_columns: snapshot.metadata().partition_columns().to_vec(),
             files,
@@ -216,6 +214,7 @@ impl Warehouse {
             .with_query_planner(Arc::new(ClusterPlanner::new(engine)))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        self.register_store(&ctx);
         let mut registered = 0;
         for &name in tables {
             let Some(files) = self.table_files(name, as_of).await? else {

@@ -1,0 +1,81 @@
+//! The object store of a bucket or container URL, built one way for the warehouse (the sink)
+//! and for the cluster's executors, which read the warehouse's files by URL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use url::Url;
+
+/// The store of `url`'s bucket or container (`s3://`, `gs://`, `az://`, `abfss://`…),
+/// configured from this process's environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), then from
+/// `options` (object_store's keys: `aws_endpoint`, `azure_storage_account_name`…). `None` for
+/// a scheme that names no such store (a local path, say).
+pub fn remote(
+    url: &Url,
+    options: &BTreeMap<String, String>,
+) -> Option<Result<Arc<dyn ObjectStore>, object_store::Error>> {
+    fn build<B>(
+        builder: B,
+        options: &BTreeMap<String, String>,
+        with: impl Fn(B, &str, &str) -> Result<B, object_store::Error>,
+        done: impl FnOnce(B) -> Result<Arc<dyn ObjectStore>, object_store::Error>,
+    ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut b = builder;
+        for (k, v) in options {
+            b = with(b, k, v)?;
+        }
+        done(b)
+    }
+    let store = match url.scheme() {
+        "s3" | "s3a" => build(
+            AmazonS3Builder::from_env().with_url(url.as_str()),
+            options,
+            |b, k, v| Ok(b.with_config(k.parse()?, v)),
+            |b| Ok(Arc::new(b.build()?)),
+        ),
+        "gs" => build(
+            GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
+            options,
+            |b, k, v| Ok(b.with_config(k.parse()?, v)),
+            |b| Ok(Arc::new(b.build()?)),
+        ),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => build(
+            MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
+            options,
+            |b, k, v| Ok(b.with_config(k.parse()?, v)),
+            |b| Ok(Arc::new(b.build()?)),
+        ),
+        _ => return None,
+    };
+    Some(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bucket_and_container_urls_name_a_remote_store() {
+        let none = BTreeMap::new();
+        for local in ["file:///tmp/wh/", "http://example.com/x", "ftp://host/x"] {
+            assert!(remote(&Url::parse(local).unwrap(), &none).is_none(), "{local}");
+        }
+        let endpoint = BTreeMap::from([
+            ("aws_endpoint".to_string(), "http://127.0.0.1:1".to_string()),
+            ("aws_region".to_string(), "us-east-1".to_string()),
+        ]);
+        let s3 = remote(&Url::parse("s3://bucket/wh").unwrap(), &endpoint).unwrap();
+        assert!(s3.unwrap().to_string().contains("bucket"));
+        // An option the store does not know is an error naming it, not ignored.
+        let bad = BTreeMap::from([("aws_no_such_option".to_string(), "1".to_string())]);
+        let err = remote(&Url::parse("s3://bucket/wh").unwrap(), &bad)
+            .unwrap()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("aws_no_such_option"), "{err}");
+    }
+}
