@@ -420,6 +420,96 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     );
 }
 
+/// The staged parts on S3 (moto) for executors that do not mount this machine's staging
+/// directory (`engine.staging`): copied there for the run, read there by the executors with
+/// their own credentials, removed after; the run lands what a run here lands.
+#[test]
+fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
+    let Some(s3) = service("SCORELAND_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let prefix = unique("cluster-staging");
+    let aws = [
+        ("AWS_ENDPOINT", s3.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let here = Demo::new();
+    let run = here.run(&["--json"], &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+
+    let cluster = LocalCluster::start_with(2, &aws);
+    let there = Demo::new();
+    let pipeline = there.tmp.path().join("demo-on-s3-staging.toml");
+    let demo = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    let platform = repo().join("sample-data/platform").display().to_string();
+    let toml = demo
+        .replace("\"sample-data/platform\"", &format!("{platform:?}"))
+        .replace(
+            "memory_limit = \"1GiB\"",
+            &format!(
+                "memory_limit = \"1GiB\"\nengine = {{ cluster = \"{}\", staging = \"s3://scoreland-test/{prefix}\" }}",
+                cluster.url
+            ),
+        );
+    assert!(toml.contains("staging = \"s3://"), "{toml}");
+    let env = there.env();
+    let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.extend_from_slice(&aws);
+    // A bucket that is not there: the run fails naming it, and nothing lands.
+    std::fs::write(
+        &pipeline,
+        toml.replace("s3://scoreland-test/", "s3://no-such-bucket-scoreland/"),
+    )
+    .unwrap();
+    let o = scoreland(&["run", pipeline.to_str().unwrap()], &envs);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("s3://no-such-bucket-scoreland/"),
+        "{}",
+        text(&o)
+    );
+    assert!(!Path::new(&there.wh()).join("scores").exists());
+    std::fs::write(&pipeline, toml).unwrap();
+    let o = scoreland(&["run", pipeline.to_str().unwrap(), "--json"], &envs);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "copied the staged parts to s3://scoreland-test/{prefix}/"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(cluster.tasks_run() > 0, "the executors ran no task");
+    assert_eq!(transform_figures(&o), transform_figures(&run));
+    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
+    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
+    assert!(a.status.success() && b.status.success());
+    assert!(a.stdout == b.stdout, "the cluster landed other scores");
+    // The copies are gone.
+    let left = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&s3)
+            .with_allow_http(true)
+            .with_bucket_name("scoreland-test")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap();
+        store
+            .list(Some(&object_store::path::Path::from(prefix.as_str())))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    });
+    assert!(left.is_empty(), "copies left: {left:?}");
+}
+
 #[test]
 fn an_executor_killed_mid_transform_lands_each_row_once() {
     let tmp = tempfile::tempdir().unwrap();

@@ -51,6 +51,12 @@ pub struct Engine {
     /// (a cluster with more cores wants more).
     #[serde(default)]
     pub partitions: Option<usize>,
+    /// A bucket or container (`s3://bucket/prefix`, `gs://…`, `az://…`) the staged parts are
+    /// copied to for each run, when the executors do not mount this machine's staging
+    /// directory; the copies are removed when the job ends. This machine and the executors
+    /// open it with the credentials of their own environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
 }
 
 impl TransformConfig {
@@ -89,6 +95,9 @@ impl TransformConfig {
                 return Err(TransformError::Config(
                     "engine.partitions must be at least 1".into(),
                 ));
+            }
+            if let Some(staging) = &engine.staging {
+                crate::shared::staging_url(staging)?;
             }
         }
         if self.target_partitions == Some(0) {

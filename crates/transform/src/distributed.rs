@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -27,15 +28,17 @@ use crate::scores::{self, Plan, WriteOptions, Written};
 /// The column of each kept row that counts the flat rows it stood for.
 pub(crate) const ROWS: &str = "__rows";
 
-/// Deduplicates `plan`'s flat rows on `engine` and writes them under `opts.dir`.
+/// Deduplicates `plan`'s flat rows on `engine` and writes them under `opts.dir`; `runtime` is
+/// the one the union was planned in (its stores).
 pub(crate) async fn write(
     engine: &dyn ClusterEngine,
     base: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
     plan: Plan,
     opts: WriteOptions,
 ) -> Result<Written, TransformError> {
     let config = engine.session_config(base);
-    let physical = dedupe_plan(&config, plan.union.clone()).await?;
+    let physical = dedupe_plan(&config, runtime, plan.union.clone()).await?;
     let (plan, opts) = (Arc::new(plan), Arc::new(opts));
     let config = &config;
     retry_lost_executor(&engine.name(), "the scores job", || {
@@ -104,6 +107,7 @@ async fn attempt(
 /// drops them, as configured), each standing for itself. One scan, one shuffle, one sort.
 async fn dedupe_plan(
     config: &SessionConfig,
+    runtime: Arc<RuntimeEnv>,
     union: DataFrame,
 ) -> Result<Arc<dyn ExecutionPlan>, TransformError> {
     let columns = union
@@ -113,7 +117,7 @@ async fn dedupe_plan(
         .map(|f| format!("\"{}\"", f.name().replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(", ");
-    let ctx = SessionContext::new_with_config(config.clone());
+    let ctx = SessionContext::new_with_config_rt(config.clone(), runtime);
     ctx.register_table("flat", union.into_view())
         .context("planning the dedupe")?;
     // Oldest first: the single-machine dedupe keeps the newest score date (null is the

@@ -26,6 +26,7 @@ mod json;
 mod records;
 mod run;
 mod scores;
+mod shared;
 mod summary;
 mod workers;
 mod xdm;

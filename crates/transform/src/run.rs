@@ -24,7 +24,8 @@ use crate::drift::{ModelHistogram, drift_table};
 use crate::error::{Context, TransformError};
 use crate::flatten;
 use crate::json::to_json;
-use crate::scores::{self, Input, InputKind, Plan, WriteOptions};
+use crate::scores::{self, Input, InputKind, Plan, WriteOptions, Written};
+use crate::shared::SharedParts;
 
 /// Parquet row group size (rows) when a memory limit is set and none is configured.
 const LIMITED_ROW_GROUP: usize = 65_536;
@@ -209,8 +210,6 @@ impl Transformer {
             }
             f => f,
         };
-        let plan = self.plan(batches).await?;
-
         let scores_dir = work_dir.join("scores");
         let summary_dir = work_dir.join("summary");
         let drift_dir = work_dir.join("drift");
@@ -237,40 +236,38 @@ impl Transformer {
             scores_dir.clone()
         };
         let workers = self.workers();
-        let has_factors = plan
-            .schema
-            .field_with_name("influential_factors")
-            .is_ok_and(|f| matches!(f.data_type(), DataType::List(_)));
         let options = WriteOptions {
             dir: parquet_dir.clone(),
             props: writer_properties(parquet_format)?,
             run_id: self.run_id.clone(),
             workers,
         };
-        // The dedupe's table takes at most half of the memory limit.
-        let budget = self.config.memory_limit.bytes().map(|limit| limit / 2);
         let stage = Instant::now();
-        let written = match (&self.cluster, &self.config.engine) {
-            (Some(cluster), _) => {
-                let base = self.ctx.copied_config();
-                distributed::write(cluster.as_ref(), base, plan, options).await?
+        let (written, has_factors) = match &self.cluster {
+            Some(cluster) => self.write_on(cluster.as_ref(), batches, options).await?,
+            None => {
+                if let Some(engine) = &self.config.engine {
+                    return Err(TransformError::Config(format!(
+                        "[transform] engine names the cluster {}, but this scoreland cannot \
+                         reach one: build it with the `cluster` feature (cargo build --features \
+                         scoreland/cluster)",
+                        engine.cluster
+                    )));
+                }
+                let plan = self.plan(batches, None).await?;
+                let has_factors = has_factors(&plan);
+                // The dedupe's table takes at most half of the memory limit.
+                let budget = self.config.memory_limit.bytes().map(|limit| limit / 2);
+                let written = tokio::task::spawn_blocking(move || {
+                    let winners = dedupe::winners(&plan, workers, budget)?;
+                    scores::write(&plan, &winners, &options)
+                })
+                .await
+                .map_err(|e| {
+                    TransformError::Config(format!("the transform's workers failed: {e}"))
+                })??;
+                (written, has_factors)
             }
-            (None, Some(engine)) => {
-                return Err(TransformError::Config(format!(
-                    "[transform] engine names the cluster {}, but this scoreland cannot reach \
-                     one: build it with the `cluster` feature (cargo build --features \
-                     scoreland/cluster)",
-                    engine.cluster
-                )));
-            }
-            (None, None) => tokio::task::spawn_blocking(move || {
-                let winners = dedupe::winners(&plan, workers, budget)?;
-                scores::write(&plan, &winners, &options)
-            })
-            .await
-            .map_err(|e| {
-                TransformError::Config(format!("the transform's workers failed: {e}"))
-            })??,
         };
         let (rows_in, null_identity, rows_out) =
             (written.rows_in, written.null_identities, written.rows_out);
@@ -391,7 +388,56 @@ impl Transformer {
     /// What the transform reads, and the scores table's columns: those of the union of every
     /// batch's parts flattened into one row per scored (row, model), as DataFusion types them
     /// (with the landed scores, when merging).
-    async fn plan(&self, batches: &[StagedBatch]) -> Result<Plan, TransformError> {
+    /// The scores job on `cluster`: planned here, deduplicated there, written here. With
+    /// `engine.staging`, the staged parts are copied there first for the executors to read, and
+    /// the copies removed however the job ends.
+    async fn write_on(
+        &self,
+        cluster: &dyn ClusterEngine,
+        batches: &[StagedBatch],
+        options: WriteOptions,
+    ) -> Result<(Written, bool), TransformError> {
+        let staging = self.config.engine.as_ref().and_then(|e| e.staging.as_deref());
+        let shared = match staging {
+            Some(url) => {
+                let files: Vec<PathBuf> = batches
+                    .iter()
+                    .flat_map(|b| b.files.iter().cloned())
+                    .chain(self.landed.iter().cloned())
+                    .collect();
+                let run = self.run_id.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        chrono::Utc::now().format("%Y%m%dT%H%M%S%6f"),
+                        std::process::id()
+                    )
+                });
+                let url = crate::shared::staging_url(url)?;
+                Some(SharedParts::copy(&url, &run, &files, &self.ctx).await?)
+            }
+            None => None,
+        };
+        let written = async {
+            let plan = self.plan(batches, shared.as_ref()).await?;
+            let has_factors = has_factors(&plan);
+            let base = self.ctx.copied_config();
+            distributed::write(cluster, base, self.ctx.runtime_env(), plan, options)
+                .await
+                .map(|w| (w, has_factors))
+        }
+        .await;
+        if let Some(shared) = &shared {
+            shared.remove().await;
+        }
+        written
+    }
+
+    /// `shared`: where the cluster reads the staged parts, when they were copied for it.
+    async fn plan(
+        &self,
+        batches: &[StagedBatch],
+        shared: Option<&SharedParts>,
+    ) -> Result<Plan, TransformError> {
         // Group each batch's files by schema: a group reads as one table on all cores, and
         // groups are flattened to the same columns, so drift between parts is merged by name.
         struct Group {
@@ -483,7 +529,7 @@ impl Transformer {
         let mut union: Option<DataFrame> = None;
         for g in &groups {
             let batch = &batches[g.batch];
-            let paths: Vec<String> = g.files.iter().map(|f| f.display().to_string()).collect();
+            let paths: Vec<String> = g.files.iter().map(|f| location(shared, f)).collect();
             let source = self
                 .ctx
                 .read_parquet(paths, ParquetReadOptions::default())
@@ -519,11 +565,7 @@ impl Transformer {
         let mut models: Vec<String> = mapping.models.iter().map(|m| m.name.clone()).collect();
         let mut landed_inputs = Vec::new();
         if !self.landed.is_empty() {
-            let paths: Vec<String> = self
-                .landed
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect();
+            let paths: Vec<String> = self.landed.iter().map(|f| location(shared, f)).collect();
             let landed = self
                 .ctx
                 .read_parquet(paths, ParquetReadOptions::default())
@@ -640,6 +682,21 @@ pub(crate) fn cast_to(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, Transfo
 }
 
 /// A part's schema and footer.
+/// Whether the scores carry their influential factors as a list (of structs).
+fn has_factors(plan: &Plan) -> bool {
+    plan.schema
+        .field_with_name("influential_factors")
+        .is_ok_and(|f| matches!(f.data_type(), DataType::List(_)))
+}
+
+/// Where a plan reads `file`: its copy for the cluster, if it was copied, else its path.
+fn location(shared: Option<&SharedParts>, file: &Path) -> String {
+    match shared {
+        Some(s) => s.location(file),
+        None => file.display().to_string(),
+    }
+}
+
 fn file_schema(file: &Path) -> Result<(SchemaRef, Arc<ParquetMetaData>), TransformError> {
     let builder = scores::reader_builder(file)?;
     Ok((builder.schema().clone(), builder.metadata().clone()))

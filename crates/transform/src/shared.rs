@@ -1,0 +1,183 @@
+//! The staged parts copied to a bucket the cluster's executors read (`[transform] engine = {
+//! cluster = "…", staging = "s3://bucket/prefix" }`), for a cluster that does not mount this
+//! machine's staging directory. Each run copies its parts under `<staging>/<run>/` before the
+//! job is planned, names them there in the plan, and removes them when the job is over,
+//! whatever its outcome. The store is opened from this process's environment, as the
+//! executors open it from theirs (`scoreland_runtime::stores`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+use crate::error::TransformError;
+
+/// Copies at once (each a multipart upload of its own).
+const COPIES: usize = 4;
+
+/// A staging URL as `[transform] engine` gives it: a bucket or container, checked without
+/// touching it.
+pub(crate) fn staging_url(raw: &str) -> Result<Url, TransformError> {
+    let bad = |why: &str| {
+        TransformError::Config(format!(
+            "engine.staging = {raw:?} {why}; give an s3://, gs:// or az:// URL the cluster's \
+             executors can read (a directory every executor mounts needs no copy: stage there)"
+        ))
+    };
+    let url = Url::parse(raw.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if url.scheme() == "file" || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no bucket"));
+    }
+    Ok(url)
+}
+
+/// This run's copies of the staged parts on the shared store.
+pub(crate) struct SharedParts {
+    store: Arc<dyn ObjectStore>,
+    /// `<staging>/<run>/`.
+    prefix: ObjectPath,
+    /// The store's root URL, which every copy's URL starts with.
+    root: Url,
+    /// Each local file's copy, as a URL.
+    copies: HashMap<PathBuf, String>,
+}
+
+impl SharedParts {
+    /// Copies `files` under `<staging>/<run>/` and lets `ctx` read them there.
+    pub(crate) async fn copy(
+        staging: &Url,
+        run: &str,
+        files: &[PathBuf],
+        ctx: &SessionContext,
+    ) -> Result<SharedParts, TransformError> {
+        let store = scoreland_runtime::stores::remote(staging, &Default::default())
+            .ok_or_else(|| {
+                TransformError::Config(format!(
+                    "engine.staging = {staging}: the scheme {} names no object store",
+                    staging.scheme()
+                ))
+            })?
+            .map_err(|e| store_err(staging.as_str(), e))?;
+        let mut root = staging.clone();
+        root.set_path("/");
+        let prefix: ObjectPath = staging
+            .path_segments()
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .chain([run])
+            .collect();
+        ctx.register_object_store(&root, store.clone());
+        let shared = SharedParts {
+            store,
+            prefix,
+            root,
+            copies: HashMap::new(),
+        };
+        let started = std::time::Instant::now();
+        let copies = futures::stream::iter(files.iter().enumerate())
+            .map(|(i, file)| shared.copy_one(i, file))
+            .buffer_unordered(COPIES)
+            .try_collect::<Vec<_>>()
+            .await;
+        let copies = match copies {
+            Ok(c) => c,
+            Err(e) => {
+                shared.remove().await;
+                return Err(e);
+            }
+        };
+        let bytes: u64 = copies.iter().map(|(_, _, b)| b).sum();
+        tracing::info!(
+            files = copies.len(),
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "copied the staged parts to {} for the cluster",
+            shared.url(&shared.prefix)
+        );
+        Ok(SharedParts {
+            copies: copies.into_iter().map(|(f, u, _)| (f, u)).collect(),
+            ..shared
+        })
+    }
+
+    /// Copies `file` as the `i`th part: its local path, its copy's URL, its size.
+    async fn copy_one(
+        &self,
+        i: usize,
+        file: &Path,
+    ) -> Result<(PathBuf, String, u64), TransformError> {
+        let io = |source| TransformError::Io {
+            path: file.to_path_buf(),
+            source,
+        };
+        let name = file
+            .file_name()
+            .map_or_else(|| "part.parquet".into(), |n| n.to_string_lossy());
+        let to = self.prefix.clone().join(format!("{i:05}-{name}"));
+        let mut from = tokio::fs::File::open(file).await.map_err(io)?;
+        let mut out = BufWriter::new(self.store.clone(), to.clone());
+        let bytes = tokio::io::copy(&mut from, &mut out).await.map_err(io)?;
+        out.shutdown()
+            .await
+            .map_err(|e| store_err(&self.url(&to), object_store::Error::Generic {
+                store: "staging",
+                source: Box::new(e),
+            }))?;
+        Ok((file.to_path_buf(), self.url(&to), bytes))
+    }
+
+    fn url(&self, path: &ObjectPath) -> String {
+        format!("{}{}", self.root, path)
+    }
+
+    /// Where the executors read `file`: its copy, or `file` itself if it was not copied.
+    pub(crate) fn location(&self, file: &Path) -> String {
+        match self.copies.get(file) {
+            Some(url) => url.clone(),
+            None => file.display().to_string(),
+        }
+    }
+
+    /// Removes this run's copies; a failure is logged (they are this run's alone, and a
+    /// lifecycle rule on the staging prefix can sweep what is left).
+    pub(crate) async fn remove(&self) {
+        let listed = self.store.list(Some(&self.prefix)).map_ok(|m| m.location).boxed();
+        let removed: Vec<_> = self.store.delete_stream(listed).collect().await;
+        if let Some(Err(e)) = removed.into_iter().find(Result::is_err) {
+            tracing::warn!(
+                "could not remove the staged parts' copies under {}: {e}",
+                self.url(&self.prefix)
+            );
+        }
+    }
+}
+
+fn store_err(url: &str, e: object_store::Error) -> TransformError {
+    TransformError::Io {
+        path: PathBuf::from(url),
+        source: std::io::Error::other(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_staging_url_names_a_bucket() {
+        assert!(staging_url("s3://bucket/stage").is_ok());
+        assert!(staging_url("az://container").is_ok());
+        for bad in ["/shared/stage", "file:///shared/stage", "s3:///no-bucket", "stage"] {
+            let err = staging_url(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+}
