@@ -690,7 +690,14 @@ fn a_warehouse_on_s3_is_read_by_the_executors_with_their_own_credentials() {
     let staging = demo.tmp.path().join("staging").display().to_string();
     let landed = scoreland(
         &["run", "pipelines/demo.toml"],
-        &[&aws[..], &[("SCORELAND_WAREHOUSE", &wh), ("SCORELAND_STAGING", &staging)]].concat(),
+        &[
+            &aws[..],
+            &[
+                ("SCORELAND_WAREHOUSE", &wh),
+                ("SCORELAND_STAGING", &staging),
+            ],
+        ]
+        .concat(),
     );
     assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
     let cluster = LocalCluster::start_with(2, &aws);
@@ -700,7 +707,11 @@ fn a_warehouse_on_s3_is_read_by_the_executors_with_their_own_credentials() {
             args.extend(["--cluster", url]);
         }
         let o = scoreland(&args, &aws);
-        assert!(o.status.success(), "{query} ({cluster_url:?}): {}", text(&o));
+        assert!(
+            o.status.success(),
+            "{query} ({cluster_url:?}): {}",
+            text(&o)
+        );
         String::from_utf8(o.stdout).unwrap()
     };
     for query in [

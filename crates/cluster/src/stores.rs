@@ -53,9 +53,7 @@ impl ObjectStoreRegistry for ClusterStores {
             return Ok(store.clone());
         }
         let no_store = |why: String| {
-            DataFusionError::Execution(format!(
-                "the cluster cannot open the store of {url}: {why}"
-            ))
+            DataFusionError::Execution(format!("the cluster cannot open the store of {url}: {why}"))
         };
         let store = scoreland_runtime::stores::remote(url, &Default::default())
             .ok_or_else(|| no_store("it reads local paths and s3://, gs:// and az:// URLs".into()))?
@@ -82,9 +80,15 @@ mod tests {
             &stores.get_store(&file).unwrap(),
             &stores.get_store(&file).unwrap()
         ));
-        let a = stores.get_store(&Url::parse("s3://bucket-a/").unwrap()).unwrap();
-        let again = stores.get_store(&Url::parse("s3://bucket-a/").unwrap()).unwrap();
-        let b = stores.get_store(&Url::parse("s3://bucket-b/").unwrap()).unwrap();
+        let a = stores
+            .get_store(&Url::parse("s3://bucket-a/").unwrap())
+            .unwrap();
+        let again = stores
+            .get_store(&Url::parse("s3://bucket-a/").unwrap())
+            .unwrap();
+        let b = stores
+            .get_store(&Url::parse("s3://bucket-b/").unwrap())
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &again));
         assert!(!Arc::ptr_eq(&a, &b));
         let err = stores

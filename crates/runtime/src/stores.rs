@@ -10,6 +10,9 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use url::Url;
 
+/// The schemes of the stores [`remote`] builds.
+const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
+
 /// The store of `url`'s bucket or container (`s3://`, `gs://`, `az://`, `abfss://`…),
 /// configured from this process's environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), then from
 /// `options` (object_store's keys: `aws_endpoint`, `azure_storage_account_name`…). `None` for
@@ -18,40 +21,41 @@ pub fn remote(
     url: &Url,
     options: &BTreeMap<String, String>,
 ) -> Option<Result<Arc<dyn ObjectStore>, object_store::Error>> {
-    fn build<B>(
-        builder: B,
-        options: &BTreeMap<String, String>,
-        with: impl Fn(B, &str, &str) -> Result<B, object_store::Error>,
-        done: impl FnOnce(B) -> Result<Arc<dyn ObjectStore>, object_store::Error>,
-    ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-        let mut b = builder;
-        for (k, v) in options {
-            b = with(b, k, v)?;
-        }
-        done(b)
-    }
-    let store = match url.scheme() {
-        "s3" | "s3a" => build(
-            AmazonS3Builder::from_env().with_url(url.as_str()),
-            options,
-            |b, k, v| Ok(b.with_config(k.parse()?, v)),
-            |b| Ok(Arc::new(b.build()?)),
-        ),
-        "gs" => build(
-            GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
-            options,
-            |b, k, v| Ok(b.with_config(k.parse()?, v)),
-            |b| Ok(Arc::new(b.build()?)),
-        ),
-        "az" | "azure" | "abfs" | "abfss" | "adl" => build(
-            MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
-            options,
-            |b, k, v| Ok(b.with_config(k.parse()?, v)),
-            |b| Ok(Arc::new(b.build()?)),
-        ),
-        _ => return None,
+    let build = || -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        Ok(match url.scheme() {
+            "s3" | "s3a" => Arc::new(
+                configured(AmazonS3Builder::from_env(), options, |b, k, v| {
+                    Ok(b.with_config(k.parse()?, v))
+                })?
+                .with_url(url.as_str())
+                .build()?,
+            ),
+            "gs" => Arc::new(
+                configured(GoogleCloudStorageBuilder::from_env(), options, |b, k, v| {
+                    Ok(b.with_config(k.parse()?, v))
+                })?
+                .with_url(url.as_str())
+                .build()?,
+            ),
+            _ => Arc::new(
+                configured(MicrosoftAzureBuilder::from_env(), options, |b, k, v| {
+                    Ok(b.with_config(k.parse()?, v))
+                })?
+                .with_url(url.as_str())
+                .build()?,
+            ),
+        })
     };
-    Some(store)
+    SCHEMES.contains(&url.scheme()).then(build)
+}
+
+/// `builder` with each of `options` set.
+fn configured<B>(
+    builder: B,
+    options: &BTreeMap<String, String>,
+    set: impl Fn(B, &str, &str) -> Result<B, object_store::Error>,
+) -> Result<B, object_store::Error> {
+    options.iter().try_fold(builder, |b, (k, v)| set(b, k, v))
 }
 
 #[cfg(test)]
@@ -62,7 +66,10 @@ mod tests {
     fn only_bucket_and_container_urls_name_a_remote_store() {
         let none = BTreeMap::new();
         for local in ["file:///tmp/wh/", "http://example.com/x", "ftp://host/x"] {
-            assert!(remote(&Url::parse(local).unwrap(), &none).is_none(), "{local}");
+            assert!(
+                remote(&Url::parse(local).unwrap(), &none).is_none(),
+                "{local}"
+            );
         }
         let endpoint = BTreeMap::from([
             ("aws_endpoint".to_string(), "http://127.0.0.1:1".to_string()),

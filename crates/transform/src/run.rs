@@ -397,7 +397,11 @@ impl Transformer {
         batches: &[StagedBatch],
         options: WriteOptions,
     ) -> Result<(Written, bool), TransformError> {
-        let staging = self.config.engine.as_ref().and_then(|e| e.staging.as_deref());
+        let staging = self
+            .config
+            .engine
+            .as_ref()
+            .and_then(|e| e.staging.as_deref());
         let shared = match staging {
             Some(url) => {
                 let files: Vec<PathBuf> = batches

@@ -125,12 +125,15 @@ impl SharedParts {
         let mut from = tokio::fs::File::open(file).await.map_err(io)?;
         let mut out = BufWriter::new(self.store.clone(), to.clone());
         let bytes = tokio::io::copy(&mut from, &mut out).await.map_err(io)?;
-        out.shutdown()
-            .await
-            .map_err(|e| store_err(&self.url(&to), object_store::Error::Generic {
-                store: "staging",
-                source: Box::new(e),
-            }))?;
+        out.shutdown().await.map_err(|e| {
+            store_err(
+                &self.url(&to),
+                object_store::Error::Generic {
+                    store: "staging",
+                    source: Box::new(e),
+                },
+            )
+        })?;
         Ok((file.to_path_buf(), self.url(&to), bytes))
     }
 
@@ -149,7 +152,11 @@ impl SharedParts {
     /// Removes this run's copies; a failure is logged (they are this run's alone, and a
     /// lifecycle rule on the staging prefix can sweep what is left).
     pub(crate) async fn remove(&self) {
-        let listed = self.store.list(Some(&self.prefix)).map_ok(|m| m.location).boxed();
+        let listed = self
+            .store
+            .list(Some(&self.prefix))
+            .map_ok(|m| m.location)
+            .boxed();
         let removed: Vec<_> = self.store.delete_stream(listed).collect().await;
         if let Some(Err(e)) = removed.into_iter().find(Result::is_err) {
             tracing::warn!(
@@ -175,7 +182,12 @@ mod tests {
     fn a_staging_url_names_a_bucket() {
         assert!(staging_url("s3://bucket/stage").is_ok());
         assert!(staging_url("az://container").is_ok());
-        for bad in ["/shared/stage", "file:///shared/stage", "s3:///no-bucket", "stage"] {
+        for bad in [
+            "/shared/stage",
+            "file:///shared/stage",
+            "s3:///no-bucket",
+            "stage",
+        ] {
             let err = staging_url(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{bad}: {err}");
         }
