@@ -389,6 +389,20 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     assert!(!Path::new(&there.wh()).join("scores").exists());
 
     let cluster = LocalCluster::start(2);
+    // A profile export runs here only: refused before anything is downloaded or landed.
+    let profiles = Demo::new();
+    let env = profiles.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = scoreland(
+        &["run", "pipelines/profile-export.toml", "--cluster", &cluster.url],
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("runs here only"), "{}", text(&o));
+    let staged = profiles.tmp.path().join("staging");
+    assert!(!staged.exists() || walk(&staged).is_empty(), "{:?}", walk(&staged));
+    assert!(!Path::new(&profiles.wh()).join("profiles").exists());
+
     let o = there.run(&["--json", "--cluster", &cluster.url], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(

@@ -162,6 +162,12 @@ fn check_codec(codec: &str, level: Option<i32>) -> Result<(), String> {
 }
 
 impl PipelineFile {
+    /// Whether the night's tables are Customer AI scores (not a profile export, not a dataset
+    /// landed from its schema): the only transform a cluster runs.
+    pub fn lands_scores(&self) -> bool {
+        !matches!(self.source, SourceConfig::ProfileExport(_)) && self.transform.dataset.is_none()
+    }
+
     /// Reads, interpolates and checks a pipeline file.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
         let raw = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {

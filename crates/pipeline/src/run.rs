@@ -36,6 +36,21 @@ pub async fn run(
             None,
         ));
     }
+    // Only the scores transform runs on a cluster: refused before anything is downloaded.
+    if let (Some(cluster), false) = (&options.cluster, file.lands_scores()) {
+        return Err((
+            PipelineError::Invalid {
+                path: file.path.clone(),
+                message: format!(
+                    "the cluster {} runs the transform of Customer AI scores; this pipeline \
+                     lands a profile export or a dataset, which runs here only (run it without \
+                     --cluster)",
+                    cluster.name()
+                ),
+            },
+            None,
+        ));
+    }
     let sink = file.sink.sink_config();
     let warehouse = match if options.dry_run {
         sink.open()

@@ -19,16 +19,6 @@ pub(crate) async fn transform(
     ingested: Ingested,
 ) -> Result<Prepared, PipelineError> {
     let t = Instant::now();
-    if let (Some(cluster), false) = (
-        &cx.options.cluster,
-        matches!(ingested.input, Input::Scores { .. }),
-    ) {
-        return Err(cx.invalid(format!(
-            "the cluster {} runs the transform of Customer AI scores; this pipeline lands a \
-             profile export or a dataset, which runs here only (run it without --cluster)",
-            cluster.name()
-        )));
-    }
     let (tables, extracts, histograms, replace_dataset) = match ingested.input {
         Input::Scores {
             staged,
