@@ -394,13 +394,22 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     let env = profiles.env();
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let o = scoreland(
-        &["run", "pipelines/profile-export.toml", "--cluster", &cluster.url],
+        &[
+            "run",
+            "pipelines/profile-export.toml",
+            "--cluster",
+            &cluster.url,
+        ],
         &envs,
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("runs here only"), "{}", text(&o));
     let staged = profiles.tmp.path().join("staging");
-    assert!(!staged.exists() || walk(&staged).is_empty(), "{:?}", walk(&staged));
+    assert!(
+        !staged.exists() || walk(&staged).is_empty(),
+        "{:?}",
+        walk(&staged)
+    );
     assert!(!Path::new(&profiles.wh()).join("profiles").exists());
 
     let o = there.run(&["--json", "--cluster", &cluster.url], &[]);

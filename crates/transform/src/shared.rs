@@ -23,17 +23,25 @@ use crate::error::TransformError;
 const COPIES: usize = 4;
 
 /// A staging URL as `[transform] engine` gives it: a bucket or container, checked without
-/// touching it.
+/// touching it. Credentials in it are refused (the URL is logged), and not repeated.
 pub(crate) fn staging_url(raw: &str) -> Result<Url, TransformError> {
-    let bad = |why: &str| {
+    let bad = |shown: &str, why: &str| {
         TransformError::Config(format!(
-            "engine.staging = {raw:?} {why}; give an s3://, gs:// or az:// URL the cluster's \
+            "engine.staging = {shown:?} {why}; give an s3://, gs:// or az:// URL the cluster's \
              executors can read (a directory every executor mounts needs no copy: stage there)"
         ))
     };
-    let url = Url::parse(raw.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    let mut url = Url::parse(raw.trim()).map_err(|e| bad(raw, &format!("is not a URL ({e})")))?;
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+        return Err(bad(
+            url.as_str(),
+            "holds a secret: this machine and the executors take the store's credentials from \
+             their environment (AWS_*, GOOGLE_*, AZURE_*)",
+        ));
+    }
     if url.scheme() == "file" || url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("names no bucket"));
+        return Err(bad(raw, "names no bucket"));
     }
     Ok(url)
 }
