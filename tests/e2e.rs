@@ -90,7 +90,11 @@ impl Demo {
         ]
     }
     fn run(&self, extra: &[&str], more_env: &[(&str, &str)]) -> Output {
-        let mut args = vec!["run", "pipelines/demo.toml"];
+        self.run_pipeline("pipelines/demo.toml", extra, more_env)
+    }
+    /// `run PIPELINE` with this demo's warehouse and staging (`more_env` wins over them).
+    fn run_pipeline(&self, pipeline: &str, extra: &[&str], more_env: &[(&str, &str)]) -> Output {
+        let mut args = vec!["run", pipeline];
         args.extend_from_slice(extra);
         let env = self.env();
         let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

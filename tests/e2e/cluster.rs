@@ -391,16 +391,10 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     let cluster = LocalCluster::start(2);
     // A profile export runs here only: refused before anything is downloaded or landed.
     let profiles = Demo::new();
-    let env = profiles.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let o = scoreland(
-        &[
-            "run",
-            "pipelines/profile-export.toml",
-            "--cluster",
-            &cluster.url,
-        ],
-        &envs,
+    let o = profiles.run_pipeline(
+        "pipelines/profile-export.toml",
+        &["--cluster", &cluster.url],
+        &[],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("runs here only"), "{}", text(&o));
@@ -478,16 +472,14 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
             ),
         );
     assert!(toml.contains("staging = \"s3://"), "{toml}");
-    let env = there.env();
-    let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    envs.extend_from_slice(&aws);
+    let pipeline = pipeline.to_str().unwrap();
     // A bucket that is not there: the run fails naming it, and nothing lands.
     std::fs::write(
-        &pipeline,
+        pipeline,
         toml.replace("s3://scoreland-test/", "s3://no-such-bucket-scoreland/"),
     )
     .unwrap();
-    let o = scoreland(&["run", pipeline.to_str().unwrap()], &envs);
+    let o = there.run_pipeline(pipeline, &[], &aws);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("s3://no-such-bucket-scoreland/"),
@@ -495,8 +487,8 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
         text(&o)
     );
     assert!(!Path::new(&there.wh()).join("scores").exists());
-    std::fs::write(&pipeline, toml).unwrap();
-    let o = scoreland(&["run", pipeline.to_str().unwrap(), "--json"], &envs);
+    std::fs::write(pipeline, toml).unwrap();
+    let o = there.run_pipeline(pipeline, &["--json"], &aws);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains(&format!(
@@ -710,17 +702,9 @@ fn a_warehouse_on_s3_is_read_by_the_executors_with_their_own_credentials() {
         ("AWS_REGION", "us-east-1"),
     ];
     let demo = Demo::new();
-    let staging = demo.tmp.path().join("staging").display().to_string();
-    let landed = scoreland(
-        &["run", "pipelines/demo.toml"],
-        &[
-            &aws[..],
-            &[
-                ("SCORELAND_WAREHOUSE", &wh),
-                ("SCORELAND_STAGING", &staging),
-            ],
-        ]
-        .concat(),
+    let landed = demo.run(
+        &[],
+        &[&aws[..], &[("SCORELAND_WAREHOUSE", wh.as_str())]].concat(),
     );
     assert_eq!(landed.status.code(), Some(0), "{}", text(&landed));
     let cluster = LocalCluster::start_with(2, &aws);
@@ -804,10 +788,8 @@ fn a_file_the_executors_cannot_read_fails_the_query_naming_it() {
 #[test]
 fn serve_on_a_local_cluster_masks_denied_columns_as_serve_here() {
     let sample = Demo::new();
-    let env = sample.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Its `[serve] deny_labels = ["C2"]` masks the member's e-mail address.
-    let o = scoreland(&["run", "pipelines/loyalty-members.toml"], &envs);
+    let o = sample.run_pipeline("pipelines/loyalty-members.toml", &[], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let plain = sample.sql(
         "SELECT count(\"personalEmail_address\") AS n FROM loyalty_members",
