@@ -61,8 +61,8 @@ pub struct ServeOptions {
     /// Data usage labels whose columns are masked in every table, besides those each table
     /// denies itself.
     pub deny_labels: std::collections::BTreeSet<String>,
-    /// The distributed engine queries that read the tables run on (`serve --cluster`); it must
-    /// read the warehouse (`ClusterEngine::reads`, which the caller checks first).
+    /// The distributed engine queries that read the tables run on (`serve --cluster`); its
+    /// executors open the warehouse themselves (its path, or its bucket).
     pub cluster: Option<Arc<dyn ClusterEngine>>,
 }
 

@@ -1,6 +1,7 @@
 //! Reading the tables: the published versions, a table as of a version or a time, queries,
 //! history, and a dataset's landed files (for a merge or a previous night).
 
+use deltalake::datafusion::execution::context::SQLOptions;
 use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
 
 use super::*;
@@ -177,6 +178,18 @@ impl Warehouse {
                 .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
             registered += 1;
         }
+        self.answer(&ctx, registered, sql, SQLOptions::new()).await
+    }
+
+    /// `sql`'s rows in `ctx`, where `registered` tables were registered (none: the warehouse
+    /// has no table to query yet); `options` say which statements may run.
+    async fn answer(
+        &self,
+        ctx: &SessionContext,
+        registered: usize,
+        sql: &str,
+        options: SQLOptions,
+    ) -> Result<QueryOutput, SinkError> {
         if registered == 0 {
             return Err(SinkError::NoTables {
                 url: self.url().to_string(),
@@ -185,7 +198,10 @@ impl Warehouse {
         let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
             message: e.to_string(),
         };
-        let df = ctx.sql(sql).await.map_err(query_err)?;
+        let df = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(query_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(query_err)?;
         Ok(QueryOutput { schema, batches })
@@ -194,8 +210,8 @@ impl Warehouse {
     /// Runs `sql` over `tables` at the snapshot `as_of` asks for on `engine`'s executors: each
     /// table is that version's files as a plain Parquet scan ([`PublishedTable`]), the plan is
     /// made here ([`ClusterPlanner`]). Only queries run: DDL, DML and `COPY` are refused
-    /// before anything is submitted. The engine must read the warehouse
-    /// ([`ClusterEngine::reads`]; the caller checks it before anything else).
+    /// before anything is submitted. The executors open the warehouse themselves (its path,
+    /// or its bucket with their own credentials).
     pub async fn query_on(
         &self,
         engine: Arc<dyn ClusterEngine>,
@@ -204,7 +220,6 @@ impl Warehouse {
         sql: &str,
     ) -> Result<QueryOutput, SinkError> {
         use deltalake::datafusion::execution::SessionStateBuilder;
-        use deltalake::datafusion::execution::context::SQLOptions;
         let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
             message: e.to_string(),
         };
@@ -224,22 +239,11 @@ impl Warehouse {
                 .map_err(query_err)?;
             registered += 1;
         }
-        if registered == 0 {
-            return Err(SinkError::NoTables {
-                url: self.url().to_string(),
-            });
-        }
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = ctx
-            .sql_with_options(sql, read_only)
-            .await
-            .map_err(query_err)?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(query_err)?;
-        Ok(QueryOutput { schema, batches })
+        self.answer(&ctx, registered, sql, read_only).await
     }
 
     /// The versions of a table, newest first.
