@@ -46,7 +46,12 @@ pub fn remote(
             ),
         })
     };
-    SCHEMES.contains(&url.scheme()).then(build)
+    is_remote(url).then(build)
+}
+
+/// Whether `url` names a bucket or container whose store [`remote`] builds.
+pub fn is_remote(url: &Url) -> bool {
+    SCHEMES.contains(&url.scheme())
 }
 
 /// `builder` with each of `options` set.

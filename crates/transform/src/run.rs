@@ -385,9 +385,6 @@ impl Transformer {
         write(self.tagged(df)?, out_dir, format, partition_by).await
     }
 
-    /// What the transform reads, and the scores table's columns: those of the union of every
-    /// batch's parts flattened into one row per scored (row, model), as DataFusion types them
-    /// (with the landed scores, when merging).
     /// The scores job on `cluster`: planned here, deduplicated there, written here. With
     /// `engine.staging`, the staged parts are copied there first for the executors to read, and
     /// the copies removed however the job ends.
@@ -436,7 +433,10 @@ impl Transformer {
         written
     }
 
-    /// `shared`: where the cluster reads the staged parts, when they were copied for it.
+    /// What the transform reads, and the scores table's columns: those of the union of every
+    /// batch's parts flattened into one row per scored (row, model), as DataFusion types them
+    /// (with the landed scores, when merging). `shared`: where the cluster reads the staged
+    /// parts, when they were copied for it.
     async fn plan(
         &self,
         batches: &[StagedBatch],

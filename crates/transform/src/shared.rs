@@ -40,7 +40,7 @@ pub(crate) fn staging_url(raw: &str) -> Result<Url, TransformError> {
              their environment (AWS_*, GOOGLE_*, AZURE_*)",
         ));
     }
-    if url.scheme() == "file" || url.host_str().is_none_or(str::is_empty) {
+    if !scoreland_runtime::stores::is_remote(&url) || url.host_str().is_none_or(str::is_empty) {
         return Err(bad(raw, "names no bucket"));
     }
     Ok(url)
@@ -83,7 +83,7 @@ impl SharedParts {
             .chain([run])
             .collect();
         ctx.register_object_store(&root, store.clone());
-        let shared = SharedParts {
+        let mut shared = SharedParts {
             store,
             prefix,
             root,
@@ -110,10 +110,8 @@ impl SharedParts {
             "copied the staged parts to {} for the cluster",
             shared.url(&shared.prefix)
         );
-        Ok(SharedParts {
-            copies: copies.into_iter().map(|(f, u, _)| (f, u)).collect(),
-            ..shared
-        })
+        shared.copies = copies.into_iter().map(|(f, u, _)| (f, u)).collect();
+        Ok(shared)
     }
 
     /// Copies `file` as the `i`th part: its local path, its copy's URL, its size.
@@ -126,10 +124,8 @@ impl SharedParts {
             path: file.to_path_buf(),
             source,
         };
-        let name = file
-            .file_name()
-            .map_or_else(|| "part.parquet".into(), |n| n.to_string_lossy());
-        let to = self.prefix.clone().join(format!("{i:05}-{name}"));
+        // Named by position only: a staged file's name (the platform's) never becomes a key.
+        let to = self.prefix.clone().join(format!("{i:05}.parquet"));
         let mut from = tokio::fs::File::open(file).await.map_err(io)?;
         let mut out = BufWriter::new(self.store.clone(), to.clone());
         let bytes = tokio::io::copy(&mut from, &mut out).await.map_err(io)?;
@@ -195,9 +191,15 @@ mod tests {
             "file:///shared/stage",
             "s3:///no-bucket",
             "stage",
+            "http://host/stage",
         ] {
             let err = staging_url(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{bad}: {err}");
         }
+        let err = staging_url("s3://AKIAEXAMPLE:s3cr3t-value@bucket/stage")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a secret"), "{err}");
+        assert!(!err.contains("s3cr3t-value"), "{err}");
     }
 }
