@@ -389,22 +389,28 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     assert!(!Path::new(&there.wh()).join("scores").exists());
 
     let cluster = LocalCluster::start(2);
-    // A profile export runs here only: refused before anything is downloaded or landed.
-    let profiles = Demo::new();
-    let o = profiles.run_pipeline(
-        "pipelines/profile-export.toml",
-        &["--cluster", &cluster.url],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("runs here only"), "{}", text(&o));
-    let staged = profiles.tmp.path().join("staging");
-    assert!(
-        !staged.exists() || walk(&staged).is_empty(),
-        "{:?}",
-        walk(&staged)
-    );
-    assert!(!Path::new(&profiles.wh()).join("profiles").exists());
+    // A profile export and a dataset landed from its schema run here only: refused before
+    // anything is downloaded or landed.
+    for (pipeline, table) in [
+        ("pipelines/profile-export.toml", "profiles"),
+        ("pipelines/web-events.toml", "web_events"),
+    ] {
+        let other = Demo::new();
+        let o = other.run_pipeline(pipeline, &["--cluster", &cluster.url], &[]);
+        assert_eq!(o.status.code(), Some(2), "{pipeline}: {}", text(&o));
+        assert!(
+            text(&o).contains("runs here only"),
+            "{pipeline}: {}",
+            text(&o)
+        );
+        let staged = other.tmp.path().join("staging");
+        assert!(
+            !staged.exists() || walk(&staged).is_empty(),
+            "{pipeline}: {:?}",
+            walk(&staged)
+        );
+        assert!(!Path::new(&other.wh()).join(table).exists(), "{pipeline}");
+    }
 
     let o = there.run(&["--json", "--cluster", &cluster.url], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -98,12 +98,6 @@ pub async fn cluster_engine(
     let Some(url) = flag.or(configured.map(|e| e.cluster.as_str())) else {
         return Ok(None);
     };
-    if transform.dataset.is_some() {
-        return Err(usage(anyhow!(
-            "--cluster runs the transform of Customer AI scores; a [transform.dataset] \
-             landing runs here only"
-        )));
-    }
     let partitions = configured.and_then(|e| e.partitions);
     crate::cluster::engine(url, partitions).await.map(Some)
 }
