@@ -419,6 +419,11 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
         "the executors ran no task: the transform did not reach the cluster"
     );
     assert_eq!(transform_figures(&o), figures);
+    assert!(
+        text(&o).contains("the executors wrote and summarised the kept rows (moved from"),
+        "{}",
+        text(&o)
+    );
     // The same rows, value for value (only the run differs), and the same summaries but for the
     // last bits of float sums (added in another order).
     let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
@@ -509,7 +514,22 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
     let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
     assert!(a.status.success() && b.status.success());
     assert!(a.stdout == b.stdout, "the cluster landed other scores");
-    // The copies are gone.
+    assert!(
+        text(&o).contains(&format!(
+            "the executors wrote and summarised the kept rows (fetched from \
+             s3://scoreland-test/{prefix}/"
+        )),
+        "{}",
+        text(&o)
+    );
+    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
+    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
+    assert_same(
+        &String::from_utf8(a.stdout).unwrap(),
+        &String::from_utf8(b.stdout).unwrap(),
+        summary,
+    );
+    // The copies and the kept rows' files are gone.
     let left = tokio::runtime::Runtime::new().unwrap().block_on(async {
         use futures::TryStreamExt;
         use object_store::ObjectStore;
@@ -594,6 +614,19 @@ fn an_executor_killed_mid_transform_lands_each_row_once() {
     let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
     let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
     assert!(a.stdout == b.stdout, "the cluster landed other scores");
+    // The summaries of the job given up are not counted, nor are its files left anywhere.
+    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
+    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
+    assert_same(
+        &String::from_utf8(a.stdout).unwrap(),
+        &String::from_utf8(b.stdout).unwrap(),
+        summary,
+    );
+    let left: Vec<_> = walk(there.tmp.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".kept-"))
+        .collect();
+    assert!(left.is_empty(), "files of the executors left: {left:?}");
 }
 
 /// `serve` on port 0, its address read from its first line.

@@ -72,6 +72,12 @@ pub enum ClusterCommand {
     },
 }
 
+/// scoreland's own plan nodes, which the client, the scheduler and every executor carry.
+#[cfg(feature = "cluster")]
+fn nodes() -> Vec<std::sync::Arc<dyn scoreland_runtime::engine::NodeCodec>> {
+    vec![scoreland_transform::cluster_writer()]
+}
+
 #[cfg(feature = "cluster")]
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -102,7 +108,7 @@ pub async fn cluster(args: ClusterArgs) -> Result<u8, Failure> {
                 }
             };
             let bin = std::env::current_exe()?;
-            let cluster = LocalCluster::start(&bin, executors, vcores, port, &dir).await?;
+            let cluster = LocalCluster::start(&bin, executors, vcores, port, &dir, nodes()).await?;
             // The first line is for scripts and tests: the URL, then the executors' pids.
             println!("{}", cluster.url());
             let pids: Vec<String> = cluster.executor_pids().iter().map(u32::to_string).collect();
@@ -123,6 +129,7 @@ pub async fn cluster(args: ClusterArgs) -> Result<u8, Failure> {
                 bind: listen,
                 external_host: external_host.unwrap_or_else(|| listen.ip().to_string()),
                 executor_timeout,
+                nodes: nodes(),
             })
             .await?;
             Ok(0)
@@ -147,6 +154,7 @@ pub async fn cluster(args: ClusterArgs) -> Result<u8, Failure> {
                 work_dir,
                 vcores: vcores.unwrap_or_else(cores),
                 heartbeat,
+                nodes: nodes(),
             })
             .await?;
             Ok(0)
@@ -176,7 +184,9 @@ pub async fn engine(
     partitions: Option<usize>,
 ) -> Result<std::sync::Arc<dyn scoreland_runtime::engine::ClusterEngine>, Failure> {
     let url = url.parse().map_err(crate::usage)?;
-    let mut cluster = scoreland_cluster::Cluster::connect(url).await?;
+    let mut cluster = scoreland_cluster::Cluster::connect(url)
+        .await?
+        .with_nodes(nodes());
     if let Some(n) = partitions {
         cluster = cluster.with_partitions(n);
     }

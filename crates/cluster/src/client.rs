@@ -3,10 +3,13 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use scoreland_runtime::engine::NodeCodec;
 
+use crate::codec::Codec;
 use crate::error::ClusterError;
 
 /// A scheduler's address: `df://HOST:PORT` (also `HOST:PORT` or `http://HOST:PORT`).
@@ -82,6 +85,8 @@ impl FromStr for ClusterUrl {
 pub struct Cluster {
     url: ClusterUrl,
     partitions: usize,
+    /// How plans are encoded for it: Ballista's nodes and scoreland's.
+    codec: Arc<Codec>,
 }
 
 /// How long reaching the scheduler may take before the cluster is called unreachable.
@@ -104,7 +109,14 @@ impl Cluster {
         Ok(Self {
             url,
             partitions: std::thread::available_parallelism().map_or(4, |n| n.get()),
+            codec: Arc::default(),
         })
+    }
+
+    /// Carries scoreland's own plan nodes `nodes` (the cluster's processes must carry them too).
+    pub fn with_nodes(mut self, nodes: Vec<Arc<dyn NodeCodec>>) -> Self {
+        self.codec = Arc::new(Codec::new(nodes));
+        self
     }
 
     /// How many tasks each scan is split into (default: this machine's cores). A cluster with
@@ -120,6 +132,10 @@ impl Cluster {
 
     pub(crate) fn partitions(&self) -> usize {
         self.partitions
+    }
+
+    pub(crate) fn codec(&self) -> Arc<Codec> {
+        self.codec.clone()
     }
 }
 

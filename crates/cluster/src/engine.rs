@@ -29,6 +29,7 @@ impl ClusterEngine for Cluster {
     fn session_config(&self, base: SessionConfig) -> SessionConfig {
         base.upgrade_for_ballista()
             .with_target_partitions(self.partitions())
+            .with_ballista_physical_extension_codec(self.codec())
     }
 
     fn carries(&self, plan: &Arc<dyn ExecutionPlan>, config: &SessionConfig) -> bool {

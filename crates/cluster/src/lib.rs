@@ -7,6 +7,8 @@
 //! - `engine.rs`: [`scoreland_runtime::engine::ClusterEngine`] for a scheduler: the
 //!   transform's scores job (its dedupe plan) and queries (`sql --cluster`, `serve --cluster`)
 //!   run on the executors, the rows streamed back.
+//! - `codec.rs`: how plans are encoded between the processes: Ballista's nodes and scoreland's
+//!   own (`NodeCodec`, the transform's writer of kept rows), which every process is given.
 //! - `stores.rs`: the object stores the scheduler and executors open from their own
 //!   environment, for warehouses and staging on buckets.
 //! - `client.rs`: the scheduler's address, reaching it, and which failures mean a lost
@@ -16,6 +18,7 @@
 //!   result partitions, refusing a job that lists one twice.
 
 mod client;
+mod codec;
 mod engine;
 mod error;
 mod job;

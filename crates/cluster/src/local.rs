@@ -4,8 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scoreland_runtime::engine::NodeCodec;
 use tokio::process::{Child, Command};
 
 use crate::client::ClusterUrl;
@@ -37,18 +39,21 @@ fn free_port() -> Result<u16, ClusterError> {
 impl LocalCluster {
     /// Starts a scheduler on `port` (0: any free one) and `executors` processes of `bin`
     /// (`bin cluster executor …`) with `vcores` task slots each, their shuffle files and logs
-    /// under `work_dir`; returns once every executor has registered.
+    /// under `work_dir`; returns once every executor has registered. `nodes`: scoreland's own
+    /// plan nodes, as `bin`'s executors carry them.
     pub async fn start(
         bin: &Path,
         executors: usize,
         vcores: usize,
         port: u16,
         work_dir: &Path,
+        nodes: Vec<Arc<dyn NodeCodec>>,
     ) -> Result<Self, ClusterError> {
         let options = SchedulerOptions {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             external_host: "127.0.0.1".into(),
             executor_timeout: Duration::from_secs(10),
+            nodes,
         };
         let (addr, scheduler) = start_scheduler(&options).await?;
         let url = ClusterUrl::new("127.0.0.1", addr.port());

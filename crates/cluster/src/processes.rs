@@ -17,7 +17,10 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
+use scoreland_runtime::engine::NodeCodec;
+
 use crate::client::ClusterUrl;
+use crate::codec::Codec;
 use crate::error::ClusterError;
 use crate::stores::ClusterStores;
 
@@ -30,6 +33,8 @@ pub struct SchedulerOptions {
     pub external_host: String,
     /// An executor silent for this long is dead: its tasks run again elsewhere.
     pub executor_timeout: Duration,
+    /// scoreland's own plan nodes it decodes (the same as the executors').
+    pub nodes: Vec<Arc<dyn NodeCodec>>,
 }
 
 /// An executor's settings.
@@ -48,6 +53,8 @@ pub struct ExecutorOptions {
     pub vcores: usize,
     /// How often it tells the scheduler it lives (shorter than the scheduler's timeout).
     pub heartbeat: Duration,
+    /// scoreland's own plan nodes it runs (the same as the scheduler's).
+    pub nodes: Vec<Arc<dyn NodeCodec>>,
 }
 
 pub(crate) type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
@@ -80,6 +87,7 @@ pub(crate) async fn start_scheduler(
         expire_dead_executor_interval_seconds: (timeout / 4).max(1),
         no_executors_grace_period_seconds: timeout,
         override_session_builder: Some(session_builder()),
+        override_physical_codec: Some(Arc::new(Codec::new(options.nodes.clone()))),
         ..SchedulerConfig::default()
     };
     let config = Arc::new(config);
@@ -200,6 +208,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
             .map(|d| d.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
         override_runtime_producer: Some(runtime_producer(options.work_dir.clone())),
+        override_physical_codec: Some(Arc::new(Codec::new(options.nodes.clone()))),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))

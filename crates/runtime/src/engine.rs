@@ -51,6 +51,24 @@ pub trait ClusterEngine: Send + Sync + fmt::Debug {
     ) -> Result<BoxStream<'static, Result<RecordBatch, ClusterFailure>>, ClusterFailure>;
 }
 
+/// A plan node of scoreland's own that a cluster carries to its executors (the scores
+/// transform's writer of kept rows): its parameters as bytes, which the same binary decodes on
+/// the scheduler and on each executor. The engine tags each node with [`NodeCodec::name`].
+pub trait NodeCodec: Send + Sync + fmt::Debug {
+    /// The node's tag on the wire: unique among the nodes one binary carries.
+    fn name(&self) -> &'static str;
+
+    /// `plan`'s parameters (its children travel apart), when it is this codec's node.
+    fn encode(&self, plan: &dyn ExecutionPlan) -> Option<Result<Vec<u8>>>;
+
+    /// The node of `bytes` over its decoded `inputs`.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> Result<Arc<dyn ExecutionPlan>>;
+}
+
 /// Why a job on the engine gave no rows.
 #[derive(Debug, Clone)]
 pub struct ClusterFailure {

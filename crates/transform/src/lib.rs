@@ -52,5 +52,11 @@ pub use run::{StagedBatch, TableFacts, TransformOutput, TransformStats, Transfor
 pub use scoreland_runtime::{MemoryLimit, default_memory_limit, labels};
 pub use xdm::{XdmColumn, columns as xdm_columns};
 
+/// The plan node a cluster's executors write the scores job's kept rows with, which every
+/// process of the cluster must carry (`scoreland cluster`).
+pub fn cluster_writer() -> std::sync::Arc<dyn scoreland_runtime::engine::NodeCodec> {
+    std::sync::Arc::new(distributed::KeptWriterCodec)
+}
+
 /// Re-exported so callers can name record batches without their own arrow dependency.
 pub use datafusion::arrow;

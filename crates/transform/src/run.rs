@@ -244,7 +244,10 @@ impl Transformer {
         };
         let stage = Instant::now();
         let (written, has_factors) = match &self.cluster {
-            Some(cluster) => self.write_on(cluster.as_ref(), batches, options).await?,
+            Some(cluster) => {
+                self.write_on(cluster.as_ref(), batches, options, parquet_format)
+                    .await?
+            }
             None => {
                 if let Some(engine) = &self.config.engine {
                     return Err(TransformError::Config(format!(
@@ -385,14 +388,15 @@ impl Transformer {
         write(self.tagged(df)?, out_dir, format, partition_by).await
     }
 
-    /// The scores job on `cluster`: planned here, deduplicated there, written here. With
-    /// `engine.staging`, the staged parts are copied there first for the executors to read, and
-    /// the copies removed however the job ends.
+    /// The scores job on `cluster`: planned here, deduplicated, written and summarised there.
+    /// With `engine.staging`, the staged parts are copied there first for the executors to
+    /// read, the executors write there too, and the copies are removed however the job ends.
     async fn write_on(
         &self,
         cluster: &dyn ClusterEngine,
         batches: &[StagedBatch],
         options: WriteOptions,
+        format: &OutputFormat,
     ) -> Result<(Written, bool), TransformError> {
         let staging = self
             .config
@@ -422,7 +426,12 @@ impl Transformer {
             let plan = self.plan(batches, shared.as_ref()).await?;
             let has_factors = has_factors(&plan);
             let base = self.ctx.copied_config();
-            distributed::write(cluster, base, self.ctx.runtime_env(), plan, options)
+            let output = match &shared {
+                Some(shared) => distributed::Output::Staging(shared),
+                None => distributed::Output::Shared,
+            };
+            let runtime = self.ctx.runtime_env();
+            distributed::write(cluster, base, runtime, plan, options, format, output)
                 .await
                 .map(|w| (w, has_factors))
         }
@@ -783,7 +792,7 @@ async fn write(
 }
 
 /// The parquet writer's settings for the scores table.
-fn writer_properties(format: &OutputFormat) -> Result<WriterProperties, TransformError> {
+pub(crate) fn writer_properties(format: &OutputFormat) -> Result<WriterProperties, TransformError> {
     let mut builder = WriterProperties::builder();
     if let Some(c) = format.parquet_compression() {
         let codec = parse_compression_string(&c).context(format!("compression {c}"))?;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, new_null_array,
@@ -432,8 +432,9 @@ pub(crate) struct Written {
 }
 
 /// One worker's writers (one per score date) and counts.
-struct Worker {
-    id: usize,
+pub(crate) struct Worker {
+    /// Its files' name: `part-<name>.parquet` in each score date's directory.
+    name: String,
     writers: HashMap<Option<i32>, ArrowWriter<File>>,
     seen: Written,
 }
@@ -445,7 +446,7 @@ pub(crate) fn write(
     winners: &Winners,
     opts: &WriteOptions,
 ) -> Result<Written, TransformError> {
-    let schema = output_schema(plan, opts)?;
+    let schema = output_schema(&plan.schema, opts)?;
     let workers = on_workers(opts.workers, plan.inputs.len(), Worker::new, |w, i| {
         w.input(plan, winners, opts, &schema, i)
     })?;
@@ -454,58 +455,13 @@ pub(crate) fn write(
     Ok(all)
 }
 
-/// Writes rows a distributed engine deduplicated (`distributed.rs`): batches of `plan.schema`'s
-/// columns and the count of flat rows each stands for, from `rows`, on `opts.workers` threads
-/// (each writing its own file per score date, as [`write`] does), summarised on the way.
-pub(crate) fn write_deduplicated(
-    plan: &Plan,
-    opts: &WriteOptions,
-    rows: Mutex<tokio::sync::mpsc::Receiver<RecordBatch>>,
-) -> Result<Written, TransformError> {
-    let schema = output_schema(plan, opts)?;
-    let workers = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..opts.workers.max(1))
-            .map(|id| {
-                let (rows, schema) = (&rows, &schema);
-                s.spawn(move || {
-                    let mut w = Worker::new(id);
-                    loop {
-                        // Take the lock only to receive, so the others write meanwhile.
-                        let next = rows.lock().map_or(None, |mut r| r.blocking_recv());
-                        let Some(batch) = next else {
-                            return Ok(w);
-                        };
-                        if let Err(e) = w.deduplicated(plan, opts, schema, &batch) {
-                            // Closing the channel stops the feeder; the others drain and end.
-                            if let Ok(mut r) = rows.lock() {
-                                r.close();
-                            }
-                            return Err(e);
-                        }
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(TransformError::Panicked {
-                        message: "a writer of the cluster's rows panicked".into(),
-                    })
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    let mut all = finish(workers, opts)?;
-    all.dedupe_passes = 1;
-    Ok(all)
-}
-
 /// The written table's columns: the plan's, and `run_id` when the run has one. The directory
 /// exists even when no row is kept (an empty batch lands empty tables).
-fn output_schema(plan: &Plan, opts: &WriteOptions) -> Result<SchemaRef, TransformError> {
-    let mut fields: Vec<Arc<Field>> = plan.schema.fields().iter().cloned().collect();
+pub(crate) fn output_schema(
+    scores: &SchemaRef,
+    opts: &WriteOptions,
+) -> Result<SchemaRef, TransformError> {
+    let mut fields: Vec<Arc<Field>> = scores.fields().iter().cloned().collect();
     if opts.run_id.is_some() {
         fields.push(Arc::new(Field::new("run_id", DataType::Utf8, false)));
     }
@@ -520,51 +476,73 @@ fn output_schema(plan: &Plan, opts: &WriteOptions) -> Result<SchemaRef, Transfor
 fn finish(workers: Vec<Worker>, opts: &WriteOptions) -> Result<Written, TransformError> {
     let mut all = Written::default();
     for w in workers {
-        for (date, writer) in w.writers {
-            writer
-                .close()
-                .map_err(|e| parquet_err(&part_path(&opts.dir, date, w.id), e))?;
-        }
-        all.rows_in += w.seen.rows_in;
-        all.null_identities += w.seen.null_identities;
-        all.rows_out += w.seen.rows_out;
-        all.groups.merge(w.seen.groups);
+        all.add(w.close(opts)?.0);
     }
     Ok(all)
 }
 
+impl Written {
+    /// Adds what another writer saw.
+    pub(crate) fn add(&mut self, other: Written) {
+        self.rows_in += other.rows_in;
+        self.null_identities += other.null_identities;
+        self.rows_out += other.rows_out;
+        self.groups.merge(other.groups);
+    }
+}
+
 /// The file a worker writes a score date's rows into. A null score date goes where
 /// DataFusion's partitioned writer put it, the directory of day 0.
-fn part_path(dir: &Path, date: Option<i32>, worker: usize) -> PathBuf {
+fn part_path(dir: &Path, date: Option<i32>, worker: &str) -> PathBuf {
     let epoch = chrono::NaiveDate::default();
     let day = epoch
         .checked_add_signed(chrono::TimeDelta::days(date.unwrap_or(0).into()))
         .unwrap_or(epoch);
     dir.join(format!("score_date={}", day.format("%Y-%m-%d")))
-        .join(format!("part-{worker:03}.parquet"))
+        .join(format!("part-{worker}.parquet"))
 }
 
 impl Worker {
     fn new(id: usize) -> Self {
+        Worker::named(format!("{id:03}"))
+    }
+
+    /// A worker whose files are named `part-<name>.parquet`.
+    pub(crate) fn named(name: String) -> Self {
         Worker {
-            id,
+            name,
             writers: HashMap::new(),
             seen: Written::default(),
         }
     }
 
-    /// One batch of rows a distributed engine kept: written per model, with the flat rows
-    /// they stood for counted as read.
-    fn deduplicated(
+    /// Closes the worker's files: what it saw, and the files it wrote.
+    pub(crate) fn close(
+        self,
+        opts: &WriteOptions,
+    ) -> Result<(Written, Vec<PathBuf>), TransformError> {
+        let mut files = Vec::with_capacity(self.writers.len());
+        for (date, writer) in self.writers {
+            let path = part_path(&opts.dir, date, &self.name);
+            writer.close().map_err(|e| parquet_err(&path, e))?;
+            files.push(path);
+        }
+        Ok((self.seen, files))
+    }
+
+    /// One batch of rows a distributed engine kept (`scores`' columns, then the count of flat
+    /// rows each stood for): written per model of `models`, with the flat rows they stood for
+    /// counted as read.
+    pub(crate) fn deduplicated(
         &mut self,
-        plan: &Plan,
+        (scores, models, keep_null_identities): (&SchemaRef, &[String], bool),
         opts: &WriteOptions,
         schema: &SchemaRef,
         batch: &RecordBatch,
     ) -> Result<(), TransformError> {
         let source = Path::new("the rows the cluster kept");
         let bad = |e: &dyn std::fmt::Display| parquet_err(source, e);
-        let width = plan.schema.fields().len();
+        let width = scores.fields().len();
         if batch.num_columns() != width + 1 {
             return Err(bad(&format!(
                 "{} columns where {} were planned",
@@ -576,7 +554,7 @@ impl Worker {
             .column(width)
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| bad(&"the row count is not a 64-bit integer"))?;
-        let index = |name: &str| plan.schema.index_of(name).map_err(|e| bad(&e));
+        let index = |name: &str| scores.index_of(name).map_err(|e| bad(&e));
         let identity = batch.column(index("identity")?);
         let model = crate::run::utf8(batch.column(index("model")?))?;
         let model = model.as_string::<i32>();
@@ -587,14 +565,14 @@ impl Worker {
             .sum::<u64>();
         self.seen.null_identities += identity.null_count() as u64;
         let columns = batch.columns()[..width].to_vec();
-        for (k, name) in plan.models.iter().enumerate() {
+        for name in models {
             let keep = BooleanBuffer::collect_bool(batch.num_rows(), |r| {
                 model.is_valid(r)
                     && model.value(r) == name
-                    && (identity.is_valid(r) || plan.keep_null_identities)
+                    && (identity.is_valid(r) || keep_null_identities)
             });
             if keep.count_set_bits() > 0 {
-                self.emit(plan, opts, schema, source, k, columns.clone(), &keep)?;
+                self.emit((scores, name), opts, schema, source, columns.clone(), &keep)?;
             }
         }
         Ok(())
@@ -644,7 +622,14 @@ impl Worker {
                         if keep.count_set_bits() > 0 {
                             let columns =
                                 plan.staged_columns(path, &batch, m, batch_id, *created_us)?;
-                            self.emit(plan, opts, schema, path, *k, columns, &keep)?;
+                            self.emit(
+                                (&plan.schema, &plan.models[*k]),
+                                opts,
+                                schema,
+                                path,
+                                columns,
+                                &keep,
+                            )?;
                         }
                     }
                     first += batch.num_rows() as u64;
@@ -665,7 +650,14 @@ impl Worker {
                             (models[r] as usize == k).then_some(k)
                         });
                         if keep.count_set_bits() > 0 {
-                            self.emit(plan, opts, schema, path, k, columns.clone(), &keep)?;
+                            self.emit(
+                                (&plan.schema, &plan.models[k]),
+                                opts,
+                                schema,
+                                path,
+                                columns.clone(),
+                                &keep,
+                            )?;
                         }
                     }
                     first += batch.num_rows() as u64;
@@ -709,11 +701,10 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
-        plan: &Plan,
+        (scores, model): (&SchemaRef, &str),
         opts: &WriteOptions,
         schema: &SchemaRef,
         file: &Path,
-        model: usize,
         mut columns: Vec<ArrayRef>,
         keep: &BooleanBuffer,
     ) -> Result<(), TransformError> {
@@ -722,8 +713,7 @@ impl Worker {
                 std::iter::repeat_n(id.as_str(), keep.len()),
             )));
         }
-        let date_index = plan
-            .schema
+        let date_index = scores
             .index_of("score_date")
             .map_err(|e| parquet_err(file, e))?;
         let dates = columns[date_index].as_primitive_opt::<Date32Type>();
@@ -752,11 +742,11 @@ impl Worker {
             let batch =
                 RecordBatch::try_new(schema.clone(), kept).map_err(|e| parquet_err(file, e))?;
             self.seen.rows_out += batch.num_rows() as u64;
-            self.seen.groups.add(&plan.models[model], date, &batch);
+            self.seen.groups.add(model, date, &batch);
             let writer = match self.writers.entry(date) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let path = part_path(&opts.dir, date, self.id);
+                    let path = part_path(&opts.dir, date, &self.name);
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir).map_err(|source| TransformError::Io {
                             path: dir.to_path_buf(),
@@ -775,7 +765,7 @@ impl Worker {
             };
             writer
                 .write(&batch)
-                .map_err(|e| parquet_err(&part_path(&opts.dir, date, self.id), e))?;
+                .map_err(|e| parquet_err(&part_path(&opts.dir, date, &self.name), e))?;
         }
         Ok(())
     }

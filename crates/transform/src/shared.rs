@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
@@ -120,29 +120,45 @@ impl SharedParts {
         i: usize,
         file: &Path,
     ) -> Result<(PathBuf, String, u64), TransformError> {
-        let io = |source| TransformError::Io {
-            path: file.to_path_buf(),
-            source,
-        };
         // Named by position only: a staged file's name (the platform's) never becomes a key.
         let to = self.prefix.clone().join(format!("{i:05}.parquet"));
-        let mut from = tokio::fs::File::open(file).await.map_err(io)?;
-        let mut out = BufWriter::new(self.store.clone(), to.clone());
-        let bytes = tokio::io::copy(&mut from, &mut out).await.map_err(io)?;
-        out.shutdown().await.map_err(|e| {
-            store_err(
-                &self.url(&to),
-                object_store::Error::Generic {
-                    store: "staging",
-                    source: Box::new(e),
-                },
-            )
-        })?;
+        let bytes = upload(&self.store, file, &to, &self.url(&to)).await?;
         Ok((file.to_path_buf(), self.url(&to), bytes))
     }
 
     fn url(&self, path: &ObjectPath) -> String {
         format!("{}{}", self.root, path)
+    }
+
+    /// Where the executors write the rows they keep in the job's `attempt`:
+    /// `<staging>/<run>/kept-<attempt>/`, removed with the copies.
+    pub(crate) fn kept_url(&self, attempt: &str) -> String {
+        format!("{}/", self.url(&self.kept(attempt)))
+    }
+
+    fn kept(&self, attempt: &str) -> ObjectPath {
+        self.prefix.clone().join(format!("kept-{attempt}"))
+    }
+
+    /// Brings the kept files `relative` (paths under [`SharedParts::kept_url`]) into `dir`.
+    pub(crate) async fn fetch_kept(
+        &self,
+        attempt: &str,
+        relative: &[String],
+        dir: &Path,
+    ) -> Result<u64, TransformError> {
+        let kept = self.kept(attempt);
+        let fetched = futures::stream::iter(relative)
+            .map(|r| {
+                let from =
+                    ObjectPath::from_iter(kept.parts().chain(ObjectPath::from(r.as_str()).parts()));
+                let to = dir.join(r);
+                async move { download(&self.store, &from, &self.url(&from), &to).await }
+            })
+            .buffer_unordered(COPIES)
+            .try_collect::<Vec<u64>>()
+            .await?;
+        Ok(fetched.iter().sum())
     }
 
     /// Where the executors read `file`: its copy, or `file` itself if it was not copied.
@@ -169,6 +185,62 @@ impl SharedParts {
             );
         }
     }
+}
+
+/// Copies the local file `from` to `to` on `store` (`url`, for errors); its size.
+pub(crate) async fn upload(
+    store: &Arc<dyn ObjectStore>,
+    from: &Path,
+    to: &ObjectPath,
+    url: &str,
+) -> Result<u64, TransformError> {
+    let io = |source| TransformError::Io {
+        path: from.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(from).await.map_err(io)?;
+    let mut out = BufWriter::new(store.clone(), to.clone());
+    let bytes = tokio::io::copy(&mut file, &mut out).await.map_err(io)?;
+    out.shutdown().await.map_err(|e| {
+        store_err(
+            url,
+            object_store::Error::Generic {
+                store: "staging",
+                source: Box::new(e),
+            },
+        )
+    })?;
+    Ok(bytes)
+}
+
+/// Copies `from` on `store` (`url`, for errors) to the local file `to`; its size.
+async fn download(
+    store: &Arc<dyn ObjectStore>,
+    from: &ObjectPath,
+    url: &str,
+    to: &Path,
+) -> Result<u64, TransformError> {
+    let io = |source| TransformError::Io {
+        path: to.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let mut stream = store
+        .get(from)
+        .await
+        .map_err(|e| store_err(url, e))?
+        .into_stream();
+    let mut file = tokio::fs::File::create(to).await.map_err(io)?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| store_err(url, e))?;
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    Ok(bytes)
 }
 
 fn store_err(url: &str, e: object_store::Error) -> TransformError {

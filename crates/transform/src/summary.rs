@@ -58,7 +58,39 @@ struct Moments {
     max: f64,
 }
 
+/// A group's figures without its scores, as JSON (each float as its bits: exact, and NaN
+/// travels too).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct GroupFigures {
+    pub model: String,
+    pub date: Option<i32>,
+    rows: i64,
+    identities: i64,
+    score: (i64, [u64; 5]),
+    probability: (i64, [u64; 5]),
+    hist: [i64; 10],
+    tiers: [i64; 3],
+    factors: Vec<(String, i64)>,
+}
+
 impl Moments {
+    fn to_wire(self) -> (i64, [u64; 5]) {
+        let bits = [self.sum, self.mean, self.m2, self.min, self.max].map(f64::to_bits);
+        (self.n, bits)
+    }
+
+    fn from_wire((n, bits): (i64, [u64; 5])) -> Self {
+        let [sum, mean, m2, min, max] = bits.map(f64::from_bits);
+        Moments {
+            n,
+            sum,
+            mean,
+            m2,
+            min,
+            max,
+        }
+    }
+
     fn add(&mut self, x: f64) {
         if self.n == 0 {
             (self.min, self.max) = (x, x);
@@ -157,6 +189,53 @@ impl Groups {
                 }
             }
         }
+    }
+
+    /// Each group's figures as they travel from a cluster's executor, its scores apart.
+    pub(crate) fn into_figures(self) -> Vec<(GroupFigures, Vec<f64>)> {
+        self.groups
+            .into_iter()
+            .map(|((model, date), a)| {
+                let figures = GroupFigures {
+                    model,
+                    date,
+                    rows: a.rows,
+                    identities: a.identities,
+                    score: a.score.to_wire(),
+                    probability: a.probability.to_wire(),
+                    hist: a.hist,
+                    tiers: a.tiers,
+                    factors: a.factors.into_iter().collect(),
+                };
+                (figures, a.scores)
+            })
+            .collect()
+    }
+
+    /// Adds a group's figures from an executor (its scores come with [`Groups::add_scores`]).
+    pub(crate) fn add_figures(&mut self, f: GroupFigures) {
+        let acc = Acc {
+            rows: f.rows,
+            identities: f.identities,
+            score: Moments::from_wire(f.score),
+            probability: Moments::from_wire(f.probability),
+            hist: f.hist,
+            tiers: f.tiers,
+            scores: Vec::new(),
+            factors: f.factors.into_iter().collect(),
+        };
+        self.merge(Groups {
+            groups: HashMap::from([((f.model, f.date), acc)]),
+        });
+    }
+
+    /// Adds scores of a group from an executor.
+    pub(crate) fn add_scores(&mut self, model: &str, date: Option<i32>, scores: &[f64]) {
+        self.groups
+            .entry((model.to_string(), date))
+            .or_default()
+            .scores
+            .extend_from_slice(scores);
     }
 
     pub(crate) fn merge(&mut self, other: Groups) {
