@@ -59,6 +59,16 @@ start_cluster() {
   export CLUSTER_URL
 }
 stop_cluster() { kill "$CLUSTER_PID"; wait "$CLUSTER_PID" 2>/dev/null || true; }
+# Samples the executors' work directory five times a second; its largest size in cluster-peak.
+sample_peak() {
+  local max=0 b
+  echo 0 > "$WORK/cluster-peak"
+  while :; do
+    b=$(du -sb --exclude='*.log' "$WORK/cluster" 2>/dev/null | cut -f1)
+    if [ "${b:-0}" -gt "$max" ]; then max=$b; echo "$max" > "$WORK/cluster-peak"; fi
+    sleep 0.2
+  done
+}
 export WORK BIN STAGING DATASET
 export PARTS_LIST="${PARTS[*]}"
 
@@ -75,13 +85,15 @@ echo "input: ${#PARTS[@]} parts, $(calc "$BYTES/1000000") MB, $ROWS rows; $(npro
 read -r base_s base_mb < <(measure duckdb)
 printf '%-24s %8s s  peak RSS %7s MB\n' "duckdb (baseline)" "$base_s" "$base_mb"
 for e in ${ENGINES:-polars scoreland scoreland_1gib}; do
-  case $e in cluster*) start_cluster "${e#cluster}" ;; esac
+  case $e in cluster*) start_cluster "${e#cluster}"; sample_peak & SAMPLER=$! ;; esac
   read -r s mb < <(measure "$e")
   case $e in cluster*)
-    # Shuffle files the executors wrote (kept until the cluster stops).
-    shuffle=$(du -sb --exclude='*.log' "$WORK/cluster" | cut -f1)
+    kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
+    # The executors' files at their fullest (the shuffle, removed when the job ends) and what
+    # is left after it (the job's answer, kept until the cluster stops).
+    left=$(du -sb --exclude='*.log' "$WORK/cluster" | cut -f1)
     stop_cluster
-    echo "$e: shuffle files $(calc "$shuffle/1000000") MB" >&2 ;;
+    echo "$e: shuffle files at their peak $(calc "$(cat "$WORK/cluster-peak")/1000000") MB, answer $(calc "$left/1000000") MB" >&2 ;;
   esac
   if [ "$s" = failed ]; then printf '%-24s failed (see %s)\n' "$e" "$WORK/log-$e"; continue; fi
   printf '%-24s %8s s  peak RSS %7s MB  %.2fx duckdb time\n' "$e" "$s" "$mb" "$(calc "$s/$base_s")"

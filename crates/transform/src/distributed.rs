@@ -23,7 +23,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Date32Type, Float64Type};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
@@ -42,7 +42,8 @@ pub(crate) const ROWS: &str = "__rows";
 /// Where the executors write the kept rows, and how they get here.
 #[derive(Clone, Copy)]
 pub(crate) enum Output<'a> {
-    /// Into the scores directory, which every executor reaches by the same path.
+    /// Into a directory of the attempt's beside the scores directory, which every executor
+    /// reaches by the same path; moved from there.
     Shared,
     /// Under the staging bucket, fetched from there.
     Staging(&'a SharedParts),
@@ -133,6 +134,7 @@ impl Job<'_> {
             format: self.format.clone(),
         };
         let node: Arc<dyn ExecutionPlan> = Arc::new(WriteKeptExec::new(spec, self.dedupe.clone()));
+        let tasks = node.output_partitioning().partition_count();
         let answer = async {
             self.engine
                 .execute(node, self.config)
@@ -142,7 +144,7 @@ impl Job<'_> {
         }
         .await;
         let gathered = match answer {
-            Ok(answer) => Ok(self.gather(&answer, &attempt, &beside).await),
+            Ok(answer) => Ok(self.gather(&answer, tasks, &attempt, &beside).await),
             Err(failure) => Err(failure),
         };
         if beside.exists()
@@ -153,14 +155,16 @@ impl Job<'_> {
         gathered
     }
 
-    /// Adds up the tasks' answers and brings the files they list under `opts.dir`.
+    /// Adds up the answers of the job's `tasks` and brings the files they list under
+    /// `opts.dir`.
     async fn gather(
         &self,
         answer: &[RecordBatch],
+        tasks: usize,
         attempt: &str,
         beside: &Path,
     ) -> Result<Written, TransformError> {
-        let (mut written, files) = read_answer(answer)?;
+        let (mut written, files) = read_answer(answer, tasks)?;
         written.dedupe_passes = 1;
         let started = std::time::Instant::now();
         let bytes = match self.output {
@@ -181,15 +185,20 @@ impl Job<'_> {
     }
 }
 
-/// What the writer's tasks reported, and their files (each checked to be a kept rows' file
+/// What the writer's `tasks` reported (one report each, or the job's answer is refused: a
+/// missing one would be rows missing), and their files (each checked to be a kept rows' file
 /// in a score date's directory: a path from an executor never leaves the scores directory).
-fn read_answer(answer: &[RecordBatch]) -> Result<(Written, Vec<String>), TransformError> {
+fn read_answer(
+    answer: &[RecordBatch],
+    tasks: usize,
+) -> Result<(Written, Vec<String>), TransformError> {
     let bad = |why: String| TransformError::Cluster {
         engine: "the writer of kept rows".into(),
         message: why,
     };
     let mut written = Written::default();
     let mut files = Vec::new();
+    let mut reports = 0;
     for batch in answer {
         let columns = (
             batch
@@ -215,6 +224,7 @@ fn read_answer(answer: &[RecordBatch]) -> Result<(Written, Vec<String>), Transfo
             if report.is_valid(r) {
                 let report: Report = serde_json::from_str(report.value(r))
                     .map_err(|e| bad(format!("an unreadable report: {e}")))?;
+                reports += 1;
                 written.rows_in += report.rows_in;
                 written.null_identities += report.null_identities;
                 written.rows_out += report.rows_out;
@@ -240,6 +250,11 @@ fn read_answer(answer: &[RecordBatch]) -> Result<(Written, Vec<String>), Transfo
                 return Err(bad("a row with neither scores nor a report".into()));
             }
         }
+    }
+    if reports != tasks {
+        return Err(bad(format!(
+            "the job answered with {reports} reports for its {tasks} tasks"
+        )));
     }
     Ok((written, files))
 }
@@ -367,7 +382,9 @@ mod tests {
             row(Some("churn"), day, Some(&[3.0]), None).unwrap(),
             report(&["score_date=2024-10-04/part-a-001-c.parquet"], 7),
         ];
-        let (written, files) = read_answer(&answer).unwrap();
+        let (written, files) = read_answer(&answer, 2).unwrap();
+        let err = read_answer(&answer, 3).err().unwrap().to_string();
+        assert!(err.contains("2 reports for its 3 tasks"), "{err}");
         assert_eq!(
             (written.rows_in, written.null_identities, written.rows_out),
             (12, 2, 4)
@@ -378,13 +395,13 @@ mod tests {
         assert_eq!(figures[0].1, vec![1.0, 2.0, 3.0]);
 
         let outside = report(&["score_date=2024-10-04/../../../etc/part-x.parquet"], 1);
-        let err = read_answer(&[outside]).err().unwrap().to_string();
+        let err = read_answer(&[outside], 1).err().unwrap().to_string();
         assert!(err.contains("outside the scores directory"), "{err}");
         let garbled = row(None, None, None, Some("{not json")).unwrap();
-        let err = read_answer(&[garbled]).err().unwrap().to_string();
+        let err = read_answer(&[garbled], 1).err().unwrap().to_string();
         assert!(err.contains("unreadable report"), "{err}");
         let neither = row(None, None, None, None).unwrap();
-        assert!(read_answer(&[neither]).is_err());
+        assert!(read_answer(&[neither], 0).is_err());
         let other = RecordBatch::try_new(
             Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
                 datafusion::arrow::datatypes::Field::new(
@@ -398,7 +415,7 @@ mod tests {
             ]))],
         )
         .unwrap();
-        let err = read_answer(&[other]).err().unwrap().to_string();
+        let err = read_answer(&[other], 1).err().unwrap().to_string();
         assert!(err.contains("another shape"), "{err}");
         assert_eq!(schema().fields().len(), 4);
     }

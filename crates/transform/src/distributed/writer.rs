@@ -3,8 +3,8 @@
 //! score date, `score_date=…/part-<attempt>-<partition>-<task>.parquet`), summarises them on
 //! the way, and answers with what it wrote and its summaries' figures. Its files go into a
 //! directory this machine and every executor share (`file:///…`), or are written in the
-//! executor's temporary directory and uploaded to the staging bucket
-//! (`<staging>/<run>/kept/`).
+//! executor's temporary directory (`TMPDIR`) and uploaded to the staging bucket
+//! (`<staging>/<run>/kept-<attempt>/`).
 //!
 //! Each task answers with batches of [`schema`]: a group's scores (for the exact deciles,
 //! computed by the driver), in chunks, then one last row whose `report` is a [`Report`] as
