@@ -448,49 +448,87 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     );
 }
 
+/// The environment that reaches the S3 server at `endpoint` (moto takes any credentials).
+fn aws_env(endpoint: &str) -> [(&'static str, String); 5] {
+    [
+        ("AWS_ENDPOINT", endpoint.to_string()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The demo pipeline with `[transform] engine` on `cluster` and `staging`, written into `demo`'s
+/// directory; its path.
+fn staging_pipeline(demo: &Demo, cluster: &str, staging: &str) -> String {
+    let pipeline = demo.tmp.path().join("demo-on-s3-staging.toml");
+    let toml = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    let platform = repo().join("sample-data/platform").display().to_string();
+    let toml = toml
+        .replace("\"sample-data/platform\"", &format!("{platform:?}"))
+        .replace(
+            "memory_limit = \"1GiB\"",
+            &format!(
+                "memory_limit = \"1GiB\"\nengine = {{ cluster = \"{cluster}\", staging = \"{staging}\" }}"
+            ),
+        );
+    assert!(toml.contains("staging = \"s3://"), "{toml}");
+    std::fs::write(&pipeline, toml).unwrap();
+    pipeline.display().to_string()
+}
+
+/// The objects under `prefix` in the test bucket of the S3 server at `endpoint`.
+fn objects_under(endpoint: &str, prefix: &str) -> Vec<object_store::ObjectMeta> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name("scoreland-test")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap();
+        store
+            .list(Some(&object_store::path::Path::from(prefix)))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+}
+
 /// The staged parts on S3 (moto) for executors that do not mount this machine's staging
 /// directory (`engine.staging`): copied there for the run, read there by the executors with
-/// their own credentials, removed after; the run lands what a run here lands.
+/// their own credentials, the kept rows written there by them, all removed after; the run lands
+/// what a run here lands.
 #[test]
 fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
     let Some(s3) = service("SCORELAND_TEST_S3_ENDPOINT") else {
         return;
     };
     let prefix = unique("cluster-staging");
-    let aws = [
-        ("AWS_ENDPOINT", s3.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let aws = aws_env(&s3);
+    let aws = borrowed(&aws);
     let here = Demo::new();
     let run = here.run(&["--json"], &[]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run));
 
     let cluster = LocalCluster::start_with(2, &aws);
     let there = Demo::new();
-    let pipeline = there.tmp.path().join("demo-on-s3-staging.toml");
-    let demo = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
-    let platform = repo().join("sample-data/platform").display().to_string();
-    let toml = demo
-        .replace("\"sample-data/platform\"", &format!("{platform:?}"))
-        .replace(
-            "memory_limit = \"1GiB\"",
-            &format!(
-                "memory_limit = \"1GiB\"\nengine = {{ cluster = \"{}\", staging = \"s3://scoreland-test/{prefix}\" }}",
-                cluster.url
-            ),
-        );
-    assert!(toml.contains("staging = \"s3://"), "{toml}");
-    let pipeline = pipeline.to_str().unwrap();
     // A bucket that is not there: the run fails naming it, and nothing lands.
-    std::fs::write(
-        pipeline,
-        toml.replace("s3://scoreland-test/", "s3://no-such-bucket-scoreland/"),
-    )
-    .unwrap();
-    let o = there.run_pipeline(pipeline, &[], &aws);
+    let pipeline = staging_pipeline(
+        &there,
+        &cluster.url,
+        &format!("s3://no-such-bucket-scoreland/{prefix}"),
+    );
+    let o = there.run_pipeline(&pipeline, &[], &aws);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("s3://no-such-bucket-scoreland/"),
@@ -498,8 +536,12 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
         text(&o)
     );
     assert!(!Path::new(&there.wh()).join("scores").exists());
-    std::fs::write(pipeline, toml).unwrap();
-    let o = there.run_pipeline(pipeline, &["--json"], &aws);
+    let pipeline = staging_pipeline(
+        &there,
+        &cluster.url,
+        &format!("s3://scoreland-test/{prefix}"),
+    );
+    let o = there.run_pipeline(&pipeline, &["--json"], &aws);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains(&format!(
@@ -530,24 +572,85 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
         summary,
     );
     // The copies and the kept rows' files are gone.
-    let left = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use futures::TryStreamExt;
-        use object_store::ObjectStore;
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&s3)
-            .with_allow_http(true)
-            .with_bucket_name("scoreland-test")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .with_region("us-east-1")
-            .build()
-            .unwrap();
-        store
-            .list(Some(&object_store::path::Path::from(prefix.as_str())))
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
+    let left = objects_under(&s3, &prefix);
+    assert!(left.is_empty(), "copies left: {left:?}");
+}
+
+/// An S3 endpoint that refuses every request (403 AccessDenied), as a bucket does to
+/// credentials without access; its address.
+fn refusing_s3() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body =
+                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
     });
+    format!("http://{addr}")
+}
+
+/// Executors that cannot read the staging bucket (refused: their credentials give no access)
+/// fail the run with the store's answer, quickly (a refusal is not retried), and nothing lands;
+/// the copies are removed.
+#[test]
+fn executors_refused_by_the_staging_bucket_fail_the_run_and_nothing_lands() {
+    let Some(s3) = service("SCORELAND_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let prefix = unique("cluster-refused");
+    let aws = aws_env(&s3);
+    let refused = aws_env(&refusing_s3());
+    let cluster = LocalCluster::start_with(2, &borrowed(&refused));
+    let there = Demo::new();
+    let pipeline = staging_pipeline(
+        &there,
+        &cluster.url,
+        &format!("s3://scoreland-test/{prefix}"),
+    );
+    let started = Instant::now();
+    let o = there.run_pipeline(&pipeline, &[], &borrowed(&aws));
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("the scores job failed on the cluster"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("403"), "{}", text(&o));
+    assert!(
+        text(&o).contains("credentials of their own environment"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains(&prefix), "{}", text(&o));
+    // A fault of the store, not of an executor: not run again.
+    assert!(!text(&o).contains("lost an executor"), "{}", text(&o));
+    assert!(!Path::new(&there.wh()).join("scores").exists());
+    let left = objects_under(&s3, &prefix);
     assert!(left.is_empty(), "copies left: {left:?}");
 }
 

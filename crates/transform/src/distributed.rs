@@ -76,8 +76,20 @@ pub(crate) async fn write(
         .await
         .map_err(|message| TransformError::Cluster {
             engine: engine.name(),
-            message,
+            message: with_store_hint(message),
         })?
+}
+
+/// A failure of the executors' object store, with where their credentials come from.
+fn with_store_hint(message: String) -> String {
+    if message.contains("Object Store error") {
+        format!(
+            "{message} (the executors open the staged parts' and the kept rows' store with the \
+             credentials of their own environment: AWS_*, GOOGLE_*, AZURE_*)"
+        )
+    } else {
+        message
+    }
 }
 
 /// What each attempt of the job runs.
