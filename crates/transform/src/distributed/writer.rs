@@ -397,12 +397,12 @@ mod tests {
         let codec = KeptWriterCodec;
         assert!(codec.encode(input.as_ref()).is_none(), "not the writer");
         let bytes = codec.encode(&node).unwrap().unwrap();
-        let back = codec.decode(&bytes, &[input.clone()]).unwrap();
+        let back = codec.decode(&bytes, std::slice::from_ref(&input)).unwrap();
         let back = back.downcast_ref::<WriteKeptExec>().unwrap();
         assert_eq!(back.spec.out, node.spec.out);
         assert_eq!(back.spec.models, node.spec.models);
         assert_eq!(back.spec.run_id.as_deref(), Some("run-1"));
-        assert!(codec.decode(b"{\"out\": 1}", &[input.clone()]).is_err());
+        assert!(codec.decode(b"{\"out\": 1}", std::slice::from_ref(&input)).is_err());
         assert!(codec.decode(&bytes, &[]).is_err());
     }
 }
