@@ -238,7 +238,12 @@ fn sql_on_a_local_cluster_answers_as_sql_here_from_the_published_files_only() {
         ],
         &[],
     );
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("`scoreland sql` only reads: COPY"),
+        "{}",
+        text(&o)
+    );
     assert!(!Path::new("/tmp/scoreland-cluster-copy.parquet").exists());
 }
 
@@ -364,6 +369,29 @@ fn transform_figures(run: &Output) -> Vec<u64> {
     .collect()
 }
 
+/// `there` landed what `here` did: the same rows, value for value (only the run differs), and
+/// the same summaries but for the last bits of float sums (added in another order); the rows'
+/// count.
+fn assert_lands_the_same(here: &Demo, there: &Demo) -> u64 {
+    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
+    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        text(&a),
+        text(&b)
+    );
+    assert!(a.stdout == b.stdout, "the cluster landed other scores");
+    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
+    let (c, d) = (here.sql(summary, "json"), there.sql(summary, "json"));
+    assert_same(
+        &String::from_utf8(c.stdout).unwrap(),
+        &String::from_utf8(d.stdout).unwrap(),
+        summary,
+    );
+    a.stdout.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
 #[test]
 fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
     let here = Demo::new();
@@ -424,28 +452,7 @@ fn a_run_on_a_local_cluster_lands_what_a_run_here_lands() {
         "{}",
         text(&o)
     );
-    // The same rows, value for value (only the run differs), and the same summaries but for the
-    // last bits of float sums (added in another order).
-    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
-    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
-    assert!(
-        a.status.success() && b.status.success(),
-        "{}{}",
-        text(&a),
-        text(&b)
-    );
-    assert_eq!(
-        a.stdout.iter().filter(|&&c| c == b'\n').count() as u64,
-        figures[1]
-    );
-    assert!(a.stdout == b.stdout, "the cluster landed other scores");
-    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
-    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
-    assert_same(
-        &String::from_utf8(a.stdout).unwrap(),
-        &String::from_utf8(b.stdout).unwrap(),
-        summary,
-    );
+    assert_eq!(assert_lands_the_same(&here, &there), figures[1]);
 }
 
 /// The environment that reaches the S3 server at `endpoint` (moto takes any credentials).
@@ -552,10 +559,6 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
     );
     assert!(cluster.tasks_run() > 0, "the executors ran no task");
     assert_eq!(transform_figures(&o), transform_figures(&run));
-    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
-    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
-    assert!(a.status.success() && b.status.success());
-    assert!(a.stdout == b.stdout, "the cluster landed other scores");
     assert!(
         text(&o).contains(&format!(
             "the executors wrote and summarised the kept rows (fetched from \
@@ -564,13 +567,7 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
         "{}",
         text(&o)
     );
-    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
-    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
-    assert_same(
-        &String::from_utf8(a.stdout).unwrap(),
-        &String::from_utf8(b.stdout).unwrap(),
-        summary,
-    );
+    assert_lands_the_same(&here, &there);
     // The copies and the kept rows' files are gone.
     let left = objects_under(&s3, &prefix);
     assert!(left.is_empty(), "copies left: {left:?}");
@@ -714,17 +711,9 @@ fn an_executor_killed_mid_transform_lands_each_row_once() {
         text(&out)
     );
     assert_eq!(transform_figures(&out), transform_figures(&local));
-    let rows = "SELECT * EXCLUDE (run_id) FROM scores ORDER BY model, identity";
-    let (a, b) = (here.sql(rows, "json"), there.sql(rows, "json"));
-    assert!(a.stdout == b.stdout, "the cluster landed other scores");
-    // The summaries of the job given up are not counted, nor are its files left anywhere.
-    let summary = "SELECT * EXCLUDE (run_id) FROM summary ORDER BY model, score_date";
-    let (a, b) = (here.sql(summary, "json"), there.sql(summary, "json"));
-    assert_same(
-        &String::from_utf8(a.stdout).unwrap(),
-        &String::from_utf8(b.stdout).unwrap(),
-        summary,
-    );
+    // Neither the rows nor the summaries of the job given up are counted, nor are its files
+    // left anywhere.
+    assert_lands_the_same(&here, &there);
     let left: Vec<_> = walk(there.tmp.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(".kept-"))

@@ -402,7 +402,11 @@ mod tests {
         assert_eq!(back.spec.out, node.spec.out);
         assert_eq!(back.spec.models, node.spec.models);
         assert_eq!(back.spec.run_id.as_deref(), Some("run-1"));
-        assert!(codec.decode(b"{\"out\": 1}", std::slice::from_ref(&input)).is_err());
+        assert!(
+            codec
+                .decode(b"{\"out\": 1}", std::slice::from_ref(&input))
+                .is_err()
+        );
         assert!(codec.decode(&bytes, &[]).is_err());
     }
 }
