@@ -206,6 +206,28 @@ fn demo_then_nothing_new_then_forced() {
         "{}",
         text(&described)
     );
+    // `sql` only reads: no write to a table around the publish, no file written anywhere.
+    let copy = demo.tmp.path().join("copy.parquet");
+    let copy = copy.display();
+    for hostile in [
+        "INSERT INTO scores SELECT * FROM scores".to_string(),
+        "DELETE FROM scores".to_string(),
+        format!("COPY (SELECT * FROM scores) TO '{copy}'"),
+        format!("EXPLAIN ANALYZE COPY scores TO '{copy}'"),
+        format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{copy}'"),
+        "CREATE VIEW v AS SELECT 1".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        let o = demo.sql(&hostile, "csv");
+        assert_eq!(o.status.code(), Some(2), "{hostile}: {}", text(&o));
+        assert!(
+            text(&o).contains("`scoreland sql` only reads: "),
+            "{hostile}: {}",
+            text(&o)
+        );
+    }
+    assert!(!demo.tmp.path().join("copy.parquet").exists());
+    assert_eq!(demo.count("SELECT count(*) AS n FROM scores"), rows_out);
 
     let again = demo.run(&["--json"], &[]);
     assert_eq!(again.status.code(), Some(3), "{}", text(&again));

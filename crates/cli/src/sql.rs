@@ -81,7 +81,7 @@ pub async fn sql(args: SqlArgs) -> Result<u8, Failure> {
         None => wh.query(&tables, as_of, &args.query).await,
     }
     .map_err(|e| match e {
-        SinkError::NoTables { .. } => usage(e),
+        SinkError::NoTables { .. } | SinkError::ReadOnly { .. } => usage(e),
         other => Failure::from(other),
     })?;
     let mut sink: Box<dyn std::io::Write> = match &args.output {

@@ -4,11 +4,13 @@
 //! runs ([`sort_spill_reservation`]). And where data usage labels live in a warehouse
 //! ([`labels`]), which the transform, the sink and `serve` share; the distributed engine a plan
 //! may run on ([`engine`]); and the object store of a bucket URL, which the warehouse and the
-//! engine's executors build alike ([`stores`]).
+//! engine's executors build alike ([`stores`]); and whether a query's plan only reads
+//! ([`reads`]), for `serve` and `scoreland sql`.
 
 pub mod engine;
 mod headroom;
 pub mod labels;
+pub mod reads;
 pub mod stores;
 
 use std::num::NonZeroUsize;

@@ -3,23 +3,20 @@
 //!
 //! - Every statement that reaches DataFusion, on either protocol, after the compatibility
 //!   parser's rewrite, inside `EXPLAIN`/`EXPLAIN ANALYZE` and in the query of a `DECLARE …
-//!   CURSOR`, is planned here: DataFusion's [`SQLOptions`] with DDL, DML and statements off,
-//!   then every node of the logical plan (subqueries included) must be one that only reads.
-//!   The check is an allow-list over every plan node kind, so a kind DataFusion adds later is
-//!   refused until someone decides otherwise.
+//!   CURSOR`, is planned here, and every node of the logical plan (subqueries included) must
+//!   be one that only reads ([`first_write`], the allow-list `scoreland sql` checks too).
 //! - `SET` names a setting from [`SETTINGS`], what the drivers and BI tools send; DataFusion's
 //!   own settings (`datafusion.runtime.*`: the memory pool and spill directory, and the rest)
 //!   stay the server's.
 
 use std::time::Duration;
 
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Set, Statement, Value};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use scoreland_runtime::reads::first_write;
 
 /// A Postgres error with its SQLSTATE.
 pub(crate) fn pg_error(code: &str, message: String) -> PgWireError {
@@ -57,59 +54,9 @@ pub(crate) async fn plan_read(
 
 /// Refuses a plan that holds anything but reads, wherever in the plan it is.
 pub(crate) fn check_reads_only(plan: &LogicalPlan) -> PgWireResult<()> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    if let Err(e) = options.verify_plan(plan) {
-        return Err(read_only(&e.strip_backtrace()));
-    }
-    let mut refused = None;
-    plan.apply_with_subqueries(|node| {
-        Ok(match writes(node) {
-            Some(what) => {
-                refused = Some(what);
-                TreeNodeRecursion::Stop
-            }
-            None => TreeNodeRecursion::Continue,
-        })
-    })
-    .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-    match refused {
+    match first_write(plan).map_err(|e| PgWireError::ApiError(Box::new(e)))? {
         Some(what) => Err(read_only(&what)),
         None => Ok(()),
-    }
-}
-
-/// What `node` would do besides reading, or `None` for a node that only reads. Every kind is
-/// named: a new one fails to compile here until it is placed.
-fn writes(node: &LogicalPlan) -> Option<String> {
-    match node {
-        LogicalPlan::Projection(_)
-        | LogicalPlan::Filter(_)
-        | LogicalPlan::Window(_)
-        | LogicalPlan::Aggregate(_)
-        | LogicalPlan::Sort(_)
-        | LogicalPlan::Join(_)
-        | LogicalPlan::Repartition(_)
-        | LogicalPlan::Union(_)
-        | LogicalPlan::TableScan(_)
-        | LogicalPlan::EmptyRelation(_)
-        | LogicalPlan::Subquery(_)
-        | LogicalPlan::SubqueryAlias(_)
-        | LogicalPlan::Limit(_)
-        | LogicalPlan::Values(_)
-        | LogicalPlan::Explain(_)
-        | LogicalPlan::Analyze(_)
-        | LogicalPlan::Distinct(_)
-        | LogicalPlan::DescribeTable(_)
-        | LogicalPlan::Unnest(_)
-        | LogicalPlan::RecursiveQuery(_) => None,
-        LogicalPlan::Statement(s) => Some(format!("the statement {}", s.name())),
-        LogicalPlan::Dml(d) => Some(format!("{} into {}", d.op, d.table_name)),
-        LogicalPlan::Ddl(d) => Some(d.name().to_string()),
-        LogicalPlan::Copy(c) => Some(format!("COPY … TO '{}'", c.output_url)),
-        LogicalPlan::Extension(e) => Some(format!("the plan node {}", e.node.name())),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Reading the tables: the published versions, a table as of a version or a time, queries,
 //! history, and a dataset's landed files (for a merge or a previous night).
 
-use deltalake::datafusion::execution::context::SQLOptions;
 use scoreland_runtime::engine::{ClusterEngine, ClusterPlanner};
+use scoreland_runtime::reads::first_write;
 
 use super::*;
 use crate::PublishedTable;
@@ -147,7 +147,8 @@ impl Warehouse {
     }
 
     /// Runs `sql` over `tables` at the snapshot `as_of` asks for. A table that does not exist
-    /// (yet) is not registered.
+    /// (yet) is not registered. Only queries run ([`first_write`]): delta-rs's tables take
+    /// `INSERT`, which would commit around the pipeline's publish, and `COPY … TO` writes files.
     pub async fn query(
         &self,
         tables: &[&str],
@@ -178,17 +179,16 @@ impl Warehouse {
                 .map_err(|e| delta_err(name, "read")(DeltaTableError::from(e)))?;
             registered += 1;
         }
-        self.answer(&ctx, registered, sql, SQLOptions::new()).await
+        self.answer(&ctx, registered, sql).await
     }
 
     /// `sql`'s rows in `ctx`, where `registered` tables were registered (none: the warehouse
-    /// has no table to query yet); `options` say which statements may run.
+    /// has no table to query yet), if it only reads ([`first_write`]).
     async fn answer(
         &self,
         ctx: &SessionContext,
         registered: usize,
         sql: &str,
-        options: SQLOptions,
     ) -> Result<QueryOutput, SinkError> {
         if registered == 0 {
             return Err(SinkError::NoTables {
@@ -198,10 +198,15 @@ impl Warehouse {
         let query_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
             message: e.to_string(),
         };
-        let df = ctx
-            .sql_with_options(sql, options)
+        let plan = ctx
+            .state()
+            .create_logical_plan(sql)
             .await
             .map_err(query_err)?;
+        if let Some(what) = first_write(&plan).map_err(query_err)? {
+            return Err(SinkError::ReadOnly { what });
+        }
+        let df = ctx.execute_logical_plan(plan).await.map_err(query_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(query_err)?;
         Ok(QueryOutput { schema, batches })
@@ -239,11 +244,7 @@ impl Warehouse {
                 .map_err(query_err)?;
             registered += 1;
         }
-        let read_only = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        self.answer(&ctx, registered, sql, read_only).await
+        self.answer(&ctx, registered, sql).await
     }
 
     /// The versions of a table, newest first.
