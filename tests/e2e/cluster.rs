@@ -527,7 +527,12 @@ fn a_run_on_a_local_cluster_reads_its_parts_from_an_s3_staging() {
     let run = here.run(&["--json"], &[]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run));
 
-    let cluster = LocalCluster::start_with(2, &aws);
+    // The executors write the kept rows in their work directory before uploading them, not in
+    // TMPDIR (here a file, where nothing can be written).
+    let not_a_dir = here.tmp.path().join("not-a-directory");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let not_a_dir = not_a_dir.display().to_string();
+    let cluster = LocalCluster::start_with(2, &[&aws[..], &[("TMPDIR", &not_a_dir)]].concat());
     let there = Demo::new();
     // A bucket that is not there: the run fails naming it, and nothing lands.
     let pipeline = staging_pipeline(

@@ -63,7 +63,9 @@ pub enum SinkError {
     NoTables { url: String },
     #[error("the query failed: {message}")]
     Query { message: String },
-    #[error("`scoreland sql` only reads: {what} is refused (the tables are written by `scoreland run`)")]
+    #[error(
+        "`scoreland sql` only reads: {what} is refused (the tables are written by `scoreland run`)"
+    )]
     ReadOnly { what: String },
     #[error("{path} in the warehouse is not valid JSON")]
     Json {

@@ -3,7 +3,7 @@
 //! score date, `score_date=…/part-<attempt>-<partition>-<task>.parquet`), summarises them on
 //! the way, and answers with what it wrote and its summaries' figures. Its files go into a
 //! directory this machine and every executor share (`file:///…`), or are written in the
-//! executor's temporary directory (`TMPDIR`) and uploaded to the staging bucket
+//! executor's work directory ([`scratch`]) and uploaded to the staging bucket
 //! (`<staging>/<run>/kept-<attempt>/`).
 //!
 //! Each task answers with batches of [`schema`]: a group's scores (for the exact deciles,
@@ -277,11 +277,23 @@ fn target(spec: &Spec, name: &str, ctx: &TaskContext) -> Result<Target, Transfor
         .map_err(|e| bad(e.to_string()))?;
     let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
     Ok(Target::Bucket {
-        local: std::env::temp_dir().join(format!("scoreland-kept-{name}")),
+        local: scratch(ctx).join(format!("scoreland-kept-{name}")),
         store,
         prefix,
         url: spec.out.clone(),
     })
+}
+
+/// Where a task writes files before they are uploaded: the executor's work directory (the
+/// task runtime's temporary directory there, removed with it), or `TMPDIR` when it was started
+/// without one.
+fn scratch(ctx: &TaskContext) -> PathBuf {
+    ctx.runtime_env()
+        .disk_manager
+        .temp_dir_paths()
+        .into_iter()
+        .next()
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// A task's answer: each group's scores in chunks, then its [`Report`].
