@@ -1003,3 +1003,63 @@ fn a_killed_local_cluster_takes_its_executors_with_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An executor of `cluster local` that exits before registering (its port taken in between)
+/// is started again on other ports, three times in all; then the cluster says which one and
+/// where its log is.
+#[test]
+fn an_executor_that_exits_before_registering_is_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Executor 1 fails its first `fails` starts, then is the real executor.
+    let bin = |fails: u32| {
+        let script = tmp.path().join(format!("fails-{fails}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 case \"$*\" in *executor-1*)\n\
+                 n=$(cat {dir}/starts-{fails} 2>/dev/null || echo 0); echo $((n + 1)) > {dir}/starts-{fails}\n\
+                 [ \"$n\" -lt {fails} ] && {{ echo 'Address already in use'; exit 1; }} ;;\n\
+                 esac\n\
+                 exec {bin} \"$@\"\n",
+                dir = tmp.path().display(),
+                bin = env!("CARGO_BIN_EXE_scoreland"),
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    };
+    let starts = |fails: u32| {
+        std::fs::read_to_string(tmp.path().join(format!("starts-{fails}")))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let work = tmp.path().join("work-2");
+        let cluster =
+            scoreland_cluster::LocalCluster::start(&bin(2), 2, 1, 0, &work, Vec::new()).await;
+        let cluster = cluster.expect("the third start registers");
+        assert_eq!(cluster.registered().await, 2);
+        assert_eq!(starts(2), 3);
+        drop(cluster);
+
+        let work = tmp.path().join("work-3");
+        let started = Instant::now();
+        let e = scoreland_cluster::LocalCluster::start(&bin(3), 2, 1, 0, &work, Vec::new())
+            .await
+            .err()
+            .expect("an executor that never starts fails the cluster");
+        let e = e.to_string();
+        assert!(
+            e.contains("executor 1") && e.contains("3 times") && e.contains("executor-1.log"),
+            "{e}"
+        );
+        assert_eq!(starts(3), 3);
+        assert!(started.elapsed() < Duration::from_secs(30));
+    });
+}

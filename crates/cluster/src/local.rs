@@ -25,6 +25,9 @@ pub struct LocalCluster {
 /// How long the executors may take to register.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How many times an executor is started before it registers, at most.
+const STARTS: u32 = 3;
+
 /// A free port on 127.0.0.1 (the executor binds it a moment later).
 fn free_port() -> Result<u16, ClusterError> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -34,6 +37,48 @@ fn free_port() -> Result<u16, ClusterError> {
             what: "finding a free port for an executor".into(),
             message: e.to_string(),
         })
+}
+
+/// Starts executor `i`, a process of `bin` registering with `url`, on two free ports, its
+/// shuffle files in `work_dir/executor-<i>`; the process and its log's path.
+fn spawn_executor(
+    bin: &Path,
+    url: &ClusterUrl,
+    i: usize,
+    vcores: usize,
+    work_dir: &Path,
+) -> Result<(Child, PathBuf), ClusterError> {
+    let what = format!("starting executor {i} ({})", bin.display());
+    let fail = |message: String| ClusterError::Process {
+        what: what.clone(),
+        message,
+    };
+    let dir = work_dir.join(format!("executor-{i}"));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let log_path = work_dir.join(format!("executor-{i}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
+    let err_log = log.try_clone().map_err(|e| fail(e.to_string()))?;
+    let mut command = Command::new(bin);
+    dies_with_this_process(&mut command);
+    let child = command
+        .args(["cluster", "executor", "--scheduler"])
+        .arg(url.to_string())
+        .arg("--port")
+        .arg(free_port()?.to_string())
+        .arg("--grpc-port")
+        .arg(free_port()?.to_string())
+        .arg("--vcores")
+        .arg(vcores.to_string())
+        .arg("--work-dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((child, log_path))
 }
 
 impl LocalCluster {
@@ -57,75 +102,51 @@ impl LocalCluster {
         };
         let (addr, scheduler) = start_scheduler(&options).await?;
         let url = ClusterUrl::new("127.0.0.1", addr.port());
+        let spawn = |i| spawn_executor(bin, &url, i, vcores, work_dir);
         let mut cluster = Self {
-            url,
+            url: url.clone(),
             scheduler,
             executors: Vec::new(),
             logs: Vec::new(),
         };
         for i in 0..executors {
-            cluster.spawn_executor(bin, i, vcores, work_dir)?;
+            let (child, log) = spawn(i)?;
+            cluster.executors.push(child);
+            cluster.logs.push(log);
         }
-        cluster.wait_for(executors).await?;
+        cluster.wait_for(executors, spawn).await?;
         Ok(cluster)
     }
 
-    fn spawn_executor(
+    /// Waits until `n` executors are registered with the scheduler; one that exits before
+    /// registering is started again by `spawn`, on ports of its own (another process may have
+    /// taken those it was given), [`STARTS`] times in all at most.
+    async fn wait_for(
         &mut self,
-        bin: &Path,
-        i: usize,
-        vcores: usize,
-        work_dir: &Path,
+        n: usize,
+        spawn: impl Fn(usize) -> Result<(Child, PathBuf), ClusterError>,
     ) -> Result<(), ClusterError> {
-        let what = format!("starting executor {i} ({})", bin.display());
-        let fail = |message: String| ClusterError::Process {
-            what: what.clone(),
-            message,
-        };
-        let dir = work_dir.join(format!("executor-{i}"));
-        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-        let log_path = work_dir.join(format!("executor-{i}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
-        let err_log = log.try_clone().map_err(|e| fail(e.to_string()))?;
-        let mut command = Command::new(bin);
-        dies_with_this_process(&mut command);
-        let child = command
-            .args(["cluster", "executor", "--scheduler"])
-            .arg(self.url.to_string())
-            .arg("--port")
-            .arg(free_port()?.to_string())
-            .arg("--grpc-port")
-            .arg(free_port()?.to_string())
-            .arg("--vcores")
-            .arg(vcores.to_string())
-            .arg("--work-dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(e.to_string()))?;
-        self.executors.push(child);
-        self.logs.push(log_path);
-        Ok(())
-    }
-
-    /// Waits until `n` executors are registered with the scheduler.
-    async fn wait_for(&mut self, n: usize) -> Result<(), ClusterError> {
         let started = Instant::now();
+        let mut starts = vec![1u32; self.executors.len()];
         loop {
-            for (child, log) in self.executors.iter_mut().zip(&self.logs) {
-                if let Ok(Some(status)) = child.try_wait() {
+            for (i, starts) in starts.iter_mut().enumerate() {
+                let Ok(Some(status)) = self.executors[i].try_wait() else {
+                    continue;
+                };
+                if *starts == STARTS {
                     return Err(ClusterError::Process {
-                        what: "an executor".into(),
+                        what: format!("executor {i}"),
                         message: format!(
-                            "exited with {status} before registering; its log: {}",
-                            log.display()
+                            "exited with {status} before registering, {STARTS} times; its log: {}",
+                            self.logs[i].display()
                         ),
                     });
                 }
+                tracing::warn!(
+                    "executor {i} exited with {status} before registering; starting it again"
+                );
+                (self.executors[i], self.logs[i]) = spawn(i)?;
+                *starts += 1;
             }
             if self.registered().await >= n {
                 return Ok(());
