@@ -10,7 +10,8 @@ use datafusion::logical_expr::LogicalPlan;
 
 /// What `plan` would do besides reading, wherever in the plan it is (`"COPY … TO 'x.csv'"`,
 /// `"Insert Into scores"`, `"CreateView"`, `"the statement SetVariable"`), or `None` when it
-/// only reads. DataFusion's own [`SQLOptions`] check (DDL, DML and statements off) runs first.
+/// only reads. DataFusion's own [`SQLOptions`] check (DDL, DML and statements off) is asked
+/// too, as a second opinion.
 pub fn first_write(plan: &LogicalPlan) -> Result<Option<String>, DataFusionError> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
