@@ -18,10 +18,32 @@ use crate::error::TransformError;
 
 /// The digest an identity is kept as: SHA-256 of its text, in hex.
 pub fn identity_digest(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
+    use std::fmt::Write;
+    digest(id)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// SHA-256 of an identity's text.
+fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// The 32 bytes of a digest written by [`identity_digest`], or `None` for any other text.
+fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16);
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4 | nibble(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 /// Rewrites the parquet files under `dir` without the rows whose `columns` (those a file has)
@@ -32,6 +54,20 @@ pub fn drop_identities(
     columns: &BTreeSet<String>,
     digests: &HashSet<String>,
 ) -> Result<u64, TransformError> {
+    let digests = digests
+        .iter()
+        .map(|d| {
+            digest_bytes(d).ok_or_else(|| {
+                TransformError::Config(format!(
+                    "the forgotten identity {d:?} is not a SHA-256 digest in hex (64 characters); \
+                     the list of forgotten identities in the warehouse was changed by hand"
+                ))
+            })
+        })
+        .collect::<Result<HashSet<[u8; 32]>, _>>()?;
+    if digests.is_empty() {
+        return Ok(0);
+    }
     let mut dropped = 0;
     for file in parquet_files(dir)? {
         let batches = read(&file, None)?;
@@ -45,7 +81,7 @@ pub fn drop_identities(
                 };
                 let text = cast(col, &DataType::Utf8).map_err(|e| parquet(&file, e))?;
                 for (i, v) in text.as_string::<i32>().iter().enumerate() {
-                    if v.is_some_and(|v| digests.contains(&identity_digest(v))) {
+                    if v.is_some_and(|v| digests.contains(&digest(v))) {
                         keep[i] = false;
                     }
                 }
@@ -173,6 +209,32 @@ mod tests {
             .collect();
         assert_eq!(left, [Some("bob".to_string()), None]);
         assert_eq!(std::fs::read(&b).unwrap(), before_b);
-        assert_eq!(identity_digest("alice").len(), 64);
+        assert_eq!(
+            identity_digest("alice"),
+            "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_list_changed_by_hand_is_refused_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let columns: BTreeSet<String> = ["identity".to_string()].into();
+        let good = identity_digest("alice");
+        for hostile in [
+            "alice".to_string(),
+            good[..62].to_string(),
+            format!("{good}00"),
+            format!("+a{}", &good[2..]),
+            format!("zz{}", &good[2..]),
+            format!("é{}", &good[2..]),
+        ] {
+            let digests: HashSet<String> = [good.clone(), hostile.clone()].into();
+            let e = drop_identities(dir.path(), &columns, &digests)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{hostile:?}")), "{hostile}: {e}");
+        }
+        assert_eq!(digest_bytes(&good), Some(digest("alice")));
+        assert_eq!(digest_bytes(&good.to_uppercase()), Some(digest("alice")));
     }
 }
