@@ -115,13 +115,25 @@ mod tests {
         assert!(!e.contains("not-the-passphrase"), "{e}");
         assert!(!dst.exists() && !dst.with_extension("partial").exists());
 
-        // One byte flipped in the middle of the ciphertext: the integrity check fails.
-        let mut bytes = std::fs::read(&src).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x40;
-        std::fs::write(&src, bytes).unwrap();
-        assert!(key.decrypt_file(&src, &dst).is_err());
-        assert!(!dst.exists() && !dst.with_extension("partial").exists());
+        // A byte flipped anywhere (the session key's packet, the first and the last bytes of the
+        // encrypted data, where the integrity check's hash is) or the file cut short: an error,
+        // and nothing of the plain text is left.
+        let good = std::fs::read(&src).unwrap();
+        let n = good.len();
+        let mut tampered: Vec<Vec<u8>> = [3, 40, n / 4, n / 2, n - 30, n - 2, n - 1]
+            .into_iter()
+            .map(|at| {
+                let mut bytes = good.clone();
+                bytes[at] ^= 0x40;
+                bytes
+            })
+            .collect();
+        tampered.extend([good[..n - 1].to_vec(), good[..n / 2].to_vec()]);
+        for (i, bytes) in tampered.into_iter().enumerate() {
+            std::fs::write(&src, bytes).unwrap();
+            assert!(key.decrypt_file(&src, &dst).is_err(), "tampered file {i}");
+            assert!(!dst.exists() && !dst.with_extension("partial").exists());
+        }
 
         std::fs::write(&src, b"PAR1 not a message").unwrap();
         assert!(
