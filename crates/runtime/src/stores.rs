@@ -1,5 +1,6 @@
 //! The object store of a bucket or container URL, built one way for the warehouse (the sink)
-//! and for the cluster's executors, which read the warehouse's files by URL.
+//! and for the cluster's executors, which read the warehouse's files by URL; and a local
+//! file's upload to a store, for the warehouse's files and the cluster's staging alike.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::path::Path as ObjectPath;
 use url::Url;
 
 /// The schemes of the stores [`remote`] builds.
@@ -61,6 +63,46 @@ fn configured<B>(
     set: impl Fn(B, &str, &str) -> Result<B, object_store::Error>,
 ) -> Result<B, object_store::Error> {
     options.iter().try_fold(builder, |b, (k, v)| set(b, k, v))
+}
+
+/// What failed in an [`upload`]: reading the local file, or the store.
+#[derive(Debug)]
+pub enum UploadError {
+    Local(std::io::Error),
+    Store(object_store::Error),
+}
+
+/// Uploads the local file `local` to `to` in `store`, in parts (16 MiB, 4 in flight); the object
+/// appears whole or not at all (a multipart upload becomes visible when it completes; on local
+/// disk it is renamed into place). Its size.
+pub async fn upload(
+    store: &dyn ObjectStore,
+    local: &std::path::Path,
+    to: &ObjectPath,
+) -> Result<u64, UploadError> {
+    use object_store::{ObjectStoreExt, WriteMultipart};
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(UploadError::Local)?;
+    let upload = store.put_multipart(to).await.map_err(UploadError::Store)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(UploadError::Local)?;
+        if n == 0 {
+            break;
+        }
+        writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(UploadError::Store)?;
+        writer.write(&buf[..n]);
+        size += n as u64;
+    }
+    writer.finish().await.map_err(UploadError::Store)?;
+    Ok(size)
 }
 
 #[cfg(test)]

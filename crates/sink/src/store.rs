@@ -726,39 +726,26 @@ impl Warehouse {
     }
 }
 
-/// Uploads a local file to `path` in `store`, in parts; it appears whole or not at all.
+/// Uploads a local file to `path` in `store` ([`scoreland_runtime::stores::upload`]).
 pub(crate) async fn upload(
     store: &dyn ObjectStore,
     local: &std::path::Path,
     path: &Path,
 ) -> Result<u64, SinkError> {
-    use object_store::WriteMultipart;
-    use tokio::io::AsyncReadExt;
-    let local_err = |source| SinkError::Local {
-        path: local.to_path_buf(),
-        source,
-    };
-    let store_err = |source| SinkError::Store {
-        op: "upload",
-        path: path.to_string(),
-        source,
-    };
-    let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-    let upload = store.put_multipart(path).await.map_err(store_err)?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
-    let mut buf = vec![0u8; 4 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).await.map_err(local_err)?;
-        if n == 0 {
-            break;
-        }
-        writer.wait_for_capacity(4).await.map_err(store_err)?;
-        writer.write(&buf[..n]);
-        size += n as u64;
-    }
-    writer.finish().await.map_err(store_err)?;
-    Ok(size)
+    use scoreland_runtime::stores::UploadError;
+    scoreland_runtime::stores::upload(store, local, path)
+        .await
+        .map_err(|e| match e {
+            UploadError::Local(source) => SinkError::Local {
+                path: local.to_path_buf(),
+                source,
+            },
+            UploadError::Store(source) => SinkError::Store {
+                op: "upload",
+                path: path.to_string(),
+                source,
+            },
+        })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
@@ -187,30 +186,24 @@ impl SharedParts {
     }
 }
 
-/// Copies the local file `from` to `to` on `store` (`url`, for errors); its size.
+/// Copies the local file `from` to `to` on `store` (`url`, for errors) with
+/// [`scoreland_runtime::stores::upload`]; its size.
 pub(crate) async fn upload(
     store: &Arc<dyn ObjectStore>,
     from: &Path,
     to: &ObjectPath,
     url: &str,
 ) -> Result<u64, TransformError> {
-    let io = |source| TransformError::Io {
-        path: from.to_path_buf(),
-        source,
-    };
-    let mut file = tokio::fs::File::open(from).await.map_err(io)?;
-    let mut out = BufWriter::new(store.clone(), to.clone());
-    let bytes = tokio::io::copy(&mut file, &mut out).await.map_err(io)?;
-    out.shutdown().await.map_err(|e| {
-        store_err(
-            url,
-            object_store::Error::Generic {
-                store: "staging",
-                source: Box::new(e),
+    use scoreland_runtime::stores::UploadError;
+    scoreland_runtime::stores::upload(store.as_ref(), from, to)
+        .await
+        .map_err(|e| match e {
+            UploadError::Local(source) => TransformError::Io {
+                path: from.to_path_buf(),
+                source,
             },
-        )
-    })?;
-    Ok(bytes)
+            UploadError::Store(e) => store_err(url, e),
+        })
 }
 
 /// Copies `from` on `store` (`url`, for errors) to the local file `to`; its size.
