@@ -374,6 +374,16 @@ impl NodeCodec for KeptWriterCodec {
         let spec: Spec = serde_json::from_slice(bytes).map_err(|e| {
             DataFusionError::Internal(format!("cannot decode the writer of kept rows: {e}"))
         })?;
+        // The attempt goes into every file's name: never a path.
+        if spec.attempt.is_empty()
+            || spec.attempt.len() > 32
+            || !spec.attempt.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(DataFusionError::Internal(format!(
+                "the writer of kept rows names its attempt {:?}: not 1 to 32 letters and digits",
+                spec.attempt
+            )));
+        }
         let [input] = inputs else {
             return Err(DataFusionError::Internal(format!(
                 "the writer of kept rows has one input, not {}",
@@ -420,5 +430,24 @@ mod tests {
                 .is_err()
         );
         assert!(codec.decode(&bytes, &[]).is_err());
+        for hostile in [
+            "",
+            "../../etc",
+            "a/b",
+            "0a1b\\x",
+            "0a1b.2c",
+            &"a".repeat(33),
+        ] {
+            let spec = Spec {
+                attempt: hostile.to_string(),
+                ..back.spec.as_ref().clone()
+            };
+            let bytes = serde_json::to_vec(&spec).unwrap();
+            let e = codec
+                .decode(&bytes, std::slice::from_ref(&input))
+                .err()
+                .unwrap_or_else(|| panic!("{hostile:?} was taken"));
+            assert!(e.to_string().contains("names its attempt"), "{e}");
+        }
     }
 }
