@@ -73,8 +73,8 @@ pub enum UploadError {
 }
 
 /// Uploads the local file `local` to `to` in `store`, in parts (16 MiB, 4 in flight); the object
-/// appears whole or not at all (a multipart upload becomes visible when it completes; on local
-/// disk it is renamed into place). Its size.
+/// appears whole or not at all (a multipart upload becomes visible when it completes, and is
+/// aborted when the file or the store fails; on local disk it is renamed into place). Its size.
 pub async fn upload(
     store: &dyn ObjectStore,
     local: &std::path::Path,
@@ -89,25 +89,62 @@ pub async fn upload(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
     let mut buf = vec![0u8; 4 << 20];
     let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).await.map_err(UploadError::Local)?;
-        if n == 0 {
-            break;
+    let failed = loop {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => break None,
+            Ok(n) => n,
+            Err(e) => break Some(UploadError::Local(e)),
+        };
+        if let Err(e) = writer.wait_for_capacity(4).await {
+            break Some(UploadError::Store(e));
         }
-        writer
-            .wait_for_capacity(4)
-            .await
-            .map_err(UploadError::Store)?;
         writer.write(&buf[..n]);
         size += n as u64;
+    };
+    match failed {
+        None => {
+            writer.finish().await.map_err(UploadError::Store)?;
+            Ok(size)
+        }
+        // The parts sent so far are not left on the store.
+        Some(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
     }
-    writer.finish().await.map_err(UploadError::Store)?;
-    Ok(size)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_is_uploaded_whole_or_not_at_all() {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        use object_store::memory::InMemory;
+        let dir = tempfile::tempdir().unwrap();
+        let store = InMemory::new();
+        // Three parts of 16 MiB and a last one.
+        let body: Vec<u8> = (0..(50u32 << 20) / 4).flat_map(u32::to_le_bytes).collect();
+        let local = dir.path().join("part.parquet");
+        std::fs::write(&local, &body).unwrap();
+        let to = ObjectPath::from("t/part.parquet");
+        assert_eq!(
+            upload(&store, &local, &to).await.unwrap(),
+            body.len() as u64
+        );
+        let got = store.get(&to).await.unwrap().bytes().await.unwrap();
+        assert!(got.as_ref() == body.as_slice());
+        // A file that cannot be read (a directory, a missing file): nothing is left.
+        for bad in [dir.path().to_path_buf(), dir.path().join("missing")] {
+            let to = ObjectPath::from("t/bad.parquet");
+            let e = upload(&store, &bad, &to).await.unwrap_err();
+            assert!(matches!(e, UploadError::Local(_)), "{e:?}");
+        }
+        let listed: Vec<_> = store.list(None).try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+    }
 
     #[test]
     fn only_bucket_and_container_urls_name_a_remote_store() {
