@@ -23,7 +23,10 @@ const FILES: u64 = 16;
 const BATCH: u64 = 65_536;
 
 fn identity(i: u64) -> String {
-    format!("{i:019}-ECID-{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    format!(
+        "{i:019}-ECID-{:016x}",
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
 }
 
 /// ROWS rows in FILES files under `dir`: row i is identity i / 2, model i % 2.
